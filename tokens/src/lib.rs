@@ -1,0 +1,69 @@
+//! reservoir-tokens: the pure reservation domain of Reservoir.
+//!
+//! Stock is split into reservation tokens (DESIGN.md §1–2). Each region keeps
+//! its tokens in buckets (`available`, `held`, `confirmed`); a ledger is the
+//! single-writer system of record that grants tokens to regions, revokes
+//! them, and settles confirmed sales. This crate holds the deterministic state
+//! machines that Raft replicates, and two pure functions over them:
+//!
+//! - [`RegionState::apply`]: reserve, release, confirm, extend, expire,
+//!   grant, revoke, settled, and (standalone only) adjust stock;
+//! - [`LedgerState::apply`]: adjust stock, begin/complete grant and revoke,
+//!   settle;
+//! - [`audit::balance`]: the conservation balance sheet — every unit ever
+//!   stocked is in exactly one place — with any difference as drift;
+//! - [`rebalance::plan`]: grants and revokes from each region's available
+//!   tokens, demand and reachability (`proportional` and `take_half`).
+//!
+//! Invariants:
+//! - No I/O, no clock, no async, no randomness. Every command carries the
+//!   proposer's `now_ms`, and a state keeps `clock = max(clock, now_ms)`, so
+//!   a leader with a slow clock cannot move time backwards. Ids come from
+//!   counters in the state.
+//! - Two replicas that apply the same commands are equal and serialize to the
+//!   same bytes (ordered maps only).
+//! - A rejected command changes nothing but the logical clock.
+//! - Every table is bounded: request ids and ended reservations are pruned
+//!   by age (logical time) and count, a bounded amount per command; live
+//!   holds and unsettled sales are bounded by the stock itself.
+//! - Every transfer and settlement step is idempotent by its id or sequence
+//!   number, so retries never count a unit twice.
+//!
+//! Layout:
+//! - [`types`]: ids and quantities; [`error`]: [`Rejection`] and its stable
+//!   reasons; [`limits`]: named bounds and input validators;
+//! - [`region`], [`ledger`]: the state machines; [`memory`]: the bounded
+//!   request-id memory they share;
+//! - [`audit`], [`rebalance`]: the pure functions over them.
+//!
+//! Caveats: the audit needs every region's state; a region that cannot be
+//! read is reported missing, not guessed. Demand is whatever the caller
+//! measures (the node counts requested units); the plan trusts it.
+
+pub mod audit;
+pub mod error;
+pub mod ledger;
+pub mod limits;
+pub mod memory;
+pub mod rebalance;
+pub mod region;
+pub mod types;
+
+pub use error::{ErrorKind, Field, Rejection};
+pub use ledger::{LedgerApplied, LedgerCommand, LedgerOp, LedgerOutcome, LedgerState, SettleEntry, Transfer};
+pub use region::{
+    Bucket, OutboxEntry, RegionApplied, RegionCommand, RegionOp, RegionOutcome, RegionState, Reservation,
+    ReservationState,
+};
+pub use types::*;
+
+/// A deterministic state machine that a Raft group can host.
+pub trait StateMachine {
+    /// What the log carries.
+    type Command;
+    /// What applying one command produces, handed back to its proposer.
+    type Outcome;
+
+    /// Applies one command. Must be deterministic: no I/O, clock or randomness.
+    fn apply(&mut self, cmd: Self::Command) -> Self::Outcome;
+}

@@ -24,5 +24,7 @@
 //! (`reservoir_tokens::limits::MESSAGE_BYTES_MAX`) are refused by the gRPC
 //! server's decoding limit, not here; the edge sees only decoded messages.
 
+pub mod config;
 pub mod edge;
+pub mod server;
 pub mod status;

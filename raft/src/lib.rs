@@ -1,14 +1,74 @@
 //! reservoir-raft: replication for the `reservoir-tokens` state machines.
 //!
-//! **Not built yet.** This crate will host any `tokens` state machine
-//! (`RegionState`, `LedgerState`) in an openraft 0.9 group:
+//! This crate hosts any `tokens` state machine (`RegionState`,
+//! `LedgerState`) in an openraft 0.9 group. Today it holds the storage half:
+//! the type configuration and the sled-backed stores. The network (tonic,
+//! routed by group id) and the proposer (group commit of client commands)
+//! come next.
 //!
-//! - log entries, vote and snapshots on sled, flushed before openraft is told
-//!   an append is durable;
-//! - the Raft network over tonic, routed by group id so one node process can
-//!   host several groups;
-//! - a proposer that batches concurrent commands into one log entry (group
-//!   commit) behind a bounded queue;
-//! - leader forwarding for writes and linearizable reads.
+//! A node process hosts several groups (the us-east nodes host their region
+//! group and the ledger group). It opens one sled database
+//! ([`NodeStorage`]) and asks it for each group's stores; every group's
+//! trees are prefixed by its group id, and all of them share one flusher
+//! thread.
 //!
-//! Today it contains no code: nothing here pretends to replicate anything.
+//! Invariants:
+//! - Nothing is acknowledged to openraft as durable before sled's blocking
+//!   `flush()` has returned: `save_vote` and `truncate` flush before they
+//!   return, `append` calls back only from the flusher after a flush that
+//!   covers its entries (the durable pattern of openraft's
+//!   `stores/rocksstore-v2`, not the `raft-kv-rocksdb` example, which acks
+//!   first).
+//! - Flushes run on one dedicated thread per node, never on the async
+//!   executor, and are group-committed: one flush answers every request
+//!   queued before it began, from every group.
+//! - The log never has holes: appends, truncations and purges are each one
+//!   atomic sled batch, and the purge marker is written before the purge.
+//! - `apply` is pure and in memory: it decodes each entry and delegates to
+//!   the `tokens` state machine, one outcome per command, in order. After a
+//!   restart the state comes back from the newest snapshot, and openraft
+//!   replays the committed log after it.
+//! - Only [`config`] names the async runtime; a simulation runtime replaces
+//!   it there.
+//!
+//! Layout:
+//! - [`config`]: [`GroupConfig`] (the openraft type configuration), [`Batch`]
+//!   (one log entry's commands), id and size types and limits;
+//! - [`store`]: [`NodeStorage`] (a node's sled database and flusher),
+//!   [`LogStore`] (entries and vote), [`StateMachineStore`] (state in
+//!   memory, snapshots in sled), [`StateReader`] (reads for the node).
+//!
+//! Caveats:
+//! - On Linux, sled 0.34 syncs with `sync_file_range`, which does not flush
+//!   a disk's volatile write cache (sled#1351, #1452). A power loss on a disk
+//!   with a volatile cache and no power-loss protection can lose writes that
+//!   were acknowledged. Replication is what protects acknowledged writes
+//!   then: a write is acknowledged only once it is on a quorum.
+//! - sled's `flush_async` is never used: it can deadlock (sled#1308).
+//! - sled cannot be simulated (it runs its own threads, and dropping a `Db`
+//!   flushes it). The whole-cluster simulation needs an in-memory store
+//!   behind the same openraft traits that loses unflushed writes on a
+//!   crash; it does not exist yet.
+//! - Snapshots are whole: the entire state machine, encoded in memory and
+//!   sent in one piece. Fine for the bounded `tokens` states; a much larger
+//!   state would need streaming.
+//! - Opening a database and a group blocks (sled opens files, snapshots are
+//!   decoded); do it at startup. Dropping the last store of a database waits
+//!   for the flusher's current flush.
+
+pub mod config;
+pub mod group;
+pub mod network;
+pub mod store;
+pub mod testing;
+
+pub use config::{
+    Batch, ENTRY_BYTES_MAX, GroupConfig, GroupMachine, GroupRaft, LogId, Node, NodeId, Payload, Runtime,
+    SNAPSHOT_BYTES_MAX, SnapshotMeta, StorageError, StoredMembership, Vote,
+};
+pub use group::{Group, GroupError, GroupOptions, GroupStatus, ProposeError};
+pub use network::{RaftService, Router, TonicWire, Wire};
+pub use store::{
+    AppliedState, GroupStores, LogStore, NodeStorage, SnapshotBuilder, StateMachineStore, StateReader,
+    StorageOptions, StoreError,
+};

@@ -1,0 +1,433 @@
+//! One Raft group on one node: openraft wired to the sled stores and the
+//! network, a proposer that group-commits client commands, and reads.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::{ServerState, SnapshotPolicy};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::config::{Batch, GroupMachine, GroupRaft, Node, NodeId};
+use crate::network::{Network, Router, Wire};
+use crate::store::{GroupStores, StateReader};
+
+/// Most proposals waiting for a batch; past it a caller gets
+/// [`ProposeError::Overloaded`] at once.
+pub const PROPOSAL_QUEUE_MAX: usize = 4_096;
+/// Most commands in one log entry.
+pub const BATCH_COMMANDS_MAX: usize = 512;
+/// Most estimated encoded bytes of commands in one log entry (well under
+/// [`crate::ENTRY_BYTES_MAX`]).
+pub const BATCH_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// Most batches being written at once. More than one lets openraft and the
+/// log store's group-committed flush merge batches; bounded so the queue,
+/// not the Raft core, absorbs a burst.
+pub const BATCHES_IN_FLIGHT_MAX: usize = 4;
+/// Most log entries in one replication message.
+pub const REPLICATION_ENTRIES_MAX: u64 = 32;
+
+/// Why a proposal or a linearizable read did not happen.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    /// This node is not the leader. `leader` is the leader's id and address,
+    /// when known. The command may still commit if this node was the leader
+    /// when it was queued: commands must be idempotent to be retried.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader, if known: (node id, gRPC address).
+        leader: Option<(NodeId, String)>,
+    },
+    /// The proposal queue is full. Nothing was proposed; retry later.
+    #[error("proposal queue full ({PROPOSAL_QUEUE_MAX})")]
+    Overloaded,
+    /// The leader could not reach a quorum to confirm its leadership.
+    #[error("no quorum: {0}")]
+    NoQuorum(String),
+    /// The group has stopped (shutdown or a fatal storage error).
+    #[error("raft group stopped: {0}")]
+    Stopped(String),
+}
+
+impl ProposeError {
+    /// Every proposal error is safe to retry with an idempotent command.
+    pub fn is_retryable(&self) -> bool {
+        true
+    }
+}
+
+/// How to run one group on one node.
+#[derive(Clone, Debug)]
+pub struct GroupOptions {
+    /// The group id, e.g. `region/us-east`; also the openraft cluster name.
+    pub group: String,
+    /// This node.
+    pub node_id: NodeId,
+    /// The voters (id → gRPC address) the group is initialized with, on its
+    /// very first start, by the member with the smallest id.
+    pub members: BTreeMap<NodeId, String>,
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Shortest election timeout.
+    pub election_timeout_min_ms: u64,
+    /// Longest election timeout.
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_logs: u64,
+}
+
+impl GroupOptions {
+    /// Options with default timing and snapshot policy.
+    pub fn new(group: impl Into<String>, node_id: NodeId, members: BTreeMap<NodeId, String>) -> GroupOptions {
+        GroupOptions {
+            group: group.into(),
+            node_id,
+            members,
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1_000,
+            snapshot_logs: 10_000,
+        }
+    }
+}
+
+/// Why a group could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// The openraft configuration was refused.
+    #[error("raft config for {group}: {message}")]
+    Config {
+        /// The group.
+        group: String,
+        /// openraft's message.
+        message: String,
+    },
+    /// openraft failed to start or to initialize the group.
+    #[error("raft group {group}: {message}")]
+    Raft {
+        /// The group.
+        group: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// Where a group stands, as seen from this node.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct GroupStatus {
+    /// The group id.
+    pub group: String,
+    /// This node.
+    pub node_id: NodeId,
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub role: &'static str,
+    /// The current term.
+    pub term: u64,
+    /// The leader, if known.
+    pub leader: Option<NodeId>,
+    /// Last log index applied to the state machine.
+    pub applied_index: Option<u64>,
+    /// Last log index in this node's log.
+    pub last_log_index: Option<u64>,
+    /// Last log index covered by a snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Voters (id → address).
+    pub members: BTreeMap<NodeId, String>,
+}
+
+struct Proposal<SM: GroupMachine> {
+    command: SM::Command,
+    reply: oneshot::Sender<Result<SM::Outcome, ProposeError>>,
+}
+
+/// One Raft group on one node.
+pub struct Group<SM: GroupMachine> {
+    name: String,
+    node_id: NodeId,
+    raft: GroupRaft<SM>,
+    reader: StateReader<SM>,
+    proposals_tx: mpsc::Sender<Proposal<SM>>,
+    router: Router,
+}
+
+impl<SM: GroupMachine> Group<SM> {
+    /// Starts the group on this node: openraft over `stores`, its network
+    /// over `wire`, its endpoint in `router`, and its proposer. Initializes
+    /// the group on its very first start if this node has the smallest id.
+    pub async fn start(
+        options: GroupOptions,
+        stores: GroupStores<SM>,
+        wire: Arc<dyn Wire>,
+        router: &Router,
+    ) -> Result<Group<SM>, GroupError> {
+        let group = options.group.clone();
+        let config = openraft::Config {
+            cluster_name: group.clone(),
+            heartbeat_interval: options.heartbeat_ms,
+            election_timeout_min: options.election_timeout_min_ms,
+            election_timeout_max: options.election_timeout_max_ms,
+            max_payload_entries: REPLICATION_ENTRIES_MAX,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_logs),
+            // Keep enough log behind a snapshot that a briefly lagging
+            // follower catches up from the log, not a whole snapshot.
+            max_in_snapshot_log_to_keep: 1_000,
+            install_snapshot_timeout: 10_000,
+            ..openraft::Config::default()
+        };
+        let config = Arc::new(config.validate().map_err(|e| GroupError::Config {
+            group: group.clone(),
+            message: e.to_string(),
+        })?);
+        let reader = stores.state_machine.reader();
+        let network = Network::<SM>::new(group.clone(), options.node_id, wire);
+        let raft = openraft::Raft::new(options.node_id, config, network, stores.log, stores.state_machine)
+            .await
+            .map_err(|e| GroupError::Raft {
+                group: group.clone(),
+                message: e.to_string(),
+            })?;
+        router.add(group.clone(), Arc::new(raft.clone()));
+
+        let first = options.members.keys().next().copied();
+        let initialized = raft.is_initialized().await.map_err(|e| GroupError::Raft {
+            group: group.clone(),
+            message: e.to_string(),
+        })?;
+        if !initialized && first == Some(options.node_id) {
+            let members: BTreeMap<NodeId, Node> = options
+                .members
+                .iter()
+                .map(|(id, addr)| (*id, Node::new(addr.clone())))
+                .collect();
+            if let Err(e) = raft.initialize(members).await {
+                // Already initialized (a vote or log arrived first) is fine.
+                if !matches!(
+                    e,
+                    RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))
+                ) {
+                    return Err(GroupError::Raft {
+                        group,
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+
+        let (proposals_tx, proposals_rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
+        tokio::spawn(propose_loop(raft.clone(), proposals_rx));
+        Ok(Group {
+            name: group,
+            node_id: options.node_id,
+            raft,
+            reader,
+            proposals_tx,
+            router: router.clone(),
+        })
+    }
+
+    /// The group id.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The underlying openraft handle (membership changes, tests).
+    pub fn raft(&self) -> &GroupRaft<SM> {
+        &self.raft
+    }
+
+    /// Proposes one command and waits for its outcome. Fails at once with
+    /// `Overloaded` when the queue is full, and with `NotLeader` when this
+    /// node is not the leader.
+    pub async fn propose(&self, command: SM::Command) -> Result<SM::Outcome, ProposeError> {
+        if !self.is_leader() {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        match self.proposals_tx.try_send(Proposal { command, reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(ProposeError::Overloaded),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(ProposeError::Stopped("proposer stopped".into()));
+            }
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(ProposeError::Stopped("proposer dropped the proposal".into())))
+    }
+
+    /// Reads the state this node has applied (may lag the leader).
+    pub fn read<R>(&self, f: impl FnOnce(&SM) -> R) -> Result<R, ProposeError> {
+        self.reader
+            .read(|s| f(&s.machine))
+            .map_err(|e| ProposeError::Stopped(e.to_string()))
+    }
+
+    /// A linearizable read: on the leader, after confirming leadership with a
+    /// quorum (openraft's read index) and applying up to it.
+    pub async fn read_linearizable<R>(&self, f: impl FnOnce(&SM) -> R) -> Result<R, ProposeError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => self.read(f),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(fwd))) => {
+                Err(ProposeError::NotLeader {
+                    leader: self.leader_of(&fwd),
+                })
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(ProposeError::NoQuorum(e.to_string()))
+            }
+            Err(RaftError::Fatal(e)) => Err(ProposeError::Stopped(e.to_string())),
+        }
+    }
+
+    /// True when this node is the group's leader.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader
+    }
+
+    /// The leader's id and address, if known.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
+        Some((id, addr))
+    }
+
+    fn leader_of(&self, fwd: &ForwardToLeader<NodeId, Node>) -> Option<(NodeId, String)> {
+        match (fwd.leader_id, &fwd.leader_node) {
+            (Some(id), Some(node)) => Some((id, node.addr.clone())),
+            _ => self.leader(),
+        }
+    }
+
+    /// Waits until the group has a leader, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
+        let m = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .ok()?;
+        m.current_leader
+    }
+
+    /// Where the group stands on this node.
+    pub fn status(&self) -> GroupStatus {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        GroupStatus {
+            group: self.name.clone(),
+            node_id: self.node_id,
+            role: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            },
+            term: m.current_term,
+            leader: m.current_leader,
+            applied_index: m.last_applied.map(|l| l.index),
+            last_log_index: m.last_log_index,
+            snapshot_index: m.snapshot.map(|l| l.index),
+            members: m
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, node)| (*id, node.addr.clone()))
+                .collect(),
+        }
+    }
+
+    /// Stops the group: no new proposals, openraft shut down, endpoint
+    /// removed. Proposals already queued get `Stopped` or their outcome.
+    pub async fn shutdown(&self) {
+        self.router.remove(&self.name);
+        if let Err(e) = self.raft.shutdown().await {
+            eprintln!("warning: raft group {} shutdown: {e}", self.name);
+        }
+    }
+
+    /// Proposals waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        PROPOSAL_QUEUE_MAX - self.proposals_tx.capacity()
+    }
+}
+
+/// Drains the proposal queue into batches, each one log entry, with at most
+/// [`BATCHES_IN_FLIGHT_MAX`] being written at a time.
+async fn propose_loop<SM: GroupMachine>(raft: GroupRaft<SM>, mut rx: mpsc::Receiver<Proposal<SM>>) {
+    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+    let mut carry: Option<Proposal<SM>> = None;
+    loop {
+        // Wait for a write slot first: while every slot is busy, proposals
+        // pile up in the queue and the next batch grows (group commit).
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut bytes = estimate(&first.command);
+        let mut batch = vec![first];
+        while batch.len() < BATCH_COMMANDS_MAX {
+            match rx.try_recv() {
+                Ok(p) => {
+                    let size = estimate(&p.command);
+                    if bytes + size > BATCH_BYTES_MAX {
+                        carry = Some(p);
+                        break;
+                    }
+                    bytes += size;
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (commands, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+            metrics_batch(commands.len());
+            match raft.client_write(Batch::new(commands)).await {
+                Ok(response) => {
+                    debug_assert_eq!(response.data.len(), replies.len(), "one outcome per command");
+                    for (reply, outcome) in replies.into_iter().zip(response.data) {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    let error = match e {
+                        RaftError::APIError(ClientWriteError::ForwardToLeader(fwd)) => {
+                            ProposeError::NotLeader {
+                                leader: fwd.leader_id.zip(fwd.leader_node.map(|n| n.addr)),
+                            }
+                        }
+                        RaftError::APIError(other) => ProposeError::Stopped(other.to_string()),
+                        RaftError::Fatal(f) => ProposeError::Stopped(f.to_string()),
+                    };
+                    for reply in replies {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+fn estimate<T: serde::Serialize>(command: &T) -> u64 {
+    bincode::serialized_size(command).unwrap_or(BATCH_BYTES_MAX)
+}
+
+fn metrics_batch(commands: usize) {
+    metrics::histogram!("reservoir_raft_batch_commands").record(commands as f64);
+}

@@ -1,0 +1,305 @@
+//! The log store: log entries and the vote of one group, on sled.
+//!
+//! Durability follows openraft's `stores/rocksstore-v2`: write, flush, then
+//! tell openraft. `save_vote` and `truncate` return after a flush;
+//! `append` writes its entries (readable at once), queues the callback with
+//! the flusher and returns; the flusher calls back after a flush that
+//! covers the entries. `save_committed` and `purge` do not flush: losing
+//! either in a crash is safe (openraft learns the commit index again, and
+//! purging is redone).
+//!
+//! openraft calls the write methods from one task, one at a time, so writes
+//! reach sled in openraft's order, and every flush persists every earlier
+//! write: vote and log writes are never reordered on disk.
+
+use std::fmt::Debug;
+use std::marker::PhantomData;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{Entry, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{GroupShared, StoreError, decode, encode};
+use crate::config::{ENTRY_BYTES_MAX, GroupConfig, GroupMachine, LogId, StorageError, Vote};
+
+/// Most encoded bytes [`LogStore`] returns from one
+/// `limited_get_log_entries` call (always at least one entry). Replication
+/// sends what one call returns in one RPC, and tonic refuses messages over
+/// 4 MiB by default; this leaves room for the envelope.
+pub const READ_BYTES_MAX: u64 = 2 * 1024 * 1024;
+
+/// Largest encoded meta value (a vote or a log id: a few dozen bytes).
+const META_BYTES_MAX: u64 = 4 * 1024;
+
+/// Meta key of the vote.
+const KEY_VOTE: &[u8] = b"vote";
+/// Meta key of the last committed log id.
+const KEY_COMMITTED: &[u8] = b"committed";
+/// Meta key of the last purged log id.
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+/// The openraft log store of one group (and, cloned, its log reader).
+pub struct LogStore<SM> {
+    shared: Arc<GroupShared>,
+    /// Entries by big-endian index.
+    log: sled::Tree,
+    /// Vote, committed and last purged log ids.
+    meta: sled::Tree,
+    _machine: PhantomData<fn() -> SM>,
+}
+
+// By hand: a derived `Clone` would require `SM: Clone` for the marker.
+impl<SM> Clone for LogStore<SM> {
+    fn clone(&self) -> Self {
+        LogStore {
+            shared: self.shared.clone(),
+            log: self.log.clone(),
+            meta: self.meta.clone(),
+            _machine: PhantomData,
+        }
+    }
+}
+
+impl<SM: GroupMachine> LogStore<SM> {
+    pub(crate) fn open(shared: Arc<GroupShared>, log: sled::Tree, meta: sled::Tree) -> LogStore<SM> {
+        LogStore {
+            shared,
+            log,
+            meta,
+            _machine: PhantomData,
+        }
+    }
+
+    /// The group this store belongs to.
+    pub fn group(&self) -> &str {
+        &self.shared.group
+    }
+
+    fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.meta.get(key)? {
+            Some(bytes) => Ok(Some(decode(&bytes, META_BYTES_MAX)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn write_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
+        self.meta.insert(key, encode(value, META_BYTES_MAX)?)?;
+        Ok(())
+    }
+
+    /// Entries with index in `range`, in order, stopping early once more than
+    /// `bytes_max` encoded bytes are collected (at least one entry is
+    /// returned if there is any).
+    fn read_entries<RB: RangeBounds<u64>>(
+        &self,
+        range: RB,
+        bytes_max: u64,
+    ) -> Result<Vec<Entry<GroupConfig<SM>>>, StoreError> {
+        let start = match range.start_bound() {
+            Bound::Included(&index) => index,
+            Bound::Excluded(&index) => match index.checked_add(1) {
+                Some(index) => index,
+                None => return Ok(Vec::new()),
+            },
+            Bound::Unbounded => 0,
+        };
+        let mut entries = Vec::new();
+        let mut bytes_total: u64 = 0;
+        for item in self.log.range(index_key(start)..) {
+            let (key, value) = item?;
+            let index = key_index(&key)?;
+            if !range.contains(&index) {
+                break;
+            }
+            bytes_total = bytes_total.saturating_add(value.len() as u64);
+            if !entries.is_empty() && bytes_total > bytes_max {
+                break;
+            }
+            entries.push(self.decode_entry(index, &value)?);
+        }
+        Ok(entries)
+    }
+
+    fn decode_entry(&self, index: u64, bytes: &[u8]) -> Result<Entry<GroupConfig<SM>>, StoreError> {
+        let entry: Entry<GroupConfig<SM>> = decode(bytes, ENTRY_BYTES_MAX)?;
+        if entry.log_id.index != index {
+            return Err(StoreError::Corrupt(format!(
+                "group {}: entry under key {index} has log id {}",
+                self.shared.group, entry.log_id
+            )));
+        }
+        Ok(entry)
+    }
+
+    fn last_log_id(&self) -> Result<Option<LogId>, StoreError> {
+        match self.log.last()? {
+            Some((key, value)) => Ok(Some(self.decode_entry(key_index(&key)?, &value)?.log_id)),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes every entry with index >= `first`, atomically.
+    fn remove_from(&self, first: u64) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for key in self.log.range(index_key(first)..).keys() {
+            batch.remove(key?);
+        }
+        self.log.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Removes every entry with index <= `last`, atomically.
+    fn remove_up_to(&self, last: u64) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for key in self.log.range(..=index_key(last)).keys() {
+            batch.remove(key?);
+        }
+        self.log.apply_batch(batch)?;
+        Ok(())
+    }
+}
+
+impl<SM: GroupMachine> RaftLogReader<GroupConfig<SM>> for LogStore<SM> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<GroupConfig<SM>>>, StorageError> {
+        Ok(self
+            .read_entries(range, u64::MAX)
+            .map_err(|e| StorageIOError::read_logs(&e))?)
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry<GroupConfig<SM>>>, StorageError> {
+        Ok(self
+            .read_entries(start..end, READ_BYTES_MAX)
+            .map_err(|e| StorageIOError::read_logs(&e))?)
+    }
+}
+
+impl<SM: GroupMachine> RaftLogStorage<GroupConfig<SM>> for LogStore<SM> {
+    type LogReader = LogStore<SM>;
+
+    async fn get_log_state(&mut self) -> Result<LogState<GroupConfig<SM>>, StorageError> {
+        let last_purged_log_id: Option<LogId> = self
+            .read_meta(KEY_LAST_PURGED)
+            .map_err(|e| StorageIOError::read_logs(&e))?;
+        let last_log_id = self.last_log_id().map_err(|e| StorageIOError::read_logs(&e))?;
+        Ok(LogState {
+            last_purged_log_id,
+            // With every entry purged, the last log id is the last purged one.
+            last_log_id: last_log_id.or(last_purged_log_id),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.write_meta(KEY_VOTE, vote)
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        // A vote must be on disk before openraft acts on it (grants it, or
+        // campaigns with it).
+        self.shared
+            .flusher
+            .flush()
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self
+            .read_meta(KEY_VOTE)
+            .map_err(|e| StorageIOError::read_vote(&e))?)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not flushed: it rides along with the next flush. If a crash loses
+        // it, openraft re-applies less on restart and learns the rest from
+        // the leader.
+        self.write_meta(KEY_COMMITTED, &committed)
+            .map_err(|e| StorageIOError::new(ErrorSubject::Store, ErrorVerb::Write, &e))?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let committed: Option<Option<LogId>> = self
+            .read_meta(KEY_COMMITTED)
+            .map_err(|e| StorageIOError::new(ErrorSubject::Store, ErrorVerb::Read, &e))?;
+        Ok(committed.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<GroupConfig<SM>>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry<GroupConfig<SM>>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            let bytes = encode(&entry, ENTRY_BYTES_MAX)
+                .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+            batch.insert(&index_key(entry.log_id.index), bytes);
+        }
+        // One atomic batch: after a crash either all of this append is there
+        // or none of it, so it cannot leave a hole.
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        // The entries are readable now. They are durable only once the
+        // flusher has flushed; it calls back then, possibly after we return.
+        self.shared
+            .flusher
+            .submit(Box::new(move |result| callback.log_io_completed(result)))
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.remove_from(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        // Durable before returning, as rocksstore-v2 does: conflicting
+        // entries must not come back after a crash once openraft moves on.
+        self.shared
+            .flusher
+            .flush()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // The purged id goes first: sled persists writes in order, so after a
+        // crash the removals never outlive the record of them, and
+        // `get_log_state` never sees a hole at the front.
+        self.write_meta(KEY_LAST_PURGED, &log_id)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.remove_up_to(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
+    }
+}
+
+/// The sled key of log index `index`: big-endian, so keys sort by index.
+fn index_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn key_index(key: &[u8]) -> Result<u64, StoreError> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("log key of {} bytes, want 8", key.len())))?;
+    Ok(u64::from_be_bytes(bytes))
+}

@@ -1,0 +1,312 @@
+//! Durable storage for a node's Raft groups: one sled database per node,
+//! a few trees per group, one flusher thread per node.
+//!
+//! [`NodeStorage::open`] opens the database; [`NodeStorage::open_group`]
+//! hands out the two stores openraft needs for one group: a [`LogStore`]
+//! (log entries, vote, committed and purged log ids) and a
+//! [`StateMachineStore`] (the state machine in memory, its newest snapshot
+//! in sled).
+//!
+//! Trees of group `g`, every value bincode-encoded:
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `g/log` | log index, big-endian `u64` (so keys sort by index) | `Entry` |
+//! | `g/meta` | `vote`, `committed`, `last_purged` | `Vote`, `Option<LogId>`, `LogId` |
+//! | `g/snapshot` | `current` | the newest snapshot: metadata and bytes |
+
+mod flusher;
+mod log;
+mod state_machine;
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use self::flusher::FLUSH_QUEUE_MAX;
+pub use self::log::{LogStore, READ_BYTES_MAX};
+pub use self::state_machine::{AppliedState, SnapshotBuilder, StateMachineStore, StateReader};
+
+use self::flusher::Flusher;
+use crate::config::GroupMachine;
+
+/// Longest group id, in bytes.
+pub const GROUP_ID_BYTES_MAX: usize = 64;
+
+/// sled's page cache size when the options do not say. sled's own default
+/// is 1 GiB; a local cluster runs ten nodes on one machine.
+pub const CACHE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Separates the group id from the tree's role in a tree name. Group ids
+/// cannot contain it, so no two groups share a tree.
+const TREE_NAME_SEPARATOR: char = '/';
+
+/// An error of the storage layer, outside openraft's calls (which get an
+/// openraft `StorageError` made from one of these).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed: I/O, corruption, or a database another process holds.
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// An I/O error outside sled (the flusher thread, a failed flush).
+    #[error("io: {0}")]
+    Io(#[from] io::Error),
+    /// A value could not be encoded or decoded, or is over its size limit.
+    #[error("codec: {0}")]
+    Codec(#[from] bincode::Error),
+    /// Stored data breaks an invariant of the store.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    /// The group id is empty, too long, or has a character outside
+    /// `[A-Za-z0-9._:-]`.
+    #[error("invalid group id {0:?}: 1-64 bytes of [A-Za-z0-9._:-]")]
+    InvalidGroupId(String),
+    /// The group's stores are already open in this process.
+    #[error("group {0:?} is already open")]
+    GroupOpen(String),
+    /// The flusher thread is gone; nothing more can be made durable.
+    #[error("the flusher thread has stopped")]
+    FlusherStopped,
+    /// A state machine apply panicked while holding the state: the state
+    /// may be half-updated and is not served.
+    #[error("the state machine lock is poisoned (an apply panicked)")]
+    Poisoned,
+}
+
+impl StoreError {
+    /// Whether trying the same operation again may succeed. Only a group that
+    /// is still open elsewhere in the process (being shut down) may become
+    /// free; every other storage error is fatal to the store.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::GroupOpen(_))
+    }
+}
+
+/// How to open a node's database.
+#[derive(Clone, Debug)]
+pub struct StorageOptions {
+    /// Directory of the sled database; created if missing.
+    pub path: PathBuf,
+    /// Upper bound of sled's page cache, in bytes.
+    pub cache_bytes: u64,
+}
+
+impl StorageOptions {
+    /// Options for a database at `path`, with the default cache size.
+    pub fn new(path: impl Into<PathBuf>) -> StorageOptions {
+        StorageOptions {
+            path: path.into(),
+            cache_bytes: CACHE_BYTES_DEFAULT,
+        }
+    }
+}
+
+/// A node's storage: its sled database and its flusher thread. Cheap to
+/// share behind an `Arc`; the database closes once this and every store it
+/// handed out are dropped.
+pub struct NodeStorage {
+    db: sled::Db,
+    flusher: Flusher,
+    path: PathBuf,
+    /// Groups whose stores are currently open, so that no group is opened
+    /// twice (two log stores on one tree would interleave their writes).
+    open_groups: Arc<Mutex<BTreeSet<String>>>,
+}
+
+/// The two stores of one group, ready for `Raft::new`.
+pub struct GroupStores<SM: GroupMachine> {
+    /// Log entries, vote, committed and purged log ids.
+    pub log: LogStore<SM>,
+    /// The state machine and its snapshots.
+    pub state_machine: StateMachineStore<SM>,
+}
+
+impl NodeStorage {
+    /// Opens (or creates) the database and starts its flusher thread.
+    /// Blocking: call it once at startup, before serving.
+    pub fn open(options: &StorageOptions) -> Result<NodeStorage, StoreError> {
+        let db = sled::Config::new()
+            .path(&options.path)
+            .cache_capacity(options.cache_bytes)
+            .open()?;
+        let flusher = Flusher::start(db.clone())?;
+        Ok(NodeStorage {
+            db,
+            flusher,
+            path: options.path.clone(),
+            open_groups: Arc::new(Mutex::new(BTreeSet::new())),
+        })
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens the stores of group `group`, creating its trees if missing.
+    ///
+    /// The state machine starts from the group's newest snapshot, or from
+    /// `initial` if it has none; openraft then replays the committed log
+    /// after it. Blocking (reads and decodes the snapshot): call it at
+    /// startup. A group can be open once at a time; it is free again when
+    /// both stores and every log reader cloned from them are dropped.
+    pub fn open_group<SM: GroupMachine>(
+        &self,
+        group: &str,
+        initial: SM,
+    ) -> Result<GroupStores<SM>, StoreError> {
+        validate_group_id(group)?;
+        let lease = GroupLease::take(group, &self.open_groups)?;
+        let shared = Arc::new(GroupShared {
+            group: group.to_owned(),
+            flusher: self.flusher.clone(),
+            _lease: lease,
+        });
+        let log = LogStore::open(
+            shared.clone(),
+            self.db.open_tree(tree_name(group, "log"))?,
+            self.db.open_tree(tree_name(group, "meta"))?,
+        );
+        let state_machine =
+            StateMachineStore::open(shared, self.db.open_tree(tree_name(group, "snapshot"))?, initial)?;
+        Ok(GroupStores { log, state_machine })
+    }
+
+    /// Ids of the groups that have data in this database, in order.
+    pub fn stored_groups(&self) -> Vec<String> {
+        let suffix = format!("{TREE_NAME_SEPARATOR}meta");
+        self.db
+            .tree_names()
+            .iter()
+            .filter_map(|name| {
+                std::str::from_utf8(name)
+                    .ok()?
+                    .strip_suffix(&suffix)
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    /// Waits until every write made before this call is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.flusher.flush().await
+    }
+}
+
+/// What both stores of a group share.
+pub(crate) struct GroupShared {
+    /// The group id, for error messages.
+    pub(crate) group: String,
+    /// The node's flusher.
+    pub(crate) flusher: Flusher,
+    /// Held while either store is alive.
+    _lease: GroupLease,
+}
+
+/// Marks a group open until dropped.
+struct GroupLease {
+    group: String,
+    open_groups: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl GroupLease {
+    fn take(group: &str, open_groups: &Arc<Mutex<BTreeSet<String>>>) -> Result<GroupLease, StoreError> {
+        // The set stays consistent even if a holder panicked: every critical
+        // section is a single insert or remove.
+        let mut open = open_groups.lock().unwrap_or_else(PoisonError::into_inner);
+        if !open.insert(group.to_owned()) {
+            return Err(StoreError::GroupOpen(group.to_owned()));
+        }
+        Ok(GroupLease {
+            group: group.to_owned(),
+            open_groups: open_groups.clone(),
+        })
+    }
+}
+
+impl Drop for GroupLease {
+    fn drop(&mut self) {
+        let mut open = self.open_groups.lock().unwrap_or_else(PoisonError::into_inner);
+        open.remove(&self.group);
+    }
+}
+
+/// Checks a group id: 1–[`GROUP_ID_BYTES_MAX`] bytes of `[A-Za-z0-9._:-]`.
+/// The set leaves out the tree name separator `/`.
+pub fn validate_group_id(group: &str) -> Result<(), StoreError> {
+    let valid = !group.is_empty()
+        && group.len() <= GROUP_ID_BYTES_MAX
+        && group
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidGroupId(group.to_owned()))
+    }
+}
+
+fn tree_name(group: &str, role: &str) -> String {
+    format!("{group}{TREE_NAME_SEPARATOR}{role}")
+}
+
+/// bincode with a size limit, used for every stored value. Encoding and
+/// decoding must use the same options: varint integers, little-endian.
+fn codec(bytes_max: u64) -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new().with_limit(bytes_max)
+}
+
+/// Encodes `value`, refusing to produce more than `bytes_max` bytes.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, bytes_max: u64) -> Result<Vec<u8>, StoreError> {
+    use bincode::Options;
+    Ok(codec(bytes_max).serialize(value)?)
+}
+
+/// Decodes a value of `bytes`, refusing input over `bytes_max` bytes.
+///
+/// bincode ignores its limit when reading from a slice (a slice cannot be
+/// read past its end, and serde preallocates cautiously, so a corrupt
+/// length prefix fails at the end of the slice rather than allocating
+/// without bound); the length check here is the limit.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], bytes_max: u64) -> Result<T, StoreError> {
+    use bincode::Options;
+    if bytes.len() as u64 > bytes_max {
+        return Err(StoreError::Corrupt(format!(
+            "stored value of {} bytes is over its limit of {bytes_max}",
+            bytes.len()
+        )));
+    }
+    Ok(codec(bytes_max).deserialize(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Group ids are bounded and cannot contain the tree name separator.
+    #[test]
+    fn group_ids_are_validated() {
+        assert!(validate_group_id("us-east").is_ok());
+        assert!(validate_group_id("ledger:us-east.1_a").is_ok());
+        assert!(validate_group_id("").is_err());
+        assert!(validate_group_id("a/b").is_err());
+        assert!(validate_group_id("a b").is_err());
+        assert!(validate_group_id(&"x".repeat(GROUP_ID_BYTES_MAX)).is_ok());
+        assert!(validate_group_id(&"x".repeat(GROUP_ID_BYTES_MAX + 1)).is_err());
+    }
+
+    /// The codec round-trips and enforces its size limit both ways.
+    #[test]
+    fn codec_enforces_limit() {
+        let value = "x".repeat(100);
+        let bytes = encode(&value, 1024).expect("fits");
+        assert_eq!(decode::<String>(&bytes, 1024).expect("decodes"), value);
+        assert!(encode(&value, 50).is_err());
+        assert!(decode::<String>(&bytes, 50).is_err());
+    }
+}

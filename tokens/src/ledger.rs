@@ -363,7 +363,8 @@ impl LedgerState {
             ));
         }
         for pair in entries.windows(2) {
-            if pair[1].seq != pair[0].seq + 1 {
+            // Checked: a batch from `u64::MAX` must be refused, not wrap to 0.
+            if pair[0].seq.checked_add(1) != Some(pair[1].seq) {
                 return Err(Rejection::invalid(
                     Field::Entries,
                     "sequence numbers must be consecutive",

@@ -250,20 +250,24 @@ fn plan_take_half(view: &SkuView, p: &TakeHalf, out: &mut Vec<PlannedTransfer>) 
             .iter()
             .filter(|d| d.reachable && d.region != r.region && !touched.contains(&d.region.as_str()))
             .max_by(|a, b| a.available.cmp(&b.available).then(b.region.cmp(&a.region)));
-        match richest {
-            Some(d) if d.available > pool => {
-                let units = (d.available / 2).min(spare(d, 0));
-                if units > 0 {
-                    touched.push(&d.region);
-                    out.push(PlannedTransfer {
-                        kind: TransferKind::Revoke,
-                        region: d.region.clone(),
-                        sku: view.sku.clone(),
-                        units,
-                    });
-                }
+        // What the richest region can give without going under its own
+        // demand. If that is nothing, the pool is the richest holder that
+        // can give: otherwise a pool with tokens would sit idle for ever.
+        let donation = richest
+            .filter(|d| d.available > pool)
+            .map(|d| (d, (d.available / 2).min(spare(d, 0))))
+            .filter(|&(_, units)| units > 0);
+        match donation {
+            Some((d, units)) => {
+                touched.push(&d.region);
+                out.push(PlannedTransfer {
+                    kind: TransferKind::Revoke,
+                    region: d.region.clone(),
+                    sku: view.sku.clone(),
+                    units,
+                });
             }
-            _ => {
+            None => {
                 let units = pool.div_ceil(2);
                 if units > 0 {
                     pool -= units;

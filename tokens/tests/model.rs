@@ -88,6 +88,13 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// A modelled reservation: (lines, state, expires_at_ms, order).
+type ModelHold = (Vec<(String, u64)>, ReservationState, u64, Option<String>);
+/// A remembered request: (lines, allow_partial, ttl_ms, reservation number).
+type ModelRequest = (Vec<(usize, u64)>, bool, u64, u64);
+/// The last request sent to a region, for replays: (id, lines, allow_partial, ttl_ms).
+type LastRequest = (String, Vec<(usize, u64)>, bool, u64);
+
 /// The reference model of one region: plain counters and a list of holds.
 #[derive(Default)]
 struct ModelRegion {
@@ -95,9 +102,9 @@ struct ModelRegion {
     held: BTreeMap<&'static str, u64>,
     confirmed: BTreeMap<&'static str, u64>,
     /// id → (lines, state, expires_at_ms, order)
-    holds: BTreeMap<u64, (Vec<(String, u64)>, ReservationState, u64, Option<String>)>,
+    holds: BTreeMap<u64, ModelHold>,
     next_id: u64,
-    requests: BTreeMap<String, (Vec<(usize, u64)>, bool, u64, u64)>,
+    requests: BTreeMap<String, ModelRequest>,
 }
 
 fn sku_name(s: &str) -> &'static str {
@@ -114,7 +121,7 @@ struct World {
     log: Vec<Vec<RegionCommand>>,
     ledger_log: Vec<LedgerCommand>,
     next_request: u64,
-    last_request: Vec<Option<(String, Vec<(usize, u64)>, bool, u64)>>,
+    last_request: Vec<Option<LastRequest>>,
 }
 
 impl World {

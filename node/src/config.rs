@@ -61,7 +61,11 @@ pub struct RaftTuning {
 
 impl Default for RaftTuning {
     fn default() -> Self {
-        RaftTuning { heartbeat_ms: 100, election_timeout_min_ms: 500, election_timeout_max_ms: 1000 }
+        RaftTuning {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+        }
     }
 }
 
@@ -100,10 +104,19 @@ impl NodeConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
-        let config: NodeConfig = toml::from_str(&text)
-            .map_err(|e| ConfigError::Parse { path: shown.clone(), message: e.message().to_string() + &span(&text, e.span()) })?;
-        config.validate().map_err(|(field, message)| ConfigError::Field { path: shown, field, message })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let config: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: shown.clone(),
+            message: e.message().to_string() + &span(&text, e.span()),
+        })?;
+        config.validate().map_err(|(field, message)| ConfigError::Field {
+            path: shown,
+            field,
+            message,
+        })?;
         Ok(config)
     }
 
@@ -120,7 +133,10 @@ impl NodeConfig {
             return Err(("http_addr", "must differ from grpc_addr".into()));
         }
         if self.peers.is_empty() || self.peers.len() > PEERS_MAX {
-            return Err(("peers", format!("must list 1-{PEERS_MAX} voters, got {}", self.peers.len())));
+            return Err((
+                "peers",
+                format!("must list 1-{PEERS_MAX} voters, got {}", self.peers.len()),
+            ));
         }
         for (i, p) in self.peers.iter().enumerate() {
             if p.id == 0 {
@@ -136,16 +152,28 @@ impl NodeConfig {
         match self.peers.iter().find(|p| p.id == self.node_id) {
             None => return Err(("peers", format!("must include this node ({})", self.node_id))),
             Some(me) if me.grpc != self.grpc_addr => {
-                return Err(("peers", format!("this node's entry says {}, grpc_addr says {}", me.grpc, self.grpc_addr)));
+                return Err((
+                    "peers",
+                    format!(
+                        "this node's entry says {}, grpc_addr says {}",
+                        me.grpc, self.grpc_addr
+                    ),
+                ));
             }
             Some(_) => {}
         }
         let r = &self.raft;
         if r.heartbeat_ms == 0 || r.election_timeout_min_ms < 2 * r.heartbeat_ms {
-            return Err(("raft.election_timeout_min_ms", "must be at least twice raft.heartbeat_ms (> 0)".into()));
+            return Err((
+                "raft.election_timeout_min_ms",
+                "must be at least twice raft.heartbeat_ms (> 0)".into(),
+            ));
         }
         if r.election_timeout_max_ms <= r.election_timeout_min_ms {
-            return Err(("raft.election_timeout_max_ms", "must exceed raft.election_timeout_min_ms".into()));
+            return Err((
+                "raft.election_timeout_max_ms",
+                "must exceed raft.election_timeout_min_ms".into(),
+            ));
         }
         Ok(())
     }
@@ -153,7 +181,10 @@ impl NodeConfig {
 
 fn span(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     match span {
-        Some(s) => format!(" (line {})", text[..s.start.min(text.len())].lines().count().max(1)),
+        Some(s) => format!(
+            " (line {})",
+            text[..s.start.min(text.len())].lines().count().max(1)
+        ),
         None => String::new(),
     }
 }
@@ -171,8 +202,14 @@ mod tests {
             data_dir: "/tmp/x".into(),
             standalone: true,
             peers: vec![
-                Peer { id: 1, grpc: "127.0.0.1:7001".parse().unwrap() },
-                Peer { id: 2, grpc: "127.0.0.1:7002".parse().unwrap() },
+                Peer {
+                    id: 1,
+                    grpc: "127.0.0.1:7001".parse().unwrap(),
+                },
+                Peer {
+                    id: 2,
+                    grpc: "127.0.0.1:7002".parse().unwrap(),
+                },
             ],
             raft: RaftTuning::default(),
         }
@@ -201,8 +238,16 @@ mod tests {
         assert_eq!(field(|c| c.http_addr = c.grpc_addr), "http_addr");
         assert_eq!(field(|c| c.peers.clear()), "peers");
         assert_eq!(field(|c| c.peers[1].id = 1), "peers");
-        assert_eq!(field(|c| { c.peers.remove(0); }), "peers");
-        assert_eq!(field(|c| c.raft.election_timeout_min_ms = 10), "raft.election_timeout_min_ms");
+        assert_eq!(
+            field(|c| {
+                c.peers.remove(0);
+            }),
+            "peers"
+        );
+        assert_eq!(
+            field(|c| c.raft.election_timeout_min_ms = 10),
+            "raft.election_timeout_min_ms"
+        );
     }
 
     /// Unknown keys and type errors are refused with the parser's message.

@@ -8,5 +8,8 @@ use crate::config::NodeConfig;
 
 /// Runs a node until SIGTERM / Ctrl-C; returns once it has stopped cleanly.
 pub async fn run(config: NodeConfig) -> Result<(), String> {
-    Err(format!("node {}: the node server is not built yet", config.node_id))
+    Err(format!(
+        "node {}: the node server is not built yet",
+        config.node_id
+    ))
 }

@@ -1,0 +1,1046 @@
+//! `reservoir up --standalone --dir DIR`: one standalone region (`us-east`)
+//! as child processes on loopback ports, for local use and tests.
+//!
+//! The steps, each a small function below: write (or reuse) one config per
+//! node in DIR → spawn `reservoir node --config DIR/node-{id}.toml` per node,
+//! its output appended to `DIR/node-{id}.log` → poll every node's `/readyz`
+//! until all answer 200 → write `DIR/cluster.json` → report children that
+//! exit, without restarting them → on Ctrl-C / SIGTERM stop every child.
+//!
+//! Running `up` again on the same DIR reuses the configs unchanged (same
+//! ports, same data dirs), so the region comes back on its data. Re-running a
+//! node's `cmd` from cluster.json by hand restarts that one node.
+//!
+//! Caveats: a child restarted by hand is not `up`'s child, so `up` neither
+//! sees it nor stops it. Nothing guards against two `up`s on one DIR; the
+//! second one's nodes fail to bind and it says so.
+
+use crate::config::{NodeConfig, PEERS_MAX, Peer, RaftTuning};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::time::{Duration, Instant};
+
+/// The region a standalone `up` runs.
+pub const STANDALONE_REGION: &str = "us-east";
+/// Nodes when `--nodes` is not given and DIR holds no configs.
+pub const NODES_DEFAULT: u64 = 3;
+/// How long every node has to become ready before `up` gives up.
+pub const READY_DEADLINE: Duration = Duration::from_secs(30);
+/// How often `up` polls `/readyz` while waiting.
+pub const READY_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long one `/readyz` probe may take.
+pub const HTTP_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest HTTP status line a probe reads before calling the answer garbage.
+pub const STATUS_LINE_BYTES_MAX: usize = 1024;
+/// How often a running `up` checks whether a child has exited.
+pub const CHILD_POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// How long children have after SIGTERM before they get SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Lines of a node's log shown when it fails to start.
+pub const LOG_TAIL_LINES: usize = 20;
+/// Bytes read from the end of a log to find those lines.
+pub const LOG_TAIL_BYTES_MAX: u64 = 16 * 1024;
+
+/// What `up --standalone` was asked for.
+#[derive(Clone, Debug)]
+pub struct UpOptions {
+    /// The cluster directory; created if missing.
+    pub dir: PathBuf,
+    /// Nodes in the region; `None` means [`NODES_DEFAULT`], or what DIR holds.
+    pub nodes: Option<u64>,
+    /// First port of a fixed range instead of free ports.
+    pub base_port: Option<u16>,
+    /// The `reservoir` binary the children run.
+    pub exe: PathBuf,
+}
+
+/// `DIR/cluster.json`: every node's endpoints, pid and command line. The
+/// three-region `up` extends this file; these keys are a contract.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterFile {
+    /// Every node `up` started.
+    pub nodes: Vec<ClusterNode>,
+}
+
+/// One node in `cluster.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNode {
+    /// Its node id.
+    pub id: u64,
+    /// Its region.
+    pub region: String,
+    /// Its gRPC address, `127.0.0.1:PORT`.
+    pub grpc: SocketAddr,
+    /// Its HTTP address, `127.0.0.1:PORT`.
+    pub http: SocketAddr,
+    /// The process `up` started (stale once the node is restarted by hand).
+    pub pid: u32,
+    /// The command line that (re)starts it on its data.
+    pub cmd: Vec<String>,
+}
+
+/// Why `up` failed.
+#[derive(Debug)]
+pub enum UpError {
+    /// Bad options, or a DIR whose configs do not fit them; exit code 2.
+    Usage(String),
+    /// A file or process operation failed.
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: io::Error,
+    },
+    /// A node config in DIR is invalid.
+    Config(crate::config::ConfigError),
+    /// A node exited or was not ready in time.
+    NodeFailed {
+        /// The node.
+        id: u64,
+        /// What happened.
+        reason: String,
+        /// Its log file.
+        log: PathBuf,
+        /// The last lines of its log.
+        tail: String,
+    },
+}
+
+impl UpError {
+    /// True for errors in what `up` was asked to do, as opposed to failures
+    /// while doing it; `main` exits 2 for these.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, UpError::Usage(_) | UpError::Config(_))
+    }
+
+    fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> UpError {
+        let what = what.into();
+        move |source| UpError::Io { what, source }
+    }
+}
+
+impl fmt::Display for UpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpError::Usage(message) => f.write_str(message),
+            UpError::Io { what, source } => write!(f, "{what}: {source}"),
+            UpError::Config(e) => write!(f, "{e}"),
+            UpError::NodeFailed {
+                id,
+                reason,
+                log,
+                tail,
+            } => {
+                write!(f, "node {id} {reason}; last lines of {}:\n{tail}", log.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for UpError {}
+
+/// A node config in DIR, and where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedNode {
+    /// `DIR/node-{id}.toml`, absolute.
+    pub config_path: PathBuf,
+    /// Its contents.
+    pub config: NodeConfig,
+}
+
+/// A running child and what `up` knows about it.
+#[derive(Debug)]
+struct NodeProcess {
+    id: u64,
+    config: NodeConfig,
+    log_path: PathBuf,
+    cmd: Vec<String>,
+    pid: u32,
+    child: Child,
+    /// Set once the child has been reaped; it is never signalled after that,
+    /// so a recycled pid is never hit.
+    exited: Option<ExitStatus>,
+}
+
+/// Runs a standalone region until Ctrl-C / SIGTERM. Returns once every child
+/// has stopped. Run it on a current-thread runtime on the main thread: a
+/// child's `PR_SET_PDEATHSIG` fires when the *thread* that spawned it exits.
+pub async fn run(options: UpOptions) -> Result<(), UpError> {
+    // Before any child exists, so a signal can never kill `up` by default
+    // disposition and leave the children to their death signal alone.
+    let mut signals = ShutdownSignals::install().map_err(UpError::io("installing signal handlers"))?;
+    std::fs::create_dir_all(&options.dir)
+        .map_err(UpError::io(format!("creating {}", options.dir.display())))?;
+    let dir = options
+        .dir
+        .canonicalize()
+        .map_err(UpError::io(format!("resolving {}", options.dir.display())))?;
+    let plan = prepare_configs(&dir, options.nodes, options.base_port)?;
+    // cluster.json appears only once this run is ready; an old one would
+    // point at processes that are gone.
+    let cluster_path = dir.join("cluster.json");
+    match std::fs::remove_file(&cluster_path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(UpError::io(format!("removing stale {}", cluster_path.display()))(
+                e,
+            ));
+        }
+        _ => {}
+    }
+
+    let mut nodes = Vec::with_capacity(plan.len());
+    for planned in &plan {
+        match spawn_node(&options.exe, &dir, planned) {
+            Ok(node) => nodes.push(node),
+            Err(e) => {
+                stop_all(&mut nodes, STOP_GRACE).await;
+                return Err(e);
+            }
+        }
+    }
+
+    let startup = tokio::select! {
+        ready = wait_ready(&mut nodes, READY_DEADLINE) => Ok(ready),
+        name = signals.recv() => Err(name),
+    };
+    match startup {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            stop_all(&mut nodes, STOP_GRACE).await;
+            return Err(e);
+        }
+        Err(signal_name) => {
+            eprintln!("{signal_name} before the region was ready: stopping the nodes");
+            stop_all(&mut nodes, STOP_GRACE).await;
+            return Ok(());
+        }
+    }
+
+    let cluster = cluster_file(&nodes);
+    let mut json = serde_json::to_vec_pretty(&cluster).expect("a ClusterFile always serializes");
+    json.push(b'\n');
+    if let Err(e) = write_atomically(&cluster_path, &json) {
+        stop_all(&mut nodes, STOP_GRACE).await;
+        return Err(UpError::io(format!("writing {}", cluster_path.display()))(e));
+    }
+    print_endpoints(&nodes, &cluster_path);
+
+    let signal_name = supervise(&mut nodes, &mut signals).await;
+    eprintln!("{signal_name}: stopping the nodes");
+    stop_all(&mut nodes, STOP_GRACE).await;
+    Ok(())
+}
+
+// ----- configs -----
+
+/// The node configs for DIR: those already there, unchanged, when DIR holds
+/// any `node-{id}.toml`; otherwise fresh ones, written to DIR.
+pub fn prepare_configs(
+    dir: &Path,
+    nodes: Option<u64>,
+    base_port: Option<u16>,
+) -> Result<Vec<PlannedNode>, UpError> {
+    let existing = existing_node_ids(dir).map_err(UpError::io(format!("reading {}", dir.display())))?;
+    if !existing.is_empty() {
+        let plan = load_configs(dir, &existing)?;
+        if let Some(n) = nodes.filter(|&n| n != plan.len() as u64) {
+            return Err(UpError::Usage(format!(
+                "{} holds a {}-node region; --nodes {n} does not match (use another --dir for a new region)",
+                dir.display(),
+                plan.len()
+            )));
+        }
+        if base_port.is_some() {
+            eprintln!(
+                "note: --base-port ignored; {} already holds node configs",
+                dir.display()
+            );
+        }
+        return Ok(plan);
+    }
+    let n = nodes.unwrap_or(NODES_DEFAULT);
+    if n == 0 || n > PEERS_MAX as u64 {
+        return Err(UpError::Usage(format!("--nodes must be 1-{PEERS_MAX}, got {n}")));
+    }
+    let ports = match base_port {
+        Some(base) => fixed_ports(base, n)?,
+        None => free_ports(2 * n as usize).map_err(UpError::io("picking free loopback ports"))?,
+    };
+    let plan = fresh_configs(dir, &ports);
+    for planned in &plan {
+        let text = toml::to_string(&planned.config).expect("a NodeConfig always serializes to TOML");
+        write_atomically(&planned.config_path, text.as_bytes())
+            .map_err(UpError::io(format!("writing {}", planned.config_path.display())))?;
+    }
+    Ok(plan)
+}
+
+/// `DIR/node-{id}.toml`.
+pub fn config_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("node-{id}.toml"))
+}
+
+/// `DIR/node-{id}.log`.
+pub fn log_path(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("node-{id}.log"))
+}
+
+/// The ids of the `node-{id}.toml` files in DIR, ascending.
+fn existing_node_ids(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let id = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("node-"))
+            .and_then(|n| n.strip_suffix(".toml"))
+            .and_then(|n| n.parse::<u64>().ok());
+        ids.extend(id);
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Loads the configs of a previous run and checks that they describe one
+/// standalone region whose voters are exactly these files.
+fn load_configs(dir: &Path, ids: &[u64]) -> Result<Vec<PlannedNode>, UpError> {
+    let mut plan = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let path = config_path(dir, id);
+        let config = NodeConfig::load(&path).map_err(UpError::Config)?;
+        let inconsistent = |why: String| UpError::Usage(format!("{}: {why}", path.display()));
+        if config.node_id != id {
+            return Err(inconsistent(format!(
+                "node_id is {}, the file name says {id}",
+                config.node_id
+            )));
+        }
+        if !config.standalone {
+            return Err(inconsistent(
+                "not a standalone node; `up --standalone` runs only those".into(),
+            ));
+        }
+        let mut voters: Vec<u64> = config.peers.iter().map(|p| p.id).collect();
+        voters.sort_unstable();
+        if voters != ids {
+            return Err(inconsistent(format!(
+                "peers are {voters:?}, but DIR holds configs for {ids:?}"
+            )));
+        }
+        if let Some(first) = plan.first().map(|p: &PlannedNode| &p.config)
+            && (first.region != config.region || first.peers != config.peers)
+        {
+            return Err(inconsistent(format!(
+                "region or peers differ from node {}'s",
+                first.node_id
+            )));
+        }
+        plan.push(PlannedNode {
+            config_path: path,
+            config,
+        });
+    }
+    Ok(plan)
+}
+
+/// Fresh configs for nodes 1..=N of the standalone region: node i gets
+/// `ports[2(i-1)]` for gRPC and `ports[2(i-1)+1]` for HTTP, and its data in
+/// `DIR/node-{i}/data`; every node lists every node as a voter.
+fn fresh_configs(dir: &Path, ports: &[u16]) -> Vec<PlannedNode> {
+    assert!(
+        ports.len().is_multiple_of(2),
+        "{} ports for nodes that need two each",
+        ports.len()
+    );
+    let loopback = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let ids = 1..=(ports.len() / 2) as u64;
+    let peers: Vec<Peer> = ids
+        .clone()
+        .map(|id| Peer {
+            id,
+            grpc: loopback(ports[2 * (id as usize - 1)]),
+        })
+        .collect();
+    ids.map(|id| {
+        let i = 2 * (id as usize - 1);
+        PlannedNode {
+            config_path: config_path(dir, id),
+            config: NodeConfig {
+                node_id: id,
+                region: STANDALONE_REGION.to_string(),
+                grpc_addr: loopback(ports[i]),
+                http_addr: loopback(ports[i + 1]),
+                data_dir: dir.join(format!("node-{id}")).join("data"),
+                standalone: true,
+                peers: peers.clone(),
+                raft: RaftTuning::default(),
+            },
+        }
+    })
+    .collect()
+}
+
+/// `2n` consecutive ports from `base`, refused if they run past 65535.
+fn fixed_ports(base: u16, n: u64) -> Result<Vec<u16>, UpError> {
+    let last = u64::from(base) + 2 * n - 1;
+    if base == 0 || last > u64::from(u16::MAX) {
+        return Err(UpError::Usage(format!(
+            "--base-port {base}: {n} nodes need ports {base}-{last}, which must lie in 1-65535"
+        )));
+    }
+    Ok((0..2 * n as u16).map(|i| base + i).collect())
+}
+
+/// `count` distinct free loopback ports: all bound at once to 127.0.0.1:0
+/// (so the kernel hands out distinct ones), read, then released for the
+/// nodes to bind. Another process could take one in between; the node would
+/// then fail to start and `up` would say so.
+fn free_ports(count: usize) -> io::Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<io::Result<Vec<_>>>()?;
+    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+/// Writes a file so that readers see the old contents or the new, never a
+/// torn write: a temporary file beside it, flushed, then renamed over it.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+// ----- processes -----
+
+/// Starts one node: `exe node --config <abs path>`, its output appended to
+/// `DIR/node-{id}.log`, its data dir created.
+fn spawn_node(exe: &Path, dir: &Path, planned: &PlannedNode) -> Result<NodeProcess, UpError> {
+    let id = planned.config.node_id;
+    std::fs::create_dir_all(&planned.config.data_dir).map_err(UpError::io(format!(
+        "creating {}",
+        planned.config.data_dir.display()
+    )))?;
+    let cmd = vec![
+        exe.to_string_lossy().into_owned(),
+        "node".to_string(),
+        "--config".to_string(),
+        planned.config_path.to_string_lossy().into_owned(),
+    ];
+    let log_path = log_path(dir, id);
+    let child = spawn_logged(&cmd, &log_path, &format!("starting node {id}"))
+        .map_err(UpError::io(format!("starting node {id} ({})", exe.display())))?;
+    let pid = child.id().expect("a just-spawned child has not been reaped");
+    Ok(NodeProcess {
+        id,
+        config: planned.config.clone(),
+        log_path,
+        cmd,
+        pid,
+        child,
+        exited: None,
+    })
+}
+
+/// Starts `cmd` with stdin closed and stdout and stderr appended to
+/// `log_path`, after a marker line so one node's runs can be told apart. On
+/// Linux the child asks for SIGTERM when `up` dies (`PR_SET_PDEATHSIG`), so
+/// killing `up` even with SIGKILL still stops the region.
+fn spawn_logged(cmd: &[String], log_path: &Path, marker: &str) -> io::Result<Child> {
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)?;
+    writeln!(log, "--- reservoir up: {marker} ---")?;
+    let stderr_log = log.try_clone()?;
+    let mut command = Command::new(&cmd[0]);
+    command
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(stderr_log))
+        .kill_on_drop(false);
+    die_with_parent(&mut command);
+    command.spawn()
+}
+
+/// Makes the child get SIGTERM when its parent dies (Linux only; elsewhere
+/// children of a killed `up` live on until stopped by hand).
+fn die_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs in the forked child before exec and calls
+        // only async-signal-safe functions (prctl, getppid), allocating nothing.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // The parent died between fork and prctl: the signal will
+                // never come, so do not start at all.
+                if libc::getppid() != parent {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
+}
+
+/// Polls every node until each `/readyz` answers 200. Fails, naming the node
+/// and showing its log's tail, when a child exits or `deadline` passes.
+async fn wait_ready(nodes: &mut [NodeProcess], deadline: Duration) -> Result<(), UpError> {
+    let give_up = Instant::now() + deadline;
+    let mut ready = vec![false; nodes.len()];
+    let mut last_probe = vec![String::from("not probed yet"); nodes.len()];
+    loop {
+        for (i, node) in nodes.iter_mut().enumerate() {
+            if ready[i] {
+                continue;
+            }
+            if let Some(status) = reap(node) {
+                return Err(node_failed(
+                    node,
+                    format!("(pid {}) exited while starting: {status}", node.pid),
+                ));
+            }
+            match probe_ready(node.config.http_addr).await {
+                Ok(200) => ready[i] = true,
+                Ok(code) => last_probe[i] = format!("/readyz answered {code}"),
+                Err(e) => last_probe[i] = format!("/readyz failed: {e}"),
+            }
+        }
+        if ready.iter().all(|&r| r) {
+            return Ok(());
+        }
+        if Instant::now() >= give_up {
+            let i = ready.iter().position(|&r| !r).expect("some node is not ready");
+            let reason = format!("not ready after {} s ({})", deadline.as_secs(), last_probe[i]);
+            return Err(node_failed(&nodes[i], reason));
+        }
+        tokio::time::sleep(READY_POLL_INTERVAL).await;
+    }
+}
+
+fn node_failed(node: &NodeProcess, reason: String) -> UpError {
+    UpError::NodeFailed {
+        id: node.id,
+        reason,
+        log: node.log_path.clone(),
+        tail: log_tail(&node.log_path, LOG_TAIL_LINES),
+    }
+}
+
+/// One `/readyz` probe, bounded by [`HTTP_PROBE_TIMEOUT`]: the status code.
+async fn probe_ready(addr: SocketAddr) -> io::Result<u16> {
+    match tokio::time::timeout(HTTP_PROBE_TIMEOUT, http_get_status(addr, "/readyz")).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
+    }
+}
+
+/// A minimal HTTP/1.1 GET: sends the request and returns the status code
+/// from the response's status line, reading at most
+/// [`STATUS_LINE_BYTES_MAX`] bytes and ignoring the rest.
+pub async fn http_get_status(addr: SocketAddr, path: &str) -> io::Result<u16> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = Vec::with_capacity(128);
+    let mut buf = [0u8; 256];
+    loop {
+        if let Some(end) = head.windows(2).position(|w| w == b"\r\n") {
+            return parse_status_line(&head[..end]);
+        }
+        if head.len() >= STATUS_LINE_BYTES_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("no status line in the first {STATUS_LINE_BYTES_MAX} bytes"),
+            ));
+        }
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before the status line",
+            ));
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// `HTTP/1.1 200 OK` → 200.
+fn parse_status_line(line: &[u8]) -> io::Result<u16> {
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad status line {:?}", String::from_utf8_lossy(line)),
+        )
+    };
+    let line = std::str::from_utf8(line).map_err(|_| bad())?;
+    let mut parts = line.split(' ');
+    match (parts.next(), parts.next()) {
+        (Some(version), Some(code)) if version.starts_with("HTTP/1.") && code.len() == 3 => {
+            code.parse().map_err(|_| bad())
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// The exit status of a child that has exited since the last look, reaping
+/// it; `None` while it runs (or if it was reaped before).
+fn reap(node: &mut NodeProcess) -> Option<ExitStatus> {
+    if node.exited.is_some() {
+        return None;
+    }
+    match node.child.try_wait() {
+        Ok(Some(status)) => {
+            node.exited = Some(status);
+            Some(status)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            // Only possible if the child is no longer ours to wait for; treat
+            // it as gone rather than report it on every poll.
+            eprintln!(
+                "node {} (pid {}): cannot check its status: {e}",
+                node.id, node.pid
+            );
+            node.exited = Some(ExitStatus::default());
+            None
+        }
+    }
+}
+
+/// While the region runs: reports each child that exits, once, and does not
+/// restart it. Returns the name of the signal that asked `up` to stop.
+async fn supervise(nodes: &mut [NodeProcess], signals: &mut ShutdownSignals) -> &'static str {
+    let mut tick = tokio::time::interval(CHILD_POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            name = signals.recv() => return name,
+            _ = tick.tick() => {
+                for node in nodes.iter_mut() {
+                    if let Some(status) = reap(node) {
+                        eprintln!("node {} (pid {}) exited: {status}", node.id, node.pid);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Stops every child still running: SIGTERM to all at once, up to `grace`
+/// for them to exit, then SIGKILL for any left; every child is reaped, so
+/// none outlives `up` and none stays a zombie.
+async fn stop_all(nodes: &mut [NodeProcess], grace: Duration) {
+    for node in nodes.iter_mut() {
+        if let Some(status) = reap(node) {
+            eprintln!("node {} (pid {}) exited: {status}", node.id, node.pid);
+        } else if node.exited.is_none() {
+            send_signal(node, libc::SIGTERM);
+        }
+    }
+    let give_up = Instant::now() + grace;
+    for node in nodes.iter_mut().filter(|n| n.exited.is_none()) {
+        let status = match tokio::time::timeout_at(give_up, node.child.wait()).await {
+            Ok(waited) => waited,
+            Err(_) => {
+                eprintln!(
+                    "node {} (pid {}) still running after {} s: SIGKILL",
+                    node.id,
+                    node.pid,
+                    grace.as_secs()
+                );
+                // start_kill sends SIGKILL; wait reaps.
+                let _ = node.child.start_kill();
+                node.child.wait().await
+            }
+        };
+        match status {
+            Ok(status) => {
+                eprintln!("node {} (pid {}) stopped: {status}", node.id, node.pid);
+                node.exited = Some(status);
+            }
+            Err(e) => eprintln!("node {} (pid {}): waiting for it failed: {e}", node.id, node.pid),
+        }
+    }
+}
+
+/// Sends a signal to a child that has not been reaped, so its pid is still
+/// ours and cannot have been recycled.
+fn send_signal(node: &NodeProcess, signal: libc::c_int) {
+    debug_assert!(node.exited.is_none(), "signalling reaped node {}", node.id);
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    if unsafe { libc::kill(node.pid as libc::pid_t, signal) } != 0 {
+        let e = io::Error::last_os_error();
+        eprintln!("node {} (pid {}): signal {signal} failed: {e}", node.id, node.pid);
+    }
+}
+
+/// The last `lines` lines of a log (from at most its last
+/// [`LOG_TAIL_BYTES_MAX`] bytes), indented; a note if it cannot be read.
+fn log_tail(path: &Path, lines: usize) -> String {
+    let read = || -> io::Result<String> {
+        let mut file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES_MAX)))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    match read() {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            let tail = &all[all.len().saturating_sub(lines)..];
+            if tail.is_empty() {
+                "    (empty)".to_string()
+            } else {
+                tail.iter()
+                    .map(|l| format!("    {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+        }
+        Err(e) => format!("    (cannot read it: {e})"),
+    }
+}
+
+// ----- reporting -----
+
+/// The contents of `cluster.json` for the running nodes.
+fn cluster_file(nodes: &[NodeProcess]) -> ClusterFile {
+    ClusterFile {
+        nodes: nodes
+            .iter()
+            .map(|n| ClusterNode {
+                id: n.id,
+                region: n.config.region.clone(),
+                grpc: n.config.grpc_addr,
+                http: n.config.http_addr,
+                pid: n.pid,
+                cmd: n.cmd.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Prints where the region's nodes listen, on stdout.
+fn print_endpoints(nodes: &[NodeProcess], cluster_path: &Path) {
+    let mut rows = vec![["NODE", "PID", "GRPC", "HTTP", "LOG"].map(String::from).to_vec()];
+    for n in nodes {
+        rows.push(vec![
+            n.id.to_string(),
+            n.pid.to_string(),
+            n.config.grpc_addr.to_string(),
+            n.config.http_addr.to_string(),
+            n.log_path.display().to_string(),
+        ]);
+    }
+    println!(
+        "region {STANDALONE_REGION} is ready: {} nodes, standalone; {}",
+        nodes.len(),
+        cluster_path.display()
+    );
+    print!("{}", crate::cli::table(&rows));
+    println!("Ctrl-C stops the region.");
+}
+
+/// Ctrl-C (SIGINT) and SIGTERM, registered once at start-up.
+struct ShutdownSignals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> io::Result<Self> {
+        Ok(ShutdownSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for either; returns its name.
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "Ctrl-C",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener as AsyncListener;
+
+    /// A fresh, empty directory under the system temp dir, unique per test.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("reservoir-up-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.canonicalize().unwrap()
+    }
+
+    /// A fresh DIR gets N valid configs on distinct loopback ports, and a second run reuses them unchanged.
+    #[test]
+    fn configs_are_generated_then_reused() {
+        let dir = scratch("configs");
+        let first = prepare_configs(&dir, None, None).unwrap();
+        assert_eq!(first.len(), NODES_DEFAULT as usize);
+        let mut addrs = Vec::new();
+        for (i, p) in first.iter().enumerate() {
+            let c = &p.config;
+            assert_eq!(c.node_id, i as u64 + 1);
+            assert_eq!(c.region, STANDALONE_REGION);
+            assert!(c.standalone);
+            assert_eq!(c.peers.len(), first.len());
+            assert_eq!(c.data_dir, dir.join(format!("node-{}/data", c.node_id)));
+            assert_eq!(p.config_path, dir.join(format!("node-{}.toml", c.node_id)));
+            assert_eq!(
+                &NodeConfig::load(&p.config_path).unwrap(),
+                c,
+                "written config loads back"
+            );
+            addrs.extend([c.grpc_addr, c.http_addr]);
+        }
+        addrs.sort();
+        addrs.dedup();
+        assert_eq!(addrs.len(), 2 * first.len(), "every port distinct");
+
+        let again = prepare_configs(&dir, None, Some(9000)).unwrap();
+        assert_eq!(
+            again, first,
+            "second run reuses the configs, ignoring --base-port"
+        );
+        assert_eq!(prepare_configs(&dir, Some(3), None).unwrap(), first);
+        assert!(prepare_configs(&dir, Some(5), None).unwrap_err().is_usage());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// --base-port lays the ports out as documented and refuses ranges past 65535.
+    #[test]
+    fn base_port_layout() {
+        let dir = scratch("base-port");
+        let plan = prepare_configs(&dir, Some(2), Some(20000)).unwrap();
+        let c = &plan[1].config;
+        assert_eq!(c.grpc_addr, "127.0.0.1:20002".parse().unwrap());
+        assert_eq!(c.http_addr, "127.0.0.1:20003".parse().unwrap());
+        assert_eq!(c.peers[0].grpc, "127.0.0.1:20000".parse().unwrap());
+        assert!(fixed_ports(65531, 3).unwrap_err().is_usage());
+        assert_eq!(fixed_ports(65530, 3).unwrap().last(), Some(&65535));
+        let other = scratch("bad-nodes");
+        assert!(prepare_configs(&other, Some(0), None).unwrap_err().is_usage());
+        assert!(
+            prepare_configs(&other, Some(PEERS_MAX as u64 + 1), None)
+                .unwrap_err()
+                .is_usage()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&other).unwrap();
+    }
+
+    /// A DIR whose configs do not describe one region is refused, naming the file.
+    #[test]
+    fn inconsistent_configs_are_refused() {
+        let dir = scratch("inconsistent");
+        let plan = prepare_configs(&dir, Some(3), None).unwrap();
+        std::fs::remove_file(&plan[2].config_path).unwrap();
+        let e = prepare_configs(&dir, None, None).unwrap_err();
+        assert!(e.is_usage(), "{e}");
+        assert!(e.to_string().contains("node-1.toml"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// cluster.json has exactly the contract's keys, and round-trips.
+    #[test]
+    fn cluster_json_shape() {
+        let file = ClusterFile {
+            nodes: vec![ClusterNode {
+                id: 1,
+                region: "us-east".into(),
+                grpc: "127.0.0.1:7001".parse().unwrap(),
+                http: "127.0.0.1:7002".parse().unwrap(),
+                pid: 1234,
+                cmd: vec![
+                    "/bin/reservoir".into(),
+                    "node".into(),
+                    "--config".into(),
+                    "/d/node-1.toml".into(),
+                ],
+            }],
+        };
+        let value = serde_json::to_value(&file).unwrap();
+        let expected = serde_json::json!({"nodes": [{
+            "id": 1, "region": "us-east", "grpc": "127.0.0.1:7001", "http": "127.0.0.1:7002",
+            "pid": 1234, "cmd": ["/bin/reservoir", "node", "--config", "/d/node-1.toml"],
+        }]});
+        assert_eq!(value, expected);
+        let back: ClusterFile = serde_json::from_value(value).unwrap();
+        assert_eq!(back, file);
+    }
+
+    /// An atomic write replaces the file and leaves no temporary behind.
+    #[test]
+    fn atomic_write_replaces() {
+        let dir = scratch("atomic");
+        let path = dir.join("cluster.json");
+        write_atomically(&path, b"old").unwrap();
+        write_atomically(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Serves one canned HTTP answer on a fresh loopback port; returns the port's address.
+    async fn canned(answer: &'static [u8]) -> SocketAddr {
+        let listener = AsyncListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let n = stream.read(&mut request).await.unwrap();
+            assert!(request[..n].starts_with(b"GET /readyz HTTP/1.1\r\n"));
+            stream.write_all(answer).await.unwrap();
+        });
+        addr
+    }
+
+    /// The tiny GET reads the status code, even when the line arrives in pieces, and refuses garbage.
+    #[tokio::test]
+    async fn http_get_reads_the_status() {
+        let addr = canned(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+        assert_eq!(http_get_status(addr, "/readyz").await.unwrap(), 200);
+        let addr = canned(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
+        assert_eq!(probe_ready(addr).await.unwrap(), 503);
+        let addr = canned(b"SSH-2.0-nope\r\n").await;
+        assert_eq!(
+            http_get_status(addr, "/readyz").await.unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        let addr = canned(b"HTTP/1.1 20").await;
+        assert_eq!(
+            http_get_status(addr, "/readyz").await.unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        let addr = canned(&[b'x'; 2000]).await;
+        assert_eq!(
+            http_get_status(addr, "/readyz").await.unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+
+    /// A closed port is an error, not a hang.
+    #[tokio::test]
+    async fn http_get_to_closed_port_fails() {
+        let addr = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        assert!(probe_ready(addr).await.is_err());
+    }
+
+    /// A NodeProcess running `sh -c script` in place of a node, logging to `DIR/node-{id}.log`.
+    fn fake_node(dir: &Path, id: u64, script: &str) -> NodeProcess {
+        let ports = free_ports(2).unwrap();
+        let mut config = fresh_configs(dir, &ports).remove(0).config;
+        config.node_id = id;
+        let cmd: Vec<String> = ["/bin/sh", "-c", script].map(String::from).to_vec();
+        let log_path = log_path(dir, id);
+        let child = spawn_logged(&cmd, &log_path, &format!("starting node {id}")).unwrap();
+        NodeProcess {
+            id,
+            config,
+            log_path,
+            cmd,
+            pid: child.id().unwrap(),
+            child,
+            exited: None,
+        }
+    }
+
+    /// Waits (with a deadline) until a node's log contains `text`.
+    async fn wait_for_log(node: &NodeProcess, text: &str) {
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&node.log_path)
+            .unwrap_or_default()
+            .contains(text)
+        {
+            assert!(Instant::now() < give_up, "node {} never logged {text:?}", node.id);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// stop_all ends children that obey SIGTERM at once, SIGKILLs one that ignores it after the grace, and reaps all.
+    #[tokio::test]
+    async fn stop_all_terms_then_kills() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = scratch("stop");
+        let mut nodes = vec![
+            fake_node(&dir, 1, "exec sleep 30"),
+            fake_node(&dir, 2, "trap '' TERM; echo trapped; exec sleep 30"),
+        ];
+        wait_for_log(&nodes[1], "trapped").await;
+        let started = Instant::now();
+        stop_all(&mut nodes, Duration::from_millis(500)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "stop_all took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(nodes[0].exited.unwrap().signal(), Some(libc::SIGTERM));
+        assert_eq!(nodes[1].exited.unwrap().signal(), Some(libc::SIGKILL));
+        for n in &nodes {
+            // SAFETY: signal 0 only checks whether the pid exists.
+            let alive = unsafe { libc::kill(n.pid as libc::pid_t, 0) } == 0;
+            assert!(!alive, "node {} (pid {}) left behind", n.id, n.pid);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A child that exits while starting fails the wait at once, naming the node and showing its log.
+    #[tokio::test]
+    async fn wait_ready_reports_an_exited_child() {
+        let dir = scratch("exited");
+        let mut nodes = vec![fake_node(&dir, 1, "echo cannot bind; exit 3")];
+        let e = wait_ready(&mut nodes, Duration::from_secs(10)).await.unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("node 1 (pid "), "{text}");
+        assert!(text.contains("exited while starting: exit status: 3"), "{text}");
+        assert!(
+            text.contains("--- reservoir up: starting node 1 ---\n    cannot bind"),
+            "{text}"
+        );
+        stop_all(&mut nodes, Duration::from_secs(1)).await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A node that never becomes ready fails the wait at the deadline with its last probe result.
+    #[tokio::test]
+    async fn wait_ready_gives_up_at_the_deadline() {
+        let dir = scratch("deadline");
+        let mut nodes = vec![fake_node(&dir, 1, "exec sleep 30")];
+        // Its HTTP port came from free_ports and nothing listens there.
+        let e = wait_ready(&mut nodes, Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not ready after"), "{e}");
+        stop_all(&mut nodes, Duration::from_secs(1)).await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -32,8 +32,11 @@
 //! server's decoding limit, not here; the edge sees only decoded messages.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod edge;
+pub mod http;
 pub mod server;
+pub mod service;
 pub mod status;
 pub mod up;

@@ -1,15 +1,192 @@
 //! The node: one readable function that wires everything — validate config →
 //! open storage → network → Raft → serve gRPC and HTTP until shutdown.
-//!
-//! **In progress**: `run` is being built (reservoir-raft group, Inventory
-//! and Admin services, HTTP). Until it lands it refuses to start.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reservoir_proto::v1::admin_server::AdminServer;
+use reservoir_proto::v1::inventory_server::InventoryServer;
+use reservoir_raft::{Group, GroupOptions, NodeStorage, RaftService, Router, StorageOptions, TonicWire};
+use reservoir_tokens::limits::MESSAGE_BYTES_MAX;
+use reservoir_tokens::{RegionApplied, RegionCommand, RegionOp, RegionState};
+use tokio::sync::watch;
+
+use crate::clock::{Clock, SystemClock};
 use crate::config::NodeConfig;
+use crate::service::{AdminService, InventoryService, Node};
+
+/// How often the leader checks whether a hold has fallen due.
+pub const EXPIRE_TICK: Duration = Duration::from_millis(100);
+/// How long shutdown waits for in-flight calls before closing anyway.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs a node until SIGTERM / Ctrl-C; returns once it has stopped cleanly.
 pub async fn run(config: NodeConfig) -> Result<(), String> {
-    Err(format!(
-        "node {}: the node server is not built yet",
-        config.node_id
-    ))
+    let metrics = crate::http::install_metrics()?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+
+    // Storage: one sled database per node, one set of trees per group.
+    let data_dir = config.data_dir.clone();
+    let storage = tokio::task::spawn_blocking(move || NodeStorage::open(&StorageOptions::new(data_dir)))
+        .await
+        .map_err(|e| format!("opening storage: {e}"))?
+        .map_err(|e| format!("opening storage at {}: {e}", config.data_dir.display()))?;
+    let storage = Arc::new(storage);
+    let region = config.region.clone();
+    let stores = {
+        let storage = storage.clone();
+        let group_id = region.clone();
+        tokio::task::spawn_blocking(move || storage.open_group(&group_id, RegionState::new(group_id.clone())))
+            .await
+            .map_err(|e| format!("opening group: {e}"))?
+            .map_err(|e| format!("opening group {region}: {e}"))?
+    };
+
+    // Network and Raft.
+    let router = Router::new(config.node_id);
+    let wire = Arc::new(TonicWire::new());
+    let members: BTreeMap<u64, String> = config.peers.iter().map(|p| (p.id, p.grpc.to_string())).collect();
+    let mut options = GroupOptions::new(region.clone(), config.node_id, members);
+    options.heartbeat_ms = config.raft.heartbeat_ms;
+    options.election_timeout_min_ms = config.raft.election_timeout_min_ms;
+    options.election_timeout_max_ms = config.raft.election_timeout_max_ms;
+
+    // Bind both listeners before starting Raft, so a taken port fails fast.
+    let grpc_listener = bind(config.grpc_addr, "grpc_addr").await?;
+    let http_listener = bind(config.http_addr, "http_addr").await?;
+
+    let group = Group::start(options, stores, wire, &router)
+        .await
+        .map_err(|e| e.to_string())?;
+    let node = Arc::new(Node::new(config.clone(), Arc::new(group), clock));
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    // Public and internal gRPC on one port.
+    let grpc = {
+        let inventory = InventoryServer::new(InventoryService::new(node.clone()))
+            .max_decoding_message_size(MESSAGE_BYTES_MAX);
+        let admin =
+            AdminServer::new(AdminService::new(node.clone())).max_decoding_message_size(MESSAGE_BYTES_MAX);
+        let mut rx = shutdown_rx.clone();
+        let incoming = tokio_stream_listener(grpc_listener);
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(inventory)
+                .add_service(admin)
+                .add_service(RaftService::server(router))
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await
+        })
+    };
+    let http = {
+        let app = crate::http::router(node.clone(), metrics);
+        let mut rx = shutdown_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await
+        })
+    };
+    let expirer = tokio::spawn(expire_loop(node.clone(), shutdown_rx.clone()));
+    eprintln!(
+        "reservoir node {} ({}) serving gRPC on {} and HTTP on {}",
+        config.node_id, config.region, config.grpc_addr, config.http_addr
+    );
+
+    wait_for_signal().await;
+    eprintln!("node {}: shutting down", config.node_id);
+    let _ = shutdown_tx.send(true);
+    // In-flight calls finish (their proposals commit or fail) before the
+    // servers return; bounded so a stuck call cannot hold the process.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let _ = grpc.await;
+        let _ = http.await;
+        let _ = expirer.await;
+    })
+    .await;
+    node.group().shutdown().await;
+    storage.flush().await.map_err(|e| format!("final flush: {e}"))?;
+    eprintln!("node {}: stopped", config.node_id);
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, field: &str) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("{field} {addr}: {e}"))
+}
+
+fn tokio_stream_listener(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener)
+}
+
+/// Waits for SIGTERM or Ctrl-C.
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("warning: cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// On the leader, expires holds as they fall due: checks every
+/// [`EXPIRE_TICK`], and proposes `Expire` only when the earliest hold is due,
+/// so an idle region writes nothing. Replicas never expire on their own clock.
+async fn expire_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(EXPIRE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let group = node.group();
+        if !group.is_leader() {
+            continue;
+        }
+        let now_ms = node.now_ms();
+        let due = group
+            .read(|s| s.next_expiry_ms().is_some_and(|at| at <= now_ms))
+            .unwrap_or(false);
+        if !due {
+            continue;
+        }
+        // Sweep until nothing due is left (each command expires a bounded number).
+        loop {
+            let cmd = RegionCommand {
+                now_ms: node.now_ms(),
+                op: RegionOp::Expire,
+            };
+            match group.propose(cmd).await {
+                Ok(Ok(RegionApplied::Expired { count, more_due })) => {
+                    metrics::counter!("reservoir_expired_total").increment(count as u64);
+                    if !more_due {
+                        break;
+                    }
+                }
+                Ok(other) => {
+                    eprintln!("warning: expire sweep: unexpected outcome {other:?}");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
 }

@@ -113,7 +113,8 @@ pub fn reason_of(status: &Status) -> Option<String> {
     error_info(status).map(|info| info.reason)
 }
 
-fn status_with_info(
+/// A status with a Reservoir ErrorInfo detail.
+pub fn status_with_info(
     code: Code,
     message: String,
     reason: &str,

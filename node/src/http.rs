@@ -1,0 +1,153 @@
+//! The node's HTTP side (axum): `/healthz`, `/readyz`, `/metrics`
+//! (Prometheus text from the `metrics` crate) and `/status` (JSON).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::Serialize;
+
+use crate::service::Node;
+
+/// Installs the process-wide metrics recorder and returns the handle that
+/// renders it.
+pub fn install_metrics() -> Result<PrometheusHandle, String> {
+    PrometheusBuilder::new()
+        .set_buckets(&[
+            0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ])
+        .map_err(|e| format!("metrics buckets: {e}"))?
+        .install_recorder()
+        .map_err(|e| format!("metrics recorder: {e}"))
+}
+
+#[derive(Clone)]
+struct AppState {
+    node: Arc<Node>,
+    metrics: PrometheusHandle,
+}
+
+/// The HTTP routes of a node.
+pub fn router(node: Arc<Node>, metrics: PrometheusHandle) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/status", get(status))
+        .with_state(AppState { node, metrics })
+}
+
+/// Ready when the region group has a leader.
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    match s.node.group().status().leader {
+        Some(leader) => (StatusCode::OK, format!("ready: leader {leader}\n")),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no leader\n".to_string(),
+        ),
+    }
+}
+
+/// Gauges are sampled at scrape time, then everything is rendered.
+async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
+    let group = s.node.group();
+    let status = group.status();
+    metrics::gauge!("reservoir_proposal_queue_depth").set(group.queue_depth() as f64);
+    metrics::gauge!("reservoir_raft_term").set(status.term as f64);
+    metrics::gauge!("reservoir_raft_is_leader").set(if status.role == "leader" { 1.0 } else { 0.0 });
+    metrics::gauge!("reservoir_raft_applied_index").set(status.applied_index.unwrap_or(0) as f64);
+    let _ = group.read(|state| {
+        metrics::gauge!("reservoir_holds").set(state.holds() as f64);
+        metrics::gauge!("reservoir_outbox_entries")
+            .set((state.last_outbox_seq() - state.settled_up_to()) as f64);
+        for (sku, b) in state.buckets() {
+            metrics::gauge!("reservoir_bucket_tokens", "sku" => sku.clone(), "kind" => "available")
+                .set(b.available as f64);
+            metrics::gauge!("reservoir_bucket_tokens", "sku" => sku.clone(), "kind" => "held")
+                .set(b.held as f64);
+            metrics::gauge!("reservoir_bucket_tokens", "sku" => sku.clone(), "kind" => "confirmed")
+                .set(b.confirmed as f64);
+        }
+    });
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}
+
+#[derive(Serialize)]
+struct BucketJson {
+    available: u64,
+    held: u64,
+    confirmed: u64,
+}
+
+#[derive(Serialize)]
+struct StatusJson {
+    node_id: u64,
+    region: String,
+    standalone: bool,
+    role: &'static str,
+    term: u64,
+    leader: Option<u64>,
+    applied_index: Option<u64>,
+    last_log_index: Option<u64>,
+    snapshot_index: Option<u64>,
+    members: std::collections::BTreeMap<u64, String>,
+    holds: usize,
+    next_expiry_ms: Option<u64>,
+    outbox_last_seq: u64,
+    settled_up_to: u64,
+    buckets: std::collections::BTreeMap<String, BucketJson>,
+}
+
+async fn status(State(s): State<AppState>) -> impl IntoResponse {
+    let g = s.node.group().status();
+    let read = s.node.group().read(|state| {
+        (
+            state.holds(),
+            state.next_expiry_ms(),
+            state.last_outbox_seq(),
+            state.settled_up_to(),
+            state
+                .buckets()
+                .iter()
+                .map(|(sku, b)| {
+                    (
+                        sku.clone(),
+                        BucketJson {
+                            available: b.available,
+                            held: b.held,
+                            confirmed: b.confirmed,
+                        },
+                    )
+                })
+                .collect(),
+        )
+    });
+    let Ok((holds, next_expiry_ms, outbox_last_seq, settled_up_to, buckets)) = read else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "state unreadable\n").into_response();
+    };
+    Json(StatusJson {
+        node_id: g.node_id,
+        region: s.node.region().to_string(),
+        standalone: s.node.config().standalone,
+        role: g.role,
+        term: g.term,
+        leader: g.leader,
+        applied_index: g.applied_index,
+        last_log_index: g.last_log_index,
+        snapshot_index: g.snapshot_index,
+        members: g.members,
+        holds,
+        next_expiry_ms,
+        outbox_last_seq,
+        settled_up_to,
+        buckets,
+    })
+    .into_response()
+}

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 /// Most voters in one region group.
 pub const PEERS_MAX: usize = 7;
+/// Largest configurable proposal queue.
+pub const PROPOSAL_QUEUE_MAX_LIMIT: usize = 65_536;
 
 /// One node's configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +59,9 @@ pub struct RaftTuning {
     pub election_timeout_min_ms: u64,
     /// Longest election timeout.
     pub election_timeout_max_ms: u64,
+    /// Most proposals waiting to be batched; past it a call gets
+    /// UNAVAILABLE / `OVERLOADED` at once.
+    pub proposal_queue_max: usize,
 }
 
 impl Default for RaftTuning {
@@ -65,6 +70,7 @@ impl Default for RaftTuning {
             heartbeat_ms: 100,
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1000,
+            proposal_queue_max: 4096,
         }
     }
 }
@@ -173,6 +179,12 @@ impl NodeConfig {
             return Err((
                 "raft.election_timeout_max_ms",
                 "must exceed raft.election_timeout_min_ms".into(),
+            ));
+        }
+        if r.proposal_queue_max == 0 || r.proposal_queue_max > PROPOSAL_QUEUE_MAX_LIMIT {
+            return Err((
+                "raft.proposal_queue_max",
+                format!("must be 1-{PROPOSAL_QUEUE_MAX_LIMIT}, got {}", r.proposal_queue_max),
             ));
         }
         Ok(())

@@ -114,7 +114,7 @@ impl Node {
                 Ok(Err(ProposeError::Overloaded)) => {
                     return Err(NodeError::Overloaded {
                         queue: "proposals",
-                        max: reservoir_raft::group::PROPOSAL_QUEUE_MAX,
+                        max: self.group.queue_max(),
                     }
                     .to_status());
                 }

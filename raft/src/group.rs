@@ -13,7 +13,7 @@ use crate::config::{Batch, GroupMachine, GroupRaft, Node, NodeId};
 use crate::network::{Network, Router, Wire};
 use crate::store::{GroupStores, StateReader};
 
-/// Most proposals waiting for a batch; past it a caller gets
+/// Default bound of proposals waiting for a batch; past it a caller gets
 /// [`ProposeError::Overloaded`] at once.
 pub const PROPOSAL_QUEUE_MAX: usize = 4_096;
 /// Most commands in one log entry.
@@ -40,7 +40,7 @@ pub enum ProposeError {
         leader: Option<(NodeId, String)>,
     },
     /// The proposal queue is full. Nothing was proposed; retry later.
-    #[error("proposal queue full ({PROPOSAL_QUEUE_MAX})")]
+    #[error("proposal queue full")]
     Overloaded,
     /// The leader could not reach a quorum to confirm its leadership.
     #[error("no quorum: {0}")]
@@ -75,6 +75,12 @@ pub struct GroupOptions {
     pub election_timeout_max_ms: u64,
     /// Build a snapshot after this many log entries since the last one.
     pub snapshot_logs: u64,
+    /// Log entries kept behind the newest snapshot, so that a briefly
+    /// lagging follower catches up from the log rather than a whole
+    /// snapshot; older entries are purged.
+    pub snapshot_logs_to_keep: u64,
+    /// Most proposals waiting for a batch; past it callers get `Overloaded`.
+    pub proposal_queue_max: usize,
 }
 
 impl GroupOptions {
@@ -88,6 +94,8 @@ impl GroupOptions {
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1_000,
             snapshot_logs: 10_000,
+            snapshot_logs_to_keep: 1_000,
+            proposal_queue_max: PROPOSAL_QUEUE_MAX,
         }
     }
 }
@@ -148,6 +156,7 @@ pub struct Group<SM: GroupMachine> {
     raft: GroupRaft<SM>,
     reader: StateReader<SM>,
     proposals_tx: mpsc::Sender<Proposal<SM>>,
+    queue_max: usize,
     router: Router,
 }
 
@@ -169,9 +178,7 @@ impl<SM: GroupMachine> Group<SM> {
             election_timeout_max: options.election_timeout_max_ms,
             max_payload_entries: REPLICATION_ENTRIES_MAX,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_logs),
-            // Keep enough log behind a snapshot that a briefly lagging
-            // follower catches up from the log, not a whole snapshot.
-            max_in_snapshot_log_to_keep: 1_000,
+            max_in_snapshot_log_to_keep: options.snapshot_logs_to_keep,
             install_snapshot_timeout: 10_000,
             ..openraft::Config::default()
         };
@@ -214,7 +221,8 @@ impl<SM: GroupMachine> Group<SM> {
             }
         }
 
-        let (proposals_tx, proposals_rx) = mpsc::channel(PROPOSAL_QUEUE_MAX);
+        let queue_max = options.proposal_queue_max.max(1);
+        let (proposals_tx, proposals_rx) = mpsc::channel(queue_max);
         tokio::spawn(propose_loop(raft.clone(), proposals_rx));
         Ok(Group {
             name: group,
@@ -222,6 +230,7 @@ impl<SM: GroupMachine> Group<SM> {
             raft,
             reader,
             proposals_tx,
+            queue_max,
             router: router.clone(),
         })
     }
@@ -354,7 +363,12 @@ impl<SM: GroupMachine> Group<SM> {
 
     /// Proposals waiting in the queue.
     pub fn queue_depth(&self) -> usize {
-        PROPOSAL_QUEUE_MAX - self.proposals_tx.capacity()
+        self.queue_max - self.proposals_tx.capacity()
+    }
+
+    /// The bound of the proposal queue.
+    pub fn queue_max(&self) -> usize {
+        self.queue_max
     }
 }
 

@@ -3,7 +3,7 @@
 
 use crate::error::{Field, Rejection};
 use crate::limits::{self, *};
-use crate::memory::{Fnv, RequestMemory};
+use crate::memory::RequestMemory;
 use crate::types::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -217,16 +217,9 @@ impl LedgerState {
     }
 
     fn adjust_stock(&mut self, request_id: RequestId, sku: Sku, delta: i64) -> LedgerOutcome {
-        limits::check_request_id(&request_id)?;
-        limits::check_sku(&sku)?;
-        limits::check_delta(delta)?;
-        let fingerprint = Fnv::new().bytes(sku.as_bytes()).u64(delta as u64).finish();
-        if let Some(seen) = self.adjustments.get(&request_id) {
-            if seen.fingerprint != fingerprint {
-                return Err(Rejection::RequestIdReused { request_id });
-            }
+        let Some(fingerprint) = self.adjustments.check_adjustment(&request_id, &sku, delta)? else {
             return Ok(self.stock_figures(sku));
-        }
+        };
         let units = delta.unsigned_abs();
         if delta > 0 {
             let s = self.skus.entry(sku.clone()).or_default();

@@ -1,5 +1,7 @@
 //! Bounded memory of successful requests, for idempotency.
 
+use crate::error::Rejection;
+use crate::limits;
 use crate::types::{Line, Millis, RequestId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -54,6 +56,29 @@ impl<T> RequestMemory<T> {
         self.order.push_back((now_ms, request_id.clone()));
         let old = self.entries.insert(request_id, Remembered { fingerprint, value });
         assert!(old.is_none(), "request id remembered twice");
+    }
+
+    /// Validates a stock adjustment and tells a new one from a retry: the
+    /// new one's fingerprint, to remember once applied; `None` for a retry of
+    /// an adjustment already applied; `REQUEST_ID_REUSED` for another
+    /// adjustment under the same id.
+    pub fn check_adjustment(
+        &self,
+        request_id: &str,
+        sku: &str,
+        delta: i64,
+    ) -> Result<Option<u64>, Rejection> {
+        limits::check_request_id(request_id)?;
+        limits::check_sku(sku)?;
+        limits::check_delta(delta)?;
+        let fingerprint = Fnv::new().bytes(sku.as_bytes()).u64(delta as u64).finish();
+        match self.get(request_id) {
+            None => Ok(Some(fingerprint)),
+            Some(seen) if seen.fingerprint == fingerprint => Ok(None),
+            Some(_) => Err(Rejection::RequestIdReused {
+                request_id: request_id.to_string(),
+            }),
+        }
     }
 
     /// Forgets at most `budget` ids that are older than `retention_ms` or

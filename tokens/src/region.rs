@@ -675,16 +675,9 @@ impl RegionState {
     }
 
     fn adjust_stock(&mut self, request_id: RequestId, sku: Sku, delta: i64) -> RegionOutcome {
-        limits::check_request_id(&request_id)?;
-        limits::check_sku(&sku)?;
-        limits::check_delta(delta)?;
-        let fingerprint = Fnv::new().bytes(sku.as_bytes()).u64(delta as u64).finish();
-        if let Some(seen) = self.adjustments.get(&request_id) {
-            if seen.fingerprint != fingerprint {
-                return Err(Rejection::RequestIdReused { request_id });
-            }
+        let Some(fingerprint) = self.adjustments.check_adjustment(&request_id, &sku, delta)? else {
             return Ok(self.stock_figures(sku));
-        }
+        };
         let units = delta.unsigned_abs();
         if delta > 0 {
             let bucket = self.buckets.entry(sku.clone()).or_default();

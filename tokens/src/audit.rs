@@ -3,7 +3,7 @@
 //! every region's state; any difference is reported as drift.
 
 use crate::ledger::LedgerState;
-use crate::region::RegionState;
+use crate::region::{AppliedTransfer, Bucket, RegionState};
 use crate::types::*;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -87,6 +87,45 @@ impl BalanceSheet {
     }
 }
 
+/// What the audit needs of a region: its buckets, the transfers it applied,
+/// and its sales the ledger has settled but the region has not yet heard of.
+/// Implemented by [`RegionState`] and by any summary of one a node ships
+/// across the network.
+pub trait RegionBooks {
+    /// The region's name.
+    fn region(&self) -> &str;
+    /// Its buckets, by SKU.
+    fn buckets(&self) -> &BTreeMap<Sku, Bucket>;
+    /// How it applied transfer `id`, if it did (and still remembers).
+    fn applied_transfer(&self, id: TransferId) -> Option<&AppliedTransfer>;
+    /// Units of `sku` in outbox entries the region still holds with a
+    /// sequence number at or below the ledger's `watermark`.
+    fn settled_unacked(&self, sku: &str, watermark: u64) -> Units;
+}
+
+impl RegionBooks for RegionState {
+    fn region(&self) -> &str {
+        RegionState::region(self)
+    }
+
+    fn buckets(&self) -> &BTreeMap<Sku, Bucket> {
+        RegionState::buckets(self)
+    }
+
+    fn applied_transfer(&self, id: TransferId) -> Option<&AppliedTransfer> {
+        self.transfer(id)
+    }
+
+    fn settled_unacked(&self, sku: &str, watermark: u64) -> Units {
+        self.outbox_after(self.settled_up_to())
+            .take_while(|e| e.seq <= watermark)
+            .flat_map(|e| e.lines.iter())
+            .filter(|l| l.sku == sku)
+            .map(|l| l.quantity)
+            .sum()
+    }
+}
+
 fn clamp(v: i128) -> i64 {
     v.clamp(i64::MIN as i128, i64::MAX as i128) as i64
 }
@@ -98,8 +137,8 @@ fn clamp(v: i128) -> i64 {
 /// an applied revoke is in flight (out of a bucket, not in the pool). A
 /// confirmed sale the ledger settled but the region has not yet dropped from
 /// its outbox is counted once, as settled.
-pub fn balance(ledger: &LedgerState, regions: &[&RegionState]) -> BalanceSheet {
-    let by_name: BTreeMap<&str, &RegionState> = regions.iter().map(|r| (r.region(), *r)).collect();
+pub fn balance<R: RegionBooks>(ledger: &LedgerState, regions: &[&R]) -> BalanceSheet {
+    let by_name: BTreeMap<&str, &R> = regions.iter().map(|r| (r.region(), *r)).collect();
     let mut known: BTreeSet<&str> = ledger.watermarks().keys().map(String::as_str).collect();
     known.extend(ledger.transfers().values().map(|t| t.region.as_str()));
     for s in ledger.skus().values() {
@@ -124,7 +163,9 @@ pub fn balance(ledger: &LedgerState, regions: &[&RegionState]) -> BalanceSheet {
         // Per region: applied-but-incomplete grants minus revokes.
         let mut applied_in_flight: BTreeMap<&str, i128> = BTreeMap::new();
         for t in ledger.transfers().values().filter(|t| t.sku == sku) {
-            let applied = by_name.get(t.region.as_str()).and_then(|r| r.transfer(t.id));
+            let applied = by_name
+                .get(t.region.as_str())
+                .and_then(|r| r.applied_transfer(t.id));
             match (t.kind, applied) {
                 (TransferKind::Grant, None) => in_flight_grants += t.units,
                 (TransferKind::Grant, Some(a)) => {
@@ -144,15 +185,8 @@ pub fn balance(ledger: &LedgerState, regions: &[&RegionState]) -> BalanceSheet {
             + in_flight_revokes as i128
             + books.settled_total as i128;
         for r in regions {
-            let b = r.bucket(sku).cloned().unwrap_or_default();
-            let watermark = ledger.watermark(r.region());
-            let settled_unacked: Units = r
-                .outbox_after(r.settled_up_to())
-                .take_while(|e| e.seq <= watermark)
-                .flat_map(|e| e.lines.iter())
-                .filter(|l| l.sku == sku)
-                .map(|l| l.quantity)
-                .sum();
+            let b = r.buckets().get(sku).cloned().unwrap_or_default();
+            let settled_unacked = r.settled_unacked(sku, ledger.watermark(r.region()));
             let confirmed = b.confirmed.saturating_sub(settled_unacked);
             found += (b.available + b.held + confirmed) as i128;
             let believed = books.granted.get(r.region()).copied().unwrap_or(0) as i128

@@ -52,8 +52,8 @@ pub mod types;
 pub use error::{ErrorKind, Field, Rejection};
 pub use ledger::{LedgerApplied, LedgerCommand, LedgerOp, LedgerOutcome, LedgerState, SettleEntry, Transfer};
 pub use region::{
-    Bucket, OutboxEntry, RegionApplied, RegionCommand, RegionOp, RegionOutcome, RegionState, Reservation,
-    ReservationState,
+    AppliedTransfer, Bucket, OutboxEntry, RegionApplied, RegionCommand, RegionOp, RegionOutcome, RegionState,
+    Reservation, ReservationState,
 };
 pub use types::*;
 

@@ -512,7 +512,7 @@ fn missing_region_is_reported() {
     let two = audit::balance(&c.ledger, &[&c.regions[0], &c.regions[1]]);
     assert_eq!(two.missing_regions, vec!["ap-south".to_string()]);
     assert!(!two.balanced());
-    let none = audit::balance(&c.ledger, &[]);
+    let none = audit::balance::<RegionState>(&c.ledger, &[]);
     assert_eq!(none.missing_regions.len(), 3);
     assert!(!none.balanced());
 

@@ -1,0 +1,728 @@
+//! In-process three-node Raft groups hosting a `RegionState`: real openraft,
+//! real sled stores (with real flushes) in temp dirs, and the in-process
+//! `LocalNet`, whose links the tests cut, heal, detach and reattach.
+//!
+//! Every scenario keeps a book of what its clients were told (each
+//! acknowledged reservation as last seen, the outbox, the stock) and ends by
+//! checking every live replica against it: the replicas serialize to the same
+//! bytes at the same applied index, every acknowledged reservation is there,
+//! nothing unacknowledged is, and the region's books balance.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use reservoir_raft::network::{BoxFuture, RpcKind, WireError, WireMessage};
+use reservoir_raft::testing::LocalNet;
+use reservoir_raft::{Group, GroupOptions, GroupStatus, NodeId, NodeStorage, ProposeError, Router, Wire};
+use reservoir_tokens::audit::balance_standalone;
+use reservoir_tokens::{
+    Line, OutboxEntry, RegionApplied, RegionCommand, RegionOp, RegionState, Reservation, ReservationId,
+    ReservationState,
+};
+use tempfile::TempDir;
+
+/// The voters of every test group.
+const NODES: [NodeId; 3] = [1, 2, 3];
+/// How long any condition may take to hold before the test fails.
+const WAIT: Duration = Duration::from_secs(10);
+/// How long the survivors may take to elect a new leader after a crash.
+const FAILOVER_MAX: Duration = Duration::from_secs(5);
+/// How long a proposal on an isolated leader is given to (wrongly) succeed.
+const UNACKED_WAIT: Duration = Duration::from_secs(1);
+/// Pause between polls of a condition.
+const POLL: Duration = Duration::from_millis(10);
+/// The clock every command carries: holds (15 min by default) never expire.
+const NOW_MS: u64 = 1_000;
+/// The one SKU of every test.
+const SKU: &str = "sku-a";
+/// Units of stock each test starts with.
+const STOCK: u64 = 10_000;
+
+/// A node's address in the group's membership (`LocalNet` ignores it, but a
+/// `NotLeader` error must name it).
+fn addr(id: NodeId) -> String {
+    format!("local-{id}")
+}
+
+fn command(op: RegionOp) -> RegionCommand {
+    RegionCommand { now_ms: NOW_MS, op }
+}
+
+/// The in-process network, counting the messages that got a reply by kind
+/// and addressee (to tell a catch-up by snapshot from one by log).
+#[derive(Clone, Default)]
+struct CountingNet {
+    net: LocalNet,
+    delivered: Arc<Mutex<BTreeMap<(RpcKind, NodeId), u64>>>,
+}
+
+impl CountingNet {
+    /// Messages of `kind` that `to` answered.
+    fn delivered(&self, kind: RpcKind, to: NodeId) -> u64 {
+        let delivered = self.delivered.lock().unwrap_or_else(PoisonError::into_inner);
+        delivered.get(&(kind, to)).copied().unwrap_or(0)
+    }
+}
+
+impl Wire for CountingNet {
+    fn call(
+        &self,
+        to: NodeId,
+        addr: &str,
+        message: WireMessage,
+    ) -> BoxFuture<'_, Result<Vec<u8>, WireError>> {
+        let kind = message.kind;
+        let reply = self.net.call(to, addr, message);
+        Box::pin(async move {
+            let reply = reply.await;
+            if reply.is_ok() {
+                let mut delivered = self.delivered.lock().unwrap_or_else(PoisonError::into_inner);
+                *delivered.entry((kind, to)).or_default() += 1;
+            }
+            reply
+        })
+    }
+}
+
+/// What the clients were told, and so what every replica must hold.
+#[derive(Default)]
+struct Book {
+    /// Units of stock added.
+    stocked: u64,
+    /// Every acknowledged reservation, as its client last saw it.
+    reservations: BTreeMap<ReservationId, Reservation>,
+    /// Acknowledged reserve requests (each remembered for idempotency).
+    reserve_requests: usize,
+    /// The outbox entries acknowledged confirms wrote, in order.
+    outbox: Vec<OutboxEntry>,
+}
+
+impl Book {
+    fn units(&self, state: ReservationState) -> u64 {
+        self.reservations
+            .values()
+            .filter(|r| r.state == state)
+            .flat_map(|r| &r.lines)
+            .map(|l| l.quantity)
+            .sum()
+    }
+
+    /// Checks one replica against the book: every acknowledged reservation,
+    /// outbox entry and unit is there, and nothing else.
+    fn check(&self, state: &RegionState, node: NodeId) {
+        for (id, reservation) in &self.reservations {
+            assert_eq!(
+                state.reservation(*id),
+                Some(reservation),
+                "node {node}: acknowledged reservation {id}"
+            );
+        }
+        assert_eq!(
+            state.reservations().count(),
+            self.reservations.len(),
+            "node {node}: reservations nobody was told about"
+        );
+        assert_eq!(
+            state.remembered_requests(),
+            self.reserve_requests,
+            "node {node}: remembered reserve requests"
+        );
+        let outbox: Vec<OutboxEntry> = state.outbox_after(0).cloned().collect();
+        assert_eq!(outbox, self.outbox, "node {node}: outbox");
+        let bucket = state.bucket(SKU).expect("the SKU was stocked");
+        let held = self.units(ReservationState::Held);
+        let confirmed = self.units(ReservationState::Confirmed);
+        assert_eq!(
+            (bucket.available, bucket.held, bucket.confirmed, bucket.received),
+            (self.stocked - held - confirmed, held, confirmed, self.stocked),
+            "node {node}: bucket levels (available, held, confirmed, received)"
+        );
+        assert_balanced(state, node);
+    }
+}
+
+/// The conservation check: every bucket's own books, and the standalone
+/// region's balance sheet.
+fn assert_balanced(state: &RegionState, node: NodeId) {
+    for (sku, bucket) in state.buckets() {
+        assert_eq!(
+            bucket.books_drift(),
+            0,
+            "node {node}: books of {sku} drift: {bucket:?}"
+        );
+    }
+    let sheet = balance_standalone(state);
+    assert!(
+        sheet.balanced(),
+        "node {node}: region does not balance: {sheet:?}"
+    );
+}
+
+/// One running node: its group, its router (attached to the net) and its
+/// database.
+struct RunningNode {
+    group: Arc<Group<RegionState>>,
+    _router: Router,
+    _storage: NodeStorage,
+}
+
+/// Three nodes of one region group on one `LocalNet`, each with its own data
+/// directory, which outlives restarts.
+struct Cluster {
+    net: CountingNet,
+    /// Options of every node; `node_id` is set per node.
+    options: GroupOptions,
+    dirs: BTreeMap<NodeId, TempDir>,
+    nodes: BTreeMap<NodeId, RunningNode>,
+    book: Book,
+}
+
+impl Cluster {
+    /// Starts three fresh nodes with test timing, changed by `tweak`.
+    async fn start(tweak: impl FnOnce(&mut GroupOptions)) -> Cluster {
+        let members = NODES.iter().map(|&id| (id, addr(id))).collect();
+        let mut options = GroupOptions::new(common::GROUP, 0, members);
+        options.heartbeat_ms = 50;
+        options.election_timeout_min_ms = 300;
+        options.election_timeout_max_ms = 600;
+        tweak(&mut options);
+        let mut cluster = Cluster {
+            net: CountingNet::default(),
+            options,
+            dirs: NODES
+                .iter()
+                .map(|&id| (id, TempDir::new().expect("temp dir")))
+                .collect(),
+            nodes: BTreeMap::new(),
+            book: Book::default(),
+        };
+        // Node 1 initializes the group: start it last, so its first
+        // election finds its peers listening.
+        for id in NODES.into_iter().rev() {
+            cluster.start_node(id).await;
+        }
+        cluster
+    }
+
+    /// Starts (or restarts) node `id` on its data directory.
+    async fn start_node(&mut self, id: NodeId) {
+        assert!(!self.nodes.contains_key(&id), "node {id} is already running");
+        let (storage, stores) = common::reopen(self.dirs[&id].path()).await;
+        let router = Router::new(id);
+        self.net.net.attach(router.clone());
+        let mut options = self.options.clone();
+        options.node_id = id;
+        let wire: Arc<dyn Wire> = Arc::new(self.net.clone());
+        let group = Group::start(options, stores, wire, &router)
+            .await
+            .unwrap_or_else(|e| panic!("start node {id}: {e}"));
+        self.nodes.insert(
+            id,
+            RunningNode {
+                group: Arc::new(group),
+                _router: router,
+                _storage: storage,
+            },
+        );
+    }
+
+    /// Crashes node `id`: off the network, Raft stopped, storage dropped.
+    async fn crash(&mut self, id: NodeId) {
+        let node = self.nodes.remove(&id).expect("node is running");
+        self.net.net.detach(id);
+        node.group.shutdown().await;
+    }
+
+    /// Stops every node.
+    async fn shutdown(&mut self) {
+        for id in NODES {
+            if self.nodes.contains_key(&id) {
+                self.crash(id).await;
+            }
+        }
+    }
+
+    fn group(&self, id: NodeId) -> &Arc<Group<RegionState>> {
+        &self.nodes.get(&id).expect("node is running").group
+    }
+
+    /// The last log index node `id` has purged.
+    fn purged_index(&self, id: NodeId) -> Option<u64> {
+        // A short borrow: holding the metrics guard would block the Raft core.
+        let purged = self.group(id).raft().metrics().borrow().purged;
+        purged.map(|log_id| log_id.index)
+    }
+
+    fn statuses(&self, ids: &[NodeId]) -> Vec<GroupStatus> {
+        ids.iter().map(|&id| self.group(id).status()).collect()
+    }
+
+    /// Waits until exactly one of `among` leads and all of `among` follow it
+    /// in its term; returns it.
+    async fn wait_for_leader(&self, among: &[NodeId], within: Duration) -> NodeId {
+        let deadline = Instant::now() + within;
+        loop {
+            let statuses = self.statuses(among);
+            let leaders: Vec<&GroupStatus> = statuses.iter().filter(|s| s.role == "leader").collect();
+            if let [leader] = leaders[..]
+                && statuses
+                    .iter()
+                    .all(|s| s.leader == Some(leader.node_id) && s.term == leader.term)
+            {
+                return leader.node_id;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader agreed on among {among:?} within {within:?}: {statuses:#?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Proposes `command` on the leader among `among` until it is
+    /// acknowledged (retrying on `NotLeader`; every command here is
+    /// idempotent), and returns what it did. A rejection fails the test.
+    async fn propose(&self, among: &[NodeId], command: RegionCommand) -> RegionApplied {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let leader = self
+                .wait_for_leader(among, deadline.saturating_duration_since(Instant::now()))
+                .await;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, self.group(leader).propose(command.clone())).await {
+                Ok(Ok(Ok(applied))) => return applied,
+                Ok(Ok(Err(rejection))) => panic!("{command:?} rejected: {rejection:?}"),
+                Ok(Err(e)) => {
+                    assert!(e.is_retryable(), "{command:?} on node {leader}: {e}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "{command:?} not acknowledged within {WAIT:?}: {e}"
+                    );
+                    tokio::time::sleep(POLL).await;
+                }
+                Err(_) => panic!("{command:?} on node {leader} not acknowledged within {WAIT:?}"),
+            }
+        }
+    }
+
+    /// Adds `units` of stock through the leader among `among`.
+    async fn add_stock(&mut self, among: &[NodeId], request_id: &str, units: u64) {
+        let op = RegionOp::AdjustStock {
+            request_id: request_id.to_owned(),
+            sku: SKU.to_owned(),
+            delta: i64::try_from(units).expect("test stock fits i64"),
+        };
+        match self.propose(among, command(op)).await {
+            RegionApplied::Stock { .. } => self.book.stocked += units,
+            other => panic!("stock adjustment did {other:?}"),
+        }
+    }
+
+    /// Reserves `quantity` units through the leader among `among`, and books
+    /// the acknowledged reservation.
+    async fn reserve(&mut self, among: &[NodeId], request_id: &str, quantity: u64) -> ReservationId {
+        let op = reserve_op(request_id, quantity);
+        match self.propose(among, command(op)).await {
+            RegionApplied::Reservation(r) => {
+                assert_eq!(r.state, ReservationState::Held, "{r:?}");
+                assert_eq!(r.lines, vec![Line::new(SKU, quantity)], "{r:?}");
+                let id = r.id;
+                assert!(self.book.reservations.insert(id, r).is_none(), "{id} twice");
+                self.book.reserve_requests += 1;
+                id
+            }
+            other => panic!("reserve did {other:?}"),
+        }
+    }
+
+    /// Confirms reservation `id` as `order_id` through the leader among
+    /// `among`, and books the sale and its outbox entry.
+    async fn confirm(&mut self, among: &[NodeId], id: ReservationId, order_id: &str) {
+        let op = RegionOp::Confirm {
+            id,
+            order_id: order_id.to_owned(),
+            lines: Vec::new(),
+        };
+        match self.propose(among, command(op)).await {
+            RegionApplied::Reservation(r) => {
+                assert_eq!(r.state, ReservationState::Confirmed, "{r:?}");
+                self.book.outbox.push(OutboxEntry {
+                    seq: self.book.outbox.len() as u64 + 1,
+                    reservation: id,
+                    order_id: order_id.to_owned(),
+                    lines: r.lines.clone(),
+                    confirmed_at_ms: NOW_MS,
+                });
+                self.book.reservations.insert(id, r);
+            }
+            other => panic!("confirm did {other:?}"),
+        }
+    }
+
+    /// Releases reservation `id` through the leader among `among`.
+    async fn release(&mut self, among: &[NodeId], id: ReservationId) {
+        match self.propose(among, command(RegionOp::Release { id })).await {
+            RegionApplied::Reservation(r) => {
+                assert_eq!(r.state, ReservationState::Released, "{r:?}");
+                self.book.reservations.insert(id, r);
+            }
+            other => panic!("release did {other:?}"),
+        }
+    }
+
+    /// Waits until `ids` have all applied their whole log, to the same
+    /// index; then requires their states to be byte for byte the same and to
+    /// match the book. Returns that state.
+    async fn wait_converged(&self, ids: &[NodeId]) -> RegionState {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let before = self.statuses(ids);
+            let index = before[0].applied_index;
+            let settled = before
+                .iter()
+                .all(|s| s.applied_index == index && s.last_log_index == index);
+            if settled {
+                let states: Vec<RegionState> = ids
+                    .iter()
+                    .map(|&id| self.group(id).read(RegionState::clone).expect("read state"))
+                    .collect();
+                let after = self.statuses(ids);
+                // Nothing was applied while the states were read.
+                let unchanged = before
+                    .iter()
+                    .zip(&after)
+                    .all(|(b, a)| (b.applied_index, b.last_log_index) == (a.applied_index, a.last_log_index));
+                if unchanged {
+                    let json = |state: &RegionState| {
+                        String::from_utf8(serde_json::to_vec(state).expect("state serializes"))
+                            .expect("JSON is UTF-8")
+                    };
+                    let first = json(&states[0]);
+                    for (id, state) in ids.iter().zip(&states) {
+                        assert_eq!(
+                            json(state),
+                            first,
+                            "node {id} and node {} differ at applied index {index:?}",
+                            ids[0]
+                        );
+                        self.book.check(state, *id);
+                    }
+                    return states.into_iter().next().expect("at least one node");
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes {ids:?} did not converge within {WAIT:?}: {before:#?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+fn reserve_op(request_id: &str, quantity: u64) -> RegionOp {
+    RegionOp::Reserve {
+        request_id: request_id.to_owned(),
+        lines: vec![Line::new(SKU, quantity)],
+        ttl_ms: 0,
+        allow_partial: false,
+    }
+}
+
+fn others(of: NodeId) -> Vec<NodeId> {
+    NODES.into_iter().filter(|&id| id != of).collect()
+}
+
+/// A three-node group elects one leader; what it commits is readable on the
+/// leader at once and on followers eventually, and followers name the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_commit_and_redirect() {
+    let mut cluster = Cluster::start(|_| {}).await;
+    cluster.wait_for_leader(&NODES, WAIT).await;
+
+    cluster.add_stock(&NODES, "stock-1", STOCK).await;
+    let mut ids = Vec::new();
+    for i in 1..=5 {
+        ids.push(cluster.reserve(&NODES, &format!("r{i}"), i).await);
+    }
+    cluster.confirm(&NODES, ids[0], "order-1").await;
+    cluster.release(&NODES, ids[1]).await;
+
+    let leader = cluster.wait_for_leader(&NODES, WAIT).await;
+
+    let on_leader = cluster
+        .group(leader)
+        .read_linearizable(RegionState::clone)
+        .await
+        .expect("linearizable read on the leader");
+    cluster.book.check(&on_leader, leader);
+
+    let deadline = Instant::now() + WAIT;
+    for follower in others(leader) {
+        let group = cluster.group(follower);
+        loop {
+            let state = group.read(RegionState::clone).expect("read");
+            if state.reservations().count() == cluster.book.reservations.len()
+                && state.last_outbox_seq() == 1
+                && state.reservation(ids[1]).map(|r| r.state) == Some(ReservationState::Released)
+            {
+                cluster.book.check(&state, follower);
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {follower} did not catch up");
+            tokio::time::sleep(POLL).await;
+        }
+
+        let expected = ProposeError::NotLeader {
+            leader: Some((leader, addr(leader))),
+        };
+        let proposed = group.propose(command(reserve_op("on-follower", 1))).await;
+        assert_eq!(proposed, Err(expected.clone()), "propose on follower {follower}");
+        let read = group.read_linearizable(|_| ()).await;
+        assert_eq!(read, Err(expected), "linearizable read on follower {follower}");
+    }
+
+    cluster.wait_converged(&NODES).await;
+    cluster.shutdown().await;
+}
+
+/// When the leader crashes, the survivors elect a new one within seconds; it
+/// has every acknowledged write and commits new ones, and the crashed node
+/// catches up when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_crash_elects_new_leader_without_losing_writes() {
+    let mut cluster = Cluster::start(|_| {}).await;
+    let old = cluster.wait_for_leader(&NODES, WAIT).await;
+    cluster.add_stock(&NODES, "stock-1", STOCK).await;
+    let mut ids = Vec::new();
+    for i in 1..=10 {
+        ids.push(cluster.reserve(&NODES, &format!("r{i}"), i).await);
+    }
+    cluster.confirm(&NODES, ids[2], "order-1").await;
+
+    // No wait for the followers to apply: acknowledged means on a quorum,
+    // and that must be enough.
+    cluster.crash(old).await;
+    let crashed_at = Instant::now();
+    let survivors = others(old);
+    let new = cluster.wait_for_leader(&survivors, FAILOVER_MAX).await;
+    let failover = crashed_at.elapsed();
+    assert_ne!(new, old, "the crashed node cannot lead");
+    assert!(failover < FAILOVER_MAX, "failover took {failover:?}");
+
+    let on_new = cluster
+        .group(new)
+        .read_linearizable(RegionState::clone)
+        .await
+        .expect("linearizable read on the new leader");
+    cluster.book.check(&on_new, new);
+
+    for i in 11..=15 {
+        ids.push(cluster.reserve(&survivors, &format!("r{i}"), i).await);
+    }
+    cluster.confirm(&survivors, ids[12], "order-2").await;
+    cluster.wait_converged(&survivors).await;
+
+    cluster.start_node(old).await;
+    cluster.wait_converged(&NODES).await;
+    cluster.shutdown().await;
+}
+
+/// An isolated leader acknowledges nothing while the majority elects a new
+/// leader and goes on; after healing, the old leader steps down, drops what
+/// it could not commit, and all three replicas are identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_leader_steps_down_and_converges() {
+    let mut cluster = Cluster::start(|_| {}).await;
+    let old = cluster.wait_for_leader(&NODES, WAIT).await;
+    cluster.add_stock(&NODES, "stock-1", STOCK).await;
+    let mut ids = Vec::new();
+    for i in 1..=5 {
+        ids.push(cluster.reserve(&NODES, &format!("r{i}"), i).await);
+    }
+    cluster.wait_converged(&NODES).await;
+
+    cluster.net.net.isolate(old);
+    // The isolated node still believes it leads, so it takes this proposal;
+    // it must not acknowledge it.
+    let old_group = cluster.group(old).clone();
+    let mut doomed = tokio::spawn(async move { old_group.propose(command(reserve_op("doomed", 77))).await });
+    match tokio::time::timeout(UNACKED_WAIT, &mut doomed).await {
+        Err(_) => {}
+        Ok(Ok(Err(e))) => panic!("refused at once, not queued: {e}"),
+        Ok(outcome) => panic!("an isolated leader answered a proposal: {outcome:?}"),
+    }
+
+    let majority = others(old);
+    let new = cluster.wait_for_leader(&majority, WAIT).await;
+    assert_ne!(new, old);
+    for i in 6..=10 {
+        ids.push(cluster.reserve(&majority, &format!("r{i}"), i).await);
+    }
+    cluster.confirm(&majority, ids[0], "order-1").await;
+    cluster.confirm(&majority, ids[7], "order-2").await;
+    cluster.wait_converged(&majority).await;
+    let (behind, ahead) = (cluster.group(old).status(), cluster.group(new).status());
+    assert!(
+        behind.applied_index < ahead.applied_index,
+        "the isolated node applied what the majority did: {behind:?}"
+    );
+
+    cluster.net.net.heal();
+    let leader = cluster.wait_for_leader(&NODES, WAIT).await;
+    assert_ne!(leader, old, "the old leader's log is behind: it cannot win");
+    assert!(!cluster.group(old).is_leader(), "old leader stepped down");
+    // Its uncommitted entry was overwritten: the waiting proposer is told
+    // to go to the new leader, not left waiting.
+    let doomed = tokio::time::timeout(WAIT, doomed)
+        .await
+        .expect("the stale proposal is answered after the step-down")
+        .expect("proposal task");
+    match doomed {
+        Err(ProposeError::NotLeader { leader: hint }) => {
+            assert!(
+                hint.as_ref()
+                    .is_none_or(|(id, at)| *id != old && *at == addr(*id)),
+                "stale proposal redirected to {hint:?}"
+            );
+        }
+        other => panic!("stale proposal on the old leader: {other:?}"),
+    }
+    // The book has no "doomed" reserve: the check fails if it committed.
+    cluster.wait_converged(&NODES).await;
+
+    ids.push(cluster.reserve(&NODES, "r11", 11).await);
+    cluster.wait_converged(&NODES).await;
+    cluster.shutdown().await;
+}
+
+/// Every hold, confirm and outbox entry survives a restart of all three
+/// nodes from their data directories (snapshot plus the log after it, the
+/// log before it purged), and the group leads and commits again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_restart_keeps_every_acknowledged_write() {
+    let mut cluster = Cluster::start(|options| {
+        options.snapshot_logs = 10;
+        options.snapshot_logs_to_keep = 2;
+    })
+    .await;
+    cluster.wait_for_leader(&NODES, WAIT).await;
+    cluster.add_stock(&NODES, "stock-1", STOCK).await;
+    let mut ids = Vec::new();
+    for i in 1..=12 {
+        ids.push(cluster.reserve(&NODES, &format!("r{i}"), i).await);
+    }
+    cluster.confirm(&NODES, ids[0], "order-1").await;
+    cluster.confirm(&NODES, ids[5], "order-2").await;
+    cluster.release(&NODES, ids[3]).await;
+    cluster.confirm(&NODES, ids[9], "order-3").await;
+    let before = cluster.wait_converged(&NODES).await;
+    assert_eq!(before.last_outbox_seq(), 3);
+    assert_eq!(before.holds(), 8);
+    // Every node has snapshotted and purged the log before its snapshot, so
+    // a restart needs both the snapshot and the log after it.
+    let deadline = Instant::now() + WAIT;
+    for id in NODES {
+        while cluster.purged_index(id).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not snapshot and purge: {:?}",
+                cluster.group(id).status()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    cluster.shutdown().await;
+    for id in NODES {
+        cluster.start_node(id).await;
+    }
+    cluster.wait_for_leader(&NODES, WAIT).await;
+    let after = cluster.wait_converged(&NODES).await;
+    assert_eq!(
+        serde_json::to_vec(&after).expect("serializes"),
+        serde_json::to_vec(&before).expect("serializes"),
+        "state after restart"
+    );
+
+    ids.push(cluster.reserve(&NODES, "r13", 13).await);
+    cluster.confirm(&NODES, ids[12], "order-4").await;
+    cluster.wait_converged(&NODES).await;
+    cluster.shutdown().await;
+}
+
+/// A follower cut off while the leader snapshots and purges the log it
+/// lacks catches up from a snapshot once it is reachable again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_follower_catches_up_by_snapshot() {
+    let mut cluster = Cluster::start(|options| {
+        options.snapshot_logs = 20;
+        options.snapshot_logs_to_keep = 5;
+    })
+    .await;
+    let leader = cluster.wait_for_leader(&NODES, WAIT).await;
+    cluster.add_stock(&NODES, "stock-1", STOCK).await;
+    for i in 1..=3 {
+        cluster.reserve(&NODES, &format!("r{i}"), i).await;
+    }
+    cluster.wait_converged(&NODES).await;
+
+    let lagger = others(leader)[0];
+    let lagging = cluster.group(lagger).status();
+    assert_eq!(lagging.snapshot_index, None, "too few entries for a snapshot yet");
+    let lagger_last = lagging.last_log_index.expect("the lagger has a log");
+    let term = lagging.term;
+    cluster.net.net.isolate(lagger);
+
+    let live = others(lagger);
+    for i in 4..=63 {
+        cluster.reserve(&live, &format!("r{i}"), 1).await;
+    }
+    // The leader must have snapshotted and purged past what the lagger has,
+    // so the log alone cannot bring it back.
+    let deadline = Instant::now() + WAIT;
+    let purged = loop {
+        let leader = cluster.wait_for_leader(&live, WAIT).await;
+        let purged = cluster.purged_index(leader);
+        if let Some(purged) = purged.filter(|&p| p > lagger_last) {
+            let snapshot = cluster.group(leader).status().snapshot_index;
+            assert!(
+                snapshot >= Some(purged),
+                "purged {purged} past snapshot {snapshot:?}"
+            );
+            break purged;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leader {leader} did not purge past {lagger_last}: {:?}, purged {purged:?}",
+            cluster.group(leader).status()
+        );
+        tokio::time::sleep(POLL).await;
+    };
+    assert_eq!(cluster.group(lagger).status().last_log_index, Some(lagger_last));
+    assert_eq!(cluster.net.delivered(RpcKind::FullSnapshot, lagger), 0);
+    // Cut off from its leader, the lagger campaigns and raises its term: it
+    // comes back disruptive, as a real partitioned follower does.
+    let deadline = Instant::now() + WAIT;
+    while cluster.group(lagger).status().term <= term {
+        assert!(Instant::now() < deadline, "the cut-off lagger never campaigned");
+        tokio::time::sleep(POLL).await;
+    }
+
+    cluster.net.net.heal();
+    cluster.wait_for_leader(&NODES, WAIT).await;
+    cluster.wait_converged(&NODES).await;
+    let snapshots = cluster.net.delivered(RpcKind::FullSnapshot, lagger);
+    assert!(snapshots >= 1, "the lagger caught up without a snapshot");
+    let snapshot = cluster.group(lagger).status().snapshot_index;
+    assert!(
+        snapshot >= Some(purged),
+        "the lagger's snapshot {snapshot:?} is before the leader's purge {purged}"
+    );
+
+    cluster.reserve(&NODES, "r64", 1).await;
+    cluster.wait_converged(&NODES).await;
+    cluster.shutdown().await;
+}

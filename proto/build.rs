@@ -3,7 +3,10 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=reservoir");
-    let files = ["reservoir/v1/inventory.proto"];
+    let files = [
+        "reservoir/v1/inventory.proto",
+        "reservoir/internal/v1/control.proto",
+    ];
     let fds = protox::compile(files, ["."])?;
     tonic_prost_build::configure()
         .build_server(true)

@@ -47,6 +47,9 @@ pub enum Command {
     /// Start a local cluster as child processes and keep it running until
     /// Ctrl-C or SIGTERM.
     Up(UpArgs),
+    /// A closed-loop Reserve benchmark: each client sends one request and
+    /// waits for its answer before the next (not an open-loop load test).
+    Bench(BenchArgs),
     /// Client commands.
     #[command(flatten)]
     Client(ClientCommand),
@@ -63,20 +66,90 @@ pub struct NodeArgs {
 /// `reservoir up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// One standalone region (`us-east`, no ledger); the only mode so far.
+    /// One standalone region (`us-east`, no ledger) instead of the
+    /// three-region cluster.
     #[arg(long)]
     pub standalone: bool,
-    /// Where the node configs, data, logs and cluster.json live. Reused, with
-    /// its ports and data, when it already holds node configs.
+    /// Where the node configs, data, logs and cluster.json live [default: a
+    /// fresh folder under ./target/]. Reused, with its ports and data, when it
+    /// already holds node configs.
     #[arg(long, value_name = "DIR")]
-    pub dir: PathBuf,
-    /// Nodes in the region [default: 3, or what DIR already holds].
+    pub dir: Option<PathBuf>,
+    /// `--standalone`: nodes in the region [default: 3, or what DIR already holds].
     #[arg(long, value_name = "N")]
     pub nodes: Option<u64>,
+    /// Three regions: nodes per region, 1-7 [default: 3].
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub nodes_per_region: u64,
+    /// Three regions: inter-region round trips, `aws` (us-east-eu-west 70 ms,
+    /// eu-west-ap-south 120 ms, us-east-ap-south 186 ms) or `none`.
+    #[arg(long, value_name = "PROFILE", default_value = "aws")]
+    pub wan: String,
+    /// Three regions: do not seed the demo catalog.
+    #[arg(long)]
+    pub no_demo: bool,
+    /// Three regions: the rebalancer's policy, `proportional` or `take_half`.
+    #[arg(long, value_name = "POLICY", default_value = "proportional")]
+    pub policy: String,
     /// Node i listens on gRPC BASE+2(i-1) and HTTP BASE+2(i-1)+1 [default:
     /// free ports]. Only used when DIR holds no configs yet.
     #[arg(long, value_name = "PORT")]
     pub base_port: Option<u16>,
+    /// Each node's `raft.proposal_queue_max` [default: 4096]. Only used when
+    /// DIR holds no configs yet; tests set it small to provoke `OVERLOADED`.
+    #[arg(long, value_name = "N")]
+    pub proposal_queue_max: Option<usize>,
+}
+
+/// `reservoir bench`.
+#[derive(Debug, Args)]
+#[command(long_about = "A small closed-loop benchmark of Inventory.Reserve.\n\n\
+    Each client reserves one unit of the SKU with a fresh request id, waits for the answer, records \
+    its latency and repeats, so the load adapts to the server: this measures latency at a given \
+    concurrency, not behaviour under a fixed arrival rate (that is the open-loop load tester's job). \
+    Stops at the deadline or after 10,000,000 requests. Errors are counted by reason, not retried. \
+    Point it at the leader to measure the region without a forwarding hop.")]
+pub struct BenchArgs {
+    /// The node to send to (the leader, to avoid a forwarding hop).
+    #[command(flatten)]
+    pub target: Target,
+    /// Concurrent clients, each with one request in flight.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=crate::bench::CLIENTS_MAX))]
+    pub clients: u64,
+    /// Length of the measured window, in seconds.
+    #[arg(long, value_name = "S", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=crate::bench::DURATION_S_MAX))]
+    pub duration_s: u64,
+    /// Seconds of requests before the window, neither timed nor counted.
+    #[arg(long, value_name = "W", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(0..=crate::bench::DURATION_S_MAX))]
+    pub warmup_s: u64,
+    /// The hot SKU every client reserves one unit of.
+    #[arg(long, default_value = "bench-hot", value_parser = parse_sku)]
+    pub sku: String,
+    /// Units added to the SKU with Admin.AdjustStock before the run (standalone
+    /// mode); 0 adds none.
+    #[arg(long, value_name = "U", default_value_t = 100_000_000,
+          value_parser = clap::value_parser!(u64)
+              .range(0..=reservoir_tokens::limits::STOCK_DELTA_MAX))]
+    pub stock: u64,
+    /// gRPC connections, shared round-robin by the clients [default: one per
+    /// client, at most 8].
+    #[arg(long, value_name = "C",
+          value_parser = clap::value_parser!(u64).range(1..=crate::bench::CONNECTIONS_MAX))]
+    pub connections: Option<u64>,
+    /// Print the result as one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `--sku` with the server's own rules, so a bad SKU fails before any
+/// request is sent.
+fn parse_sku(text: &str) -> Result<String, String> {
+    reservoir_tokens::limits::check_sku(text)
+        .map(|()| text.to_string())
+        .map_err(|r| r.to_string())
 }
 
 /// Where a client command connects: `host:port` or `http://host:port`.
@@ -421,7 +494,7 @@ pub async fn run(command: ClientCommand) -> Result<String, ClientError> {
 
 /// Connects to a node, failing with the root cause (e.g. "Connection
 /// refused") rather than tonic's generic "transport error".
-async fn connect(addr: &NodeAddr) -> Result<Channel, ClientError> {
+pub async fn connect(addr: &NodeAddr) -> Result<Channel, ClientError> {
     let failed = |message: String| ClientError::Connect {
         addr: addr.clone(),
         message,

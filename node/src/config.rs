@@ -35,6 +35,85 @@ pub struct NodeConfig {
     /// Raft timing.
     #[serde(default)]
     pub raft: RaftTuning,
+    /// The ledger's voters, on the nodes that host the ledger group (the
+    /// home region's nodes); empty elsewhere.
+    #[serde(default)]
+    pub ledger_peers: Vec<Peer>,
+    /// How this node reaches the ledger's nodes (through the WAN emulator in
+    /// a local cluster); empty when standalone.
+    #[serde(default)]
+    pub ledger_nodes: Vec<Peer>,
+    /// How this node reaches every other region's nodes; empty when standalone.
+    #[serde(default)]
+    pub regions: Vec<RegionPeers>,
+    /// The rebalancer (runs on the ledger leader).
+    #[serde(default)]
+    pub rebalance: RebalanceConfig,
+}
+
+/// Another region's nodes, as this node reaches them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionPeers {
+    /// The region's name.
+    pub name: String,
+    /// Its nodes.
+    pub nodes: Vec<Peer>,
+}
+
+/// The rebalancer's policy and timing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RebalanceConfig {
+    /// `proportional` (default) or `take_half`.
+    pub policy: String,
+    /// Time between rounds.
+    pub interval_ms: u64,
+    /// Demand is the reserve rate over this horizon (units per horizon).
+    pub horizon_ms: u64,
+    /// `proportional`: tokens every reachable region keeps at least.
+    pub floor: u64,
+    /// A region under this many available tokens asks for a top-up at once.
+    pub low_water: u64,
+    /// `proportional`: surplus kept before revoking, percent of target.
+    pub revoke_slack_pct: u64,
+    /// `take_half`: regions under this many tokens take half of the richest.
+    pub threshold: u64,
+    /// Time between periodic audits on the ledger leader.
+    pub audit_interval_ms: u64,
+}
+
+impl Default for RebalanceConfig {
+    fn default() -> Self {
+        RebalanceConfig {
+            policy: "proportional".into(),
+            interval_ms: 250,
+            horizon_ms: 2_000,
+            floor: 10,
+            low_water: 5,
+            revoke_slack_pct: 25,
+            threshold: 10,
+            audit_interval_ms: 2_000,
+        }
+    }
+}
+
+impl RebalanceConfig {
+    /// The plan policy this config names.
+    pub fn policy(&self) -> Result<reservoir_tokens::rebalance::Policy, String> {
+        use reservoir_tokens::rebalance::{Policy, Proportional, TakeHalf};
+        match self.policy.as_str() {
+            "proportional" => Ok(Policy::Proportional(Proportional {
+                floor: self.floor,
+                low_water: self.low_water,
+                revoke_slack_pct: self.revoke_slack_pct,
+            })),
+            "take_half" => Ok(Policy::TakeHalf(TakeHalf {
+                threshold: self.threshold,
+            })),
+            other => Err(format!("unknown policy {other:?}: proportional or take_half")),
+        }
+    }
 }
 
 /// A voter of the region group.
@@ -184,7 +263,62 @@ impl NodeConfig {
         if r.proposal_queue_max == 0 || r.proposal_queue_max > PROPOSAL_QUEUE_MAX_LIMIT {
             return Err((
                 "raft.proposal_queue_max",
-                format!("must be 1-{PROPOSAL_QUEUE_MAX_LIMIT}, got {}", r.proposal_queue_max),
+                format!(
+                    "must be 1-{PROPOSAL_QUEUE_MAX_LIMIT}, got {}",
+                    r.proposal_queue_max
+                ),
+            ));
+        }
+        self.validate_cluster()
+    }
+
+    /// True when this node hosts a ledger voter.
+    pub fn hosts_ledger(&self) -> bool {
+        !self.ledger_peers.is_empty()
+    }
+
+    fn validate_cluster(&self) -> Result<(), (&'static str, String)> {
+        if self.standalone {
+            if !self.ledger_peers.is_empty() || !self.ledger_nodes.is_empty() || !self.regions.is_empty() {
+                return Err((
+                    "standalone",
+                    "a standalone region has no ledger_peers, ledger_nodes or regions".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if self.ledger_nodes.is_empty() {
+            return Err((
+                "ledger_nodes",
+                "a region with a ledger must list how to reach its nodes".into(),
+            ));
+        }
+        if !self.ledger_peers.is_empty() && !self.ledger_peers.iter().any(|p| p.id == self.node_id) {
+            return Err((
+                "ledger_peers",
+                format!("must include this node ({})", self.node_id),
+            ));
+        }
+        for r in &self.regions {
+            reservoir_tokens::limits::check_region(&r.name).map_err(|e| ("regions", e.to_string()))?;
+            if r.name == self.region {
+                return Err(("regions", format!("lists this node's own region {}", r.name)));
+            }
+            if r.nodes.is_empty() || r.nodes.len() > PEERS_MAX {
+                return Err((
+                    "regions",
+                    format!("region {} must list 1-{PEERS_MAX} nodes", r.name),
+                ));
+            }
+        }
+        self.rebalance.policy().map_err(|e| ("rebalance.policy", e))?;
+        if self.rebalance.interval_ms == 0
+            || self.rebalance.horizon_ms == 0
+            || self.rebalance.audit_interval_ms == 0
+        {
+            return Err((
+                "rebalance",
+                "interval_ms, horizon_ms and audit_interval_ms must be > 0".into(),
             ));
         }
         Ok(())
@@ -224,6 +358,10 @@ mod tests {
                 },
             ],
             raft: RaftTuning::default(),
+            ledger_peers: Vec::new(),
+            ledger_nodes: Vec::new(),
+            regions: Vec::new(),
+            rebalance: RebalanceConfig::default(),
         }
     }
 

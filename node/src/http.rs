@@ -41,14 +41,25 @@ pub fn router(node: Arc<Node>, metrics: PrometheusHandle) -> Router {
         .with_state(AppState { node, metrics })
 }
 
-/// Ready when the region group has a leader.
+/// Ready when the region group (and, on a ledger host, the ledger group)
+/// has a leader.
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    match s.node.group().status().leader {
-        Some(leader) => (StatusCode::OK, format!("ready: leader {leader}\n")),
-        None => (
+    let Some(leader) = s.node.group().status().leader else {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: no leader\n".to_string(),
+        );
+    };
+    match s.node.ledger().map(|l| l.group().status().leader) {
+        Some(None) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no ledger leader\n".to_string(),
         ),
+        Some(Some(ledger)) => (
+            StatusCode::OK,
+            format!("ready: leader {leader}, ledger leader {ledger}\n"),
+        ),
+        None => (StatusCode::OK, format!("ready: leader {leader}\n")),
     }
 }
 
@@ -103,6 +114,8 @@ struct StatusJson {
     outbox_last_seq: u64,
     settled_up_to: u64,
     buckets: std::collections::BTreeMap<String, BucketJson>,
+    /// The ledger group on this node, if it hosts one.
+    ledger: Option<reservoir_raft::GroupStatus>,
 }
 
 async fn status(State(s): State<AppState>) -> impl IntoResponse {
@@ -148,6 +161,7 @@ async fn status(State(s): State<AppState>) -> impl IntoResponse {
         outbox_last_seq,
         settled_up_to,
         buckets,
+        ledger: s.node.ledger().map(|l| l.group().status()),
     })
     .into_response()
 }

@@ -25,18 +25,27 @@
 //!   call each, printing the answer or `error: <REASON>: <message>`);
 //! - [`up`]: `reservoir up --standalone`: configs, child processes,
 //!   readiness, `cluster.json`, clean stop;
+//! - [`bench`]: `reservoir bench`, a closed-loop Reserve benchmark client
+//!   (latency histograms, throughput, errors by reason);
 //! - `main.rs`: the `reservoir` command, dispatching to the above.
 //!
 //! Caveats: messages over 64 KiB
 //! (`reservoir_tokens::limits::MESSAGE_BYTES_MAX`) are refused by the gRPC
 //! server's decoding limit, not here; the edge sees only decoded messages.
 
+pub mod availability;
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod control;
+pub mod demand;
 pub mod edge;
 pub mod http;
+pub mod ledger;
 pub mod server;
 pub mod service;
 pub mod status;
 pub mod up;
+pub mod up_cluster;
+pub mod wan;

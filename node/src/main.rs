@@ -6,15 +6,20 @@
 //! run), 2 usage (bad arguments, a bad config file).
 
 use clap::Parser;
-use reservoir_node::cli::{Cli, ClientCommand, Command, EXIT_FAILURE, EXIT_USAGE, NodeArgs, UpArgs};
+use reservoir_node::bench::BenchOptions;
+use reservoir_node::cli::{
+    BenchArgs, Cli, ClientCommand, Command, EXIT_FAILURE, EXIT_USAGE, NodeArgs, UpArgs,
+};
 use reservoir_node::config::NodeConfig;
-use reservoir_node::{cli, server, up};
+use reservoir_node::{bench, cli, server, up, up_cluster};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Node(args) => node(args),
         Command::Up(args) => up(args),
+        Command::Bench(args) => bench(args),
         Command::Client(command) => client(command),
     }
 }
@@ -46,13 +51,6 @@ fn node(args: NodeArgs) -> ExitCode {
 
 /// `reservoir up`: a local cluster as child processes.
 fn up(args: UpArgs) -> ExitCode {
-    if !args.standalone {
-        eprintln!(
-            "error: only `reservoir up --standalone` is supported yet (one region, no ledger); \
-             the three-region cluster is not built"
-        );
-        return ExitCode::from(EXIT_USAGE);
-    }
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
@@ -60,12 +58,13 @@ fn up(args: UpArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let options = up::UpOptions {
-        dir: args.dir,
-        nodes: args.nodes,
-        base_port: args.base_port,
-        exe,
-    };
+    let dir = args.dir.clone().unwrap_or_else(|| {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        PathBuf::from("target").join(format!("reservoir-up-{stamp}"))
+    });
     // Current-thread, so the children are spawned by the main thread: their
     // PR_SET_PDEATHSIG fires when the spawning thread exits, and the main
     // thread lives exactly as long as `up`.
@@ -76,11 +75,65 @@ fn up(args: UpArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    match runtime.block_on(up::run(options)) {
+    let result = if args.standalone {
+        runtime.block_on(up::run(up::UpOptions {
+            dir,
+            nodes: args.nodes,
+            base_port: args.base_port,
+            proposal_queue_max: args.proposal_queue_max,
+            exe,
+        }))
+    } else {
+        if args.nodes.is_some() || args.base_port.is_some() {
+            eprintln!("error: --nodes and --base-port go with --standalone; use --nodes-per-region");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        println!("cluster directory: {}", dir.display());
+        runtime.block_on(up_cluster::run(up_cluster::ClusterOptions {
+            dir,
+            nodes_per_region: args.nodes_per_region,
+            wan: args.wan,
+            demo: !args.no_demo,
+            policy: args.policy,
+            proposal_queue_max: args.proposal_queue_max,
+            exe,
+        }))
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(if e.is_usage() { EXIT_USAGE } else { EXIT_FAILURE })
+        }
+    }
+}
+
+/// `reservoir bench`: the result on stdout (text or `--json`), progress on
+/// stderr. Fails when setup fails or when no request succeeded.
+fn bench(args: BenchArgs) -> ExitCode {
+    let json = args.json;
+    let options = BenchOptions::from_args(args);
+    // Multi-thread, so the clients' encoding and decoding use every core.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(bench::run(&options)) {
+        Ok(report) => {
+            println!("{}", if json { report.json() } else { report.text() });
+            if report.ok > 0 {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("error: no reserve succeeded");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_FAILURE)
         }
     }
 }

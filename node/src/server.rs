@@ -10,15 +10,21 @@ use reservoir_proto::v1::admin_server::AdminServer;
 use reservoir_proto::v1::inventory_server::InventoryServer;
 use reservoir_raft::{Group, GroupOptions, NodeStorage, RaftService, Router, StorageOptions, TonicWire};
 use reservoir_tokens::limits::MESSAGE_BYTES_MAX;
-use reservoir_tokens::{RegionApplied, RegionCommand, RegionOp, RegionState};
+use reservoir_tokens::{LedgerState, RegionApplied, RegionCommand, RegionOp, RegionState};
 use tokio::sync::watch;
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::NodeConfig;
+use crate::config::{NodeConfig, Peer};
+use crate::control::{ControlClient, ControlService, RegionCall, RegionReply};
+use crate::ledger::LedgerHost;
 use crate::service::{AdminService, InventoryService, Node};
 
 /// How often the leader checks whether a hold has fallen due.
 pub const EXPIRE_TICK: Duration = Duration::from_millis(100);
+/// How often regions exchange availability figures.
+pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(500);
+/// The ledger's Raft group id.
+pub const LEDGER_GROUP: &str = "ledger";
 /// How long shutdown waits for in-flight calls before closing anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -58,10 +64,64 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
     let grpc_listener = bind(config.grpc_addr, "grpc_addr").await?;
     let http_listener = bind(config.http_addr, "http_addr").await?;
 
-    let group = Group::start(options, stores, wire, &router)
+    let ledger_stores = if config.hosts_ledger() {
+        let storage = storage.clone();
+        Some(
+            tokio::task::spawn_blocking(move || storage.open_group(LEDGER_GROUP, LedgerState::new()))
+                .await
+                .map_err(|e| format!("opening ledger: {e}"))?
+                .map_err(|e| format!("opening ledger: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let group = Group::start(options.clone(), stores, wire.clone(), &router)
         .await
         .map_err(|e| e.to_string())?;
-    let node = Arc::new(Node::new(config.clone(), Arc::new(group), clock));
+
+    // The control plane: this region's nodes directly, the others (and the
+    // ledger) as configured — through the WAN emulator in a local cluster.
+    let mut regions: BTreeMap<String, Vec<Peer>> = config
+        .regions
+        .iter()
+        .map(|r| (r.name.clone(), r.nodes.clone()))
+        .collect();
+    regions.insert(config.region.clone(), config.peers.clone());
+    let ledger_nodes = if config.hosts_ledger() {
+        config.ledger_peers.clone()
+    } else {
+        config.ledger_nodes.clone()
+    };
+    let control = Arc::new(ControlClient::new(regions, ledger_nodes));
+    let ledger = match ledger_stores {
+        Some(stores) => {
+            let members: BTreeMap<u64, String> = config
+                .ledger_peers
+                .iter()
+                .map(|p| (p.id, p.grpc.to_string()))
+                .collect();
+            let mut ledger_options = options.clone();
+            ledger_options.group = LEDGER_GROUP.to_string();
+            ledger_options.members = members;
+            let ledger_group = Group::start(ledger_options, stores, wire, &router)
+                .await
+                .map_err(|e| e.to_string())?;
+            Some(Arc::new(LedgerHost::new(
+                Arc::new(ledger_group),
+                control.clone(),
+                clock.clone(),
+                config.rebalance.clone(),
+            )?))
+        }
+        None => None,
+    };
+    let node = Arc::new(Node::new(
+        config.clone(),
+        Arc::new(group),
+        clock,
+        control,
+        ledger.clone(),
+    ));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -72,6 +132,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         let admin =
             AdminServer::new(AdminService::new(node.clone())).max_decoding_message_size(MESSAGE_BYTES_MAX);
         let mut rx = shutdown_rx.clone();
+        let control_node = node.clone();
         let incoming = tokio_stream_listener(grpc_listener);
         tokio::spawn(async move {
             tonic::transport::Server::builder()
@@ -79,6 +140,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
                 .add_service(inventory)
                 .add_service(admin)
                 .add_service(RaftService::server(router))
+                .add_service(ControlService::server(control_node))
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = rx.wait_for(|stop| *stop).await;
                 })
@@ -97,6 +159,10 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         })
     };
     let expirer = tokio::spawn(expire_loop(node.clone(), shutdown_rx.clone()));
+    let ledger_loop = ledger
+        .clone()
+        .map(|host| tokio::spawn(host.run(shutdown_rx.clone())));
+    let gossip = (!config.standalone).then(|| tokio::spawn(gossip_loop(node.clone(), shutdown_rx.clone())));
     eprintln!(
         "reservoir node {} ({}) serving gRPC on {} and HTTP on {}",
         config.node_id, config.region, config.grpc_addr, config.http_addr
@@ -111,8 +177,17 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         let _ = grpc.await;
         let _ = http.await;
         let _ = expirer.await;
+        if let Some(task) = ledger_loop {
+            let _ = task.await;
+        }
+        if let Some(task) = gossip {
+            let _ = task.await;
+        }
     })
     .await;
+    if let Some(host) = &ledger {
+        host.group().shutdown().await;
+    }
     node.group().shutdown().await;
     storage.flush().await.map_err(|e| format!("final flush: {e}"))?;
     eprintln!("node {}: stopped", config.node_id);
@@ -144,6 +219,61 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Publishes this region's figures (and, on ledger hosts, the pool) into the
+/// availability view, and exchanges the view with one node of every other
+/// region, every [`GOSSIP_INTERVAL`].
+async fn gossip_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(GOSSIP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let now = node.now_ms();
+        let index = node.group().status().applied_index.unwrap_or(0);
+        if let Ok(figures) = node.group().read(|s| {
+            s.buckets()
+                .iter()
+                .map(|(k, b)| (k.clone(), b.available))
+                .collect::<Vec<_>>()
+        }) {
+            node.availability().publish(node.region(), index, now, figures);
+        }
+        if let Some(host) = node.ledger() {
+            let index = host.group().status().applied_index.unwrap_or(0);
+            if let Ok(pools) = host.group().read(|l| {
+                l.skus()
+                    .iter()
+                    .map(|(k, s)| (k.clone(), s.pool))
+                    .collect::<Vec<_>>()
+            }) {
+                node.availability()
+                    .publish(crate::availability::POOL, index, now, pools);
+            }
+        }
+        let digest = node.availability().digest();
+        let others: Vec<String> = node
+            .control()
+            .regions()
+            .filter(|r| *r != node.region())
+            .map(str::to_string)
+            .collect();
+        let calls = others.iter().map(|region| {
+            let call = RegionCall::Gossip(digest.clone());
+            let node = node.clone();
+            async move {
+                if let Ok(RegionReply::Gossip(theirs)) =
+                    node.control().region(region, &call, GOSSIP_INTERVAL).await
+                {
+                    node.availability().merge(theirs);
+                }
+            }
+        });
+        crate::ledger::futures_join_all(calls).await;
     }
 }
 

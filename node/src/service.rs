@@ -15,13 +15,17 @@ use reservoir_proto::v1;
 use reservoir_proto::v1::inventory_client::InventoryClient;
 use reservoir_raft::{Group, ProposeError};
 use reservoir_tokens::audit;
-use reservoir_tokens::{RegionApplied, RegionCommand, RegionOp, RegionOutcome, RegionState, Rejection};
+use reservoir_tokens::{Line, RegionApplied, RegionCommand, RegionOp, RegionState, Rejection};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
+use crate::availability::AvailabilityView;
 use crate::clock::Clock;
 use crate::config::NodeConfig;
+use crate::control::{ControlClient, LedgerCall, LedgerReply};
+use crate::demand::DemandMeter;
 use crate::edge;
+use crate::ledger::LedgerHost;
 use crate::status::{NodeError, status_with_info, to_status};
 
 /// How long a write may wait for its commit before the caller is told to
@@ -34,30 +38,142 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(6);
 /// The metadata key that marks a forwarded call.
 pub const FORWARDED_HEADER: &str = "x-reservoir-forwarded";
 
-/// What the services share: the config, the region group, the clock, and
-/// channels to peers for forwarding.
+/// What the services share: the config, the region group, the clock,
+/// channels to peers for forwarding, and — in a cluster with a ledger — the
+/// control-plane client, demand meter, availability view and (on ledger
+/// hosts) the ledger.
 pub struct Node {
     config: NodeConfig,
     group: Arc<Group<RegionState>>,
     clock: Arc<dyn Clock>,
     peers: Mutex<BTreeMap<String, Channel>>,
+    control: Arc<ControlClient>,
+    ledger: Option<Arc<LedgerHost>>,
+    demand: DemandMeter,
+    availability: AvailabilityView,
+    /// When each SKU last asked the ledger for a top-up (rate limit).
+    topups: Mutex<BTreeMap<String, u64>>,
 }
 
-/// Where a write ended: applied here, or to be forwarded to the leader.
-enum Route<T> {
+/// Where a write or a current read ended: done here, or to be forwarded to
+/// the leader at this address.
+pub enum Route<T> {
+    /// Done on this node.
     Applied(T),
+    /// Forward to the leader at this gRPC address.
     Leader(String),
 }
 
+/// Why a region write did not apply.
+#[derive(Debug)]
+pub enum WriteError {
+    /// The state machine refused it (an answer, not a failure).
+    Rejected(Rejection),
+    /// No leader, no quorum, overloaded, timed out: retry.
+    Unavailable(Status),
+}
+
+impl From<WriteError> for Status {
+    fn from(e: WriteError) -> Status {
+        match e {
+            WriteError::Rejected(r) => to_status(&r),
+            WriteError::Unavailable(s) => s,
+        }
+    }
+}
+
+/// Least time between two top-up requests for one SKU.
+pub const TOPUP_INTERVAL_MS: u64 = 100;
+/// How often a reserve waiting for a top-up looks at its region's tokens.
+pub const TOPUP_POLL: Duration = Duration::from_millis(10);
+
 impl Node {
-    /// A node over a started region group.
-    pub fn new(config: NodeConfig, group: Arc<Group<RegionState>>, clock: Arc<dyn Clock>) -> Node {
+    /// A node over a started region group. `ledger` is set on ledger hosts.
+    pub fn new(
+        config: NodeConfig,
+        group: Arc<Group<RegionState>>,
+        clock: Arc<dyn Clock>,
+        control: Arc<ControlClient>,
+        ledger: Option<Arc<LedgerHost>>,
+    ) -> Node {
+        let horizon_ms = config.rebalance.horizon_ms;
         Node {
             config,
             group,
             clock,
             peers: Mutex::new(BTreeMap::new()),
+            control,
+            ledger,
+            demand: DemandMeter::new(horizon_ms),
+            availability: AvailabilityView::new(),
+            topups: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// The control-plane client (regions and ledger).
+    pub fn control(&self) -> &ControlClient {
+        &self.control
+    }
+
+    /// The ledger host, on nodes that host a ledger voter.
+    pub fn ledger(&self) -> Option<&Arc<LedgerHost>> {
+        self.ledger.as_ref()
+    }
+
+    /// Requested units per SKU, for the rebalancer.
+    pub fn demand(&self) -> &DemandMeter {
+        &self.demand
+    }
+
+    /// Every region's availability, as last heard.
+    pub fn availability(&self) -> &AvailabilityView {
+        &self.availability
+    }
+
+    /// Asks the ledger for a top-up of `sku` (at most every
+    /// [`TOPUP_INTERVAL_MS`] per SKU), without waiting for it.
+    pub fn request_topup(self: &Arc<Self>, sku: &str) {
+        if self.config.standalone || !self.control.has_ledger() {
+            return;
+        }
+        let now = self.now_ms();
+        {
+            let mut last = self.topups.lock().unwrap_or_else(|e| e.into_inner());
+            if last
+                .get(sku)
+                .is_some_and(|&t| now.saturating_sub(t) < TOPUP_INTERVAL_MS)
+            {
+                return;
+            }
+            last.insert(sku.to_string(), now);
+        }
+        metrics::counter!("reservoir_topup_requests_total").increment(1);
+        let node = self.clone();
+        let call = LedgerCall::TopUp {
+            region: self.region().to_string(),
+            sku: sku.to_string(),
+        };
+        tokio::spawn(async move {
+            let _ = node.control.ledger(&call, FORWARD_TIMEOUT).await;
+        });
+    }
+
+    /// Proposes a region op (see [`Node::write`]), keeping refusals apart.
+    pub async fn write_region(
+        &self,
+        op: RegionOp,
+        forwarded: bool,
+    ) -> Result<Route<RegionApplied>, WriteError> {
+        self.write(op, forwarded).await
+    }
+
+    /// A linearizable read of the region (see [`Node::read_current`]).
+    pub async fn read_region<R>(
+        &self,
+        forwarded: bool,
+        f: impl Fn(&RegionState) -> R,
+    ) -> Result<Route<R>, Status> {
+        self.read_current(forwarded, f).await
     }
 
     /// The node's configuration.
@@ -90,7 +206,7 @@ impl Node {
     /// Proposes `op` stamped with this node's clock. A follower answers
     /// `Leader(addr)` (unless the call was already forwarded); with no leader
     /// known it waits up to [`LEADER_WAIT`] for an election first.
-    async fn write(&self, op: RegionOp, forwarded: bool) -> Result<Route<RegionApplied>, Status> {
+    async fn write(&self, op: RegionOp, forwarded: bool) -> Result<Route<RegionApplied>, WriteError> {
         let mut waited = false;
         loop {
             let cmd = RegionCommand {
@@ -101,7 +217,8 @@ impl Node {
             let result = tokio::time::timeout(COMMIT_TIMEOUT, self.group.propose(cmd)).await;
             metrics::histogram!("reservoir_raft_commit_seconds").record(started.elapsed().as_secs_f64());
             match result {
-                Ok(Ok(outcome)) => return outcome_route(outcome),
+                Ok(Ok(Ok(applied))) => return Ok(Route::Applied(applied)),
+                Ok(Ok(Err(rejection))) => return Err(WriteError::Rejected(rejection)),
                 Ok(Err(ProposeError::NotLeader {
                     leader: Some((_, addr)),
                 })) if !forwarded => {
@@ -112,22 +229,24 @@ impl Node {
                     self.group.wait_for_leader(LEADER_WAIT).await;
                 }
                 Ok(Err(ProposeError::Overloaded)) => {
-                    return Err(NodeError::Overloaded {
-                        queue: "proposals",
-                        max: self.group.queue_max(),
-                    }
-                    .to_status());
+                    return Err(WriteError::Unavailable(
+                        NodeError::Overloaded {
+                            queue: "proposals",
+                            max: self.group.queue_max(),
+                        }
+                        .to_status(),
+                    ));
                 }
-                Ok(Err(_)) => return Err(self.no_leader()),
+                Ok(Err(_)) => return Err(WriteError::Unavailable(self.no_leader())),
                 Err(_) => {
-                    return Err(status_with_info(
+                    return Err(WriteError::Unavailable(status_with_info(
                         Code::Unavailable,
                         format!(
                             "no commit within {COMMIT_TIMEOUT:?}; the outcome is unknown: retry with the same request"
                         ),
                         "NO_LEADER",
                         vec![("group", self.region().to_string())],
-                    ));
+                    )));
                 }
             }
         }
@@ -179,13 +298,6 @@ impl Node {
             }
         };
         Ok(channel)
-    }
-}
-
-fn outcome_route(outcome: RegionOutcome) -> Result<Route<RegionApplied>, Status> {
-    match outcome {
-        Ok(applied) => Ok(Route::Applied(applied)),
-        Err(rejection) => Err(to_status(&rejection)),
     }
 }
 
@@ -245,16 +357,82 @@ impl InventoryService {
         Some(edge::reservation_to_proto(self.node.region(), r))
     }
 
+    /// Waits until this region has the tokens for every line, up to `wait`.
+    async fn wait_for_tokens(&self, lines: &[Line], wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let enough = self
+                .node
+                .group()
+                .read(|s| {
+                    lines
+                        .iter()
+                        .all(|l| s.bucket(&l.sku).is_some_and(|b| b.available >= l.quantity))
+                })
+                .unwrap_or(false);
+            if enough {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(TOPUP_POLL).await;
+        }
+    }
+
+    /// Asks for a top-up of every SKU of `lines` now under the low-water mark.
+    fn check_low_water(&self, lines: &[Line]) {
+        let low_water = self.node.config().rebalance.low_water;
+        for line in lines {
+            let low = self
+                .node
+                .group()
+                .read(|s| s.bucket(&line.sku).is_none_or(|b| b.available < low_water));
+            if low.unwrap_or(false) {
+                self.node.request_topup(&line.sku);
+            }
+        }
+    }
+
     async fn reserve_inner(
         &self,
         forwarded: bool,
         req: v1::ReserveRequest,
     ) -> Result<v1::ReserveResponse, Status> {
         let validated = edge::reserve_op(req.clone()).map_err(|r| to_status(&r))?;
-        match self.node.write(validated.op, forwarded).await? {
-            Route::Applied(RegionApplied::Reservation(r)) => Ok(v1::ReserveResponse {
-                reservation: self.reservation(r),
-            }),
+        let lines: Vec<Line> = match &validated.op {
+            RegionOp::Reserve { lines, .. } => lines.clone(),
+            _ => Vec::new(),
+        };
+        let mut outcome = self.node.write(validated.op.clone(), forwarded).await;
+        if !matches!(outcome, Ok(Route::Leader(_))) {
+            // Counted where the reserve is proposed (the leader), once.
+            let now = self.node.now_ms();
+            for line in &lines {
+                self.node.demand().record(&line.sku, line.quantity, now);
+            }
+        }
+        if let Err(WriteError::Rejected(Rejection::InsufficientStock { .. })) = &outcome {
+            for line in &lines {
+                self.node.request_topup(&line.sku);
+            }
+            if validated.max_wait_ms > 0 && !self.node.config().standalone {
+                metrics::counter!("reservoir_reserves_waited_total").increment(1);
+                if self
+                    .wait_for_tokens(&lines, Duration::from_millis(validated.max_wait_ms))
+                    .await
+                {
+                    outcome = self.node.write(validated.op, forwarded).await;
+                }
+            }
+        }
+        match outcome? {
+            Route::Applied(RegionApplied::Reservation(r)) => {
+                self.check_low_water(&r.lines);
+                Ok(v1::ReserveResponse {
+                    reservation: self.reservation(r),
+                })
+            }
             Route::Applied(other) => Err(unexpected("reserve", other)),
             Route::Leader(addr) => {
                 let mut client = self.node.inventory(&addr)?;
@@ -366,16 +544,19 @@ impl InventoryService {
             .group()
             .read(|s| s.bucket(&sku).map_or(0, |b| b.available))
             .map_err(|_| self.node.no_leader())?;
-        let region = self.node.region().to_string();
+        // This region's exact figure; the others (and the ledger's pool) as
+        // last heard through gossip, with how old the oldest figure is.
+        let estimate = self
+            .node
+            .availability()
+            .estimate(&sku, self.node.region(), local, self.node.now_ms());
         Ok(v1::Availability {
             sku,
-            region: region.clone(),
+            region: self.node.region().to_string(),
             local_available: local,
-            // Standalone: this region is the whole system. The cross-region
-            // estimate (CRDT counters) comes with the three-region cluster.
-            global_available_estimate: local,
-            available_by_region: [(region, local)].into_iter().collect(),
-            staleness_ms: 0,
+            global_available_estimate: estimate.total,
+            available_by_region: estimate.by_region.into_iter().collect(),
+            staleness_ms: estimate.staleness_ms,
         })
     }
 }
@@ -466,12 +647,23 @@ impl AdminService {
     ) -> Result<v1::AdjustStockResponse, Status> {
         let adjustment = edge::adjust_stock(req.clone()).map_err(|r| to_status(&r))?;
         if !self.node.config().standalone {
-            return Err(status_with_info(
-                Code::FailedPrecondition,
-                "this region has a ledger: stock is adjusted at the ledger, which is not built yet".into(),
-                "NOT_STANDALONE",
-                vec![("region", self.node.region().to_string())],
-            ));
+            // Stock enters the ledger's pool; the rebalancer distributes it.
+            let call = LedgerCall::Apply(adjustment.into_ledger_op());
+            return match self.node.control().ledger(&call, FORWARD_TIMEOUT).await? {
+                LedgerReply::Applied(Ok(reservoir_tokens::LedgerApplied::Stock {
+                    sku,
+                    stocked_total,
+                    pool,
+                })) => Ok(v1::AdjustStockResponse {
+                    sku,
+                    stocked_total,
+                    available: pool,
+                }),
+                LedgerReply::Applied(Err(rejection)) => Err(to_status(&rejection)),
+                other => Err(Status::internal(format!(
+                    "adjust_stock: unexpected ledger reply {other:?}"
+                ))),
+            };
         }
         match self.node.write(adjustment.into_region_op(), forwarded).await? {
             Route::Applied(RegionApplied::Stock {
@@ -494,6 +686,112 @@ impl AdminService {
                     .map_err(forward_failed)
             }
         }
+    }
+
+    /// Cluster status: with a ledger, from the ledger leader's summary (its
+    /// last round's view of every region); standalone, from this region.
+    async fn cluster_status(&self) -> Result<v1::ClusterStatus, Status> {
+        if self.node.config().standalone {
+            return self.status_inner();
+        }
+        let summary = match self
+            .node
+            .control()
+            .ledger(&LedgerCall::Summary, FORWARD_TIMEOUT)
+            .await?
+        {
+            LedgerReply::Summary(s) => *s,
+            other => {
+                return Err(Status::internal(format!(
+                    "status: unexpected ledger reply {other:?}"
+                )));
+            }
+        };
+        let own = self.node.group().status();
+        let mut names: Vec<String> = self.node.control().regions().map(str::to_string).collect();
+        names.sort();
+        let regions = names
+            .iter()
+            .map(|name| {
+                let reachable = !summary.unreachable.contains(name);
+                let nodes = if name == self.node.region() {
+                    self.node_statuses(&own)
+                } else {
+                    Vec::new()
+                };
+                v1::RegionStatus {
+                    region: name.clone(),
+                    leader_id: summary.region_leaders.get(name).copied().unwrap_or(0),
+                    nodes,
+                    healthy: reachable && summary.region_leaders.contains_key(name),
+                }
+            })
+            .collect();
+        let skus = summary
+            .skus
+            .iter()
+            .map(|(sku, books)| v1::SkuStatus {
+                sku: sku.clone(),
+                pool: books.pool,
+                regions: summary
+                    .regions
+                    .iter()
+                    .map(|(region, buckets)| {
+                        let b = buckets.get(sku).cloned().unwrap_or_default();
+                        v1::RegionTokens {
+                            region: region.clone(),
+                            available: b.available,
+                            held: b.held,
+                            confirmed: b.confirmed,
+                        }
+                    })
+                    .collect(),
+                transfers_in_flight: summary.transfers.iter().filter(|t| &t.sku == sku).count() as u64,
+                stranded: summary
+                    .unreachable
+                    .iter()
+                    .map(|r| books.granted.get(r).copied().unwrap_or(0).max(0) as u64)
+                    .sum(),
+            })
+            .collect();
+        Ok(v1::ClusterStatus {
+            regions,
+            ledger_leader_id: summary.leader_id,
+            skus,
+            settlement_lag: summary
+                .settlement_lag
+                .iter()
+                .map(|(region, (entries, age))| v1::SettlementLag {
+                    region: region.clone(),
+                    entries: *entries,
+                    oldest_age_ms: *age,
+                })
+                .collect(),
+            last_audit: summary
+                .last_audit
+                .as_ref()
+                .map(|(at, sheet)| edge::audit_report(sheet, *at)),
+        })
+    }
+
+    fn node_statuses(&self, group: &reservoir_raft::GroupStatus) -> Vec<v1::NodeStatus> {
+        group
+            .members
+            .iter()
+            .map(|(id, addr)| v1::NodeStatus {
+                id: *id,
+                grpc: addr.clone(),
+                // This node only knows its own health first-hand.
+                healthy: *id == group.node_id || group.leader.is_some(),
+                role: if Some(*id) == group.leader {
+                    "leader".into()
+                } else if *id == group.node_id {
+                    group.role.into()
+                } else {
+                    "unknown".into()
+                },
+            })
+            .collect()
     }
 
     fn status_inner(&self) -> Result<v1::ClusterStatus, Status> {
@@ -552,6 +850,19 @@ impl AdminService {
     }
 
     async fn audit_inner(&self, forwarded: bool) -> Result<v1::AuditReport, Status> {
+        if !self.node.config().standalone {
+            return match self
+                .node
+                .control()
+                .ledger(&LedgerCall::Audit, FORWARD_TIMEOUT)
+                .await?
+            {
+                LedgerReply::Audit(sheet) => Ok(edge::audit_report(&sheet, self.node.now_ms())),
+                other => Err(Status::internal(format!(
+                    "audit: unexpected ledger reply {other:?}"
+                ))),
+            };
+        }
         // Audit the current state: on the leader, after a read index.
         match self
             .node
@@ -590,7 +901,7 @@ impl v1::admin_server::Admin for AdminService {
         _request: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::ClusterStatus>, Status> {
         let started = Instant::now();
-        let result = self.status_inner();
+        let result = self.cluster_status().await;
         record("get_status", started, &result);
         result.map(Response::new)
     }

@@ -15,7 +15,7 @@
 //! sees it nor stops it. Nothing guards against two `up`s on one DIR; the
 //! second one's nodes fail to bind and it says so.
 
-use crate::config::{NodeConfig, PEERS_MAX, Peer, RaftTuning};
+use crate::config::{NodeConfig, PEERS_MAX, PROPOSAL_QUEUE_MAX_LIMIT, Peer, RaftTuning};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -58,6 +58,8 @@ pub struct UpOptions {
     pub nodes: Option<u64>,
     /// First port of a fixed range instead of free ports.
     pub base_port: Option<u16>,
+    /// Each node's `raft.proposal_queue_max`; `None` means the default.
+    pub proposal_queue_max: Option<usize>,
     /// The `reservoir` binary the children run.
     pub exe: PathBuf,
 }
@@ -68,6 +70,21 @@ pub struct UpOptions {
 pub struct ClusterFile {
     /// Every node `up` started.
     pub nodes: Vec<ClusterNode>,
+    /// The three-region cluster's control API, `127.0.0.1:PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control: Option<String>,
+    /// Where the ledger runs (three-region cluster only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<LedgerInfo>,
+}
+
+/// Where the ledger runs, in `cluster.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerInfo {
+    /// The home region.
+    pub region: String,
+    /// The nodes that host ledger voters.
+    pub node_ids: Vec<u64>,
 }
 
 /// One node in `cluster.json`.
@@ -121,7 +138,7 @@ impl UpError {
         matches!(self, UpError::Usage(_) | UpError::Config(_))
     }
 
-    fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> UpError {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> UpError {
         let what = what.into();
         move |source| UpError::Io { what, source }
     }
@@ -158,16 +175,16 @@ pub struct PlannedNode {
 
 /// A running child and what `up` knows about it.
 #[derive(Debug)]
-struct NodeProcess {
-    id: u64,
-    config: NodeConfig,
-    log_path: PathBuf,
-    cmd: Vec<String>,
-    pid: u32,
-    child: Child,
+pub(crate) struct NodeProcess {
+    pub(crate) id: u64,
+    pub(crate) config: NodeConfig,
+    pub(crate) log_path: PathBuf,
+    pub(crate) cmd: Vec<String>,
+    pub(crate) pid: u32,
+    pub(crate) child: Child,
     /// Set once the child has been reaped; it is never signalled after that,
     /// so a recycled pid is never hit.
-    exited: Option<ExitStatus>,
+    pub(crate) exited: Option<ExitStatus>,
 }
 
 /// Runs a standalone region until Ctrl-C / SIGTERM. Returns once every child
@@ -183,7 +200,7 @@ pub async fn run(options: UpOptions) -> Result<(), UpError> {
         .dir
         .canonicalize()
         .map_err(UpError::io(format!("resolving {}", options.dir.display())))?;
-    let plan = prepare_configs(&dir, options.nodes, options.base_port)?;
+    let plan = prepare_configs(&dir, options.nodes, options.base_port, options.proposal_queue_max)?;
     // cluster.json appears only once this run is ready; an old one would
     // point at processes that are gone.
     let cluster_path = dir.join("cluster.json");
@@ -242,11 +259,13 @@ pub async fn run(options: UpOptions) -> Result<(), UpError> {
 // ----- configs -----
 
 /// The node configs for DIR: those already there, unchanged, when DIR holds
-/// any `node-{id}.toml`; otherwise fresh ones, written to DIR.
+/// any `node-{id}.toml`; otherwise fresh ones, written to DIR, with
+/// `proposal_queue_max` (if given) as every node's `raft.proposal_queue_max`.
 pub fn prepare_configs(
     dir: &Path,
     nodes: Option<u64>,
     base_port: Option<u16>,
+    proposal_queue_max: Option<usize>,
 ) -> Result<Vec<PlannedNode>, UpError> {
     let existing = existing_node_ids(dir).map_err(UpError::io(format!("reading {}", dir.display())))?;
     if !existing.is_empty() {
@@ -264,17 +283,32 @@ pub fn prepare_configs(
                 dir.display()
             );
         }
+        if proposal_queue_max.is_some() {
+            eprintln!(
+                "note: --proposal-queue-max ignored; {} already holds node configs",
+                dir.display()
+            );
+        }
         return Ok(plan);
     }
     let n = nodes.unwrap_or(NODES_DEFAULT);
     if n == 0 || n > PEERS_MAX as u64 {
         return Err(UpError::Usage(format!("--nodes must be 1-{PEERS_MAX}, got {n}")));
     }
+    let mut raft = RaftTuning::default();
+    if let Some(max) = proposal_queue_max {
+        if max == 0 || max > PROPOSAL_QUEUE_MAX_LIMIT {
+            return Err(UpError::Usage(format!(
+                "--proposal-queue-max must be 1-{PROPOSAL_QUEUE_MAX_LIMIT}, got {max}"
+            )));
+        }
+        raft.proposal_queue_max = max;
+    }
     let ports = match base_port {
         Some(base) => fixed_ports(base, n)?,
         None => free_ports(2 * n as usize).map_err(UpError::io("picking free loopback ports"))?,
     };
-    let plan = fresh_configs(dir, &ports);
+    let plan = fresh_configs(dir, &ports, &raft);
     for planned in &plan {
         let text = toml::to_string(&planned.config).expect("a NodeConfig always serializes to TOML");
         write_atomically(&planned.config_path, text.as_bytes())
@@ -294,7 +328,7 @@ pub fn log_path(dir: &Path, id: u64) -> PathBuf {
 }
 
 /// The ids of the `node-{id}.toml` files in DIR, ascending.
-fn existing_node_ids(dir: &Path) -> io::Result<Vec<u64>> {
+pub(crate) fn existing_node_ids(dir: &Path) -> io::Result<Vec<u64>> {
     let mut ids = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
@@ -353,8 +387,9 @@ fn load_configs(dir: &Path, ids: &[u64]) -> Result<Vec<PlannedNode>, UpError> {
 
 /// Fresh configs for nodes 1..=N of the standalone region: node i gets
 /// `ports[2(i-1)]` for gRPC and `ports[2(i-1)+1]` for HTTP, and its data in
-/// `DIR/node-{i}/data`; every node lists every node as a voter.
-fn fresh_configs(dir: &Path, ports: &[u16]) -> Vec<PlannedNode> {
+/// `DIR/node-{i}/data`, and the Raft tuning `raft`; every node lists every
+/// node as a voter.
+fn fresh_configs(dir: &Path, ports: &[u16], raft: &RaftTuning) -> Vec<PlannedNode> {
     assert!(
         ports.len().is_multiple_of(2),
         "{} ports for nodes that need two each",
@@ -381,7 +416,11 @@ fn fresh_configs(dir: &Path, ports: &[u16]) -> Vec<PlannedNode> {
                 data_dir: dir.join(format!("node-{id}")).join("data"),
                 standalone: true,
                 peers: peers.clone(),
-                raft: RaftTuning::default(),
+                raft: raft.clone(),
+                ledger_peers: Vec::new(),
+                ledger_nodes: Vec::new(),
+                regions: Vec::new(),
+                rebalance: Default::default(),
             },
         }
     })
@@ -403,7 +442,7 @@ fn fixed_ports(base: u16, n: u64) -> Result<Vec<u16>, UpError> {
 /// (so the kernel hands out distinct ones), read, then released for the
 /// nodes to bind. Another process could take one in between; the node would
 /// then fail to start and `up` would say so.
-fn free_ports(count: usize) -> io::Result<Vec<u16>> {
+pub(crate) fn free_ports(count: usize) -> io::Result<Vec<u16>> {
     let listeners = (0..count)
         .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
         .collect::<io::Result<Vec<_>>>()?;
@@ -426,7 +465,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Starts one node: `exe node --config <abs path>`, its output appended to
 /// `DIR/node-{id}.log`, its data dir created.
-fn spawn_node(exe: &Path, dir: &Path, planned: &PlannedNode) -> Result<NodeProcess, UpError> {
+pub(crate) fn spawn_node(exe: &Path, dir: &Path, planned: &PlannedNode) -> Result<NodeProcess, UpError> {
     let id = planned.config.node_id;
     std::fs::create_dir_all(&planned.config.data_dir).map_err(UpError::io(format!(
         "creating {}",
@@ -503,7 +542,7 @@ fn die_with_parent(command: &mut Command) {
 
 /// Polls every node until each `/readyz` answers 200. Fails, naming the node
 /// and showing its log's tail, when a child exits or `deadline` passes.
-async fn wait_ready(nodes: &mut [NodeProcess], deadline: Duration) -> Result<(), UpError> {
+pub(crate) async fn wait_ready(nodes: &mut [NodeProcess], deadline: Duration) -> Result<(), UpError> {
     let give_up = Instant::now() + deadline;
     let mut ready = vec![false; nodes.len()];
     let mut last_probe = vec![String::from("not probed yet"); nodes.len()];
@@ -603,7 +642,7 @@ fn parse_status_line(line: &[u8]) -> io::Result<u16> {
 
 /// The exit status of a child that has exited since the last look, reaping
 /// it; `None` while it runs (or if it was reaped before).
-fn reap(node: &mut NodeProcess) -> Option<ExitStatus> {
+pub(crate) fn reap(node: &mut NodeProcess) -> Option<ExitStatus> {
     if node.exited.is_some() {
         return None;
     }
@@ -648,7 +687,7 @@ async fn supervise(nodes: &mut [NodeProcess], signals: &mut ShutdownSignals) -> 
 /// Stops every child still running: SIGTERM to all at once, up to `grace`
 /// for them to exit, then SIGKILL for any left; every child is reaped, so
 /// none outlives `up` and none stays a zombie.
-async fn stop_all(nodes: &mut [NodeProcess], grace: Duration) {
+pub(crate) async fn stop_all(nodes: &mut [NodeProcess], grace: Duration) {
     for node in nodes.iter_mut() {
         if let Some(status) = reap(node) {
             eprintln!("node {} (pid {}) exited: {status}", node.id, node.pid);
@@ -684,7 +723,7 @@ async fn stop_all(nodes: &mut [NodeProcess], grace: Duration) {
 
 /// Sends a signal to a child that has not been reaped, so its pid is still
 /// ours and cannot have been recycled.
-fn send_signal(node: &NodeProcess, signal: libc::c_int) {
+pub(crate) fn send_signal(node: &NodeProcess, signal: libc::c_int) {
     debug_assert!(node.exited.is_none(), "signalling reaped node {}", node.id);
     // SAFETY: kill(2) has no memory-safety preconditions.
     if unsafe { libc::kill(node.pid as libc::pid_t, signal) } != 0 {
@@ -737,6 +776,8 @@ fn cluster_file(nodes: &[NodeProcess]) -> ClusterFile {
                 cmd: n.cmd.clone(),
             })
             .collect(),
+        control: None,
+        ledger: None,
     }
 }
 
@@ -762,13 +803,13 @@ fn print_endpoints(nodes: &[NodeProcess], cluster_path: &Path) {
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM, registered once at start-up.
-struct ShutdownSignals {
+pub(crate) struct ShutdownSignals {
     interrupt: Signal,
     terminate: Signal,
 }
 
 impl ShutdownSignals {
-    fn install() -> io::Result<Self> {
+    pub(crate) fn install() -> io::Result<Self> {
         Ok(ShutdownSignals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
@@ -776,7 +817,7 @@ impl ShutdownSignals {
     }
 
     /// Waits for either; returns its name.
-    async fn recv(&mut self) -> &'static str {
+    pub(crate) async fn recv(&mut self) -> &'static str {
         tokio::select! {
             _ = self.interrupt.recv() => "Ctrl-C",
             _ = self.terminate.recv() => "SIGTERM",
@@ -801,7 +842,7 @@ mod tests {
     #[test]
     fn configs_are_generated_then_reused() {
         let dir = scratch("configs");
-        let first = prepare_configs(&dir, None, None).unwrap();
+        let first = prepare_configs(&dir, None, None, None).unwrap();
         assert_eq!(first.len(), NODES_DEFAULT as usize);
         let mut addrs = Vec::new();
         for (i, p) in first.iter().enumerate() {
@@ -823,13 +864,13 @@ mod tests {
         addrs.dedup();
         assert_eq!(addrs.len(), 2 * first.len(), "every port distinct");
 
-        let again = prepare_configs(&dir, None, Some(9000)).unwrap();
+        let again = prepare_configs(&dir, None, Some(9000), None).unwrap();
         assert_eq!(
             again, first,
             "second run reuses the configs, ignoring --base-port"
         );
-        assert_eq!(prepare_configs(&dir, Some(3), None).unwrap(), first);
-        assert!(prepare_configs(&dir, Some(5), None).unwrap_err().is_usage());
+        assert_eq!(prepare_configs(&dir, Some(3), None, None).unwrap(), first);
+        assert!(prepare_configs(&dir, Some(5), None, None).unwrap_err().is_usage());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -837,7 +878,7 @@ mod tests {
     #[test]
     fn base_port_layout() {
         let dir = scratch("base-port");
-        let plan = prepare_configs(&dir, Some(2), Some(20000)).unwrap();
+        let plan = prepare_configs(&dir, Some(2), Some(20000), None).unwrap();
         let c = &plan[1].config;
         assert_eq!(c.grpc_addr, "127.0.0.1:20002".parse().unwrap());
         assert_eq!(c.http_addr, "127.0.0.1:20003".parse().unwrap());
@@ -845,9 +886,39 @@ mod tests {
         assert!(fixed_ports(65531, 3).unwrap_err().is_usage());
         assert_eq!(fixed_ports(65530, 3).unwrap().last(), Some(&65535));
         let other = scratch("bad-nodes");
-        assert!(prepare_configs(&other, Some(0), None).unwrap_err().is_usage());
         assert!(
-            prepare_configs(&other, Some(PEERS_MAX as u64 + 1), None)
+            prepare_configs(&other, Some(0), None, None)
+                .unwrap_err()
+                .is_usage()
+        );
+        assert!(
+            prepare_configs(&other, Some(PEERS_MAX as u64 + 1), None, None)
+                .unwrap_err()
+                .is_usage()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&other).unwrap();
+    }
+
+    /// --proposal-queue-max lands in every fresh config, is ignored on reuse, and is refused out of range.
+    #[test]
+    fn proposal_queue_max_in_fresh_configs() {
+        let dir = scratch("queue-max");
+        let plan = prepare_configs(&dir, None, None, Some(2)).unwrap();
+        for p in &plan {
+            assert_eq!(p.config.raft.proposal_queue_max, 2);
+            assert_eq!(NodeConfig::load(&p.config_path).unwrap(), p.config);
+        }
+        let again = prepare_configs(&dir, None, None, Some(8)).unwrap();
+        assert_eq!(again, plan, "a second run reuses the configs, ignoring the flag");
+        let other = scratch("queue-max-bad");
+        assert!(
+            prepare_configs(&other, None, None, Some(0))
+                .unwrap_err()
+                .is_usage()
+        );
+        assert!(
+            prepare_configs(&other, None, None, Some(PROPOSAL_QUEUE_MAX_LIMIT + 1))
                 .unwrap_err()
                 .is_usage()
         );
@@ -859,9 +930,9 @@ mod tests {
     #[test]
     fn inconsistent_configs_are_refused() {
         let dir = scratch("inconsistent");
-        let plan = prepare_configs(&dir, Some(3), None).unwrap();
+        let plan = prepare_configs(&dir, Some(3), None, None).unwrap();
         std::fs::remove_file(&plan[2].config_path).unwrap();
-        let e = prepare_configs(&dir, None, None).unwrap_err();
+        let e = prepare_configs(&dir, None, None, None).unwrap_err();
         assert!(e.is_usage(), "{e}");
         assert!(e.to_string().contains("node-1.toml"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -884,6 +955,8 @@ mod tests {
                     "/d/node-1.toml".into(),
                 ],
             }],
+            control: None,
+            ledger: None,
         };
         let value = serde_json::to_value(&file).unwrap();
         let expected = serde_json::json!({"nodes": [{
@@ -958,7 +1031,9 @@ mod tests {
     /// A NodeProcess running `sh -c script` in place of a node, logging to `DIR/node-{id}.log`.
     fn fake_node(dir: &Path, id: u64, script: &str) -> NodeProcess {
         let ports = free_ports(2).unwrap();
-        let mut config = fresh_configs(dir, &ports).remove(0).config;
+        let mut config = fresh_configs(dir, &ports, &RaftTuning::default())
+            .remove(0)
+            .config;
         config.node_id = id;
         let cmd: Vec<String> = ["/bin/sh", "-c", script].map(String::from).to_vec();
         let log_path = log_path(dir, id);

@@ -223,7 +223,6 @@ fn stop_region(mut up: std::process::Child, cluster: &serde_json::Value) {
 
 /// `up` starts a ready three-node region, describes it in cluster.json, stops it cleanly on SIGTERM, and a second run reuses its ports.
 #[test]
-#[ignore = "needs the node server (server::run); run with --ignored once it serves /readyz"]
 fn up_runs_a_region_and_stops_it_cleanly() {
     let dir = scratch("up-region");
     let (up, cluster) = start_region(&dir);

@@ -1,0 +1,151 @@
+//! The availability view: every region's available tokens per SKU, shared
+//! between regions as CRDTs, so `GetAvailability` answers from any node with
+//! no cross-region call on the request path.
+//!
+//! Each figure is a last-writer-wins register (`crdts::LWWReg`) whose marker
+//! is the publishing group's applied log index, then the time it was read:
+//! a later index is a later state of that region, so merging in any order,
+//! any number of times, converges on the newest figure. Nodes publish their
+//! own region's figures (and, on ledger hosts, the pool) from their local
+//! replica and exchange digests with one node of every other region.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use crdts::CvRDT;
+use crdts::LWWReg;
+use reservoir_tokens::{Millis, RegionId, Sku, Units};
+use serde::{Deserialize, Serialize};
+
+/// The pseudo-region under which ledger hosts publish the pool.
+pub const POOL: &str = "ledger-pool";
+
+/// One published figure: available units, marked by (applied index, read at).
+pub type Figure = LWWReg<Units, (u64, Millis)>;
+
+/// Every known figure: region → SKU → figure.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    /// The figures.
+    pub figures: BTreeMap<RegionId, BTreeMap<Sku, Figure>>,
+}
+
+impl Digest {
+    /// Merges another digest in (commutative, associative, idempotent).
+    pub fn merge(&mut self, other: Digest) {
+        for (region, skus) in other.figures {
+            let mine = self.figures.entry(region).or_default();
+            for (sku, figure) in skus {
+                mine.entry(sku).or_default().merge(figure);
+            }
+        }
+    }
+}
+
+/// A node's view of availability everywhere.
+#[derive(Default)]
+pub struct AvailabilityView {
+    digest: Mutex<Digest>,
+}
+
+/// What `GetAvailability` reports for one SKU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Estimate {
+    /// Per region (and the pool, under [`POOL`]), the last known figure.
+    pub by_region: BTreeMap<RegionId, Units>,
+    /// The sum of them.
+    pub total: Units,
+    /// Age of the oldest figure used, in ms.
+    pub staleness_ms: u64,
+}
+
+impl AvailabilityView {
+    /// An empty view.
+    pub fn new() -> AvailabilityView {
+        AvailabilityView::default()
+    }
+
+    /// Publishes figures of `region` read at applied index `index`.
+    pub fn publish(
+        &self,
+        region: &str,
+        index: u64,
+        now_ms: Millis,
+        figures: impl IntoIterator<Item = (Sku, Units)>,
+    ) {
+        let mut d = self.digest.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = d.figures.entry(region.to_string()).or_default();
+        for (sku, units) in figures {
+            mine.entry(sku).or_default().update(units, (index, now_ms));
+        }
+    }
+
+    /// Merges a digest received from another region.
+    pub fn merge(&self, other: Digest) {
+        self.digest.lock().unwrap_or_else(|e| e.into_inner()).merge(other);
+    }
+
+    /// A copy of everything known, to send.
+    pub fn digest(&self) -> Digest {
+        self.digest.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The estimate for `sku`, with this region's exact figure in place of
+    /// its published one.
+    pub fn estimate(&self, sku: &str, region: &str, local: Units, now_ms: Millis) -> Estimate {
+        let d = self.digest.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_region = BTreeMap::new();
+        let mut oldest = now_ms;
+        for (r, skus) in &d.figures {
+            if r == region {
+                continue;
+            }
+            if let Some(f) = skus.get(sku) {
+                by_region.insert(r.clone(), f.val);
+                oldest = oldest.min(f.marker.1);
+            }
+        }
+        by_region.insert(region.to_string(), local);
+        let total = by_region.values().sum();
+        Estimate {
+            by_region,
+            total,
+            staleness_ms: now_ms.saturating_sub(oldest),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Merging digests in any order converges on the newest figures.
+    #[test]
+    fn merge_converges_on_the_newest() {
+        let a = AvailabilityView::new();
+        let b = AvailabilityView::new();
+        a.publish("us-east", 5, 100, [("hot".to_string(), 10)]);
+        b.publish("us-east", 7, 90, [("hot".to_string(), 4)]);
+        b.publish("eu-west", 3, 95, [("hot".to_string(), 8)]);
+        let (da, db) = (a.digest(), b.digest());
+        a.merge(db.clone());
+        b.merge(da.clone());
+        b.merge(da); // idempotent
+        assert_eq!(a.digest(), b.digest());
+        let e = a.estimate("hot", "ap-south", 2, 200);
+        assert_eq!(e.by_region.get("us-east"), Some(&4), "index 7 beats index 5");
+        assert_eq!(e.total, 4 + 8 + 2);
+        assert_eq!(e.staleness_ms, 200 - 90);
+    }
+
+    /// The answering region's exact figure replaces its published one.
+    #[test]
+    fn local_figure_is_exact() {
+        let v = AvailabilityView::new();
+        v.publish("us-east", 1, 10, [("hot".to_string(), 100)]);
+        let e = v.estimate("hot", "us-east", 42, 20);
+        assert_eq!(e.by_region.get("us-east"), Some(&42));
+        assert_eq!(e.total, 42);
+        assert_eq!(e.staleness_ms, 0);
+    }
+}

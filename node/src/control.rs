@@ -1,0 +1,538 @@
+//! The internal control plane between regions and the ledger
+//! (`reservoir.internal.v1.Control`): the rebalancer's transfers, the
+//! reconciler's settlement, top-up requests, and availability gossip.
+//!
+//! Messages are the Rust types below, bincode-encoded; both ends run the same
+//! build. Any node accepts any call and forwards it once to the leader of the
+//! group it is for, like the public API.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use reservoir_proto::internal::control_client::ControlClient as GrpcControlClient;
+use reservoir_proto::internal::{ControlMessage, ControlReply};
+use reservoir_tokens::audit::RegionBooks;
+use reservoir_tokens::ledger::LedgerSku;
+use reservoir_tokens::{
+    AppliedTransfer, Bucket, LedgerOp, LedgerOutcome, Millis, NodeId, OutboxEntry, RegionId, RegionOp,
+    RegionOutcome, Sku, Transfer, TransferId, Units,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::availability::Digest;
+use crate::config::Peer;
+
+/// Largest control message (a report carries at most a settlement batch).
+pub const CONTROL_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Connect timeout to a peer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
+
+/// A call for a region group.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum RegionCall {
+    /// Propose a grant, revoke or settled acknowledgement on the leader.
+    Apply(RegionOp),
+    /// What the ledger leader needs for a round (linearizable, on the leader).
+    Report(ReportRequest),
+    /// Another region's availability counters; answered with ours.
+    Gossip(Digest),
+}
+
+/// What a report should include.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReportRequest {
+    /// Outbox entries after this sequence number (`None`: after the region's
+    /// own settled watermark).
+    pub outbox_after: Option<u64>,
+    /// At most this many outbox entries.
+    pub outbox_max: usize,
+    /// Transfers to report on, if the region applied them.
+    pub transfers: Vec<TransferId>,
+}
+
+/// A region's answer to a control call.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum RegionReply {
+    /// The outcome of an `Apply`.
+    Applied(RegionOutcome),
+    /// A report.
+    Report(RegionReport),
+    /// The region's availability counters.
+    Gossip(Digest),
+}
+
+/// A region's state as the ledger leader sees it for one round.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RegionReport {
+    /// The region.
+    pub region: RegionId,
+    /// The region leader that answered.
+    pub leader_id: NodeId,
+    /// The region's logical clock when read.
+    pub clock_ms: Millis,
+    /// Buckets by SKU.
+    pub buckets: BTreeMap<Sku, Bucket>,
+    /// Units requested per SKU over the demand horizon (met or not).
+    pub demand: BTreeMap<Sku, Units>,
+    /// Outbox entries asked for, oldest first.
+    pub outbox: Vec<OutboxEntry>,
+    /// The last outbox sequence number written.
+    pub last_outbox_seq: u64,
+    /// The outbox sequence number the ledger acknowledged.
+    pub settled_up_to: u64,
+    /// When the oldest unsettled sale was confirmed.
+    pub oldest_unsettled_ms: Option<Millis>,
+    /// The asked-about transfers the region applied.
+    pub transfers: BTreeMap<TransferId, AppliedTransfer>,
+}
+
+impl RegionBooks for RegionReport {
+    fn region(&self) -> &str {
+        &self.region
+    }
+
+    fn buckets(&self) -> &BTreeMap<Sku, Bucket> {
+        &self.buckets
+    }
+
+    fn applied_transfer(&self, id: TransferId) -> Option<&AppliedTransfer> {
+        self.transfers.get(&id)
+    }
+
+    fn settled_unacked(&self, sku: &str, watermark: u64) -> Units {
+        self.outbox
+            .iter()
+            .filter(|e| e.seq > self.settled_up_to && e.seq <= watermark)
+            .flat_map(|e| e.lines.iter())
+            .filter(|l| l.sku == sku)
+            .map(|l| l.quantity)
+            .sum()
+    }
+}
+
+/// A call for the ledger group.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum LedgerCall {
+    /// Propose on the ledger leader (AdjustStock from any node).
+    Apply(LedgerOp),
+    /// A region ran low on a SKU: run a rebalance round now.
+    TopUp {
+        /// The region.
+        region: RegionId,
+        /// The SKU.
+        sku: Sku,
+    },
+    /// The ledger's books and the rebalancer's view, for status.
+    Summary,
+    /// Run the conservation audit now.
+    Audit,
+}
+
+/// The ledger's answer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum LedgerReply {
+    /// The outcome of an `Apply`.
+    Applied(LedgerOutcome),
+    /// The top-up request was taken.
+    TopUpQueued,
+    /// The ledger's summary.
+    Summary(Box<LedgerSummary>),
+    /// A fresh audit.
+    Audit(Box<reservoir_tokens::audit::BalanceSheet>),
+}
+
+/// The ledger's books and the rebalancer's latest view.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LedgerSummary {
+    /// The ledger leader's node id.
+    pub leader_id: NodeId,
+    /// Per SKU: pool, granted, settled.
+    pub skus: BTreeMap<Sku, LedgerSku>,
+    /// Transfers in flight.
+    pub transfers: Vec<Transfer>,
+    /// Per region, from the last round: available/held/confirmed per SKU.
+    pub regions: BTreeMap<RegionId, BTreeMap<Sku, Bucket>>,
+    /// Per region, the leader that answered the last round.
+    pub region_leaders: BTreeMap<RegionId, NodeId>,
+    /// Regions the last round could not reach.
+    pub unreachable: Vec<RegionId>,
+    /// Per region: (unsettled outbox entries, age of the oldest in ms).
+    pub settlement_lag: BTreeMap<RegionId, (u64, u64)>,
+    /// The last audit, when it ran (ms since the epoch).
+    pub last_audit: Option<(Millis, reservoir_tokens::audit::BalanceSheet)>,
+}
+
+/// Encodes a control payload.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Status> {
+    bincode::serialize(value).map_err(|e| Status::internal(format!("encode: {e}")))
+}
+
+/// Decodes a control payload, bounded by [`CONTROL_MESSAGE_BYTES_MAX`].
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(CONTROL_MESSAGE_BYTES_MAX as u64)
+        .deserialize(bytes)
+        .map_err(|e| Status::invalid_argument(format!("undecodable control message: {e}")))
+}
+
+/// Calls regions and the ledger over the control plane, trying each of a
+/// group's nodes in turn (any node forwards to its leader).
+pub struct ControlClient {
+    regions: BTreeMap<RegionId, Vec<Peer>>,
+    ledger: Vec<Peer>,
+    channels: Mutex<BTreeMap<String, Channel>>,
+    /// The node that answered last, per group: tried first next time.
+    preferred: Mutex<BTreeMap<String, usize>>,
+}
+
+impl ControlClient {
+    /// A client that reaches `regions` (name → nodes) and the ledger's nodes.
+    pub fn new(regions: BTreeMap<RegionId, Vec<Peer>>, ledger: Vec<Peer>) -> ControlClient {
+        ControlClient {
+            regions,
+            ledger,
+            channels: Mutex::new(BTreeMap::new()),
+            preferred: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Every region this client can reach, by name.
+    pub fn regions(&self) -> impl Iterator<Item = &str> {
+        self.regions.keys().map(String::as_str)
+    }
+
+    /// True when the ledger is reachable through this client at all.
+    pub fn has_ledger(&self) -> bool {
+        !self.ledger.is_empty()
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = channels.get(addr) {
+            return Ok(c.clone());
+        }
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::internal(format!("bad address {addr}: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let c = endpoint.connect_lazy();
+        channels.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn client(&self, addr: &str) -> Result<GrpcControlClient<Channel>, Status> {
+        Ok(GrpcControlClient::new(self.channel(addr)?)
+            .max_decoding_message_size(CONTROL_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(CONTROL_MESSAGE_BYTES_MAX))
+    }
+
+    /// Sends `message` to one of `nodes` (the preferred one first), moving on
+    /// to the next on UNAVAILABLE or a transport failure, within `timeout`.
+    async fn send(
+        &self,
+        key: &str,
+        nodes: &[Peer],
+        message: ControlMessage,
+        ledger: bool,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, Status> {
+        if nodes.is_empty() {
+            return Err(Status::failed_precondition(format!("no known nodes for {key}")));
+        }
+        let start = self
+            .preferred
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied()
+            .unwrap_or(0);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = Status::unavailable(format!("{key}: no node answered"));
+        for i in 0..nodes.len() {
+            let index = (start + i) % nodes.len();
+            let addr = nodes[index].grpc.to_string();
+            let mut client = self.client(&addr)?;
+            let mut request = tonic::Request::new(message.clone());
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            request.set_timeout(left);
+            let call = async {
+                if ledger {
+                    client.ledger(request).await
+                } else {
+                    client.region(request).await
+                }
+            };
+            match tokio::time::timeout(left, call).await {
+                Ok(Ok(reply)) => {
+                    self.preferred
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(key.to_string(), index);
+                    return Ok(reply.into_inner().payload);
+                }
+                Ok(Err(status)) if retry_elsewhere(&status) => last = status,
+                Ok(Err(status)) => return Err(status),
+                Err(_) => {
+                    last = Status::deadline_exceeded(format!("{key}: no answer within {timeout:?}"));
+                    break;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Calls region `region`.
+    pub async fn region(
+        &self,
+        region: &str,
+        call: &RegionCall,
+        timeout: Duration,
+    ) -> Result<RegionReply, Status> {
+        let nodes = self.regions.get(region).cloned().unwrap_or_default();
+        let message = ControlMessage {
+            region: region.to_string(),
+            forwarded: false,
+            payload: encode(call)?,
+        };
+        let bytes = self
+            .send(&format!("region:{region}"), &nodes, message, false, timeout)
+            .await?;
+        decode(&bytes)
+    }
+
+    /// Calls the ledger.
+    pub async fn ledger(&self, call: &LedgerCall, timeout: Duration) -> Result<LedgerReply, Status> {
+        let message = ControlMessage {
+            region: String::new(),
+            forwarded: false,
+            payload: encode(call)?,
+        };
+        let bytes = self
+            .send("ledger", &self.ledger.clone(), message, true, timeout)
+            .await?;
+        decode(&bytes)
+    }
+
+    /// Forwards an already-encoded call to the node at `addr` (a follower
+    /// passing a call to its leader), marked as forwarded.
+    pub async fn forward(
+        &self,
+        addr: &str,
+        mut message: ControlMessage,
+        ledger: bool,
+    ) -> Result<ControlReply, Status> {
+        message.forwarded = true;
+        let mut client = self.client(addr)?;
+        let reply = if ledger {
+            client.ledger(message).await
+        } else {
+            client.region(message).await
+        };
+        reply.map(tonic::Response::into_inner)
+    }
+}
+
+/// Whether a failed call is worth trying on another node of the group.
+fn retry_elsewhere(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    )
+}
+
+/// The control plane's gRPC service on a node.
+pub struct ControlService {
+    node: std::sync::Arc<crate::service::Node>,
+}
+
+impl ControlService {
+    /// The gRPC server for `node`, with the control message limit.
+    pub fn server(
+        node: std::sync::Arc<crate::service::Node>,
+    ) -> reservoir_proto::internal::control_server::ControlServer<ControlService> {
+        reservoir_proto::internal::control_server::ControlServer::new(ControlService { node })
+            .max_decoding_message_size(CONTROL_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(CONTROL_MESSAGE_BYTES_MAX)
+    }
+
+    async fn region_call(&self, message: ControlMessage) -> Result<Vec<u8>, Status> {
+        use crate::service::Route;
+        let node = &self.node;
+        if message.region != node.region() {
+            return Err(Status::failed_precondition(format!(
+                "call for region {} reached a node of {}",
+                message.region,
+                node.region()
+            )));
+        }
+        let call: RegionCall = decode(&message.payload)?;
+        let forwarded = message.forwarded;
+        let reply = match call {
+            RegionCall::Gossip(digest) => {
+                node.availability().merge(digest);
+                RegionReply::Gossip(node.availability().digest())
+            }
+            RegionCall::Apply(op) => match node.write_region(op, forwarded).await {
+                Ok(Route::Applied(applied)) => RegionReply::Applied(Ok(applied)),
+                Ok(Route::Leader(addr)) => return self.forward(&addr, message, false).await,
+                // A refusal is an answer, not a transport failure.
+                Err(crate::service::WriteError::Rejected(rejection)) => RegionReply::Applied(Err(rejection)),
+                Err(crate::service::WriteError::Unavailable(status)) => return Err(status),
+            },
+            RegionCall::Report(request) => {
+                let demand = node.demand().demand(node.now_ms());
+                let region = node.region().to_string();
+                let leader_id = node.config().node_id;
+                let read = node
+                    .read_region(forwarded, move |s| {
+                        let after = request
+                            .outbox_after
+                            .unwrap_or(s.settled_up_to())
+                            .max(s.settled_up_to());
+                        RegionReport {
+                            region: region.clone(),
+                            leader_id,
+                            clock_ms: s.clock_ms(),
+                            buckets: s.buckets().clone(),
+                            demand: BTreeMap::new(),
+                            outbox: s.outbox_after(after).take(request.outbox_max).cloned().collect(),
+                            last_outbox_seq: s.last_outbox_seq(),
+                            settled_up_to: s.settled_up_to(),
+                            oldest_unsettled_ms: s
+                                .outbox_after(s.settled_up_to())
+                                .next()
+                                .map(|e| e.confirmed_at_ms),
+                            transfers: request
+                                .transfers
+                                .iter()
+                                .filter_map(|id| s.transfer(*id).map(|t| (*id, t.clone())))
+                                .collect(),
+                        }
+                    })
+                    .await?;
+                match read {
+                    Route::Applied(mut report) => {
+                        report.demand = demand;
+                        RegionReply::Report(report)
+                    }
+                    Route::Leader(addr) => return self.forward(&addr, message, false).await,
+                }
+            }
+        };
+        encode(&reply)
+    }
+
+    async fn ledger_call(&self, message: ControlMessage) -> Result<Vec<u8>, Status> {
+        let node = &self.node;
+        let Some(host) = node.ledger() else {
+            // Not a ledger host: pass the call on to the ledger's nodes.
+            let call: LedgerCall = decode(&message.payload)?;
+            let reply = node
+                .control()
+                .ledger(&call, crate::service::FORWARD_TIMEOUT)
+                .await?;
+            return encode(&reply);
+        };
+        let call: LedgerCall = decode(&message.payload)?;
+        let group = host.group();
+        if !group.is_leader() {
+            if message.forwarded {
+                return Err(crate::status::NodeError::NoLeader {
+                    group: "ledger".into(),
+                }
+                .to_status());
+            }
+            match group.leader() {
+                Some((_, addr)) => return self.forward(&addr, message, true).await,
+                None => {
+                    group.wait_for_leader(crate::service::LEADER_WAIT).await;
+                    match group.leader() {
+                        Some((id, addr)) if id != node.config().node_id => {
+                            return self.forward(&addr, message, true).await;
+                        }
+                        Some(_) => {}
+                        None => {
+                            return Err(crate::status::NodeError::NoLeader {
+                                group: "ledger".into(),
+                            }
+                            .to_status());
+                        }
+                    }
+                }
+            }
+        }
+        let reply = match call {
+            LedgerCall::TopUp { .. } => {
+                host.wake();
+                LedgerReply::TopUpQueued
+            }
+            LedgerCall::Summary => LedgerReply::Summary(Box::new(host.summary())),
+            LedgerCall::Audit => match host.audit().await {
+                Ok(sheet) => LedgerReply::Audit(Box::new(sheet)),
+                Err(e) => return Err(Status::unavailable(format!("audit: {e}"))),
+            },
+            LedgerCall::Apply(op) => {
+                let cmd = reservoir_tokens::LedgerCommand {
+                    now_ms: node.now_ms(),
+                    op,
+                };
+                match tokio::time::timeout(crate::service::COMMIT_TIMEOUT, group.propose(cmd)).await {
+                    Ok(Ok(outcome)) => LedgerReply::Applied(outcome),
+                    Ok(Err(reservoir_raft::ProposeError::Overloaded)) => {
+                        return Err(crate::status::NodeError::Overloaded {
+                            queue: "ledger proposals",
+                            max: group.queue_max(),
+                        }
+                        .to_status());
+                    }
+                    Ok(Err(_)) | Err(_) => {
+                        return Err(crate::status::NodeError::NoLeader {
+                            group: "ledger".into(),
+                        }
+                        .to_status());
+                    }
+                }
+            }
+        };
+        encode(&reply)
+    }
+
+    async fn forward(&self, addr: &str, message: ControlMessage, ledger: bool) -> Result<Vec<u8>, Status> {
+        if message.forwarded {
+            return Err(crate::status::NodeError::NoLeader {
+                group: message.region.clone(),
+            }
+            .to_status());
+        }
+        Ok(self.node.control().forward(addr, message, ledger).await?.payload)
+    }
+}
+
+#[tonic::async_trait]
+impl reservoir_proto::internal::control_server::Control for ControlService {
+    async fn region(
+        &self,
+        request: tonic::Request<ControlMessage>,
+    ) -> Result<tonic::Response<ControlReply>, Status> {
+        let payload = self.region_call(request.into_inner()).await?;
+        Ok(tonic::Response::new(ControlReply { payload }))
+    }
+
+    async fn ledger(
+        &self,
+        request: tonic::Request<ControlMessage>,
+    ) -> Result<tonic::Response<ControlReply>, Status> {
+        let payload = self.ledger_call(request.into_inner()).await?;
+        Ok(tonic::Response::new(ControlReply { payload }))
+    }
+}

@@ -1,0 +1,675 @@
+//! `reservoir up`: the local three-region cluster.
+//!
+//! Three regions (`us-east`, `eu-west`, `ap-south`) of N nodes each run as
+//! child processes on loopback ports, the ledger's group on the us-east
+//! nodes beside their region group. Every cross-region connection goes
+//! through a WAN link emulator in this process ([`crate::wan`]): each node's
+//! config names the other regions' nodes (and the ledger's) at proxy ports
+//! that add the link's round trip and can be cut. A control API over HTTP
+//! cuts and heals links and kills and restarts nodes.
+//!
+//! The steps: write (or reuse) the node configs → start the link emulators
+//! → start the nodes → wait until every node is ready → seed the demo
+//! catalog (first run, unless `--no-demo`) → write `DIR/cluster.json` →
+//! serve the control API and print a one-line status now and then → on
+//! Ctrl-C / SIGTERM stop every child.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, watch};
+
+use crate::config::{NodeConfig, Peer, RaftTuning, RebalanceConfig, RegionPeers};
+use crate::up::{
+    ClusterFile, ClusterNode, LedgerInfo, NodeProcess, PlannedNode, ShutdownSignals, UpError, config_path,
+    existing_node_ids, free_ports, reap, send_signal, spawn_node, stop_all, wait_ready, write_atomically,
+};
+use crate::wan::{self, Link, Wan};
+
+/// The region that hosts the ledger.
+pub const HOME_REGION: &str = "us-east";
+/// Nodes per region when `--nodes-per-region` is not given.
+pub const NODES_PER_REGION_DEFAULT: u64 = 3;
+/// How long every node has to become ready.
+pub const CLUSTER_READY_DEADLINE: Duration = Duration::from_secs(60);
+/// How often the one-line status is printed.
+pub const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// The demo catalog: SKU and units.
+pub const DEMO_CATALOG: [(&str, i64); 3] = [
+    ("tee-black-m", 3_000),
+    ("sneaker-limited-42", 600),
+    ("console-x", 120),
+];
+
+/// What `up` (three regions) was asked for.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// The cluster directory.
+    pub dir: PathBuf,
+    /// Nodes per region, 1-7.
+    pub nodes_per_region: u64,
+    /// WAN profile: `aws` or `none`.
+    pub wan: String,
+    /// Seed the demo catalog on the first run.
+    pub demo: bool,
+    /// Rebalancer policy for fresh configs.
+    pub policy: String,
+    /// Each node's `raft.proposal_queue_max`; `None` means the default.
+    pub proposal_queue_max: Option<usize>,
+    /// The `reservoir` binary the children run.
+    pub exe: PathBuf,
+}
+
+/// One link emulator: where it listens, where it forwards, which link.
+#[derive(Clone, Debug)]
+struct Proxy {
+    listen: SocketAddr,
+    target: SocketAddr,
+    link: (String, String),
+}
+
+struct Cluster {
+    wan: Wan,
+    nodes: Mutex<Vec<NodeProcess>>,
+    exe: PathBuf,
+    dir: PathBuf,
+    control: SocketAddr,
+}
+
+/// Runs the three-region cluster until Ctrl-C / SIGTERM. Run it on a
+/// current-thread runtime on the main thread (see [`crate::up::run`]).
+pub async fn run(options: ClusterOptions) -> Result<(), UpError> {
+    let mut signals = ShutdownSignals::install().map_err(UpError::io("installing signal handlers"))?;
+    std::fs::create_dir_all(&options.dir)
+        .map_err(UpError::io(format!("creating {}", options.dir.display())))?;
+    let dir = options
+        .dir
+        .canonicalize()
+        .map_err(UpError::io(format!("resolving {}", options.dir.display())))?;
+    let (plan, fresh) = prepare(&dir, &options)?;
+    let cluster_path = dir.join("cluster.json");
+    let _ = std::fs::remove_file(&cluster_path);
+
+    let regions: Vec<&str> = wan::REGIONS.to_vec();
+    let wan = Wan::new(&options.wan, &regions).map_err(UpError::Usage)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    for proxy in proxies(&plan) {
+        let listener = tokio::net::TcpListener::bind(proxy.listen)
+            .await
+            .map_err(UpError::io(format!("link emulator on {}", proxy.listen)))?;
+        let link: Arc<Link> = wan
+            .link(&proxy.link.0, &proxy.link.1)
+            .expect("a link between two known regions");
+        tokio::spawn(wan::serve_proxy(listener, proxy.target, link, stop_rx.clone()));
+    }
+
+    let mut nodes = Vec::with_capacity(plan.len());
+    for planned in &plan {
+        match spawn_node(&options.exe, &dir, planned) {
+            Ok(node) => nodes.push(node),
+            Err(e) => {
+                stop_all(&mut nodes, crate::up::STOP_GRACE).await;
+                return Err(e);
+            }
+        }
+    }
+    let startup = tokio::select! {
+        ready = wait_ready(&mut nodes, CLUSTER_READY_DEADLINE) => Ok(ready),
+        name = signals.recv() => Err(name),
+    };
+    match startup {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            stop_all(&mut nodes, crate::up::STOP_GRACE).await;
+            return Err(e);
+        }
+        Err(name) => {
+            eprintln!("{name} before the cluster was ready: stopping the nodes");
+            stop_all(&mut nodes, crate::up::STOP_GRACE).await;
+            return Ok(());
+        }
+    }
+
+    let home = nodes
+        .iter()
+        .find(|n| n.config.region == HOME_REGION)
+        .map(|n| n.config.grpc_addr);
+    if fresh && options.demo {
+        match home {
+            Some(addr) => match seed_demo(addr).await {
+                Ok(()) => println!(
+                    "seeded the demo catalog: {}",
+                    DEMO_CATALOG
+                        .iter()
+                        .map(|(s, n)| format!("{s} x{n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Err(e) => eprintln!("warning: seeding the demo catalog failed: {e}"),
+            },
+            None => eprintln!("warning: no {HOME_REGION} node to seed the demo catalog through"),
+        }
+    } else if !options.demo {
+        println!("no demo catalog (--no-demo): add stock with `reservoir stock`");
+    }
+
+    let control_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(UpError::io("binding the control API"))?;
+    let control = control_listener
+        .local_addr()
+        .map_err(UpError::io("control API address"))?;
+    let cluster = Arc::new(Cluster {
+        wan,
+        nodes: Mutex::new(nodes),
+        exe: options.exe.clone(),
+        dir: dir.clone(),
+        control,
+    });
+    write_cluster_file(&cluster).await?;
+    print_endpoints(&cluster, &options).await;
+
+    let app = control_routes(cluster.clone());
+    let mut api_stop = stop_rx.clone();
+    let api = tokio::spawn(async move {
+        axum::serve(control_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = api_stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+
+    let name = supervise(&cluster, &mut signals, home).await;
+    eprintln!("{name}: stopping the cluster");
+    let _ = stop_tx.send(true);
+    let _ = api.await;
+    let mut nodes = cluster.nodes.lock().await;
+    stop_all(&mut nodes, crate::up::STOP_GRACE).await;
+    Ok(())
+}
+
+/// The node configs: those in DIR, unchanged, or fresh ones (then `true`).
+fn prepare(dir: &Path, options: &ClusterOptions) -> Result<(Vec<PlannedNode>, bool), UpError> {
+    let existing = existing_node_ids(dir).map_err(UpError::io(format!("reading {}", dir.display())))?;
+    if !existing.is_empty() {
+        let mut plan = Vec::new();
+        for id in existing {
+            let path = config_path(dir, id);
+            let config = NodeConfig::load(&path).map_err(UpError::Config)?;
+            if config.standalone {
+                return Err(UpError::Usage(format!(
+                    "{} is a standalone region; run `up --standalone` on it, or use another --dir",
+                    dir.display()
+                )));
+            }
+            plan.push(PlannedNode {
+                config_path: path,
+                config,
+            });
+        }
+        return Ok((plan, false));
+    }
+    let n = options.nodes_per_region;
+    if !(1..=crate::config::PEERS_MAX as u64).contains(&n) {
+        return Err(UpError::Usage(format!(
+            "--nodes-per-region must be 1-{}, got {n}",
+            crate::config::PEERS_MAX
+        )));
+    }
+    let regions = wan::REGIONS;
+    let total = regions.len() * n as usize;
+    // Two ports per node, plus one link emulator per (region, node of
+    // another region).
+    let proxies_per_region = (regions.len() - 1) * n as usize;
+    let ports = free_ports(2 * total + regions.len() * proxies_per_region)
+        .map_err(UpError::io("finding free ports"))?;
+    let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let mut next_port = ports.into_iter();
+    let mut nodes: BTreeMap<&str, Vec<(u64, SocketAddr, SocketAddr)>> = BTreeMap::new();
+    let mut id = 0;
+    for region in regions {
+        for _ in 0..n {
+            id += 1;
+            let grpc = loopback(next_port.next().expect("enough ports"));
+            let http = loopback(next_port.next().expect("enough ports"));
+            nodes.entry(region).or_default().push((id, grpc, http));
+        }
+    }
+    // The address region `from` uses for each node of another region.
+    let mut via: BTreeMap<(&str, u64), SocketAddr> = BTreeMap::new();
+    for from in regions {
+        for (to, members) in &nodes {
+            if *to == from {
+                continue;
+            }
+            for (id, _, _) in members {
+                via.insert((from, *id), loopback(next_port.next().expect("enough ports")));
+            }
+        }
+    }
+    let policy = RebalanceConfig {
+        policy: options.policy.clone(),
+        ..RebalanceConfig::default()
+    };
+    policy.policy().map_err(UpError::Usage)?;
+    let mut raft = RaftTuning::default();
+    if let Some(max) = options.proposal_queue_max {
+        raft.proposal_queue_max = max;
+    }
+    let mut plan = Vec::new();
+    for region in regions {
+        let peers: Vec<Peer> = nodes[region]
+            .iter()
+            .map(|(id, grpc, _)| Peer { id: *id, grpc: *grpc })
+            .collect();
+        let reach = |other: &str| -> Vec<Peer> {
+            nodes[other]
+                .iter()
+                .map(|(id, _, _)| Peer {
+                    id: *id,
+                    grpc: via[&(region, *id)],
+                })
+                .collect()
+        };
+        for (id, grpc, http) in &nodes[region] {
+            let config = NodeConfig {
+                node_id: *id,
+                region: region.to_string(),
+                grpc_addr: *grpc,
+                http_addr: *http,
+                data_dir: dir.join(format!("node-{id}")).join("data"),
+                standalone: false,
+                peers: peers.clone(),
+                raft: raft.clone(),
+                ledger_peers: if region == HOME_REGION {
+                    peers.clone()
+                } else {
+                    Vec::new()
+                },
+                ledger_nodes: if region == HOME_REGION {
+                    peers.clone()
+                } else {
+                    reach(HOME_REGION)
+                },
+                regions: regions
+                    .iter()
+                    .filter(|r| **r != region)
+                    .map(|r| RegionPeers {
+                        name: r.to_string(),
+                        nodes: reach(r),
+                    })
+                    .collect(),
+                rebalance: policy.clone(),
+            };
+            config
+                .validate()
+                .map_err(|(field, message)| UpError::Usage(format!("node {id}: {field}: {message}")))?;
+            let planned = PlannedNode {
+                config_path: config_path(dir, *id),
+                config,
+            };
+            let text = toml::to_string(&planned.config).expect("a NodeConfig always serializes to TOML");
+            write_atomically(&planned.config_path, text.as_bytes())
+                .map_err(UpError::io(format!("writing {}", planned.config_path.display())))?;
+            plan.push(planned);
+        }
+    }
+    Ok((plan, true))
+}
+
+/// The link emulators the configs call for: every address a node uses for
+/// a node of another region is a proxy to that node's real address.
+fn proxies(plan: &[PlannedNode]) -> Vec<Proxy> {
+    let real: BTreeMap<u64, (&str, SocketAddr)> = plan
+        .iter()
+        .map(|p| (p.config.node_id, (p.config.region.as_str(), p.config.grpc_addr)))
+        .collect();
+    let mut out: BTreeMap<SocketAddr, Proxy> = BTreeMap::new();
+    for p in plan {
+        let from = p.config.region.as_str();
+        let remote = p
+            .config
+            .regions
+            .iter()
+            .flat_map(|r| r.nodes.iter())
+            .chain(p.config.ledger_nodes.iter());
+        for peer in remote {
+            let Some((to, target)) = real.get(&peer.id) else {
+                continue;
+            };
+            if *to == from || peer.grpc == *target {
+                continue;
+            }
+            out.entry(peer.grpc).or_insert(Proxy {
+                listen: peer.grpc,
+                target: *target,
+                link: (from.to_string(), to.to_string()),
+            });
+        }
+    }
+    out.into_values().collect()
+}
+
+/// Adds the demo catalog through a home-region node (its Admin forwards to
+/// the ledger), retrying while the ledger elects its first leader.
+async fn seed_demo(addr: SocketAddr) -> Result<(), String> {
+    use reservoir_proto::v1::AdjustStockRequest;
+    use reservoir_proto::v1::admin_client::AdminClient;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut client = loop {
+        match AdminClient::connect(format!("http://{addr}")).await {
+            Ok(c) => break c,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    for (sku, units) in DEMO_CATALOG {
+        let request = AdjustStockRequest {
+            request_id: format!("demo-seed-{sku}"),
+            sku: sku.to_string(),
+            delta: units,
+        };
+        loop {
+            match client.adjust_stock(request.clone()).await {
+                Ok(_) => break,
+                Err(s) if s.code() == tonic::Code::Unavailable && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(s) => return Err(format!("{sku}: {}", s.message())),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn write_cluster_file(cluster: &Cluster) -> Result<(), UpError> {
+    let nodes = cluster.nodes.lock().await;
+    let file = ClusterFile {
+        nodes: nodes
+            .iter()
+            .map(|n| ClusterNode {
+                id: n.id,
+                region: n.config.region.clone(),
+                grpc: n.config.grpc_addr,
+                http: n.config.http_addr,
+                pid: n.pid,
+                cmd: n.cmd.clone(),
+            })
+            .collect(),
+        control: Some(cluster.control.to_string()),
+        ledger: Some(LedgerInfo {
+            region: HOME_REGION.to_string(),
+            node_ids: nodes
+                .iter()
+                .filter(|n| n.config.hosts_ledger())
+                .map(|n| n.id)
+                .collect(),
+        }),
+    };
+    let mut json = serde_json::to_vec_pretty(&file).expect("a ClusterFile always serializes");
+    json.push(b'\n');
+    let path = cluster.dir.join("cluster.json");
+    write_atomically(&path, &json).map_err(UpError::io(format!("writing {}", path.display())))
+}
+
+async fn print_endpoints(cluster: &Cluster, options: &ClusterOptions) {
+    let nodes = cluster.nodes.lock().await;
+    let mut rows = vec![
+        ["NODE", "REGION", "PID", "GRPC", "HTTP", "ROLE"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for n in nodes.iter() {
+        rows.push(vec![
+            n.id.to_string(),
+            n.config.region.clone(),
+            n.pid.to_string(),
+            n.config.grpc_addr.to_string(),
+            n.config.http_addr.to_string(),
+            if n.config.hosts_ledger() {
+                "region + ledger".into()
+            } else {
+                "region".into()
+            },
+        ]);
+    }
+    println!(
+        "cluster is ready: {} regions x {} nodes, WAN {}; {}",
+        wan::REGIONS.len(),
+        nodes.len() / wan::REGIONS.len(),
+        options.wan,
+        cluster.dir.join("cluster.json").display()
+    );
+    print!("{}", crate::cli::table(&rows));
+    println!(
+        "control API: http://{} (GET /links, POST /links/partition, /links/heal, /nodes/ID/kill, /nodes/ID/restart)",
+        cluster.control
+    );
+    println!("Ctrl-C stops the cluster.");
+}
+
+/// Reports children that exit, prints a one-line status now and then, and
+/// returns the name of the signal that asked `up` to stop.
+async fn supervise(
+    cluster: &Cluster,
+    signals: &mut ShutdownSignals,
+    home: Option<SocketAddr>,
+) -> &'static str {
+    let mut tick = tokio::time::interval(crate::up::CHILD_POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut status = tokio::time::interval(STATUS_EVERY);
+    status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            name = signals.recv() => return name,
+            _ = tick.tick() => {
+                let mut nodes = cluster.nodes.lock().await;
+                for node in nodes.iter_mut() {
+                    if let Some(status) = reap(node) {
+                        eprintln!("node {} (pid {}) exited: {status}", node.id, node.pid);
+                    }
+                }
+            }
+            _ = status.tick() => {
+                if let Some(addr) = home {
+                    println!("{}", status_line(addr, &cluster.wan).await);
+                }
+            }
+        }
+    }
+}
+
+/// One line: leaders, ledger leader, tokens per SKU, cut links.
+async fn status_line(addr: SocketAddr, wan: &Wan) -> String {
+    use reservoir_proto::v1::GetStatusRequest;
+    use reservoir_proto::v1::admin_client::AdminClient;
+    let cut: Vec<String> = wan
+        .links()
+        .filter(|l| l.is_cut())
+        .map(|l| format!("{}-{}", l.regions.0, l.regions.1))
+        .collect();
+    let fetch = async {
+        let mut c = AdminClient::connect(format!("http://{addr}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        c.get_status(GetStatusRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| s.message().to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(2), fetch).await {
+        Ok(Ok(s)) => {
+            let leaders: Vec<String> = s
+                .regions
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}:{}",
+                        r.region,
+                        if r.healthy {
+                            r.leader_id.to_string()
+                        } else {
+                            "-".into()
+                        }
+                    )
+                })
+                .collect();
+            let skus: Vec<String> = s
+                .skus
+                .iter()
+                .map(|k| {
+                    let by_region: Vec<String> = k.regions.iter().map(|r| r.available.to_string()).collect();
+                    format!("{} pool {} avail [{}]", k.sku, k.pool, by_region.join("/"))
+                })
+                .collect();
+            format!(
+                "status: leaders {} ledger {} | {} | cut links: {}",
+                leaders.join(" "),
+                s.ledger_leader_id,
+                skus.join("; "),
+                if cut.is_empty() {
+                    "none".into()
+                } else {
+                    cut.join(", ")
+                }
+            )
+        }
+        Ok(Err(e)) => format!("status: unavailable ({e})"),
+        Err(_) => "status: no answer within 2 s".into(),
+    }
+}
+
+// ----- the control API -----
+
+#[derive(Serialize)]
+struct LinkJson {
+    a: String,
+    b: String,
+    rtt_ms: u64,
+    cut: bool,
+}
+
+#[derive(Deserialize)]
+struct PartitionRequest {
+    region: Option<String>,
+    a: Option<String>,
+    b: Option<String>,
+}
+
+fn control_routes(cluster: Arc<Cluster>) -> axum::Router {
+    axum::Router::new()
+        .route("/links", get(links))
+        .route("/links/partition", post(partition))
+        .route("/links/heal", post(heal))
+        .route("/nodes/{id}/kill", post(kill))
+        .route("/nodes/{id}/restart", post(restart))
+        .with_state(cluster)
+}
+
+fn links_json(wan: &Wan) -> Vec<LinkJson> {
+    wan.links()
+        .map(|l| LinkJson {
+            a: l.regions.0.clone(),
+            b: l.regions.1.clone(),
+            rtt_ms: l.rtt_ms,
+            cut: l.is_cut(),
+        })
+        .collect()
+}
+
+async fn links(State(c): State<Arc<Cluster>>) -> Json<Vec<LinkJson>> {
+    Json(links_json(&c.wan))
+}
+
+async fn partition(State(c): State<Arc<Cluster>>, Json(req): Json<PartitionRequest>) -> impl IntoResponse {
+    match (req.region, req.a, req.b) {
+        (Some(region), None, None) => {
+            if c.wan.isolate(&region) == 0 {
+                return (StatusCode::BAD_REQUEST, format!("unknown region {region:?}\n")).into_response();
+            }
+        }
+        (None, Some(a), Some(b)) => match c.wan.link(&a, &b) {
+            Some(link) => link.cut(),
+            None => return (StatusCode::BAD_REQUEST, format!("no link {a:?}-{b:?}\n")).into_response(),
+        },
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "body must be {\"region\": R} or {\"a\": R1, \"b\": R2}\n",
+            )
+                .into_response();
+        }
+    }
+    Json(links_json(&c.wan)).into_response()
+}
+
+async fn heal(State(c): State<Arc<Cluster>>) -> Json<Vec<LinkJson>> {
+    c.wan.heal_all();
+    Json(links_json(&c.wan))
+}
+
+async fn kill(State(c): State<Arc<Cluster>>, UrlPath(id): UrlPath<u64>) -> impl IntoResponse {
+    let mut nodes = c.nodes.lock().await;
+    let Some(node) = nodes.iter_mut().find(|n| n.id == id) else {
+        return (StatusCode::NOT_FOUND, format!("no node {id}\n"));
+    };
+    if reap(node).is_some() || node.exited.is_some() {
+        return (StatusCode::CONFLICT, format!("node {id} is not running\n"));
+    }
+    send_signal(node, libc::SIGKILL);
+    let status = node.child.wait().await;
+    if let Ok(s) = status {
+        node.exited = Some(s);
+    }
+    eprintln!("control: killed node {id} (pid {})", node.pid);
+    (StatusCode::OK, format!("killed node {id}\n"))
+}
+
+async fn restart(State(c): State<Arc<Cluster>>, UrlPath(id): UrlPath<u64>) -> impl IntoResponse {
+    let respawned = {
+        let mut nodes = c.nodes.lock().await;
+        let Some(index) = nodes.iter().position(|n| n.id == id) else {
+            return (StatusCode::NOT_FOUND, format!("no node {id}\n"));
+        };
+        let _ = reap(&mut nodes[index]);
+        if nodes[index].exited.is_none() {
+            return (
+                StatusCode::CONFLICT,
+                format!("node {id} is running; kill it first\n"),
+            );
+        }
+        let planned = PlannedNode {
+            config_path: config_path(&c.dir, id),
+            config: nodes[index].config.clone(),
+        };
+        match spawn_node(&c.exe, &c.dir, &planned) {
+            Ok(node) => {
+                let pid = node.pid;
+                nodes[index] = node;
+                pid
+            }
+            Err(e) => {
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("restart failed: {e}\n"),
+                );
+            }
+        }
+    };
+    if let Err(e) = write_cluster_file(&c).await {
+        eprintln!("warning: cluster.json not updated: {e}");
+    }
+    eprintln!("control: restarted node {id} (pid {respawned})");
+    (StatusCode::OK, format!("restarted node {id} (pid {respawned})\n"))
+}

@@ -1,0 +1,1038 @@
+//! reservoir-tests: cluster-level tests against real processes.
+//!
+//! Each test starts `reservoir up --standalone` on a fresh temporary
+//! directory, as a child of the test, and talks to the region the way a
+//! client would: gRPC on `127.0.0.1` and the nodes' HTTP `/status`. The
+//! harness here is what the tests share; the tests themselves live in
+//! `tests/` (`region_faults`, `region_restart`, `bad_input`).
+//!
+//! Invariants the harness keeps:
+//! - nothing is left behind: [`Region`]'s `Drop` stops `up` with SIGTERM (and
+//!   SIGKILL after a grace) and stops every node the test restarted by hand,
+//!   even when the test panics; every child also asks the kernel for SIGTERM
+//!   if the test process dies (`PR_SET_PDEATHSIG`);
+//! - every wait is a poll with a deadline, never a fixed sleep;
+//! - when a test panics, the region's directory is kept and the tail of each
+//!   log is printed, so the failure can be read afterwards.
+//!
+//! Layout:
+//! - [`reservoir_exe`]: the `reservoir` binary, rebuilt first if stale;
+//! - [`Region`]: start, stop, kill -9 and restart nodes, find the leader,
+//!   read `/status`, connect clients, audit;
+//! - [`Rotation`] and [`retry`]: send one call to the nodes in turn until it
+//!   is answered, retrying what the API says is safe to retry;
+//! - small request builders and a bounded HTTP GET.
+//!
+//! Caveats: Linux only (`PR_SET_PDEATHSIG`, signals by pid). A stale binary
+//! is rebuilt with `cargo build -p reservoir-node` into the test's own target
+//! directory; set `RESERVOIR_BIN` to use another binary instead.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
+
+use reservoir_node::status::reason_of;
+use reservoir_node::up::ClusterFile;
+use reservoir_proto::v1;
+use reservoir_proto::v1::admin_client::AdminClient;
+use reservoir_proto::v1::inventory_client::InventoryClient;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+pub use reservoir_node::up::ClusterNode;
+
+/// How long `up` has to write `cluster.json` (its own readiness deadline is
+/// 30 s; a debug build on a loaded two-core machine needs a margin).
+pub const CLUSTER_DEADLINE: Duration = Duration::from_secs(45);
+/// How long a region may take to agree on a leader.
+pub const LEADER_DEADLINE: Duration = Duration::from_secs(15);
+/// How long a restarted node has to answer `/readyz` with 200.
+pub const NODE_READY_DEADLINE: Duration = Duration::from_secs(30);
+/// How long the live nodes have to converge on the same state.
+pub const CONVERGE_DEADLINE: Duration = Duration::from_secs(15);
+/// How long `up` (or a hand-restarted node) has to exit after SIGTERM before
+/// it gets SIGKILL. `up` gives its nodes 10 s, and each node its calls 5 s.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(20);
+/// How long a killed process has to disappear (be reaped by its parent).
+pub const GONE_DEADLINE: Duration = Duration::from_secs(5);
+/// How long one retried call may keep trying before the test gives up on it.
+pub const RETRY_DEADLINE: Duration = Duration::from_secs(15);
+/// The pause between polls, and between retries of one call.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a client waits for a TCP connection to a node.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a client waits for one call: longer than a node's own commit
+/// timeout (5 s) and forward timeout (6 s), so the node answers first.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one HTTP GET may take.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest HTTP response the harness reads.
+pub const HTTP_RESPONSE_BYTES_MAX: u64 = 1024 * 1024;
+/// Lines of each log printed when a test fails.
+pub const LOG_TAIL_LINES: usize = 30;
+
+// ----- the binary -----
+
+/// The `reservoir` binary the region runs: `RESERVOIR_BIN` if set, else
+/// `reservoir` in this test's target directory, rebuilt first (once per test
+/// process) if any source it is built from is newer.
+///
+/// A test of another package cannot use `CARGO_BIN_EXE_reservoir`. Under
+/// `cargo test --workspace` the binary is fresh already (`node`'s own tests
+/// need it); after a change to `node`, `cargo test -p reservoir-tests` would
+/// otherwise run a stale one. The check is by modification time, as cargo's
+/// own: building unconditionally would cost a second build of half the
+/// dependencies, since `-p reservoir-node` alone unifies features differently.
+pub fn reservoir_exe() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| match std::env::var_os("RESERVOIR_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => fresh_reservoir(),
+    })
+}
+
+/// The workspace crates the binary is built from, and the files beside them.
+const BINARY_INPUTS: [&str; 6] = ["proto", "tokens", "raft", "node", "Cargo.toml", "Cargo.lock"];
+
+fn fresh_reservoir() -> PathBuf {
+    // The test runs as <target>/<profile>/deps/<name>-<hash>.
+    let test_exe = std::env::current_exe().expect("the test knows its own path");
+    let profile_dir = test_exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from <target>/<profile>/deps");
+    let exe = profile_dir.join("reservoir");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests package lies in the workspace root");
+    let built = std::fs::metadata(&exe).and_then(|m| m.modified()).ok();
+    let newest_input = BINARY_INPUTS
+        .iter()
+        .filter_map(|input| newest_mtime(&workspace.join(input)))
+        .max();
+    if let (Some(built), Some(newest)) = (built, newest_input)
+        && built >= newest
+    {
+        return exe;
+    }
+
+    let target_dir = profile_dir
+        .parent()
+        .expect("the profile dir lies in a target dir");
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let started = Instant::now();
+    let output = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "reservoir-node", "--bin", "reservoir"])
+        .arg("--profile")
+        .arg(profile)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(workspace)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "cargo build -p reservoir-node failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(exe.is_file(), "cargo built no {}", exe.display());
+    eprintln!("harness: built {} in {:?}", exe.display(), started.elapsed());
+    exe
+}
+
+/// The newest modification time of a file, or of any file under a directory
+/// (skipping `target`).
+fn newest_mtime(path: &Path) -> Option<SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name() != "target")
+        .filter_map(|entry| newest_mtime(&entry.path()))
+        .max()
+}
+
+// ----- the region -----
+
+/// How to start a region.
+#[derive(Clone, Debug, Default)]
+pub struct RegionOptions {
+    /// `up --proposal-queue-max`: every node's proposal queue bound.
+    pub proposal_queue_max: Option<usize>,
+}
+
+/// What a node reports on `GET /status` (the fields the tests read).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub node_id: u64,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    /// Its Raft term.
+    pub term: u64,
+    /// The leader it knows, if any.
+    pub leader: Option<u64>,
+    /// The last log index it applied.
+    pub applied_index: Option<u64>,
+    /// Live holds.
+    pub holds: usize,
+    /// When the earliest hold falls due.
+    pub next_expiry_ms: Option<u64>,
+    /// Sequence number of the newest outbox entry (confirmed sales).
+    pub outbox_last_seq: u64,
+    /// Outbox entries settled with the ledger, up to this sequence number.
+    pub settled_up_to: u64,
+    /// Token levels per SKU.
+    pub buckets: BTreeMap<String, Bucket>,
+}
+
+impl NodeStatus {
+    /// The replicated state this status shows, without the node's own view
+    /// of Raft (role, term, applied index), so replicas can be compared.
+    pub fn state(&self) -> (usize, Option<u64>, u64, u64, &BTreeMap<String, Bucket>) {
+        (
+            self.holds,
+            self.next_expiry_ms,
+            self.outbox_last_seq,
+            self.settled_up_to,
+            &self.buckets,
+        )
+    }
+}
+
+/// One SKU's tokens in `/status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub struct Bucket {
+    /// Free to reserve.
+    pub available: u64,
+    /// Held by live reservations.
+    pub held: u64,
+    /// Sold, not yet settled.
+    pub confirmed: u64,
+}
+
+/// A standalone region run by `reservoir up` in a temporary directory.
+///
+/// Nodes are named by id. A node killed with [`Region::kill`] stays down
+/// until [`Region::restart`] runs its `cmd` again, as a child of the test.
+pub struct Region {
+    /// The cluster directory; kept on disk when the test panics.
+    dir: Option<tempfile::TempDir>,
+    options: RegionOptions,
+    /// The running `up`, if any.
+    up: Option<Child>,
+    /// The cluster file of the current `up`, with the pids of nodes restarted
+    /// by hand replaced by theirs.
+    cluster: ClusterFile,
+    /// Nodes restarted by hand: they are the test's children, not `up`'s.
+    restarted: BTreeMap<u64, Child>,
+    /// Nodes killed and not restarted.
+    down: BTreeSet<u64>,
+}
+
+impl Region {
+    /// Starts `up --standalone` on a fresh temporary directory and waits for
+    /// its `cluster.json`.
+    pub async fn start(options: RegionOptions) -> Region {
+        let exe = reservoir_exe();
+        let dir = tempfile::Builder::new()
+            .prefix("reservoir-test-")
+            .tempdir()
+            .expect("a temporary directory");
+        let mut region = Region {
+            dir: Some(dir),
+            options,
+            up: None,
+            cluster: ClusterFile {
+                nodes: Vec::new(),
+                control: None,
+                ledger: None,
+            },
+            restarted: BTreeMap::new(),
+            down: BTreeSet::new(),
+        };
+        region.run_up(exe).await;
+        region
+    }
+
+    /// The cluster directory.
+    pub fn dir(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .expect("the directory lives as long as the region")
+            .path()
+    }
+
+    /// Every node id.
+    pub fn ids(&self) -> Vec<u64> {
+        self.cluster.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// The ids of the nodes that are up (not killed by the test).
+    pub fn live_ids(&self) -> Vec<u64> {
+        self.ids()
+            .into_iter()
+            .filter(|id| !self.down.contains(id))
+            .collect()
+    }
+
+    /// A node's entry in `cluster.json` (its pid updated after a restart).
+    pub fn node(&self, id: u64) -> &ClusterNode {
+        self.cluster
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("no node {id} in {:?}", self.ids()))
+    }
+
+    /// Spawns `up` on the directory and waits until it has written
+    /// `cluster.json`, or panics with its log if it exits or the deadline
+    /// passes.
+    async fn run_up(&mut self, exe: &Path) {
+        assert!(self.up.is_none(), "up is already running");
+        let dir = self.dir().to_path_buf();
+        let path = dir.join("cluster.json");
+        // `up` removes a stale cluster.json too, but only once it runs: until
+        // then the poll below would read the previous run's pids.
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => panic!("removing {}: {e}", path.display()),
+            _ => {}
+        }
+        let mut command = Command::new(exe);
+        command.args(["up", "--standalone", "--dir"]).arg(&dir);
+        if let Some(max) = self.options.proposal_queue_max {
+            command.arg("--proposal-queue-max").arg(max.to_string());
+        }
+        let up = spawn_logged(command, &dir.join("up.log")).expect("up starts");
+        self.up = Some(up);
+        let give_up = Instant::now() + CLUSTER_DEADLINE;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&path)
+                && let Ok(cluster) = serde_json::from_str::<ClusterFile>(&text)
+            {
+                for node in &cluster.nodes {
+                    assert!(
+                        alive(node.pid),
+                        "node {} (pid {}) of cluster.json is not running",
+                        node.id,
+                        node.pid
+                    );
+                }
+                self.cluster = cluster;
+                self.down.clear();
+                return;
+            }
+            let up = self.up.as_mut().expect("up was just started");
+            if let Some(status) = up.try_wait().expect("up can be waited for") {
+                self.up = None;
+                panic!(
+                    "up exited before writing cluster.json: {status}\n{}",
+                    log_tail(&dir.join("up.log"), LOG_TAIL_LINES)
+                );
+            }
+            assert!(
+                Instant::now() < give_up,
+                "no cluster.json after {CLUSTER_DEADLINE:?}\n{}",
+                log_tail(&dir.join("up.log"), LOG_TAIL_LINES)
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Stops the whole region cleanly: SIGTERM to the nodes restarted by hand
+    /// and to `up` (which stops its own), and asserts that each exits
+    /// successfully and that no node process is left.
+    pub async fn stop(&mut self) {
+        let restarted = std::mem::take(&mut self.restarted);
+        for (id, child) in &restarted {
+            signal(child.id(), libc::SIGTERM, &format!("node {id}"));
+        }
+        let up = self.up.take().expect("up is running");
+        signal(up.id(), libc::SIGTERM, "up");
+        for (id, mut child) in restarted {
+            let status = wait_child(&mut child, STOP_DEADLINE).await;
+            assert!(status.success(), "node {id} stopped with {status}");
+        }
+        let mut up = up;
+        let status = wait_child(&mut up, STOP_DEADLINE).await;
+        assert!(
+            status.success(),
+            "up stopped with {status}\n{}",
+            log_tail(&self.dir().join("up.log"), LOG_TAIL_LINES)
+        );
+        for node in &self.cluster.nodes {
+            assert!(
+                !alive(node.pid),
+                "node {} (pid {}) outlived up",
+                node.id,
+                node.pid
+            );
+        }
+    }
+
+    /// Runs `up` again on the same directory (after [`Region::stop`]): the
+    /// region comes back on its configs and data.
+    pub async fn start_again(&mut self) {
+        self.run_up(reservoir_exe()).await;
+    }
+
+    /// Kills one node with SIGKILL and waits until its process is gone.
+    pub async fn kill(&mut self, id: u64) {
+        assert!(!self.down.contains(&id), "node {id} is already down");
+        if let Some(mut child) = self.restarted.remove(&id) {
+            child.kill().expect("SIGKILL to our own child");
+            let status = wait_child(&mut child, GONE_DEADLINE).await;
+            eprintln!("harness: node {id} killed: {status}");
+        } else {
+            let pid = self.node(id).pid;
+            signal(pid, libc::SIGKILL, &format!("node {id}"));
+            // `up` reaps its children every 200 ms; until then the pid is a
+            // zombie, already without sockets.
+            let give_up = Instant::now() + GONE_DEADLINE;
+            while alive(pid) {
+                assert!(Instant::now() < give_up, "node {id} (pid {pid}) survived SIGKILL");
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+            eprintln!("harness: node {id} (pid {pid}) killed");
+        }
+        self.down.insert(id);
+    }
+
+    /// Kills every node with SIGKILL, all at once, and waits until they are gone.
+    pub async fn kill_all(&mut self) {
+        let pids: Vec<(u64, u32)> = self
+            .live_ids()
+            .into_iter()
+            .map(|id| (id, self.node(id).pid))
+            .collect();
+        for &(id, pid) in &pids {
+            signal(pid, libc::SIGKILL, &format!("node {id}"));
+        }
+        for (id, _) in pids {
+            self.kill_reaped(id).await;
+        }
+    }
+
+    /// After a SIGKILL already sent: waits until the node is gone.
+    async fn kill_reaped(&mut self, id: u64) {
+        if let Some(mut child) = self.restarted.remove(&id) {
+            wait_child(&mut child, GONE_DEADLINE).await;
+        } else {
+            let pid = self.node(id).pid;
+            let give_up = Instant::now() + GONE_DEADLINE;
+            while alive(pid) {
+                assert!(Instant::now() < give_up, "node {id} (pid {pid}) survived SIGKILL");
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        }
+        self.down.insert(id);
+    }
+
+    /// Restarts a killed node from its `cmd` in `cluster.json`, as a child of
+    /// the test (logging to its usual log), and waits for its `/readyz`.
+    pub async fn restart(&mut self, id: u64) {
+        assert!(self.down.contains(&id), "node {id} is not down");
+        let node = self.node(id).clone();
+        let mut command = Command::new(&node.cmd[0]);
+        command.args(&node.cmd[1..]);
+        let log = self.dir().join(format!("node-{id}.log"));
+        let child = spawn_logged(command, &log).expect("the node's cmd starts");
+        let pid = child.id();
+        self.restarted.insert(id, child);
+        self.down.remove(&id);
+        for n in &mut self.cluster.nodes {
+            if n.id == id {
+                n.pid = pid;
+            }
+        }
+        let give_up = Instant::now() + NODE_READY_DEADLINE;
+        loop {
+            if let Ok((200, _)) = http_get(node.http, "/readyz").await {
+                return;
+            }
+            let child = self.restarted.get_mut(&id).expect("just inserted");
+            if let Some(status) = child.try_wait().expect("our child can be waited for") {
+                panic!(
+                    "restarted node {id} exited: {status}\n{}",
+                    log_tail(&log, LOG_TAIL_LINES)
+                );
+            }
+            assert!(
+                Instant::now() < give_up,
+                "restarted node {id} not ready after {NODE_READY_DEADLINE:?}\n{}",
+                log_tail(&log, LOG_TAIL_LINES)
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// A node's `/status`.
+    pub async fn status(&self, id: u64) -> io::Result<NodeStatus> {
+        let (code, body) = http_get(self.node(id).http, "/status").await?;
+        if code != 200 {
+            return Err(io::Error::other(format!("/status answered {code}: {body}")));
+        }
+        serde_json::from_str(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// The leader the live nodes agree on: a node that says it is the leader
+    /// and that a majority of the region's nodes name as their leader.
+    pub async fn leader(&self) -> u64 {
+        let majority = self.cluster.nodes.len() / 2 + 1;
+        let give_up = Instant::now() + LEADER_DEADLINE;
+        loop {
+            let mut named: BTreeMap<u64, usize> = BTreeMap::new();
+            let mut leaders = BTreeSet::new();
+            for id in self.live_ids() {
+                if let Ok(status) = self.status(id).await {
+                    if let Some(leader) = status.leader {
+                        *named.entry(leader).or_default() += 1;
+                    }
+                    if status.role == "leader" {
+                        leaders.insert(id);
+                    }
+                }
+            }
+            if let Some((&leader, _)) = named
+                .iter()
+                .find(|&(id, &votes)| votes >= majority && leaders.contains(id))
+            {
+                return leader;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "no agreed leader after {LEADER_DEADLINE:?}: named {named:?}, self-declared {leaders:?}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Waits until every live node shows the same replicated state in
+    /// `/status`, and returns it (as the lowest live node reports it).
+    pub async fn converged(&self) -> NodeStatus {
+        let give_up = Instant::now() + CONVERGE_DEADLINE;
+        loop {
+            let mut statuses = Vec::new();
+            for id in self.live_ids() {
+                if let Ok(status) = self.status(id).await {
+                    statuses.push(status);
+                }
+            }
+            let all = statuses.len() == self.live_ids().len();
+            if all && statuses.windows(2).all(|w| w[0].state() == w[1].state()) {
+                return statuses.swap_remove(0);
+            }
+            assert!(
+                Instant::now() < give_up,
+                "the live nodes did not converge within {CONVERGE_DEADLINE:?}: {statuses:#?}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// A channel to one node (connected lazily, reconnecting after failures).
+    pub fn channel(&self, id: u64) -> Channel {
+        channel(self.node(id).grpc)
+    }
+
+    /// Channels to every node, starting with `first`, for a [`Rotation`].
+    pub fn rotation(&self, first: usize) -> Rotation {
+        let ids = self.ids();
+        let channels = ids.iter().map(|&id| self.channel(id)).collect();
+        Rotation::new(channels, first % ids.len())
+    }
+
+    /// An Inventory client to one node.
+    pub fn inventory(&self, id: u64) -> InventoryClient<Channel> {
+        InventoryClient::new(self.channel(id))
+    }
+
+    /// An Admin client to one node.
+    pub fn admin(&self, id: u64) -> AdminClient<Channel> {
+        AdminClient::new(self.channel(id))
+    }
+
+    /// Adds `units` of `sku` (standalone `AdjustStock`), retried until acknowledged.
+    pub async fn add_stock(&self, sku: &str, units: i64) -> v1::AdjustStockResponse {
+        let request = v1::AdjustStockRequest {
+            request_id: format!("stock-{sku}-{units}"),
+            sku: sku.to_string(),
+            delta: units,
+        };
+        let mut nodes = self.rotation(0);
+        retry(&mut nodes, RETRY_DEADLINE, |channel| {
+            let request = request.clone();
+            async move { AdminClient::new(channel).adjust_stock(request).await }
+        })
+        .await
+        .result
+        .unwrap_or_else(|s| panic!("adding stock of {sku}: {s:?}"))
+    }
+
+    /// The conservation audit, from any node, retried until answered.
+    pub async fn audit(&self) -> v1::AuditReport {
+        let mut nodes = self.rotation(0);
+        retry(&mut nodes, RETRY_DEADLINE, |channel| async move {
+            AdminClient::new(channel).audit(v1::AuditRequest {}).await
+        })
+        .await
+        .result
+        .unwrap_or_else(|s| panic!("audit: {s:?}"))
+    }
+
+    /// A reservation, read linearizably from any node, retried until answered.
+    pub async fn get(&self, reservation_id: &str) -> Result<v1::Reservation, Status> {
+        let mut nodes = self.rotation(0);
+        let request = v1::GetReservationRequest {
+            reservation_id: reservation_id.to_string(),
+        };
+        retry(&mut nodes, RETRY_DEADLINE, |channel| {
+            let request = request.clone();
+            async move { InventoryClient::new(channel).get_reservation(request).await }
+        })
+        .await
+        .result
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        // Stop everything first, so the logs are complete when printed.
+        for child in self.restarted.values() {
+            signal(child.id(), libc::SIGTERM, "a restarted node");
+        }
+        if let Some(up) = &self.up {
+            signal(up.id(), libc::SIGTERM, "up");
+        }
+        for child in self.restarted.values_mut() {
+            stop_blocking(child);
+        }
+        if let Some(up) = self.up.as_mut() {
+            stop_blocking(up);
+        }
+        if panicking && let Some(dir) = self.dir.take() {
+            let dir = dir.keep();
+            eprintln!(
+                "harness: the test failed; its region is kept in {}",
+                dir.display()
+            );
+            let mut logs: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+            logs.sort();
+            for log in logs {
+                eprintln!(
+                    "--- last lines of {} ---\n{}",
+                    log.display(),
+                    log_tail(&log, LOG_TAIL_LINES)
+                );
+            }
+        }
+    }
+}
+
+// ----- calls with retries -----
+
+/// Channels to the region's nodes, one of them current; a retried call moves
+/// on to the next node.
+#[derive(Clone, Debug)]
+pub struct Rotation {
+    channels: Vec<Channel>,
+    current: usize,
+}
+
+impl Rotation {
+    /// A rotation over `channels`, starting at `first`.
+    pub fn new(channels: Vec<Channel>, first: usize) -> Rotation {
+        assert!(!channels.is_empty(), "a rotation needs a node");
+        Rotation {
+            current: first % channels.len(),
+            channels,
+        }
+    }
+
+    /// The current node's channel.
+    pub fn current(&self) -> Channel {
+        self.channels[self.current].clone()
+    }
+
+    /// Moves on to the next node.
+    pub fn advance(&mut self) {
+        self.current = (self.current + 1) % self.channels.len();
+    }
+}
+
+/// What a retried call came to.
+#[derive(Debug)]
+pub struct Retried<T> {
+    /// The answer, a refusal that is not safe to retry, or the last
+    /// retryable error when the deadline passed.
+    pub result: Result<T, Status>,
+    /// Calls sent, at least 1.
+    pub attempts: u32,
+    /// The error each retried call got: its Reservoir reason, or for a
+    /// transport failure its gRPC code.
+    pub retried: Vec<String>,
+    /// When the last call was sent, in milliseconds since the Unix epoch (the
+    /// clock the region stamps reservations with, on this machine): a
+    /// retried reserve answered with a reservation created before this was
+    /// applied by an earlier attempt, and the retry found it.
+    pub last_sent_ms: u64,
+}
+
+impl<T> Retried<T> {
+    /// The same outcome with the answer mapped.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Retried<U> {
+        Retried {
+            result: self.result.map(f),
+            attempts: self.attempts,
+            retried: self.retried,
+            last_sent_ms: self.last_sent_ms,
+        }
+    }
+}
+
+/// True for an error that the API says is safe to retry with the same
+/// request: UNAVAILABLE with `NO_LEADER` or `OVERLOADED`, and transport
+/// failures (no Reservoir reason: refused or broken connections, timeouts).
+pub fn is_retryable(status: &Status) -> bool {
+    match reason_of(status).as_deref() {
+        Some("NO_LEADER" | "OVERLOADED") => status.code() == Code::Unavailable,
+        Some(_) => false,
+        None => matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+        ),
+    }
+}
+
+/// Sends one call to the current node of `nodes`; on a retryable error moves
+/// to the next node and sends the same call again, every [`POLL_INTERVAL`],
+/// until it is answered or `deadline` has passed.
+pub async fn retry<T, F, Fut>(nodes: &mut Rotation, deadline: Duration, mut call: F) -> Retried<T>
+where
+    F: FnMut(Channel) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    let give_up = Instant::now() + deadline;
+    let mut attempts = 0;
+    let mut retried = Vec::new();
+    loop {
+        attempts += 1;
+        let last_sent_ms = unix_ms();
+        let result = call(nodes.current()).await.map(tonic::Response::into_inner);
+        match result {
+            Err(status) if is_retryable(&status) && Instant::now() < give_up => {
+                retried.push(reason_of(&status).unwrap_or_else(|| format!("{:?}", status.code())));
+                nodes.advance();
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+            result => {
+                return Retried {
+                    result,
+                    attempts,
+                    retried,
+                    last_sent_ms,
+                };
+            }
+        }
+    }
+}
+
+/// `Inventory.Reserve`, retried: the reservation.
+pub async fn reserve(
+    nodes: &mut Rotation,
+    request: &v1::ReserveRequest,
+    deadline: Duration,
+) -> Retried<v1::Reservation> {
+    retry(nodes, deadline, |channel| {
+        let request = request.clone();
+        async move { InventoryClient::new(channel).reserve(request).await }
+    })
+    .await
+    .map(|answer| {
+        answer
+            .reservation
+            .expect("a reserve answers with the reservation")
+    })
+}
+
+/// `Inventory.Confirm` of everything held, retried: the reservation.
+pub async fn confirm(
+    nodes: &mut Rotation,
+    reservation_id: &str,
+    order_id: &str,
+    deadline: Duration,
+) -> Retried<v1::Reservation> {
+    let request = v1::ConfirmRequest {
+        reservation_id: reservation_id.to_string(),
+        order_id: order_id.to_string(),
+        lines: Vec::new(),
+    };
+    retry(nodes, deadline, |channel| {
+        let request = request.clone();
+        async move { InventoryClient::new(channel).confirm(request).await }
+    })
+    .await
+    .map(|answer| {
+        answer
+            .reservation
+            .expect("a confirm answers with the reservation")
+    })
+}
+
+/// `Inventory.Release`, retried: the reservation.
+pub async fn release(
+    nodes: &mut Rotation,
+    reservation_id: &str,
+    deadline: Duration,
+) -> Retried<v1::Reservation> {
+    let request = v1::ReleaseRequest {
+        reservation_id: reservation_id.to_string(),
+    };
+    retry(nodes, deadline, |channel| {
+        let request = request.clone();
+        async move { InventoryClient::new(channel).release(request).await }
+    })
+    .await
+    .map(|answer| {
+        answer
+            .reservation
+            .expect("a release answers with the reservation")
+    })
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The code and Reservoir reason of a refusal, for assertions.
+pub fn refusal<T: std::fmt::Debug>(result: Result<T, Status>) -> (Code, Option<String>) {
+    match result {
+        Ok(answer) => panic!("expected a refusal, got {answer:?}"),
+        Err(status) => (status.code(), reason_of(&status)),
+    }
+}
+
+// ----- requests -----
+
+/// A line of `quantity` units of `sku`.
+pub fn line(sku: &str, quantity: u64) -> v1::Line {
+    v1::Line {
+        sku: sku.to_string(),
+        quantity,
+    }
+}
+
+/// A reserve of `lines` under `request_id`, with the default TTL.
+pub fn reserve_request(request_id: impl Into<String>, lines: Vec<v1::Line>) -> v1::ReserveRequest {
+    v1::ReserveRequest {
+        request_id: request_id.into(),
+        lines,
+        ttl_ms: 0,
+        allow_partial: false,
+        max_wait_ms: 0,
+    }
+}
+
+/// The units of one SKU in a reservation's lines.
+pub fn units_of(lines: &[v1::Line], sku: &str) -> u64 {
+    lines.iter().filter(|l| l.sku == sku).map(|l| l.quantity).sum()
+}
+
+/// One SKU's balance sheet (single region) from an audit report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SkuSheet {
+    /// Stock ever added minus removed.
+    pub stocked: u64,
+    /// The region's available tokens.
+    pub available: u64,
+    /// The region's held tokens.
+    pub held: u64,
+    /// The region's confirmed tokens.
+    pub confirmed: u64,
+}
+
+/// Every SKU's sheet in an audit, after asserting that the audit balances:
+/// `balanced`, zero drift, and available + held + confirmed = stocked.
+pub fn balanced_sheets(report: &v1::AuditReport) -> BTreeMap<String, SkuSheet> {
+    assert!(report.balanced, "the audit does not balance: {report:#?}");
+    assert!(report.missing_regions.is_empty(), "{report:#?}");
+    report
+        .skus
+        .iter()
+        .map(|s| {
+            assert_eq!(s.drift, 0, "drift of {}: {report:#?}", s.sku);
+            assert_eq!(s.regions.len(), 1, "one region for {}: {report:#?}", s.sku);
+            let r = &s.regions[0];
+            assert_eq!(r.drift, 0, "region drift of {}: {report:#?}", s.sku);
+            let sheet = SkuSheet {
+                stocked: s.stocked_total,
+                available: r.available,
+                held: r.held,
+                confirmed: r.confirmed,
+            };
+            assert_eq!(
+                sheet.available + sheet.held + sheet.confirmed,
+                sheet.stocked,
+                "available + held + confirmed != stocked for {}: {sheet:?}",
+                s.sku
+            );
+            (s.sku.clone(), sheet)
+        })
+        .collect()
+}
+
+// ----- processes, channels, HTTP -----
+
+/// A lazily connecting channel to a gRPC address, with the harness's timeouts.
+pub fn channel(addr: SocketAddr) -> Channel {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a socket address makes a valid URI")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect_lazy()
+}
+
+/// Spawns `command` with stdin closed and its output appended to `log`; the
+/// child gets SIGTERM if the spawning thread (the test) dies first.
+fn spawn_logged(mut command: Command, log: &Path) -> io::Result<Child> {
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let err = out.try_clone()?;
+    command.stdin(Stdio::null()).stdout(out).stderr(err);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (prctl, getppid), allocating nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    command.spawn()
+}
+
+/// Sends `sig` to `pid`, ignoring a process that is already gone.
+fn signal(pid: u32, sig: libc::c_int, what: &str) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    if unsafe { libc::kill(pid as libc::pid_t, sig) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ESRCH) {
+            eprintln!("harness: signal {sig} to {what} (pid {pid}) failed: {e}");
+        }
+    }
+}
+
+/// True while `pid` exists (a zombie counts until its parent reaps it).
+pub fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks whether the pid exists.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+/// Waits for our child to exit, up to `deadline`; then SIGKILLs it and panics.
+async fn wait_child(child: &mut Child, deadline: Duration) -> ExitStatus {
+    let give_up = Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().expect("our child can be waited for") {
+            return status;
+        }
+        if Instant::now() >= give_up {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("pid {} did not exit within {deadline:?}", child.id());
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// For `Drop`: waits (blocking) up to [`STOP_DEADLINE`] for a signalled
+/// child, then SIGKILLs and reaps it.
+fn stop_blocking(child: &mut Child) {
+    let give_up = Instant::now() + STOP_DEADLINE;
+    while Instant::now() < give_up {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+    eprintln!("harness: pid {} ignored SIGTERM: SIGKILL", child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The last `lines` lines of a file, indented.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..]
+                .iter()
+                .map(|l| format!("    {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+        Err(e) => format!("    (cannot read {}: {e})", path.display()),
+    }
+}
+
+/// A bounded HTTP/1.1 GET (`Connection: close`): the status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    let get = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream
+            .take(HTTP_RESPONSE_BYTES_MAX)
+            .read_to_end(&mut response)
+            .await?;
+        Ok::<_, io::Error>(response)
+    };
+    let response = tokio::time::timeout(HTTP_TIMEOUT, get)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("GET {path} timed out")))??;
+    let text = String::from_utf8_lossy(&response);
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("bad response: {text:?}"));
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "chunked responses are not read",
+        ));
+    }
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(bad)?;
+    Ok((code, body.to_string()))
+}

@@ -1,0 +1,247 @@
+//! A standalone region restarted as a whole: first cleanly (SIGTERM to `up`,
+//! then `up` again on the same directory), then the hard way (SIGKILL to
+//! every node at once). Nothing acknowledged may be lost either way.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use reservoir_proto::v1;
+use reservoir_proto::v1::ReservationState::{Confirmed, Released};
+use reservoir_tests::{
+    POLL_INTERVAL, RETRY_DEADLINE, Region, RegionOptions, balanced_sheets, confirm, is_retryable, line,
+    release, reserve, reserve_request, units_of,
+};
+
+/// The SKUs reserved.
+const SKUS: [&str; 2] = ["shoe-42", "hat-m"];
+/// Units stocked of each SKU.
+const STOCK: u64 = 500;
+/// Holds long enough that none expires during the test.
+const TTL_MS: u64 = 60 * 60 * 1000;
+/// Reservations made before the clean restart.
+const RESERVATIONS: usize = 30;
+/// Concurrent writers before the hard kill.
+const WRITERS: usize = 4;
+/// Most reserves one writer sends.
+const WRITES_PER_WRITER_MAX: usize = 200;
+/// Acknowledged reserves before every node is killed.
+const ACKS_BEFORE_KILL: u64 = 60;
+/// Longest the writers may run, whatever happens.
+const LOAD_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a writer's call may take before it counts as unanswered; the
+/// region is healthy until the kill, so this only cuts calls caught by it.
+const WRITE_DEADLINE: Duration = Duration::from_secs(3);
+
+/// A full restart through SIGTERM keeps every hold (same expiry), every confirm (same order), the outbox and the books.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_restart_keeps_holds_confirms_and_outbox() {
+    let started = Instant::now();
+    let mut region = Region::start(RegionOptions::default()).await;
+    for sku in SKUS {
+        region.add_stock(sku, STOCK as i64).await;
+    }
+    let mut nodes = region.rotation(0);
+    let mut ids = Vec::new();
+    for i in 0..RESERVATIONS {
+        let mut request = reserve_request(format!("restart-{i}"), vec![line(SKUS[i % 2], 1 + i as u64 % 3)]);
+        request.ttl_ms = TTL_MS;
+        let reservation = reserve(&mut nodes, &request, RETRY_DEADLINE)
+            .await
+            .result
+            .unwrap_or_else(|s| panic!("reserve {i}: {s:?}"));
+        let id = reservation.reservation_id.clone();
+        // Every fourth is confirmed, the next released, the others held.
+        match i % 4 {
+            0 => {
+                let order_id = format!("order-{i}");
+                let r = confirm(&mut nodes, &id, &order_id, RETRY_DEADLINE).await.result;
+                let r = r.unwrap_or_else(|s| panic!("confirm {id}: {s:?}"));
+                assert_eq!((r.state(), r.order_id.as_str()), (Confirmed, order_id.as_str()));
+            }
+            1 => {
+                let r = release(&mut nodes, &id, RETRY_DEADLINE).await.result;
+                let r = r.unwrap_or_else(|s| panic!("release {id}: {s:?}"));
+                assert_eq!(r.state(), Released);
+            }
+            _ => {}
+        }
+        ids.push(id);
+    }
+
+    let before = snapshot(&region, &ids).await;
+    assert!(
+        before.status.outbox_last_seq > 0,
+        "the confirms wrote outbox entries"
+    );
+    assert!(before.status.holds > 0, "some holds are live");
+    region.stop().await;
+    region.start_again().await;
+    let after = snapshot(&region, &ids).await;
+
+    for (id, r) in &before.reservations {
+        assert_eq!(&after.reservations[id], r, "{id} changed across the restart");
+    }
+    assert_eq!(
+        after.status.state(),
+        before.status.state(),
+        "/status changed across the restart"
+    );
+    assert_eq!(
+        after.sheets, before.sheets,
+        "the books changed across the restart"
+    );
+
+    // The region takes writes again, without reusing a reservation id.
+    let request = reserve_request("after-restart", vec![line(SKUS[0], 1)]);
+    let fresh = reserve(&mut region.rotation(1), &request, RETRY_DEADLINE)
+        .await
+        .result
+        .expect("a reserve after the restart");
+    assert!(
+        !before.reservations.contains_key(&fresh.reservation_id),
+        "{} was reused",
+        fresh.reservation_id
+    );
+    let sheets = balanced_sheets(&region.audit().await);
+    assert_eq!(sheets[SKUS[0]].held, before.sheets[SKUS[0]].held + 1);
+    eprintln!("test took {:?}", started.elapsed());
+}
+
+/// SIGKILL of all three nodes while writes are in flight loses no acknowledged write, and every unanswered one took effect at most once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_every_node_keeps_acknowledged_writes() {
+    let started = Instant::now();
+    let mut region = Region::start(RegionOptions::default()).await;
+    for sku in SKUS {
+        region.add_stock(sku, STOCK as i64).await;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let mut nodes = region.rotation(w);
+        let (stop, acks) = (stop.clone(), acks.clone());
+        writers.push(tokio::spawn(async move {
+            let load_started = Instant::now();
+            let mut acked = Vec::new();
+            let mut unknown = Vec::new();
+            for i in 0..WRITES_PER_WRITER_MAX {
+                if stop.load(Ordering::SeqCst) || load_started.elapsed() > LOAD_DEADLINE {
+                    break;
+                }
+                let request = reserve_request(format!("writer-{w}-{i}"), vec![line(SKUS[(w + i) % 2], 1)]);
+                match reserve(&mut nodes, &request, WRITE_DEADLINE).await.result {
+                    Ok(reservation) => {
+                        acks.fetch_add(1, Ordering::SeqCst);
+                        acked.push((request, reservation));
+                    }
+                    Err(s) if is_retryable(&s) => unknown.push(request),
+                    Err(s) => panic!("{}: refused: {s:?}", request.request_id),
+                }
+            }
+            (acked, unknown)
+        }));
+    }
+
+    let give_up = Instant::now() + LOAD_DEADLINE;
+    while acks.load(Ordering::SeqCst) < ACKS_BEFORE_KILL {
+        assert!(Instant::now() < give_up, "the writers made no progress");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    let killed_ms = reservoir_tests::unix_ms();
+    region.kill_all().await;
+    stop.store(true, Ordering::SeqCst);
+    let mut acked = Vec::new();
+    let mut unknown = Vec::new();
+    for w in writers {
+        let (a, u) = w.await.expect("a writer panicked");
+        acked.extend(a);
+        unknown.extend(u);
+    }
+    eprintln!(
+        "killed every node with {} reserves acknowledged and {} unanswered",
+        acked.len(),
+        unknown.len()
+    );
+
+    region.stop().await;
+    region.start_again().await;
+
+    // Every acknowledged reserve is there, as acknowledged.
+    let mut nodes = region.rotation(0);
+    for (request, reservation) in &acked {
+        let found = region
+            .get(&reservation.reservation_id)
+            .await
+            .unwrap_or_else(|s| panic!("acknowledged {} lost: {s:?}", reservation.reservation_id));
+        assert_eq!(&found, reservation, "{} changed", request.request_id);
+    }
+    // The unanswered ones took effect at most once: sending them again
+    // returns their reservation if they did, or makes it now.
+    let unanswered = unknown.len();
+    let mut applied_before_kill = 0;
+    for request in unknown {
+        let reservation = reserve(&mut nodes, &request, RETRY_DEADLINE)
+            .await
+            .result
+            .unwrap_or_else(|s| panic!("re-sending {}: {s:?}", request.request_id));
+        if reservation.created_at_ms <= killed_ms {
+            applied_before_kill += 1;
+        }
+        acked.push((request, reservation));
+    }
+    eprintln!(
+        "of {unanswered} unanswered reserves, {applied_before_kill} were in the log before the kill (made before it)"
+    );
+    let mut ids: Vec<&str> = acked.iter().map(|(_, r)| r.reservation_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), acked.len(), "two requests share a reservation");
+
+    let sheets = balanced_sheets(&region.audit().await);
+    for sku in SKUS {
+        let held: u64 = acked.iter().map(|(_, r)| units_of(&r.lines, sku)).sum();
+        let sheet = sheets[sku];
+        assert_eq!(
+            (sheet.stocked, sheet.held, sheet.confirmed),
+            (STOCK, held, 0),
+            "{sku}"
+        );
+    }
+    let converged = region.converged().await;
+    for sku in SKUS {
+        assert_eq!(
+            converged.buckets[sku].held, sheets[sku].held,
+            "{sku} on every replica"
+        );
+    }
+    eprintln!("test took {:?}", started.elapsed());
+}
+
+/// What the tests compare across a restart.
+struct Snapshot {
+    reservations: BTreeMap<String, v1::Reservation>,
+    status: reservoir_tests::NodeStatus,
+    sheets: BTreeMap<String, reservoir_tests::SkuSheet>,
+}
+
+/// Every reservation (read linearizably), the replicas' common `/status`,
+/// and the balanced books.
+async fn snapshot(region: &Region, ids: &[String]) -> Snapshot {
+    let mut reservations = BTreeMap::new();
+    for id in ids {
+        let r = region
+            .get(id)
+            .await
+            .unwrap_or_else(|s| panic!("{id} not found: {s:?}"));
+        reservations.insert(id.clone(), r);
+    }
+    Snapshot {
+        reservations,
+        status: region.converged().await,
+        sheets: balanced_sheets(&region.audit().await),
+    }
+}

@@ -311,6 +311,13 @@ pub enum ClientCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// Print the cluster's status as a table (Admin.GetStatus): regions and
+    /// leaders, the ledger leader, tokens per SKU, settlement lag.
+    Status {
+        /// The node.
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 impl ClientCommand {
@@ -324,7 +331,8 @@ impl ClientCommand {
             | ClientCommand::Get { target, .. }
             | ClientCommand::Availability { target, .. }
             | ClientCommand::Stock { target, .. }
-            | ClientCommand::Audit { target } => &target.addr,
+            | ClientCommand::Audit { target }
+            | ClientCommand::Status { target } => &target.addr,
         }
     }
 }
@@ -489,7 +497,94 @@ pub async fn run(command: ClientCommand) -> Result<String, ClientError> {
                 .into_inner();
             Ok(format_audit(&report))
         }
+        ClientCommand::Status { .. } => {
+            let status = AdminClient::new(channel)
+                .get_status(v1::GetStatusRequest {})
+                .await?
+                .into_inner();
+            Ok(format_status(&status))
+        }
     }
+}
+
+/// The cluster status: regions and leaders, then tokens per SKU and region,
+/// then settlement lag and the last audit's verdict.
+pub fn format_status(s: &v1::ClusterStatus) -> String {
+    let mut out = format!(
+        "ledger leader: {}\n",
+        if s.ledger_leader_id == 0 {
+            "none (standalone or unknown)".to_string()
+        } else {
+            s.ledger_leader_id.to_string()
+        }
+    );
+    let mut regions = vec![row(&["REGION", "LEADER", "HEALTHY", "NODES"])];
+    for r in &s.regions {
+        let nodes: Vec<String> = r.nodes.iter().map(|n| format!("{}:{}", n.id, n.role)).collect();
+        regions.push(vec![
+            r.region.clone(),
+            if r.leader_id == 0 {
+                "-".into()
+            } else {
+                r.leader_id.to_string()
+            },
+            if r.healthy { "yes".into() } else { "NO".into() },
+            if nodes.is_empty() {
+                "-".into()
+            } else {
+                nodes.join(" ")
+            },
+        ]);
+    }
+    out += &table(&regions);
+    let mut tokens = vec![row(&[
+        "SKU",
+        "POOL",
+        "REGION",
+        "AVAILABLE",
+        "HELD",
+        "CONFIRMED",
+        "IN_FLIGHT",
+        "STRANDED",
+    ])];
+    for k in &s.skus {
+        for r in &k.regions {
+            tokens.push(vec![
+                k.sku.clone(),
+                k.pool.to_string(),
+                r.region.clone(),
+                r.available.to_string(),
+                r.held.to_string(),
+                r.confirmed.to_string(),
+                k.transfers_in_flight.to_string(),
+                k.stranded.to_string(),
+            ]);
+        }
+    }
+    if tokens.len() > 1 {
+        out += "\n";
+        out += &table(&tokens);
+    }
+    if !s.settlement_lag.is_empty() {
+        let mut lag = vec![row(&["REGION", "UNSETTLED", "OLDEST_AGE_MS"])];
+        for l in &s.settlement_lag {
+            lag.push(vec![
+                l.region.clone(),
+                l.entries.to_string(),
+                l.oldest_age_ms.to_string(),
+            ]);
+        }
+        out += "\n";
+        out += &table(&lag);
+    }
+    if let Some(a) = &s.last_audit {
+        out += &format!(
+            "\nlast audit at {}: {}",
+            format_time_ms(a.at_ms),
+            if a.balanced { "balanced" } else { "NOT BALANCED" }
+        );
+    }
+    out.trim_end().to_string()
 }
 
 /// Connects to a node, failing with the root cause (e.g. "Connection
@@ -866,6 +961,38 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want:?} missing from:\n{text}");
         }
+    }
+
+    /// The status table names the ledger leader, each region's leader and health, and tokens.
+    #[test]
+    fn status_table() {
+        let status = v1::ClusterStatus {
+            regions: vec![v1::RegionStatus {
+                region: "eu-west".into(),
+                leader_id: 4,
+                nodes: vec![],
+                healthy: true,
+            }],
+            ledger_leader_id: 1,
+            skus: vec![v1::SkuStatus {
+                sku: "hot".into(),
+                pool: 5,
+                regions: vec![v1::RegionTokens {
+                    region: "eu-west".into(),
+                    available: 7,
+                    held: 2,
+                    confirmed: 1,
+                }],
+                transfers_in_flight: 0,
+                stranded: 0,
+            }],
+            settlement_lag: vec![],
+            last_audit: None,
+        };
+        let text = format_status(&status);
+        assert!(text.starts_with("ledger leader: 1\n"), "{text}");
+        assert!(text.contains("eu-west  4       yes"), "{text}");
+        assert!(text.contains("hot  5     eu-west  7"), "{text}");
     }
 
     /// The audit prints a verdict and aligned rows per SKU and per region.

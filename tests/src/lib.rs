@@ -1,31 +1,41 @@
 //! reservoir-tests: cluster-level tests against real processes.
 //!
-//! Each test starts `reservoir up --standalone` on a fresh temporary
-//! directory, as a child of the test, and talks to the region the way a
-//! client would: gRPC on `127.0.0.1` and the nodes' HTTP `/status`. The
-//! harness here is what the tests share; the tests themselves live in
-//! `tests/` (`region_faults`, `region_restart`, `bad_input`).
+//! Each test starts `reservoir up` on a fresh temporary directory, as a
+//! child of the test — one standalone region (`up --standalone`) or the
+//! three-region cluster with its ledger, WAN link emulators and control API —
+//! and talks to it the way a client would: gRPC on `127.0.0.1`, the nodes'
+//! HTTP `/status`, and the control API. The harness here is what the tests
+//! share; the tests themselves live in `tests/` (`region_*`, `bad_input`,
+//! `cluster_*`).
 //!
 //! Invariants the harness keeps:
-//! - nothing is left behind: [`Region`]'s `Drop` stops `up` with SIGTERM (and
-//!   SIGKILL after a grace) and stops every node the test restarted by hand,
-//!   even when the test panics; every child also asks the kernel for SIGTERM
-//!   if the test process dies (`PR_SET_PDEATHSIG`);
+//! - nothing is left behind: [`Region`]'s and [`Cluster`]'s `Drop` stop `up`
+//!   with SIGTERM (and SIGKILL after a grace) and stop every node the test
+//!   restarted by hand, even when the test panics; every child also asks the
+//!   kernel for SIGTERM if the test process dies (`PR_SET_PDEATHSIG`);
 //! - every wait is a poll with a deadline, never a fixed sleep;
-//! - when a test panics, the region's directory is kept and the tail of each
-//!   log is printed, so the failure can be read afterwards.
+//! - when a test panics, the cluster's directory is kept and the tail of
+//!   each log is printed, so the failure can be read afterwards.
 //!
 //! Layout:
 //! - [`reservoir_exe`]: the `reservoir` binary, rebuilt first if stale;
-//! - [`Region`]: start, stop, kill -9 and restart nodes, find the leader,
-//!   read `/status`, connect clients, audit;
+//! - [`Region`]: a standalone region: start, stop, kill -9 and restart
+//!   nodes, find the leader, read `/status`, connect clients, audit;
+//! - [`Cluster`] (`cluster.rs`): the three-region cluster: start with
+//!   options, partition and heal links, kill and restart nodes through the
+//!   control API, find region and ledger leaders, audit until settled, stop
+//!   and check that no process is left;
+//! - [`Shopper`] (`shop.rs`): bounded load in one region that records every
+//!   acknowledged reservation, [`resolve`] and [`verify_records`] to check
+//!   them afterwards;
 //! - [`Rotation`] and [`retry`]: send one call to the nodes in turn until it
 //!   is answered, retrying what the API says is safe to retry;
-//! - small request builders and a bounded HTTP GET.
+//! - small request builders and bounded HTTP GET and POST.
 //!
-//! Caveats: Linux only (`PR_SET_PDEATHSIG`, signals by pid). A stale binary
-//! is rebuilt with `cargo build -p reservoir-node` into the test's own target
-//! directory; set `RESERVOIR_BIN` to use another binary instead.
+//! Caveats: Linux only (`PR_SET_PDEATHSIG`, signals by pid, `/proc`). A
+//! stale binary is rebuilt with `cargo build -p reservoir-node` into the
+//! test's own target directory; set `RESERVOIR_BIN` to use another binary
+//! instead.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -48,6 +58,12 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 pub use reservoir_node::up::ClusterNode;
+
+mod cluster;
+mod shop;
+
+pub use cluster::*;
+pub use shop::*;
 
 /// How long `up` has to write `cluster.json` (its own readiness deadline is
 /// 30 s; a debug build on a loaded two-core machine needs a margin).
@@ -201,6 +217,20 @@ pub struct NodeStatus {
     pub settled_up_to: u64,
     /// Token levels per SKU.
     pub buckets: BTreeMap<String, Bucket>,
+    /// The ledger group on this node, on the nodes that host it.
+    #[serde(default)]
+    pub ledger: Option<GroupView>,
+}
+
+/// A node's view of one Raft group (the ledger's, in `/status`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct GroupView {
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    /// Its term in the group.
+    pub term: u64,
+    /// The group's leader it knows, if any.
+    pub leader: Option<u64>,
 }
 
 impl NodeStatus {
@@ -302,58 +332,18 @@ impl Region {
             .unwrap_or_else(|| panic!("no node {id} in {:?}", self.ids()))
     }
 
-    /// Spawns `up` on the directory and waits until it has written
-    /// `cluster.json`, or panics with its log if it exits or the deadline
-    /// passes.
+    /// Spawns `up --standalone` on the directory and waits until it has
+    /// written `cluster.json`, or panics with its log if it exits or the
+    /// deadline passes.
     async fn run_up(&mut self, exe: &Path) {
-        assert!(self.up.is_none(), "up is already running");
         let dir = self.dir().to_path_buf();
-        let path = dir.join("cluster.json");
-        // `up` removes a stale cluster.json too, but only once it runs: until
-        // then the poll below would read the previous run's pids.
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => panic!("removing {}: {e}", path.display()),
-            _ => {}
-        }
         let mut command = Command::new(exe);
         command.args(["up", "--standalone", "--dir"]).arg(&dir);
         if let Some(max) = self.options.proposal_queue_max {
             command.arg("--proposal-queue-max").arg(max.to_string());
         }
-        let up = spawn_logged(command, &dir.join("up.log")).expect("up starts");
-        self.up = Some(up);
-        let give_up = Instant::now() + CLUSTER_DEADLINE;
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&path)
-                && let Ok(cluster) = serde_json::from_str::<ClusterFile>(&text)
-            {
-                for node in &cluster.nodes {
-                    assert!(
-                        alive(node.pid),
-                        "node {} (pid {}) of cluster.json is not running",
-                        node.id,
-                        node.pid
-                    );
-                }
-                self.cluster = cluster;
-                self.down.clear();
-                return;
-            }
-            let up = self.up.as_mut().expect("up was just started");
-            if let Some(status) = up.try_wait().expect("up can be waited for") {
-                self.up = None;
-                panic!(
-                    "up exited before writing cluster.json: {status}\n{}",
-                    log_tail(&dir.join("up.log"), LOG_TAIL_LINES)
-                );
-            }
-            assert!(
-                Instant::now() < give_up,
-                "no cluster.json after {CLUSTER_DEADLINE:?}\n{}",
-                log_tail(&dir.join("up.log"), LOG_TAIL_LINES)
-            );
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+        self.cluster = wait_cluster_file(&mut self.up, &dir, command, CLUSTER_DEADLINE).await;
+        self.down.clear();
     }
 
     /// Stops the whole region cleanly: SIGTERM to the nodes restarted by hand
@@ -485,11 +475,7 @@ impl Region {
 
     /// A node's `/status`.
     pub async fn status(&self, id: u64) -> io::Result<NodeStatus> {
-        let (code, body) = http_get(self.node(id).http, "/status").await?;
-        if code != 200 {
-            return Err(io::Error::other(format!("/status answered {code}: {body}")));
-        }
-        serde_json::from_str(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        node_status(self.node(id).http).await
     }
 
     /// The leader the live nodes agree on: a node that says it is the leader
@@ -629,24 +615,76 @@ impl Drop for Region {
             stop_blocking(up);
         }
         if panicking && let Some(dir) = self.dir.take() {
-            let dir = dir.keep();
-            eprintln!(
-                "harness: the test failed; its region is kept in {}",
-                dir.display()
-            );
-            let mut logs: Vec<PathBuf> = std::fs::read_dir(&dir)
-                .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
-                .unwrap_or_default();
-            logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
-            logs.sort();
-            for log in logs {
-                eprintln!(
-                    "--- last lines of {} ---\n{}",
-                    log.display(),
-                    log_tail(&log, LOG_TAIL_LINES)
+            print_logs(dir.keep());
+        }
+    }
+}
+
+/// For a failed test: says where its directory is kept and prints the tail
+/// of every log in it.
+fn print_logs(dir: PathBuf) {
+    eprintln!("harness: the test failed; its cluster is kept in {}", dir.display());
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+    logs.sort();
+    for log in logs {
+        eprintln!(
+            "--- last lines of {} ---\n{}",
+            log.display(),
+            log_tail(&log, LOG_TAIL_LINES)
+        );
+    }
+}
+
+/// Spawns `command` (an `up`) into `up`, its output appended to
+/// `DIR/up.log`, and waits until it has written `DIR/cluster.json` with
+/// every node running; panics with its log if it exits or `deadline` passes.
+async fn wait_cluster_file(
+    up: &mut Option<Child>,
+    dir: &Path,
+    command: Command,
+    deadline: Duration,
+) -> ClusterFile {
+    assert!(up.is_none(), "up is already running");
+    let path = dir.join("cluster.json");
+    // `up` removes a stale cluster.json too, but only once it runs: until
+    // then the poll below would read the previous run's pids.
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => panic!("removing {}: {e}", path.display()),
+        _ => {}
+    }
+    *up = Some(spawn_logged(command, &dir.join("up.log")).expect("up starts"));
+    let give_up = Instant::now() + deadline;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && let Ok(cluster) = serde_json::from_str::<ClusterFile>(&text)
+        {
+            for node in &cluster.nodes {
+                assert!(
+                    alive(node.pid),
+                    "node {} (pid {}) of cluster.json is not running",
+                    node.id,
+                    node.pid
                 );
             }
+            return cluster;
         }
+        let child = up.as_mut().expect("up was just started");
+        if let Some(status) = child.try_wait().expect("up can be waited for") {
+            *up = None;
+            panic!(
+                "up exited before writing cluster.json: {status}\n{}",
+                log_tail(&dir.join("up.log"), LOG_TAIL_LINES)
+            );
+        }
+        assert!(
+            Instant::now() < give_up,
+            "no cluster.json after {deadline:?}\n{}",
+            log_tail(&dir.join("up.log"), LOG_TAIL_LINES)
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
 
@@ -1006,9 +1044,26 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 
 /// A bounded HTTP/1.1 GET (`Connection: close`): the status code and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    let get = async {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    http_exchange(addr, request, HTTP_TIMEOUT, &format!("GET {path}")).await
+}
+
+/// A bounded HTTP/1.1 POST of a JSON body (`Connection: close`): the status
+/// code and body. Used for the control API of a three-region `up`.
+pub async fn http_post(addr: SocketAddr, path: &str, json: &str, timeout: Duration) -> io::Result<(u16, String)> {
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{json}",
+        json.len()
+    );
+    http_exchange(addr, request, timeout, &format!("POST {path}")).await
+}
+
+/// Sends one request, reads the whole response (the server closes the
+/// connection), and splits it into status code and body.
+async fn http_exchange(addr: SocketAddr, request: String, timeout: Duration, what: &str) -> io::Result<(u16, String)> {
+    let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await?;
         let mut response = Vec::new();
         stream
@@ -1017,11 +1072,11 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)>
             .await?;
         Ok::<_, io::Error>(response)
     };
-    let response = tokio::time::timeout(HTTP_TIMEOUT, get)
+    let response = tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("GET {path} timed out")))??;
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out")))??;
     let text = String::from_utf8_lossy(&response);
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("bad response: {text:?}"));
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("bad response to {what}: {text:?}"));
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         return Err(io::Error::new(
@@ -1035,4 +1090,13 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)>
         .and_then(|c| c.parse().ok())
         .ok_or_else(bad)?;
     Ok((code, body.to_string()))
+}
+
+/// A node's `GET /status`, parsed.
+pub async fn node_status(http: SocketAddr) -> io::Result<NodeStatus> {
+    let (code, body) = http_get(http, "/status").await?;
+    if code != 200 {
+        return Err(io::Error::other(format!("/status answered {code}: {body}")));
+    }
+    serde_json::from_str(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }

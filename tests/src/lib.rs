@@ -623,7 +623,10 @@ impl Drop for Region {
 /// For a failed test: says where its directory is kept and prints the tail
 /// of every log in it.
 fn print_logs(dir: PathBuf) {
-    eprintln!("harness: the test failed; its cluster is kept in {}", dir.display());
+    eprintln!(
+        "harness: the test failed; its cluster is kept in {}",
+        dir.display()
+    );
     let mut logs: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
@@ -1050,7 +1053,12 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)>
 
 /// A bounded HTTP/1.1 POST of a JSON body (`Connection: close`): the status
 /// code and body. Used for the control API of a three-region `up`.
-pub async fn http_post(addr: SocketAddr, path: &str, json: &str, timeout: Duration) -> io::Result<(u16, String)> {
+pub async fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    json: &str,
+    timeout: Duration,
+) -> io::Result<(u16, String)> {
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n{json}",
@@ -1061,7 +1069,12 @@ pub async fn http_post(addr: SocketAddr, path: &str, json: &str, timeout: Durati
 
 /// Sends one request, reads the whole response (the server closes the
 /// connection), and splits it into status code and body.
-async fn http_exchange(addr: SocketAddr, request: String, timeout: Duration, what: &str) -> io::Result<(u16, String)> {
+async fn http_exchange(
+    addr: SocketAddr,
+    request: String,
+    timeout: Duration,
+    what: &str,
+) -> io::Result<(u16, String)> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         stream.write_all(request.as_bytes()).await?;
@@ -1076,7 +1089,12 @@ async fn http_exchange(addr: SocketAddr, request: String, timeout: Duration, wha
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out")))??;
     let text = String::from_utf8_lossy(&response);
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("bad response to {what}: {text:?}"));
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("bad response to {what}: {text:?}"),
+        )
+    };
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         return Err(io::Error::new(

@@ -1,0 +1,815 @@
+//! The three-region cluster of `reservoir up` (no `--standalone`), run by a
+//! test: start it with options, read its `cluster.json` (nodes, control API,
+//! ledger hosts), cut and heal links and kill and restart nodes through the
+//! control API, find region and ledger leaders, audit, stop it, start it
+//! again on the same directory.
+//!
+//! Every node is `up`'s child, also after a restart through the control API,
+//! so stopping `up` stops everything; [`Cluster::stop`] checks that no
+//! process of the cluster is left, by pid and by command line.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use reservoir_node::up::ClusterFile;
+use reservoir_proto::v1;
+use reservoir_proto::v1::admin_client::AdminClient;
+use reservoir_proto::v1::inventory_client::InventoryClient;
+use serde::Deserialize;
+use tonic::Status;
+use tonic::transport::Channel;
+
+use crate::{
+    ClusterNode, LOG_TAIL_LINES, NODE_READY_DEADLINE, NodeStatus, POLL_INTERVAL, RETRY_DEADLINE, Rotation,
+    STOP_DEADLINE, alive, channel, http_get, http_post, log_tail, print_logs, reservoir_exe, retry, signal,
+    stop_blocking, wait_child, wait_cluster_file,
+};
+
+/// The regions of the cluster, home region (the ledger's) first.
+pub const REGIONS: [&str; 3] = reservoir_node::wan::REGIONS;
+/// The region that hosts the ledger.
+pub const HOME_REGION: &str = reservoir_node::up_cluster::HOME_REGION;
+/// How long `up` has to write `cluster.json`: its own readiness deadline is
+/// 60 s; nine debug processes on two loaded cores need most of it.
+pub const CLUSTER_START_DEADLINE: Duration = Duration::from_secs(90);
+/// How long a group (a region's, or the ledger) may take to agree on a
+/// leader; an election is well under 2 s, the rest is a loaded machine.
+pub const GROUP_LEADER_DEADLINE: Duration = Duration::from_secs(20);
+/// How long the rebalancer has to move stock where the tests expect it.
+pub const REBALANCE_DEADLINE: Duration = Duration::from_secs(20);
+/// How long settlement and the audit have to catch up after load stops or a
+/// partition heals.
+pub const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
+/// Set this environment variable to keep every cluster's directory (logs,
+/// data), not only those of failed tests.
+pub const KEEP_ENV: &str = "RESERVOIR_TEST_KEEP";
+/// How long one control-API call may take (a kill waits for the process).
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The link emulators' round trips (`up --wan`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WanProfile {
+    /// No added latency: fast tests.
+    #[default]
+    None,
+    /// Public AWS inter-region round trips (70, 120 and 186 ms).
+    Aws,
+}
+
+impl WanProfile {
+    fn arg(self) -> &'static str {
+        match self {
+            WanProfile::None => "none",
+            WanProfile::Aws => "aws",
+        }
+    }
+}
+
+/// How to start a cluster. The default is the smallest: one node per region,
+/// no WAN latency, no demo catalog.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// `up --nodes-per-region`.
+    pub nodes_per_region: u64,
+    /// `up --wan`.
+    pub wan: WanProfile,
+    /// Seed the demo catalog (`up` without `--no-demo`).
+    pub demo: bool,
+    /// `up --policy`, if not the default.
+    pub policy: Option<String>,
+    /// `up --proposal-queue-max`, if not the default.
+    pub proposal_queue_max: Option<usize>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            nodes_per_region: 1,
+            wan: WanProfile::None,
+            demo: false,
+            policy: None,
+            proposal_queue_max: None,
+        }
+    }
+}
+
+/// One WAN link as the control API reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct LinkState {
+    /// One region (name order).
+    pub a: String,
+    /// The other region.
+    pub b: String,
+    /// The round trip the link adds.
+    pub rtt_ms: u64,
+    /// True while cut.
+    pub cut: bool,
+}
+
+/// A three-region cluster run by `reservoir up` in a temporary directory.
+pub struct Cluster {
+    /// The cluster directory; kept on disk when the test panics.
+    dir: Option<tempfile::TempDir>,
+    options: ClusterOptions,
+    /// The running `up`, if any.
+    up: Option<Child>,
+    /// The current `cluster.json` (re-read after each restart).
+    file: ClusterFile,
+    /// The control API.
+    control: SocketAddr,
+    /// Nodes killed through the control API and not restarted.
+    down: BTreeSet<u64>,
+    /// Makes every stock request id unique.
+    stock_requests: AtomicU64,
+}
+
+impl Cluster {
+    /// Starts `up` (three regions) on a fresh temporary directory and waits
+    /// for its `cluster.json`.
+    pub async fn start(options: ClusterOptions) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("reservoir-cluster-test-")
+            .tempdir()
+            .expect("a temporary directory");
+        let mut cluster = Cluster {
+            dir: Some(dir),
+            options,
+            up: None,
+            file: ClusterFile {
+                nodes: Vec::new(),
+                control: None,
+                ledger: None,
+            },
+            control: SocketAddr::from(([127, 0, 0, 1], 0)),
+            down: BTreeSet::new(),
+            stock_requests: AtomicU64::new(0),
+        };
+        cluster.run_up().await;
+        cluster
+    }
+
+    async fn run_up(&mut self) {
+        assert!(self.up.is_none(), "up is already running");
+        let dir = self.dir().to_path_buf();
+        let mut command = Command::new(reservoir_exe());
+        command
+            .arg("up")
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--nodes-per-region")
+            .arg(self.options.nodes_per_region.to_string())
+            .arg("--wan")
+            .arg(self.options.wan.arg());
+        if !self.options.demo {
+            command.arg("--no-demo");
+        }
+        if let Some(policy) = &self.options.policy {
+            command.arg("--policy").arg(policy);
+        }
+        if let Some(max) = self.options.proposal_queue_max {
+            command.arg("--proposal-queue-max").arg(max.to_string());
+        }
+        let started = Instant::now();
+        let file = wait_cluster_file(&mut self.up, &dir, command, CLUSTER_START_DEADLINE).await;
+        let control = file
+            .control
+            .as_deref()
+            .expect("a three-region cluster.json names its control API");
+        self.control = control.parse().expect("the control API is host:port");
+        assert!(
+            self.control.ip().is_loopback(),
+            "the control API listens on loopback: {control}"
+        );
+        let ledger = file
+            .ledger
+            .as_ref()
+            .expect("a three-region cluster.json names the ledger's nodes");
+        assert_eq!(ledger.region, HOME_REGION, "{ledger:?}");
+        for region in REGIONS {
+            let n = file.nodes.iter().filter(|n| n.region == region).count() as u64;
+            assert_eq!(n, self.options.nodes_per_region, "nodes of {region}: {file:?}");
+        }
+        for node in &file.nodes {
+            assert!(
+                node.grpc.ip().is_loopback() && node.http.ip().is_loopback(),
+                "{node:?}"
+            );
+        }
+        self.file = file;
+        self.down.clear();
+        eprintln!(
+            "harness: cluster of {} nodes up after {:?} in {}",
+            self.file.nodes.len(),
+            started.elapsed(),
+            self.dir().display()
+        );
+    }
+
+    /// The cluster directory.
+    pub fn dir(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .expect("the directory lives as long as the cluster")
+            .path()
+    }
+
+    /// The current `cluster.json`.
+    pub fn file(&self) -> &ClusterFile {
+        &self.file
+    }
+
+    /// The control API's address.
+    pub fn control(&self) -> SocketAddr {
+        self.control
+    }
+
+    /// Every node id.
+    pub fn ids(&self) -> Vec<u64> {
+        self.file.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// The ids of `region`'s nodes.
+    pub fn ids_in(&self, region: &str) -> Vec<u64> {
+        self.file
+            .nodes
+            .iter()
+            .filter(|n| n.region == region)
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// The ids of `region`'s nodes that are up (not killed by the test).
+    pub fn live_ids_in(&self, region: &str) -> Vec<u64> {
+        self.ids_in(region)
+            .into_iter()
+            .filter(|id| !self.down.contains(id))
+            .collect()
+    }
+
+    /// The nodes that host the ledger's voters.
+    pub fn ledger_ids(&self) -> Vec<u64> {
+        self.file
+            .ledger
+            .as_ref()
+            .map(|l| l.node_ids.clone())
+            .unwrap_or_default()
+    }
+
+    /// A node's entry in `cluster.json`.
+    pub fn node(&self, id: u64) -> &ClusterNode {
+        self.file
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .unwrap_or_else(|| panic!("no node {id} in {:?}", self.ids()))
+    }
+
+    /// A channel to one node.
+    pub fn channel(&self, id: u64) -> Channel {
+        channel(self.node(id).grpc)
+    }
+
+    /// An Inventory client to one node.
+    pub fn inventory(&self, id: u64) -> InventoryClient<Channel> {
+        InventoryClient::new(self.channel(id))
+    }
+
+    /// An Admin client to one node.
+    pub fn admin(&self, id: u64) -> AdminClient<Channel> {
+        AdminClient::new(self.channel(id))
+    }
+
+    /// Channels to `region`'s nodes, starting with its `first`-th, for the
+    /// region's shoppers.
+    pub fn rotation_in(&self, region: &str, first: usize) -> Rotation {
+        let ids = self.ids_in(region);
+        let channels = ids.iter().map(|&id| self.channel(id)).collect();
+        Rotation::new(channels, first % ids.len())
+    }
+
+    /// Channels to the home region's nodes, for Admin calls: they reach the
+    /// ledger without crossing a WAN link, so a partition of another region
+    /// does not stand in the way.
+    pub fn admin_rotation(&self) -> Rotation {
+        self.rotation_in(HOME_REGION, 0)
+    }
+
+    // ----- the control API -----
+
+    /// Cuts `region` off from the other two regions.
+    pub async fn partition_region(&self, region: &str) -> Vec<LinkState> {
+        let body = serde_json::json!({ "region": region }).to_string();
+        let links = self.control_post("/links/partition", &body).await;
+        let cut: BTreeSet<(&str, &str)> = links
+            .iter()
+            .filter(|l| l.cut)
+            .map(|l| (l.a.as_str(), l.b.as_str()))
+            .collect();
+        assert!(
+            links
+                .iter()
+                .filter(|l| l.a == region || l.b == region)
+                .all(|l| l.cut),
+            "partitioning {region} left a link of it up: {links:?}"
+        );
+        eprintln!("harness: {region} cut off; cut links {cut:?}");
+        links
+    }
+
+    /// Cuts the link between `a` and `b`.
+    pub async fn partition_link(&self, a: &str, b: &str) -> Vec<LinkState> {
+        let body = serde_json::json!({ "a": a, "b": b }).to_string();
+        self.control_post("/links/partition", &body).await
+    }
+
+    /// Heals every link.
+    pub async fn heal(&self) -> Vec<LinkState> {
+        let links = self.control_post("/links/heal", "").await;
+        assert!(links.iter().all(|l| !l.cut), "heal left a link cut: {links:?}");
+        eprintln!("harness: every link healed");
+        links
+    }
+
+    /// The links and whether each is cut.
+    pub async fn links(&self) -> Vec<LinkState> {
+        let (code, body) = http_get(self.control, "/links")
+            .await
+            .unwrap_or_else(|e| panic!("GET /links: {e}"));
+        assert_eq!(code, 200, "GET /links: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET /links: {e}: {body}"))
+    }
+
+    async fn control_post(&self, path: &str, body: &str) -> Vec<LinkState> {
+        let (code, text) = http_post(self.control, path, body, CONTROL_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        assert_eq!(code, 200, "POST {path} {body}: {text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {path}: {e}: {text}"))
+    }
+
+    /// Kills one node with SIGKILL through the control API; `up` reaps it
+    /// before answering, so its process is gone when this returns.
+    pub async fn kill(&mut self, id: u64) {
+        assert!(!self.down.contains(&id), "node {id} is already down");
+        let pid = self.node(id).pid;
+        let path = format!("/nodes/{id}/kill");
+        let (code, text) = http_post(self.control, &path, "", CONTROL_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        assert_eq!(code, 200, "POST {path}: {text}");
+        assert!(!alive(pid), "node {id} (pid {pid}) outlived its kill");
+        self.down.insert(id);
+        eprintln!("harness: node {id} (pid {pid}) killed");
+    }
+
+    /// Restarts a killed node through the control API (it becomes `up`'s
+    /// child again), re-reads `cluster.json` for its new pid and waits for
+    /// its `/readyz`.
+    pub async fn restart(&mut self, id: u64) {
+        assert!(self.down.contains(&id), "node {id} is not down");
+        let old_pid = self.node(id).pid;
+        let path = format!("/nodes/{id}/restart");
+        let (code, text) = http_post(self.control, &path, "", CONTROL_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        assert_eq!(code, 200, "POST {path}: {text}");
+        // `up` rewrites cluster.json with the new pid before it answers.
+        let json = self.dir().join("cluster.json");
+        let text = std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("{}: {e}", json.display()));
+        let file: ClusterFile =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", json.display()));
+        let pid = file
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(|n| n.pid)
+            .expect("the restarted node is in cluster.json");
+        assert_ne!(pid, old_pid, "cluster.json kept node {id}'s old pid");
+        self.file = file;
+        self.down.remove(&id);
+        let log = self.dir().join(format!("node-{id}.log"));
+        let give_up = Instant::now() + NODE_READY_DEADLINE;
+        loop {
+            if let Ok((200, _)) = http_get(self.node(id).http, "/readyz").await {
+                break;
+            }
+            assert!(
+                alive(pid),
+                "restarted node {id} (pid {pid}) exited\n{}",
+                log_tail(&log, LOG_TAIL_LINES)
+            );
+            assert!(
+                Instant::now() < give_up,
+                "restarted node {id} not ready after {NODE_READY_DEADLINE:?}\n{}",
+                log_tail(&log, LOG_TAIL_LINES)
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        eprintln!("harness: node {id} restarted (pid {pid}) and ready");
+    }
+
+    // ----- nodes, leaders -----
+
+    /// A node's `GET /status`.
+    pub async fn status(&self, id: u64) -> io::Result<NodeStatus> {
+        crate::node_status(self.node(id).http).await
+    }
+
+    /// The leader `region`'s live nodes agree on: a node that says it leads
+    /// and that a majority of the region's nodes name.
+    pub async fn region_leader(&self, region: &str) -> u64 {
+        let majority = self.ids_in(region).len() / 2 + 1;
+        let give_up = Instant::now() + GROUP_LEADER_DEADLINE;
+        loop {
+            let mut named: BTreeMap<u64, usize> = BTreeMap::new();
+            let mut leaders = BTreeSet::new();
+            for id in self.live_ids_in(region) {
+                if let Ok(status) = self.status(id).await {
+                    if let Some(leader) = status.leader {
+                        *named.entry(leader).or_default() += 1;
+                    }
+                    if status.role == "leader" {
+                        leaders.insert(id);
+                    }
+                }
+            }
+            if let Some((&leader, _)) = named
+                .iter()
+                .find(|&(id, &votes)| votes >= majority && leaders.contains(id))
+            {
+                return leader;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "{region}: no agreed leader after {GROUP_LEADER_DEADLINE:?}: named {named:?}, self-declared {leaders:?}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// The ledger leader the live ledger hosts agree on (from their
+    /// `/status` `ledger` section), like [`Cluster::region_leader`].
+    pub async fn ledger_leader(&self) -> u64 {
+        let hosts = self.ledger_ids();
+        let majority = hosts.len() / 2 + 1;
+        let give_up = Instant::now() + GROUP_LEADER_DEADLINE;
+        loop {
+            let mut named: BTreeMap<u64, usize> = BTreeMap::new();
+            let mut leaders = BTreeSet::new();
+            for &id in hosts.iter().filter(|id| !self.down.contains(id)) {
+                if let Ok(NodeStatus {
+                    ledger: Some(ledger), ..
+                }) = self.status(id).await
+                {
+                    if let Some(leader) = ledger.leader {
+                        *named.entry(leader).or_default() += 1;
+                    }
+                    if ledger.role == "leader" {
+                        leaders.insert(id);
+                    }
+                }
+            }
+            if let Some((&leader, _)) = named
+                .iter()
+                .find(|&(id, &votes)| votes >= majority && leaders.contains(id))
+            {
+                return leader;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "no agreed ledger leader after {GROUP_LEADER_DEADLINE:?}: named {named:?}, self-declared {leaders:?}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// `region`'s replicated state as its leader reports it in `/status`.
+    pub async fn region_status(&self, region: &str) -> NodeStatus {
+        let give_up = Instant::now() + GROUP_LEADER_DEADLINE;
+        loop {
+            let leader = self.region_leader(region).await;
+            match self.status(leader).await {
+                Ok(status) if status.role == "leader" => return status,
+                other => assert!(
+                    Instant::now() < give_up,
+                    "{region}: no /status from its leader {leader}: {other:?}"
+                ),
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// `region`'s available tokens of `sku` (its leader's `/status`).
+    pub async fn available_in(&self, region: &str, sku: &str) -> u64 {
+        self.region_status(region)
+            .await
+            .buckets
+            .get(sku)
+            .map_or(0, |b| b.available)
+    }
+
+    /// Polls until `done` holds for every region's available tokens of `sku`
+    /// (in [`REGIONS`] order), and returns them; panics after `deadline`.
+    pub async fn wait_available(
+        &self,
+        sku: &str,
+        deadline: Duration,
+        what: &str,
+        done: impl Fn(&[u64; 3]) -> bool,
+    ) -> [u64; 3] {
+        let give_up = Instant::now() + deadline;
+        loop {
+            let mut available = [0; 3];
+            for (i, region) in REGIONS.iter().enumerate() {
+                available[i] = self.available_in(region, sku).await;
+            }
+            if done(&available) {
+                return available;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "{sku}: {what} not reached within {deadline:?}: available {available:?} in {REGIONS:?}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    // ----- admin -----
+
+    /// Adds `units` of `sku` to the ledger's pool (Admin `AdjustStock` on a
+    /// home-region node), retried until acknowledged.
+    pub async fn add_stock(&self, sku: &str, units: i64) -> v1::AdjustStockResponse {
+        let n = self.stock_requests.fetch_add(1, Ordering::SeqCst);
+        let request = v1::AdjustStockRequest {
+            request_id: format!("test-stock-{sku}-{n}"),
+            sku: sku.to_string(),
+            delta: units,
+        };
+        let mut nodes = self.admin_rotation();
+        retry(&mut nodes, RETRY_DEADLINE, |channel| {
+            let request = request.clone();
+            async move { AdminClient::new(channel).adjust_stock(request).await }
+        })
+        .await
+        .result
+        .unwrap_or_else(|s| panic!("adding stock of {sku}: {s:?}"))
+    }
+
+    /// Admin `GetStatus` from a home-region node, retried until answered.
+    pub async fn cluster_status(&self) -> v1::ClusterStatus {
+        let mut nodes = self.admin_rotation();
+        retry(&mut nodes, RETRY_DEADLINE, |channel| async move {
+            AdminClient::new(channel)
+                .get_status(v1::GetStatusRequest {})
+                .await
+        })
+        .await
+        .result
+        .unwrap_or_else(|s| panic!("GetStatus: {s:?}"))
+    }
+
+    /// The conservation audit (Admin `Audit`, run on the ledger leader) from
+    /// a home-region node, retried until answered.
+    pub async fn audit(&self) -> v1::AuditReport {
+        let mut nodes = self.admin_rotation();
+        retry(&mut nodes, RETRY_DEADLINE, |channel| async move {
+            AdminClient::new(channel).audit(v1::AuditRequest {}).await
+        })
+        .await
+        .result
+        .unwrap_or_else(|s| panic!("audit: {s:?}"))
+    }
+
+    /// Polls the audit until it balances with every sale settled (no region
+    /// holds confirmed units the ledger has not settled), and returns it
+    /// after asserting zero drift everywhere. Transient imbalance while
+    /// transfers or settlements are in flight is logged, not failed.
+    pub async fn settled_audit(&self, deadline: Duration) -> v1::AuditReport {
+        let started = Instant::now();
+        let give_up = started + deadline;
+        let mut polls = 0;
+        let mut drifted = 0;
+        loop {
+            polls += 1;
+            let report = self.audit().await;
+            let unsettled: u64 = report
+                .skus
+                .iter()
+                .flat_map(|s| s.regions.iter())
+                .map(|r| r.confirmed)
+                .sum();
+            if report.balanced && unsettled == 0 {
+                assert_balanced(&report);
+                eprintln!(
+                    "harness: audit balanced and settled after {:?} ({polls} audits, {drifted} with drift)",
+                    started.elapsed()
+                );
+                return report;
+            }
+            if report.missing_regions.is_empty() && !report.balanced {
+                drifted += 1;
+                eprintln!("harness: audit not balanced yet: {report:?}");
+            }
+            assert!(
+                Instant::now() < give_up,
+                "the audit did not balance with everything settled within {deadline:?} \
+                 ({unsettled} confirmed units unsettled): {report:#?}"
+            );
+            tokio::time::sleep(POLL_INTERVAL * 4).await;
+        }
+    }
+
+    /// Polls Admin `GetStatus` until every region reports a settlement lag
+    /// of zero entries, and returns that status.
+    pub async fn wait_no_settlement_lag(&self, deadline: Duration) -> v1::ClusterStatus {
+        let give_up = Instant::now() + deadline;
+        loop {
+            let status = self.cluster_status().await;
+            let lagging: Vec<&v1::SettlementLag> =
+                status.settlement_lag.iter().filter(|l| l.entries > 0).collect();
+            if lagging.is_empty() && status.settlement_lag.len() == REGIONS.len() {
+                return status;
+            }
+            assert!(
+                Instant::now() < give_up,
+                "settlement still lags after {deadline:?}: {:?}",
+                status.settlement_lag
+            );
+            tokio::time::sleep(POLL_INTERVAL * 4).await;
+        }
+    }
+
+    /// A reservation read linearizably in its region, retried until answered.
+    pub async fn get(&self, region: &str, reservation_id: &str) -> Result<v1::Reservation, Status> {
+        let mut nodes = self.rotation_in(region, 0);
+        let request = v1::GetReservationRequest {
+            reservation_id: reservation_id.to_string(),
+        };
+        retry(&mut nodes, RETRY_DEADLINE, |channel| {
+            let request = request.clone();
+            async move { InventoryClient::new(channel).get_reservation(request).await }
+        })
+        .await
+        .result
+    }
+
+    // ----- stopping and starting again -----
+
+    /// Stops the cluster with `sig` to `up` (SIGTERM, or SIGINT as Ctrl-C
+    /// sends it), asserts that `up` exits successfully and that no process
+    /// of the cluster is left: no pid of `cluster.json`, and no process whose
+    /// command line names the cluster directory.
+    pub async fn stop(&mut self, sig: libc::c_int) {
+        let mut up = self.up.take().expect("up is running");
+        let pids: Vec<(u64, u32)> = self.file.nodes.iter().map(|n| (n.id, n.pid)).collect();
+        // The check below can see the cluster's processes: here they are.
+        let running: BTreeSet<u32> = processes_naming(self.dir())
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .collect();
+        for &(id, pid) in pids.iter().filter(|(id, _)| !self.down.contains(id)) {
+            assert!(
+                running.contains(&pid),
+                "node {id} (pid {pid}) is not among {running:?}"
+            );
+        }
+        assert!(
+            running.contains(&up.id()),
+            "up (pid {}) is not among {running:?}",
+            up.id()
+        );
+        signal(up.id(), sig, "up");
+        let status = wait_child(&mut up, STOP_DEADLINE).await;
+        assert!(
+            status.success(),
+            "up stopped with {status} after signal {sig}\n{}",
+            log_tail(&self.dir().join("up.log"), LOG_TAIL_LINES)
+        );
+        for (id, pid) in pids {
+            assert!(!alive(pid), "node {id} (pid {pid}) outlived up");
+        }
+        let left = processes_naming(self.dir());
+        assert!(left.is_empty(), "processes of the cluster outlived up: {left:?}");
+    }
+
+    /// Runs `up` again on the same directory (after [`Cluster::stop`]): the
+    /// cluster comes back on its configs and data.
+    pub async fn start_again(&mut self) {
+        self.run_up().await;
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        if let Some(up) = self.up.as_mut() {
+            signal(up.id(), libc::SIGTERM, "up");
+            stop_blocking(up);
+        }
+        if panicking && let Some(dir) = self.dir.take() {
+            print_logs(dir.keep());
+        } else if std::env::var_os(KEEP_ENV).is_some()
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!(
+                "harness: {KEEP_ENV} is set; the cluster is kept in {}",
+                dir.keep().display()
+            );
+        }
+    }
+}
+
+/// Asserts that an audit balances: `balanced`, no region missing, zero
+/// drift of every kind, and the sheet adds up (pool + in flight + regions +
+/// settled = stocked).
+pub fn assert_balanced(report: &v1::AuditReport) {
+    assert!(report.balanced, "the audit does not balance: {report:#?}");
+    assert!(report.missing_regions.is_empty(), "{report:#?}");
+    for s in &report.skus {
+        assert_eq!(
+            (s.drift, s.ledger_drift),
+            (0, 0),
+            "drift of {}: {report:#?}",
+            s.sku
+        );
+        let in_regions: u64 = s.regions.iter().map(|r| r.available + r.held + r.confirmed).sum();
+        assert_eq!(
+            s.pool + s.in_flight_grants + s.in_flight_revokes + in_regions + s.settled_total,
+            s.stocked_total,
+            "{}: the sheet does not add up: {s:?}",
+            s.sku
+        );
+        for r in &s.regions {
+            assert_eq!(r.drift, 0, "{} in {}: {report:#?}", s.sku, r.region);
+        }
+        let regions: BTreeSet<&str> = s.regions.iter().map(|r| r.region.as_str()).collect();
+        assert_eq!(
+            regions,
+            REGIONS.into_iter().collect(),
+            "{}: every region is on the sheet",
+            s.sku
+        );
+    }
+}
+
+/// One SKU's line of an audit.
+pub fn sku_sheet<'a>(report: &'a v1::AuditReport, sku: &str) -> &'a v1::SkuBalance {
+    report
+        .skus
+        .iter()
+        .find(|s| s.sku == sku)
+        .unwrap_or_else(|| panic!("no {sku} in the audit: {report:#?}"))
+}
+
+/// One region's line of a SKU's sheet.
+pub fn region_sheet<'a>(sheet: &'a v1::SkuBalance, region: &str) -> &'a v1::RegionBalance {
+    sheet
+        .regions
+        .iter()
+        .find(|r| r.region == region)
+        .unwrap_or_else(|| panic!("no {region} in {sheet:?}"))
+}
+
+/// The processes (pid, command line) whose command line mentions `dir`:
+/// nodes run `reservoir node --config DIR/node-N.toml`, `up` runs with
+/// `--dir DIR`.
+pub fn processes_naming(dir: &Path) -> Vec<(u32, String)> {
+    // `up` runs with the path as given and names its nodes' configs by the
+    // canonical one.
+    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let needles = [
+        dir.to_string_lossy().into_owned(),
+        canonical.to_string_lossy().into_owned(),
+    ];
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let path: PathBuf = entry.path().join("cmdline");
+        let Ok(bytes) = std::fs::read(&path) else { continue };
+        let cmdline = bytes
+            .split(|b| *b == 0)
+            .map(String::from_utf8_lossy)
+            .collect::<Vec<_>>()
+            .join(" ");
+        // A zombie has an empty command line and no sockets: it is gone in
+        // every sense that matters here, its parent reaps it.
+        if needles.iter().any(|n| cmdline.contains(n.as_str())) {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}

@@ -94,12 +94,14 @@ pub async fn run(options: ClusterOptions) -> Result<(), UpError> {
         .dir
         .canonicalize()
         .map_err(UpError::io(format!("resolving {}", options.dir.display())))?;
+    // Before `prepare`, which writes the node configs: a bad profile must
+    // leave DIR as it was.
+    let regions: Vec<&str> = wan::REGIONS.to_vec();
+    let wan = Wan::new(&options.wan, &regions).map_err(UpError::Usage)?;
     let (plan, fresh) = prepare(&dir, &options)?;
     let cluster_path = dir.join("cluster.json");
     let _ = std::fs::remove_file(&cluster_path);
 
-    let regions: Vec<&str> = wan::REGIONS.to_vec();
-    let wan = Wan::new(&options.wan, &regions).map_err(UpError::Usage)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     for proxy in proxies(&plan) {
         let listener = tokio::net::TcpListener::bind(proxy.listen)

@@ -99,13 +99,27 @@ fn bad_arguments_exit_2() {
     }
 }
 
-/// `up` without `--standalone` says only that mode exists yet, exit 2.
+/// `up` (three regions) with an option it cannot use exits 2 with one line naming it, and writes nothing into DIR.
 #[test]
-fn up_without_standalone_exits_2() {
+fn up_three_regions_with_a_bad_option_exits_2() {
     let dir = scratch("up-multi");
-    let out = reservoir(&["up", "--dir", dir.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--standalone"), "{}", stderr(&out));
+    for (args, named) in [
+        (&["--nodes", "3"][..], "--nodes-per-region"),
+        (&["--nodes-per-region", "0"], "--nodes-per-region"),
+        (&["--nodes-per-region", "8"], "--nodes-per-region"),
+        (&["--policy", "random"], "policy"),
+        (&["--wan", "moon"], "WAN profile"),
+    ] {
+        let mut all = vec!["up", "--dir", dir.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = reservoir(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(named), "{args:?}: {err}");
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+        assert!(left.is_empty(), "{args:?} wrote into DIR: {left:?}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -400,6 +400,7 @@ impl LedgerHost {
         let sheet = audit::balance(&ledger, &available);
         metrics::gauge!("reservoir_audit_drift_units").set(sheet.total_drift() as f64);
         metrics::gauge!("reservoir_audit_balanced").set(if sheet.balanced() { 1.0 } else { 0.0 });
+        metrics::gauge!("reservoir_audit_missing_regions").set(sheet.missing_regions.len() as f64);
         if sheet.total_drift() != 0 {
             eprintln!("ledger: AUDIT DRIFT {sheet:?}");
         }

@@ -65,6 +65,7 @@ pub struct BalanceSheet {
     pub skus: Vec<SkuBalance>,
     /// Regions the ledger knows of whose state was not supplied: the audit
     /// cannot vouch for them (e.g. cut off), so the sheet is not balanced.
+    /// Their tokens are counted at what the ledger believes they hold.
     pub missing_regions: Vec<RegionId>,
 }
 
@@ -144,7 +145,7 @@ pub fn balance<R: RegionBooks>(ledger: &LedgerState, regions: &[&R]) -> BalanceS
     for s in ledger.skus().values() {
         known.extend(s.granted.keys().map(String::as_str));
     }
-    let missing_regions = known
+    let missing_regions: Vec<String> = known
         .iter()
         .filter(|r| !by_name.contains_key(*r))
         .map(|r| r.to_string())
@@ -184,6 +185,13 @@ pub fn balance<R: RegionBooks>(ledger: &LedgerState, regions: &[&R]) -> BalanceS
             + in_flight_grants as i128
             + in_flight_revokes as i128
             + books.settled_total as i128;
+        // A region that could not be read is counted at what the ledger
+        // believes it holds, so that drift stays a real discrepancy while a
+        // region is cut off (the sheet is still not balanced: it cannot
+        // vouch for that region).
+        for missing in &missing_regions {
+            found += books.granted.get(missing).copied().unwrap_or(0) as i128;
+        }
         for r in regions {
             let b = r.buckets().get(sku).cloned().unwrap_or_default();
             let settled_unacked = r.settled_unacked(sku, ledger.watermark(r.region()));

@@ -512,6 +512,9 @@ fn missing_region_is_reported() {
     let two = audit::balance(&c.ledger, &[&c.regions[0], &c.regions[1]]);
     assert_eq!(two.missing_regions, vec!["ap-south".to_string()]);
     assert!(!two.balanced());
+    // The cut-off region is counted at the ledger's belief: no drift.
+    assert_eq!(two.skus[0].drift, 0, "{two:?}");
+    assert_eq!(two.total_drift(), 0, "{two:?}");
     let none = audit::balance::<RegionState>(&c.ledger, &[]);
     assert_eq!(none.missing_regions.len(), 3);
     assert!(!none.balanced());

@@ -1,10 +1,78 @@
-//! reservoir-loadtest: Black Friday load and latency benchmarks.
+//! reservoir-loadtest: open-loop Black Friday load, and the same workload
+//! against the baselines a team would otherwise pick (Redis, PostgreSQL).
 //!
-//! **Not built yet.** This crate will hold the open-loop load generator
-//! (Poisson arrivals, latency measured from the intended send time so a stall
-//! cannot hide), the workload model (Zipf-popular SKUs, carts of 1–3 lines,
-//! reserve → confirm / release / abandon sessions), the scenarios (`steady`,
-//! `black-friday`, `flash-sale`, `partition`), HdrHistogram reports, and the
-//! Redis and PostgreSQL baseline adapters.
+//! The binary `reservoir-loadtest` runs a [`scenario::Scenario`] (built in:
+//! `steady`, `black-friday`, `flash-sale`, `partition`; or a TOML file)
+//! against a target — a `reservoir up` cluster, or a Redis or PostgreSQL
+//! server that the adapter starts itself on a private port and temporary
+//! folder — then reconciles what it saw with the target's own books and
+//! writes a terminal summary, `report.json` and a self-contained
+//! `report.html`.
 //!
-//! Today it contains no code: nothing here pretends to measure anything.
+//! How load is offered (see [`runner`]): each region has a Poisson arrival
+//! schedule at the scenario's rate (piecewise constant: baseline, spike,
+//! recovery), drawn from a seeded PRNG. A session arrives, reserves a cart of
+//! 1–3 distinct Zipf-popular SKUs, and after a think time confirms, releases,
+//! or abandons its hold to expire. The generator never waits for answers
+//! (open loop), and every latency is measured from the request's *intended*
+//! send time, so a server stall shows in full rather than slowing the load
+//! down (no coordinated omission).
+//!
+//! Invariants:
+//! - every request carries a fresh `request_id`; only a retry of a
+//!   retryable error (UNAVAILABLE, a timeout) reuses it, at most
+//!   [`runner::RETRIES_MAX`] times;
+//! - everything is bounded: requests in flight per region (a request that
+//!   finds no slot waits and is counted late, and is dropped — counted, never
+//!   sent — if none frees within `late_drop_ms`), live sessions, sessions per
+//!   region, outcomes per histogram map, timeline rows, reply sizes on the
+//!   wire, connection pools, and every wait has a deadline;
+//! - a run that oversells, or whose target's books do not balance, says so
+//!   on the terminal and in both reports, and the binary exits 1.
+//!
+//! Figures (definitions in [`report`]): HdrHistograms per (operation,
+//! region, outcome) with merges; a per-second timeline per region
+//! (arrivals, answers, p50/p99/p99.9, errors by reason, late, dropped);
+//! oversell per SKU; the audit (Reservoir) or the store's own books
+//! (baselines); settled vs confirmed; sell-through; local-hit ratio;
+//! stranded tokens.
+//!
+//! Layout:
+//! - [`rng`]: seeded xoshiro256** PRNG, exponential variates, Zipf sampler;
+//! - [`schedule`]: a region's piecewise-constant Poisson arrival schedule;
+//! - [`scenario`]: scenarios as data, the built-ins, TOML, stock sizing;
+//! - [`workload`]: the catalog, carts and the session mix;
+//! - [`metrics`]: histograms, the per-second timeline, counters, merging;
+//! - [`runner`]: generators, sessions, retries, partitions, drain, reconcile;
+//! - [`report`] and [`html`]: figures, terminal summary, JSON, HTML;
+//! - [`target`]: the adapters — [`target::reservoir`] (gRPC, control API),
+//!   [`target::redis`] (own RESP client, Lua scripts) and
+//!   [`target::postgres`] (own wire-protocol client, one transaction per
+//!   reserve) — the helpers to start and stop their servers, and
+//!   [`target::sim`], an in-process store the engine's own tests run against
+//!   on tokio's paused clock;
+//! - [`app`]: one whole run, as the binary and the tests do it.
+//!
+//! Caveats:
+//! - the load generator runs on the same machine as the target and competes
+//!   with it for CPU; on two cores, figures are rough and a busy tester shows
+//!   up as late requests (they are counted);
+//! - the baselines have no regions: the three "regions" are three client
+//!   pools against one server, with no WAN between them, and partition
+//!   windows are skipped (and marked so);
+//! - "stock existed globally" (for local misses) comes from the tester's own
+//!   books (stocked − believed held − confirmed), an estimate that ignores
+//!   holds whose reserve outcome was unknown;
+//! - Reservoir's `single-writer` and `global-consensus` architectures, the
+//!   rebalancer comparison and BENCHMARKS.md are not here yet (issue 5 §2–3).
+
+pub mod app;
+pub mod html;
+pub mod metrics;
+pub mod report;
+pub mod rng;
+pub mod runner;
+pub mod scenario;
+pub mod schedule;
+pub mod target;
+pub mod workload;

@@ -1,0 +1,158 @@
+//! `reservoir-loadtest`: open-loop Black Friday load against Reservoir or a
+//! baseline, with a terminal summary, `report.json` and `report.html`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use reservoir_loadtest::app::{self, AppOptions, CONNECTIONS_PER_REGION_DEFAULT, LoadError};
+use reservoir_loadtest::scenario::{BuiltIn, Scenario};
+use reservoir_loadtest::target::TargetKind;
+
+/// Largest scenario file read.
+const SCENARIO_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Open-loop load (Poisson arrivals, latency from the intended send time)
+/// for Reservoir and its baselines.
+#[derive(Debug, Parser)]
+#[command(name = "reservoir-loadtest", version)]
+struct Args {
+    /// A built-in scenario (or give --scenario-file).
+    #[arg(value_enum, required_unless_present = "scenario_file")]
+    scenario: Option<BuiltIn>,
+    /// A scenario as TOML (see --print-scenario for the fields).
+    #[arg(long, conflicts_with = "scenario")]
+    scenario_file: Option<PathBuf>,
+    /// What to load.
+    #[arg(long, value_enum, default_value = "reservoir")]
+    target: TargetKind,
+    /// Reservoir's cluster.json (default: the newest target/reservoir-up-*/cluster.json).
+    #[arg(long)]
+    cluster: Option<PathBuf>,
+    /// Length of the load in seconds; the scenario's windows scale with it.
+    #[arg(long)]
+    duration_s: Option<f64>,
+    /// Baseline reserve arrivals per second in each region.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Most requests in flight per region.
+    #[arg(long)]
+    inflight_max: Option<usize>,
+    /// Connections per region to a Redis or PostgreSQL server.
+    #[arg(long, default_value_t = CONNECTIONS_PER_REGION_DEFAULT)]
+    connections: usize,
+    /// Folder for report.json and report.html (default: target/loadtest-SCENARIO-TARGET-UNIXTIME).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Seed of the arrival times and carts.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the scenario as TOML and exit.
+    #[arg(long)]
+    print_scenario: bool,
+    /// No progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn scenario(args: &Args) -> Result<Scenario, LoadError> {
+    let mut scenario = match (&args.scenario, &args.scenario_file) {
+        (Some(which), _) => Scenario::built_in(*which),
+        (None, Some(path)) => {
+            let size = std::fs::metadata(path)
+                .map_err(|e| LoadError::Usage(format!("{}: {e}", path.display())))?
+                .len();
+            if size > SCENARIO_FILE_BYTES_MAX {
+                return Err(LoadError::Usage(format!(
+                    "{} is over {SCENARIO_FILE_BYTES_MAX} bytes",
+                    path.display()
+                )));
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| LoadError::Usage(format!("{}: {e}", path.display())))?;
+            Scenario::from_toml(&text).map_err(|e| LoadError::Usage(format!("{}: {e}", path.display())))?
+        }
+        (None, None) => return Err(LoadError::Usage("give a scenario or --scenario-file".into())),
+    };
+    if let Some(d) = args.duration_s {
+        scenario.duration_s = d;
+    }
+    if let Some(r) = args.rate {
+        scenario.rate_per_region = r;
+    }
+    if let Some(n) = args.inflight_max {
+        scenario.inflight_max = n;
+    }
+    scenario.validate().map_err(LoadError::Usage)?;
+    Ok(scenario)
+}
+
+async fn main_inner(args: Args) -> Result<bool, LoadError> {
+    let scenario = scenario(&args)?;
+    if args.print_scenario {
+        print!("{}", scenario.to_toml().map_err(LoadError::Usage)?);
+        return Ok(true);
+    }
+    let out = args.out.clone().unwrap_or_else(|| {
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        PathBuf::from("target").join(format!(
+            "loadtest-{}-{}-{stamp}",
+            scenario.name,
+            args.target.name()
+        ))
+    });
+    // The first Ctrl-C ends the load early (drain, heal, reconcile and
+    // stopping servers still run); a second one exits at once.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("Ctrl-C: ending the load early (again to quit at once)");
+            let _ = stop_tx.send(true);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        }
+    });
+    eprintln!(
+        "{} against {}: {} s, {}/s per region baseline, seed {}",
+        scenario.name,
+        args.target.name(),
+        scenario.duration_s,
+        scenario.rate_per_region,
+        args.seed
+    );
+    let report = app::run(AppOptions {
+        scenario,
+        target: args.target,
+        cluster: args.cluster,
+        seed: args.seed,
+        connections_per_region: args.connections,
+        progress: !args.quiet,
+        stop_rx: Some(stop_rx),
+    })
+    .await?;
+    print!("{}", report.summary());
+    let (json, html) = app::write_outputs(&report, &out)?;
+    println!("wrote {} and {}", json.display(), html.display());
+    let t = &report.totals;
+    Ok(t.oversell_units == 0 && t.audit_balanced)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match main_inner(args).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("FAILED: oversell or unbalanced books (see above)");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

@@ -1,0 +1,575 @@
+//! The Redis baseline: one `redis-server` that this adapter starts on a
+//! private port and temporary folder, and stops afterwards.
+//!
+//! Data model (one server, so keys need no hash tags):
+//! - `s:{sku}`: a hash with `stocked`, `available`, `held`, `sold`;
+//! - `h:{request_id}`: a hold, `s:{sku}=qty,...`, with a TTL of the hold
+//!   time plus [`HOLD_KEY_GRACE_MS`] (the "hold key with a TTL" whose write
+//!   cost DESIGN.md §7 measures; the grace lets the sweeper still read the
+//!   lines when it returns an expired hold's units);
+//! - `holds`: a sorted set of hold keys by expiry time (ms), swept every
+//!   [`SWEEP_INTERVAL`] by a script that returns expired holds' units;
+//! - `c:{request_id}`: a short-lived marker that makes a retried confirm
+//!   idempotent.
+//!
+//! Reserve, confirm, release and sweep are Lua scripts, so each is one
+//! atomic check-and-modify: a reserve checks every line's `available` before
+//! taking any. The hold id is the request id, so a retried reserve finds its
+//! hold instead of taking the units twice. Durable mode is
+//! `--appendonly yes --appendfsync always`: Redis fsyncs the AOF before it
+//! answers the clients of an event-loop turn (group commit across clients).
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::pool::Pool;
+use super::resp::{Connection, Reply};
+use super::server::{ServerProcess, find_in_path, free_port};
+use super::{OpError, ServerSku, ServerView, TargetError, reason};
+use crate::workload::Catalog;
+
+/// Time a hold key outlives its hold, so the sweeper can read it.
+pub const HOLD_KEY_GRACE_MS: u64 = 60_000;
+/// Lifetime of a confirm's idempotency marker.
+pub const CONFIRM_MARKER_TTL_MS: u64 = 600_000;
+/// How often expired holds are swept.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+/// Most holds one sweep returns.
+pub const SWEEP_BATCH_MAX: u64 = 1_000;
+/// Longest one command may take before the connection is given up.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the server has to answer PING after it starts.
+pub const START_DEADLINE: Duration = Duration::from_secs(20);
+/// How often a starting server is pinged.
+pub const START_POLL: Duration = Duration::from_millis(50);
+
+const RESERVE_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if redis.call('EXISTS', KEYS[2]) == 1 then return 2 end
+local n = #KEYS - 2
+for i = 1, n do
+  local a = tonumber(redis.call('HGET', KEYS[i + 2], 'available') or '0')
+  if a < tonumber(ARGV[i + 2]) then return -i end
+end
+local lines = {}
+for i = 1, n do
+  local q = tonumber(ARGV[i + 2])
+  redis.call('HINCRBY', KEYS[i + 2], 'available', -q)
+  redis.call('HINCRBY', KEYS[i + 2], 'held', q)
+  lines[i] = KEYS[i + 2] .. '=' .. q
+end
+local ttl = tonumber(ARGV[1])
+redis.call('SET', KEYS[2], table.concat(lines, ','), 'PX', ttl + tonumber(ARGV[2]))
+redis.call('ZADD', KEYS[1], now + ttl, KEYS[2])
+return 1
+"#;
+
+const CONFIRM_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local exp = redis.call('ZSCORE', KEYS[1], KEYS[2])
+if not exp then
+  if redis.call('EXISTS', KEYS[3]) == 1 then return 2 end
+  return 0
+end
+if tonumber(exp) <= now then return -1 end
+local v = redis.call('GET', KEYS[2])
+if not v then return -2 end
+for key, q in string.gmatch(v, '([^,=]+)=(%d+)') do
+  redis.call('HINCRBY', key, 'held', -tonumber(q))
+  redis.call('HINCRBY', key, 'sold', tonumber(q))
+end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], KEYS[2])
+redis.call('SET', KEYS[3], '1', 'PX', tonumber(ARGV[1]))
+return 1
+"#;
+
+const RELEASE_LUA: &str = r#"
+if not redis.call('ZSCORE', KEYS[1], KEYS[2]) then return 0 end
+local v = redis.call('GET', KEYS[2])
+if not v then return -2 end
+for key, q in string.gmatch(v, '([^,=]+)=(%d+)') do
+  redis.call('HINCRBY', key, 'held', -tonumber(q))
+  redis.call('HINCRBY', key, 'available', tonumber(q))
+end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], KEYS[2])
+return 1
+"#;
+
+const SWEEP_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local lost = 0
+for _, id in ipairs(ids) do
+  local v = redis.call('GET', id)
+  if v then
+    for key, q in string.gmatch(v, '([^,=]+)=(%d+)') do
+      redis.call('HINCRBY', key, 'held', -tonumber(q))
+      redis.call('HINCRBY', key, 'available', tonumber(q))
+    end
+  else
+    lost = lost + 1
+  end
+  redis.call('DEL', id)
+  redis.call('ZREM', KEYS[1], id)
+end
+return {#ids, lost}
+"#;
+
+/// The expiry index.
+const HOLDS_KEY: &str = "holds";
+
+/// Durable or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persistence {
+    /// `--appendonly yes --appendfsync always`.
+    Durable,
+    /// `--save '' --appendonly no`.
+    None,
+}
+
+struct Script {
+    text: &'static str,
+    sha: String,
+}
+
+/// The adapter.
+pub struct RedisTarget {
+    addr: String,
+    pools: Vec<Pool<Connection>>,
+    /// The sweeper's own connections, so it never waits behind the load.
+    maintenance: Pool<Connection>,
+    scripts: BTreeMap<&'static str, Script>,
+    server: tokio::sync::Mutex<Option<ServerProcess>>,
+    /// Holds whose lines were gone when the sweeper came (should stay 0).
+    lost_holds: Arc<std::sync::atomic::AtomicU64>,
+    sweeper: std::sync::Mutex<Option<(watch::Sender<bool>, JoinHandle<()>)>>,
+}
+
+fn sku_key(sku: &str) -> String {
+    format!("s:{sku}")
+}
+
+fn hold_key(id: &str) -> String {
+    format!("h:{id}")
+}
+
+impl RedisTarget {
+    /// Starts `redis-server` and connects `regions` pools of `pool_size`.
+    pub async fn start(
+        persistence: Persistence,
+        regions: usize,
+        pool_size: usize,
+    ) -> Result<Arc<RedisTarget>, TargetError> {
+        let exe = find_in_path("redis-server").ok_or_else(|| {
+            TargetError::Absent(
+                "redis-server is not installed (apt-get install redis-server); the redis targets need it"
+                    .into(),
+            )
+        })?;
+        let dir = tempfile::Builder::new()
+            .prefix("reservoir-loadtest-redis-")
+            .tempdir()
+            .map_err(|e| TargetError::Setup(format!("temporary folder for redis: {e}")))?;
+        let port = free_port().map_err(|e| TargetError::Setup(format!("free port: {e}")))?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("--port")
+            .arg(port.to_string())
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--save", ""]);
+        match persistence {
+            Persistence::Durable => cmd.args(["--appendonly", "yes", "--appendfsync", "always"]),
+            Persistence::None => cmd.args(["--appendonly", "no"]),
+        };
+        let log = dir.path().join("redis.log");
+        let mut server = ServerProcess::spawn(cmd, "redis-server", log, Some(dir))
+            .map_err(|e| TargetError::Setup(format!("starting {}: {e}", exe.display())))?;
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + START_DEADLINE;
+        let mut conn = loop {
+            if !server.running() {
+                return Err(TargetError::Setup(format!(
+                    "redis-server exited at start:\n{}",
+                    server.log_tail()
+                )));
+            }
+            if let Ok(mut c) = Connection::connect(&addr).await
+                && let Ok(Reply::Simple(s)) = c.call(&[b"PING"]).await
+                && s == "PONG"
+            {
+                break c;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(TargetError::Setup(format!(
+                    "redis-server did not answer PING within {START_DEADLINE:?}:\n{}",
+                    server.log_tail()
+                )));
+            }
+            tokio::time::sleep(START_POLL).await;
+        };
+        let mut scripts = BTreeMap::new();
+        for (name, text) in [
+            ("reserve", RESERVE_LUA),
+            ("confirm", CONFIRM_LUA),
+            ("release", RELEASE_LUA),
+            ("sweep", SWEEP_LUA),
+        ] {
+            let reply = conn
+                .call(&[b"SCRIPT", b"LOAD", text.as_bytes()])
+                .await
+                .map_err(|e| TargetError::Setup(format!("loading the {name} script: {e}")))?;
+            let sha = match reply {
+                Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b).to_string(),
+                other => {
+                    return Err(TargetError::Setup(format!(
+                        "loading the {name} script: {other:?}"
+                    )));
+                }
+            };
+            scripts.insert(name, Script { text, sha });
+        }
+        let target = Arc::new(RedisTarget {
+            addr,
+            pools: (0..regions).map(|_| Pool::new(pool_size)).collect(),
+            maintenance: Pool::new(1),
+            scripts,
+            server: tokio::sync::Mutex::new(Some(server)),
+            lost_holds: Arc::default(),
+            sweeper: std::sync::Mutex::new(None),
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let handle = tokio::spawn(sweep_loop(target.clone(), stop_rx));
+        if let Ok(mut s) = target.sweeper.lock() {
+            *s = Some((stop_tx, handle));
+        }
+        Ok(target)
+    }
+
+    /// `host:port` of the server.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The server's pid, until [`Self::shutdown`].
+    pub async fn server_pid(&self) -> Option<u32> {
+        self.server.lock().await.as_ref().and_then(|s| s.pid())
+    }
+
+    /// The connection pool of `region`.
+    fn pool(&self, region: usize) -> Result<&Pool<Connection>, OpError> {
+        self.pools
+            .get(region)
+            .ok_or_else(|| OpError::fatal(reason::SERVER_ERROR, format!("no region {region}")))
+    }
+
+    /// Runs one script on a connection of `pool`.
+    async fn eval(
+        &self,
+        pool: &Pool<Connection>,
+        name: &str,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<Reply, OpError> {
+        let script = self
+            .scripts
+            .get(name)
+            .ok_or_else(|| OpError::fatal(reason::SERVER_ERROR, format!("no script {name}")))?;
+        let _slot = pool.slot().await;
+        let mut conn = match pool.take() {
+            Some(c) => c,
+            None => tokio::time::timeout(OP_TIMEOUT, Connection::connect(&self.addr))
+                .await
+                .map_err(|_| OpError::retryable(reason::TIMEOUT, "connecting to redis timed out"))?
+                .map_err(|e| OpError::retryable(reason::UNAVAILABLE, format!("connecting to redis: {e}")))?,
+        };
+        let numkeys = keys.len().to_string();
+        let mut argv: Vec<&[u8]> = vec![b"EVALSHA", script.sha.as_bytes(), numkeys.as_bytes()];
+        argv.extend(keys.iter().map(|k| k.as_bytes()));
+        argv.extend(args.iter().map(|a| a.as_bytes()));
+        let mut reply = tokio::time::timeout(OP_TIMEOUT, conn.call(&argv)).await;
+        if let Ok(Ok(Reply::Error(e))) = &reply
+            && e.starts_with("NOSCRIPT")
+        {
+            argv[0] = b"EVAL";
+            argv[1] = script.text.as_bytes();
+            reply = tokio::time::timeout(OP_TIMEOUT, conn.call(&argv)).await;
+        }
+        match reply {
+            Ok(Ok(Reply::Error(e))) => {
+                pool.put(conn);
+                let retry = ["BUSY", "LOADING", "TRYAGAIN", "MASTERDOWN"]
+                    .iter()
+                    .any(|p| e.starts_with(p));
+                if retry {
+                    Err(OpError::retryable(reason::UNAVAILABLE, e))
+                } else {
+                    Err(OpError::fatal(reason::SERVER_ERROR, e))
+                }
+            }
+            Ok(Ok(r)) => {
+                pool.put(conn);
+                Ok(r)
+            }
+            Ok(Err(e)) => Err(OpError::retryable(reason::UNAVAILABLE, format!("redis: {e}"))),
+            Err(_) => Err(OpError::retryable(reason::TIMEOUT, "redis call timed out")),
+        }
+    }
+
+    /// Adds every catalog SKU's stock.
+    pub async fn stock(&self, catalog: &Catalog) -> Result<(), TargetError> {
+        let mut conn = Connection::connect(&self.addr)
+            .await
+            .map_err(|e| TargetError::Setup(format!("connecting to redis: {e}")))?;
+        for s in &catalog.skus {
+            let stock = s.stock.to_string();
+            let key = sku_key(&s.sku);
+            let reply = conn
+                .call(&[
+                    b"HSET",
+                    key.as_bytes(),
+                    b"stocked",
+                    stock.as_bytes(),
+                    b"available",
+                    stock.as_bytes(),
+                    b"held",
+                    b"0",
+                    b"sold",
+                    b"0",
+                ])
+                .await
+                .map_err(|e| TargetError::Setup(format!("stocking {}: {e}", s.sku)))?;
+            if let Reply::Error(e) = reply {
+                return Err(TargetError::Setup(format!("stocking {}: {e}", s.sku)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reserve: all lines or none; the hold id is the request id.
+    pub async fn reserve(
+        &self,
+        region: usize,
+        request_id: &str,
+        lines: &[(String, u64)],
+        ttl_ms: u64,
+    ) -> Result<String, OpError> {
+        let mut keys = vec![HOLDS_KEY.to_string(), hold_key(request_id)];
+        keys.extend(lines.iter().map(|(sku, _)| sku_key(sku)));
+        let mut args = vec![ttl_ms.to_string(), HOLD_KEY_GRACE_MS.to_string()];
+        args.extend(lines.iter().map(|(_, q)| q.to_string()));
+        match self
+            .eval(self.pool(region)?, "reserve", &keys, &args)
+            .await?
+            .as_int()
+        {
+            Some(1 | 2) => Ok(request_id.to_string()),
+            Some(i) if i < 0 => Err(OpError::fatal(
+                reason::INSUFFICIENT_STOCK,
+                format!("line {} short", -i),
+            )),
+            other => Err(OpError::fatal(
+                reason::SERVER_ERROR,
+                format!("reserve answered {other:?}"),
+            )),
+        }
+    }
+
+    /// Confirm a hold (idempotent for a while after success).
+    pub async fn confirm(&self, region: usize, id: &str) -> Result<(), OpError> {
+        let keys = [HOLDS_KEY.to_string(), hold_key(id), format!("c:{id}")];
+        let args = [CONFIRM_MARKER_TTL_MS.to_string()];
+        match self
+            .eval(self.pool(region)?, "confirm", &keys, &args)
+            .await?
+            .as_int()
+        {
+            Some(1 | 2) => Ok(()),
+            Some(0) => Err(OpError::fatal(reason::RESERVATION_NOT_FOUND, id)),
+            Some(-1) => Err(OpError::fatal(reason::RESERVATION_EXPIRED, id)),
+            other => Err(OpError::fatal(
+                reason::SERVER_ERROR,
+                format!("confirm answered {other:?}"),
+            )),
+        }
+    }
+
+    /// Release a hold (idempotent: releasing a gone hold is OK).
+    pub async fn release(&self, region: usize, id: &str) -> Result<(), OpError> {
+        let keys = [HOLDS_KEY.to_string(), hold_key(id)];
+        match self
+            .eval(self.pool(region)?, "release", &keys, &[])
+            .await?
+            .as_int()
+        {
+            Some(0 | 1) => Ok(()),
+            other => Err(OpError::fatal(
+                reason::SERVER_ERROR,
+                format!("release answered {other:?}"),
+            )),
+        }
+    }
+
+    /// Sweeps expired holds once; returns how many were returned.
+    async fn sweep(&self) -> Result<u64, OpError> {
+        let reply = self
+            .eval(
+                &self.maintenance,
+                "sweep",
+                &[HOLDS_KEY.to_string()],
+                &[SWEEP_BATCH_MAX.to_string()],
+            )
+            .await?;
+        match reply {
+            Reply::Array(Some(v)) if v.len() == 2 => {
+                let lost = v[1].as_int().unwrap_or(0).max(0) as u64;
+                self.lost_holds
+                    .fetch_add(lost, std::sync::atomic::Ordering::Relaxed);
+                Ok(v[0].as_int().unwrap_or(0).max(0) as u64)
+            }
+            other => Err(OpError::fatal(
+                reason::SERVER_ERROR,
+                format!("sweep answered {other:?}"),
+            )),
+        }
+    }
+
+    /// Live holds in the expiry index.
+    async fn live_holds(&self) -> Result<u64, String> {
+        let mut conn = Connection::connect(&self.addr).await.map_err(|e| e.to_string())?;
+        match conn.call(&[b"ZCARD", HOLDS_KEY.as_bytes()]).await {
+            Ok(Reply::Int(n)) => Ok(n.max(0) as u64),
+            other => Err(format!("ZCARD answered {other:?}")),
+        }
+    }
+
+    /// Waits (until `deadline`) for every hold to be confirmed, released or
+    /// swept, then reads every SKU's books.
+    pub async fn reconcile(
+        &self,
+        catalog: &Catalog,
+        deadline: tokio::time::Instant,
+    ) -> Result<ServerView, TargetError> {
+        let started = tokio::time::Instant::now();
+        let mut live = self.live_holds().await.map_err(TargetError::Setup)?;
+        while live > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(SWEEP_INTERVAL).await;
+            let _ = self.sweep().await;
+            live = self.live_holds().await.map_err(TargetError::Setup)?;
+        }
+        let mut conn = Connection::connect(&self.addr)
+            .await
+            .map_err(|e| TargetError::Setup(format!("connecting to redis: {e}")))?;
+        let mut skus = BTreeMap::new();
+        let mut balanced = live == 0;
+        let mut notes = Vec::new();
+        if live > 0 {
+            notes.push(format!("{live} holds still live at the deadline"));
+        }
+        for s in &catalog.skus {
+            let key = sku_key(&s.sku);
+            let reply = conn
+                .call(&[
+                    b"HMGET",
+                    key.as_bytes(),
+                    b"stocked",
+                    b"available",
+                    b"held",
+                    b"sold",
+                ])
+                .await
+                .map_err(|e| TargetError::Setup(format!("reading {}: {e}", s.sku)))?;
+            let field = |i: usize| -> u64 {
+                match &reply {
+                    Reply::Array(Some(v)) => match v.get(i) {
+                        Some(Reply::Bulk(Some(b))) => String::from_utf8_lossy(b).parse().unwrap_or(0),
+                        _ => 0,
+                    },
+                    _ => 0,
+                }
+            };
+            let view = ServerSku {
+                stocked: field(0),
+                available: field(1),
+                held: field(2),
+                sold: field(3),
+                settled: field(3),
+                stranded: 0,
+            };
+            if view.stocked != view.available + view.held + view.sold {
+                balanced = false;
+                notes.push(format!(
+                    "{}: stocked {} != available {} + held {} + sold {}",
+                    s.sku, view.stocked, view.available, view.held, view.sold
+                ));
+            }
+            skus.insert(s.sku.clone(), view);
+        }
+        let lost = self.lost_holds.load(std::sync::atomic::Ordering::Relaxed);
+        if lost > 0 {
+            balanced = false;
+            notes.push(format!(
+                "{lost} expired holds had lost their lines before the sweep"
+            ));
+        }
+        Ok(ServerView {
+            skus,
+            balanced,
+            settled_caught_up: live == 0,
+            waited_s: started.elapsed().as_secs_f64(),
+            notes,
+        })
+    }
+
+    /// Stops the sweeper and the server.
+    pub async fn shutdown(&self) {
+        let sweeper = self.sweeper.lock().ok().and_then(|mut s| s.take());
+        if let Some((stop_tx, handle)) = sweeper {
+            let _ = stop_tx.send(true);
+            let _ = handle.await;
+        }
+        for p in self.pools.iter().chain([&self.maintenance]) {
+            p.clear();
+        }
+        if let Some(mut server) = self.server.lock().await.take() {
+            server.stop(libc::SIGTERM).await;
+        }
+    }
+}
+
+async fn sweep_loop(target: Arc<RedisTarget>, mut stop_rx: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop_rx.changed() => return,
+            _ = tick.tick() => {
+                // A full batch means more are due: go again at once, a
+                // bounded number of times per tick.
+                for _ in 0..10 {
+                    match target.sweep().await {
+                        Ok(n) if n >= SWEEP_BATCH_MAX => continue,
+                        _ => break,
+                    }
+                }
+            }
+        }
+    }
+}

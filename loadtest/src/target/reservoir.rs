@@ -1,0 +1,671 @@
+//! The Reservoir target: a cluster started by `reservoir up`, found through
+//! its `cluster.json`.
+//!
+//! Each scenario region sends to the nodes of the cluster region of the same
+//! name, starting with the region's leader (followers would forward to it)
+//! and moving to the next node after a retryable error. Errors are read from
+//! the `google.rpc.ErrorInfo` detail (domain `reservoir`) with
+//! `tonic-types`; a status without one is named by its gRPC code.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use reservoir_proto::ERROR_DOMAIN;
+use reservoir_proto::v1;
+use reservoir_proto::v1::admin_client::AdminClient;
+use reservoir_proto::v1::inventory_client::InventoryClient;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+use super::{OpError, ServerSku, ServerView, TargetError, reason};
+use crate::workload::Catalog;
+
+/// Longest one gRPC call may take (a reserve may wait up to 5 s for a
+/// top-up, and a leaderless group answers NO_LEADER after 5 s).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
+/// Longest a connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long stocking the catalog may take, retries included.
+pub const STOCK_DEADLINE: Duration = Duration::from_secs(60);
+/// Concurrent `AdjustStock` calls while stocking.
+pub const STOCK_CONCURRENCY: usize = 16;
+/// How long the rebalancer has to give every region tokens of every SKU.
+pub const DISTRIBUTE_DEADLINE: Duration = Duration::from_secs(30);
+/// How often status and audit are polled while waiting.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest a control-API call may take.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes of a control-API response read.
+pub const HTTP_RESPONSE_BYTES_MAX: u64 = 1024 * 1024;
+/// Most bytes of `cluster.json` read.
+pub const CLUSTER_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
+
+/// One node in `cluster.json` (the fields this crate reads).
+#[derive(Clone, Debug, Deserialize)]
+pub struct ClusterNode {
+    /// Node id.
+    pub id: u64,
+    /// Its region.
+    pub region: String,
+    /// Its public gRPC address.
+    pub grpc: SocketAddr,
+}
+
+/// `cluster.json` as `reservoir up` writes it (the fields this crate reads).
+#[derive(Clone, Debug, Deserialize)]
+pub struct ClusterFile {
+    /// Every node.
+    pub nodes: Vec<ClusterNode>,
+    /// The control API, `127.0.0.1:PORT` (three-region clusters only).
+    #[serde(default)]
+    pub control: Option<String>,
+}
+
+impl ClusterFile {
+    /// Reads and parses a `cluster.json`.
+    pub fn load(path: &Path) -> Result<ClusterFile, TargetError> {
+        let meta =
+            std::fs::metadata(path).map_err(|e| TargetError::Setup(format!("{}: {e}", path.display())))?;
+        if meta.len() > CLUSTER_FILE_BYTES_MAX {
+            return Err(TargetError::Setup(format!("{} is too large", path.display())));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TargetError::Setup(format!("{}: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| TargetError::Setup(format!("{}: {e}", path.display())))
+    }
+}
+
+/// The newest `target/reservoir-up-*/cluster.json` under the current folder
+/// or one of its parents.
+pub fn newest_cluster_file() -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok()?;
+    for dir in cwd.ancestors() {
+        let target = dir.join("target");
+        let Ok(entries) = std::fs::read_dir(&target) else {
+            continue;
+        };
+        let newest = entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("reservoir-up-"))
+            .map(|e| e.path().join("cluster.json"))
+            .filter_map(|p| {
+                let modified = std::fs::metadata(&p).ok()?.modified().ok()?;
+                Some((modified, p))
+            })
+            .max();
+        if let Some((_, p)) = newest {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// The stable reason of a status: its Reservoir ErrorInfo reason, or the
+/// name of its code when it has none (a transport error, a timeout).
+pub fn reason_of(status: &Status) -> String {
+    status
+        .get_details_error_info()
+        .filter(|info| info.domain == ERROR_DOMAIN)
+        .map(|info| info.reason)
+        .unwrap_or_else(|| code_name(status.code()).to_string())
+}
+
+/// The upper-case name of a gRPC code.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A status as an [`OpError`]: UNAVAILABLE (no leader, overloaded, no
+/// connection) and timeouts are retryable with the same request id.
+pub fn op_error(status: &Status) -> OpError {
+    let retryable = matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+    );
+    OpError {
+        reason: reason_of(status),
+        retryable,
+        message: status.message().to_string(),
+    }
+}
+
+/// The nodes of one region.
+struct RegionNodes {
+    nodes: Vec<(u64, Channel)>,
+    /// The node tried first; moves on after a retryable error.
+    current: AtomicUsize,
+}
+
+impl RegionNodes {
+    fn pick(&self) -> Option<(usize, Channel)> {
+        if self.nodes.is_empty() {
+            return None;
+        }
+        let i = self.current.load(Ordering::Relaxed) % self.nodes.len();
+        Some((i, self.nodes[i].1.clone()))
+    }
+
+    fn skip(&self, from: usize) {
+        if !self.nodes.is_empty() {
+            let next = (from + 1) % self.nodes.len();
+            let _ = self
+                .current
+                .compare_exchange(from, next, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The adapter.
+pub struct ReservoirTarget {
+    regions: Vec<RegionNodes>,
+    /// Every node, home region first, for Admin calls.
+    admin: RegionNodes,
+    control: Option<String>,
+}
+
+fn channel(addr: SocketAddr) -> Result<Channel, TargetError> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| TargetError::Setup(format!("{addr}: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+impl ReservoirTarget {
+    /// Connects (lazily) to the cluster of `file` for the scenario's regions,
+    /// and points each region at its current leader.
+    pub async fn connect(file: &ClusterFile, regions: &[String]) -> Result<ReservoirTarget, TargetError> {
+        let mut by_region = Vec::new();
+        for r in regions {
+            let nodes: Vec<(u64, Channel)> = file
+                .nodes
+                .iter()
+                .filter(|n| &n.region == r)
+                .map(|n| Ok((n.id, channel(n.grpc)?)))
+                .collect::<Result<_, TargetError>>()?;
+            if nodes.is_empty() {
+                return Err(TargetError::Setup(format!(
+                    "the cluster has no node in region {r:?}"
+                )));
+            }
+            by_region.push(RegionNodes {
+                nodes,
+                current: AtomicUsize::new(0),
+            });
+        }
+        let mut admin_nodes: Vec<&ClusterNode> = file.nodes.iter().collect();
+        // Home region (of the first scenario region, us-east by default) first.
+        admin_nodes.sort_by_key(|n| (Some(&n.region) != regions.first(), n.id));
+        let admin = RegionNodes {
+            nodes: admin_nodes
+                .iter()
+                .map(|n| Ok((n.id, channel(n.grpc)?)))
+                .collect::<Result<_, TargetError>>()?,
+            current: AtomicUsize::new(0),
+        };
+        let target = ReservoirTarget {
+            regions: by_region,
+            admin,
+            control: file.control.clone(),
+        };
+        let status = target.status().await.map_err(|e| {
+            TargetError::Setup(format!("the cluster does not answer GetStatus: {}", e.message))
+        })?;
+        for (r, nodes) in regions.iter().zip(&target.regions) {
+            let leader = status
+                .regions
+                .iter()
+                .find(|s| &s.region == r)
+                .map(|s| s.leader_id)
+                .unwrap_or(0);
+            if let Some(i) = nodes.nodes.iter().position(|(id, _)| *id == leader) {
+                nodes.current.store(i, Ordering::Relaxed);
+            }
+        }
+        Ok(target)
+    }
+
+    fn region(&self, region: usize) -> Result<(&RegionNodes, usize, Channel), OpError> {
+        let nodes = self
+            .regions
+            .get(region)
+            .ok_or_else(|| OpError::fatal(reason::SERVER_ERROR, format!("no region {region}")))?;
+        let (i, ch) = nodes
+            .pick()
+            .ok_or_else(|| OpError::fatal(reason::SERVER_ERROR, "region without nodes"))?;
+        Ok((nodes, i, ch))
+    }
+
+    /// One `Reserve` attempt.
+    pub async fn reserve(
+        &self,
+        region: usize,
+        request_id: &str,
+        lines: &[(String, u64)],
+        ttl_ms: u64,
+        max_wait_ms: u64,
+    ) -> Result<String, OpError> {
+        let (nodes, i, ch) = self.region(region)?;
+        let request = v1::ReserveRequest {
+            request_id: request_id.to_string(),
+            lines: lines
+                .iter()
+                .map(|(sku, quantity)| v1::Line {
+                    sku: sku.clone(),
+                    quantity: *quantity,
+                })
+                .collect(),
+            ttl_ms,
+            allow_partial: false,
+            max_wait_ms,
+        };
+        match InventoryClient::new(ch).reserve(request).await {
+            Ok(r) => Ok(r
+                .into_inner()
+                .reservation
+                .map(|r| r.reservation_id)
+                .unwrap_or_default()),
+            Err(s) => {
+                let e = op_error(&s);
+                if e.retryable {
+                    nodes.skip(i);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// One `Confirm` attempt.
+    pub async fn confirm(&self, region: usize, reservation_id: &str, order_id: &str) -> Result<(), OpError> {
+        let (nodes, i, ch) = self.region(region)?;
+        let request = v1::ConfirmRequest {
+            reservation_id: reservation_id.to_string(),
+            order_id: order_id.to_string(),
+            lines: Vec::new(),
+        };
+        InventoryClient::new(ch)
+            .confirm(request)
+            .await
+            .map(|_| ())
+            .map_err(|s| {
+                let e = op_error(&s);
+                if e.retryable {
+                    nodes.skip(i);
+                }
+                e
+            })
+    }
+
+    /// One `Release` attempt.
+    pub async fn release(&self, region: usize, reservation_id: &str) -> Result<(), OpError> {
+        let (nodes, i, ch) = self.region(region)?;
+        let request = v1::ReleaseRequest {
+            reservation_id: reservation_id.to_string(),
+        };
+        InventoryClient::new(ch)
+            .release(request)
+            .await
+            .map(|_| ())
+            .map_err(|s| {
+                let e = op_error(&s);
+                if e.retryable {
+                    nodes.skip(i);
+                }
+                e
+            })
+    }
+
+    /// `Admin.GetStatus` from any node that answers.
+    pub async fn status(&self) -> Result<v1::ClusterStatus, OpError> {
+        let mut last = OpError::fatal(reason::UNAVAILABLE, "no node");
+        for _ in 0..self.admin.nodes.len() {
+            let Some((i, ch)) = self.admin.pick() else { break };
+            match AdminClient::new(ch).get_status(v1::GetStatusRequest {}).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) => {
+                    last = op_error(&s);
+                    self.admin.skip(i);
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// `Admin.Audit` from any node that answers.
+    pub async fn audit(&self) -> Result<v1::AuditReport, OpError> {
+        let mut last = OpError::fatal(reason::UNAVAILABLE, "no node");
+        for _ in 0..self.admin.nodes.len() {
+            let Some((i, ch)) = self.admin.pick() else { break };
+            match AdminClient::new(ch).audit(v1::AuditRequest {}).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) => {
+                    last = op_error(&s);
+                    self.admin.skip(i);
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Adds the catalog's stock with `AdjustStock` (idempotent request ids
+    /// derived from the SKU), then waits until every region holds tokens of
+    /// every SKU (or the pool is empty). Returns a warning when the
+    /// rebalancer did not finish within [`DISTRIBUTE_DEADLINE`].
+    pub async fn stock(&self, catalog: &Catalog) -> Result<Option<String>, TargetError> {
+        let deadline = tokio::time::Instant::now() + STOCK_DEADLINE;
+        let mut pending = tokio::task::JoinSet::new();
+        let mut next = catalog.skus.iter();
+        loop {
+            while pending.len() < STOCK_CONCURRENCY {
+                let Some(s) = next.next() else { break };
+                let admin: Vec<Channel> = self.admin.nodes.iter().map(|(_, c)| c.clone()).collect();
+                let request = v1::AdjustStockRequest {
+                    request_id: format!("{}-stock", s.sku),
+                    sku: s.sku.clone(),
+                    delta: s.stock as i64,
+                };
+                pending.spawn(adjust_with_retry(admin, request, deadline));
+            }
+            match pending.join_next().await {
+                None => break,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => return Err(TargetError::Setup(e)),
+                Some(Err(e)) => return Err(TargetError::Setup(format!("stocking task: {e}"))),
+            }
+        }
+        let deadline = tokio::time::Instant::now() + DISTRIBUTE_DEADLINE;
+        let skus: BTreeMap<&str, ()> = catalog.skus.iter().map(|s| (s.sku.as_str(), ())).collect();
+        let regions = self.regions.len();
+        loop {
+            let mut missing = 0usize;
+            match self.status().await {
+                Ok(status) => {
+                    for s in status.skus.iter().filter(|s| skus.contains_key(s.sku.as_str())) {
+                        let with_tokens = s.regions.iter().filter(|r| r.available > 0).count();
+                        if s.pool > 0 && with_tokens < regions {
+                            missing += 1;
+                        }
+                    }
+                    let seen = status
+                        .skus
+                        .iter()
+                        .filter(|s| skus.contains_key(s.sku.as_str()))
+                        .count();
+                    missing += skus.len().saturating_sub(seen);
+                }
+                Err(_) => missing = skus.len(),
+            }
+            if missing == 0 {
+                return Ok(None);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Some(format!(
+                    "{missing} SKUs had not reached every region after {DISTRIBUTE_DEADLINE:?}; starting anyway"
+                )));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Stranded tokens of the catalog's SKUs, from `GetStatus`.
+    pub async fn stranded(&self, catalog: &Catalog) -> Option<u64> {
+        let status = self.status().await.ok()?;
+        let skus: BTreeMap<&str, ()> = catalog.skus.iter().map(|s| (s.sku.as_str(), ())).collect();
+        Some(
+            status
+                .skus
+                .iter()
+                .filter(|s| skus.contains_key(s.sku.as_str()))
+                .map(|s| s.stranded)
+                .sum(),
+        )
+    }
+
+    /// Cuts `region` off through the control API.
+    pub async fn partition(&self, region: &str) -> Result<(), String> {
+        let body = serde_json::json!({ "region": region }).to_string();
+        self.control_post("/links/partition", &body).await
+    }
+
+    /// Heals every link through the control API.
+    pub async fn heal(&self) -> Result<(), String> {
+        self.control_post("/links/heal", "{}").await
+    }
+
+    async fn control_post(&self, path: &str, json: &str) -> Result<(), String> {
+        let addr = self
+            .control
+            .as_deref()
+            .ok_or("cluster.json names no control API (a standalone region?)")?;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{json}",
+            json.len()
+        );
+        let exchange = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.write_all(request.as_bytes()).await?;
+            let mut response = Vec::new();
+            stream
+                .take(HTTP_RESPONSE_BYTES_MAX)
+                .read_to_end(&mut response)
+                .await?;
+            Ok::<_, std::io::Error>(response)
+        };
+        let response = tokio::time::timeout(CONTROL_TIMEOUT, exchange)
+            .await
+            .map_err(|_| format!("POST {path}: timed out"))?
+            .map_err(|e| format!("POST {path}: {e}"))?;
+        let text = String::from_utf8_lossy(&response);
+        let code = text.split(' ').nth(1).unwrap_or("");
+        if code == "200" {
+            Ok(())
+        } else {
+            Err(format!(
+                "POST {path}: {}",
+                text.lines().next().unwrap_or("no response")
+            ))
+        }
+    }
+
+    /// Polls the audit until it balances and, for every catalog SKU, nothing
+    /// is held or confirmed-unsettled and the ledger's `settled_total` lies
+    /// in `expected[sku]` = (units the tester saw confirmed, plus those whose
+    /// confirm had an unknown outcome); or until `deadline`. Then reads
+    /// stranded tokens.
+    pub async fn reconcile(
+        &self,
+        catalog: &Catalog,
+        expected: &BTreeMap<String, (u64, u64)>,
+        deadline: tokio::time::Instant,
+    ) -> Result<ServerView, TargetError> {
+        let started = tokio::time::Instant::now();
+        let skus: BTreeMap<&str, ()> = catalog.skus.iter().map(|s| (s.sku.as_str(), ())).collect();
+        let mut last_error = String::new();
+        let mut last: Option<(v1::AuditReport, bool, Vec<String>)> = None;
+        loop {
+            match self.audit().await {
+                Ok(audit) => {
+                    let mut notes = Vec::new();
+                    for b in audit.skus.iter().filter(|b| skus.contains_key(b.sku.as_str())) {
+                        let (seen, unknown) = expected.get(&b.sku).copied().unwrap_or((0, 0));
+                        let held: u64 = b.regions.iter().map(|r| r.held).sum();
+                        let unsettled: u64 = b.regions.iter().map(|r| r.confirmed).sum();
+                        if held > 0 || unsettled > 0 {
+                            notes.push(format!(
+                                "{}: {held} held, {unsettled} confirmed not yet settled",
+                                b.sku
+                            ));
+                        } else if b.settled_total < seen || b.settled_total > seen + unknown {
+                            notes.push(format!(
+                                "{}: settled {} but the tester saw {seen} confirmed (+{unknown} unknown)",
+                                b.sku, b.settled_total
+                            ));
+                        }
+                    }
+                    if !audit.balanced {
+                        notes.push(format!(
+                            "audit not balanced (missing regions: {:?})",
+                            audit.missing_regions
+                        ));
+                    }
+                    let done = notes.is_empty();
+                    last = Some((audit, done, notes));
+                    if done {
+                        break;
+                    }
+                }
+                Err(e) => last_error = format!("{}: {}", e.reason, e.message),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        let Some((audit, caught_up, mut notes)) = last else {
+            return Err(TargetError::Setup(format!(
+                "Admin.Audit never answered: {last_error}"
+            )));
+        };
+        let stranded: BTreeMap<String, u64> = match self.status().await {
+            Ok(s) => s.skus.into_iter().map(|k| (k.sku, k.stranded)).collect(),
+            Err(e) => {
+                notes.push(format!("GetStatus failed, stranded unknown: {}", e.reason));
+                BTreeMap::new()
+            }
+        };
+        let mut view_skus = BTreeMap::new();
+        let mut balanced = audit.balanced;
+        for b in audit.skus.iter().filter(|b| skus.contains_key(b.sku.as_str())) {
+            if b.drift != 0 || b.ledger_drift != 0 || b.regions.iter().any(|r| r.drift != 0) {
+                balanced = false;
+                notes.push(format!(
+                    "{}: drift {} ledger drift {}",
+                    b.sku, b.drift, b.ledger_drift
+                ));
+            }
+            let available: u64 = b.pool
+                + b.in_flight_grants
+                + b.in_flight_revokes
+                + b.regions.iter().map(|r| r.available).sum::<u64>();
+            let held: u64 = b.regions.iter().map(|r| r.held).sum();
+            let unsettled: u64 = b.regions.iter().map(|r| r.confirmed).sum();
+            view_skus.insert(
+                b.sku.clone(),
+                ServerSku {
+                    stocked: b.stocked_total,
+                    available,
+                    held,
+                    sold: b.settled_total + unsettled,
+                    settled: b.settled_total,
+                    stranded: stranded.get(&b.sku).copied().unwrap_or(0),
+                },
+            );
+        }
+        for s in &catalog.skus {
+            if !view_skus.contains_key(&s.sku) {
+                balanced = false;
+                notes.push(format!("{}: not in the audit", s.sku));
+            }
+        }
+        Ok(ServerView {
+            skus: view_skus,
+            balanced,
+            settled_caught_up: caught_up,
+            waited_s: started.elapsed().as_secs_f64(),
+            notes,
+        })
+    }
+}
+
+/// One `AdjustStock`, retried on UNAVAILABLE across nodes until `deadline`.
+async fn adjust_with_retry(
+    nodes: Vec<Channel>,
+    request: v1::AdjustStockRequest,
+    deadline: tokio::time::Instant,
+) -> Result<(), String> {
+    let mut i = 0usize;
+    loop {
+        let Some(ch) = nodes.get(i % nodes.len().max(1)).cloned() else {
+            return Err("no nodes".into());
+        };
+        match AdminClient::new(ch).adjust_stock(request.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(s) => {
+                let e = op_error(&s);
+                if !e.retryable || tokio::time::Instant::now() >= deadline {
+                    return Err(format!("stocking {}: {}: {}", request.sku, e.reason, e.message));
+                }
+                i += 1;
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::{ErrorDetails, StatusExt};
+
+    /// A status with a Reservoir ErrorInfo yields its reason; one without
+    /// yields its code's name; UNAVAILABLE is retryable, RESOURCE_EXHAUSTED not.
+    #[test]
+    fn reasons_from_statuses() {
+        let details = ErrorDetails::with_error_info(
+            "INSUFFICIENT_STOCK",
+            ERROR_DOMAIN,
+            std::collections::HashMap::<String, String>::new(),
+        );
+        let s = Status::with_error_details(Code::ResourceExhausted, "short", details);
+        let e = op_error(&s);
+        assert_eq!(e.reason, "INSUFFICIENT_STOCK");
+        assert!(!e.retryable);
+        let foreign = ErrorDetails::with_error_info(
+            "X",
+            "elsewhere",
+            std::collections::HashMap::<String, String>::new(),
+        );
+        let s = Status::with_error_details(Code::Unavailable, "no leader", foreign);
+        let e = op_error(&s);
+        assert_eq!(e.reason, "UNAVAILABLE");
+        assert!(e.retryable);
+        assert_eq!(reason_of(&Status::deadline_exceeded("slow")), "DEADLINE_EXCEEDED");
+    }
+
+    /// cluster.json as `reservoir up` writes it parses, extra fields and all.
+    #[test]
+    fn cluster_file_parses() {
+        let text = r#"{"nodes":[{"id":1,"region":"us-east","grpc":"127.0.0.1:5000","http":"127.0.0.1:5001",
+            "pid":42,"cmd":["reservoir","node"]}],"control":"127.0.0.1:6000",
+            "ledger":{"region":"us-east","node_ids":[1]}}"#;
+        let f: ClusterFile = serde_json::from_str(text).unwrap();
+        assert_eq!(f.nodes[0].region, "us-east");
+        assert_eq!(f.control.as_deref(), Some("127.0.0.1:6000"));
+    }
+}

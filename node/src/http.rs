@@ -25,6 +25,9 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
         .map_err(|e| format!("metrics recorder: {e}"))
 }
 
+/// A leader whose quorum has not acknowledged it for this long is not ready.
+pub const QUORUM_ACK_STALE_MS: u64 = 2_000;
+
 #[derive(Clone)]
 struct AppState {
     node: Arc<Node>,
@@ -44,12 +47,25 @@ pub fn router(node: Arc<Node>, metrics: PrometheusHandle) -> Router {
 /// Ready when the region group (and, on a ledger host, the ledger group)
 /// has a leader.
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    let Some(leader) = s.node.group().status().leader else {
+    let status = s.node.group().status();
+    let Some(leader) = status.leader else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: no leader\n".to_string(),
         );
     };
+    // A leader cut off from its followers still believes it leads, and
+    // accepts writes it cannot commit: not ready.
+    if status.role == "leader"
+        && status
+            .millis_since_quorum_ack
+            .is_some_and(|ms| ms > QUORUM_ACK_STALE_MS)
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: leader without a quorum\n".to_string(),
+        );
+    }
     match s.node.ledger().map(|l| l.group().status().leader) {
         Some(None) => (
             StatusCode::SERVICE_UNAVAILABLE,

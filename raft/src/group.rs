@@ -142,6 +142,9 @@ pub struct GroupStatus {
     pub snapshot_index: Option<u64>,
     /// Voters (id → address).
     pub members: BTreeMap<NodeId, String>,
+    /// On the leader: how long since a quorum last acknowledged it. A leader
+    /// cut off from its followers still believes it leads; this tells.
+    pub millis_since_quorum_ack: Option<u64>,
 }
 
 struct Proposal<SM: GroupMachine> {
@@ -350,6 +353,7 @@ impl<SM: GroupMachine> Group<SM> {
                 .nodes()
                 .map(|(id, node)| (*id, node.addr.clone()))
                 .collect(),
+            millis_since_quorum_ack: m.millis_since_quorum_ack,
         }
     }
 

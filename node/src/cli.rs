@@ -49,6 +49,15 @@ pub enum Command {
     Up(UpArgs),
     /// A closed-loop Reserve benchmark: each client sends one request and
     /// waits for its answer before the next (not an open-loop load test).
+    ///
+    /// Each client reserves one unit of the SKU under a fresh request id,
+    /// waits for the answer, records its latency and repeats, so the load
+    /// adapts to the server: this measures latency at a given concurrency,
+    /// not behaviour under a fixed arrival rate (that is the open-loop load
+    /// tester's job). Runs until the deadline, or 10,000,000 requests in all.
+    /// Warm-up requests are not recorded; errors are counted by reason and
+    /// not retried. Point it at the leader (see each node's /status) to
+    /// measure the region without a forwarding hop.
     Bench(BenchArgs),
     /// Client commands.
     #[command(flatten)]
@@ -103,12 +112,6 @@ pub struct UpArgs {
 
 /// `reservoir bench`.
 #[derive(Debug, Args)]
-#[command(long_about = "A small closed-loop benchmark of Inventory.Reserve.\n\n\
-    Each client reserves one unit of the SKU with a fresh request id, waits for the answer, records \
-    its latency and repeats, so the load adapts to the server: this measures latency at a given \
-    concurrency, not behaviour under a fixed arrival rate (that is the open-loop load tester's job). \
-    Stops at the deadline or after 10,000,000 requests. Errors are counted by reason, not retried. \
-    Point it at the leader to measure the region without a forwarding hop.")]
 pub struct BenchArgs {
     /// The node to send to (the leader, to avoid a forwarding hop).
     #[command(flatten)]

@@ -230,26 +230,36 @@ impl<SM: GroupMachine> RaftSnapshotBuilder<GroupConfig<SM>> for SnapshotBuilder<
     async fn build_snapshot(&mut self) -> Result<Snapshot<GroupConfig<SM>>, StorageError> {
         let state = self
             .state
-            .as_ref()
+            .take()
             .ok_or_else(|| StorageIOError::read_state_machine(&StoreError::Poisoned))?;
-        let data = encode(state, SNAPSHOT_BYTES_MAX).map_err(|e| StorageIOError::read_state_machine(&e))?;
-        let seq = self.snapshots.next_seq();
-        let snapshot_id = match state.last_applied {
-            Some(log_id) => format!("{}-{}-{seq}", log_id.leader_id, log_id.index),
-            None => format!("none-{seq}"),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: state.last_applied,
-            last_membership: state.last_membership.clone(),
-            snapshot_id,
-        };
+        let snapshots = self.snapshots.clone();
+        // Encoding a large state and writing it to sled is long, blocking
+        // work: it runs on a blocking thread, not on the async executor
+        // that also carries Raft traffic and client calls.
+        let built = tokio::task::spawn_blocking(move || {
+            let data = encode(&state, SNAPSHOT_BYTES_MAX)
+                .map_err(|e| Box::new(StorageIOError::read_state_machine(&e)))?;
+            let seq = snapshots.next_seq();
+            let snapshot_id = match state.last_applied {
+                Some(log_id) => format!("{}-{}-{seq}", log_id.leader_id, log_id.index),
+                None => format!("none-{seq}"),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: state.last_applied,
+                last_membership: state.last_membership.clone(),
+                snapshot_id,
+            };
+            // An install may have stored a newer snapshot while this one was
+            // being built; it is then kept, and this one is only returned.
+            let stored = snapshots
+                .store(seq, meta.clone(), data.clone(), false)
+                .map_err(|e| Box::new(StorageIOError::write_snapshot(Some(meta.signature()), &e)))?;
+            Ok::<_, Box<StorageIOError<crate::config::NodeId>>>((meta, data, stored))
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, openraft::AnyError::error(e.to_string())))?;
+        let (meta, data, stored) = built.map_err(|e| *e)?;
         let write_error = |e: StoreError| StorageIOError::write_snapshot(Some(meta.signature()), &e);
-        // An install may have stored a newer snapshot while this one was
-        // being built; it is then kept, and this one is only returned.
-        let stored = self
-            .snapshots
-            .store(seq, meta.clone(), data.clone(), false)
-            .map_err(write_error)?;
         if stored {
             self.shared.flusher.flush().await.map_err(write_error)?;
         }

@@ -82,6 +82,8 @@ impl From<WriteError> for Status {
     }
 }
 
+/// Most SKUs whose last top-up request is remembered (for the rate limit).
+pub const TOPUP_SKUS_TRACKED_MAX: usize = 100_000;
 /// Least time between two top-up requests for one SKU.
 pub const TOPUP_INTERVAL_MS: u64 = 100;
 /// How often a reserve waiting for a top-up looks at its region's tokens.
@@ -136,6 +138,12 @@ impl Node {
         if self.config.standalone || !self.control.has_ledger() {
             return;
         }
+        // Only SKUs this region was ever granted: a client asking for
+        // unknown SKUs must not be able to drive the ledger (the periodic
+        // round grants newly stocked SKUs anyway).
+        if !self.group.read(|s| s.bucket(sku).is_some()).unwrap_or(false) {
+            return;
+        }
         let now = self.now_ms();
         {
             let mut last = self.topups.lock().unwrap_or_else(|e| e.into_inner());
@@ -144,6 +152,12 @@ impl Node {
                 .is_some_and(|&t| now.saturating_sub(t) < TOPUP_INTERVAL_MS)
             {
                 return;
+            }
+            if last.len() >= TOPUP_SKUS_TRACKED_MAX {
+                last.retain(|_, t| now.saturating_sub(*t) < TOPUP_INTERVAL_MS);
+                if last.len() >= TOPUP_SKUS_TRACKED_MAX {
+                    return;
+                }
             }
             last.insert(sku.to_string(), now);
         }

@@ -459,26 +459,39 @@ impl InventoryService {
         }
     }
 
+    /// Proposes a release, confirm or extend here, or forwards the original
+    /// request to the leader with `forward`; either way the reservation as
+    /// it now is.
+    async fn write_reservation<F, Fut>(
+        &self,
+        what: &'static str,
+        op: Result<RegionOp, Rejection>,
+        forwarded: bool,
+        forward: F,
+    ) -> Result<Option<v1::Reservation>, Status>
+    where
+        F: FnOnce(InventoryClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<v1::Reservation>, Status>>,
+    {
+        let op = op.map_err(|r| to_status(&r))?;
+        match self.node.write(op, forwarded).await? {
+            Route::Applied(RegionApplied::Reservation(r)) => Ok(self.reservation(r)),
+            Route::Applied(other) => Err(unexpected(what, other)),
+            Route::Leader(addr) => forward(self.node.inventory(&addr)?).await.map_err(forward_failed),
+        }
+    }
+
     async fn release_inner(
         &self,
         forwarded: bool,
         req: v1::ReleaseRequest,
     ) -> Result<v1::ReleaseResponse, Status> {
-        let op = edge::release_op(self.node.region(), req.clone()).map_err(|r| to_status(&r))?;
-        match self.node.write(op, forwarded).await? {
-            Route::Applied(RegionApplied::Reservation(r)) => Ok(v1::ReleaseResponse {
-                reservation: self.reservation(r),
-            }),
-            Route::Applied(other) => Err(unexpected("release", other)),
-            Route::Leader(addr) => {
-                let mut client = self.node.inventory(&addr)?;
-                client
-                    .release(forwarding(req))
-                    .await
-                    .map(Response::into_inner)
-                    .map_err(forward_failed)
-            }
-        }
+        let op = edge::release_op(self.node.region(), req.clone());
+        let forward = |mut c: InventoryClient<Channel>| async move {
+            Ok(c.release(forwarding(req)).await?.into_inner().reservation)
+        };
+        let reservation = self.write_reservation("release", op, forwarded, forward).await?;
+        Ok(v1::ReleaseResponse { reservation })
     }
 
     async fn confirm_inner(
@@ -486,21 +499,12 @@ impl InventoryService {
         forwarded: bool,
         req: v1::ConfirmRequest,
     ) -> Result<v1::ConfirmResponse, Status> {
-        let op = edge::confirm_op(self.node.region(), req.clone()).map_err(|r| to_status(&r))?;
-        match self.node.write(op, forwarded).await? {
-            Route::Applied(RegionApplied::Reservation(r)) => Ok(v1::ConfirmResponse {
-                reservation: self.reservation(r),
-            }),
-            Route::Applied(other) => Err(unexpected("confirm", other)),
-            Route::Leader(addr) => {
-                let mut client = self.node.inventory(&addr)?;
-                client
-                    .confirm(forwarding(req))
-                    .await
-                    .map(Response::into_inner)
-                    .map_err(forward_failed)
-            }
-        }
+        let op = edge::confirm_op(self.node.region(), req.clone());
+        let forward = |mut c: InventoryClient<Channel>| async move {
+            Ok(c.confirm(forwarding(req)).await?.into_inner().reservation)
+        };
+        let reservation = self.write_reservation("confirm", op, forwarded, forward).await?;
+        Ok(v1::ConfirmResponse { reservation })
     }
 
     async fn extend_inner(
@@ -508,21 +512,12 @@ impl InventoryService {
         forwarded: bool,
         req: v1::ExtendRequest,
     ) -> Result<v1::ExtendResponse, Status> {
-        let op = edge::extend_op(self.node.region(), req.clone()).map_err(|r| to_status(&r))?;
-        match self.node.write(op, forwarded).await? {
-            Route::Applied(RegionApplied::Reservation(r)) => Ok(v1::ExtendResponse {
-                reservation: self.reservation(r),
-            }),
-            Route::Applied(other) => Err(unexpected("extend", other)),
-            Route::Leader(addr) => {
-                let mut client = self.node.inventory(&addr)?;
-                client
-                    .extend(forwarding(req))
-                    .await
-                    .map(Response::into_inner)
-                    .map_err(forward_failed)
-            }
-        }
+        let op = edge::extend_op(self.node.region(), req.clone());
+        let forward = |mut c: InventoryClient<Channel>| async move {
+            Ok(c.extend(forwarding(req)).await?.into_inner().reservation)
+        };
+        let reservation = self.write_reservation("extend", op, forwarded, forward).await?;
+        Ok(v1::ExtendResponse { reservation })
     }
 
     async fn get_reservation_inner(

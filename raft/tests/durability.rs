@@ -38,7 +38,7 @@ async fn appended_entries_and_vote_survive_reopen() {
             .expect("save committed");
     }
 
-    let (_storage, mut stores) = common::open(dir.path());
+    let (_storage, mut stores) = common::reopen(dir.path()).await;
     assert_eq!(stores.log.read_vote().await.expect("read vote"), Some(vote));
     assert_eq!(
         stores.log.read_committed().await.expect("read committed"),
@@ -68,7 +68,7 @@ async fn truncate_and_purge_survive_reopen() {
             .expect("append after truncate");
     }
 
-    let (_storage, mut stores) = common::open(dir.path());
+    let (_storage, mut stores) = common::reopen(dir.path()).await;
     let state = stores.log.get_log_state().await.expect("log state");
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 3)));
     assert_eq!(state.last_log_id, Some(log_id(2, 8)));
@@ -177,7 +177,7 @@ async fn snapshot_is_restored_into_memory_on_reopen() {
             .expect("apply");
     }
 
-    let (_storage, mut stores) = common::open(dir.path());
+    let (_storage, mut stores) = common::reopen(dir.path()).await;
     let sm = &mut stores.state_machine;
     let (last_applied, last_membership) = sm.applied_state().await.expect("applied state");
     assert_eq!(last_applied, Some(log_id(1, 4)));
@@ -258,7 +258,7 @@ async fn installed_snapshot_replaces_state_and_persists() {
         assert_eq!(machine, expected);
     }
 
-    let (_storage, mut follower) = common::open(follower_dir.path());
+    let (_storage, mut follower) = common::reopen(follower_dir.path()).await;
     let (last_applied, membership) = follower.state_machine.applied_state().await.expect("applied");
     assert_eq!(last_applied, Some(log_id(1, 2)));
     assert_eq!(membership, snapshot.meta.last_membership);

@@ -317,9 +317,7 @@ impl ControlClient {
             forwarded: false,
             payload: encode(call)?,
         };
-        let bytes = self
-            .send("ledger", &self.ledger.clone(), message, true, timeout)
-            .await?;
+        let bytes = self.send("ledger", &self.ledger, message, true, timeout).await?;
         decode(&bytes)
     }
 

@@ -345,6 +345,18 @@ fn unexpected(what: &str, applied: RegionApplied) -> Status {
     Status::internal(format!("{what}: unexpected outcome {applied:?}"))
 }
 
+/// Runs a call, records its count and latency by RPC and outcome, and wraps
+/// its answer.
+async fn recorded<T>(
+    rpc: &'static str,
+    call: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<Response<T>, Status> {
+    let started = Instant::now();
+    let result = call.await;
+    record(rpc, started, &result);
+    result.map(Response::new)
+}
+
 /// Records a call's count and latency by RPC and outcome (`ok` or the reason).
 fn record<T>(rpc: &'static str, started: Instant, result: &Result<T, Status>) {
     let outcome = match result {
@@ -576,65 +588,54 @@ impl v1::inventory_server::Inventory for InventoryService {
         &self,
         request: Request<v1::ReserveRequest>,
     ) -> Result<Response<v1::ReserveResponse>, Status> {
-        let started = Instant::now();
         let forwarded = is_forwarded(&request);
-        let result = self.reserve_inner(forwarded, request.into_inner()).await;
-        record("reserve", started, &result);
-        result.map(Response::new)
+        recorded("reserve", self.reserve_inner(forwarded, request.into_inner())).await
     }
 
     async fn release(
         &self,
         request: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
-        let started = Instant::now();
         let forwarded = is_forwarded(&request);
-        let result = self.release_inner(forwarded, request.into_inner()).await;
-        record("release", started, &result);
-        result.map(Response::new)
+        recorded("release", self.release_inner(forwarded, request.into_inner())).await
     }
 
     async fn confirm(
         &self,
         request: Request<v1::ConfirmRequest>,
     ) -> Result<Response<v1::ConfirmResponse>, Status> {
-        let started = Instant::now();
         let forwarded = is_forwarded(&request);
-        let result = self.confirm_inner(forwarded, request.into_inner()).await;
-        record("confirm", started, &result);
-        result.map(Response::new)
+        recorded("confirm", self.confirm_inner(forwarded, request.into_inner())).await
     }
 
     async fn extend(
         &self,
         request: Request<v1::ExtendRequest>,
     ) -> Result<Response<v1::ExtendResponse>, Status> {
-        let started = Instant::now();
         let forwarded = is_forwarded(&request);
-        let result = self.extend_inner(forwarded, request.into_inner()).await;
-        record("extend", started, &result);
-        result.map(Response::new)
+        recorded("extend", self.extend_inner(forwarded, request.into_inner())).await
     }
 
     async fn get_reservation(
         &self,
         request: Request<v1::GetReservationRequest>,
     ) -> Result<Response<v1::Reservation>, Status> {
-        let started = Instant::now();
         let forwarded = is_forwarded(&request);
-        let result = self.get_reservation_inner(forwarded, request.into_inner()).await;
-        record("get_reservation", started, &result);
-        result.map(Response::new)
+        recorded(
+            "get_reservation",
+            self.get_reservation_inner(forwarded, request.into_inner()),
+        )
+        .await
     }
 
     async fn get_availability(
         &self,
         request: Request<v1::GetAvailabilityRequest>,
     ) -> Result<Response<v1::Availability>, Status> {
-        let started = Instant::now();
-        let result = self.get_availability_inner(request.into_inner());
-        record("get_availability", started, &result);
-        result.map(Response::new)
+        recorded("get_availability", async {
+            self.get_availability_inner(request.into_inner())
+        })
+        .await
     }
 }
 
@@ -805,23 +806,7 @@ impl AdminService {
 
     fn status_inner(&self) -> Result<v1::ClusterStatus, Status> {
         let group = self.node.group().status();
-        let nodes = group
-            .members
-            .iter()
-            .map(|(id, addr)| v1::NodeStatus {
-                id: *id,
-                grpc: addr.clone(),
-                // This node only knows its own health first-hand.
-                healthy: *id == group.node_id || group.leader.is_some(),
-                role: if Some(*id) == group.leader {
-                    "leader".into()
-                } else if *id == group.node_id {
-                    group.role.into()
-                } else {
-                    "unknown".into()
-                },
-            })
-            .collect();
+        let nodes = self.node_statuses(&group);
         let region = self.node.region().to_string();
         let skus = self
             .node
@@ -898,28 +883,23 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         request: Request<v1::AdjustStockRequest>,
     ) -> Result<Response<v1::AdjustStockResponse>, Status> {
-        let started = Instant::now();
         let forwarded = is_forwarded(&request);
-        let result = self.adjust_stock_inner(forwarded, request.into_inner()).await;
-        record("adjust_stock", started, &result);
-        result.map(Response::new)
+        recorded(
+            "adjust_stock",
+            self.adjust_stock_inner(forwarded, request.into_inner()),
+        )
+        .await
     }
 
     async fn get_status(
         &self,
         _request: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::ClusterStatus>, Status> {
-        let started = Instant::now();
-        let result = self.cluster_status().await;
-        record("get_status", started, &result);
-        result.map(Response::new)
+        recorded("get_status", self.cluster_status()).await
     }
 
     async fn audit(&self, request: Request<v1::AuditRequest>) -> Result<Response<v1::AuditReport>, Status> {
-        let started = Instant::now();
         let forwarded = is_forwarded(&request);
-        let result = self.audit_inner(forwarded).await;
-        record("audit", started, &result);
-        result.map(Response::new)
+        recorded("audit", self.audit_inner(forwarded)).await
     }
 }

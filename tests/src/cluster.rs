@@ -8,7 +8,7 @@
 //! so stopping `up` stops everything; [`Cluster::stop`] checks that no
 //! process of the cluster is left, by pid and by command line.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,8 +26,8 @@ use tonic::transport::Channel;
 
 use crate::{
     ClusterNode, LOG_TAIL_LINES, NODE_READY_DEADLINE, NodeStatus, POLL_INTERVAL, RETRY_DEADLINE, Rotation,
-    STOP_DEADLINE, alive, channel, http_get, http_post, log_tail, print_logs, reservoir_exe, retry, signal,
-    stop_blocking, wait_child, wait_cluster_file,
+    STOP_DEADLINE, agreed_leader, alive, channel, http_get, http_post, log_tail, print_logs, reservoir_exe,
+    retry, signal, stop_blocking, wait_child, wait_cluster_file,
 };
 
 /// The regions of the cluster, home region (the ledger's) first.
@@ -426,28 +426,19 @@ impl Cluster {
         let majority = self.ids_in(region).len() / 2 + 1;
         let give_up = Instant::now() + GROUP_LEADER_DEADLINE;
         loop {
-            let mut named: BTreeMap<u64, usize> = BTreeMap::new();
-            let mut leaders = BTreeSet::new();
+            let mut views = Vec::new();
             for id in self.live_ids_in(region) {
                 if let Ok(status) = self.status(id).await {
-                    if let Some(leader) = status.leader {
-                        *named.entry(leader).or_default() += 1;
-                    }
-                    if status.role == "leader" {
-                        leaders.insert(id);
-                    }
+                    views.push((id, status.leader, status.role == "leader"));
                 }
             }
-            if let Some((&leader, _)) = named
-                .iter()
-                .find(|&(id, &votes)| votes >= majority && leaders.contains(id))
-            {
-                return leader;
+            match agreed_leader(&views, majority) {
+                Ok(leader) => return leader,
+                Err(seen) => assert!(
+                    Instant::now() < give_up,
+                    "{region}: no agreed leader after {GROUP_LEADER_DEADLINE:?}: {seen}"
+                ),
             }
-            assert!(
-                Instant::now() < give_up,
-                "{region}: no agreed leader after {GROUP_LEADER_DEADLINE:?}: named {named:?}, self-declared {leaders:?}"
-            );
             tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
@@ -459,31 +450,22 @@ impl Cluster {
         let majority = hosts.len() / 2 + 1;
         let give_up = Instant::now() + GROUP_LEADER_DEADLINE;
         loop {
-            let mut named: BTreeMap<u64, usize> = BTreeMap::new();
-            let mut leaders = BTreeSet::new();
+            let mut views = Vec::new();
             for &id in hosts.iter().filter(|id| !self.down.contains(id)) {
                 if let Ok(NodeStatus {
                     ledger: Some(ledger), ..
                 }) = self.status(id).await
                 {
-                    if let Some(leader) = ledger.leader {
-                        *named.entry(leader).or_default() += 1;
-                    }
-                    if ledger.role == "leader" {
-                        leaders.insert(id);
-                    }
+                    views.push((id, ledger.leader, ledger.role == "leader"));
                 }
             }
-            if let Some((&leader, _)) = named
-                .iter()
-                .find(|&(id, &votes)| votes >= majority && leaders.contains(id))
-            {
-                return leader;
+            match agreed_leader(&views, majority) {
+                Ok(leader) => return leader,
+                Err(seen) => assert!(
+                    Instant::now() < give_up,
+                    "no agreed ledger leader after {GROUP_LEADER_DEADLINE:?}: {seen}"
+                ),
             }
-            assert!(
-                Instant::now() < give_up,
-                "no agreed ledger leader after {GROUP_LEADER_DEADLINE:?}: named {named:?}, self-declared {leaders:?}"
-            );
             tokio::time::sleep(POLL_INTERVAL).await;
         }
     }

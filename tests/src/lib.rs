@@ -484,28 +484,19 @@ impl Region {
         let majority = self.cluster.nodes.len() / 2 + 1;
         let give_up = Instant::now() + LEADER_DEADLINE;
         loop {
-            let mut named: BTreeMap<u64, usize> = BTreeMap::new();
-            let mut leaders = BTreeSet::new();
+            let mut views = Vec::new();
             for id in self.live_ids() {
                 if let Ok(status) = self.status(id).await {
-                    if let Some(leader) = status.leader {
-                        *named.entry(leader).or_default() += 1;
-                    }
-                    if status.role == "leader" {
-                        leaders.insert(id);
-                    }
+                    views.push((id, status.leader, status.role == "leader"));
                 }
             }
-            if let Some((&leader, _)) = named
-                .iter()
-                .find(|&(id, &votes)| votes >= majority && leaders.contains(id))
-            {
-                return leader;
+            match agreed_leader(&views, majority) {
+                Ok(leader) => return leader,
+                Err(seen) => assert!(
+                    Instant::now() < give_up,
+                    "no agreed leader after {LEADER_DEADLINE:?}: {seen}"
+                ),
             }
-            assert!(
-                Instant::now() < give_up,
-                "no agreed leader after {LEADER_DEADLINE:?}: named {named:?}, self-declared {leaders:?}"
-            );
             tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
@@ -1117,4 +1108,26 @@ pub async fn node_status(http: SocketAddr) -> io::Result<NodeStatus> {
         return Err(io::Error::other(format!("/status answered {code}: {body}")));
     }
     serde_json::from_str(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// The leader a group's nodes agree on, from each node's view
+/// `(node, leader it names, whether it says it leads)`: a node that says it
+/// leads and that at least `majority` nodes name. Otherwise what was seen,
+/// for the caller's message.
+pub fn agreed_leader(views: &[(u64, Option<u64>, bool)], majority: usize) -> Result<u64, String> {
+    let mut named: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut leaders = BTreeSet::new();
+    for &(id, names, leads) in views {
+        if let Some(leader) = names {
+            *named.entry(leader).or_default() += 1;
+        }
+        if leads {
+            leaders.insert(id);
+        }
+    }
+    named
+        .iter()
+        .find(|&(id, &votes)| votes >= majority && leaders.contains(id))
+        .map(|(&leader, _)| leader)
+        .ok_or_else(|| format!("named {named:?}, self-declared {leaders:?}"))
 }

@@ -787,17 +787,7 @@ impl RegionState {
 
     /// Parses a public reservation id and checks it names this region.
     pub fn parse_reservation_id(&self, public: &str) -> Result<ReservationId, Rejection> {
-        limits::check_reservation_id(public)?;
-        match ReservationId::parse(public) {
-            Some((region, id)) if region == self.region => Ok(id),
-            Some(_) => Err(Rejection::ReservationNotFound {
-                id: public.to_string(),
-            }),
-            None => Err(Rejection::invalid(
-                Field::ReservationId,
-                format!("{public:?} is not of the form <region>-<number>"),
-            )),
-        }
+        parse_reservation_id(&self.region, public)
     }
 
     /// A reservation by number, if it is known (not pruned).
@@ -853,6 +843,24 @@ impl RegionState {
     /// Number of remembered reserve request ids.
     pub fn remembered_requests(&self) -> usize {
         self.reserves.len()
+    }
+}
+
+/// Parses a public reservation id (`us-east-000042`) for `region`:
+/// malformed is `INVALID_RESERVATION_ID`; well formed but of another region
+/// is `RESERVATION_NOT_FOUND`, since this region holds no such reservation
+/// and the client must not take it for bad input.
+pub fn parse_reservation_id(region: &str, public: &str) -> Result<ReservationId, Rejection> {
+    limits::check_reservation_id(public)?;
+    match ReservationId::parse(public) {
+        Some((owner, id)) if owner == region => Ok(id),
+        Some(_) => Err(Rejection::ReservationNotFound {
+            id: public.to_string(),
+        }),
+        None => Err(Rejection::invalid(
+            Field::ReservationId,
+            format!("{public:?} is not of the form <region>-<number>"),
+        )),
     }
 }
 

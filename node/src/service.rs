@@ -221,48 +221,40 @@ impl Node {
     /// `Leader(addr)` (unless the call was already forwarded); with no leader
     /// known it waits up to [`LEADER_WAIT`] for an election first.
     async fn write(&self, op: RegionOp, forwarded: bool) -> Result<Route<RegionApplied>, WriteError> {
-        let mut waited = false;
-        loop {
-            let cmd = RegionCommand {
-                now_ms: self.now_ms(),
-                op: op.clone(),
-            };
-            let started = Instant::now();
-            let result = tokio::time::timeout(COMMIT_TIMEOUT, self.group.propose(cmd)).await;
-            metrics::histogram!("reservoir_raft_commit_seconds").record(started.elapsed().as_secs_f64());
-            match result {
-                Ok(Ok(Ok(applied))) => return Ok(Route::Applied(applied)),
-                Ok(Ok(Err(rejection))) => return Err(WriteError::Rejected(rejection)),
-                Ok(Err(ProposeError::NotLeader {
-                    leader: Some((_, addr)),
-                })) if !forwarded => {
-                    return Ok(Route::Leader(addr));
+        // With no leader known (an election), wait for one before proposing,
+        // rather than propose, fail, and propose a copy again.
+        if !self.group.is_leader() && self.group.leader().is_none() {
+            self.group.wait_for_leader(LEADER_WAIT).await;
+        }
+        let cmd = RegionCommand {
+            now_ms: self.now_ms(),
+            op,
+        };
+        let started = Instant::now();
+        let result = tokio::time::timeout(COMMIT_TIMEOUT, self.group.propose(cmd)).await;
+        metrics::histogram!("reservoir_raft_commit_seconds").record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(Ok(applied))) => Ok(Route::Applied(applied)),
+            Ok(Ok(Err(rejection))) => Err(WriteError::Rejected(rejection)),
+            Ok(Err(ProposeError::NotLeader {
+                leader: Some((_, addr)),
+            })) if !forwarded => Ok(Route::Leader(addr)),
+            Ok(Err(ProposeError::Overloaded)) => Err(WriteError::Unavailable(
+                NodeError::Overloaded {
+                    queue: "proposals",
+                    max: self.group.queue_max(),
                 }
-                Ok(Err(ProposeError::NotLeader { leader: None })) if !waited => {
-                    waited = true;
-                    self.group.wait_for_leader(LEADER_WAIT).await;
-                }
-                Ok(Err(ProposeError::Overloaded)) => {
-                    return Err(WriteError::Unavailable(
-                        NodeError::Overloaded {
-                            queue: "proposals",
-                            max: self.group.queue_max(),
-                        }
-                        .to_status(),
-                    ));
-                }
-                Ok(Err(_)) => return Err(WriteError::Unavailable(self.no_leader())),
-                Err(_) => {
-                    return Err(WriteError::Unavailable(status_with_info(
-                        Code::Unavailable,
-                        format!(
-                            "no commit within {COMMIT_TIMEOUT:?}; the outcome is unknown: retry with the same request"
-                        ),
-                        "NO_LEADER",
-                        vec![("group", self.region().to_string())],
-                    )));
-                }
-            }
+                .to_status(),
+            )),
+            Ok(Err(_)) => Err(WriteError::Unavailable(self.no_leader())),
+            Err(_) => Err(WriteError::Unavailable(status_with_info(
+                Code::Unavailable,
+                format!(
+                    "no commit within {COMMIT_TIMEOUT:?}; the outcome is unknown: retry with the same request"
+                ),
+                "NO_LEADER",
+                vec![("group", self.region().to_string())],
+            ))),
         }
     }
 
@@ -430,7 +422,10 @@ impl InventoryService {
             RegionOp::Reserve { lines, .. } => lines.clone(),
             _ => Vec::new(),
         };
-        let mut outcome = self.node.write(validated.op.clone(), forwarded).await;
+        // A copy to retry with only when the caller may wait for a top-up.
+        let retry =
+            (validated.max_wait_ms > 0 && !self.node.config().standalone).then(|| validated.op.clone());
+        let mut outcome = self.node.write(validated.op, forwarded).await;
         if !matches!(outcome, Ok(Route::Leader(_))) {
             // Counted where the reserve is proposed (the leader), once.
             let now = self.node.now_ms();
@@ -442,13 +437,13 @@ impl InventoryService {
             for line in &lines {
                 self.node.request_topup(&line.sku);
             }
-            if validated.max_wait_ms > 0 && !self.node.config().standalone {
+            if let Some(op) = retry {
                 metrics::counter!("reservoir_reserves_waited_total").increment(1);
                 if self
                     .wait_for_tokens(&lines, Duration::from_millis(validated.max_wait_ms))
                     .await
                 {
-                    outcome = self.node.write(validated.op, forwarded).await;
+                    outcome = self.node.write(op, forwarded).await;
                 }
             }
         }

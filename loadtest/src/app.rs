@@ -86,6 +86,7 @@ pub async fn run(options: AppOptions) -> Result<Report, LoadError> {
     options.scenario.validate().map_err(LoadError::Usage)?;
     let regions = options.scenario.regions.len();
     let connections = options.connections_per_region.clamp(1, POOL_SIZE_MAX);
+    let mut target_name = options.target.name().to_string();
     let target = match options.target {
         TargetKind::Reservoir => {
             let path = match options.cluster {
@@ -102,9 +103,11 @@ pub async fn run(options: AppOptions) -> Result<Report, LoadError> {
                 eprintln!("cluster: {}", path.display());
             }
             let file = ClusterFile::load(&path)?;
-            Target::Reservoir(std::sync::Arc::new(
-                ReservoirTarget::connect(&file, &options.scenario.regions).await?,
-            ))
+            let target = ReservoirTarget::connect(&file, &options.scenario.regions).await?;
+            if let Some(a) = target.architecture() {
+                target_name = format!("reservoir ({a})");
+            }
+            Target::Reservoir(std::sync::Arc::new(target))
         }
         TargetKind::Redis => {
             Target::Redis(RedisTarget::start(Persistence::Durable, regions, connections).await?)
@@ -117,7 +120,7 @@ pub async fn run(options: AppOptions) -> Result<Report, LoadError> {
     let result = runner::run(RunOptions {
         scenario: options.scenario,
         target: target.clone(),
-        target_name: options.target.name().to_string(),
+        target_name,
         seed: options.seed,
         progress: options.progress,
         stop_rx: options.stop_rx,

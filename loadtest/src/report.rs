@@ -339,7 +339,11 @@ impl Report {
             });
         }
         let s = &run.scenario.sessions;
-        let local_hit_definition = if s.reserve_max_wait_ms == 0 {
+        let local_hit_definition = if !run.local_tokens {
+            "not counted: the target has no regional tokens (one server, or one group every region \
+             reaches across the WAN)"
+                .to_string()
+        } else if s.reserve_max_wait_ms == 0 {
             "reserves sent with max_wait_ms=0; local hit = OK answer (served from the region's own \
              tokens, no top-up wait); ratio = OK / (OK + INSUFFICIENT_STOCK while the tester's books \
              said stock existed globally)"

@@ -144,6 +144,9 @@ pub struct RunOutput {
     pub aborted_sessions: u64,
     /// Things worth telling the reader.
     pub notes: Vec<String>,
+    /// The target answers reserves from regional tokens (Reservoir's
+    /// `tokens` design); the local-hit ratio means nothing otherwise.
+    pub local_tokens: bool,
 }
 
 /// Shared by every task of a run.
@@ -312,21 +315,23 @@ async fn session(ctx: Arc<Ctx>, region: usize, plan: SessionPlan, intended: Inst
             let local = max_wait_ms == 0
                 || answered_at.saturating_duration_since(sent_at)
                     <= Duration::from_millis(ctx.scenario.sessions.local_threshold_ms);
-            ctx.recorder
-                .event(region, if local { Event::LocalHit } else { Event::RemoteHit });
+            if ctx.target.has_local_tokens() {
+                ctx.recorder
+                    .event(region, if local { Event::LocalHit } else { Event::RemoteHit });
+            }
             ctx.add_held(&lines, 1);
             id
         }
         Err(e) => {
             if e.reason == reason::INSUFFICIENT_STOCK {
-                ctx.recorder.event(
-                    region,
-                    if stock_existed {
-                        Event::LocalMiss
-                    } else {
-                        Event::SoldOut
-                    },
-                );
+                let event = match stock_existed {
+                    true if ctx.target.has_local_tokens() => Some(Event::LocalMiss),
+                    true => None,
+                    false => Some(Event::SoldOut),
+                };
+                if let Some(event) = event {
+                    ctx.recorder.event(region, event);
+                }
             }
             return;
         }
@@ -725,5 +730,6 @@ pub async fn run(options: RunOptions) -> Result<RunOutput, TargetError> {
         server,
         aborted_sessions: aborted,
         notes,
+        local_tokens: ctx.target.has_local_tokens(),
     })
 }

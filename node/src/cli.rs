@@ -87,9 +87,16 @@ pub struct UpArgs {
     /// `--standalone`: nodes in the region [default: 3, or what DIR already holds].
     #[arg(long, value_name = "N")]
     pub nodes: Option<u64>,
-    /// Three regions: nodes per region, 1-7 [default: 3].
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    pub nodes_per_region: u64,
+    /// Three regions: the design, `tokens` (escrow tokens per region, the
+    /// ledger, the rebalancer), `single-writer` (one us-east group; other
+    /// regions cross the WAN) or `global-consensus` (one group, a voter per
+    /// region). Only used when DIR holds no configs yet, and must match them
+    /// when it does.
+    #[arg(long, value_name = "DESIGN", default_value = "tokens")]
+    pub architecture: String,
+    /// Three regions: nodes per region, 1-7 [default: 3; global-consensus: 1].
+    #[arg(long, value_name = "N")]
+    pub nodes_per_region: Option<u64>,
     /// Three regions: inter-region round trips, `aws` (us-east-eu-west 70 ms,
     /// eu-west-ap-south 120 ms, us-east-ap-south 186 ms) or `none`.
     #[arg(long, value_name = "PROFILE", default_value = "aws")]

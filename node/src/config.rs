@@ -18,8 +18,14 @@ pub const PROPOSAL_QUEUE_MAX_LIMIT: usize = 65_536;
 pub struct NodeConfig {
     /// This node's Raft id: unique in the cluster, never reused, not 0.
     pub node_id: u64,
-    /// The region this node serves, e.g. `us-east`.
+    /// The region this node serves, e.g. `us-east`: the name of its region
+    /// group.
     pub region: String,
+    /// Where the node runs, when that is not `region`: a `global` group
+    /// (`up --architecture global-consensus`) has one voter in each of the
+    /// three regions. Shown in `/status` and `cluster.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
     /// Where the node serves gRPC (public API and Raft traffic).
     pub grpc_addr: SocketAddr,
     /// Where the node serves HTTP (`/metrics`, `/healthz`, `/readyz`, `/status`).
@@ -214,6 +220,9 @@ impl NodeConfig {
             return Err(("node_id", "must not be 0".into()));
         }
         reservoir_tokens::limits::check_region(&self.region).map_err(|e| ("region", e.to_string()))?;
+        if let Some(location) = &self.location {
+            reservoir_tokens::limits::check_region(location).map_err(|e| ("location", e.to_string()))?;
+        }
         if self.data_dir.as_os_str().is_empty() {
             return Err(("data_dir", "must not be empty".into()));
         }
@@ -273,6 +282,11 @@ impl NodeConfig {
             ));
         }
         self.validate_cluster()
+    }
+
+    /// Where the node runs: its `location`, or else its region.
+    pub fn location(&self) -> &str {
+        self.location.as_deref().unwrap_or(&self.region)
     }
 
     /// True when this node hosts a ledger voter.
@@ -346,6 +360,7 @@ mod tests {
         NodeConfig {
             node_id: 1,
             region: "us-east".into(),
+            location: None,
             grpc_addr: "127.0.0.1:7001".parse().unwrap(),
             http_addr: "127.0.0.1:8001".parse().unwrap(),
             data_dir: "/tmp/x".into(),

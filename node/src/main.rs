@@ -81,6 +81,12 @@ fn up(args: UpArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    if args.standalone && (args.architecture != "tokens" || args.nodes_per_region.is_some()) {
+        eprintln!(
+            "error: --architecture and --nodes-per-region go with the three-region cluster, not --standalone"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
     let result = if args.standalone {
         runtime.block_on(up::run(up::UpOptions {
             dir,
@@ -94,9 +100,17 @@ fn up(args: UpArgs) -> ExitCode {
             eprintln!("error: --nodes and --base-port go with --standalone; use --nodes-per-region");
             return ExitCode::from(EXIT_USAGE);
         }
+        let architecture = match up_cluster::Architecture::parse(&args.architecture) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("error: --architecture: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
         println!("cluster directory: {}", dir.display());
         runtime.block_on(up_cluster::run(up_cluster::ClusterOptions {
             dir,
+            architecture,
             nodes_per_region: args.nodes_per_region,
             wan: args.wan,
             demo: !args.no_demo,

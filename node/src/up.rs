@@ -17,6 +17,7 @@
 
 use crate::config::{NodeConfig, PEERS_MAX, PROPOSAL_QUEUE_MAX_LIMIT, Peer, RaftTuning};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -68,6 +69,15 @@ pub struct UpOptions {
 /// three-region `up` extends this file; these keys are a contract.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterFile {
+    /// The design (`tokens`, `single-writer`, `global-consensus`;
+    /// three-region cluster only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    /// Per region, where its clients connect (three-region cluster only):
+    /// the region's nodes, or for single-writer outside us-east, link
+    /// emulators in front of the us-east nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<BTreeMap<String, Vec<ClusterEndpoint>>>,
     /// Every node `up` started.
     pub nodes: Vec<ClusterNode>,
     /// The three-region cluster's control API, `127.0.0.1:PORT`.
@@ -85,6 +95,16 @@ pub struct LedgerInfo {
     pub region: String,
     /// The nodes that host ledger voters.
     pub node_ids: Vec<u64>,
+}
+
+/// Where a client connects, in `cluster.json`: the node and the address
+/// that reaches it from the client's region.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterEndpoint {
+    /// The node behind the address.
+    pub id: u64,
+    /// The address, `127.0.0.1:PORT`.
+    pub grpc: SocketAddr,
 }
 
 /// One node in `cluster.json`.
@@ -411,6 +431,7 @@ fn fresh_configs(dir: &Path, ports: &[u16], raft: &RaftTuning) -> Vec<PlannedNod
             config: NodeConfig {
                 node_id: id,
                 region: STANDALONE_REGION.to_string(),
+                location: None,
                 grpc_addr: loopback(ports[i]),
                 http_addr: loopback(ports[i + 1]),
                 data_dir: dir.join(format!("node-{id}")).join("data"),
@@ -765,6 +786,8 @@ fn log_tail(path: &Path, lines: usize) -> String {
 /// The contents of `cluster.json` for the running nodes.
 fn cluster_file(nodes: &[NodeProcess]) -> ClusterFile {
     ClusterFile {
+        architecture: None,
+        endpoints: None,
         nodes: nodes
             .iter()
             .map(|n| ClusterNode {
@@ -942,6 +965,8 @@ mod tests {
     #[test]
     fn cluster_json_shape() {
         let file = ClusterFile {
+            architecture: None,
+            endpoints: None,
             nodes: vec![ClusterNode {
                 id: 1,
                 region: "us-east".into(),

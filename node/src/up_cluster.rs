@@ -8,6 +8,19 @@
 //! that add the link's round trip and can be cut. A control API over HTTP
 //! cuts and heals links and kills and restarts nodes.
 //!
+//! `--architecture` picks one of three designs from the same binary, so the
+//! load tester can compare them on the same links:
+//! - `tokens` (the design): a region group per region, the ledger beside
+//!   us-east, tokens moved by the rebalancer;
+//! - `single-writer`: one us-east group holds all stock (standalone, no
+//!   ledger); clients in the other regions reach it through the WAN links;
+//! - `global-consensus`: one Raft group named `global` with one voter in
+//!   each region, its Raft traffic and forwarded calls through the WAN links.
+//!
+//! `cluster.json` lists, per region, the endpoints a client there connects
+//! to (`endpoints`): the region's own nodes, or — single-writer — link
+//! emulators in front of the us-east nodes.
+//!
 //! The steps: write (or reuse) the node configs → start the link emulators
 //! → start the nodes → wait until every node is ready → seed the demo
 //! catalog (first run, unless `--no-demo`) → write `DIR/cluster.json` →
@@ -29,8 +42,9 @@ use tokio::sync::{Mutex, watch};
 
 use crate::config::{NodeConfig, Peer, RaftTuning, RebalanceConfig, RegionPeers};
 use crate::up::{
-    ClusterFile, ClusterNode, LedgerInfo, NodeProcess, PlannedNode, ShutdownSignals, UpError, config_path,
-    existing_node_ids, free_ports, reap, send_signal, spawn_node, stop_all, wait_ready, write_atomically,
+    ClusterEndpoint, ClusterFile, ClusterNode, LedgerInfo, NodeProcess, PlannedNode, ShutdownSignals,
+    UpError, config_path, existing_node_ids, free_ports, reap, send_signal, spawn_node, stop_all, wait_ready,
+    write_atomically,
 };
 use crate::wan::{self, Link, Wan};
 
@@ -49,13 +63,78 @@ pub const DEMO_CATALOG: [(&str, i64); 3] = [
     ("console-x", 120),
 ];
 
+/// The group of a global-consensus cluster.
+pub const GLOBAL_GROUP: &str = "global";
+
+/// Which design `up` runs (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    /// Escrow tokens: a group per region, the ledger, the rebalancer.
+    Tokens,
+    /// One us-east group; other regions' clients cross the WAN.
+    SingleWriter,
+    /// One group with a voter in each region, its traffic over the WAN.
+    GlobalConsensus,
+}
+
+impl Architecture {
+    /// Every architecture, by name.
+    pub const ALL: [Architecture; 3] = [
+        Architecture::Tokens,
+        Architecture::SingleWriter,
+        Architecture::GlobalConsensus,
+    ];
+
+    /// Its name on the command line and in `cluster.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Tokens => "tokens",
+            Architecture::SingleWriter => "single-writer",
+            Architecture::GlobalConsensus => "global-consensus",
+        }
+    }
+
+    /// The architecture called `name`.
+    pub fn parse(name: &str) -> Result<Architecture, String> {
+        Architecture::ALL
+            .into_iter()
+            .find(|a| a.name() == name)
+            .ok_or_else(|| {
+                format!("unknown architecture {name:?}: tokens, single-writer or global-consensus")
+            })
+    }
+
+    /// Nodes per region when `--nodes-per-region` is not given.
+    pub fn nodes_per_region_default(self) -> u64 {
+        match self {
+            Architecture::GlobalConsensus => 1,
+            _ => NODES_PER_REGION_DEFAULT,
+        }
+    }
+}
+
+/// Raft timing of the global group: its voters are an ocean apart (up to
+/// 186 ms round trip with `--wan aws`), so heartbeats and elections are
+/// slower than inside a region.
+pub fn global_raft_tuning() -> RaftTuning {
+    RaftTuning {
+        heartbeat_ms: 250,
+        election_timeout_min_ms: 1_500,
+        election_timeout_max_ms: 3_000,
+        ..RaftTuning::default()
+    }
+}
+
 /// What `up` (three regions) was asked for.
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
     /// The cluster directory.
     pub dir: PathBuf,
-    /// Nodes per region, 1-7.
-    pub nodes_per_region: u64,
+    /// The design to run.
+    pub architecture: Architecture,
+    /// Nodes per region, 1-7 (global-consensus: 1); `None` means the
+    /// architecture's default.
+    pub nodes_per_region: Option<u64>,
     /// WAN profile: `aws` or `none`.
     pub wan: String,
     /// Seed the demo catalog on the first run.
@@ -77,8 +156,11 @@ struct Proxy {
 }
 
 struct Cluster {
+    architecture: Architecture,
     wan: Wan,
     nodes: Mutex<Vec<NodeProcess>>,
+    /// Per region, where its clients connect (see [`endpoints`]).
+    endpoints: Endpoints,
     exe: PathBuf,
     dir: PathBuf,
     control: SocketAddr,
@@ -101,9 +183,10 @@ pub async fn run(options: ClusterOptions) -> Result<(), UpError> {
     let (plan, fresh) = prepare(&dir, &options)?;
     let cluster_path = dir.join("cluster.json");
     let _ = std::fs::remove_file(&cluster_path);
+    let (entries, endpoints) = endpoints(&plan, options.architecture)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    for proxy in proxies(&plan) {
+    for proxy in proxies(&plan).into_iter().chain(entries) {
         let listener = tokio::net::TcpListener::bind(proxy.listen)
             .await
             .map_err(UpError::io(format!("link emulator on {}", proxy.listen)))?;
@@ -142,7 +225,7 @@ pub async fn run(options: ClusterOptions) -> Result<(), UpError> {
 
     let home = nodes
         .iter()
-        .find(|n| n.config.region == HOME_REGION)
+        .find(|n| n.config.location() == HOME_REGION)
         .map(|n| n.config.grpc_addr);
     if fresh && options.demo {
         match home {
@@ -170,8 +253,10 @@ pub async fn run(options: ClusterOptions) -> Result<(), UpError> {
         .local_addr()
         .map_err(UpError::io("control API address"))?;
     let cluster = Arc::new(Cluster {
+        architecture: options.architecture,
         wan,
         nodes: Mutex::new(nodes),
+        endpoints,
         exe: options.exe.clone(),
         dir: dir.clone(),
         control,
@@ -206,143 +291,317 @@ fn prepare(dir: &Path, options: &ClusterOptions) -> Result<(Vec<PlannedNode>, bo
         for id in existing {
             let path = config_path(dir, id);
             let config = NodeConfig::load(&path).map_err(UpError::Config)?;
-            if config.standalone {
-                return Err(UpError::Usage(format!(
-                    "{} is a standalone region; run `up --standalone` on it, or use another --dir",
-                    dir.display()
-                )));
-            }
             plan.push(PlannedNode {
                 config_path: path,
                 config,
             });
         }
+        let found = architecture_of(&plan);
+        if found != Some(options.architecture) {
+            let held = found.map_or("a cluster of another shape", Architecture::name);
+            return Err(UpError::Usage(format!(
+                "{} holds {held} (from `up --standalone` when a single us-east region); \
+                 run `up --architecture {}` on it, or use another --dir",
+                dir.display(),
+                found.map_or("?", Architecture::name),
+            )));
+        }
         return Ok((plan, false));
     }
-    let n = options.nodes_per_region;
+    let architecture = options.architecture;
+    let n = options
+        .nodes_per_region
+        .unwrap_or_else(|| architecture.nodes_per_region_default());
+    if architecture == Architecture::GlobalConsensus && n != 1 {
+        return Err(UpError::Usage(format!(
+            "--architecture global-consensus has one voter per region: --nodes-per-region must be 1, got {n}"
+        )));
+    }
     if !(1..=crate::config::PEERS_MAX as u64).contains(&n) {
         return Err(UpError::Usage(format!(
             "--nodes-per-region must be 1-{}, got {n}",
             crate::config::PEERS_MAX
         )));
     }
-    let regions = wan::REGIONS;
-    let total = regions.len() * n as usize;
-    // Two ports per node, plus one link emulator per (region, node of
-    // another region).
-    let proxies_per_region = (regions.len() - 1) * n as usize;
-    let ports = free_ports(2 * total + regions.len() * proxies_per_region)
-        .map_err(UpError::io("finding free ports"))?;
-    let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-    let mut next_port = ports.into_iter();
-    let mut nodes: BTreeMap<&str, Vec<(u64, SocketAddr, SocketAddr)>> = BTreeMap::new();
-    let mut id = 0;
-    for region in regions {
-        for _ in 0..n {
-            id += 1;
-            let grpc = loopback(next_port.next().expect("enough ports"));
-            let http = loopback(next_port.next().expect("enough ports"));
-            nodes.entry(region).or_default().push((id, grpc, http));
-        }
-    }
-    // The address region `from` uses for each node of another region.
-    let mut via: BTreeMap<(&str, u64), SocketAddr> = BTreeMap::new();
-    for from in regions {
-        for (to, members) in &nodes {
-            if *to == from {
-                continue;
-            }
-            for (id, _, _) in members {
-                via.insert((from, *id), loopback(next_port.next().expect("enough ports")));
-            }
-        }
-    }
     let policy = RebalanceConfig {
         policy: options.policy.clone(),
         ..RebalanceConfig::default()
     };
     policy.policy().map_err(UpError::Usage)?;
-    let mut raft = RaftTuning::default();
+    let mut raft = match architecture {
+        Architecture::GlobalConsensus => global_raft_tuning(),
+        _ => RaftTuning::default(),
+    };
     if let Some(max) = options.proposal_queue_max {
         raft.proposal_queue_max = max;
     }
+    let layout = Layout::new(architecture, n)?;
+    let configs = match architecture {
+        Architecture::Tokens => layout.tokens(dir, &raft, &policy),
+        Architecture::SingleWriter => layout.single_writer(dir, &raft),
+        Architecture::GlobalConsensus => layout.global(dir, &raft),
+    };
     let mut plan = Vec::new();
-    for region in regions {
-        let peers: Vec<Peer> = nodes[region]
-            .iter()
-            .map(|(id, grpc, _)| Peer { id: *id, grpc: *grpc })
-            .collect();
-        let reach = |other: &str| -> Vec<Peer> {
-            nodes[other]
-                .iter()
-                .map(|(id, _, _)| Peer {
-                    id: *id,
-                    grpc: via[&(region, *id)],
-                })
-                .collect()
+    for config in configs {
+        let id = config.node_id;
+        config
+            .validate()
+            .map_err(|(field, message)| UpError::Usage(format!("node {id}: {field}: {message}")))?;
+        let planned = PlannedNode {
+            config_path: config_path(dir, id),
+            config,
         };
-        for (id, grpc, http) in &nodes[region] {
-            let config = NodeConfig {
-                node_id: *id,
-                region: region.to_string(),
-                grpc_addr: *grpc,
-                http_addr: *http,
-                data_dir: dir.join(format!("node-{id}")).join("data"),
-                standalone: false,
-                peers: peers.clone(),
-                raft: raft.clone(),
-                ledger_peers: if region == HOME_REGION {
-                    peers.clone()
-                } else {
-                    Vec::new()
-                },
-                ledger_nodes: if region == HOME_REGION {
-                    peers.clone()
-                } else {
-                    reach(HOME_REGION)
-                },
-                regions: regions
-                    .iter()
-                    .filter(|r| **r != region)
-                    .map(|r| RegionPeers {
-                        name: r.to_string(),
-                        nodes: reach(r),
-                    })
-                    .collect(),
-                rebalance: policy.clone(),
-            };
-            config
-                .validate()
-                .map_err(|(field, message)| UpError::Usage(format!("node {id}: {field}: {message}")))?;
-            let planned = PlannedNode {
-                config_path: config_path(dir, *id),
-                config,
-            };
-            let text = toml::to_string(&planned.config).expect("a NodeConfig always serializes to TOML");
-            write_atomically(&planned.config_path, text.as_bytes())
-                .map_err(UpError::io(format!("writing {}", planned.config_path.display())))?;
-            plan.push(planned);
-        }
+        let text = toml::to_string(&planned.config).expect("a NodeConfig always serializes to TOML");
+        write_atomically(&planned.config_path, text.as_bytes())
+            .map_err(UpError::io(format!("writing {}", planned.config_path.display())))?;
+        plan.push(planned);
     }
     Ok((plan, true))
 }
 
+/// The architecture a DIR's configs were written for, if any: a ledger
+/// means tokens, a `location` means global-consensus, and a lone standalone
+/// us-east group single-writer.
+fn architecture_of(plan: &[PlannedNode]) -> Option<Architecture> {
+    let all = |f: &dyn Fn(&NodeConfig) -> bool| plan.iter().all(|p| f(&p.config));
+    if all(&|c| !c.standalone) {
+        Some(Architecture::Tokens)
+    } else if all(&|c| c.standalone && c.location.is_some() && c.region == GLOBAL_GROUP) {
+        Some(Architecture::GlobalConsensus)
+    } else if all(&|c| c.standalone && c.location.is_none() && c.region == HOME_REGION) {
+        Some(Architecture::SingleWriter)
+    } else {
+        None
+    }
+}
+
+/// Node ids, ports and link-emulator ports of a fresh cluster: nodes
+/// `1..` in region order, two ports each.
+struct Layout {
+    /// Per region: (id, gRPC, HTTP) of its nodes.
+    nodes: BTreeMap<&'static str, Vec<(u64, SocketAddr, SocketAddr)>>,
+    /// The address region `from` uses for node `id` of another region.
+    via: BTreeMap<(&'static str, u64), SocketAddr>,
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+impl Layout {
+    fn new(architecture: Architecture, n: u64) -> Result<Layout, UpError> {
+        let regions = wan::REGIONS;
+        let hosting: Vec<&'static str> = match architecture {
+            Architecture::SingleWriter => vec![HOME_REGION],
+            _ => regions.to_vec(),
+        };
+        let total = hosting.len() * n as usize;
+        // Two ports per node, plus (except single-writer, whose clients'
+        // links are set up per run) one link emulator per (region, node of
+        // another region).
+        let proxies = match architecture {
+            Architecture::SingleWriter => 0,
+            _ => regions.len() * (regions.len() - 1) * n as usize,
+        };
+        let ports = free_ports(2 * total + proxies).map_err(UpError::io("finding free ports"))?;
+        let mut next_port = ports.into_iter().map(loopback);
+        let mut next = move || next_port.next().expect("enough ports");
+        let mut nodes: BTreeMap<&'static str, Vec<(u64, SocketAddr, SocketAddr)>> = BTreeMap::new();
+        let mut id = 0;
+        for region in &hosting {
+            for _ in 0..n {
+                id += 1;
+                let (grpc, http) = (next(), next());
+                nodes.entry(region).or_default().push((id, grpc, http));
+            }
+        }
+        let mut via = BTreeMap::new();
+        if proxies > 0 {
+            for from in regions {
+                for (to, members) in &nodes {
+                    if *to != from {
+                        for (id, _, _) in members {
+                            via.insert((from, *id), next());
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Layout { nodes, via })
+    }
+
+    /// Region `from`'s way to every node of region `other`.
+    fn reach(&self, from: &'static str, other: &str) -> Vec<Peer> {
+        self.nodes[other]
+            .iter()
+            .map(|(id, _, _)| Peer {
+                id: *id,
+                grpc: self.via[&(from, *id)],
+            })
+            .collect()
+    }
+
+    fn local(&self, region: &str) -> Vec<Peer> {
+        self.nodes[region]
+            .iter()
+            .map(|(id, grpc, _)| Peer { id: *id, grpc: *grpc })
+            .collect()
+    }
+
+    fn config(dir: &Path, (id, grpc, http): (u64, SocketAddr, SocketAddr), region: &str) -> NodeConfig {
+        NodeConfig {
+            node_id: id,
+            region: region.to_string(),
+            location: None,
+            grpc_addr: grpc,
+            http_addr: http,
+            data_dir: dir.join(format!("node-{id}")).join("data"),
+            standalone: true,
+            peers: Vec::new(),
+            raft: RaftTuning::default(),
+            ledger_peers: Vec::new(),
+            ledger_nodes: Vec::new(),
+            regions: Vec::new(),
+            rebalance: RebalanceConfig::default(),
+        }
+    }
+
+    /// A region group per region, the ledger on the us-east nodes.
+    fn tokens(&self, dir: &Path, raft: &RaftTuning, policy: &RebalanceConfig) -> Vec<NodeConfig> {
+        let mut out = Vec::new();
+        for region in wan::REGIONS {
+            let peers = self.local(region);
+            for node in &self.nodes[region] {
+                let mut config = Layout::config(dir, *node, region);
+                config.standalone = false;
+                config.peers = peers.clone();
+                config.raft = raft.clone();
+                config.ledger_peers = if region == HOME_REGION {
+                    peers.clone()
+                } else {
+                    Vec::new()
+                };
+                config.ledger_nodes = if region == HOME_REGION {
+                    peers.clone()
+                } else {
+                    self.reach(region, HOME_REGION)
+                };
+                config.regions = wan::REGIONS
+                    .iter()
+                    .filter(|r| **r != region)
+                    .map(|r| RegionPeers {
+                        name: r.to_string(),
+                        nodes: self.reach(region, r),
+                    })
+                    .collect();
+                config.rebalance = policy.clone();
+                out.push(config);
+            }
+        }
+        out
+    }
+
+    /// One standalone us-east group.
+    fn single_writer(&self, dir: &Path, raft: &RaftTuning) -> Vec<NodeConfig> {
+        let peers = self.local(HOME_REGION);
+        self.nodes[HOME_REGION]
+            .iter()
+            .map(|node| {
+                let mut config = Layout::config(dir, *node, HOME_REGION);
+                config.peers = peers.clone();
+                config.raft = raft.clone();
+                config
+            })
+            .collect()
+    }
+
+    /// One standalone `global` group, a voter per region; each voter
+    /// reaches the others through the WAN links.
+    fn global(&self, dir: &Path, raft: &RaftTuning) -> Vec<NodeConfig> {
+        let mut out = Vec::new();
+        for region in wan::REGIONS {
+            for node in &self.nodes[region] {
+                let mut config = Layout::config(dir, *node, GLOBAL_GROUP);
+                config.location = Some(region.to_string());
+                config.peers = wan::REGIONS
+                    .iter()
+                    .flat_map(|r| {
+                        if *r == region {
+                            self.local(r)
+                        } else {
+                            self.reach(region, r)
+                        }
+                    })
+                    .collect();
+                config.raft = raft.clone();
+                out.push(config);
+            }
+        }
+        out
+    }
+}
+
+/// Per region, where its clients connect.
+type Endpoints = BTreeMap<String, Vec<ClusterEndpoint>>;
+
+/// Where a client in each region connects, and the link emulators that
+/// needs beyond those of the configs: a region's own nodes; for
+/// single-writer, the other regions' clients reach the us-east nodes
+/// through fresh link emulators (new ports on every run).
+fn endpoints(
+    plan: &[PlannedNode],
+    architecture: Architecture,
+) -> Result<(Vec<Proxy>, Endpoints), UpError> {
+    let mut out: BTreeMap<String, Vec<ClusterEndpoint>> = BTreeMap::new();
+    for p in plan {
+        out.entry(p.config.location().to_string())
+            .or_default()
+            .push(ClusterEndpoint {
+                id: p.config.node_id,
+                grpc: p.config.grpc_addr,
+            });
+    }
+    let mut entries = Vec::new();
+    if architecture == Architecture::SingleWriter {
+        let remote: Vec<&str> = wan::REGIONS.into_iter().filter(|r| *r != HOME_REGION).collect();
+        let ports = free_ports(remote.len() * plan.len()).map_err(UpError::io("finding free ports"))?;
+        let mut ports = ports.into_iter().map(loopback);
+        for region in remote {
+            for p in plan {
+                let listen = ports.next().expect("enough ports");
+                entries.push(Proxy {
+                    listen,
+                    target: p.config.grpc_addr,
+                    link: (region.to_string(), HOME_REGION.to_string()),
+                });
+                out.entry(region.to_string()).or_default().push(ClusterEndpoint {
+                    id: p.config.node_id,
+                    grpc: listen,
+                });
+            }
+        }
+    }
+    Ok((entries, out))
+}
+
 /// The link emulators the configs call for: every address a node uses for
-/// a node of another region is a proxy to that node's real address.
+/// a node elsewhere (another region's, the ledger's, a global voter in
+/// another region) is a proxy to that node's real address.
 fn proxies(plan: &[PlannedNode]) -> Vec<Proxy> {
     let real: BTreeMap<u64, (&str, SocketAddr)> = plan
         .iter()
-        .map(|p| (p.config.node_id, (p.config.region.as_str(), p.config.grpc_addr)))
+        .map(|p| (p.config.node_id, (p.config.location(), p.config.grpc_addr)))
         .collect();
     let mut out: BTreeMap<SocketAddr, Proxy> = BTreeMap::new();
     for p in plan {
-        let from = p.config.region.as_str();
+        let from = p.config.location();
         let remote = p
             .config
             .regions
             .iter()
             .flat_map(|r| r.nodes.iter())
-            .chain(p.config.ledger_nodes.iter());
+            .chain(p.config.ledger_nodes.iter())
+            .chain(p.config.peers.iter());
         for peer in remote {
             let Some((to, target)) = real.get(&peer.id) else {
                 continue;
@@ -398,11 +657,13 @@ async fn seed_demo(addr: SocketAddr) -> Result<(), String> {
 async fn write_cluster_file(cluster: &Cluster) -> Result<(), UpError> {
     let nodes = cluster.nodes.lock().await;
     let file = ClusterFile {
+        architecture: Some(cluster.architecture.name().to_string()),
+        endpoints: Some(cluster.endpoints.clone()),
         nodes: nodes
             .iter()
             .map(|n| ClusterNode {
                 id: n.id,
-                region: n.config.region.clone(),
+                region: n.config.location().to_string(),
                 grpc: n.config.grpc_addr,
                 http: n.config.http_addr,
                 pid: n.pid,
@@ -410,7 +671,7 @@ async fn write_cluster_file(cluster: &Cluster) -> Result<(), UpError> {
             })
             .collect(),
         control: Some(cluster.control.to_string()),
-        ledger: Some(LedgerInfo {
+        ledger: (cluster.architecture == Architecture::Tokens).then(|| LedgerInfo {
             region: HOME_REGION.to_string(),
             node_ids: nodes
                 .iter()
@@ -433,27 +694,38 @@ async fn print_endpoints(cluster: &Cluster, options: &ClusterOptions) {
             .to_vec(),
     ];
     for n in nodes.iter() {
+        let role = match cluster.architecture {
+            Architecture::Tokens if n.config.hosts_ledger() => "region + ledger",
+            Architecture::Tokens => "region",
+            Architecture::SingleWriter => "single writer",
+            Architecture::GlobalConsensus => "global voter",
+        };
         rows.push(vec![
             n.id.to_string(),
-            n.config.region.clone(),
+            n.config.location().to_string(),
             n.pid.to_string(),
             n.config.grpc_addr.to_string(),
             n.config.http_addr.to_string(),
-            if n.config.hosts_ledger() {
-                "region + ledger".into()
-            } else {
-                "region".into()
-            },
+            role.into(),
         ]);
     }
     println!(
-        "cluster is ready: {} regions x {} nodes, WAN {}; {}",
-        wan::REGIONS.len(),
-        nodes.len() / wan::REGIONS.len(),
+        "cluster is ready: architecture {}, {} nodes, WAN {}; {}",
+        cluster.architecture.name(),
+        nodes.len(),
         options.wan,
         cluster.dir.join("cluster.json").display()
     );
     print!("{}", crate::cli::table(&rows));
+    if cluster.architecture == Architecture::SingleWriter {
+        for (region, list) in cluster.endpoints.iter().filter(|(r, _)| *r != HOME_REGION) {
+            let addrs: Vec<String> = list.iter().map(|e| e.grpc.to_string()).collect();
+            println!(
+                "{region} clients reach the us-east nodes through the WAN at {}",
+                addrs.join(" ")
+            );
+        }
+    }
     println!(
         "control API: http://{} (GET /links, POST /links/partition, /links/heal, /nodes/ID/kill, /nodes/ID/restart)",
         cluster.control

@@ -65,7 +65,11 @@ pub struct GroupOptions {
     /// This node.
     pub node_id: NodeId,
     /// The voters (id → gRPC address) the group is initialized with, on its
-    /// very first start, by the member with the smallest id.
+    /// very first start, by the member with the smallest id. The addresses
+    /// are this node's view: it sends to and forwards to a peer at the
+    /// address given here, whatever address the initializer stored in the
+    /// membership (nodes behind a link emulator reach each other by
+    /// different addresses).
     pub members: BTreeMap<NodeId, String>,
     /// Leader heartbeat interval.
     pub heartbeat_ms: u64,
@@ -161,6 +165,8 @@ pub struct Group<SM: GroupMachine> {
     proposals_tx: mpsc::Sender<Proposal<SM>>,
     queue_max: usize,
     router: Router,
+    /// How this node reaches its peers (see [`GroupOptions::members`]).
+    addresses: Arc<BTreeMap<NodeId, String>>,
 }
 
 impl<SM: GroupMachine> Group<SM> {
@@ -191,7 +197,8 @@ impl<SM: GroupMachine> Group<SM> {
             message: e.to_string(),
         })?);
         let reader = stores.state_machine.reader();
-        let network = Network::<SM>::new(group.clone(), options.node_id, wire);
+        let addresses = Arc::new(options.members.clone());
+        let network = Network::<SM>::new(group.clone(), options.node_id, wire, addresses.clone());
         let raft = openraft::Raft::new(options.node_id, config, network, stores.log, stores.state_machine)
             .await
             .map_err(|e| GroupError::Raft {
@@ -236,6 +243,7 @@ impl<SM: GroupMachine> Group<SM> {
             proposals_tx,
             queue_max,
             router: router.clone(),
+            addresses,
         })
     }
 
@@ -306,13 +314,16 @@ impl<SM: GroupMachine> Group<SM> {
         let m = self.raft.metrics();
         let m = m.borrow();
         let id = m.current_leader?;
-        let addr = m.membership_config.membership().get_node(&id)?.addr.clone();
+        let addr = match self.addresses.get(&id) {
+            Some(addr) => addr.clone(),
+            None => m.membership_config.membership().get_node(&id)?.addr.clone(),
+        };
         Some((id, addr))
     }
 
     fn leader_of(&self, fwd: &ForwardToLeader<NodeId, Node>) -> Option<(NodeId, String)> {
         match (fwd.leader_id, &fwd.leader_node) {
-            (Some(id), Some(node)) => Some((id, node.addr.clone())),
+            (Some(id), Some(node)) => Some((id, self.addresses.get(&id).unwrap_or(&node.addr).clone())),
             _ => self.leader(),
         }
     }

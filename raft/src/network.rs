@@ -211,16 +211,29 @@ pub struct Network<SM> {
     group: String,
     from: NodeId,
     wire: Arc<dyn Wire>,
+    /// How this node reaches its peers. The addresses stored in the
+    /// membership are the initializing node's view; where two nodes reach a
+    /// third by different addresses (a link emulator in between), this
+    /// node's own view wins. The membership's address is used only for a
+    /// node missing here.
+    addresses: Arc<BTreeMap<NodeId, String>>,
     _sm: std::marker::PhantomData<fn() -> SM>,
 }
 
 impl<SM> Network<SM> {
-    /// The network of `group` as seen from node `from`.
-    pub fn new(group: impl Into<String>, from: NodeId, wire: Arc<dyn Wire>) -> Network<SM> {
+    /// The network of `group` as seen from node `from`, which reaches its
+    /// peers at `addresses`.
+    pub fn new(
+        group: impl Into<String>,
+        from: NodeId,
+        wire: Arc<dyn Wire>,
+        addresses: Arc<BTreeMap<NodeId, String>>,
+    ) -> Network<SM> {
         Network {
             group: group.into(),
             from,
             wire,
+            addresses,
             _sm: std::marker::PhantomData,
         }
     }
@@ -234,7 +247,7 @@ impl<SM: GroupMachine> RaftNetworkFactory<GroupConfig<SM>> for Network<SM> {
             group: self.group.clone(),
             from: self.from,
             to: target,
-            addr: node.addr.clone(),
+            addr: self.addresses.get(&target).unwrap_or(&node.addr).clone(),
             wire: self.wire.clone(),
             _sm: std::marker::PhantomData,
         }

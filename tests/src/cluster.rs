@@ -74,6 +74,8 @@ impl WanProfile {
 /// no WAN latency, no demo catalog.
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
+    /// `up --architecture`: `tokens`, `single-writer` or `global-consensus`.
+    pub architecture: &'static str,
     /// `up --nodes-per-region`.
     pub nodes_per_region: u64,
     /// `up --wan`.
@@ -89,6 +91,7 @@ pub struct ClusterOptions {
 impl Default for ClusterOptions {
     fn default() -> Self {
         ClusterOptions {
+            architecture: "tokens",
             nodes_per_region: 1,
             wan: WanProfile::None,
             demo: false,
@@ -141,6 +144,8 @@ impl Cluster {
             options,
             up: None,
             file: ClusterFile {
+                architecture: None,
+                endpoints: None,
                 nodes: Vec::new(),
                 control: None,
                 ledger: None,
@@ -161,6 +166,8 @@ impl Cluster {
             .arg("up")
             .arg("--dir")
             .arg(&dir)
+            .arg("--architecture")
+            .arg(self.options.architecture)
             .arg("--nodes-per-region")
             .arg(self.options.nodes_per_region.to_string())
             .arg("--wan")
@@ -185,14 +192,36 @@ impl Cluster {
             self.control.ip().is_loopback(),
             "the control API listens on loopback: {control}"
         );
-        let ledger = file
-            .ledger
+        assert_eq!(
+            file.architecture.as_deref(),
+            Some(self.options.architecture),
+            "{file:?}"
+        );
+        let tokens = self.options.architecture == "tokens";
+        if tokens {
+            let ledger = file
+                .ledger
+                .as_ref()
+                .expect("a tokens cluster.json names the ledger's nodes");
+            assert_eq!(ledger.region, HOME_REGION, "{ledger:?}");
+        } else {
+            assert!(file.ledger.is_none(), "no ledger without tokens: {file:?}");
+        }
+        let endpoints = file
+            .endpoints
             .as_ref()
-            .expect("a three-region cluster.json names the ledger's nodes");
-        assert_eq!(ledger.region, HOME_REGION, "{ledger:?}");
+            .expect("a three-region cluster.json lists every region's endpoints");
         for region in REGIONS {
             let n = file.nodes.iter().filter(|n| n.region == region).count() as u64;
-            assert_eq!(n, self.options.nodes_per_region, "nodes of {region}: {file:?}");
+            let expected = match self.options.architecture {
+                "single-writer" if region != HOME_REGION => 0,
+                _ => self.options.nodes_per_region,
+            };
+            assert_eq!(n, expected, "nodes of {region}: {file:?}");
+            assert!(
+                endpoints.get(region).is_some_and(|e| !e.is_empty()),
+                "endpoints of {region}: {file:?}"
+            );
         }
         for node in &file.nodes {
             assert!(
@@ -258,6 +287,20 @@ impl Cluster {
             .as_ref()
             .map(|l| l.node_ids.clone())
             .unwrap_or_default()
+    }
+
+    /// A client channel of `region`: its first endpoint in `cluster.json`
+    /// (a node of the region, or for single-writer a link emulator in front
+    /// of a us-east node).
+    pub fn endpoint(&self, region: &str) -> Channel {
+        let endpoint = self
+            .file
+            .endpoints
+            .as_ref()
+            .and_then(|e| e.get(region))
+            .and_then(|list| list.first())
+            .unwrap_or_else(|| panic!("no endpoint for {region} in {:?}", self.file));
+        channel(endpoint.grpc)
     }
 
     /// A node's entry in `cluster.json`.

@@ -291,6 +291,8 @@ impl Region {
             options,
             up: None,
             cluster: ClusterFile {
+                architecture: None,
+                endpoints: None,
                 nodes: Vec::new(),
                 control: None,
                 ledger: None,

@@ -204,6 +204,18 @@ impl Target {
         }
     }
 
+    /// True when the target answers reserves from regional tokens (Reservoir
+    /// with a ledger, i.e. the `tokens` design, and the simulated target);
+    /// a single server or a single group has no local tokens, so its
+    /// local-hit ratio is not counted.
+    pub fn has_local_tokens(&self) -> bool {
+        match self {
+            Target::Reservoir(t) => t.settles(),
+            Target::Sim(_) => true,
+            _ => false,
+        }
+    }
+
     /// True when the target has links that partition windows can cut.
     pub fn can_partition(&self) -> bool {
         matches!(self, Target::Reservoir(_))

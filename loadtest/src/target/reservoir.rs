@@ -1,9 +1,11 @@
 //! The Reservoir target: a cluster started by `reservoir up`, found through
 //! its `cluster.json`.
 //!
-//! Each scenario region sends to the nodes of the cluster region of the same
-//! name, starting with the region's leader (followers would forward to it)
-//! and moving to the next node after a retryable error. Errors are read from
+//! Each scenario region sends to the endpoints `cluster.json` lists for the
+//! cluster region of the same name (its nodes; for `single-writer`, link
+//! emulators in front of the us-east nodes), starting with the group
+//! leader's endpoint when there is one (followers would forward to it) and
+//! moving to the next endpoint after a retryable error. Errors are read from
 //! the `google.rpc.ErrorInfo` detail (domain `reservoir`) with
 //! `tonic-types`; a status without one is named by its gRPC code.
 
@@ -57,14 +59,53 @@ pub struct ClusterNode {
     pub grpc: SocketAddr,
 }
 
+/// A client endpoint in `cluster.json`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ClusterEndpoint {
+    /// The node behind it.
+    pub id: u64,
+    /// The address a client in the region uses.
+    pub grpc: SocketAddr,
+}
+
 /// `cluster.json` as `reservoir up` writes it (the fields this crate reads).
 #[derive(Clone, Debug, Deserialize)]
 pub struct ClusterFile {
+    /// `tokens`, `single-writer` or `global-consensus` (three-region
+    /// clusters; absent for a standalone region).
+    #[serde(default)]
+    pub architecture: Option<String>,
+    /// Per region, where its clients connect (three-region clusters).
+    #[serde(default)]
+    pub endpoints: Option<BTreeMap<String, Vec<ClusterEndpoint>>>,
     /// Every node.
     pub nodes: Vec<ClusterNode>,
     /// The control API, `127.0.0.1:PORT` (three-region clusters only).
     #[serde(default)]
     pub control: Option<String>,
+    /// Where the ledger runs; absent when there is none (a standalone
+    /// region, single-writer, global-consensus).
+    #[serde(default)]
+    pub ledger: Option<serde_json::Value>,
+}
+
+impl ClusterFile {
+    /// The addresses a client in `region` uses: its endpoints, or (an older
+    /// or standalone file) the region's nodes.
+    pub fn region_endpoints(&self, region: &str) -> Vec<(u64, SocketAddr)> {
+        match &self.endpoints {
+            Some(all) => all
+                .get(region)
+                .map(|list| list.iter().map(|e| (e.id, e.grpc)).collect())
+                .unwrap_or_default(),
+            None => self
+                .nodes
+                .iter()
+                .filter(|n| n.region == region)
+                .map(|n| (n.id, n.grpc))
+                .collect(),
+        }
+    }
 }
 
 impl ClusterFile {
@@ -140,12 +181,17 @@ pub fn code_name(code: Code) -> &'static str {
 }
 
 /// A status as an [`OpError`]: UNAVAILABLE (no leader, overloaded, no
-/// connection) and timeouts are retryable with the same request id.
+/// connection), timeouts and transport errors are retryable with the same
+/// request id.
 pub fn op_error(status: &Status) -> OpError {
-    let retryable = matches!(
-        status.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
-    );
+    // A connection reset under a call (a cut WAN link) is a transport error
+    // that tonic reports as UNKNOWN; the request id makes a retry safe.
+    let reset = status.code() == Code::Unknown && status.message() == "transport error";
+    let retryable = reset
+        || matches!(
+            status.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+        );
     OpError {
         reason: reason_of(status),
         retryable,
@@ -185,6 +231,12 @@ pub struct ReservoirTarget {
     /// Every node, home region first, for Admin calls.
     admin: RegionNodes,
     control: Option<String>,
+    /// A ledger settles confirmed sales (tokens); without one (standalone,
+    /// single-writer, global-consensus) the region's confirmed units are the
+    /// record of sales.
+    settles: bool,
+    /// `cluster.json`'s architecture, for the report.
+    architecture: Option<String>,
 }
 
 fn channel(addr: SocketAddr) -> Result<Channel, TargetError> {
@@ -203,10 +255,9 @@ impl ReservoirTarget {
         let mut by_region = Vec::new();
         for r in regions {
             let nodes: Vec<(u64, Channel)> = file
-                .nodes
-                .iter()
-                .filter(|n| &n.region == r)
-                .map(|n| Ok((n.id, channel(n.grpc)?)))
+                .region_endpoints(r)
+                .into_iter()
+                .map(|(id, addr)| Ok((id, channel(addr)?)))
                 .collect::<Result<_, TargetError>>()?;
             if nodes.is_empty() {
                 return Err(TargetError::Setup(format!(
@@ -232,17 +283,21 @@ impl ReservoirTarget {
             regions: by_region,
             admin,
             control: file.control.clone(),
+            settles: file.ledger.is_some(),
+            architecture: file.architecture.clone(),
         };
         let status = target.status().await.map_err(|e| {
             TargetError::Setup(format!("the cluster does not answer GetStatus: {}", e.message))
         })?;
         for (r, nodes) in regions.iter().zip(&target.regions) {
-            let leader = status
-                .regions
-                .iter()
-                .find(|s| &s.region == r)
-                .map(|s| s.leader_id)
-                .unwrap_or(0);
+            // The region's own group, or the one group of a cluster that has
+            // one (single-writer, global-consensus).
+            let group = match status.regions.iter().find(|s| &s.region == r) {
+                Some(g) => Some(g),
+                None if status.regions.len() == 1 => status.regions.first(),
+                None => None,
+            };
+            let leader = group.map_or(0, |g| g.leader_id);
             if let Some(i) = nodes.nodes.iter().position(|(id, _)| *id == leader) {
                 nodes.current.store(i, Ordering::Relaxed);
             }
@@ -400,14 +455,16 @@ impl ReservoirTarget {
         }
         let deadline = tokio::time::Instant::now() + DISTRIBUTE_DEADLINE;
         let skus: BTreeMap<&str, ()> = catalog.skus.iter().map(|s| (s.sku.as_str(), ())).collect();
-        let regions = self.regions.len();
         loop {
             let mut missing = 0usize;
             match self.status().await {
                 Ok(status) => {
+                    // Groups that hold tokens: one per scenario region, or
+                    // the one group of single-writer / global-consensus.
+                    let groups = self.regions.len().min(status.regions.len().max(1));
                     for s in status.skus.iter().filter(|s| skus.contains_key(s.sku.as_str())) {
                         let with_tokens = s.regions.iter().filter(|r| r.available > 0).count();
-                        if s.pool > 0 && with_tokens < regions {
+                        if s.pool > 0 && with_tokens < groups {
                             missing += 1;
                         }
                     }
@@ -430,6 +487,16 @@ impl ReservoirTarget {
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
+    }
+
+    /// True when a ledger settles sales and regions hold tokens (`tokens`).
+    pub fn settles(&self) -> bool {
+        self.settles
+    }
+
+    /// The cluster's architecture as `cluster.json` names it.
+    pub fn architecture(&self) -> Option<&str> {
+        self.architecture.as_deref()
     }
 
     /// Stranded tokens of the catalog's SKUs, from `GetStatus`.
@@ -497,7 +564,8 @@ impl ReservoirTarget {
     /// is held or confirmed-unsettled and the ledger's `settled_total` lies
     /// in `expected[sku]` = (units the tester saw confirmed, plus those whose
     /// confirm had an unknown outcome); or until `deadline`. Then reads
-    /// stranded tokens.
+    /// stranded tokens. Without a ledger nothing is ever settled: the
+    /// region's confirmed units are compared instead.
     pub async fn reconcile(
         &self,
         catalog: &Catalog,
@@ -516,15 +584,20 @@ impl ReservoirTarget {
                         let (seen, unknown) = expected.get(&b.sku).copied().unwrap_or((0, 0));
                         let held: u64 = b.regions.iter().map(|r| r.held).sum();
                         let unsettled: u64 = b.regions.iter().map(|r| r.confirmed).sum();
-                        if held > 0 || unsettled > 0 {
+                        let (sold, word) = if self.settles {
+                            (b.settled_total, "settled")
+                        } else {
+                            (b.settled_total + unsettled, "confirmed")
+                        };
+                        if held > 0 || (self.settles && unsettled > 0) {
                             notes.push(format!(
                                 "{}: {held} held, {unsettled} confirmed not yet settled",
                                 b.sku
                             ));
-                        } else if b.settled_total < seen || b.settled_total > seen + unknown {
+                        } else if sold < seen || sold > seen + unknown {
                             notes.push(format!(
-                                "{}: settled {} but the tester saw {seen} confirmed (+{unknown} unknown)",
-                                b.sku, b.settled_total
+                                "{}: {word} {sold} but the tester saw {seen} confirmed (+{unknown} unknown)",
+                                b.sku
                             ));
                         }
                     }

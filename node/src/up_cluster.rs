@@ -54,6 +54,8 @@ pub const HOME_REGION: &str = "us-east";
 pub const NODES_PER_REGION_DEFAULT: u64 = 3;
 /// How long every node has to become ready.
 pub const CLUSTER_READY_DEADLINE: Duration = Duration::from_secs(60);
+/// SKUs the one-line status names; the rest are counted.
+pub const STATUS_SKUS_MAX: usize = 4;
 /// How often the one-line status is printed.
 pub const STATUS_EVERY: Duration = Duration::from_secs(10);
 /// The demo catalog: SKU and units.
@@ -799,14 +801,18 @@ async fn status_line(addr: SocketAddr, wan: &Wan) -> String {
                     )
                 })
                 .collect();
-            let skus: Vec<String> = s
+            let mut skus: Vec<String> = s
                 .skus
                 .iter()
+                .take(STATUS_SKUS_MAX)
                 .map(|k| {
                     let by_region: Vec<String> = k.regions.iter().map(|r| r.available.to_string()).collect();
                     format!("{} pool {} avail [{}]", k.sku, k.pool, by_region.join("/"))
                 })
                 .collect();
+            if s.skus.len() > STATUS_SKUS_MAX {
+                skus.push(format!("{} more SKUs", s.skus.len() - STATUS_SKUS_MAX));
+            }
             format!(
                 "status: leaders {} ledger {} | {} | cut links: {}",
                 leaders.join(" "),

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs one load-test scenario against one target, in the same way for every
+# target, and leaves no process behind:
+#   scripts/bench-scenarios.sh OUT_DIR SCENARIO TARGET [LOADTEST_ARGS...]
+# TARGET is one of
+#   tokens | single-writer | global-consensus   (`reservoir up --architecture
+#       TARGET --wan aws`, 3 nodes per region; global-consensus: 1 per region)
+#   tokens-take_half                            (tokens with `--policy take_half`)
+#   region                                      (`reservoir up --standalone`: one
+#       us-east region of 3 nodes, for one-region scenarios)
+#   redis | redis-nopersist | postgres          (servers the load tester starts)
+# SCENARIO is a built-in name or a TOML file. The report lands in
+# OUT_DIR/SCENARIO-TARGET/ (report.json, report.html, summary.txt).
+# Uses the release binaries: cargo build --release -p reservoir-node -p reservoir-loadtest
+set -euo pipefail
+out=$1 scenario=$2 target=$3
+shift 3
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=$root/target/release
+name=$(basename "$scenario" .toml)-$target
+mkdir -p "$out/$name"
+if [ -f "$scenario" ]; then scen=(--scenario-file "$scenario"); else scen=("$scenario"); fi
+
+case $target in
+  redis | redis-nopersist | postgres)
+    "$bin/reservoir-loadtest" "${scen[@]}" --target "$target" --out "$out/$name" --quiet "$@" \
+      > "$out/$name/summary.txt"
+    ;;
+  tokens | single-writer | global-consensus | tokens-take_half | region)
+    dir=$(mktemp -d /tmp/reservoir-bench-XXXXXX)
+    if [ "$target" = region ]; then
+      "$bin/reservoir" up --standalone --dir "$dir" > "$out/$name/up.log" 2>&1 &
+    else
+      arch=${target%-take_half}
+      policy=proportional
+      [ "$target" = tokens-take_half ] && policy=take_half
+      "$bin/reservoir" up --dir "$dir" --architecture "$arch" --policy "$policy" --wan aws --no-demo \
+        > "$out/$name/up.log" 2>&1 &
+    fi
+    up=$!
+    trap 'kill -TERM $up 2>/dev/null; wait $up 2>/dev/null; rm -rf "$dir"' EXIT
+    for _ in $(seq 1 300); do [ -f "$dir/cluster.json" ] && break; sleep 0.2; done
+    [ -f "$dir/cluster.json" ] || { echo "the cluster did not start; see $out/$name/up.log" >&2; exit 1; }
+    "$bin/reservoir-loadtest" "${scen[@]}" --target reservoir --cluster "$dir/cluster.json" \
+      --out "$out/$name" --quiet "$@" > "$out/$name/summary.txt"
+    ;;
+  *)
+    echo "unknown target $target" >&2
+    exit 2
+    ;;
+esac
+cat "$out/$name/summary.txt"

@@ -192,6 +192,9 @@ pub struct RegionStats {
     pub timeline: Vec<SecondRow>,
     /// Run counters.
     pub counters: RegionCounters,
+    /// Reserve latency (any outcome) of each finished second, by second,
+    /// so that any window of seconds can be merged exactly.
+    pub second_reserves: Vec<Histogram<u64>>,
     current: SecondRow,
     current_reserve: Histogram<u64>,
 }
@@ -202,6 +205,7 @@ impl RegionStats {
             histograms: BTreeMap::new(),
             timeline: Vec::new(),
             counters: RegionCounters::default(),
+            second_reserves: Vec::new(),
             current: SecondRow::default(),
             current_reserve: new_histogram(TIMELINE_SIGNIFICANT_DIGITS),
         }
@@ -228,6 +232,7 @@ impl RegionStats {
             ..SecondRow::default()
         };
         self.timeline.push(std::mem::replace(&mut self.current, next));
+        self.second_reserves.push(self.current_reserve.clone());
         self.current_reserve.reset();
     }
 
@@ -445,6 +450,9 @@ mod tests {
         assert!(stats.timeline[0].reserve_p50_us >= 1_900);
         assert_eq!(stats.timeline[1].answered, 0);
         assert_eq!(stats.timeline[2].errors["RESERVATION_EXPIRED"], 1);
+        assert_eq!(stats.second_reserves.len(), 3);
+        assert_eq!(stats.second_reserves[0].len(), 1);
+        assert_eq!(stats.second_reserves[1].len(), 0);
         let release_keys = stats
             .histograms
             .keys()

@@ -160,6 +160,54 @@ pub struct Totals {
     pub errors: BTreeMap<String, u64>,
 }
 
+/// One region's reserve latency during one window.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WindowLatency {
+    /// The window's index in `windows`.
+    pub window: usize,
+    /// The region.
+    pub region: String,
+    /// First whole second counted.
+    pub from_s: u64,
+    /// Second after the last one counted.
+    pub to_s: u64,
+    /// Reserves answered per second in those seconds.
+    pub reserves_per_s: f64,
+    /// Their latency.
+    pub reserve: LatencySummary,
+}
+
+/// Reserve latency per (applied window, region): the whole seconds from the
+/// window's start (rounded up) to its end (rounded down).
+pub fn window_latency(
+    marks: &[Mark],
+    regions: &[String],
+    stats: &[crate::metrics::RegionStats],
+) -> Vec<WindowLatency> {
+    let mut out = Vec::new();
+    for (i, mark) in marks.iter().enumerate().filter(|(_, m)| m.applied) {
+        let from_s = mark.start_s.max(0.0).ceil() as u64;
+        let to_s = mark.end_s.max(0.0).floor() as u64;
+        if to_s <= from_s {
+            continue;
+        }
+        for (name, s) in regions.iter().zip(stats) {
+            let end = (to_s as usize).min(s.second_reserves.len());
+            let start = (from_s as usize).min(end);
+            let h = merge(s.second_reserves[start..end].iter());
+            out.push(WindowLatency {
+                window: i,
+                region: name.clone(),
+                from_s,
+                to_s,
+                reserves_per_s: h.len() as f64 / (to_s - from_s) as f64,
+                reserve: LatencySummary::of(&h),
+            });
+        }
+    }
+    out
+}
+
 /// Everything, as written to `report.json`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Report {
@@ -175,6 +223,9 @@ pub struct Report {
     pub load_s: f64,
     /// Windows as they ran.
     pub windows: Vec<Mark>,
+    /// Reserve latency (any outcome) in each region during each applied
+    /// window, merged exactly from the window's whole seconds.
+    pub window_latency: Vec<WindowLatency>,
     /// Per region.
     pub regions: Vec<RegionSummary>,
     /// Totals.
@@ -391,6 +442,7 @@ impl Report {
             started_unix_ms: run.started_unix_ms,
             load_s: run.load_s,
             windows: run.marks.clone(),
+            window_latency: window_latency(&run.marks, &run.scenario.regions, &run.stats),
             regions,
             totals,
             latency,
@@ -463,6 +515,37 @@ impl Report {
         }
         out.push_str("reserve latency from the intended send time, every answer:\n");
         out.push_str(&table(&rows));
+        if !self.window_latency.is_empty() {
+            let mut rows = vec![
+                [
+                    "WINDOW",
+                    "SECONDS",
+                    "REGION",
+                    "RESERVE/S",
+                    "P50 MS",
+                    "P99 MS",
+                    "P99.9 MS",
+                    "MAX MS",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ];
+            for w in &self.window_latency {
+                let mark = &self.windows[w.window];
+                rows.push(vec![
+                    format!("{:?} {}", mark.kind, mark.region.as_deref().unwrap_or("all")),
+                    format!("{}-{}", w.from_s, w.to_s),
+                    w.region.clone(),
+                    format!("{:.1}", w.reserves_per_s),
+                    ms(w.reserve.p50_us),
+                    ms(w.reserve.p99_us),
+                    ms(w.reserve.p999_us),
+                    ms(w.reserve.max_us),
+                ]);
+            }
+            out.push_str("reserve latency during each window, every answer:\n");
+            out.push_str(&table(&rows));
+        }
         let mut rows = vec![vec![
             "OP".to_string(),
             "OUTCOME".into(),
@@ -614,6 +697,42 @@ mod tests {
         assert_eq!(local_hit_ratio(99, 0, 1), Some(0.99));
         assert_eq!(local_hit_ratio(8, 1, 1), Some(0.8));
         assert_eq!(local_hit_ratio(0, 0, 0), None);
+    }
+
+    /// A window's latency merges exactly its whole seconds, per region, and
+    /// a skipped window gets none.
+    #[tokio::test(start_paused = true)]
+    async fn window_latency_counts_only_its_seconds() {
+        use crate::metrics::{Op, Recorder};
+        use std::time::Duration;
+        let rec = Recorder::new(2, tokio::time::Instant::now());
+        for (at_ms, region, latency_ms) in [(500, 0, 1), (1_500, 0, 100), (1_700, 1, 7), (2_500, 0, 5)] {
+            tokio::time::advance(Duration::from_millis(at_ms) - rec.start().elapsed()).await;
+            rec.answer(region, Op::Reserve, OUTCOME_OK, Duration::from_millis(latency_ms));
+        }
+        tokio::time::advance(Duration::from_millis(1_000)).await;
+        rec.tick();
+        let stats = rec.finish();
+        let mark = |start_s: f64, end_s: f64, applied: bool| Mark {
+            kind: crate::scenario::WindowKind::Spike,
+            region: Some("a".into()),
+            start_s,
+            end_s,
+            rate_factor: 10.0,
+            note: String::new(),
+            applied,
+        };
+        let regions = ["a".to_string(), "b".to_string()];
+        // 0.5-2.9 s counts second 1 only (whole seconds).
+        let w = window_latency(&[mark(0.5, 2.9, true), mark(0.0, 3.0, false)], &regions, &stats);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert_eq!((w[0].from_s, w[0].to_s, w[0].reserve.count), (1, 2, 1));
+        assert!((99_000..=101_000).contains(&w[0].reserve.p99_us), "{w:?}");
+        assert_eq!((w[1].region.as_str(), w[1].reserve.count), ("b", 1));
+        // 0-3 s counts all three of region a.
+        let w = window_latency(&[mark(0.0, 3.0, true)], &regions, &stats);
+        assert_eq!(w[0].reserve.count, 3);
+        assert_eq!(w[0].reserves_per_s, 1.0);
     }
 
     /// The table pads columns to their widest cell.

@@ -550,10 +550,7 @@ type Endpoints = BTreeMap<String, Vec<ClusterEndpoint>>;
 /// needs beyond those of the configs: a region's own nodes; for
 /// single-writer, the other regions' clients reach the us-east nodes
 /// through fresh link emulators (new ports on every run).
-fn endpoints(
-    plan: &[PlannedNode],
-    architecture: Architecture,
-) -> Result<(Vec<Proxy>, Endpoints), UpError> {
+fn endpoints(plan: &[PlannedNode], architecture: Architecture) -> Result<(Vec<Proxy>, Endpoints), UpError> {
     let mut out: BTreeMap<String, Vec<ClusterEndpoint>> = BTreeMap::new();
     for p in plan {
         out.entry(p.config.location().to_string())

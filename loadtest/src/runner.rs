@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -63,6 +63,9 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 pub const STRANDED_INTERVAL: Duration = Duration::from_secs(1);
 /// Most stranded-token samples kept.
 pub const STRANDED_SAMPLES_MAX: usize = crate::metrics::TIMELINE_SECONDS_MAX;
+/// Closed-loop clients draw their carts from random streams numbered from
+/// here (the open-loop generators use 0..2 × regions).
+pub const CLOSED_LOOP_STREAMS: u64 = 1_000;
 
 /// What the tester believes about one SKU, from the answers it got.
 #[derive(Debug, Default)]
@@ -267,7 +270,13 @@ impl Ctx {
 
 /// One session: reserve, then (after the think time) confirm or release, or
 /// nothing (abandoned: the tester forgets the hold when its time is up).
-async fn session(ctx: Arc<Ctx>, region: usize, plan: SessionPlan, intended: Instant) {
+async fn session(
+    ctx: Arc<Ctx>,
+    region: usize,
+    plan: SessionPlan,
+    intended: Instant,
+    answered: Option<oneshot::Sender<()>>,
+) {
     let lines: Vec<(usize, u64)> = plan.lines.iter().map(|l| (l.sku, l.qty)).collect();
     let wire: Vec<(String, u64)> = lines
         .iter()
@@ -297,6 +306,9 @@ async fn session(ctx: Arc<Ctx>, region: usize, plan: SessionPlan, intended: Inst
             target.reserve(region, &request_id, &wire, ttl_ms, max_wait_ms)
         })
         .await;
+    if let Some(tx) = answered {
+        let _ = tx.send(());
+    }
     for (sku, qty) in &lines {
         if let Some(b) = ctx.book(*sku) {
             b.pending.fetch_sub(*qty as i64, Ordering::Relaxed);
@@ -453,10 +465,60 @@ async fn generate(
         let ctx = ctx.clone();
         sessions.spawn(async move {
             let _guard = guard;
-            session(ctx, region, plan, intended).await;
+            session(ctx, region, plan, intended, None).await;
         });
     }
     sessions
+}
+
+/// One region's closed-loop clients (`clients_per_region` > 0): each starts
+/// a session, waits for its reserve's answer, and starts the next, until the
+/// scenario's duration has passed. A session's later steps (confirm,
+/// release, waiting out a hold) run on their own. Latency is then service
+/// time: the intended send time is when the client sends.
+async fn closed_loop(
+    ctx: Arc<Ctx>,
+    region: usize,
+    seed: u64,
+    mut stop_rx: watch::Receiver<bool>,
+) -> JoinSet<()> {
+    let clients = ctx.scenario.clients_per_region;
+    let end = ctx.recorder.start() + Duration::from_secs_f64(ctx.scenario.duration_s);
+    let mix = Arc::new(SessionMix::new(&ctx.scenario));
+    let sessions = Arc::new(std::sync::Mutex::new(JoinSet::new()));
+    let mut workers = JoinSet::new();
+    for client in 0..clients {
+        let (ctx, mix, sessions) = (ctx.clone(), mix.clone(), sessions.clone());
+        let mut stop_rx = stop_rx.clone();
+        let mut carts = Rng::stream(seed, CLOSED_LOOP_STREAMS + (region * clients + client) as u64);
+        workers.spawn(async move {
+            let mut sent = 0u64;
+            while Instant::now() < end && !*stop_rx.borrow() && sent < SESSIONS_PER_REGION_MAX {
+                sent += 1;
+                let plan = mix.session(&ctx.catalog, &mut carts);
+                ctx.recorder.event(region, Event::Arrival);
+                let (tx, rx) = oneshot::channel();
+                {
+                    let mut set = sessions.lock().unwrap_or_else(|e| e.into_inner());
+                    while set.try_join_next().is_some() {}
+                    set.spawn(session(ctx.clone(), region, plan, Instant::now(), Some(tx)));
+                }
+                tokio::select! {
+                    _ = rx => {}
+                    _ = stop_rx.changed() => break,
+                }
+            }
+        });
+    }
+    tokio::select! {
+        _ = async { while workers.join_next().await.is_some() {} } => {}
+        _ = async { stop_rx.wait_for(|s| *s).await.is_ok() } => {
+            workers.abort_all();
+            while workers.join_next().await.is_some() {}
+        }
+    }
+    let mut set = sessions.lock().unwrap_or_else(|e| e.into_inner());
+    std::mem::take(&mut *set)
 }
 
 /// Prints one progress line per second to stderr until `stop_rx` fires.
@@ -636,7 +698,11 @@ pub async fn run(options: RunOptions) -> Result<RunOutput, TargetError> {
     let stranded_task = tokio::spawn(sample_stranded(ctx.clone(), bg_stop_rx.clone()));
     let mut generators = JoinSet::new();
     for region in 0..regions {
-        generators.spawn(generate(ctx.clone(), region, seed, stop_rx.clone()));
+        if scenario.clients_per_region > 0 {
+            generators.spawn(closed_loop(ctx.clone(), region, seed, stop_rx.clone()));
+        } else {
+            generators.spawn(generate(ctx.clone(), region, seed, stop_rx.clone()));
+        }
     }
     let forward_stop = external_stop_rx.map(|mut external| {
         let stop_tx = stop_tx.clone();

@@ -185,6 +185,11 @@ pub struct Scenario {
     /// Most requests one region has in flight; past it, requests wait (and
     /// are counted late) or, after `late_drop_ms`, are dropped.
     pub inflight_max: usize,
+    /// 0 (default): open loop, sessions arrive at `rate_per_region`. N > 0:
+    /// closed loop instead, for saturation throughput: N clients per
+    /// region, each starting its next session as soon as the previous
+    /// reserve is answered (`rate_per_region` and windows unused).
+    pub clients_per_region: usize,
     /// How long a request may wait for an in-flight slot before it is
     /// dropped (counted, never sent).
     pub late_drop_ms: u64,
@@ -206,6 +211,7 @@ impl Default for Scenario {
             rate_per_region: 100.0,
             regions: REGIONS_DEFAULT.iter().map(|r| r.to_string()).collect(),
             inflight_max: 256,
+            clients_per_region: 0,
             late_drop_ms: 2_000,
             catalog: CatalogSpec::default(),
             sessions: SessionSpec::default(),
@@ -327,6 +333,12 @@ impl Scenario {
         seen.dedup();
         if seen.len() != self.regions.len() {
             return Err("regions must be distinct".into());
+        }
+        if self.clients_per_region > INFLIGHT_MAX {
+            return Err(format!(
+                "clients_per_region must be 0-{INFLIGHT_MAX}, got {}",
+                self.clients_per_region
+            ));
         }
         if !(1..=INFLIGHT_MAX).contains(&self.inflight_max) {
             return Err(format!(

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 /// Most voters in one region group.
 pub const PEERS_MAX: usize = 7;
+/// Most batches in flight a config may ask for.
+pub const BATCHES_IN_FLIGHT_LIMIT: usize = 64;
 /// Largest configurable proposal queue.
 pub const PROPOSAL_QUEUE_MAX_LIMIT: usize = 65_536;
 
@@ -150,6 +152,8 @@ pub struct RaftTuning {
     /// Most proposals waiting to be batched; past it a call gets
     /// UNAVAILABLE / `OVERLOADED` at once.
     pub proposal_queue_max: usize,
+    /// Most batches (log entries) being committed at once, 1-64.
+    pub batches_in_flight: usize,
 }
 
 impl Default for RaftTuning {
@@ -159,6 +163,7 @@ impl Default for RaftTuning {
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 1000,
             proposal_queue_max: 4096,
+            batches_in_flight: reservoir_raft::group::BATCHES_IN_FLIGHT_MAX,
         }
     }
 }
@@ -279,6 +284,12 @@ impl NodeConfig {
                     "must be 1-{PROPOSAL_QUEUE_MAX_LIMIT}, got {}",
                     r.proposal_queue_max
                 ),
+            ));
+        }
+        if !(1..=BATCHES_IN_FLIGHT_LIMIT).contains(&r.batches_in_flight) {
+            return Err((
+                "raft.batches_in_flight",
+                format!("must be 1-{BATCHES_IN_FLIGHT_LIMIT}, got {}", r.batches_in_flight),
             ));
         }
         self.validate_cluster()

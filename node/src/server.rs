@@ -59,6 +59,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
     options.election_timeout_min_ms = config.raft.election_timeout_min_ms;
     options.election_timeout_max_ms = config.raft.election_timeout_max_ms;
     options.proposal_queue_max = config.raft.proposal_queue_max;
+    options.batches_in_flight = config.raft.batches_in_flight;
 
     // Bind both listeners before starting Raft, so a taken port fails fast.
     let grpc_listener = bind(config.grpc_addr, "grpc_addr").await?;

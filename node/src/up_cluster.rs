@@ -117,12 +117,14 @@ impl Architecture {
 
 /// Raft timing of the global group: its voters are an ocean apart (up to
 /// 186 ms round trip with `--wan aws`), so heartbeats and elections are
-/// slower than inside a region.
+/// slower than inside a region, and more batches are in flight, because each
+/// takes at least a round trip to commit.
 pub fn global_raft_tuning() -> RaftTuning {
     RaftTuning {
         heartbeat_ms: 250,
         election_timeout_min_ms: 1_500,
         election_timeout_max_ms: 3_000,
+        batches_in_flight: 32,
         ..RaftTuning::default()
     }
 }

@@ -21,9 +21,11 @@ pub const BATCH_COMMANDS_MAX: usize = 512;
 /// Most estimated encoded bytes of commands in one log entry (well under
 /// [`crate::ENTRY_BYTES_MAX`]).
 pub const BATCH_BYTES_MAX: u64 = 4 * 1024 * 1024;
-/// Most batches being written at once. More than one lets openraft and the
-/// log store's group-committed flush merge batches; bounded so the queue,
-/// not the Raft core, absorbs a burst.
+/// Most batches being written at once, by default. More than one lets
+/// openraft and the log store's group-committed flush merge batches; bounded
+/// so the queue, not the Raft core, absorbs a burst. (Inside a region 16 made
+/// batches smaller and cost CPU; see README. A group whose commits take a
+/// WAN round trip wants more: see [`GroupOptions::batches_in_flight`].)
 pub const BATCHES_IN_FLIGHT_MAX: usize = 4;
 /// Most log entries in one replication message.
 pub const REPLICATION_ENTRIES_MAX: u64 = 32;
@@ -86,6 +88,11 @@ pub struct GroupOptions {
     pub snapshot_logs_to_keep: u64,
     /// Most proposals waiting for a batch; past it callers get `Overloaded`.
     pub proposal_queue_max: usize,
+    /// Most batches being written at once (default
+    /// [`BATCHES_IN_FLIGHT_MAX`]). A batch is in flight until it commits, so
+    /// with commits that take a round trip of 70+ ms a new command waits
+    /// for a free slot as long as for its own commit unless there are more.
+    pub batches_in_flight: usize,
 }
 
 /// Log entries between snapshots. A snapshot is a whole-state copy: with
@@ -112,6 +119,7 @@ impl GroupOptions {
             snapshot_logs: SNAPSHOT_LOGS_DEFAULT,
             snapshot_logs_to_keep: 1_000,
             proposal_queue_max: PROPOSAL_QUEUE_MAX,
+            batches_in_flight: BATCHES_IN_FLIGHT_MAX,
         }
     }
 }
@@ -246,7 +254,11 @@ impl<SM: GroupMachine> Group<SM> {
 
         let queue_max = options.proposal_queue_max.max(1);
         let (proposals_tx, proposals_rx) = mpsc::channel(queue_max);
-        tokio::spawn(propose_loop(raft.clone(), proposals_rx));
+        tokio::spawn(propose_loop(
+            raft.clone(),
+            proposals_rx,
+            options.batches_in_flight.max(1),
+        ));
         Ok(Group {
             name: group,
             node_id: options.node_id,
@@ -425,9 +437,13 @@ pub fn staggered_election_timeout(options: &GroupOptions) -> (u64, u64) {
 }
 
 /// Drains the proposal queue into batches, each one log entry, with at most
-/// [`BATCHES_IN_FLIGHT_MAX`] being written at a time.
-async fn propose_loop<SM: GroupMachine>(raft: GroupRaft<SM>, mut rx: mpsc::Receiver<Proposal<SM>>) {
-    let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT_MAX));
+/// `slots` being written at a time.
+async fn propose_loop<SM: GroupMachine>(
+    raft: GroupRaft<SM>,
+    mut rx: mpsc::Receiver<Proposal<SM>>,
+    slots: usize,
+) {
+    let in_flight = Arc::new(Semaphore::new(slots));
     let mut carry: Option<Proposal<SM>> = None;
     loop {
         // Wait for a write slot first: while every slot is busy, proposals

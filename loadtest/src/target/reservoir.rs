@@ -655,7 +655,13 @@ impl ReservoirTarget {
                     available,
                     held,
                     sold: b.settled_total + unsettled,
-                    settled: b.settled_total,
+                    // Without a ledger a confirmed unit is final: nothing
+                    // will settle it.
+                    settled: if self.settles {
+                        b.settled_total
+                    } else {
+                        b.settled_total + unsettled
+                    },
                     stranded: stranded.get(&b.sku).copied().unwrap_or(0),
                 },
             );

@@ -16,7 +16,10 @@
 //! or abandons its hold to expire. The generator never waits for answers
 //! (open loop), and every latency is measured from the request's *intended*
 //! send time, so a server stall shows in full rather than slowing the load
-//! down (no coordinated omission).
+//! down (no coordinated omission). For saturation throughput only, a
+//! scenario may ask for a closed loop instead (`clients_per_region` > 0):
+//! N clients per region, each starting its next session when its last
+//! reserve is answered; latency is then service time.
 //!
 //! Invariants:
 //! - every request carries a fresh `request_id`; only a retry of a
@@ -33,6 +36,7 @@
 //! Figures (definitions in [`report`]): HdrHistograms per (operation,
 //! region, outcome) with merges; a per-second timeline per region
 //! (arrivals, answers, p50/p99/p99.9, errors by reason, late, dropped);
+//! reserve latency per region during each spike or partition window;
 //! oversell per SKU; the audit (Reservoir) or the store's own books
 //! (baselines); settled vs confirmed; sell-through; local-hit ratio;
 //! stranded tokens.
@@ -63,8 +67,10 @@
 //! - "stock existed globally" (for local misses) comes from the tester's own
 //!   books (stocked − believed held − confirmed), an estimate that ignores
 //!   holds whose reserve outcome was unknown;
-//! - Reservoir's `single-writer` and `global-consensus` architectures, the
-//!   rebalancer comparison and BENCHMARKS.md are not here yet (issue 5 §2–3).
+//! - Reservoir's three designs (`reservoir up --architecture`) are told
+//!   apart by `cluster.json`: each region's clients use the endpoints it
+//!   lists; without a ledger (single-writer, global-consensus) confirmed
+//!   units count as settled and local hits are not counted.
 
 pub mod app;
 pub mod html;

@@ -2,11 +2,13 @@
 //!
 //! Each test starts `reservoir up` on a fresh temporary directory, as a
 //! child of the test — one standalone region (`up --standalone`) or the
-//! three-region cluster with its ledger, WAN link emulators and control API —
+//! three-region cluster with its ledger, WAN link emulators and control API
+//! (or, `ClusterOptions::architecture`, one of the designs it is compared
+//! with) —
 //! and talks to it the way a client would: gRPC on `127.0.0.1`, the nodes'
 //! HTTP `/status`, and the control API. The harness here is what the tests
 //! share; the tests themselves live in `tests/` (`region_*`, `bad_input`,
-//! `cluster_*`).
+//! `cluster_*`, `architectures`).
 //!
 //! Invariants the harness keeps:
 //! - nothing is left behind: [`Region`]'s and [`Cluster`]'s `Drop` stop `up`

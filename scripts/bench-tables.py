@@ -31,12 +31,25 @@ def pct(x):
     return "n/a" if x is None else f"{100 * x:.2f} %"
 
 
+def window_of(d, kind):
+    """Per region, the latency of the first applied window of `kind`, and OK reserves/s in it."""
+    marks = d["windows"]
+    out = {}
+    for w in d.get("window_latency", []):
+        if marks[w["window"]]["kind"] == kind and w["region"] not in out:
+            rows = [x for x in d["timeline"][w["region"]] if w["from_s"] <= x["t_s"] < w["to_s"]]
+            ok = sum(x["ok"][0] for x in rows) / max(1, w["to_s"] - w["from_s"])
+            out[w["region"]] = (w, ok)
+    return out
+
+
 def latency_table(scenario):
     print(f"\n#### {scenario}\n")
-    spike = scenario == "black-friday"
+    kind = {"black-friday": "spike", "partition": "partition"}.get(scenario)
+    spike = kind is not None
     head = "| target | region | reserves/s | p50 ms | p99 ms | p99.9 ms | max ms |"
     if spike:
-        head += " spike: reserves/s | spike p99 ms | spike p99.9 ms |"
+        head += f" {kind}: reserves/s | OK/s | p50 ms | p99 ms | p99.9 ms |"
     head += " local hit |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
@@ -45,14 +58,18 @@ def latency_table(scenario):
         d = load(os.path.join(out, f"{scenario}-{t}", "report.json"))
         if d is None:
             continue
-        windows = {w["region"]: w for w in d.get("window_latency", [])}
+        windows = window_of(d, kind) if spike else {}
         for r in d["regions"]:
             row = (f"| {t} | {r['region']} | {r['reserves_per_s']:.0f} | {ms(r['reserve']['p50_us'])} | "
                    f"{ms(r['reserve']['p99_us'])} | {ms(r['reserve']['p999_us'])} | {ms(r['reserve']['max_us'])} |")
             if spike:
-                w = windows.get(r["region"])
-                row += (f" {w['reserves_per_s']:.0f} | {ms(w['reserve']['p99_us'])} | {ms(w['reserve']['p999_us'])} |"
-                        if w else " | | |")
+                found = windows.get(r["region"])
+                if found:
+                    w, ok = found
+                    row += (f" {w['reserves_per_s']:.0f} | {ok:.0f} | {ms(w['reserve']['p50_us'])} | "
+                            f"{ms(w['reserve']['p99_us'])} | {ms(w['reserve']['p999_us'])} |")
+                else:
+                    row += " | | | | |"
             row += f" {pct(r['local_hit_ratio'])} |"
             print(row)
         totals.append((t, d["totals"]))
@@ -98,7 +115,7 @@ def throughput_table():
                 print(f"- Reservoir region / {names[base]}: {medians['region'] / medians[base]:.2f}x")
 
 
-for scenario in ["black-friday", "steady"]:
+for scenario in ["black-friday", "steady", "partition"]:
     # (a run kept aside, e.g. black-friday-global-consensus-slots4, is not listed)
     latency_table(scenario)
 throughput_table()

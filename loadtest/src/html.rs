@@ -321,6 +321,37 @@ pub fn render(report: &Report) -> String {
     }
     body.push_str("<h2>Reserve, per region (every answer)</h2>");
     body.push_str(&table(&rows));
+    if !report.window_latency.is_empty() {
+        let mut rows = vec![
+            [
+                "window",
+                "seconds",
+                "region",
+                "reserve/s",
+                "p50 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "max ms",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for w in &report.window_latency {
+            let mark = &report.windows[w.window];
+            rows.push(vec![
+                format!("{:?} {}", mark.kind, mark.region.as_deref().unwrap_or("all")),
+                format!("{}-{}", w.from_s, w.to_s),
+                w.region.clone(),
+                format!("{:.1}", w.reserves_per_s),
+                ms(w.reserve.p50_us),
+                ms(w.reserve.p99_us),
+                ms(w.reserve.p999_us),
+                ms(w.reserve.max_us),
+            ]);
+        }
+        body.push_str("<h2>Reserve during each window (every answer)</h2>");
+        body.push_str(&table(&rows));
+    }
 
     body.push_str("<h2>Over time</h2>");
     let throughput: Vec<Series> = report

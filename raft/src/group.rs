@@ -311,9 +311,38 @@ impl<SM: GroupMachine> Group<SM> {
 
     /// A linearizable read: on the leader, after confirming leadership with a
     /// quorum (openraft's read index) and applying up to it.
+    ///
+    /// openraft 0.9 restores a node that led before a restart as leader at
+    /// once, without a blank entry of its own term; its read index is then
+    /// the commit index it restored, which can be older than what it
+    /// acknowledged before a crash (`save_committed` is not flushed), and a
+    /// read there could miss an acknowledged write (seen twice in about 20
+    /// runs of `region_restart`'s SIGKILL test). So when the read index is
+    /// not of the current term, an empty batch is committed first: that
+    /// commits and applies everything before it.
     pub async fn read_linearizable<R>(&self, f: impl FnOnce(&SM) -> R) -> Result<R, ProposeError> {
+        let read_log_id = self.read_index().await?;
+        let term = self.raft.metrics().borrow().current_term;
+        if read_log_id.map(|id| id.leader_id.term) != Some(term) {
+            if let Err(e) = self.raft.client_write(Batch::new(Vec::new())).await {
+                return Err(match e {
+                    RaftError::APIError(ClientWriteError::ForwardToLeader(fwd)) => ProposeError::NotLeader {
+                        leader: self.leader_of(&fwd),
+                    },
+                    RaftError::APIError(other) => ProposeError::Stopped(other.to_string()),
+                    RaftError::Fatal(f) => ProposeError::Stopped(f.to_string()),
+                });
+            }
+            self.read_index().await?;
+        }
+        self.read(f)
+    }
+
+    /// openraft's read index: confirms leadership with a quorum and waits
+    /// until this node has applied up to the returned log id.
+    async fn read_index(&self) -> Result<Option<openraft::LogId<NodeId>>, ProposeError> {
         match self.raft.ensure_linearizable().await {
-            Ok(_) => self.read(f),
+            Ok(read_log_id) => Ok(read_log_id),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(fwd))) => {
                 Err(ProposeError::NotLeader {
                     leader: self.leader_of(&fwd),

@@ -304,13 +304,24 @@ fn prepare(dir: &Path, options: &ClusterOptions) -> Result<(Vec<PlannedNode>, bo
         }
         let found = architecture_of(&plan);
         if found != Some(options.architecture) {
-            let held = found.map_or("a cluster of another shape", Architecture::name);
-            return Err(UpError::Usage(format!(
-                "{} holds {held} (from `up --standalone` when a single us-east region); \
-                 run `up --architecture {}` on it, or use another --dir",
-                dir.display(),
-                found.map_or("?", Architecture::name),
-            )));
+            let message = match found {
+                Some(Architecture::SingleWriter) => format!(
+                    "{} holds one us-east region (single-writer, or `up --standalone`): run \
+                     `up --architecture single-writer` or `up --standalone` on it, or use another --dir",
+                    dir.display()
+                ),
+                Some(a) => format!(
+                    "{} holds a {} cluster: run `up --architecture {}` on it, or use another --dir",
+                    dir.display(),
+                    a.name(),
+                    a.name()
+                ),
+                None => format!(
+                    "{} holds node configs of no known architecture; use another --dir",
+                    dir.display()
+                ),
+            };
+            return Err(UpError::Usage(message));
         }
         return Ok((plan, false));
     }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::Report;
+use crate::report::{Report, ms, pct};
 use crate::scenario::WindowKind;
 
 /// Chart size in SVG user units.
@@ -236,8 +236,6 @@ fn table(rows: &[Vec<String>]) -> String {
 
 /// The whole page.
 pub fn render(report: &Report) -> String {
-    let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
-    let pct = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{:.2}%", r * 100.0));
     let x_max = report
         .timeline
         .values()
@@ -283,74 +281,11 @@ pub fn render(report: &Report) -> String {
         t.retries,
         escape(&format!("Local hits: {}", t.local_hit_definition))
     );
-    let mut rows = vec![
-        [
-            "region",
-            "sessions",
-            "reserve/s",
-            "ok/s",
-            "peak/s",
-            "p50 ms",
-            "p99 ms",
-            "p99.9 ms",
-            "max ms",
-            "errors",
-            "late",
-            "dropped",
-            "local hit",
-        ]
-        .map(String::from)
-        .to_vec(),
-    ];
-    for r in &report.regions {
-        rows.push(vec![
-            r.region.clone(),
-            r.counters.arrivals.to_string(),
-            format!("{:.1}", r.reserves_per_s),
-            format!("{:.1}", r.reserves_ok_per_s),
-            r.reserves_peak_per_s.to_string(),
-            ms(r.reserve.p50_us),
-            ms(r.reserve.p99_us),
-            ms(r.reserve.p999_us),
-            ms(r.reserve.max_us),
-            r.errors.values().sum::<u64>().to_string(),
-            r.counters.late.to_string(),
-            (r.counters.dropped_late + r.counters.dropped_sessions).to_string(),
-            pct(r.local_hit_ratio),
-        ]);
-    }
     body.push_str("<h2>Reserve, per region (every answer)</h2>");
-    body.push_str(&table(&rows));
+    body.push_str(&table(&report.region_rows()));
     if !report.window_latency.is_empty() {
-        let mut rows = vec![
-            [
-                "window",
-                "seconds",
-                "region",
-                "reserve/s",
-                "p50 ms",
-                "p99 ms",
-                "p99.9 ms",
-                "max ms",
-            ]
-            .map(String::from)
-            .to_vec(),
-        ];
-        for w in &report.window_latency {
-            let mark = &report.windows[w.window];
-            rows.push(vec![
-                format!("{:?} {}", mark.kind, mark.region.as_deref().unwrap_or("all")),
-                format!("{}-{}", w.from_s, w.to_s),
-                w.region.clone(),
-                format!("{:.1}", w.reserves_per_s),
-                ms(w.reserve.p50_us),
-                ms(w.reserve.p99_us),
-                ms(w.reserve.p999_us),
-                ms(w.reserve.max_us),
-            ]);
-        }
         body.push_str("<h2>Reserve during each window (every answer)</h2>");
-        body.push_str(&table(&rows));
+        body.push_str(&table(&report.window_rows()));
     }
 
     body.push_str("<h2>Over time</h2>");

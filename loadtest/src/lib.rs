@@ -27,9 +27,12 @@
 //!   [`runner::RETRIES_MAX`] times;
 //! - everything is bounded: requests in flight per region (a request that
 //!   finds no slot waits and is counted late, and is dropped — counted, never
-//!   sent — if none frees within `late_drop_ms`), live sessions, sessions per
-//!   region, outcomes per histogram map, timeline rows, reply sizes on the
-//!   wire, connection pools, and every wait has a deadline;
+//!   sent — if none frees within `late_drop_ms`), live sessions (open loop;
+//!   a closed loop's sessions that wait out a hold are not capped: they
+//!   number about its reserve rate × (hold time + 1 s of grace)), sessions
+//!   per region, outcomes per
+//!   histogram map, timeline rows, reply sizes on the wire, connection
+//!   pools, and every wait has a deadline;
 //! - a run that oversells, or whose target's books do not balance, says so
 //!   on the terminal and in both reports, and the binary exits 1.
 //!

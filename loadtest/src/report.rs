@@ -460,42 +460,28 @@ impl Report {
         serde_json::to_string_pretty(self).map_err(|e| e.to_string())
     }
 
-    /// A readable terminal summary.
-    pub fn summary(&self) -> String {
-        let ms = |us: u64| format!("{:.2}", us as f64 / 1000.0);
-        let pct = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{:.2}%", r * 100.0));
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "{} against {} — {:.1} s of load, seed {}, baseline {}/s per region",
-            self.scenario.name, self.target, self.load_s, self.seed, self.scenario.rate_per_region
-        );
-        for w in &self.windows {
-            let _ = writeln!(
-                out,
-                "  window {:?} {} {:.1}-{:.1} s: {}",
-                w.kind,
-                w.region.as_deref().unwrap_or("all regions"),
-                w.start_s,
-                w.end_s,
-                w.note
-            );
-        }
-        let mut rows = vec![vec![
-            "REGION".to_string(),
-            "SESSIONS".into(),
-            "RESERVE/S".into(),
-            "OK/S".into(),
-            "PEAK/S".into(),
-            "P50 MS".into(),
-            "P99 MS".into(),
-            "P99.9 MS".into(),
-            "MAX MS".into(),
-            "ERRORS".into(),
-            "LATE".into(),
-            "DROPPED".into(),
-            "LOCAL HIT".into(),
-        ]];
+    /// Reserve figures per region, a header row first (the terminal summary
+    /// and the HTML page show the same table).
+    pub fn region_rows(&self) -> Vec<Vec<String>> {
+        let mut rows = vec![
+            [
+                "region",
+                "sessions",
+                "reserve/s",
+                "ok/s",
+                "peak/s",
+                "p50 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "max ms",
+                "errors",
+                "late",
+                "dropped",
+                "local hit",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
         for r in &self.regions {
             rows.push(vec![
                 r.region.clone(),
@@ -513,38 +499,65 @@ impl Report {
                 pct(r.local_hit_ratio),
             ]);
         }
+        rows
+    }
+
+    /// Reserve latency per (window, region), a header row first.
+    pub fn window_rows(&self) -> Vec<Vec<String>> {
+        let mut rows = vec![
+            [
+                "window",
+                "seconds",
+                "region",
+                "reserve/s",
+                "p50 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "max ms",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for w in &self.window_latency {
+            let mark = &self.windows[w.window];
+            rows.push(vec![
+                format!("{:?} {}", mark.kind, mark.region.as_deref().unwrap_or("all")),
+                format!("{}-{}", w.from_s, w.to_s),
+                w.region.clone(),
+                format!("{:.1}", w.reserves_per_s),
+                ms(w.reserve.p50_us),
+                ms(w.reserve.p99_us),
+                ms(w.reserve.p999_us),
+                ms(w.reserve.max_us),
+            ]);
+        }
+        rows
+    }
+
+    /// A readable terminal summary.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{} against {} — {:.1} s of load, seed {}, baseline {}/s per region",
+            self.scenario.name, self.target, self.load_s, self.seed, self.scenario.rate_per_region
+        );
+        for w in &self.windows {
+            let _ = writeln!(
+                out,
+                "  window {:?} {} {:.1}-{:.1} s: {}",
+                w.kind,
+                w.region.as_deref().unwrap_or("all regions"),
+                w.start_s,
+                w.end_s,
+                w.note
+            );
+        }
         out.push_str("reserve latency from the intended send time, every answer:\n");
-        out.push_str(&table(&rows));
+        out.push_str(&table(&upper_header(self.region_rows())));
         if !self.window_latency.is_empty() {
-            let mut rows = vec![
-                [
-                    "WINDOW",
-                    "SECONDS",
-                    "REGION",
-                    "RESERVE/S",
-                    "P50 MS",
-                    "P99 MS",
-                    "P99.9 MS",
-                    "MAX MS",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ];
-            for w in &self.window_latency {
-                let mark = &self.windows[w.window];
-                rows.push(vec![
-                    format!("{:?} {}", mark.kind, mark.region.as_deref().unwrap_or("all")),
-                    format!("{}-{}", w.from_s, w.to_s),
-                    w.region.clone(),
-                    format!("{:.1}", w.reserves_per_s),
-                    ms(w.reserve.p50_us),
-                    ms(w.reserve.p99_us),
-                    ms(w.reserve.p999_us),
-                    ms(w.reserve.max_us),
-                ]);
-            }
             out.push_str("reserve latency during each window, every answer:\n");
-            out.push_str(&table(&rows));
+            out.push_str(&table(&upper_header(self.window_rows())));
         }
         let mut rows = vec![vec![
             "OP".to_string(),
@@ -634,6 +647,26 @@ impl Report {
         }
         out
     }
+}
+
+/// Microseconds as milliseconds with two decimals.
+pub fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+/// A ratio as a percentage with two decimals, `-` when undefined.
+pub fn pct(r: Option<f64>) -> String {
+    r.map_or("-".to_string(), |r| format!("{:.2}%", r * 100.0))
+}
+
+/// The rows with their header row in capitals (the terminal's style).
+fn upper_header(mut rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
+    if let Some(header) = rows.first_mut() {
+        for cell in header {
+            *cell = cell.to_uppercase();
+        }
+    }
+    rows
 }
 
 fn yes(b: bool) -> &'static str {

@@ -465,7 +465,13 @@ impl Layout {
             .collect()
     }
 
-    fn config(dir: &Path, (id, grpc, http): (u64, SocketAddr, SocketAddr), region: &str) -> NodeConfig {
+    /// A standalone node's config with no peers yet; callers fill in the rest.
+    fn config(
+        dir: &Path,
+        (id, grpc, http): (u64, SocketAddr, SocketAddr),
+        region: &str,
+        raft: &RaftTuning,
+    ) -> NodeConfig {
         NodeConfig {
             node_id: id,
             region: region.to_string(),
@@ -475,7 +481,7 @@ impl Layout {
             data_dir: dir.join(format!("node-{id}")).join("data"),
             standalone: true,
             peers: Vec::new(),
-            raft: RaftTuning::default(),
+            raft: raft.clone(),
             ledger_peers: Vec::new(),
             ledger_nodes: Vec::new(),
             regions: Vec::new(),
@@ -489,10 +495,9 @@ impl Layout {
         for region in wan::REGIONS {
             let peers = self.local(region);
             for node in &self.nodes[region] {
-                let mut config = Layout::config(dir, *node, region);
+                let mut config = Layout::config(dir, *node, region, raft);
                 config.standalone = false;
                 config.peers = peers.clone();
-                config.raft = raft.clone();
                 config.ledger_peers = if region == HOME_REGION {
                     peers.clone()
                 } else {
@@ -524,9 +529,8 @@ impl Layout {
         self.nodes[HOME_REGION]
             .iter()
             .map(|node| {
-                let mut config = Layout::config(dir, *node, HOME_REGION);
+                let mut config = Layout::config(dir, *node, HOME_REGION, raft);
                 config.peers = peers.clone();
-                config.raft = raft.clone();
                 config
             })
             .collect()
@@ -538,7 +542,7 @@ impl Layout {
         let mut out = Vec::new();
         for region in wan::REGIONS {
             for node in &self.nodes[region] {
-                let mut config = Layout::config(dir, *node, GLOBAL_GROUP);
+                let mut config = Layout::config(dir, *node, GLOBAL_GROUP, raft);
                 config.location = Some(region.to_string());
                 config.peers = wan::REGIONS
                     .iter()
@@ -550,7 +554,6 @@ impl Layout {
                         }
                     })
                     .collect();
-                config.raft = raft.clone();
                 out.push(config);
             }
         }

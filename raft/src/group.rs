@@ -24,8 +24,9 @@ pub const BATCH_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// Most batches being written at once, by default. More than one lets
 /// openraft and the log store's group-committed flush merge batches; bounded
 /// so the queue, not the Raft core, absorbs a burst. (Inside a region 16 made
-/// batches smaller and cost CPU; see README. A group whose commits take a
-/// WAN round trip wants more: see [`GroupOptions::batches_in_flight`].)
+/// batches smaller and cost CPU; see README. Over a WAN, 32 cut latency a
+/// little but made more entries than openraft 0.9 carries to a far
+/// follower; see BENCHMARKS.md.)
 pub const BATCHES_IN_FLIGHT_MAX: usize = 4;
 /// Most log entries in one replication message.
 pub const REPLICATION_ENTRIES_MAX: u64 = 32;
@@ -89,20 +90,19 @@ pub struct GroupOptions {
     /// Most proposals waiting for a batch; past it callers get `Overloaded`.
     pub proposal_queue_max: usize,
     /// Most batches being written at once (default
-    /// [`BATCHES_IN_FLIGHT_MAX`]). A batch is in flight until it commits, so
-    /// with commits that take a round trip of 70+ ms a new command waits
-    /// for a free slot as long as for its own commit unless there are more.
+    /// [`BATCHES_IN_FLIGHT_MAX`]). A batch is in flight until it commits.
     pub batches_in_flight: usize,
 }
 
 /// Log entries between snapshots. A snapshot is a whole-state copy: with
 /// 100,000 reservations in a region the copy takes ~60 ms (apply waits for
-/// it) and encoding ~28 ms of a core for 23 MB, then sled writes and
+/// it) and encoding ~28 ms of a core for 23 MB (`cargo run --release -p
+/// reservoir-raft --example snapshot_cost -- 100000`), then sled writes and
 /// flushes the blob beside the log. Every 10,000 entries that stalled a
 /// region under a Black Friday spike every ~12 s (p99 ~15 ms → ~240 ms in
 /// those seconds); every 100,000 it happens about once per 100 s at
-/// 1,000 entries/s. A restart replays at most this many entries (about a
-/// second). Incremental snapshots would remove the stall; see
+/// 1,000 entries/s. A restart replays at most this many entries.
+/// Incremental snapshots would remove the stall; see
 /// docs/architecture.md.
 pub const SNAPSHOT_LOGS_DEFAULT: u64 = 100_000;
 
@@ -258,6 +258,7 @@ impl<SM: GroupMachine> Group<SM> {
             raft.clone(),
             proposals_rx,
             options.batches_in_flight.max(1),
+            addresses.clone(),
         ));
         Ok(Group {
             name: group,
@@ -325,12 +326,11 @@ impl<SM: GroupMachine> Group<SM> {
         let term = self.raft.metrics().borrow().current_term;
         if read_log_id.map(|id| id.leader_id.term) != Some(term) {
             if let Err(e) = self.raft.client_write(Batch::new(Vec::new())).await {
-                return Err(match e {
-                    RaftError::APIError(ClientWriteError::ForwardToLeader(fwd)) => ProposeError::NotLeader {
-                        leader: self.leader_of(&fwd),
+                return Err(match write_error(&self.addresses, e) {
+                    ProposeError::NotLeader { leader: None } => ProposeError::NotLeader {
+                        leader: self.leader(),
                     },
-                    RaftError::APIError(other) => ProposeError::Stopped(other.to_string()),
-                    RaftError::Fatal(f) => ProposeError::Stopped(f.to_string()),
+                    other => other,
                 });
             }
             self.read_index().await?;
@@ -367,18 +367,13 @@ impl<SM: GroupMachine> Group<SM> {
         let m = self.raft.metrics();
         let m = m.borrow();
         let id = m.current_leader?;
-        let addr = match self.addresses.get(&id) {
-            Some(addr) => addr.clone(),
-            None => m.membership_config.membership().get_node(&id)?.addr.clone(),
-        };
-        Some((id, addr))
+        let node = m.membership_config.membership().get_node(&id);
+        let addr = self.addresses.get(&id).or(node.map(|n| &n.addr))?;
+        Some((id, addr.clone()))
     }
 
     fn leader_of(&self, fwd: &ForwardToLeader<NodeId, Node>) -> Option<(NodeId, String)> {
-        match (fwd.leader_id, &fwd.leader_node) {
-            (Some(id), Some(node)) => Some((id, self.addresses.get(&id).unwrap_or(&node.addr).clone())),
-            _ => self.leader(),
-        }
+        forward_target(&self.addresses, fwd).or_else(|| self.leader())
     }
 
     /// Waits until the group has a leader, up to `timeout`.
@@ -471,6 +466,7 @@ async fn propose_loop<SM: GroupMachine>(
     raft: GroupRaft<SM>,
     mut rx: mpsc::Receiver<Proposal<SM>>,
     slots: usize,
+    addresses: Arc<BTreeMap<NodeId, String>>,
 ) {
     let in_flight = Arc::new(Semaphore::new(slots));
     let mut carry: Option<Proposal<SM>> = None;
@@ -504,6 +500,7 @@ async fn propose_loop<SM: GroupMachine>(
             }
         }
         let raft = raft.clone();
+        let addresses = addresses.clone();
         tokio::spawn(async move {
             let (commands, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.command, p.reply)).unzip();
@@ -516,15 +513,7 @@ async fn propose_loop<SM: GroupMachine>(
                     }
                 }
                 Err(e) => {
-                    let error = match e {
-                        RaftError::APIError(ClientWriteError::ForwardToLeader(fwd)) => {
-                            ProposeError::NotLeader {
-                                leader: fwd.leader_id.zip(fwd.leader_node.map(|n| n.addr)),
-                            }
-                        }
-                        RaftError::APIError(other) => ProposeError::Stopped(other.to_string()),
-                        RaftError::Fatal(f) => ProposeError::Stopped(f.to_string()),
-                    };
+                    let error = write_error(&addresses, e);
                     for reply in replies {
                         let _ = reply.send(Err(error.clone()));
                     }
@@ -532,6 +521,31 @@ async fn propose_loop<SM: GroupMachine>(
             }
             drop(permit);
         });
+    }
+}
+
+/// The leader a `ForwardToLeader` names, at this node's address for it
+/// (see [`GroupOptions::members`]); `None` when it names none.
+fn forward_target(
+    addresses: &BTreeMap<NodeId, String>,
+    fwd: &ForwardToLeader<NodeId, Node>,
+) -> Option<(NodeId, String)> {
+    let id = fwd.leader_id?;
+    let addr = addresses.get(&id).or(fwd.leader_node.as_ref().map(|n| &n.addr))?;
+    Some((id, addr.clone()))
+}
+
+/// A failed `client_write` as a [`ProposeError`].
+fn write_error(
+    addresses: &BTreeMap<NodeId, String>,
+    e: RaftError<NodeId, ClientWriteError<NodeId, Node>>,
+) -> ProposeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(fwd)) => ProposeError::NotLeader {
+            leader: forward_target(addresses, &fwd),
+        },
+        RaftError::APIError(other) => ProposeError::Stopped(other.to_string()),
+        RaftError::Fatal(f) => ProposeError::Stopped(f.to_string()),
     }
 }
 

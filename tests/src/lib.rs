@@ -97,6 +97,14 @@ pub const HTTP_RESPONSE_BYTES_MAX: u64 = 1024 * 1024;
 /// Lines of each log printed when a test fails.
 pub const LOG_TAIL_LINES: usize = 30;
 
+/// Serializes the cluster tests of one test binary (cargo runs a binary's
+/// tests in parallel, and two clusters must not share two cores); a test
+/// that panicked releases it as it unwinds.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 // ----- the binary -----
 
 /// The `reservoir` binary the region runs: `RESERVOIR_BIN` if set, else

@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 use reservoir_proto::v1;
 use reservoir_proto::v1::inventory_client::InventoryClient;
 use reservoir_tests::{
-    Cluster, ClusterOptions, HOME_REGION, REGIONS, RETRY_DEADLINE, WanProfile, line, reserve_request,
-    reservoir_exe,
+    Cluster, ClusterOptions, HOME_REGION, REGIONS, RETRY_DEADLINE, WanProfile, line, one_at_a_time,
+    reserve_request, reservoir_exe,
 };
-use tokio::sync::{Mutex, MutexGuard};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -27,12 +26,6 @@ const NEAREST_ROUND_TRIP: Duration = Duration::from_millis(70);
 const US_AP_ROUND_TRIP: Duration = Duration::from_millis(186);
 /// A call into a cut-off region gives up after this.
 const CUT_CALL_TIMEOUT: Duration = Duration::from_secs(8);
-
-/// One cluster at a time: the tests share two cores.
-async fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::const_new(());
-    LOCK.lock().await
-}
 
 /// One reserve of one unit of `sku` through `channel`, retried on
 /// UNAVAILABLE until answered; returns the reservation id and how long the
@@ -74,6 +67,33 @@ async fn reserve_refused(channel: Channel, sku: &str, request_id: &str) {
         ),
         Ok(Ok(r)) => panic!("a reserve across a cut link succeeded: {r:?}"),
     }
+}
+
+/// One reserve of `gadget` through each region's endpoint, each taking at
+/// least `floor(region)` (the round trip the design must cross); returns
+/// the reservation ids.
+async fn reserve_in_each_region(
+    cluster: &Cluster,
+    architecture: &str,
+    floor: impl Fn(&str) -> Duration,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for region in REGIONS {
+        let (id, took) = reserve(
+            cluster.endpoint(region),
+            "gadget",
+            &format!("{architecture}-{region}"),
+        )
+        .await;
+        let floor = floor(region);
+        assert!(
+            took >= floor,
+            "{architecture}, {region}: a reserve took {took:?}, under the {floor:?} round trip"
+        );
+        eprintln!("{architecture}: a reserve from {region} took {took:?}");
+        ids.push(id);
+    }
+    ids
 }
 
 /// Reads every reservation through `channel` and checks it is held.
@@ -129,21 +149,12 @@ async fn single_writer_sends_every_region_to_us_east() {
     })
     .await;
     cluster.add_stock("gadget", 40).await;
-    let mut ids = Vec::new();
-    for region in REGIONS {
-        let (id, took) = reserve(cluster.endpoint(region), "gadget", &format!("sw-{region}")).await;
-        let floor = match region {
-            "eu-west" => NEAREST_ROUND_TRIP,
-            "ap-south" => US_AP_ROUND_TRIP,
-            _ => Duration::ZERO,
-        };
-        assert!(
-            took >= floor,
-            "{region}: a reserve took {took:?}, under the {floor:?} round trip"
-        );
-        eprintln!("single-writer: a reserve from {region} took {took:?}");
-        ids.push(id);
-    }
+    let mut ids = reserve_in_each_region(&cluster, "single-writer", |region| match region {
+        "eu-west" => NEAREST_ROUND_TRIP,
+        "ap-south" => US_AP_ROUND_TRIP,
+        _ => Duration::ZERO,
+    })
+    .await;
     cluster.partition_region("ap-south").await;
     reserve_refused(cluster.endpoint("ap-south"), "gadget", "sw-cut-ap").await;
     let (id, _) = reserve(cluster.endpoint(HOME_REGION), "gadget", "sw-cut-us").await;
@@ -182,16 +193,7 @@ async fn global_consensus_commits_across_regions() {
     })
     .await;
     cluster.add_stock("gadget", 40).await;
-    let mut ids = Vec::new();
-    for region in REGIONS {
-        let (id, took) = reserve(cluster.endpoint(region), "gadget", &format!("gc-{region}")).await;
-        assert!(
-            took >= NEAREST_ROUND_TRIP,
-            "{region}: a reserve took {took:?}, under the nearest round trip {NEAREST_ROUND_TRIP:?}"
-        );
-        eprintln!("global-consensus: a reserve from {region} took {took:?}");
-        ids.push(id);
-    }
+    let mut ids = reserve_in_each_region(&cluster, "global-consensus", |_| NEAREST_ROUND_TRIP).await;
     cluster.partition_region("ap-south").await;
     reserve_refused(cluster.endpoint("ap-south"), "gadget", "gc-cut-ap").await;
     for region in ["us-east", "eu-west"] {

@@ -16,9 +16,8 @@ use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_tests::{
     Cluster, ClusterOptions, HOME_REGION, POLL_INTERVAL, Progress, REBALANCE_DEADLINE, REGIONS,
     RETRY_DEADLINE, Record, Rotation, SETTLE_DEADLINE, ShopLog, Shopper, ShopperOptions, assert_balanced,
-    is_confirmed, is_held, region_sheet, resolve, retry, sku_sheet, units, verify_records,
+    is_confirmed, is_held, one_at_a_time, region_sheet, resolve, retry, sku_sheet, units, verify_records,
 };
-use tokio::sync::{Mutex, MutexGuard};
 
 /// Shoppers per region.
 const SHOPPERS_PER_REGION: usize = 2;
@@ -38,13 +37,6 @@ const STOCKER_REQUESTS_MAX: u64 = 300;
 const STOCKER_PACING: Duration = Duration::from_millis(100);
 /// Longest the load may run, whatever happens.
 const LOAD_MAX: Duration = Duration::from_secs(90);
-
-/// Serializes the tests of this binary (cargo runs tests in parallel); a
-/// test that panicked releases it as it unwinds.
-async fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::const_new(());
-    LOCK.lock().await
-}
 
 /// A region cut off under load keeps reserving on its own tokens while the others keep working; nothing is oversold or lost, and after healing settlement catches up and the audit balances with zero drift.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,9 +16,8 @@ use reservoir_proto::v1::inventory_client::InventoryClient;
 use reservoir_tests::{
     Cluster, ClusterOptions, POLL_INTERVAL, REBALANCE_DEADLINE, REGIONS, RETRY_DEADLINE, Record,
     SETTLE_DEADLINE, Seen, Shopper, ShopperOptions, WanProfile, assert_balanced, is_confirmed, is_held, line,
-    region_sheet, reserve_request, resolve, sku_sheet, units, verify_records,
+    one_at_a_time, region_sheet, reserve_request, resolve, sku_sheet, units, verify_records,
 };
-use tokio::sync::{Mutex, MutexGuard};
 
 /// Reserves timed in ap-south for the latency check.
 const LATENCY_SAMPLES: usize = 15;
@@ -28,13 +27,6 @@ const LOCAL_MEDIAN_MAX: Duration = Duration::from_millis(60);
 /// The least a call that must reach the ledger from ap-south can take: the
 /// emulated us-east↔ap-south round trip.
 const WAN_ROUND_TRIP_MIN: Duration = Duration::from_millis(186);
-
-/// Serializes the tests of this binary (cargo runs tests in parallel); a
-/// test that panicked releases it as it unwinds.
-async fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::const_new(());
-    LOCK.lock().await
-}
 
 /// Stock added at the ledger reaches all three regions, reserves in ap-south answer at local latency over the AWS WAN profile, confirms in every region settle into the ledger, and the audit balances.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

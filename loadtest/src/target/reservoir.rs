@@ -27,6 +27,7 @@ use tonic_types::StatusExt;
 
 use super::{OpError, ServerSku, ServerView, TargetError, reason};
 use crate::workload::Catalog;
+pub use reservoir_proto::code_name;
 
 /// Longest one gRPC call may take (a reserve may wait up to 5 s for a
 /// top-up, and a leaderless group answers NO_LEADER after 5 s).
@@ -155,29 +156,6 @@ pub fn reason_of(status: &Status) -> String {
         .filter(|info| info.domain == ERROR_DOMAIN)
         .map(|info| info.reason)
         .unwrap_or_else(|| code_name(status.code()).to_string())
-}
-
-/// The upper-case name of a gRPC code.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 /// A status as an [`OpError`]: UNAVAILABLE (no leader, overloaded, no
@@ -397,26 +375,27 @@ impl ReservoirTarget {
 
     /// `Admin.GetStatus` from any node that answers.
     pub async fn status(&self) -> Result<v1::ClusterStatus, OpError> {
-        let mut last = OpError::fatal(reason::UNAVAILABLE, "no node");
-        for _ in 0..self.admin.nodes.len() {
-            let Some((i, ch)) = self.admin.pick() else { break };
-            match AdminClient::new(ch).get_status(v1::GetStatusRequest {}).await {
-                Ok(r) => return Ok(r.into_inner()),
-                Err(s) => {
-                    last = op_error(&s);
-                    self.admin.skip(i);
-                }
-            }
-        }
-        Err(last)
+        self.admin_call(|mut c| async move { c.get_status(v1::GetStatusRequest {}).await })
+            .await
     }
 
     /// `Admin.Audit` from any node that answers.
     pub async fn audit(&self) -> Result<v1::AuditReport, OpError> {
+        self.admin_call(|mut c| async move { c.audit(v1::AuditRequest {}).await })
+            .await
+    }
+
+    /// One Admin call, tried on each node in turn (from the last one that
+    /// answered) until one answers.
+    async fn admin_call<T, F, Fut>(&self, call: F) -> Result<T, OpError>
+    where
+        F: Fn(AdminClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let mut last = OpError::fatal(reason::UNAVAILABLE, "no node");
         for _ in 0..self.admin.nodes.len() {
             let Some((i, ch)) = self.admin.pick() else { break };
-            match AdminClient::new(ch).audit(v1::AuditRequest {}).await {
+            match call(AdminClient::new(ch)).await {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) => {
                     last = op_error(&s);
@@ -492,6 +471,13 @@ impl ReservoirTarget {
     /// True when a ledger settles sales and regions hold tokens (`tokens`).
     pub fn settles(&self) -> bool {
         self.settles
+    }
+
+    /// Units of `b` whose sale is final: settled into the ledger, or, without
+    /// a ledger (nothing will settle them), confirmed.
+    fn final_sales(&self, b: &v1::SkuBalance) -> u64 {
+        let confirmed: u64 = b.regions.iter().map(|r| r.confirmed).sum();
+        b.settled_total + if self.settles { 0 } else { confirmed }
     }
 
     /// The cluster's architecture as `cluster.json` names it.
@@ -584,11 +570,8 @@ impl ReservoirTarget {
                         let (seen, unknown) = expected.get(&b.sku).copied().unwrap_or((0, 0));
                         let held: u64 = b.regions.iter().map(|r| r.held).sum();
                         let unsettled: u64 = b.regions.iter().map(|r| r.confirmed).sum();
-                        let (sold, word) = if self.settles {
-                            (b.settled_total, "settled")
-                        } else {
-                            (b.settled_total + unsettled, "confirmed")
-                        };
+                        let sold = self.final_sales(b);
+                        let word = if self.settles { "settled" } else { "confirmed" };
                         if held > 0 || (self.settles && unsettled > 0) {
                             notes.push(format!(
                                 "{}: {held} held, {unsettled} confirmed not yet settled",
@@ -655,13 +638,7 @@ impl ReservoirTarget {
                     available,
                     held,
                     sold: b.settled_total + unsettled,
-                    // Without a ledger a confirmed unit is final: nothing
-                    // will settle it.
-                    settled: if self.settles {
-                        b.settled_total
-                    } else {
-                        b.settled_total + unsettled
-                    },
+                    settled: self.final_sales(b),
                     stranded: stranded.get(&b.sku).copied().unwrap_or(0),
                 },
             );

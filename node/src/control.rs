@@ -95,8 +95,12 @@ impl RegionBooks for RegionReport {
         &self.region
     }
 
-    fn buckets(&self) -> &BTreeMap<Sku, Bucket> {
-        &self.buckets
+    fn sku_names(&self) -> Vec<&str> {
+        self.buckets.keys().map(String::as_str).collect()
+    }
+
+    fn bucket_of(&self, sku: &str) -> Option<Bucket> {
+        self.buckets.get(sku).cloned()
     }
 
     fn applied_transfer(&self, id: TransferId) -> Option<&AppliedTransfer> {
@@ -401,9 +405,9 @@ impl ControlService {
                             region: region.clone(),
                             leader_id,
                             clock_ms: s.clock_ms(),
-                            buckets: s.buckets().clone(),
+                            buckets: s.buckets().map(|(sku, b)| (sku.clone(), b.clone())).collect(),
                             demand: BTreeMap::new(),
-                            outbox: s.outbox_after(after).take(request.outbox_max).cloned().collect(),
+                            outbox: s.outbox_after(after).take(request.outbox_max).collect(),
                             last_outbox_seq: s.last_outbox_seq(),
                             settled_up_to: s.settled_up_to(),
                             oldest_unsettled_ms: s

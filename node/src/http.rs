@@ -144,7 +144,6 @@ async fn status(State(s): State<AppState>) -> impl IntoResponse {
             state.settled_up_to(),
             state
                 .buckets()
-                .iter()
                 .map(|(sku, b)| {
                     (
                         sku.clone(),

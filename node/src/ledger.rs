@@ -82,7 +82,7 @@ impl LedgerHost {
         let mut s = self.summary.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let Ok((skus, transfers)) = self.group.read(|l| {
             (
-                l.skus().clone(),
+                l.skus().iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                 l.transfers().values().cloned().collect::<Vec<_>>(),
             )
         }) {

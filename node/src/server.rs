@@ -240,7 +240,6 @@ async fn gossip_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
         let index = node.group().status().applied_index.unwrap_or(0);
         if let Ok(figures) = node.group().read(|s| {
             s.buckets()
-                .iter()
                 .map(|(k, b)| (k.clone(), b.available))
                 .collect::<Vec<_>>()
         }) {

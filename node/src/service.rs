@@ -533,11 +533,7 @@ impl InventoryService {
         req: v1::GetReservationRequest,
     ) -> Result<v1::Reservation, Status> {
         let id = edge::get_reservation_id(self.node.region(), &req).map_err(|r| to_status(&r))?;
-        match self
-            .node
-            .read_current(forwarded, |s| s.reservation(id).cloned())
-            .await?
-        {
+        match self.node.read_current(forwarded, |s| s.reservation(id)).await? {
             Route::Applied(Some(r)) => Ok(edge::reservation_to_proto(self.node.region(), r)),
             Route::Applied(None) => Err(to_status(&Rejection::ReservationNotFound {
                 id: req.reservation_id.clone(),
@@ -808,7 +804,6 @@ impl AdminService {
             .group()
             .read(|s| {
                 s.buckets()
-                    .iter()
                     .map(|(sku, b)| v1::SkuStatus {
                         sku: sku.clone(),
                         pool: 0,

@@ -116,7 +116,7 @@ impl Book {
         for (id, reservation) in &self.reservations {
             assert_eq!(
                 state.reservation(*id),
-                Some(reservation),
+                Some(reservation.clone()),
                 "node {node}: acknowledged reservation {id}"
             );
         }
@@ -130,7 +130,7 @@ impl Book {
             self.reserve_requests,
             "node {node}: remembered reserve requests"
         );
-        let outbox: Vec<OutboxEntry> = state.outbox_after(0).cloned().collect();
+        let outbox: Vec<OutboxEntry> = state.outbox_after(0).collect();
         assert_eq!(outbox, self.outbox, "node {node}: outbox");
         let bucket = state.bucket(SKU).expect("the SKU was stocked");
         let held = self.units(ReservationState::Held);

@@ -95,8 +95,10 @@ impl BalanceSheet {
 pub trait RegionBooks {
     /// The region's name.
     fn region(&self) -> &str;
-    /// Its buckets, by SKU.
-    fn buckets(&self) -> &BTreeMap<Sku, Bucket>;
+    /// The SKUs it has buckets for.
+    fn sku_names(&self) -> Vec<&str>;
+    /// Its bucket of `sku`, if it has one.
+    fn bucket_of(&self, sku: &str) -> Option<Bucket>;
     /// How it applied transfer `id`, if it did (and still remembers).
     fn applied_transfer(&self, id: TransferId) -> Option<&AppliedTransfer>;
     /// Units of `sku` in outbox entries the region still holds with a
@@ -109,8 +111,12 @@ impl RegionBooks for RegionState {
         RegionState::region(self)
     }
 
-    fn buckets(&self) -> &BTreeMap<Sku, Bucket> {
-        RegionState::buckets(self)
+    fn sku_names(&self) -> Vec<&str> {
+        RegionState::buckets(self).map(|(sku, _)| sku.as_str()).collect()
+    }
+
+    fn bucket_of(&self, sku: &str) -> Option<Bucket> {
+        RegionState::bucket(self, sku).cloned()
     }
 
     fn applied_transfer(&self, id: TransferId) -> Option<&AppliedTransfer> {
@@ -120,7 +126,7 @@ impl RegionBooks for RegionState {
     fn settled_unacked(&self, sku: &str, watermark: u64) -> Units {
         self.outbox_after(self.settled_up_to())
             .take_while(|e| e.seq <= watermark)
-            .flat_map(|e| e.lines.iter())
+            .flat_map(|e| e.lines)
             .filter(|l| l.sku == sku)
             .map(|l| l.quantity)
             .sum()
@@ -153,7 +159,7 @@ pub fn balance<R: RegionBooks>(ledger: &LedgerState, regions: &[&R]) -> BalanceS
 
     let mut skus: BTreeSet<&str> = ledger.skus().keys().map(String::as_str).collect();
     for r in regions {
-        skus.extend(r.buckets().keys().map(String::as_str));
+        skus.extend(r.sku_names());
     }
 
     let mut sheet = Vec::with_capacity(skus.len());
@@ -193,7 +199,7 @@ pub fn balance<R: RegionBooks>(ledger: &LedgerState, regions: &[&R]) -> BalanceS
             found += books.granted.get(missing).copied().unwrap_or(0) as i128;
         }
         for r in regions {
-            let b = r.buckets().get(sku).cloned().unwrap_or_default();
+            let b = r.bucket_of(sku).unwrap_or_default();
             let settled_unacked = r.settled_unacked(sku, ledger.watermark(r.region()));
             let confirmed = b.confirmed.saturating_sub(settled_unacked);
             found += (b.available + b.held + confirmed) as i128;
@@ -233,7 +239,6 @@ pub fn balance<R: RegionBooks>(ledger: &LedgerState, regions: &[&R]) -> BalanceS
 pub fn balance_standalone(region: &RegionState) -> BalanceSheet {
     let skus = region
         .buckets()
-        .iter()
         .map(|(sku, b)| {
             let drift = clamp(b.books_drift());
             SkuBalance {

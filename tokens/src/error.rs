@@ -49,6 +49,8 @@ pub enum Field {
     Entries,
     /// `transfer_id`
     TransferId,
+    /// a region's retention settings
+    Retention,
 }
 
 impl Field {
@@ -68,6 +70,7 @@ impl Field {
             Field::Units => "INVALID_UNITS",
             Field::Entries => "INVALID_ENTRIES",
             Field::TransferId => "INVALID_TRANSFER_ID",
+            Field::Retention => "INVALID_RETENTION",
         }
     }
 }

@@ -5,6 +5,7 @@ use crate::error::{Field, Rejection};
 use crate::limits::{self, *};
 use crate::memory::RequestMemory;
 use crate::types::*;
+use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -161,13 +162,13 @@ pub type LedgerOutcome = Result<LedgerApplied, Rejection>;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerState {
     clock_ms: Millis,
-    skus: BTreeMap<Sku, LedgerSku>,
+    skus: OrdMap<Sku, LedgerSku>,
     /// Transfers in flight, by id.
-    transfers: BTreeMap<TransferId, Transfer>,
+    transfers: OrdMap<TransferId, Transfer>,
     /// The next transfer id; ids below it that are not in flight are complete.
     next_transfer_id: TransferId,
     /// Per region, the highest outbox sequence number settled.
-    watermarks: BTreeMap<RegionId, u64>,
+    watermarks: OrdMap<RegionId, u64>,
     adjustments: RequestMemory<Sku>,
 }
 
@@ -176,10 +177,10 @@ impl LedgerState {
     pub fn new() -> LedgerState {
         LedgerState {
             clock_ms: 0,
-            skus: BTreeMap::new(),
-            transfers: BTreeMap::new(),
+            skus: OrdMap::new(),
+            transfers: OrdMap::new(),
             next_transfer_id: 1,
-            watermarks: BTreeMap::new(),
+            watermarks: OrdMap::new(),
             adjustments: RequestMemory::default(),
         }
     }
@@ -420,12 +421,12 @@ impl LedgerState {
     }
 
     /// Every SKU's books.
-    pub fn skus(&self) -> &BTreeMap<Sku, LedgerSku> {
+    pub fn skus(&self) -> &OrdMap<Sku, LedgerSku> {
         &self.skus
     }
 
     /// Transfers in flight, by id.
-    pub fn transfers(&self) -> &BTreeMap<TransferId, Transfer> {
+    pub fn transfers(&self) -> &OrdMap<TransferId, Transfer> {
         &self.transfers
     }
 
@@ -446,7 +447,7 @@ impl LedgerState {
     }
 
     /// Every region the ledger has a settlement watermark for.
-    pub fn watermarks(&self) -> &BTreeMap<RegionId, u64> {
+    pub fn watermarks(&self) -> &OrdMap<RegionId, u64> {
         &self.watermarks
     }
 

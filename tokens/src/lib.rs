@@ -53,7 +53,7 @@ pub use error::{ErrorKind, Field, Rejection};
 pub use ledger::{LedgerApplied, LedgerCommand, LedgerOp, LedgerOutcome, LedgerState, SettleEntry, Transfer};
 pub use region::{
     AppliedTransfer, Bucket, OutboxEntry, RegionApplied, RegionCommand, RegionOp, RegionOutcome, RegionState,
-    Reservation, ReservationState,
+    Reservation, ReservationState, Retention,
 };
 pub use types::*;
 

@@ -37,10 +37,16 @@ pub const TRANSFER_UNITS_MAX: u64 = 1_000_000_000;
 pub const REQUEST_RETENTION_MS: Millis = 10 * 60 * 1000;
 /// Most request ids remembered at once; past it the oldest are forgotten.
 pub const REQUEST_IDS_MAX: usize = 1_000_000;
-/// How long, in logical time, a released, expired or settled reservation is kept.
+/// How long, in logical time, a released, expired or settled reservation (and
+/// with it the request id that made it) is kept, by default.
 pub const RESERVATION_RETENTION_MS: Millis = 10 * 60 * 1000;
-/// Most ended reservations kept at once; past it the oldest are forgotten.
+/// Most ended reservations kept at once, by default; past it the oldest are
+/// forgotten.
 pub const ENDED_RESERVATIONS_MAX: usize = 1_000_000;
+/// Longest retention a region may be configured with.
+pub const RESERVATION_RETENTION_MS_LIMIT: Millis = 24 * 60 * 60 * 1000;
+/// Most ended reservations a region may be configured to keep.
+pub const ENDED_RESERVATIONS_LIMIT: u64 = 100_000_000;
 /// Most items (request ids or ended reservations) pruned by one command, so
 /// no single apply stalls; pruning always gets ahead because each command
 /// adds at most one of each.

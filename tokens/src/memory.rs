@@ -3,8 +3,8 @@
 use crate::error::Rejection;
 use crate::limits;
 use crate::types::{Line, Millis, RequestId};
+use imbl::{OrdMap, Vector};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, VecDeque};
 
 /// What is remembered of one successful request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,25 +17,26 @@ pub struct Remembered<T> {
 
 /// Request ids remembered for a bounded logical time and count. Only
 /// successful requests are remembered: a refused request changed nothing, so
-/// retrying it is safe.
+/// retrying it is safe. Persistent collections (`imbl`), so the state that
+/// holds it clones in O(1).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RequestMemory<T> {
-    entries: BTreeMap<RequestId, Remembered<T>>,
+pub struct RequestMemory<T: Clone> {
+    entries: OrdMap<RequestId, Remembered<T>>,
     /// Ids in the order they were remembered, with the logical time; logical
     /// time never goes backwards, so this queue is sorted.
-    order: VecDeque<(Millis, RequestId)>,
+    order: Vector<(Millis, RequestId)>,
 }
 
-impl<T> Default for RequestMemory<T> {
+impl<T: Clone> Default for RequestMemory<T> {
     fn default() -> Self {
         RequestMemory {
-            entries: BTreeMap::new(),
-            order: VecDeque::new(),
+            entries: OrdMap::new(),
+            order: Vector::new(),
         }
     }
 }
 
-impl<T> RequestMemory<T> {
+impl<T: Clone> RequestMemory<T> {
     /// The remembered outcome of `request_id`, if any.
     pub fn get(&self, request_id: &str) -> Option<&Remembered<T>> {
         self.entries.get(request_id)

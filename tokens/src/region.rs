@@ -5,8 +5,10 @@ use crate::error::{Field, Rejection};
 use crate::limits::{self, *};
 use crate::memory::{Fnv, RequestMemory};
 use crate::types::*;
+use imbl::{OrdMap, OrdSet, Vector};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use smallvec::SmallVec;
+use std::sync::Arc;
 
 /// A region's tokens for one SKU (DESIGN.md §1), plus the running totals
 /// that let the bucket check its own books:
@@ -185,6 +187,13 @@ pub enum RegionOp {
         /// Units to add (> 0) or remove (< 0, from `available` only).
         delta: i64,
     },
+    /// How long ended reservations (and their request ids) are kept. The
+    /// region leader proposes it when its configuration differs from the
+    /// state's, so every replica prunes alike.
+    SetRetention {
+        /// The new settings.
+        retention: Retention,
+    },
 }
 
 /// A command for a region group: an op and the proposer's clock.
@@ -231,53 +240,140 @@ pub enum RegionApplied {
         /// Available tokens.
         available: Units,
     },
+    /// SetRetention: the settings now in force.
+    Retention(Retention),
 }
 
 /// The outcome of one region command: what it produced, or why it changed
 /// nothing (except the logical clock).
 pub type RegionOutcome = Result<RegionApplied, Rejection>;
 
+/// How long a region keeps ended reservations, and with each one the request
+/// id that made it. Part of the replicated state, so every replica prunes
+/// alike; changed by [`RegionOp::SetRetention`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Logical time an ended (released, expired, settled) reservation is
+    /// kept after it ends.
+    pub ended_ms: Millis,
+    /// Most ended reservations kept; past it the oldest are forgotten.
+    pub ended_max: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            ended_ms: RESERVATION_RETENTION_MS,
+            ended_max: ENDED_RESERVATIONS_MAX as u64,
+        }
+    }
+}
+
+impl Retention {
+    /// Checks the settings against [`RESERVATION_RETENTION_MS_LIMIT`] and
+    /// [`ENDED_RESERVATIONS_LIMIT`].
+    pub fn check(&self) -> Result<(), Rejection> {
+        if self.ended_ms > RESERVATION_RETENTION_MS_LIMIT || self.ended_max > ENDED_RESERVATIONS_LIMIT {
+            return Err(Rejection::invalid(
+                Field::Retention,
+                format!(
+                    "ended_ms must be at most {RESERVATION_RETENTION_MS_LIMIT} and ended_max at most \
+                     {ENDED_RESERVATIONS_LIMIT}, got {} and {}",
+                    self.ended_ms, self.ended_max
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A SKU's number in one region: the position of its bucket, given in the
+/// order the region first received the SKU (so every replica gives the same
+/// numbers). Records name SKUs by number, not by string.
+type SkuIx = u32;
+
+/// One line of a record: a SKU's number and a quantity (at most
+/// [`QUANTITY_MAX`], so it fits in 32 bits).
+type RecordLine = (SkuIx, u32);
+
+/// What the state keeps of one reservation: the compact form of
+/// [`Reservation`], with the request id that made it (remembered exactly as
+/// long as the reservation). Shared between the live state and a snapshot
+/// being written (`Arc`), so copying a tree node copies pointers, not
+/// records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Record {
+    state: ReservationState,
+    /// Held lines, or sold lines once confirmed; one or two lines are kept
+    /// inline, without a heap allocation.
+    lines: SmallVec<[RecordLine; 2]>,
+    created_at_ms: Millis,
+    expires_at_ms: Millis,
+    /// 0 while live.
+    ended_at_ms: Millis,
+    order_id: Option<Box<str>>,
+    /// The reserve's idempotency key.
+    request_id: Box<str>,
+    /// The reserve's fingerprint, to tell a retry from a reuse of the key.
+    fingerprint: u64,
+}
+
 /// One region's replicated state. Deterministic: two replicas that apply the
 /// same commands are equal, and serialize to the same bytes.
+///
+/// Every table is a persistent map or vector (`imbl`), so cloning the whole
+/// state is O(1) and shares structure with the original: a snapshot is a
+/// clone taken between two applies, written out while applying goes on,
+/// and only the tree nodes that later applies touch are copied.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegionState {
     region: RegionId,
     /// Logical time: the largest `now_ms` seen.
     clock_ms: Millis,
-    buckets: BTreeMap<Sku, Bucket>,
-    reservations: BTreeMap<ReservationId, Reservation>,
+    retention: Retention,
+    /// Buckets by SKU number; `sku_ix` maps names to numbers.
+    buckets: Vector<(Sku, Bucket)>,
+    sku_ix: OrdMap<Sku, SkuIx>,
+    reservations: OrdMap<ReservationId, Arc<Record>>,
     next_reservation: u64,
     /// Live holds by expiry, oldest first.
-    expiry: BTreeSet<(Millis, ReservationId)>,
+    expiry: OrdSet<(Millis, ReservationId)>,
     /// Ended reservations by end time, for pruning.
-    ended: VecDeque<(Millis, ReservationId)>,
-    reserves: RequestMemory<ReservationId>,
+    ended: Vector<(Millis, ReservationId)>,
+    /// Reservations by the hash of their request id (FNV-1a); a lookup
+    /// compares the full id kept in the record, so a hash collision costs a
+    /// comparison, never a wrong answer.
+    requests: OrdSet<(u64, ReservationId)>,
     adjustments: RequestMemory<Sku>,
-    outbox: BTreeMap<u64, OutboxEntry>,
+    /// Unsettled sales by sequence number: the reservation and the time of
+    /// the confirm (its lines and order are in the record).
+    outbox: OrdMap<u64, (ReservationId, Millis)>,
     next_outbox_seq: u64,
     settled_up_to: u64,
-    transfers: BTreeMap<TransferId, AppliedTransfer>,
+    transfers: OrdMap<TransferId, AppliedTransfer>,
     /// Transfers below this id are complete at the ledger and forgotten here.
     transfer_floor: TransferId,
 }
 
 impl RegionState {
-    /// An empty region.
+    /// An empty region, with the default retention.
     pub fn new(region: impl Into<RegionId>) -> RegionState {
         RegionState {
             region: region.into(),
             clock_ms: 0,
-            buckets: BTreeMap::new(),
-            reservations: BTreeMap::new(),
+            retention: Retention::default(),
+            buckets: Vector::new(),
+            sku_ix: OrdMap::new(),
+            reservations: OrdMap::new(),
             next_reservation: 1,
-            expiry: BTreeSet::new(),
-            ended: VecDeque::new(),
-            reserves: RequestMemory::default(),
+            expiry: OrdSet::new(),
+            ended: Vector::new(),
+            requests: OrdSet::new(),
             adjustments: RequestMemory::default(),
-            outbox: BTreeMap::new(),
+            outbox: OrdMap::new(),
             next_outbox_seq: 1,
             settled_up_to: 0,
-            transfers: BTreeMap::new(),
+            transfers: OrdMap::new(),
             transfer_floor: 0,
         }
     }
@@ -314,9 +410,19 @@ impl RegionState {
                 sku,
                 delta,
             } => self.adjust_stock(request_id, sku, delta),
+            RegionOp::SetRetention { retention } => self.set_retention(retention),
         };
         self.prune();
         outcome
+    }
+
+    /// The reservation a remembered request id made, if any.
+    fn remembered(&self, request_id: &str) -> Option<(ReservationId, &Record)> {
+        let hash = request_hash(request_id);
+        self.requests
+            .range((hash, ReservationId(0))..=(hash, ReservationId(u64::MAX)))
+            .filter_map(|&(_, id)| self.reservations.get(&id).map(|r| (id, r.as_ref())))
+            .find(|(_, r)| &*r.request_id == request_id)
     }
 
     fn reserve(
@@ -334,23 +440,17 @@ impl RegionState {
             .u64(ttl_ms)
             .u64(u64::from(allow_partial))
             .finish();
-        if let Some(seen) = self.reserves.get(&request_id) {
+        if let Some((id, seen)) = self.remembered(&request_id) {
             if seen.fingerprint != fingerprint {
                 return Err(Rejection::RequestIdReused { request_id });
             }
-            let id = seen.value;
-            return match self.reservations.get(&id) {
-                Some(r) => Ok(RegionApplied::Reservation(r.clone())),
-                None => Err(Rejection::ReservationNotFound {
-                    id: id.display(&self.region),
-                }),
-            };
+            return Ok(RegionApplied::Reservation(self.materialize(id, seen)));
         }
 
         // Decide what to take before touching anything: all or nothing.
         let mut taken = Vec::with_capacity(lines.len());
         for line in &lines {
-            let available = self.buckets.get(&line.sku).map_or(0, |b| b.available);
+            let available = self.bucket(&line.sku).map_or(0, |b| b.available);
             if allow_partial {
                 taken.push(line.quantity.min(available));
             } else if line.quantity > available {
@@ -372,42 +472,44 @@ impl RegionState {
             });
         }
 
-        let mut held = Vec::with_capacity(lines.len());
-        for (mut line, take) in lines.into_iter().zip(taken) {
+        let mut held = SmallVec::with_capacity(lines.len());
+        for (line, take) in lines.iter().zip(taken) {
             if take == 0 {
                 continue;
             }
-            let bucket = self
-                .buckets
-                .get_mut(&line.sku)
+            let ix = *self
+                .sku_ix
+                .get(&line.sku)
                 .expect("a line with tokens to take has a bucket");
+            let bucket = self.bucket_mut(ix);
             bucket.available -= take;
             bucket.held += take;
-            line.quantity = take;
-            held.push(line);
+            held.push((ix, record_quantity(take)));
         }
         let id = ReservationId(self.next_reservation);
         self.next_reservation += 1;
         let expires_at_ms = self.clock_ms.saturating_add(ttl_ms);
-        let reservation = Reservation {
-            id,
-            lines: held,
+        let record = Record {
             state: ReservationState::Held,
+            lines: held,
             created_at_ms: self.clock_ms,
             expires_at_ms,
-            order_id: None,
             ended_at_ms: 0,
+            order_id: None,
+            request_id: request_id.into_boxed_str(),
+            fingerprint,
         };
+        let reservation = self.materialize(id, &record);
         self.expiry.insert((expires_at_ms, id));
-        self.reserves.remember(request_id, fingerprint, id, self.clock_ms);
-        self.reservations.insert(id, reservation.clone());
+        self.requests.insert((request_hash(&record.request_id), id));
+        self.reservations.insert(id, Arc::new(record));
         Ok(RegionApplied::Reservation(reservation))
     }
 
     fn release(&mut self, id: ReservationId) -> RegionOutcome {
         let clock_ms = self.clock_ms;
         let public = id.display(&self.region);
-        let r = self.reservation_mut(id)?;
+        let r = self.record(id)?;
         match r.state {
             ReservationState::Held => {
                 // A hold past its expiry is expired, swept or not.
@@ -419,11 +521,11 @@ impl RegionState {
                 Ok(RegionApplied::Reservation(self.end_hold(id, to)))
             }
             ReservationState::Released | ReservationState::Expired => {
-                Ok(RegionApplied::Reservation(r.clone()))
+                Ok(RegionApplied::Reservation(self.materialize(id, &r)))
             }
             ReservationState::Confirmed | ReservationState::Settled => Err(Rejection::ReservationConfirmed {
                 id: public,
-                order_id: r.order_id.clone().unwrap_or_default(),
+                order_id: r.order_id.as_deref().unwrap_or_default().to_string(),
             }),
         }
     }
@@ -433,20 +535,20 @@ impl RegionState {
         limits::check_confirm_lines(&lines)?;
         let clock_ms = self.clock_ms;
         let public = id.display(&self.region);
-        let r = self.reservation_mut(id)?;
+        let r = self.record(id)?;
         match r.state {
             ReservationState::Held if clock_ms >= r.expires_at_ms => {
                 return Err(Rejection::ReservationExpired { id: public });
             }
             ReservationState::Held => {}
             ReservationState::Confirmed | ReservationState::Settled => {
-                let confirmed_as = r.order_id.clone().unwrap_or_default();
+                let confirmed_as = r.order_id.as_deref().unwrap_or_default();
                 return if confirmed_as == order_id {
-                    Ok(RegionApplied::Reservation(r.clone()))
+                    Ok(RegionApplied::Reservation(self.materialize(id, &r)))
                 } else {
                     Err(Rejection::ReservationConfirmed {
                         id: public,
-                        order_id: confirmed_as,
+                        order_id: confirmed_as.to_string(),
                     })
                 };
             }
@@ -456,76 +558,68 @@ impl RegionState {
         // How much of each held line is sold.
         let mut sold = Vec::with_capacity(r.lines.len());
         if lines.is_empty() {
-            sold.extend(r.lines.iter().map(|l| l.quantity));
+            sold.extend(r.lines.iter().map(|&(_, q)| u64::from(q)));
         } else {
-            if let Some(stray) = lines.iter().find(|l| !r.lines.iter().any(|h| h.sku == l.sku)) {
+            if let Some(stray) = lines
+                .iter()
+                .find(|l| !r.lines.iter().any(|&(ix, _)| self.sku_name(ix) == l.sku))
+            {
                 return Err(Rejection::invalid(
                     Field::Lines,
                     format!("SKU {} is not held by reservation {public}", stray.sku),
                 ));
             }
-            for held in &r.lines {
-                let want = lines.iter().find(|l| l.sku == held.sku).map_or(0, |l| l.quantity);
-                sold.push(want.min(held.quantity));
+            for &(ix, held) in &r.lines {
+                let name = self.sku_name(ix);
+                let want = lines.iter().find(|l| l.sku == name).map_or(0, |l| l.quantity);
+                sold.push(want.min(u64::from(held)));
             }
         }
 
-        let held_lines = std::mem::take(&mut r.lines);
+        let held_lines = r.lines.clone();
         let expires_at_ms = r.expires_at_ms;
-        let mut sold_lines = Vec::with_capacity(held_lines.len());
-        for (line, sold_qty) in held_lines.into_iter().zip(sold) {
-            let bucket = self.buckets.get_mut(&line.sku).expect("a held line has a bucket");
+        let mut sold_lines = SmallVec::with_capacity(held_lines.len());
+        for (&(ix, held), sold_qty) in held_lines.iter().zip(sold) {
+            let held = u64::from(held);
+            let bucket = self.bucket_mut(ix);
             assert!(
-                bucket.held >= line.quantity,
-                "held {} < {} of {} in {public}",
+                bucket.held >= held,
+                "held {} < {held} of SKU #{ix} in {public}",
                 bucket.held,
-                line.quantity,
-                line.sku
             );
-            bucket.held -= line.quantity;
+            bucket.held -= held;
             bucket.confirmed += sold_qty;
-            bucket.available += line.quantity - sold_qty;
+            bucket.available += held - sold_qty;
             if sold_qty > 0 {
-                sold_lines.push(Line {
-                    sku: line.sku,
-                    quantity: sold_qty,
-                });
+                sold_lines.push((ix, record_quantity(sold_qty)));
             }
         }
         self.expiry.remove(&(expires_at_ms, id));
         let seq = self.next_outbox_seq;
         self.next_outbox_seq += 1;
-        self.outbox.insert(
-            seq,
-            OutboxEntry {
-                seq,
-                reservation: id,
-                order_id: order_id.clone(),
-                lines: sold_lines.clone(),
-                confirmed_at_ms: clock_ms,
-            },
-        );
-        let r = self.reservations.get_mut(&id).expect("looked up above");
+        self.outbox.insert(seq, (id, clock_ms));
+        let r = self.record_mut(id);
         r.lines = sold_lines;
         r.state = ReservationState::Confirmed;
-        r.order_id = Some(order_id);
-        Ok(RegionApplied::Reservation(r.clone()))
+        r.order_id = Some(order_id.into_boxed_str());
+        let r = self.reservations.get(&id).expect("updated above").clone();
+        Ok(RegionApplied::Reservation(self.materialize(id, &r)))
     }
 
     fn extend(&mut self, id: ReservationId, ttl_ms: Millis) -> RegionOutcome {
         let ttl_ms = limits::effective_ttl_ms(ttl_ms)?;
         let clock_ms = self.clock_ms;
         let public = id.display(&self.region);
-        let r = self.reservation_mut(id)?;
+        let r = self.record(id)?;
         match r.state {
             ReservationState::Held if clock_ms < r.expires_at_ms => {
                 let old = r.expires_at_ms;
-                r.expires_at_ms = clock_ms.saturating_add(ttl_ms);
-                let new = r.expires_at_ms;
-                let out = r.clone();
+                let new = clock_ms.saturating_add(ttl_ms);
+                self.record_mut(id).expires_at_ms = new;
                 self.expiry.remove(&(old, id));
                 self.expiry.insert((new, id));
-                Ok(RegionApplied::Reservation(out))
+                let r = self.reservations.get(&id).expect("updated above").clone();
+                Ok(RegionApplied::Reservation(self.materialize(id, &r)))
             }
             ReservationState::Held | ReservationState::Expired => {
                 Err(Rejection::ReservationExpired { id: public })
@@ -533,7 +627,7 @@ impl RegionState {
             ReservationState::Released => Err(Rejection::ReservationReleased { id: public }),
             ReservationState::Confirmed | ReservationState::Settled => Err(Rejection::ReservationConfirmed {
                 id: public,
-                order_id: r.order_id.clone().unwrap_or_default(),
+                order_id: r.order_id.as_deref().unwrap_or_default().to_string(),
             }),
         }
     }
@@ -541,18 +635,18 @@ impl RegionState {
     fn expire(&mut self) -> RegionApplied {
         let mut count = 0;
         while count < EXPIRE_PER_COMMAND_MAX {
-            let Some(&(at_ms, id)) = self.expiry.first() else {
+            let Some(&(at_ms, id)) = self.expiry.get_min() else {
                 break;
             };
             if at_ms > self.clock_ms {
                 break;
             }
-            self.end_hold(id, ReservationState::Expired);
+            self.end_hold_quietly(id, ReservationState::Expired);
             count += 1;
         }
         let more_due = self
             .expiry
-            .first()
+            .get_min()
             .is_some_and(|&(at_ms, _)| at_ms <= self.clock_ms);
         RegionApplied::Expired { count, more_due }
     }
@@ -596,17 +690,24 @@ impl RegionState {
         }
         if done_below > self.transfer_floor {
             self.transfer_floor = done_below;
-            self.transfers = self.transfers.split_off(&done_below);
+            let (_, kept) = self.transfers.split(&done_below);
+            let at = self.transfers.get(&done_below).cloned();
+            self.transfers = kept;
+            if let Some(t) = at {
+                self.transfers.insert(done_below, t);
+            }
         }
         let moved = match kind {
             TransferKind::Grant => {
-                let bucket = self.buckets.entry(sku.clone()).or_default();
+                let ix = self.bucket_ix_or_new(&sku);
+                let bucket = self.bucket_mut(ix);
                 bucket.available += asked;
                 bucket.received += asked;
                 asked
             }
-            TransferKind::Revoke => match self.buckets.get_mut(&sku) {
-                Some(bucket) => {
+            TransferKind::Revoke => match self.sku_ix.get(&sku).copied() {
+                Some(ix) => {
+                    let bucket = self.bucket_mut(ix);
                     let take = asked.min(bucket.available);
                     bucket.available -= take;
                     bucket.returned += take;
@@ -637,37 +738,39 @@ impl RegionState {
             return Err(Rejection::SettlementAhead { up_to_seq, last_seq });
         }
         let mut reservations = 0;
-        while let Some(entry) = self.outbox.first_entry() {
-            if *entry.key() > up_to_seq {
+        while let Some(&(seq, (id, _))) = self.outbox.get_min() {
+            if seq > up_to_seq {
                 break;
             }
-            let entry = entry.remove();
-            for line in &entry.lines {
-                let bucket = self.buckets.get_mut(&line.sku).expect("a sold line has a bucket");
-                assert!(
-                    bucket.confirmed >= line.quantity,
-                    "confirmed {} < settled {} of {}",
-                    bucket.confirmed,
-                    line.quantity,
-                    line.sku
-                );
-                bucket.confirmed -= line.quantity;
-                bucket.settled += line.quantity;
-            }
-            let r = self
+            self.outbox.remove(&seq);
+            let lines = self
                 .reservations
-                .get_mut(&entry.reservation)
-                .expect("a confirmed reservation is kept");
+                .get(&id)
+                .expect("a confirmed reservation is kept")
+                .lines
+                .clone();
+            for (ix, quantity) in lines {
+                let quantity = u64::from(quantity);
+                let bucket = self.bucket_mut(ix);
+                assert!(
+                    bucket.confirmed >= quantity,
+                    "confirmed {} < settled {quantity} of SKU #{ix}",
+                    bucket.confirmed,
+                );
+                bucket.confirmed -= quantity;
+                bucket.settled += quantity;
+            }
+            let clock_ms = self.clock_ms;
+            let r = self.record_mut(id);
             assert_eq!(
                 r.state,
                 ReservationState::Confirmed,
-                "outbox entry {} for a {:?} reservation",
-                entry.seq,
+                "outbox entry {seq} for a {:?} reservation",
                 r.state
             );
             r.state = ReservationState::Settled;
-            r.ended_at_ms = self.clock_ms;
-            self.ended.push_back((self.clock_ms, entry.reservation));
+            r.ended_at_ms = clock_ms;
+            self.ended.push_back((clock_ms, id));
             reservations += 1;
         }
         self.settled_up_to = self.settled_up_to.max(up_to_seq);
@@ -680,11 +783,12 @@ impl RegionState {
         };
         let units = delta.unsigned_abs();
         if delta > 0 {
-            let bucket = self.buckets.entry(sku.clone()).or_default();
+            let ix = self.bucket_ix_or_new(&sku);
+            let bucket = self.bucket_mut(ix);
             bucket.available += units;
             bucket.received += units;
         } else {
-            let removable = self.buckets.get(&sku).map_or(0, |b| b.available);
+            let removable = self.bucket(&sku).map_or(0, |b| b.available);
             if units > removable {
                 return Err(Rejection::StockNotRemovable {
                     sku,
@@ -692,7 +796,8 @@ impl RegionState {
                     removable,
                 });
             }
-            let bucket = self.buckets.get_mut(&sku).expect("removable > 0 means a bucket");
+            let ix = *self.sku_ix.get(&sku).expect("removable > 0 means a bucket");
+            let bucket = self.bucket_mut(ix);
             bucket.available -= units;
             bucket.returned += units;
         }
@@ -701,8 +806,14 @@ impl RegionState {
         Ok(self.stock_figures(sku))
     }
 
+    fn set_retention(&mut self, retention: Retention) -> RegionOutcome {
+        retention.check()?;
+        self.retention = retention;
+        Ok(RegionApplied::Retention(retention))
+    }
+
     fn stock_figures(&self, sku: Sku) -> RegionApplied {
-        let b = self.buckets.get(&sku).cloned().unwrap_or_default();
+        let b = self.bucket(&sku).cloned().unwrap_or_default();
         RegionApplied::Stock {
             sku,
             stocked_total: b.received - b.returned,
@@ -711,65 +822,121 @@ impl RegionState {
     }
 
     /// Ends a held reservation (released or expired): its tokens go back to
-    /// `available`.
+    /// `available`. Returns it as it now is.
     fn end_hold(&mut self, id: ReservationId, to: ReservationState) -> Reservation {
-        let r = self
-            .reservations
-            .get_mut(&id)
-            .expect("end_hold of a known reservation");
+        self.end_hold_quietly(id, to);
+        let r = self.reservations.get(&id).expect("ended above").clone();
+        self.materialize(id, &r)
+    }
+
+    /// [`Self::end_hold`] without building the answer (the expiry sweep).
+    fn end_hold_quietly(&mut self, id: ReservationId, to: ReservationState) {
+        let clock_ms = self.clock_ms;
+        let r = self.record_mut(id);
         assert_eq!(
             r.state,
             ReservationState::Held,
             "end_hold of {id} in state {:?}",
             r.state
         );
-        for line in &r.lines {
-            let bucket = self.buckets.get_mut(&line.sku).expect("a held line has a bucket");
-            assert!(
-                bucket.held >= line.quantity,
-                "held {} < {} of {}",
-                bucket.held,
-                line.quantity,
-                line.sku
-            );
-            bucket.held -= line.quantity;
-            bucket.available += line.quantity;
-        }
         r.state = to;
-        r.ended_at_ms = self.clock_ms;
-        self.expiry.remove(&(r.expires_at_ms, id));
-        self.ended.push_back((self.clock_ms, id));
-        r.clone()
+        r.ended_at_ms = clock_ms;
+        let expires_at_ms = r.expires_at_ms;
+        let lines = r.lines.clone();
+        for (ix, quantity) in lines {
+            let quantity = u64::from(quantity);
+            let bucket = self.bucket_mut(ix);
+            assert!(
+                bucket.held >= quantity,
+                "held {} < {quantity} of SKU #{ix}",
+                bucket.held,
+            );
+            bucket.held -= quantity;
+            bucket.available += quantity;
+        }
+        self.expiry.remove(&(expires_at_ms, id));
+        self.ended.push_back((clock_ms, id));
     }
 
-    fn reservation_mut(&mut self, id: ReservationId) -> Result<&mut Reservation, Rejection> {
-        match self.reservations.get_mut(&id) {
-            Some(r) => Ok(r),
+    fn record(&self, id: ReservationId) -> Result<Arc<Record>, Rejection> {
+        match self.reservations.get(&id) {
+            Some(r) => Ok(r.clone()),
             None => Err(Rejection::ReservationNotFound {
                 id: id.display(&self.region),
             }),
         }
     }
 
-    /// Forgets old request ids and ended reservations, a bounded amount per
-    /// command.
+    /// The record of a known reservation, to change (copied first if a
+    /// snapshot still shares it).
+    fn record_mut(&mut self, id: ReservationId) -> &mut Record {
+        Arc::make_mut(self.reservations.get_mut(&id).expect("a known reservation"))
+    }
+
+    fn bucket_mut(&mut self, ix: SkuIx) -> &mut Bucket {
+        &mut self
+            .buckets
+            .get_mut(ix as usize)
+            .expect("a SKU number names a bucket")
+            .1
+    }
+
+    /// The number of `sku`'s bucket, making an empty bucket first if the
+    /// region has none.
+    fn bucket_ix_or_new(&mut self, sku: &str) -> SkuIx {
+        if let Some(&ix) = self.sku_ix.get(sku) {
+            return ix;
+        }
+        let ix = SkuIx::try_from(self.buckets.len()).expect("fewer than 2^32 SKUs in a region");
+        self.buckets.push_back((sku.to_string(), Bucket::default()));
+        self.sku_ix.insert(sku.to_string(), ix);
+        ix
+    }
+
+    fn sku_name(&self, ix: SkuIx) -> &str {
+        &self
+            .buckets
+            .get(ix as usize)
+            .expect("a SKU number names a bucket")
+            .0
+    }
+
+    /// A record as the public [`Reservation`].
+    fn materialize(&self, id: ReservationId, r: &Record) -> Reservation {
+        Reservation {
+            id,
+            lines: r
+                .lines
+                .iter()
+                .map(|&(ix, q)| Line::new(self.sku_name(ix), u64::from(q)))
+                .collect(),
+            state: r.state,
+            created_at_ms: r.created_at_ms,
+            expires_at_ms: r.expires_at_ms,
+            order_id: r.order_id.as_deref().map(str::to_string),
+            ended_at_ms: r.ended_at_ms,
+        }
+    }
+
+    /// Forgets old adjustment request ids and ended reservations (with their
+    /// request ids), a bounded amount per command.
     fn prune(&mut self) {
         let now = self.clock_ms;
-        self.reserves
-            .prune(now, REQUEST_RETENTION_MS, REQUEST_IDS_MAX, PRUNE_PER_COMMAND_MAX);
         self.adjustments
             .prune(now, REQUEST_RETENTION_MS, REQUEST_IDS_MAX, PRUNE_PER_COMMAND_MAX);
         for _ in 0..PRUNE_PER_COMMAND_MAX {
             let Some(&(at_ms, id)) = self.ended.front() else {
                 break;
             };
-            if at_ms.saturating_add(RESERVATION_RETENTION_MS) > now
-                && self.ended.len() <= ENDED_RESERVATIONS_MAX
+            if at_ms.saturating_add(self.retention.ended_ms) > now
+                && self.ended.len() as u64 <= self.retention.ended_max
             {
                 break;
             }
             self.ended.pop_front();
-            self.reservations.remove(&id);
+            if let Some(r) = self.reservations.remove(&id) {
+                self.requests.remove(&(request_hash(&r.request_id), id));
+            }
         }
     }
 
@@ -785,34 +952,79 @@ impl RegionState {
         self.clock_ms
     }
 
+    /// How long ended reservations are kept.
+    pub fn retention(&self) -> Retention {
+        self.retention
+    }
+
     /// Parses a public reservation id and checks it names this region.
     pub fn parse_reservation_id(&self, public: &str) -> Result<ReservationId, Rejection> {
         parse_reservation_id(&self.region, public)
     }
 
     /// A reservation by number, if it is known (not pruned).
-    pub fn reservation(&self, id: ReservationId) -> Option<&Reservation> {
-        self.reservations.get(&id)
+    pub fn reservation(&self, id: ReservationId) -> Option<Reservation> {
+        self.reservations.get(&id).map(|r| self.materialize(id, r))
     }
 
     /// Every reservation still kept, by number.
-    pub fn reservations(&self) -> impl Iterator<Item = &Reservation> {
-        self.reservations.values()
+    pub fn reservations(&self) -> impl Iterator<Item = Reservation> + '_ {
+        self.reservations.iter().map(|(id, r)| self.materialize(*id, r))
+    }
+
+    /// Number of reservations kept: live, confirmed and ended.
+    pub fn reservations_kept(&self) -> usize {
+        self.reservations.len()
+    }
+
+    /// Number of ended reservations kept (released, expired, settled).
+    pub fn ended_kept(&self) -> usize {
+        self.ended.len()
     }
 
     /// One SKU's bucket.
     pub fn bucket(&self, sku: &str) -> Option<&Bucket> {
-        self.buckets.get(sku)
+        let ix = *self.sku_ix.get(sku)?;
+        self.buckets.get(ix as usize).map(|(_, b)| b)
     }
 
     /// Every bucket, by SKU.
-    pub fn buckets(&self) -> &BTreeMap<Sku, Bucket> {
-        &self.buckets
+    pub fn buckets(&self) -> impl Iterator<Item = (&Sku, &Bucket)> + '_ {
+        self.sku_ix.iter().map(|(sku, &ix)| {
+            let (_, b) = self
+                .buckets
+                .get(ix as usize)
+                .expect("a SKU number names a bucket");
+            (sku, b)
+        })
+    }
+
+    /// Number of SKUs with a bucket.
+    pub fn sku_count(&self) -> usize {
+        self.buckets.len()
     }
 
     /// Outbox entries after `seq`, oldest first.
-    pub fn outbox_after(&self, seq: u64) -> impl Iterator<Item = &OutboxEntry> {
-        self.outbox.range(seq.saturating_add(1)..).map(|(_, e)| e)
+    pub fn outbox_after(&self, seq: u64) -> impl Iterator<Item = OutboxEntry> + '_ {
+        self.outbox
+            .range(seq.saturating_add(1)..)
+            .map(|(&seq, &(id, confirmed_at_ms))| {
+                let r = self
+                    .reservations
+                    .get(&id)
+                    .expect("a confirmed reservation is kept");
+                OutboxEntry {
+                    seq,
+                    reservation: id,
+                    order_id: r.order_id.as_deref().unwrap_or_default().to_string(),
+                    lines: r
+                        .lines
+                        .iter()
+                        .map(|&(ix, q)| Line::new(self.sku_name(ix), u64::from(q)))
+                        .collect(),
+                    confirmed_at_ms,
+                }
+            })
     }
 
     /// The last outbox sequence number written (0 if none).
@@ -827,7 +1039,7 @@ impl RegionState {
 
     /// When the earliest live hold falls due, if any.
     pub fn next_expiry_ms(&self) -> Option<Millis> {
-        self.expiry.first().map(|&(at_ms, _)| at_ms)
+        self.expiry.get_min().map(|&(at_ms, _)| at_ms)
     }
 
     /// Number of live holds.
@@ -840,10 +1052,22 @@ impl RegionState {
         self.transfers.get(&transfer_id)
     }
 
-    /// Number of remembered reserve request ids.
+    /// Number of remembered reserve request ids: one per reservation kept.
     pub fn remembered_requests(&self) -> usize {
-        self.reserves.len()
+        self.requests.len()
     }
+}
+
+/// The hash a request id is indexed by (FNV-1a: fixed, so every replica
+/// computes the same).
+fn request_hash(request_id: &str) -> u64 {
+    Fnv::new().bytes(request_id.as_bytes()).finish()
+}
+
+/// A validated quantity in a record's 32 bits.
+fn record_quantity(quantity: Units) -> u32 {
+    u32::try_from(quantity)
+        .unwrap_or_else(|_| panic!("quantity {quantity} over {QUANTITY_MAX} reached a record"))
 }
 
 /// Parses a public reservation id (`us-east-000042`) for `region`:

@@ -623,7 +623,7 @@ impl World {
                 let sum = |st: ReservationState| -> u64 {
                     real.reservations()
                         .filter(|x| x.state == st)
-                        .flat_map(|x| x.lines.iter())
+                        .flat_map(|x| x.lines)
                         .filter(|l| l.sku == sku)
                         .map(|l| l.quantity)
                         .sum()

@@ -6,13 +6,14 @@
 //! changed nothing but the logical clock.
 
 use reservoir_tokens::limits::{
-    self, EXPIRE_PER_COMMAND_MAX, LINES_PER_RESERVATION_MAX, ORDER_ID_BYTES_MAX, PRUNE_PER_COMMAND_MAX,
-    QUANTITY_MAX, REQUEST_ID_BYTES_MAX, REQUEST_RETENTION_MS, RESERVATION_RETENTION_MS, SKU_BYTES_MAX,
-    STOCK_DELTA_MAX, TRANSFER_UNITS_MAX, TTL_DEFAULT_MS, TTL_MAX_MS,
+    self, ENDED_RESERVATIONS_LIMIT, EXPIRE_PER_COMMAND_MAX, LINES_PER_RESERVATION_MAX, ORDER_ID_BYTES_MAX,
+    PRUNE_PER_COMMAND_MAX, QUANTITY_MAX, REQUEST_ID_BYTES_MAX, REQUEST_RETENTION_MS,
+    RESERVATION_RETENTION_MS, RESERVATION_RETENTION_MS_LIMIT, SKU_BYTES_MAX, STOCK_DELTA_MAX,
+    TRANSFER_UNITS_MAX, TTL_DEFAULT_MS, TTL_MAX_MS,
 };
 use reservoir_tokens::{
     ErrorKind, Line, Millis, RegionApplied, RegionCommand, RegionOp, RegionOutcome, RegionState, Rejection,
-    Reservation, ReservationId, ReservationState, TransferKind, Units,
+    Reservation, ReservationId, ReservationState, Retention, TransferKind, Units,
 };
 use serde_json::Value;
 
@@ -245,7 +246,7 @@ fn reserve_holds_every_line() {
     assert_eq!(got.ended_at_ms, 0);
     assert_eq!(levels(&r, "a"), (7, 3, 0));
     assert_eq!(levels(&r, "b"), (0, 5, 0));
-    assert_eq!(r.reservation(ReservationId(1)), Some(&got));
+    assert_eq!(r.reservation(ReservationId(1)), Some(got.clone()));
     assert_eq!(r.holds(), 1);
     assert_eq!(r.next_expiry_ms(), Some(T0 + 10 + 60_000));
     assert_eq!(r.remembered_requests(), 1);
@@ -507,7 +508,7 @@ fn release_returns_tokens() {
     assert_eq!(levels(&r, "b"), (10, 0, 0));
     assert_eq!(r.holds(), 0);
     assert_eq!(r.next_expiry_ms(), None);
-    assert_eq!(r.reservation(ReservationId(1)), Some(&got));
+    assert_eq!(r.reservation(ReservationId(1)), Some(got.clone()));
 }
 
 /// Releasing a released or expired reservation returns it unchanged.
@@ -596,7 +597,7 @@ fn confirm_moves_tokens_and_writes_outbox() {
     assert_eq!(r.holds(), 0);
     assert_eq!(r.next_expiry_ms(), None);
     assert_eq!(r.last_outbox_seq(), 2);
-    let outbox: Vec<_> = r.outbox_after(0).cloned().collect();
+    let outbox: Vec<_> = r.outbox_after(0).collect();
     assert_eq!(outbox.len(), 2);
     assert_eq!(outbox[0].seq, 1);
     assert_eq!(outbox[0].reservation, ReservationId(1));
@@ -1345,9 +1346,11 @@ fn pruning_is_bounded_per_command() {
     assert_eq!(r.remembered_requests(), 0);
 }
 
-/// Request ids are forgotten after REQUEST_RETENTION_MS; then the id may carry a new request.
+/// A reserve's request id is remembered as long as its reservation: while
+/// the hold lives (however long), and for the retention after it ends;
+/// adjustment ids are forgotten after REQUEST_RETENTION_MS.
 #[test]
-fn request_ids_are_forgotten_after_retention() {
+fn request_ids_live_as_long_as_their_reservation() {
     let mut r = stocked(&[("a", 10)]);
     res(apply(&mut r, T0, reserve("req-1", &[("a", 1)], TTL_MAX_MS)));
     apply(&mut r, T0, adjust("adj-1", "a", 5)).expect("adjust");
@@ -1356,20 +1359,84 @@ fn request_ids_are_forgotten_after_retention() {
     // Refusals apply one ms after the clock, and pruning runs after a
     // command: stay clear of the boundary.
     apply(&mut r, T0 + REQUEST_RETENTION_MS - 10, RegionOp::Expire).expect("expire");
+    refused(&mut r, adjust("adj-1", "a", 6), "REQUEST_ID_REUSED");
+    apply(&mut r, T0 + REQUEST_RETENTION_MS, RegionOp::Expire).expect("expire");
+    let now = r.clock_ms();
+    assert_eq!(
+        stock(apply(&mut r, now, adjust("adj-1", "a", 6))).1,
+        21,
+        "a forgotten adjustment id is new"
+    );
+
+    // The hold lives on past REQUEST_RETENTION_MS, and so does its id.
+    assert_eq!(state_of(&r, 1), ReservationState::Held);
     assert_eq!(r.remembered_requests(), 1);
     refused(&mut r, reserve("req-1", &[("a", 2)], 0), "REQUEST_ID_REUSED");
-    refused(&mut r, adjust("adj-1", "a", 6), "REQUEST_ID_REUSED");
+    let now = r.clock_ms();
+    let again = res(apply(&mut r, now, reserve("req-1", &[("a", 1)], TTL_MAX_MS)));
+    assert_eq!(again.id, ReservationId(1), "a retry finds the live hold");
 
-    apply(&mut r, T0 + REQUEST_RETENTION_MS, RegionOp::Expire).expect("expire");
+    // Once the hold ends, its id is kept for the retention, then forgotten.
+    let released_at = r.clock_ms() + 1;
+    res(apply(&mut r, released_at, release(1)));
+    apply(
+        &mut r,
+        released_at + RESERVATION_RETENTION_MS - 10,
+        RegionOp::Expire,
+    )
+    .expect("expire");
+    refused(&mut r, reserve("req-1", &[("a", 2)], 0), "REQUEST_ID_REUSED");
+    apply(&mut r, released_at + RESERVATION_RETENTION_MS, RegionOp::Expire).expect("expire");
     assert_eq!(r.remembered_requests(), 0);
-    // The hold itself lives on (its TTL is longer than the retention).
-    assert_eq!(state_of(&r, 1), ReservationState::Held);
+    assert!(r.reservation(ReservationId(1)).is_none());
     let now = r.clock_ms();
     let got = res(apply(&mut r, now, reserve("req-1", &[("a", 2)], 0)));
     assert_eq!(got.id, ReservationId(2), "a forgotten id is a new request");
-    let now = r.clock_ms();
-    assert_eq!(stock(apply(&mut r, now, adjust("adj-1", "a", 6))).1, 21);
-    assert_eq!(levels(&r, "a"), (18, 3, 0));
+    assert_eq!(levels(&r, "a"), (19, 2, 0));
+}
+
+/// A region's retention is replicated state: SetRetention changes how long
+/// ended reservations are kept, and settings over the limits are refused
+/// and change nothing.
+#[test]
+fn retention_is_set_by_command() {
+    let mut r = stocked(&[("a", 10)]);
+    let short = Retention {
+        ended_ms: 1_000,
+        ended_max: 2,
+    };
+    apply(&mut r, T0, RegionOp::SetRetention { retention: short }).expect("set");
+    assert_eq!(r.retention(), short);
+    for i in 1..=4u64 {
+        res(apply(&mut r, T0, reserve(&format!("req-{i}"), &[("a", 1)], 0)));
+        res(apply(&mut r, T0, release(i)));
+    }
+    // At most two ended reservations are kept: the oldest went first.
+    assert_eq!(r.ended_kept(), 2);
+    assert!(r.reservation(ReservationId(2)).is_none());
+    assert!(r.reservation(ReservationId(3)).is_some());
+    apply(&mut r, T0 + 1_000, RegionOp::Expire).expect("expire");
+    assert_eq!(r.ended_kept(), 0, "kept 1 s of logical time");
+
+    let too_long = Retention {
+        ended_ms: RESERVATION_RETENTION_MS_LIMIT + 1,
+        ended_max: 2,
+    };
+    refused(
+        &mut r,
+        RegionOp::SetRetention { retention: too_long },
+        "INVALID_RETENTION",
+    );
+    let too_many = Retention {
+        ended_ms: 1_000,
+        ended_max: ENDED_RESERVATIONS_LIMIT + 1,
+    };
+    refused(
+        &mut r,
+        RegionOp::SetRetention { retention: too_many },
+        "INVALID_RETENTION",
+    );
+    assert_eq!(r.retention(), short);
 }
 
 /// Live holds and unsettled sales are never pruned, however much time passes.

@@ -1,6 +1,9 @@
 //! The self-contained HTML report: inline SVG charts (no scripts, no
 //! external files) of latency percentiles and throughput over time per
-//! region, with spike and partition windows shaded, and the summary tables.
+//! region, with spike and partition windows shaded, and the summary tables;
+//! for Reservoir, a servers section: reserve latency with every snapshot
+//! event drawn as a vertical marker, the leaders' live holds, and each
+//! node's RSS over time.
 
 use std::fmt::Write as _;
 
@@ -14,6 +17,12 @@ const LEFT: f64 = 64.0;
 const RIGHT: f64 = 130.0;
 const TOP: f64 = 28.0;
 const BOTTOM: f64 = 36.0;
+/// Colour of the vertical event markers.
+const MARKER_COLOUR: &str = "#7b3294";
+/// Events closer than this many seconds share one marker.
+const MARKER_MERGE_S: f64 = 1.5;
+/// Most rows of the snapshot-event table.
+const EVENT_ROWS_MAX: usize = 200;
 /// Line colours, by series index.
 const COLOURS: [&str; 8] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
@@ -31,6 +40,52 @@ pub fn escape(s: &str) -> String {
 struct Series {
     label: String,
     points: Vec<(f64, f64)>,
+}
+
+/// A vertical line across a chart at `x`, labelled at its top, with
+/// `title` as its tooltip.
+struct Marker {
+    x: f64,
+    label: String,
+    title: String,
+}
+
+/// One marker per snapshot event, events within [`MARKER_MERGE_S`] of the
+/// first of a group merged into one (the nodes of a group snapshot at about
+/// the same moment).
+fn snapshot_markers(events: &[crate::servers::SnapshotEvent]) -> Vec<Marker> {
+    let mut sorted: Vec<&crate::servers::SnapshotEvent> = events.iter().collect();
+    sorted.sort_by(|a, b| a.t_s.total_cmp(&b.t_s));
+    let mut markers: Vec<Marker> = Vec::new();
+    let mut group_start = f64::NEG_INFINITY;
+    for e in sorted {
+        let what = format!(
+            "snapshot of node {} at {:.1} s: index {} -> {}{}",
+            e.node,
+            e.t_s,
+            e.previous_index.map_or("-".into(), |i| i.to_string()),
+            e.index.map_or("-".into(), |i| i.to_string()),
+            match (e.build_ms, e.bytes) {
+                (Some(ms), Some(b)) => format!(", build {ms} ms, {} MB", crate::report::mb(Some(b))),
+                _ => String::new(),
+            }
+        );
+        match markers.last_mut() {
+            Some(m) if e.t_s - group_start <= MARKER_MERGE_S => {
+                let _ = write!(m.label, ",{}", e.node);
+                let _ = write!(m.title, "\n{what}");
+            }
+            _ => {
+                group_start = e.t_s;
+                markers.push(Marker {
+                    x: e.t_s,
+                    label: format!("snap n{}", e.node),
+                    title: what,
+                });
+            }
+        }
+    }
+    markers
 }
 
 /// A "nice" step for about `target` ticks over `span`.
@@ -60,6 +115,7 @@ fn line_chart(
     report: &Report,
     x_max: f64,
     log_y: bool,
+    markers: &[Marker],
 ) -> String {
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
@@ -186,6 +242,18 @@ fn line_chart(
         TOP + plot_h / 2.0,
         escape(y_label)
     );
+    for (i, m) in markers.iter().enumerate() {
+        let px = sx(m.x.clamp(0.0, x_max));
+        let _ = write!(
+            svg,
+            r#"<line x1="{px:.1}" y1="{TOP}" x2="{px:.1}" y2="{:.1}" stroke="{MARKER_COLOUR}" stroke-width="1" stroke-dasharray="4 3"><title>{}</title></line><text x="{:.1}" y="{:.1}" fill="{MARKER_COLOUR}" font-size="9">{}</text>"#,
+            TOP + plot_h,
+            escape(&m.title),
+            px + 2.0,
+            TOP + plot_h - 4.0 - 10.0 * (i % 3) as f64,
+            escape(&m.label)
+        );
+    }
     for (i, s) in series.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
         let points: Vec<String> = s
@@ -307,6 +375,7 @@ pub fn render(report: &Report) -> String {
         report,
         x_max,
         false,
+        &[],
     ));
     let errors: Vec<Series> = report
         .timeline
@@ -326,6 +395,7 @@ pub fn render(report: &Report) -> String {
         report,
         x_max,
         false,
+        &[],
     ));
     for (region, rows) in &report.timeline {
         let pick = |f: fn(&crate::metrics::SecondRow) -> u64| -> Vec<(f64, f64)> {
@@ -355,6 +425,7 @@ pub fn render(report: &Report) -> String {
             report,
             x_max,
             true,
+            &[],
         ));
     }
     if report.stranded_timeline.iter().any(|(_, n)| *n > 0) {
@@ -373,7 +444,12 @@ pub fn render(report: &Report) -> String {
             report,
             x_max,
             false,
+            &[],
         ));
+    }
+
+    if let Some(servers) = &report.servers {
+        body.push_str(&servers_section(report, servers, x_max));
     }
 
     let mut rows = vec![
@@ -456,6 +532,176 @@ pub fn render(report: &Report) -> String {
     )
 }
 
+/// The servers section: per-node figures, reserve latency per second with
+/// the snapshot events marked, the leaders' live holds, RSS per node, and
+/// the events.
+fn servers_section(report: &Report, servers: &crate::servers::ServersReport, x_max: f64) -> String {
+    use crate::report::mb;
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "<h2>Servers</h2><p class=small>Each node's <code>/status</code>, every {} ms (a node that did not \
+         answer within {} ms is missing for that second). RSS in MB of 10<sup>6</sup> bytes; \
+         last half = {:.0}-{:.0} s. A snapshot event is a node's snapshot index changing between two \
+         samples.</p>",
+        servers.interval_ms, servers.timeout_ms, servers.last_half_from_s, servers.last_half_to_s
+    );
+    let mut rows = vec![
+        [
+            "node",
+            "region",
+            "role (last)",
+            "samples",
+            "missing",
+            "RSS first",
+            "RSS peak",
+            "RSS last",
+            "last half min",
+            "last half max",
+            "RSS from",
+            "snapshots",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for n in &servers.nodes {
+        rows.push(vec![
+            n.id.to_string(),
+            n.region.clone(),
+            n.role_last.clone().unwrap_or_default(),
+            (n.samples_answered + n.samples_missing).to_string(),
+            n.samples_missing.to_string(),
+            mb(n.rss_first_bytes),
+            mb(n.rss_peak_bytes),
+            mb(n.rss_last_bytes),
+            mb(n.rss_last_half_min_bytes),
+            mb(n.rss_last_half_max_bytes),
+            match n.rss_source {
+                Some(crate::servers::RssSource::Status) => "/status".into(),
+                Some(crate::servers::RssSource::Proc) => "/proc".into(),
+                None => "-".into(),
+            },
+            n.snapshot_events.to_string(),
+        ]);
+    }
+    body.push_str(&table(&rows));
+    let markers = snapshot_markers(&servers.snapshot_events);
+    for (region, rows) in &report.timeline {
+        let pick = |f: fn(&crate::metrics::SecondRow) -> u64| -> Vec<(f64, f64)> {
+            rows.iter()
+                .filter(|r| r.reserves > 0)
+                .map(|r| (r.t_s as f64 + 0.5, f(r) as f64 / 1000.0))
+                .collect()
+        };
+        let series = vec![
+            Series {
+                label: "p50".into(),
+                points: pick(|r| r.reserve_p50_us),
+            },
+            Series {
+                label: "p99".into(),
+                points: pick(|r| r.reserve_p99_us),
+            },
+            Series {
+                label: "p99.9".into(),
+                points: pick(|r| r.reserve_p999_us),
+            },
+            Series {
+                label: "max".into(),
+                points: pick(|r| r.reserve_max_us),
+            },
+        ];
+        body.push_str(&line_chart(
+            &format!("{region}: reserve latency per second, snapshot events marked (ms, log scale)"),
+            "ms",
+            &series,
+            report,
+            x_max,
+            true,
+            &markers,
+        ));
+    }
+    let holds: Vec<Series> = servers
+        .leader_holds()
+        .into_iter()
+        .map(|(region, points)| Series {
+            label: region,
+            points: points.into_iter().map(|(t, h)| (t, h as f64)).collect(),
+        })
+        .collect();
+    body.push_str(&line_chart(
+        "Live holds (the region leader's /status)",
+        "holds",
+        &holds,
+        report,
+        x_max,
+        false,
+        &markers,
+    ));
+    let rss: Vec<Series> = servers
+        .nodes
+        .iter()
+        .map(|n| Series {
+            label: format!("node {} {}", n.id, n.region),
+            points: n
+                .samples
+                .iter()
+                .filter_map(|s| s.rss_bytes.map(|b| (s.t_s, b as f64 / 1e6)))
+                .collect(),
+        })
+        .collect();
+    body.push_str(&line_chart(
+        "RSS per node (MB)",
+        "MB",
+        &rss,
+        report,
+        x_max,
+        false,
+        &markers,
+    ));
+    if !servers.snapshot_events.is_empty() {
+        let mut rows = vec![
+            [
+                "t (s)",
+                "node",
+                "region",
+                "index before",
+                "index",
+                "kind",
+                "build ms",
+                "MB",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        for e in servers.snapshot_events.iter().take(EVENT_ROWS_MAX) {
+            rows.push(vec![
+                format!("{:.1}", e.t_s),
+                e.node.to_string(),
+                e.region.clone(),
+                opt(e.previous_index),
+                opt(e.index),
+                e.kind.clone().unwrap_or_default(),
+                opt(e.build_ms),
+                mb(e.bytes),
+            ]);
+        }
+        let _ = write!(
+            body,
+            "<h3>Snapshot events ({}{})</h3>",
+            servers.snapshot_events.len(),
+            if servers.snapshot_events.len() > EVENT_ROWS_MAX {
+                format!("; the first {EVENT_ROWS_MAX} shown")
+            } else {
+                String::new()
+            }
+        );
+        body.push_str(&table(&rows));
+    }
+    body
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,5 +713,77 @@ mod tests {
         assert_eq!(nice_step(180.0, 10.0), 20.0);
         assert_eq!(nice_step(0.0, 10.0), 1.0);
         assert_eq!(escape("<a & \"b\">"), "&lt;a &amp; &quot;b&quot;&gt;");
+    }
+
+    /// A report without servers has no servers section; with one, it draws
+    /// the latency (with max), live-holds and RSS charts, each with one
+    /// dashed marker per group of snapshot events (two nodes half a second
+    /// apart share one), and lists every event.
+    #[tokio::test(start_paused = true)]
+    async fn servers_section_marks_snapshots() {
+        use crate::runner::{self, RunOptions};
+        use crate::scenario::{BuiltIn, Scenario};
+        use crate::servers::{NodeStatus, Observation, ServerSamples, ServersReport};
+        use crate::target::Target;
+        use crate::target::reservoir::ClusterNode;
+        use crate::target::sim::SimTarget;
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        let mut scenario = Scenario::built_in(BuiltIn::Soak);
+        scenario.duration_s = 3.0;
+        scenario.rate_per_region = 20.0;
+        scenario.catalog.skus = 5;
+        scenario.sessions.hold_ttl_ms = 500;
+        let output = runner::run(RunOptions {
+            scenario,
+            target: Target::Sim(Arc::new(SimTarget::new(Duration::from_millis(1), None))),
+            target_name: "sim".into(),
+            seed: 1,
+            progress: false,
+            stop_rx: None,
+        })
+        .await
+        .unwrap();
+        let mut report = Report::build(&output);
+        let plain = render(&report);
+        assert!(!plain.contains("<h2>Servers</h2>") && !plain.contains("stroke-dasharray"));
+
+        let node = |id: u64| ClusterNode {
+            id,
+            region: "us-east".into(),
+            grpc: "127.0.0.1:1".parse().unwrap(),
+            http: None,
+            pid: None,
+            cmd: Vec::new(),
+        };
+        let seen = |role: &str, snapshot_index: Option<u64>| Observation {
+            status: Ok(NodeStatus {
+                node_id: 0,
+                role: role.into(),
+                snapshot_index,
+                holds: 10,
+                rss_bytes: Some(50_000_000),
+                ..NodeStatus::default()
+            }),
+            proc_rss_bytes: None,
+        };
+        let mut samples = ServerSamples::new(&[node(1), node(2)]);
+        samples.record(0.0, vec![seen("leader", None), seen("follower", None)]);
+        samples.record(1.0, vec![seen("leader", Some(10)), seen("follower", None)]);
+        samples.record(1.5, vec![seen("leader", Some(10)), seen("follower", Some(10))]);
+        samples.record(2.8, vec![seen("leader", Some(20)), seen("follower", Some(10))]);
+        report.servers = Some(ServersReport::build(&samples, report.load_s));
+        let html = render(&report);
+        assert!(html.contains("<h2>Servers</h2>"));
+        assert!(html.contains("snapshot events marked") && html.contains(">max</text>"));
+        assert!(html.contains("Live holds") && html.contains("RSS per node (MB)"));
+        assert_eq!(
+            html.matches("stroke-dasharray").count(),
+            2 * 3,
+            "two markers in three charts"
+        );
+        assert!(html.contains(">snap n1,2</text>") && html.contains(">snap n1</text>"));
+        assert!(html.contains("<h3>Snapshot events (3)</h3>"));
     }
 }

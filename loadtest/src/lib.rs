@@ -2,7 +2,8 @@
 //! against the baselines a team would otherwise pick (Redis, PostgreSQL).
 //!
 //! The binary `reservoir-loadtest` runs a [`scenario::Scenario`] (built in:
-//! `steady`, `black-friday`, `flash-sale`, `partition`; or a TOML file)
+//! `steady`, `black-friday`, `flash-sale`, `partition`, `soak`; or a TOML
+//! file)
 //! against a target — a `reservoir up` cluster, or a Redis or PostgreSQL
 //! server that the adapter starts itself on a private port and temporary
 //! folder — then reconciles what it saw with the target's own books and
@@ -21,6 +22,16 @@
 //! N clients per region, each starting its next session when its last
 //! reserve is answered; latency is then service time.
 //!
+//! The `soak` scenario is one region (`reservoir up --standalone`) at
+//! 5,000 reserves/s of one unit over 1,000 SKUs for 10 minutes, every hold
+//! abandoned (2-minute holds; `--hold-ttl-ms 900000 --no-wait-for-holds`
+//! for the 15-minute variant), to watch the servers rather than the
+//! tester: against Reservoir, a sampler reads every node's `/status` once a
+//! second (role, live holds, applied and snapshot indexes, RSS, snapshot
+//! counters), and the reports add each node's RSS figures, the snapshot
+//! events, and charts of latency with the snapshots marked, live holds and
+//! RSS.
+//!
 //! Invariants:
 //! - every request carries a fresh `request_id`; only a retry of a
 //!   retryable error (UNAVAILABLE, a timeout) reuses it, at most
@@ -28,11 +39,15 @@
 //! - everything is bounded: requests in flight per region (a request that
 //!   finds no slot waits and is counted late, and is dropped — counted, never
 //!   sent — if none frees within `late_drop_ms`), live sessions (open loop;
-//!   a closed loop's sessions that wait out a hold are not capped: they
-//!   number about its reserve rate × (hold time + 1 s of grace)), sessions
-//!   per region, outcomes per
-//!   histogram map, timeline rows, reply sizes on the wire, connection
-//!   pools, and every wait has a deadline;
+//!   a closed loop has one per client in its reserve, plus those in their
+//!   think time), holds waiting to expire ([`expiry::HOLD_LINES_PENDING_MAX`]
+//!   lines, in one shared structure rather than a task each; past it a
+//!   session waits out its hold itself, under the live-session bound),
+//!   sessions per region, outcomes per histogram map, timeline rows and
+//!   server samples, reply sizes on the wire, connection pools, and every
+//!   wait has a deadline (a node's `/status` has
+//!   [`servers::STATUS_TIMEOUT`]; one that does not answer is missing for
+//!   that second, and the load never waits for it);
 //! - a run that oversells, or whose target's books do not balance, says so
 //!   on the terminal and in both reports, and the binary exits 1.
 //!
@@ -42,7 +57,12 @@
 //! reserve latency per region during each spike or partition window;
 //! oversell per SKU; the audit (Reservoir) or the store's own books
 //! (baselines); settled vs confirmed; sell-through; local-hit ratio;
-//! stranded tokens.
+//! stranded tokens; per node (Reservoir), its `/status` each second, RSS at
+//! the first sample, peak, last, and min / max over the last half of the
+//! load, and snapshot events (a node's snapshot index changing between two
+//! samples). `reconcile_wait_for_holds = false` (`--no-wait-for-holds`)
+//! reads the books without waiting for live holds to end: they are then
+//! reported, not an error, and the books must still balance.
 //!
 //! Layout:
 //! - [`rng`]: seeded xoshiro256** PRNG, exponential variates, Zipf sampler;
@@ -51,6 +71,10 @@
 //! - [`workload`]: the catalog, carts and the session mix;
 //! - [`metrics`]: histograms, the per-second timeline, counters, merging;
 //! - [`runner`]: generators, sessions, retries, partitions, drain, reconcile;
+//! - [`expiry`]: abandoned holds waiting for their end, per 100-ms bucket,
+//!   given back to the tester's books by a ticker;
+//! - [`servers`]: the per-second `/status` sampler, snapshot events, and
+//!   the report's `servers` section;
 //! - [`report`] and [`html`]: figures, terminal summary, JSON, HTML;
 //! - [`target`]: the adapters — [`target::reservoir`] (gRPC, control API),
 //!   [`target::redis`] (own RESP client, Lua scripts) and
@@ -70,12 +94,19 @@
 //! - "stock existed globally" (for local misses) comes from the tester's own
 //!   books (stocked − believed held − confirmed), an estimate that ignores
 //!   holds whose reserve outcome was unknown;
+//! - the server samples see a node once a second: a snapshot's stall
+//!   shorter than that shows in the latency, not in the samples, and a
+//!   snapshot event is dated to the sample that first saw its index; RSS
+//!   comes from `/status` when the node reports it, else from `/proc` only
+//!   when the pid in `cluster.json` is a local process started by the same
+//!   command (a restarted node's new pid is not known);
 //! - Reservoir's three designs (`reservoir up --architecture`) are told
 //!   apart by `cluster.json`: each region's clients use the endpoints it
 //!   lists; without a ledger (single-writer, global-consensus) confirmed
 //!   units count as settled and local hits are not counted.
 
 pub mod app;
+pub mod expiry;
 pub mod html;
 pub mod metrics;
 pub mod report;
@@ -83,5 +114,6 @@ pub mod rng;
 pub mod runner;
 pub mod scenario;
 pub mod schedule;
+pub mod servers;
 pub mod target;
 pub mod workload;

@@ -39,6 +39,13 @@ struct Args {
     /// Most requests in flight per region.
     #[arg(long)]
     inflight_max: Option<usize>,
+    /// Hold time of every reserve, in milliseconds (up to 14400000, 4 hours).
+    #[arg(long)]
+    hold_ttl_ms: Option<u64>,
+    /// Read the books as soon as the sessions end, without waiting for live
+    /// holds to expire (they are reported; the audit must still balance).
+    #[arg(long)]
+    no_wait_for_holds: bool,
     /// Connections per region to a Redis or PostgreSQL server.
     #[arg(long, default_value_t = CONNECTIONS_PER_REGION_DEFAULT)]
     connections: usize,
@@ -83,6 +90,12 @@ fn scenario(args: &Args) -> Result<Scenario, LoadError> {
     }
     if let Some(n) = args.inflight_max {
         scenario.inflight_max = n;
+    }
+    if let Some(ms) = args.hold_ttl_ms {
+        scenario.sessions.hold_ttl_ms = ms;
+    }
+    if args.no_wait_for_holds {
+        scenario.reconcile_wait_for_holds = false;
     }
     scenario.validate().map_err(LoadError::Usage)?;
     Ok(scenario)

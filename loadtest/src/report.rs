@@ -14,7 +14,11 @@
 //!   With `max_wait_ms = 0` (the default) every OK reserve is a local hit:
 //!   Reservoir answered it from the region's own tokens without waiting for a
 //!   top-up. With `max_wait_ms > 0`, an OK reserve is a local hit only when
-//!   answered within `local_threshold_ms` of being sent.
+//!   answered within `local_threshold_ms` of being sent;
+//! - *servers* (Reservoir): each node's `/status` once a second (see
+//!   [`crate::servers`]); RSS first / peak / last over every sample, and
+//!   min / max over the samples of the last half of the load
+//!   (`load_s / 2 ..= load_s`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,6 +29,7 @@ use serde::Serialize;
 use crate::metrics::{LatencySummary, OUTCOME_OK, Op, RegionCounters, SecondRow, merge};
 use crate::runner::{Mark, RunOutput};
 use crate::scenario::Scenario;
+use crate::servers::{SNAPSHOT_EVENTS_SHOWN_MAX, ServersReport};
 use crate::target::ServerView;
 
 /// `max(0, sold − stocked)`.
@@ -237,6 +242,9 @@ pub struct Report {
     pub timeline: BTreeMap<String, Vec<SecondRow>>,
     /// `(second, stranded tokens)` samples.
     pub stranded_timeline: Vec<(u64, u64)>,
+    /// Each node's `/status` once a second, its RSS figures and the
+    /// snapshot events (Reservoir only; `null` for the baselines).
+    pub servers: Option<ServersReport>,
     /// Per SKU (every SKU with stock, demand or sales).
     pub skus: Vec<SkuReport>,
     /// The target's books as read, or why they could not be.
@@ -448,6 +456,7 @@ impl Report {
             latency,
             timeline,
             stranded_timeline: run.stranded.clone(),
+            servers: run.servers.as_ref().map(|s| ServersReport::build(s, run.load_s)),
             skus,
             server_notes,
             reconcile_waited_s: waited,
@@ -612,6 +621,9 @@ impl Report {
             let errors: Vec<String> = t.errors.iter().map(|(k, v)| format!("{k} {v}")).collect();
             let _ = writeln!(out, "errors: {}", errors.join(", "));
         }
+        if let Some(servers) = &self.servers {
+            out.push_str(&servers_summary(servers));
+        }
         let hot: Vec<&SkuReport> = self
             .skus
             .iter()
@@ -647,6 +659,81 @@ impl Report {
         }
         out
     }
+}
+
+/// The terminal lines of the servers section: one per node, then the
+/// snapshot events (at most [`SNAPSHOT_EVENTS_SHOWN_MAX`]).
+pub fn servers_summary(s: &ServersReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "servers (GET /status every {} ms; RSS in MB of 10^6 bytes, last half = {:.0}-{:.0} s):",
+        s.interval_ms, s.last_half_from_s, s.last_half_to_s
+    );
+    for n in &s.nodes {
+        let counters = match (n.snapshots_built, n.snapshots_installed) {
+            (Some(b), Some(i)) => format!(" (built {b}, installed {i})"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "  node {} {} {}: RSS first {} / peak {} / last {} MB, last half {}-{} MB{}; {} snapshots{}; {} of {} samples missing",
+            n.id,
+            n.region,
+            n.role_last.as_deref().unwrap_or("-"),
+            mb(n.rss_first_bytes),
+            mb(n.rss_peak_bytes),
+            mb(n.rss_last_bytes),
+            mb(n.rss_last_half_min_bytes),
+            mb(n.rss_last_half_max_bytes),
+            match n.rss_source {
+                Some(crate::servers::RssSource::Proc) => " (from /proc)",
+                _ => "",
+            },
+            n.snapshot_events,
+            counters,
+            n.samples_missing,
+            n.samples_missing + n.samples_answered,
+        );
+    }
+    if s.snapshot_events.is_empty() {
+        out.push_str("snapshot events: none\n");
+    } else {
+        let _ = writeln!(out, "snapshot events ({}):", s.snapshot_events.len());
+        for e in s.snapshot_events.iter().take(SNAPSHOT_EVENTS_SHOWN_MAX) {
+            let index = |i: Option<u64>| i.map_or("-".to_string(), |i| i.to_string());
+            let mut line = format!(
+                "  {:>7.1} s  node {}  index {} -> {}",
+                e.t_s,
+                e.node,
+                index(e.previous_index),
+                index(e.index)
+            );
+            if let Some(kind) = &e.kind {
+                let _ = write!(line, "  {kind}");
+            }
+            if let (Some(ms), Some(bytes)) = (e.build_ms, e.bytes) {
+                let _ = write!(line, "  build {ms} ms, {} MB", mb(Some(bytes)));
+            }
+            let _ = writeln!(out, "{line}");
+        }
+        if s.snapshot_events.len() > SNAPSHOT_EVENTS_SHOWN_MAX {
+            let _ = writeln!(
+                out,
+                "  ... and {} more in report.json",
+                s.snapshot_events.len() - SNAPSHOT_EVENTS_SHOWN_MAX
+            );
+        }
+    }
+    for n in &s.notes {
+        let _ = writeln!(out, "note: {n}");
+    }
+    out
+}
+
+/// Bytes as MB (10^6 bytes) with one decimal, `-` when unknown.
+pub fn mb(bytes: Option<u64>) -> String {
+    bytes.map_or("-".to_string(), |b| format!("{:.1}", b as f64 / 1e6))
 }
 
 /// Microseconds as milliseconds with two decimals.
@@ -766,6 +853,45 @@ mod tests {
         let w = window_latency(&[mark(0.0, 3.0, true)], &regions, &stats);
         assert_eq!(w[0].reserve.count, 3);
         assert_eq!(w[0].reserves_per_s, 1.0);
+    }
+
+    /// The terminal's servers lines: one per node with RSS first / peak /
+    /// last in MB (10^6 bytes) and its snapshot count, then every event.
+    #[test]
+    fn servers_lines() {
+        use crate::servers::{NodeStatus, Observation, ServerSamples, ServersReport};
+        use crate::target::reservoir::ClusterNode;
+        let node = ClusterNode {
+            id: 7,
+            region: "us-east".into(),
+            grpc: "127.0.0.1:1".parse().unwrap(),
+            http: None,
+            pid: None,
+            cmd: Vec::new(),
+        };
+        let seen = |index: Option<u64>, rss: u64| Observation {
+            status: Ok(NodeStatus {
+                node_id: 7,
+                role: "leader".into(),
+                snapshot_index: index,
+                rss_bytes: Some(rss),
+                ..NodeStatus::default()
+            }),
+            proc_rss_bytes: None,
+        };
+        let mut samples = ServerSamples::new(&[node]);
+        samples.record(0.0, vec![seen(None, 50_000_000)]);
+        samples.record(4.0, vec![seen(Some(100_000), 250_000_000)]);
+        samples.record(8.0, vec![seen(Some(100_000), 200_000_000)]);
+        let text = servers_summary(&ServersReport::build(&samples, 8.0));
+        assert!(
+            text.contains(
+                "node 7 us-east leader: RSS first 50.0 / peak 250.0 / last 200.0 MB, \
+                 last half 200.0-250.0 MB; 1 snapshots; 0 of 3 samples missing"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("    4.0 s  node 7  index - -> 100000\n"), "{text}");
     }
 
     /// The table pads columns to their widest cell.

@@ -10,14 +10,22 @@
 //!   `scenario.late_drop_ms` of the intended time, the request is *dropped*:
 //!   counted, never sent, and its session ends.
 //! - live sessions per region: [`SESSIONS_LIVE_MAX`] (a session lives through
-//!   its think time and, when abandoned, its hold time); an arrival beyond it
-//!   is dropped and counted.
+//!   its reserve, its think time and its follow-up); an arrival beyond it is
+//!   dropped and counted. A hold left to expire does not keep its session:
+//!   its lines wait in the shared [`HoldExpiry`] (at most
+//!   [`HOLD_LINES_PENDING_MAX`] lines; past it, a session waits out its
+//!   hold itself, under this bound) until a ticker gives its units back to
+//!   the books.
 //! - retries: a retryable error (UNAVAILABLE, a timeout) is retried with the
 //!   same request id at most [`RETRIES_MAX`] times, with backoff; the
 //!   request keeps its slot meanwhile.
 //! - time: generators stop at the scenario's end; sessions get a bounded
-//!   drain, after which any left are aborted and counted; settlement gets
-//!   [`RECONCILE_DEADLINE`].
+//!   drain, after which any left are aborted and counted; then, unless the
+//!   scenario says not to (`reconcile_wait_for_holds = false`), the last
+//!   holds get until the same deadline to end; settlement gets
+//!   [`RECONCILE_DEADLINE`] (plus the hold time when waiting for holds).
+//! - server samples (Reservoir): one `GET /status` per node per second,
+//!   each with a short timeout, in their own task (see [`crate::servers`]).
 //! - count: every region sends at most [`SESSIONS_PER_REGION_MAX`] sessions.
 
 use std::collections::BTreeMap;
@@ -30,9 +38,11 @@ use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::expiry::{self, HOLD_LINES_PENDING_MAX, HoldExpiry};
 use crate::metrics::{Event, OUTCOME_OK, Op, Recorder, RegionStats};
 use crate::rng::Rng;
 use crate::scenario::{Scenario, WindowKind};
+use crate::servers::{self, ServerSamples};
 use crate::target::{OpError, ServerView, Target, TargetError, reason};
 use crate::workload::{Catalog, SessionKind, SessionMix, SessionPlan};
 
@@ -141,6 +151,8 @@ pub struct RunOutput {
     pub marks: Vec<Mark>,
     /// `(second, stranded tokens)` samples (Reservoir).
     pub stranded: Vec<(u64, u64)>,
+    /// Each node's `/status` once a second (Reservoir only).
+    pub servers: Option<ServerSamples>,
     /// The target's books after the run.
     pub server: Result<ServerView, String>,
     /// Sessions aborted at the end of the drain.
@@ -161,6 +173,10 @@ struct Ctx {
     scenario: Scenario,
     inflight: Vec<Semaphore>,
     live: Vec<AtomicUsize>,
+    /// Holds waiting for their end, given back to `books` by a ticker.
+    expiry: HoldExpiry,
+    /// Holds the expiry refused (full): their sessions waited them out.
+    expiry_refused: AtomicU64,
     request_prefix: String,
     request_seq: AtomicU64,
 }
@@ -266,10 +282,22 @@ impl Ctx {
             }
         }
     }
+
+    /// Stops counting a hold's units at `hold_ends`: files it with the
+    /// shared expiry, so the session ends now; when that refuses (full),
+    /// waits it out here as sessions did before.
+    async fn forget_hold_at(&self, hold_ends: Instant, lines: &[(usize, u64)]) {
+        if self.expiry.file(hold_ends, lines).is_err() {
+            self.expiry_refused.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep_until(hold_ends).await;
+            self.add_held(lines, -1);
+        }
+    }
 }
 
 /// One session: reserve, then (after the think time) confirm or release, or
-/// nothing (abandoned: the tester forgets the hold when its time is up).
+/// nothing (abandoned: the tester forgets the hold when its time is up,
+/// through the shared expiry; the session ends at once).
 async fn session(
     ctx: Arc<Ctx>,
     region: usize,
@@ -353,10 +381,7 @@ async fn session(
     let hold_ends = answered_at + Duration::from_millis(ttl_ms) + EXPIRY_GRACE;
     let follow_up = answered_at + Duration::from_millis(plan.think_ms);
     match plan.kind {
-        SessionKind::Abandon => {
-            tokio::time::sleep_until(hold_ends).await;
-            ctx.add_held(&lines, -1);
-        }
+        SessionKind::Abandon => ctx.forget_hold_at(hold_ends, &lines).await,
         SessionKind::Confirm => {
             tokio::time::sleep_until(follow_up).await;
             let order_id = format!("o-{request_id}");
@@ -384,13 +409,9 @@ async fn session(
                     }
                     // Refused (expired, ...) or unknown: the units come back
                     // when the server expires the hold, if it has not yet.
-                    tokio::time::sleep_until(hold_ends).await;
-                    ctx.add_held(&lines, -1);
+                    ctx.forget_hold_at(hold_ends, &lines).await;
                 }
-                Sent::Dropped => {
-                    tokio::time::sleep_until(hold_ends).await;
-                    ctx.add_held(&lines, -1);
-                }
+                Sent::Dropped => ctx.forget_hold_at(hold_ends, &lines).await,
             }
         }
         SessionKind::Release => {
@@ -400,10 +421,10 @@ async fn session(
                     target.release(region, &reservation_id)
                 })
                 .await;
-            if let Sent::Dropped = sent {
-                tokio::time::sleep_until(hold_ends).await;
+            match sent {
+                Sent::Dropped => ctx.forget_hold_at(hold_ends, &lines).await,
+                Sent::Answered { .. } => ctx.add_held(&lines, -1),
             }
-            ctx.add_held(&lines, -1);
         }
     }
 }
@@ -474,8 +495,8 @@ async fn generate(
 /// One region's closed-loop clients (`clients_per_region` > 0): each starts
 /// a session, waits for its reserve's answer, and starts the next, until the
 /// scenario's duration has passed. A session's later steps (confirm,
-/// release, waiting out a hold) run on their own. Latency is then service
-/// time: the intended send time is when the client sends.
+/// release) run on their own. Latency is then service time: the intended
+/// send time is when the client sends.
 async fn closed_loop(
     ctx: Arc<Ctx>,
     region: usize,
@@ -551,7 +572,11 @@ async fn progress(ctx: Arc<Ctx>, total_s: f64, mut stop_rx: watch::Receiver<bool
             ));
         }
         let phase = if elapsed > total_s { " draining" } else { "" };
-        eprintln!("[{elapsed:>5.0}s/{total_s:.0}s{phase}] {}", parts.join(" | "));
+        eprintln!(
+            "[{elapsed:>5.0}s/{total_s:.0}s{phase}] {} | holds waiting to expire {}",
+            parts.join(" | "),
+            ctx.expiry.pending_lines()
+        );
     }
 }
 
@@ -686,6 +711,8 @@ pub async fn run(options: RunOptions) -> Result<RunOutput, TargetError> {
             .map(|_| Semaphore::new(scenario.inflight_max))
             .collect(),
         live: (0..regions).map(|_| AtomicUsize::new(0)).collect(),
+        expiry: HoldExpiry::new(start, HOLD_LINES_PENDING_MAX),
+        expiry_refused: AtomicU64::new(0),
         request_prefix: prefix,
         request_seq: AtomicU64::new(0),
         scenario: scenario.clone(),
@@ -696,6 +723,13 @@ pub async fn run(options: RunOptions) -> Result<RunOutput, TargetError> {
     let progress_task = tokio::spawn(progress(ctx.clone(), total_s, bg_stop_rx.clone(), print_progress));
     let control_task = tokio::spawn(control(ctx.clone(), stop_rx.clone()));
     let stranded_task = tokio::spawn(sample_stranded(ctx.clone(), bg_stop_rx.clone()));
+    let expiry_task = {
+        let (ctx, stop_rx) = (ctx.clone(), bg_stop_rx.clone());
+        tokio::spawn(async move { expiry::tick(&ctx.expiry, &ctx.books, stop_rx).await })
+    };
+    let server_nodes = target.server_nodes();
+    let servers_task = (!server_nodes.is_empty())
+        .then(|| tokio::spawn(servers::sample(server_nodes, start, bg_stop_rx.clone())));
     let mut generators = JoinSet::new();
     for region in 0..regions {
         if scenario.clients_per_region > 0 {
@@ -744,6 +778,35 @@ pub async fn run(options: RunOptions) -> Result<RunOutput, TargetError> {
             "{aborted} sessions were still running after the drain and were aborted"
         ));
     }
+    let refused = ctx.expiry_refused.load(Ordering::Relaxed);
+    if refused > 0 {
+        notes.push(format!(
+            "{refused} holds found the tester's expiry set full ({HOLD_LINES_PENDING_MAX} lines) \
+             and were waited out by their sessions"
+        ));
+    }
+    if scenario.reconcile_wait_for_holds {
+        // The last holds end within the drain's bound (it includes the hold
+        // time); waiting here keeps the timeline and the server samples
+        // running while they do.
+        while ctx.expiry.pending_lines() > 0 && Instant::now() < drain_deadline {
+            tokio::time::sleep(expiry::EXPIRY_TICK).await;
+        }
+        let left = ctx.expiry.pending_lines();
+        if left > 0 {
+            notes.push(format!(
+                "{left} hold lines had not reached their end by the drain deadline"
+            ));
+        }
+    } else {
+        let units = ctx.expiry.pending_units();
+        if units > 0 {
+            notes.push(format!(
+                "{units} units were in holds the tester still counted live when the load ended \
+                 (not waited for: reconcile_wait_for_holds = false)"
+            ));
+        }
+    }
     let _ = stop_tx.send(true);
     let marks = control_task.await.unwrap_or_default();
     if marks.iter().any(|m| m.kind == WindowKind::Partition) && target.can_partition() {
@@ -753,6 +816,11 @@ pub async fn run(options: RunOptions) -> Result<RunOutput, TargetError> {
     }
     let _ = bg_stop_tx.send(true);
     let stranded = stranded_task.await.unwrap_or_default();
+    let _ = expiry_task.await;
+    let servers = match servers_task {
+        Some(task) => task.await.ok(),
+        None => None,
+    };
     let _ = progress_task.await;
     if let Some(task) = forward_stop {
         task.abort();
@@ -773,9 +841,15 @@ pub async fn run(options: RunOptions) -> Result<RunOutput, TargetError> {
             )
         })
         .collect();
-    let deadline = Instant::now() + RECONCILE_DEADLINE + Duration::from_millis(s.hold_ttl_ms);
+    let wait_for_holds = scenario.reconcile_wait_for_holds;
+    let hold_wait = if wait_for_holds {
+        Duration::from_millis(s.hold_ttl_ms)
+    } else {
+        Duration::ZERO
+    };
+    let deadline = Instant::now() + RECONCILE_DEADLINE + hold_wait;
     let server = target
-        .reconcile(&ctx.catalog, &expected, deadline)
+        .reconcile(&ctx.catalog, &expected, deadline, wait_for_holds)
         .await
         .map_err(|e| e.to_string());
 
@@ -793,6 +867,7 @@ pub async fn run(options: RunOptions) -> Result<RunOutput, TargetError> {
         stats: ctx.recorder.finish(),
         marks,
         stranded,
+        servers,
         server,
         aborted_sessions: aborted,
         notes,

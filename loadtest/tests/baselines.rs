@@ -189,7 +189,7 @@ async fn check_semantics(target: &Target, what: &str) {
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let books = target
-        .reconcile(&catalog, &Default::default(), deadline)
+        .reconcile(&catalog, &Default::default(), deadline, true)
         .await
         .expect("books");
     assert!(books.balanced, "{what}: {:?}", books.notes);

@@ -1,7 +1,8 @@
 //! A short black-friday against a real `reservoir up --nodes-per-region 1
 //! --wan none` cluster: the load tester stocks its catalog, spikes one
 //! region while the hot SKUs sell out, and reconciles with the ledger —
-//! oversell 0, the audit balanced, and every confirmed unit settled once.
+//! oversell 0, the audit balanced, and every confirmed unit settled once;
+//! the server sampler read every node once a second.
 //!
 //! The `reservoir` binary is `RESERVOIR_BIN` if set, else built with
 //! `cargo build -p reservoir-node` into this test's target directory (a
@@ -198,4 +199,17 @@ async fn black_friday_against_a_cluster() {
     assert!(report.skus.iter().all(|s| s.settled <= s.stocked));
     let spike = &report.windows[0];
     assert!(spike.end_s > spike.start_s, "the spike window is marked");
+    // The server sampler read every node's /status, and its RSS (from
+    // /status or, for binaries that do not report it, from /proc).
+    let servers = report.servers.as_ref().expect("a servers section for Reservoir");
+    assert_eq!(servers.nodes.len(), 3, "one node per region");
+    for n in &servers.nodes {
+        assert!(n.samples_answered >= 5, "node {}: {n:?}", n.id);
+        assert!(n.rss_peak_bytes.is_some_and(|b| b > 0), "node {}: no RSS", n.id);
+    }
+    assert_eq!(
+        servers.leader_holds().len(),
+        3,
+        "a leader's holds in every region"
+    );
 }

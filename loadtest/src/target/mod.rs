@@ -245,18 +245,31 @@ impl Target {
         }
     }
 
-    /// Waits for settlement and expiry, then reads the books.
+    /// Waits for settlement and (with `wait_for_holds`) for every hold to
+    /// end, then reads the books. Without `wait_for_holds`, holds still live
+    /// are reported in the notes and are not an error; the books must still
+    /// balance.
     pub async fn reconcile(
         &self,
         catalog: &Catalog,
         expected: &BTreeMap<String, (u64, u64)>,
         deadline: tokio::time::Instant,
+        wait_for_holds: bool,
     ) -> Result<ServerView, TargetError> {
         match self {
-            Target::Reservoir(t) => t.reconcile(catalog, expected, deadline).await,
-            Target::Redis(t) => t.reconcile(catalog, deadline).await,
-            Target::Postgres(t) => t.reconcile(catalog, deadline).await,
-            Target::Sim(t) => Ok(t.reconcile(catalog, deadline).await),
+            Target::Reservoir(t) => t.reconcile(catalog, expected, deadline, wait_for_holds).await,
+            Target::Redis(t) => t.reconcile(catalog, deadline, wait_for_holds).await,
+            Target::Postgres(t) => t.reconcile(catalog, deadline, wait_for_holds).await,
+            Target::Sim(t) => Ok(t.reconcile(catalog, deadline, wait_for_holds).await),
+        }
+    }
+
+    /// The nodes whose `/status` the run samples once a second (Reservoir;
+    /// empty for the others).
+    pub fn server_nodes(&self) -> Vec<reservoir::ClusterNode> {
+        match self {
+            Target::Reservoir(t) => t.nodes().to_vec(),
+            _ => Vec::new(),
         }
     }
 

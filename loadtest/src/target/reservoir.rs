@@ -8,6 +8,10 @@
 //! moving to the next endpoint after a retryable error. Errors are read from
 //! the `google.rpc.ErrorInfo` detail (domain `reservoir`) with
 //! `tonic-types`; a status without one is named by its gRPC code.
+//!
+//! The control API and the nodes' `/status` are spoken with a small
+//! HTTP/1.1 client ([`http_exchange`]): one request per connection, a
+//! deadline, and a bound on the response's size.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -58,6 +62,16 @@ pub struct ClusterNode {
     pub region: String,
     /// Its public gRPC address.
     pub grpc: SocketAddr,
+    /// Its HTTP address (`/status`, `/metrics`); absent in hand-written files.
+    #[serde(default)]
+    pub http: Option<SocketAddr>,
+    /// The process `up` started (stale once the node is restarted).
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// The command line that started it; its first word tells whether
+    /// `pid` is still that process.
+    #[serde(default)]
+    pub cmd: Vec<String>,
 }
 
 /// A client endpoint in `cluster.json`.
@@ -215,6 +229,8 @@ pub struct ReservoirTarget {
     settles: bool,
     /// `cluster.json`'s architecture, for the report.
     architecture: Option<String>,
+    /// Every node of `cluster.json`, for the server sampler.
+    nodes: Vec<ClusterNode>,
 }
 
 fn channel(addr: SocketAddr) -> Result<Channel, TargetError> {
@@ -263,6 +279,7 @@ impl ReservoirTarget {
             control: file.control.clone(),
             settles: file.ledger.is_some(),
             architecture: file.architecture.clone(),
+            nodes: file.nodes.clone(),
         };
         let status = target.status().await.map_err(|e| {
             TargetError::Setup(format!("the cluster does not answer GetStatus: {}", e.message))
@@ -485,6 +502,11 @@ impl ReservoirTarget {
         self.architecture.as_deref()
     }
 
+    /// Every node of `cluster.json`.
+    pub fn nodes(&self) -> &[ClusterNode] {
+        &self.nodes
+    }
+
     /// Stranded tokens of the catalog's SKUs, from `GetStatus`.
     pub async fn stranded(&self, catalog: &Catalog) -> Option<u64> {
         let status = self.status().await.ok()?;
@@ -520,19 +542,8 @@ impl ReservoirTarget {
              Content-Length: {}\r\n\r\n{json}",
             json.len()
         );
-        let exchange = async {
-            let mut stream = tokio::net::TcpStream::connect(addr).await?;
-            stream.write_all(request.as_bytes()).await?;
-            let mut response = Vec::new();
-            stream
-                .take(HTTP_RESPONSE_BYTES_MAX)
-                .read_to_end(&mut response)
-                .await?;
-            Ok::<_, std::io::Error>(response)
-        };
-        let response = tokio::time::timeout(CONTROL_TIMEOUT, exchange)
+        let response = http_exchange(addr, &request, CONTROL_TIMEOUT, HTTP_RESPONSE_BYTES_MAX)
             .await
-            .map_err(|_| format!("POST {path}: timed out"))?
             .map_err(|e| format!("POST {path}: {e}"))?;
         let text = String::from_utf8_lossy(&response);
         let code = text.split(' ').nth(1).unwrap_or("");
@@ -547,16 +558,18 @@ impl ReservoirTarget {
     }
 
     /// Polls the audit until it balances and, for every catalog SKU, nothing
-    /// is held or confirmed-unsettled and the ledger's `settled_total` lies
-    /// in `expected[sku]` = (units the tester saw confirmed, plus those whose
-    /// confirm had an unknown outcome); or until `deadline`. Then reads
-    /// stranded tokens. Without a ledger nothing is ever settled: the
-    /// region's confirmed units are compared instead.
+    /// is held (unless `wait_for_holds` is false: live holds are then
+    /// reported, not waited for) or confirmed-unsettled and the ledger's
+    /// `settled_total` lies in `expected[sku]` = (units the tester saw
+    /// confirmed, plus those whose confirm had an unknown outcome); or until
+    /// `deadline`. Then reads stranded tokens. Without a ledger nothing is
+    /// ever settled: the region's confirmed units are compared instead.
     pub async fn reconcile(
         &self,
         catalog: &Catalog,
         expected: &BTreeMap<String, (u64, u64)>,
         deadline: tokio::time::Instant,
+        wait_for_holds: bool,
     ) -> Result<ServerView, TargetError> {
         let started = tokio::time::Instant::now();
         let skus: BTreeMap<&str, ()> = catalog.skus.iter().map(|s| (s.sku.as_str(), ())).collect();
@@ -572,7 +585,7 @@ impl ReservoirTarget {
                         let unsettled: u64 = b.regions.iter().map(|r| r.confirmed).sum();
                         let sold = self.final_sales(b);
                         let word = if self.settles { "settled" } else { "confirmed" };
-                        if held > 0 || (self.settles && unsettled > 0) {
+                        if (wait_for_holds && held > 0) || (self.settles && unsettled > 0) {
                             notes.push(format!(
                                 "{}: {held} held, {unsettled} confirmed not yet settled",
                                 b.sku
@@ -649,6 +662,12 @@ impl ReservoirTarget {
                 notes.push(format!("{}: not in the audit", s.sku));
             }
         }
+        let held_end: u64 = view_skus.values().map(|v| v.held).sum();
+        if held_end > 0 && !wait_for_holds {
+            notes.push(format!(
+                "{held_end} units still held in live holds when the books were read (not waited for)"
+            ));
+        }
         Ok(ServerView {
             skus: view_skus,
             balanced,
@@ -656,6 +675,80 @@ impl ReservoirTarget {
             waited_s: started.elapsed().as_secs_f64(),
             notes,
         })
+    }
+}
+
+/// One HTTP/1.1 exchange: connects to `addr`, writes `request` (which
+/// should say `Connection: close`), and reads the response until the server
+/// closes, at most `bytes_max` bytes (a longer one is an error), all within
+/// `timeout`. Returns the raw response, status line and headers included.
+pub async fn http_exchange(
+    addr: &str,
+    request: &str,
+    timeout: Duration,
+    bytes_max: u64,
+) -> Result<Vec<u8>, String> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        // One byte past the bound tells a response that is too long.
+        stream
+            .take(bytes_max.saturating_add(1))
+            .read_to_end(&mut response)
+            .await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+        .map_err(|e| e.to_string())?;
+    if response.len() as u64 > bytes_max {
+        return Err(format!("response over {bytes_max} bytes"));
+    }
+    Ok(response)
+}
+
+/// `GET path` from `addr` with [`http_exchange`]; returns the body of a 200
+/// answer (chunked transfer decoded), or why there is none.
+pub async fn http_get(addr: &str, path: &str, timeout: Duration, bytes_max: u64) -> Result<Vec<u8>, String> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let response = http_exchange(addr, &request, timeout, bytes_max).await?;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = String::from_utf8_lossy(&response[..split]);
+    let body = &response[split + 4..];
+    let status = head.lines().next().unwrap_or("");
+    if status.split(' ').nth(1) != Some("200") {
+        return Err(format!("GET {path}: {status}"));
+    }
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    if chunked {
+        dechunk(body).ok_or_else(|| format!("GET {path}: bad chunked body"))
+    } else {
+        Ok(body.to_vec())
+    }
+}
+
+/// The payload of a chunked body; `None` when it is malformed or cut short.
+fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&body[..line_end]).ok()?;
+        let size_text = size_text.split(';').next()?.trim();
+        let size = usize::from_str_radix(size_text, 16).ok()?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(body.get(..size)?);
+        body = body.get(size + 2..)?;
     }
 }
 
@@ -722,6 +815,24 @@ mod tests {
             "ledger":{"region":"us-east","node_ids":[1]}}"#;
         let f: ClusterFile = serde_json::from_str(text).unwrap();
         assert_eq!(f.nodes[0].region, "us-east");
+        assert_eq!(f.nodes[0].http, Some("127.0.0.1:5001".parse().unwrap()));
+        assert_eq!(f.nodes[0].pid, Some(42));
+        assert_eq!(f.nodes[0].cmd, vec!["reservoir".to_string(), "node".into()]);
         assert_eq!(f.control.as_deref(), Some("127.0.0.1:6000"));
+        // A hand-written file without them still parses.
+        let bare = r#"{"nodes":[{"id":1,"region":"us-east","grpc":"127.0.0.1:5000"}]}"#;
+        let f: ClusterFile = serde_json::from_str(bare).unwrap();
+        assert_eq!((f.nodes[0].http, f.nodes[0].pid), (None, None));
+    }
+
+    /// A chunked body is put back together; a cut one is refused.
+    #[test]
+    fn chunked_bodies() {
+        assert_eq!(
+            dechunk(b"4\r\nWiki\r\n6;x=1\r\npedia \r\n0\r\n\r\n").unwrap(),
+            b"Wikipedia "
+        );
+        assert_eq!(dechunk(b"4\r\nWi"), None);
+        assert_eq!(dechunk(b"zz\r\n"), None);
     }
 }

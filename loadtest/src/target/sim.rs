@@ -5,7 +5,8 @@
 //! stall shows in full (no coordinated omission) and that the in-flight
 //! bound counts late and dropped requests. Not offered on the command line.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -20,18 +21,24 @@ pub const SIM_HOLDS_MAX: usize = 1_000_000;
 struct State {
     skus: BTreeMap<String, ServerSku>,
     holds: BTreeMap<String, (Vec<(String, u64)>, Instant)>,
+    /// Every hold made, by its end (an entry whose hold was confirmed or
+    /// released is skipped when due), so expiry does not scan every hold.
+    ends: BinaryHeap<Reverse<(Instant, String)>>,
     confirmed: BTreeMap<String, ()>,
 }
 
 impl State {
     fn expire(&mut self, now: Instant) {
-        let due: Vec<String> = self
-            .holds
-            .iter()
-            .filter(|(_, (_, at))| *at <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in due {
+        while let Some(Reverse((at, _))) = self.ends.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, id))) = self.ends.pop() else {
+                break;
+            };
+            if self.holds.get(&id).is_none_or(|(_, end)| *end != at) {
+                continue;
+            }
             if let Some((lines, _)) = self.holds.remove(&id) {
                 for (sku, q) in lines {
                     if let Some(s) = self.skus.get_mut(&sku) {
@@ -112,7 +119,7 @@ impl SimTarget {
             if short {
                 return Err(OpError::fatal(reason::INSUFFICIENT_STOCK, "short"));
             }
-            if s.holds.len() >= SIM_HOLDS_MAX {
+            if s.holds.len() >= SIM_HOLDS_MAX || s.ends.len() >= SIM_HOLDS_MAX {
                 return Err(OpError::retryable(reason::UNAVAILABLE, "hold table full"));
             }
             for (sku, q) in lines {
@@ -121,10 +128,9 @@ impl SimTarget {
                     k.held += q;
                 }
             }
-            s.holds.insert(
-                request_id.to_string(),
-                (lines.to_vec(), now + Duration::from_millis(ttl_ms)),
-            );
+            let end = now + Duration::from_millis(ttl_ms);
+            s.holds.insert(request_id.to_string(), (lines.to_vec(), end));
+            s.ends.push(Reverse((end, request_id.to_string())));
             Ok(request_id.to_string())
         })
         .await
@@ -168,27 +174,33 @@ impl SimTarget {
         .await
     }
 
-    /// Expires what is due and reads the books (waiting for the last holds
-    /// until `deadline`).
-    pub async fn reconcile(&self, catalog: &Catalog, deadline: Instant) -> ServerView {
+    /// Expires what is due and reads the books (with `wait_for_holds`,
+    /// waiting for the last holds until `deadline`; without, live holds are
+    /// noted and the books must still add up).
+    pub async fn reconcile(&self, catalog: &Catalog, deadline: Instant, wait_for_holds: bool) -> ServerView {
         let started = Instant::now();
         loop {
             let mut state = self.server.lock().await;
             state.expire(Instant::now());
-            if state.holds.is_empty() || Instant::now() >= deadline {
+            if state.holds.is_empty() || !wait_for_holds || Instant::now() >= deadline {
                 let skus: BTreeMap<String, ServerSku> = catalog
                     .skus
                     .iter()
                     .map(|s| (s.sku.clone(), state.skus.get(&s.sku).cloned().unwrap_or_default()))
                     .collect();
-                let balanced = state.holds.is_empty()
-                    && skus.values().all(|k| k.stocked == k.available + k.held + k.sold);
+                let holds_done = state.holds.is_empty() || !wait_for_holds;
+                let balanced =
+                    holds_done && skus.values().all(|k| k.stocked == k.available + k.held + k.sold);
+                let mut notes = Vec::new();
+                if !state.holds.is_empty() {
+                    notes.push(format!("{} holds still live", state.holds.len()));
+                }
                 return ServerView {
                     skus,
                     balanced,
-                    settled_caught_up: state.holds.is_empty(),
+                    settled_caught_up: holds_done,
                     waited_s: started.elapsed().as_secs_f64(),
-                    notes: Vec::new(),
+                    notes,
                 };
             }
             drop(state);

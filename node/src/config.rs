@@ -13,6 +13,10 @@ pub const PEERS_MAX: usize = 7;
 pub const BATCHES_IN_FLIGHT_LIMIT: usize = 64;
 /// Largest configurable proposal queue.
 pub const PROPOSAL_QUEUE_MAX_LIMIT: usize = 65_536;
+/// Fewest log entries between snapshots a config may ask for.
+pub const SNAPSHOT_LOGS_MIN: u64 = 10;
+/// Most log entries between snapshots a config may ask for.
+pub const SNAPSHOT_LOGS_LIMIT: u64 = 100_000_000;
 
 /// One node's configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +61,44 @@ pub struct NodeConfig {
     /// The rebalancer (runs on the ledger leader).
     #[serde(default)]
     pub rebalance: RebalanceConfig,
+    /// How long the region keeps ended reservations and their request ids.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// How long the region group keeps ended (released, expired, settled)
+/// reservations, and with each the request id that made it. The region
+/// leader writes these settings into the replicated state when they differ
+/// from it, so every replica prunes alike. Memory: an ended reservation
+/// costs about 235 bytes (`cargo run --release -p reservoir-tokens --example
+/// state_bytes`), so the default bound, 1,000,000, is about 235 MB per node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Logical time an ended reservation is kept after it ends.
+    pub ended_ms: u64,
+    /// Most ended reservations kept; past it the oldest are forgotten.
+    pub ended_max: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        let r = reservoir_tokens::Retention::default();
+        RetentionConfig {
+            ended_ms: r.ended_ms,
+            ended_max: r.ended_max,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// The settings as the region state holds them.
+    pub fn to_state(self) -> reservoir_tokens::Retention {
+        reservoir_tokens::Retention {
+            ended_ms: self.ended_ms,
+            ended_max: self.ended_max,
+        }
+    }
 }
 
 /// Another region's nodes, as this node reaches them.
@@ -154,6 +196,9 @@ pub struct RaftTuning {
     pub proposal_queue_max: usize,
     /// Most batches (log entries) being committed at once, 1-64.
     pub batches_in_flight: usize,
+    /// Log entries between two snapshots of a group on this node (each voter
+    /// builds at its own offset); also about the most a restart replays.
+    pub snapshot_logs: u64,
 }
 
 impl Default for RaftTuning {
@@ -164,6 +209,7 @@ impl Default for RaftTuning {
             election_timeout_max_ms: 1000,
             proposal_queue_max: 4096,
             batches_in_flight: reservoir_raft::group::BATCHES_IN_FLIGHT_MAX,
+            snapshot_logs: reservoir_raft::group::SNAPSHOT_LOGS_DEFAULT,
         }
     }
 }
@@ -292,6 +338,19 @@ impl NodeConfig {
                 format!("must be 1-{BATCHES_IN_FLIGHT_LIMIT}, got {}", r.batches_in_flight),
             ));
         }
+        if !(SNAPSHOT_LOGS_MIN..=SNAPSHOT_LOGS_LIMIT).contains(&r.snapshot_logs) {
+            return Err((
+                "raft.snapshot_logs",
+                format!(
+                    "must be {SNAPSHOT_LOGS_MIN}-{SNAPSHOT_LOGS_LIMIT}, got {}",
+                    r.snapshot_logs
+                ),
+            ));
+        }
+        self.retention
+            .to_state()
+            .check()
+            .map_err(|e| ("retention", e.to_string()))?;
         self.validate_cluster()
     }
 
@@ -391,6 +450,7 @@ mod tests {
             ledger_nodes: Vec::new(),
             regions: Vec::new(),
             rebalance: RebalanceConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 
@@ -426,6 +486,15 @@ mod tests {
         assert_eq!(
             field(|c| c.raft.election_timeout_min_ms = 10),
             "raft.election_timeout_min_ms"
+        );
+        assert_eq!(field(|c| c.raft.snapshot_logs = 1), "raft.snapshot_logs");
+        assert_eq!(
+            field(|c| c.retention.ended_max = reservoir_tokens::limits::ENDED_RESERVATIONS_LIMIT + 1),
+            "retention"
+        );
+        assert_eq!(
+            field(|c| c.retention.ended_ms = reservoir_tokens::limits::RESERVATION_RETENTION_MS_LIMIT + 1),
+            "retention"
         );
     }
 

@@ -87,8 +87,12 @@ async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
     metrics::gauge!("reservoir_raft_term").set(status.term as f64);
     metrics::gauge!("reservoir_raft_is_leader").set(if status.role == "leader" { 1.0 } else { 0.0 });
     metrics::gauge!("reservoir_raft_applied_index").set(status.applied_index.unwrap_or(0) as f64);
+    if let Some(rss) = rss_bytes() {
+        metrics::gauge!("reservoir_process_resident_bytes").set(rss as f64);
+    }
     let _ = group.read(|state| {
         metrics::gauge!("reservoir_holds").set(state.holds() as f64);
+        metrics::gauge!("reservoir_reservations_kept").set(state.reservations_kept() as f64);
         metrics::gauge!("reservoir_outbox_entries")
             .set((state.last_outbox_seq() - state.settled_up_to()) as f64);
         for (sku, b) in state.buckets() {
@@ -126,19 +130,35 @@ struct StatusJson {
     snapshot_index: Option<u64>,
     members: std::collections::BTreeMap<u64, String>,
     holds: usize,
+    /// Reservations kept: live, confirmed and ended.
+    reservations_kept: usize,
+    /// Ended reservations kept (released, expired, settled).
+    ended_kept: usize,
     next_expiry_ms: Option<u64>,
     outbox_last_seq: u64,
     settled_up_to: u64,
     buckets: std::collections::BTreeMap<String, BucketJson>,
+    /// What the region group's snapshots have cost on this node.
+    snapshots: reservoir_raft::SnapshotStats,
+    /// This process's resident memory, if the platform tells it.
+    rss_bytes: Option<u64>,
     /// The ledger group on this node, if it hosts one.
     ledger: Option<reservoir_raft::GroupStatus>,
+}
+
+/// This process's resident set size, from `/proc/self/status` (Linux).
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 async fn status(State(s): State<AppState>) -> impl IntoResponse {
     let g = s.node.group().status();
     let read = s.node.group().read(|state| {
         (
-            state.holds(),
+            (state.holds(), state.reservations_kept(), state.ended_kept()),
             state.next_expiry_ms(),
             state.last_outbox_seq(),
             state.settled_up_to(),
@@ -157,7 +177,9 @@ async fn status(State(s): State<AppState>) -> impl IntoResponse {
                 .collect(),
         )
     });
-    let Ok((holds, next_expiry_ms, outbox_last_seq, settled_up_to, buckets)) = read else {
+    let Ok(((holds, reservations_kept, ended_kept), next_expiry_ms, outbox_last_seq, settled_up_to, buckets)) =
+        read
+    else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "state unreadable\n").into_response();
     };
     Json(StatusJson {
@@ -172,10 +194,14 @@ async fn status(State(s): State<AppState>) -> impl IntoResponse {
         snapshot_index: g.snapshot_index,
         members: g.members,
         holds,
+        reservations_kept,
+        ended_kept,
         next_expiry_ms,
         outbox_last_seq,
         settled_up_to,
         buckets,
+        snapshots: g.snapshots.clone(),
+        rss_bytes: rss_bytes(),
         ledger: s.node.ledger().map(|l| l.group().status()),
     })
     .into_response()

@@ -21,6 +21,8 @@ use crate::service::{AdminService, InventoryService, Node};
 
 /// How often the leader checks whether a hold has fallen due.
 pub const EXPIRE_TICK: Duration = Duration::from_millis(100);
+/// How long the leader waits before writing its retention settings again.
+pub const RETENTION_RETRY: Duration = Duration::from_secs(5);
 /// How often regions exchange availability figures.
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(500);
 /// The ledger's Raft group id.
@@ -60,6 +62,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
     options.election_timeout_max_ms = config.raft.election_timeout_max_ms;
     options.proposal_queue_max = config.raft.proposal_queue_max;
     options.batches_in_flight = config.raft.batches_in_flight;
+    options.snapshot_logs = config.raft.snapshot_logs;
 
     // Bind both listeners before starting Raft, so a taken port fails fast.
     let grpc_listener = bind(config.grpc_addr, "grpc_addr").await?;
@@ -282,9 +285,12 @@ async fn gossip_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
 /// On the leader, expires holds as they fall due: checks every
 /// [`EXPIRE_TICK`], and proposes `Expire` only when the earliest hold is due,
 /// so an idle region writes nothing. Replicas never expire on their own clock.
+/// The leader also writes this node's retention settings into the region's
+/// state when they differ (at most once per [`RETENTION_RETRY`]).
 async fn expire_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(EXPIRE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retention_tried: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -293,6 +299,18 @@ async fn expire_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
         let group = node.group();
         if !group.is_leader() {
             continue;
+        }
+        let wanted = node.config().retention.to_state();
+        let stale = group.read(|s| s.retention() != wanted).unwrap_or(false);
+        if stale && retention_tried.is_none_or(|at| at.elapsed() >= RETENTION_RETRY) {
+            retention_tried = Some(tokio::time::Instant::now());
+            let cmd = RegionCommand {
+                now_ms: node.now_ms(),
+                op: RegionOp::SetRetention { retention: wanted },
+            };
+            if let Ok(Err(e)) = group.propose(cmd).await {
+                eprintln!("warning: retention {wanted:?} refused: {e}");
+            }
         }
         let now_ms = node.now_ms();
         let due = group

@@ -442,6 +442,7 @@ fn fresh_configs(dir: &Path, ports: &[u16], raft: &RaftTuning) -> Vec<PlannedNod
                 ledger_nodes: Vec::new(),
                 regions: Vec::new(),
                 rebalance: Default::default(),
+                retention: Default::default(),
             },
         }
     })

@@ -486,6 +486,7 @@ impl Layout {
             ledger_nodes: Vec::new(),
             regions: Vec::new(),
             rebalance: RebalanceConfig::default(),
+            retention: Default::default(),
         }
     }
 

@@ -9,7 +9,6 @@
 
 use std::cmp::Ordering;
 use std::fmt;
-use std::io::Cursor;
 use std::marker::PhantomData;
 
 use openraft::{BasicNode, Entry, RaftTypeConfig, TokioRuntime, impls::OneshotResponder};
@@ -133,9 +132,9 @@ impl<SM: GroupMachine> RaftTypeConfig for GroupConfig<SM> {
     type NodeId = NodeId;
     type Node = Node;
     type Entry = Entry<Self>;
-    /// Whole snapshots as bytes (`generic-snapshot-data`): the network layer
-    /// ships them in one piece.
-    type SnapshotData = Cursor<Vec<u8>>;
+    /// A snapshot file (`generic-snapshot-data`): the network layer sends it
+    /// in chunks.
+    type SnapshotData = crate::store::SnapshotFile;
     type AsyncRuntime = Runtime;
     type Responder = OneshotResponder<Self>;
 }
@@ -174,6 +173,8 @@ impl<C> Batch<C> {
 /// 4 MiB by default, so the proposer should aim far lower than this.
 pub const ENTRY_BYTES_MAX: u64 = 16 * 1024 * 1024;
 
-/// Largest encoded snapshot (state machine and its metadata) the store
-/// writes or reads.
-pub const SNAPSHOT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+/// Largest snapshot file (state machine and its metadata) the store writes
+/// or reads, and receives from a leader. A bound on disk use and on what a
+/// peer can make a node write, far above any state the `tokens` limits
+/// allow on one node.
+pub const SNAPSHOT_BYTES_MAX: u64 = 16 * 1024 * 1024 * 1024;

@@ -10,8 +10,8 @@ use openraft::{ServerState, SnapshotPolicy};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::config::{Batch, GroupMachine, GroupRaft, Node, NodeId};
-use crate::network::{Network, Router, Wire};
-use crate::store::{GroupStores, StateReader};
+use crate::network::{Network, RaftEndpoint, Router, SNAPSHOT_CHUNK_BYTES_DEFAULT, Wire};
+use crate::store::{GroupStores, SnapshotStats, SnapshotStatsHandle, StateReader};
 
 /// Default bound of proposals waiting for a batch; past it a caller gets
 /// [`ProposeError::Overloaded`] at once.
@@ -80,8 +80,9 @@ pub struct GroupOptions {
     pub election_timeout_min_ms: u64,
     /// Longest election timeout.
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many log entries since the last one
-    /// (default [`SNAPSHOT_LOGS_DEFAULT`]).
+    /// Build a snapshot every this many log entries (default
+    /// [`SNAPSHOT_LOGS_DEFAULT`]); each voter at its own offset (see
+    /// [`snapshot_offset`]), so a group's nodes never build at once.
     pub snapshot_logs: u64,
     /// Log entries kept behind the newest snapshot, so that a briefly
     /// lagging follower catches up from the log rather than a whole
@@ -92,19 +93,22 @@ pub struct GroupOptions {
     /// Most batches being written at once (default
     /// [`BATCHES_IN_FLIGHT_MAX`]). A batch is in flight until it commits.
     pub batches_in_flight: usize,
+    /// Size of the chunks this node sends snapshots in (default
+    /// [`SNAPSHOT_CHUNK_BYTES_DEFAULT`], at most
+    /// [`crate::network::SNAPSHOT_CHUNK_BYTES_MAX`]).
+    pub snapshot_chunk_bytes: usize,
 }
 
-/// Log entries between snapshots. A snapshot is a whole-state copy: with
-/// 100,000 reservations in a region the copy takes ~60 ms (apply waits for
-/// it) and encoding ~28 ms of a core for 23 MB (`cargo run --release -p
-/// reservoir-raft --example snapshot_cost -- 100000`), then sled writes and
-/// flushes the blob beside the log. Every 10,000 entries that stalled a
-/// region under a Black Friday spike every ~12 s (p99 ~15 ms → ~240 ms in
-/// those seconds); every 100,000 it happens about once per 100 s at
-/// 1,000 entries/s. A restart replays at most this many entries.
-/// Incremental snapshots would remove the stall; see
-/// docs/architecture.md.
+/// Log entries between a node's snapshots. Building one no longer holds up
+/// applying (the state clones in O(1) and is written out by a thread of its
+/// own; see `store::state_machine`), so this bounds what a restart
+/// replays and how much log a node keeps, not latency.
 pub const SNAPSHOT_LOGS_DEFAULT: u64 = 100_000;
+/// How often a group checks whether its next snapshot is due.
+pub const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a leader waits for a follower to take one snapshot chunk
+/// (the last one includes decoding and installing the whole snapshot).
+pub const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 30_000;
 
 impl GroupOptions {
     /// Options with default timing and snapshot policy.
@@ -120,6 +124,7 @@ impl GroupOptions {
             snapshot_logs_to_keep: 1_000,
             proposal_queue_max: PROPOSAL_QUEUE_MAX,
             batches_in_flight: BATCHES_IN_FLIGHT_MAX,
+            snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES_DEFAULT,
         }
     }
 }
@@ -169,6 +174,8 @@ pub struct GroupStatus {
     /// On the leader: how long since a quorum last acknowledged it. A leader
     /// cut off from its followers still believes it leads; this tells.
     pub millis_since_quorum_ack: Option<u64>,
+    /// What this node's snapshots of the group have cost.
+    pub snapshots: SnapshotStats,
 }
 
 struct Proposal<SM: GroupMachine> {
@@ -187,6 +194,7 @@ pub struct Group<SM: GroupMachine> {
     router: Router,
     /// How this node reaches its peers (see [`GroupOptions::members`]).
     addresses: Arc<BTreeMap<NodeId, String>>,
+    snapshot_stats: SnapshotStatsHandle,
 }
 
 impl<SM: GroupMachine> Group<SM> {
@@ -207,9 +215,11 @@ impl<SM: GroupMachine> Group<SM> {
             election_timeout_min: election_min,
             election_timeout_max: election_max,
             max_payload_entries: REPLICATION_ENTRIES_MAX,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_logs),
+            // Snapshots are triggered by `snapshot_trigger`, at this node's
+            // own offset, not by openraft at the same index on every node.
+            snapshot_policy: SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: options.snapshot_logs_to_keep,
-            install_snapshot_timeout: 10_000,
+            install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT_MS,
             ..openraft::Config::default()
         };
         let config = Arc::new(config.validate().map_err(|e| GroupError::Config {
@@ -218,14 +228,25 @@ impl<SM: GroupMachine> Group<SM> {
         })?);
         let reader = stores.state_machine.reader();
         let addresses = Arc::new(options.members.clone());
-        let network = Network::<SM>::new(group.clone(), options.node_id, wire, addresses.clone());
+        let network = Network::<SM>::new(
+            group.clone(),
+            options.node_id,
+            wire,
+            addresses.clone(),
+            options.snapshot_chunk_bytes,
+        );
+        let incoming_dir = stores.state_machine.incoming_dir();
+        let snapshot_stats = stores.state_machine.stats();
         let raft = openraft::Raft::new(options.node_id, config, network, stores.log, stores.state_machine)
             .await
             .map_err(|e| GroupError::Raft {
                 group: group.clone(),
                 message: e.to_string(),
             })?;
-        router.add(group.clone(), Arc::new(raft.clone()));
+        router.add(
+            group.clone(),
+            Arc::new(RaftEndpoint::new(raft.clone(), incoming_dir)),
+        );
 
         let first = options.members.keys().next().copied();
         let initialized = raft.is_initialized().await.map_err(|e| GroupError::Raft {
@@ -252,6 +273,11 @@ impl<SM: GroupMachine> Group<SM> {
             }
         }
 
+        tokio::spawn(snapshot_trigger(
+            raft.clone(),
+            options.snapshot_logs,
+            snapshot_offset(&options),
+        ));
         let queue_max = options.proposal_queue_max.max(1);
         let (proposals_tx, proposals_rx) = mpsc::channel(queue_max);
         tokio::spawn(propose_loop(
@@ -269,6 +295,7 @@ impl<SM: GroupMachine> Group<SM> {
             queue_max,
             router: router.clone(),
             addresses,
+            snapshot_stats,
         })
     }
 
@@ -413,6 +440,7 @@ impl<SM: GroupMachine> Group<SM> {
                 .map(|(id, node)| (*id, node.addr.clone()))
                 .collect(),
             millis_since_quorum_ack: m.millis_since_quorum_ack,
+            snapshots: self.snapshot_stats.get(),
         }
     }
 
@@ -458,6 +486,56 @@ pub fn staggered_election_timeout(options: &GroupOptions) -> (u64, u64) {
     }
     let low = min + k as u64 * step;
     (low, low + step / 2)
+}
+
+/// This node's offset in the group's snapshot schedule: the k-th smallest
+/// voter id builds at log indexes `k × interval / n + m × interval`, so the
+/// voters of a group take turns rather than all building at the same index
+/// (on shared cores, three nodes building at once stall the whole group).
+pub fn snapshot_offset(options: &GroupOptions) -> u64 {
+    let n = options.members.len() as u64;
+    match options.members.keys().position(|id| *id == options.node_id) {
+        Some(k) if n > 1 => k as u64 * options.snapshot_logs / n,
+        _ => 0,
+    }
+}
+
+/// Whether a snapshot is due: a point of this node's schedule
+/// (`offset + m × interval`, m ≥ 0) lies after the last snapshot (index 0 if
+/// none) and at or before the applied index.
+pub fn snapshot_due(applied: u64, snapshot: Option<u64>, interval: u64, offset: u64) -> bool {
+    if interval == 0 {
+        return false;
+    }
+    let points_upto = |index: u64| index.checked_sub(offset).map_or(0, |d| d / interval + 1);
+    points_upto(applied) > points_upto(snapshot.unwrap_or(0))
+}
+
+/// Asks openraft for a snapshot whenever this node's schedule says one is
+/// due, until the group shuts down. openraft ignores the request while a
+/// build is running.
+async fn snapshot_trigger<SM: GroupMachine>(raft: GroupRaft<SM>, interval: u64, offset: u64) {
+    let mut tick = tokio::time::interval(SNAPSHOT_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let (applied, snapshot, state) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            (
+                m.last_applied.map(|l| l.index),
+                m.snapshot.map(|l| l.index),
+                m.state,
+            )
+        };
+        if state == ServerState::Shutdown {
+            return;
+        }
+        let Some(applied) = applied else { continue };
+        if snapshot_due(applied, snapshot, interval, offset) && raft.trigger().snapshot().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Drains the proposal queue into batches, each one log entry, with at most
@@ -579,5 +657,31 @@ mod tests {
         assert_eq!(slice(9), (400, 1_000));
         let one = GroupOptions::new("g", 1, [(1, "n1".to_string())].into_iter().collect());
         assert_eq!(staggered_election_timeout(&one), (400, 1_000));
+    }
+
+    /// The voters of a group snapshot at different indexes, each once per
+    /// interval.
+    #[test]
+    fn snapshots_are_staggered() {
+        let members: BTreeMap<NodeId, String> = (1..=3).map(|id| (id, format!("n{id}"))).collect();
+        let offset = |id| {
+            let mut o = GroupOptions::new("g", id, members.clone());
+            o.snapshot_logs = 300;
+            snapshot_offset(&o)
+        };
+        assert_eq!((offset(1), offset(2), offset(3)), (0, 100, 200));
+        // Node 1: at 300, 600, ...; none before the first interval.
+        assert!(!snapshot_due(299, None, 300, 0));
+        assert!(snapshot_due(300, None, 300, 0));
+        assert!(!snapshot_due(599, Some(300), 300, 0));
+        assert!(snapshot_due(650, Some(310), 300, 0));
+        // Node 2: at 100, 400, ...
+        assert!(!snapshot_due(99, None, 300, 100));
+        assert!(snapshot_due(100, None, 300, 100));
+        assert!(!snapshot_due(399, Some(120), 300, 100));
+        assert!(snapshot_due(400, Some(120), 300, 100));
+        // A snapshot installed from the leader counts as this node's own.
+        assert!(!snapshot_due(450, Some(420), 300, 100));
+        assert!(!snapshot_due(10, None, 0, 0), "an interval of 0 never snapshots");
     }
 }

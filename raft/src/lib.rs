@@ -1,10 +1,11 @@
 //! reservoir-raft: replication for the `reservoir-tokens` state machines.
 //!
 //! This crate hosts any `tokens` state machine (`RegionState`,
-//! `LedgerState`) in an openraft 0.9 group. Today it holds the storage half:
-//! the type configuration and the sled-backed stores. The network (tonic,
-//! routed by group id) and the proposer (group commit of client commands)
-//! come next.
+//! `LedgerState`) in an openraft 0.9 group: the type configuration, the
+//! sled-backed log store and the state machine store with file snapshots,
+//! the network (tonic, routed by group id, snapshots in chunks), and
+//! [`Group`]: one group on one node, with a proposer that group-commits
+//! client commands, reads, and a staggered snapshot schedule.
 //!
 //! A node process hosts several groups (the us-east nodes host their region
 //! group and the ledger group). It opens one sled database
@@ -28,6 +29,11 @@
 //!   the `tokens` state machine, one outcome per command, in order. After a
 //!   restart the state comes back from the newest snapshot, and openraft
 //!   replays the committed log after it.
+//! - A snapshot never stops `apply`: the state is cloned in O(1) (the
+//!   `tokens` states are persistent maps) and written to a file by a thread
+//!   of its own at a lower priority, beside sled, never into it. Each voter
+//!   of a group builds at its own offset of the schedule. A snapshot
+//!   travels to a follower in bounded chunks, written to a file there.
 //! - Only [`config`] names the async runtime; a simulation runtime replaces
 //!   it there.
 //!
@@ -35,8 +41,14 @@
 //! - [`config`]: [`GroupConfig`] (the openraft type configuration), [`Batch`]
 //!   (one log entry's commands), id and size types and limits;
 //! - [`store`]: [`NodeStorage`] (a node's sled database and flusher),
-//!   [`LogStore`] (entries and vote), [`StateMachineStore`] (state in
-//!   memory, snapshots in sled), [`StateReader`] (reads for the node).
+//!   [`LogStore`] (entries and vote; purges in the background),
+//!   [`StateMachineStore`] (state in memory, snapshots in files),
+//!   [`store::snapshot`] (the snapshot file format), [`StateReader`] (reads
+//!   for the node);
+//! - [`network`]: the `Wire` seam, [`TonicWire`], [`Router`] and the
+//!   receiving endpoints, chunked snapshot transfer;
+//! - [`group`]: [`Group`], the proposer, reads, the snapshot schedule;
+//! - [`testing`]: an in-process network that can cut links.
 //!
 //! Caveats:
 //! - On Linux, sled 0.34 syncs with `sync_file_range`, which does not flush
@@ -49,9 +61,9 @@
 //!   flushes it). The whole-cluster simulation needs an in-memory store
 //!   behind the same openraft traits that loses unflushed writes on a
 //!   crash; it does not exist yet.
-//! - Snapshots are whole: the entire state machine, encoded in memory and
-//!   sent in one piece. Fine for the bounded `tokens` states; a much larger
-//!   state would need streaming.
+//! - A snapshot is the whole state machine (not incremental): writing one
+//!   costs CPU and disk in proportion to the state, on a background thread;
+//!   installing one decodes the whole state.
 //! - Opening a database and a group blocks (sled opens files, snapshots are
 //!   decoded); do it at startup. Dropping the last store of a database waits
 //!   for the flusher's current flush.
@@ -67,8 +79,8 @@ pub use config::{
     SNAPSHOT_BYTES_MAX, SnapshotMeta, StorageError, StoredMembership, Vote,
 };
 pub use group::{Group, GroupError, GroupOptions, GroupStatus, ProposeError};
-pub use network::{RaftService, Router, TonicWire, Wire};
+pub use network::{RaftEndpoint, RaftService, Router, SnapshotChunk, TonicWire, Wire};
 pub use store::{
-    AppliedState, GroupStores, LogStore, NodeStorage, SnapshotBuilder, StateMachineStore, StateReader,
-    StorageOptions, StoreError,
+    AppliedState, GroupStores, LogStore, NodeStorage, SnapshotBuilder, SnapshotFile, SnapshotStats,
+    StateMachineStore, StateReader, StorageOptions, StoreError,
 };

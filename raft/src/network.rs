@@ -11,9 +11,19 @@
 //! On the receiving side a node has one [`Router`]: group id → the group's
 //! Raft handle, type-erased behind [`GroupEndpoint`]. [`RaftService`] serves it
 //! over tonic.
+//!
+//! Snapshots travel in chunks of at most [`SNAPSHOT_CHUNK_BYTES_MAX`], read
+//! from the leader's snapshot file one at a time and written to a file in
+//! the follower's incoming directory ([`SnapshotInbox`]); the last chunk
+//! carries the leader's vote and the snapshot's metadata and installs it. No
+//! message holds more than one chunk, so no side needs the whole snapshot in
+//! memory, and every message stays under [`RAFT_MESSAGE_BYTES_MAX`].
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::future::Future;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -27,11 +37,14 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, Snapshot};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::io::Cursor;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{GroupConfig, GroupMachine, GroupRaft, Node, NodeId, SnapshotMeta, Vote};
+use crate::config::{
+    ENTRY_BYTES_MAX, GroupConfig, GroupMachine, GroupRaft, Node, NodeId, SNAPSHOT_BYTES_MAX, SnapshotMeta,
+    Vote,
+};
+use crate::store::SnapshotFile;
 
 /// Generated code for the internal transport, `reservoir.internal.v1`.
 pub mod pb {
@@ -39,8 +52,16 @@ pub mod pb {
     tonic::include_proto!("reservoir.internal.v1");
 }
 
-/// Largest message on the internal transport: whole snapshots travel in one.
-pub const RAFT_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Largest snapshot chunk a node sends or accepts.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Size of the chunks a node sends snapshots in, by default.
+pub const SNAPSHOT_CHUNK_BYTES_DEFAULT: usize = 1024 * 1024;
+/// Most snapshots one group receives at once (one per sending leader).
+pub const INCOMING_SNAPSHOTS_MAX: usize = 4;
+/// Largest message on the internal transport: one log entry at its limit
+/// (replication sends at least one entry), or one snapshot chunk, plus the
+/// envelope.
+pub const RAFT_MESSAGE_BYTES_MAX: usize = ENTRY_BYTES_MAX as usize + 1024 * 1024;
 /// How long a connection attempt to a peer may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -51,8 +72,8 @@ pub enum RpcKind {
     AppendEntries,
     /// RequestVote.
     Vote,
-    /// A whole snapshot.
-    FullSnapshot,
+    /// One chunk of a snapshot.
+    SnapshotChunk,
 }
 
 /// Why a message did not get a reply.
@@ -98,29 +119,218 @@ pub struct WireMessage {
 /// The receiving side of one group: decodes a request, hands it to the
 /// group's Raft, encodes the reply.
 pub trait GroupEndpoint: Send + Sync + 'static {
-    /// Handles one message of `kind`.
-    fn handle(&self, kind: RpcKind, payload: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>, WireError>>;
+    /// Handles one message of `kind` from node `from`.
+    fn handle(
+        &self,
+        kind: RpcKind,
+        from: NodeId,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'_, Result<Vec<u8>, WireError>>;
 }
 
-impl<SM: GroupMachine> GroupEndpoint for GroupRaft<SM> {
-    fn handle(&self, kind: RpcKind, payload: Vec<u8>) -> BoxFuture<'_, Result<Vec<u8>, WireError>> {
+/// One chunk of a snapshot on its way to a follower.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotChunk {
+    /// The snapshot's id, so a follower tells one transfer from another.
+    pub snapshot_id: String,
+    /// Where in the file this chunk's bytes go: chunks come in order.
+    pub offset: u64,
+    /// The file's size.
+    pub total_bytes: u64,
+    /// The bytes.
+    pub data: Vec<u8>,
+    /// On the last chunk only: the sender's vote and the snapshot's
+    /// metadata, and the request to install it.
+    pub last: Option<(Vote, SnapshotMeta)>,
+}
+
+/// A follower's answer to a chunk: `None` for every chunk but the last, the
+/// install's response for the last.
+type ChunkReply = Result<Option<SnapshotResponse<NodeId>>, Fatal<NodeId>>;
+
+/// Where one group receives snapshots: a file per sender in the group's
+/// incoming directory, filled chunk by chunk, installed after the last.
+pub struct SnapshotInbox {
+    dir: PathBuf,
+    transfers: Mutex<BTreeMap<NodeId, Incoming>>,
+}
+
+/// A snapshot being received.
+struct Incoming {
+    snapshot_id: String,
+    path: PathBuf,
+    file: Arc<File>,
+    written: u64,
+    total_bytes: u64,
+}
+
+impl SnapshotInbox {
+    /// An inbox writing into `dir` (the group store's incoming directory).
+    pub fn new(dir: PathBuf) -> SnapshotInbox {
+        SnapshotInbox {
+            dir,
+            transfers: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Incoming>> {
+        // Every critical section is a lookup, an insert or a removal.
+        self.transfers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes one chunk; returns the complete file once the last chunk is
+    /// in. A chunk out of order, over the limits, or of a transfer this
+    /// inbox does not know is refused, and the transfer dropped: the
+    /// leader starts again from the first chunk.
+    async fn receive(&self, from: NodeId, chunk: &SnapshotChunk) -> Result<Option<SnapshotFile>, WireError> {
+        let refuse = |why: String| WireError::Refused(format!("snapshot chunk from node {from}: {why}"));
+        if chunk.data.len() > SNAPSHOT_CHUNK_BYTES_MAX || chunk.total_bytes > SNAPSHOT_BYTES_MAX {
+            self.drop_transfer(from);
+            return Err(refuse(format!(
+                "{} bytes of a {}-byte snapshot is over the limits",
+                chunk.data.len(),
+                chunk.total_bytes
+            )));
+        }
+        let end = chunk.offset.saturating_add(chunk.data.len() as u64);
+        if end > chunk.total_bytes || (chunk.last.is_some() != (end == chunk.total_bytes)) {
+            self.drop_transfer(from);
+            return Err(refuse(format!(
+                "bytes {}..{end} of {} (last: {})",
+                chunk.offset,
+                chunk.total_bytes,
+                chunk.last.is_some()
+            )));
+        }
+        let (file, path) = {
+            let mut transfers = self.lock();
+            if chunk.offset == 0 {
+                if transfers.len() >= INCOMING_SNAPSHOTS_MAX && !transfers.contains_key(&from) {
+                    return Err(refuse(format!(
+                        "{INCOMING_SNAPSHOTS_MAX} snapshots already arriving"
+                    )));
+                }
+                let path = self.dir.join(format!("from-{from}.part"));
+                let file =
+                    File::create(&path).map_err(|e| refuse(format!("create {}: {e}", path.display())))?;
+                transfers.insert(
+                    from,
+                    Incoming {
+                        snapshot_id: chunk.snapshot_id.clone(),
+                        path,
+                        file: Arc::new(file),
+                        written: 0,
+                        total_bytes: chunk.total_bytes,
+                    },
+                );
+            }
+            let Some(t) = transfers.get(&from) else {
+                return Err(refuse(format!(
+                    "chunk at {} of an unknown transfer",
+                    chunk.offset
+                )));
+            };
+            if t.snapshot_id != chunk.snapshot_id
+                || t.written != chunk.offset
+                || t.total_bytes != chunk.total_bytes
+            {
+                let why = format!(
+                    "chunk of {} at {}, expected {} at {}",
+                    chunk.snapshot_id, chunk.offset, t.snapshot_id, t.written
+                );
+                if let Some(t) = transfers.remove(&from) {
+                    let _ = std::fs::remove_file(&t.path);
+                }
+                return Err(refuse(why));
+            }
+            (t.file.clone(), t.path.clone())
+        };
+        let data = chunk.data.clone();
+        let offset = chunk.offset;
+        let last = chunk.last.is_some();
+        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            file.write_all_at(&data, offset)?;
+            if last {
+                file.sync_all()?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| refuse(e.to_string()))
+        .and_then(|r| r.map_err(|e| refuse(format!("write: {e}"))));
+        if let Err(e) = written {
+            self.drop_transfer(from);
+            return Err(e);
+        }
+        if !last {
+            if let Some(t) = self.lock().get_mut(&from) {
+                t.written = end;
+            }
+            return Ok(None);
+        }
+        self.lock().remove(&from);
+        SnapshotFile::open(&path)
+            .map(Some)
+            .map_err(|e| refuse(format!("open {}: {e}", path.display())))
+    }
+
+    /// Forgets a transfer and deletes its file.
+    fn drop_transfer(&self, from: NodeId) {
+        if let Some(t) = self.lock().remove(&from) {
+            let _ = std::fs::remove_file(&t.path);
+        }
+    }
+}
+
+/// One group's endpoint: its Raft handle and its snapshot inbox.
+pub struct RaftEndpoint<SM: GroupMachine> {
+    raft: GroupRaft<SM>,
+    inbox: SnapshotInbox,
+}
+
+impl<SM: GroupMachine> RaftEndpoint<SM> {
+    /// The endpoint of `raft`, receiving snapshots in `incoming_dir`.
+    pub fn new(raft: GroupRaft<SM>, incoming_dir: PathBuf) -> RaftEndpoint<SM> {
+        RaftEndpoint {
+            raft,
+            inbox: SnapshotInbox::new(incoming_dir),
+        }
+    }
+}
+
+impl<SM: GroupMachine> GroupEndpoint for RaftEndpoint<SM> {
+    fn handle(
+        &self,
+        kind: RpcKind,
+        from: NodeId,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'_, Result<Vec<u8>, WireError>> {
         Box::pin(async move {
             match kind {
                 RpcKind::AppendEntries => {
                     let rpc: AppendEntriesRequest<GroupConfig<SM>> = decode(&payload)?;
-                    encode(&self.append_entries(rpc).await)
+                    encode(&self.raft.append_entries(rpc).await)
                 }
                 RpcKind::Vote => {
                     let rpc: VoteRequest<NodeId> = decode(&payload)?;
-                    encode(&self.vote(rpc).await)
+                    encode(&self.raft.vote(rpc).await)
                 }
-                RpcKind::FullSnapshot => {
-                    let (vote, meta, data): (Vote, SnapshotMeta, Vec<u8>) = decode(&payload)?;
+                RpcKind::SnapshotChunk => {
+                    let chunk: SnapshotChunk = decode(&payload)?;
+                    let Some(file) = self.inbox.receive(from, &chunk).await? else {
+                        return encode(&ChunkReply::Ok(None));
+                    };
+                    let (vote, meta) = chunk.last.expect("the last chunk carries its vote and metadata");
+                    let path = file.path().to_path_buf();
                     let snapshot = Snapshot {
                         meta,
-                        snapshot: Box::new(Cursor::new(data)),
+                        snapshot: Box::new(file),
                     };
-                    encode(&self.install_full_snapshot(vote, snapshot).await)
+                    let reply: ChunkReply = self.raft.install_full_snapshot(vote, snapshot).await.map(Some);
+                    // Installed, the file was moved into place; otherwise
+                    // (a stale leader, an older snapshot) it is not needed.
+                    let _ = std::fs::remove_file(&path);
+                    encode(&reply)
                 }
             }
         })
@@ -181,7 +391,7 @@ impl Router {
             .get(&message.group)
             .cloned();
         match endpoint {
-            Some(e) => e.handle(message.kind, message.payload).await,
+            Some(e) => e.handle(message.kind, message.from, message.payload).await,
             None => Err(WireError::Unreachable(format!(
                 "node {} hosts no group {}",
                 self.node_id, message.group
@@ -217,23 +427,28 @@ pub struct Network<SM> {
     /// node's own view wins. The membership's address is used only for a
     /// node missing here.
     addresses: Arc<BTreeMap<NodeId, String>>,
+    /// Size of the chunks snapshots are sent in.
+    snapshot_chunk_bytes: usize,
     _sm: std::marker::PhantomData<fn() -> SM>,
 }
 
 impl<SM> Network<SM> {
     /// The network of `group` as seen from node `from`, which reaches its
-    /// peers at `addresses`.
+    /// peers at `addresses` and sends snapshots in chunks of
+    /// `snapshot_chunk_bytes` (at most [`SNAPSHOT_CHUNK_BYTES_MAX`]).
     pub fn new(
         group: impl Into<String>,
         from: NodeId,
         wire: Arc<dyn Wire>,
         addresses: Arc<BTreeMap<NodeId, String>>,
+        snapshot_chunk_bytes: usize,
     ) -> Network<SM> {
         Network {
             group: group.into(),
             from,
             wire,
             addresses,
+            snapshot_chunk_bytes: snapshot_chunk_bytes.clamp(1, SNAPSHOT_CHUNK_BYTES_MAX),
             _sm: std::marker::PhantomData,
         }
     }
@@ -249,6 +464,7 @@ impl<SM: GroupMachine> RaftNetworkFactory<GroupConfig<SM>> for Network<SM> {
             to: target,
             addr: self.addresses.get(&target).unwrap_or(&node.addr).clone(),
             wire: self.wire.clone(),
+            snapshot_chunk_bytes: self.snapshot_chunk_bytes,
             _sm: std::marker::PhantomData,
         }
     }
@@ -261,6 +477,7 @@ pub struct Connection<SM> {
     to: NodeId,
     addr: String,
     wire: Arc<dyn Wire>,
+    snapshot_chunk_bytes: usize,
     _sm: std::marker::PhantomData<fn() -> SM>,
 }
 
@@ -285,7 +502,7 @@ impl<SM: GroupMachine> Connection<SM> {
                 action: match kind {
                     RpcKind::AppendEntries => openraft::network::RPCTypes::AppendEntries,
                     RpcKind::Vote => openraft::network::RPCTypes::Vote,
-                    RpcKind::FullSnapshot => openraft::network::RPCTypes::InstallSnapshot,
+                    RpcKind::SnapshotChunk => openraft::network::RPCTypes::InstallSnapshot,
                 },
                 id: self.from,
                 target: self.to,
@@ -355,21 +572,64 @@ impl<SM: GroupMachine> RaftNetwork<GroupConfig<SM>> for Connection<SM> {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<NodeId>, StreamingError<GroupConfig<SM>, Fatal<NodeId>>> {
-        let data = snapshot.snapshot.into_inner();
-        let payload = encode(&(vote, snapshot.meta, data))
-            .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-        let call = self.call(RpcKind::FullSnapshot, payload, option.hard_ttl());
-        let bytes = tokio::select! {
-            closed = cancel => return Err(StreamingError::Closed(closed)),
-            r = call => r.map_err(|e| match e {
-                RPCError::Timeout(t) => StreamingError::Timeout(t),
-                RPCError::Unreachable(u) => StreamingError::Unreachable(u),
-                other => StreamingError::Network(NetworkError::new(&other)),
-            })?,
-        };
-        let reply: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> =
-            decode(&bytes).map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
-        reply.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.to, e)))
+        let network =
+            |e: &dyn std::error::Error| StreamingError::Network(NetworkError::new(&AnyError::error(e)));
+        let file = *snapshot.snapshot;
+        let meta = snapshot.meta;
+        let total_bytes = file.bytes();
+        let mut cancel = std::pin::pin!(cancel);
+        let mut offset = 0u64;
+        loop {
+            let len = (total_bytes - offset).min(self.snapshot_chunk_bytes as u64) as usize;
+            let reader = file.clone();
+            let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                let mut data = vec![0u8; len];
+                let mut filled = 0;
+                while filled < len {
+                    let n = reader.read_at(&mut data[filled..], offset + filled as u64)?;
+                    if n == 0 {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "snapshot file shrank",
+                        ));
+                    }
+                    filled += n;
+                }
+                Ok(data)
+            })
+            .await
+            .map_err(|e| network(&e))?
+            .map_err(|e| network(&e))?;
+            let last = offset + len as u64 == total_bytes;
+            let chunk = SnapshotChunk {
+                snapshot_id: meta.snapshot_id.clone(),
+                offset,
+                total_bytes,
+                data,
+                last: last.then(|| (vote, meta.clone())),
+            };
+            let payload = encode(&chunk).map_err(|e| network(&e))?;
+            let call = self.call(RpcKind::SnapshotChunk, payload, option.hard_ttl());
+            let bytes = tokio::select! {
+                closed = &mut cancel => return Err(StreamingError::Closed(closed)),
+                r = call => r.map_err(|e| match e {
+                    RPCError::Timeout(t) => StreamingError::Timeout(t),
+                    RPCError::Unreachable(u) => StreamingError::Unreachable(u),
+                    other => StreamingError::Network(NetworkError::new(&other)),
+                })?,
+            };
+            let reply: ChunkReply = decode(&bytes).map_err(|e| network(&e))?;
+            match reply {
+                Err(fatal) => return Err(StreamingError::RemoteError(RemoteError::new(self.to, fatal))),
+                Ok(Some(response)) if last => return Ok(response),
+                Ok(None) if !last => offset += len as u64,
+                Ok(other) => {
+                    return Err(network(&WireError::Refused(format!(
+                        "chunk at {offset} (last: {last}) answered {other:?}"
+                    ))));
+                }
+            }
+        }
     }
 }
 
@@ -424,7 +684,7 @@ impl Wire for TonicWire {
             let reply = match m.kind {
                 RpcKind::AppendEntries => client.append_entries(request).await,
                 RpcKind::Vote => client.vote(request).await,
-                RpcKind::FullSnapshot => client.full_snapshot(request).await,
+                RpcKind::SnapshotChunk => client.snapshot_chunk(request).await,
             };
             match reply {
                 Ok(r) => Ok(r.into_inner().payload),
@@ -491,10 +751,10 @@ impl pb::raft_server::Raft for RaftService {
         self.handle(RpcKind::Vote, request).await
     }
 
-    async fn full_snapshot(
+    async fn snapshot_chunk(
         &self,
         request: tonic::Request<pb::RaftMessage>,
     ) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
-        self.handle(RpcKind::FullSnapshot, request).await
+        self.handle(RpcKind::SnapshotChunk, request).await
     }
 }

@@ -40,6 +40,8 @@ const NOW_MS: u64 = 1_000;
 const SKU: &str = "sku-a";
 /// Units of stock each test starts with.
 const STOCK: u64 = 10_000;
+/// Snapshot chunks small enough that even a test's snapshot takes many.
+const SMALL_CHUNK_BYTES: usize = 256;
 
 /// A node's address in the group's membership (`LocalNet` ignores it, but a
 /// `NotLeader` error must name it).
@@ -654,12 +656,15 @@ async fn full_restart_keeps_every_acknowledged_write() {
 }
 
 /// A follower cut off while the leader snapshots and purges the log it
-/// lacks catches up from a snapshot once it is reachable again.
+/// lacks catches up from a snapshot once it is reachable again: the
+/// snapshot arrives in many small chunks, and the follower's books are then
+/// exactly the leader's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lagging_follower_catches_up_by_snapshot() {
+async fn lagging_follower_catches_up_by_snapshot_in_chunks() {
     let mut cluster = Cluster::start(|options| {
         options.snapshot_logs = 20;
         options.snapshot_logs_to_keep = 5;
+        options.snapshot_chunk_bytes = SMALL_CHUNK_BYTES;
     })
     .await;
     let leader = cluster.wait_for_leader(&NODES, WAIT).await;
@@ -702,7 +707,7 @@ async fn lagging_follower_catches_up_by_snapshot() {
         tokio::time::sleep(POLL).await;
     };
     assert_eq!(cluster.group(lagger).status().last_log_index, Some(lagger_last));
-    assert_eq!(cluster.net.delivered(RpcKind::FullSnapshot, lagger), 0);
+    assert_eq!(cluster.net.delivered(RpcKind::SnapshotChunk, lagger), 0);
     // Cut off from its leader, the lagger campaigns and raises its term: it
     // comes back disruptive, as a real partitioned follower does.
     let deadline = Instant::now() + WAIT;
@@ -714,12 +719,23 @@ async fn lagging_follower_catches_up_by_snapshot() {
     cluster.net.net.heal();
     cluster.wait_for_leader(&NODES, WAIT).await;
     cluster.wait_converged(&NODES).await;
-    let snapshots = cluster.net.delivered(RpcKind::FullSnapshot, lagger);
-    assert!(snapshots >= 1, "the lagger caught up without a snapshot");
-    let snapshot = cluster.group(lagger).status().snapshot_index;
+    let lagging = cluster.group(lagger).status();
+    let snapshot = lagging.snapshot_index;
     assert!(
         snapshot >= Some(purged),
         "the lagger's snapshot {snapshot:?} is before the leader's purge {purged}"
+    );
+    assert!(
+        lagging.snapshots.installed >= 1,
+        "the lagger installed no snapshot: {lagging:?}"
+    );
+    // The installed file came in chunks of at most SMALL_CHUNK_BYTES.
+    let chunks = cluster.net.delivered(RpcKind::SnapshotChunk, lagger);
+    let at_least = lagging.snapshots.last_bytes.div_ceil(SMALL_CHUNK_BYTES as u64);
+    assert!(
+        at_least > 1 && chunks >= at_least,
+        "{chunks} chunks delivered for a {}-byte snapshot",
+        lagging.snapshots.last_bytes
     );
 
     cluster.reserve(&NODES, "r64", 1).await;

@@ -8,6 +8,14 @@
 //! either in a crash is safe (openraft learns the commit index again, and
 //! purging is redone).
 //!
+//! `purge` records the purged log id and returns; a background task then
+//! deletes the entries up to it in batches of [`PURGE_BATCH_ENTRIES`].
+//! openraft calls `purge` from its core, after each snapshot, for up to a
+//! snapshot interval's worth of entries (100,000 by default): deleting them
+//! all in one sled batch there held up appends and commits. Entries at or
+//! below the purged id are never read again, so leaving them a moment
+//! longer (or, after a crash, until the next purge) is harmless.
+//!
 //! openraft calls the write methods from one task, one at a time, so writes
 //! reach sled in openraft's order, and every flush persists every earlier
 //! write: vote and log writes are never reordered on disk.
@@ -31,6 +39,10 @@ use crate::config::{ENTRY_BYTES_MAX, GroupConfig, GroupMachine, LogId, StorageEr
 /// 4 MiB by default; this leaves room for the envelope.
 pub const READ_BYTES_MAX: u64 = 2 * 1024 * 1024;
 
+/// Most log entries one background purge step deletes; the purger yields
+/// between steps.
+pub const PURGE_BATCH_ENTRIES: usize = 1_000;
+
 /// Largest encoded meta value (a vote or a log id: a few dozen bytes).
 const META_BYTES_MAX: u64 = 4 * 1024;
 
@@ -48,6 +60,10 @@ pub struct LogStore<SM> {
     log: sled::Tree,
     /// Vote, committed and last purged log ids.
     meta: sled::Tree,
+    /// The index up to which entries are purged (the background purger
+    /// deletes them; readers skip any not deleted yet). The purger starts
+    /// with the first purge.
+    purge_tx: Arc<tokio::sync::watch::Sender<Option<u64>>>,
     _machine: PhantomData<fn() -> SM>,
 }
 
@@ -58,19 +74,44 @@ impl<SM> Clone for LogStore<SM> {
             shared: self.shared.clone(),
             log: self.log.clone(),
             meta: self.meta.clone(),
+            purge_tx: self.purge_tx.clone(),
             _machine: PhantomData,
         }
     }
 }
 
 impl<SM: GroupMachine> LogStore<SM> {
-    pub(crate) fn open(shared: Arc<GroupShared>, log: sled::Tree, meta: sled::Tree) -> LogStore<SM> {
-        LogStore {
+    pub(crate) fn open(
+        shared: Arc<GroupShared>,
+        log: sled::Tree,
+        meta: sled::Tree,
+    ) -> Result<LogStore<SM>, StoreError> {
+        let mut store = LogStore {
             shared,
             log,
             meta,
+            purge_tx: Arc::new(tokio::sync::watch::Sender::new(None)),
             _machine: PhantomData,
+        };
+        let purged: Option<LogId> = store.read_meta(KEY_LAST_PURGED)?;
+        store.purge_tx = Arc::new(tokio::sync::watch::Sender::new(purged.map(|id| id.index)));
+        Ok(store)
+    }
+
+    /// The last purged index, if any.
+    fn purged(&self) -> Option<u64> {
+        *self.purge_tx.borrow()
+    }
+
+    /// Asks the background purger to delete every entry up to `last`,
+    /// starting it on the first call.
+    fn purge_in_background(&self, last: u64) {
+        if self.purge_tx.receiver_count() == 0 {
+            tokio::spawn(purge_loop(self.log.clone(), self.purge_tx.subscribe()));
         }
+        // Always wake the purger: after a restart it has leftovers below an
+        // index it was never told about.
+        self.purge_tx.send_modify(|upto| *upto = (*upto).max(Some(last)));
     }
 
     /// The group this store belongs to.
@@ -105,6 +146,12 @@ impl<SM: GroupMachine> LogStore<SM> {
                 None => return Ok(Vec::new()),
             },
             Bound::Unbounded => 0,
+        };
+        // Entries at or below the purged index may still be on disk (the
+        // purger deletes them in the background); they are gone to readers.
+        let start = match self.purged() {
+            Some(purged) => start.max(purged.saturating_add(1)),
+            None => start,
         };
         let mut entries = Vec::new();
         let mut bytes_total: u64 = 0;
@@ -150,16 +197,45 @@ impl<SM: GroupMachine> LogStore<SM> {
         self.log.apply_batch(batch)?;
         Ok(())
     }
+}
 
-    /// Removes every entry with index <= `last`, atomically.
-    fn remove_up_to(&self, last: u64) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for key in self.log.range(..=index_key(last)).keys() {
-            batch.remove(key?);
+/// Deletes purged entries, [`PURGE_BATCH_ENTRIES`] at a time on a blocking
+/// thread, until the store (every sender) is gone.
+async fn purge_loop(log: sled::Tree, mut upto_rx: tokio::sync::watch::Receiver<Option<u64>>) {
+    while upto_rx.changed().await.is_ok() {
+        let Some(upto) = *upto_rx.borrow_and_update() else {
+            continue;
+        };
+        loop {
+            let tree = log.clone();
+            let step = tokio::task::spawn_blocking(move || remove_some_up_to(&tree, upto)).await;
+            match step {
+                Ok(Ok(true)) => tokio::task::yield_now().await,
+                Ok(Ok(false)) => break,
+                Ok(Err(e)) => {
+                    // Left for the next purge; the entries are never read.
+                    tracing::warn!("purging the log up to {upto}: {e}");
+                    break;
+                }
+                Err(_) => return,
+            }
         }
-        self.log.apply_batch(batch)?;
-        Ok(())
     }
+}
+
+/// Removes at most [`PURGE_BATCH_ENTRIES`] entries with index <= `last`,
+/// oldest first; true if more remain.
+fn remove_some_up_to(log: &sled::Tree, last: u64) -> Result<bool, StoreError> {
+    let mut batch = sled::Batch::default();
+    for (removed, key) in log.range(..=index_key(last)).keys().enumerate() {
+        if removed == PURGE_BATCH_ENTRIES {
+            log.apply_batch(batch)?;
+            return Ok(true);
+        }
+        batch.remove(key?);
+    }
+    log.apply_batch(batch)?;
+    Ok(false)
 }
 
 impl<SM: GroupMachine> RaftLogReader<GroupConfig<SM>> for LogStore<SM> {
@@ -193,8 +269,9 @@ impl<SM: GroupMachine> RaftLogStorage<GroupConfig<SM>> for LogStore<SM> {
         let last_log_id = self.last_log_id().map_err(|e| StorageIOError::read_logs(&e))?;
         Ok(LogState {
             last_purged_log_id,
-            // With every entry purged, the last log id is the last purged one.
-            last_log_id: last_log_id.or(last_purged_log_id),
+            // With every entry purged, the last log id is the last purged one
+            // (entries below it may still wait for the background purger).
+            last_log_id: last_log_id.max(last_purged_log_id),
         })
     }
 
@@ -286,8 +363,7 @@ impl<SM: GroupMachine> RaftLogStorage<GroupConfig<SM>> for LogStore<SM> {
         // `get_log_state` never sees a hole at the front.
         self.write_meta(KEY_LAST_PURGED, &log_id)
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.remove_up_to(log_id.index)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.purge_in_background(log_id.index);
         Ok(())
     }
 }

@@ -5,7 +5,7 @@
 //! hands out the two stores openraft needs for one group: a [`LogStore`]
 //! (log entries, vote, committed and purged log ids) and a
 //! [`StateMachineStore`] (the state machine in memory, its newest snapshot
-//! in sled).
+//! in a file).
 //!
 //! Trees of group `g`, every value bincode-encoded:
 //!
@@ -13,10 +13,15 @@
 //! |---|---|---|
 //! | `g/log` | log index, big-endian `u64` (so keys sort by index) | `Entry` |
 //! | `g/meta` | `vote`, `committed`, `last_purged` | `Vote`, `Option<LogId>`, `LogId` |
-//! | `g/snapshot` | `current` | the newest snapshot: metadata and bytes |
+//!
+//! Snapshots of group `g` are files in `{path}/raft-snapshots/g/` (see
+//! [`snapshot`]): outside sled, so a snapshot's write never joins the log's
+//! flushes. Data directories of builds that kept snapshots in a sled tree
+//! (`g/snapshot`) are refused with a clear error: their state format differs.
 
 mod flusher;
 mod log;
+pub mod snapshot;
 mod state_machine;
 
 use std::collections::BTreeSet;
@@ -28,8 +33,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use self::flusher::FLUSH_QUEUE_MAX;
-pub use self::log::{LogStore, READ_BYTES_MAX};
-pub use self::state_machine::{AppliedState, SnapshotBuilder, StateMachineStore, StateReader};
+pub use self::log::{LogStore, PURGE_BATCH_ENTRIES, READ_BYTES_MAX};
+pub use self::snapshot::{SNAPSHOT_SYNC_BYTES, SnapshotFile};
+pub use self::state_machine::{
+    AppliedState, SnapshotBuilder, SnapshotStats, SnapshotStatsHandle, StateMachineStore, StateReader,
+};
 
 use self::flusher::Flusher;
 use crate::config::GroupMachine;
@@ -44,6 +52,10 @@ pub const CACHE_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
 /// Separates the group id from the tree's role in a tree name. Group ids
 /// cannot contain it, so no two groups share a tree.
 const TREE_NAME_SEPARATOR: char = '/';
+
+/// The directory, inside a node's storage directory, that holds one
+/// subdirectory of snapshot files per group. sled ignores it.
+pub const SNAPSHOTS_DIR: &str = "raft-snapshots";
 
 /// An error of the storage layer, outside openraft's calls (which get an
 /// openraft `StorageError` made from one of these).
@@ -152,7 +164,7 @@ impl NodeStorage {
     /// The state machine starts from the group's newest snapshot, or from
     /// `initial` if it has none; openraft then replays the committed log
     /// after it. Blocking (reads and decodes the snapshot): call it at
-    /// startup. A group can be open once at a time; it is free again when
+    /// startup, on a blocking thread. A group can be open once at a time; it is free again when
     /// both stores and every log reader cloned from them are dropped.
     pub fn open_group<SM: GroupMachine>(
         &self,
@@ -166,13 +178,26 @@ impl NodeStorage {
             flusher: self.flusher.clone(),
             _lease: lease,
         });
+        if self
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == tree_name(group, "snapshot").as_bytes())
+            && !self.db.open_tree(tree_name(group, "snapshot"))?.is_empty()
+        {
+            return Err(StoreError::Corrupt(format!(
+                "{}: group {group} has a snapshot written by an older build, in a format this one \
+                 cannot read; start this node on a fresh data directory",
+                self.path.display()
+            )));
+        }
         let log = LogStore::open(
             shared.clone(),
             self.db.open_tree(tree_name(group, "log"))?,
             self.db.open_tree(tree_name(group, "meta"))?,
-        );
-        let state_machine =
-            StateMachineStore::open(shared, self.db.open_tree(tree_name(group, "snapshot"))?, initial)?;
+        )?;
+        let snapshot_dir = self.path.join(SNAPSHOTS_DIR).join(group);
+        let state_machine = StateMachineStore::open(shared, snapshot_dir, initial)?;
         Ok(GroupStores { log, state_machine })
     }
 

@@ -1,33 +1,30 @@
 //! The state machine store: a `tokens` state machine in memory, its newest
-//! snapshot in sled.
+//! snapshot in a file (see [`super::snapshot`]).
 //!
 //! `apply` does not touch the disk. What is applied is recovered after a
 //! restart from the newest snapshot plus openraft's replay of the committed
 //! log after it: on open, the state starts from the snapshot and reports the
 //! snapshot's last log id as applied, so openraft replays from there.
 //!
-//! Snapshots are whole: the bincode encoding of [`AppliedState`] (last
-//! applied log id, membership, state machine). Only the newest is kept, in
-//! the group's `snapshot` tree, flushed before openraft is told about it.
+//! Snapshots never stop applying. openraft asks for a builder between two
+//! applies; the builder takes a clone of the state, which is O(1) because
+//! the `tokens` states live in persistent maps that share structure, and
+//! writes it out on a thread of its own, at a lower CPU priority, while
+//! applying goes on. Installing a snapshot from a leader decodes it off the
+//! async executor and swaps it in under the lock in O(1); the old state is
+//! dropped off the executor too.
 
-use std::io::Cursor;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{Entry, EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use serde::{Deserialize, Serialize};
 
-use super::{GroupShared, StoreError, decode, encode};
-use crate::config::{
-    GroupConfig, GroupMachine, LogId, SNAPSHOT_BYTES_MAX, SnapshotMeta, StorageError, StoredMembership,
-};
-
-/// Key of the newest snapshot in the group's `snapshot` tree.
-const KEY_CURRENT: &[u8] = b"current";
-
-/// Largest stored snapshot record: the snapshot plus its metadata.
-const SNAPSHOT_RECORD_BYTES_MAX: u64 = SNAPSHOT_BYTES_MAX + 64 * 1024;
+use super::snapshot::{self, SnapshotDir, SnapshotFile};
+use super::{GroupShared, StoreError};
+use crate::config::{GroupConfig, GroupMachine, LogId, SnapshotMeta, StorageError, StoredMembership};
 
 /// A state machine together with the log position it reflects. This is what
 /// a snapshot holds, and what readers see.
@@ -41,15 +38,47 @@ pub struct AppliedState<SM> {
     pub machine: SM,
 }
 
-/// The newest snapshot, as stored in sled.
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    /// The sequence number in its id (or taken when it was installed): ids
-    /// built after a restart continue after it, so they stay unique.
-    seq: u64,
-    meta: SnapshotMeta,
-    /// An encoded [`AppliedState`].
-    data: Vec<u8>,
+/// What a group's snapshots have cost on this node, for `/status` and
+/// metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotStats {
+    /// Snapshots built here since the node started.
+    pub built: u64,
+    /// Snapshots installed from a leader since the node started.
+    pub installed: u64,
+    /// The last log index the newest snapshot covers.
+    pub last_index: Option<u64>,
+    /// How long building the last snapshot took (clone, encode, write and
+    /// sync), in milliseconds.
+    pub last_build_ms: u64,
+    /// How long the state machine waited for the last build's clone of the
+    /// state, in microseconds: the only part of a build that holds up
+    /// applying.
+    pub last_pause_us: u64,
+    /// Size of the newest snapshot file.
+    pub last_bytes: u64,
+    /// A build is running now.
+    pub building: bool,
+}
+
+/// A shared, cheap handle to a group's [`SnapshotStats`].
+#[derive(Clone, Default)]
+pub struct SnapshotStatsHandle(Arc<Mutex<SnapshotStats>>);
+
+impl SnapshotStatsHandle {
+    /// The figures now.
+    pub fn get(&self) -> SnapshotStats {
+        self.lock().clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut SnapshotStats)) {
+        f(&mut self.lock());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SnapshotStats> {
+        // Every critical section is a few assignments.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// Reads the state a group has applied, for a node's read paths. Cheap to
@@ -85,19 +114,30 @@ pub struct StateMachineStore<SM> {
     shared: Arc<GroupShared>,
     /// Shared with readers and with nothing else.
     state: Arc<RwLock<AppliedState<SM>>>,
-    snapshots: SnapshotTree,
+    snapshots: SnapshotDir,
+    stats: SnapshotStatsHandle,
 }
 
 impl<SM: GroupMachine> StateMachineStore<SM> {
     /// Opens the store, loading the newest snapshot if there is one.
+    /// Blocking: reads and decodes the whole snapshot.
     pub(crate) fn open(
         shared: Arc<GroupShared>,
-        tree: sled::Tree,
+        snapshot_dir: PathBuf,
         initial: SM,
     ) -> Result<StateMachineStore<SM>, StoreError> {
-        let snapshots = SnapshotTree::new(tree);
-        let state = match snapshots.load()? {
-            Some(stored) => decode_snapshot(&stored.meta, &stored.data)?,
+        let snapshots = SnapshotDir::open(&snapshot_dir)?;
+        let stats = SnapshotStatsHandle::default();
+        let state = match snapshots.current() {
+            Some((meta, file)) => {
+                let (_, state) = snapshot::read::<SM>(&file)?;
+                check_meta(&meta, &state)?;
+                stats.update(|s| {
+                    s.last_index = meta.last_log_id.map(|id| id.index);
+                    s.last_bytes = file.bytes();
+                });
+                state
+            }
             None => AppliedState {
                 last_applied: None,
                 last_membership: StoredMembership::default(),
@@ -108,6 +148,7 @@ impl<SM: GroupMachine> StateMachineStore<SM> {
             shared,
             state: Arc::new(RwLock::new(state)),
             snapshots,
+            stats,
         })
     }
 
@@ -121,6 +162,16 @@ impl<SM: GroupMachine> StateMachineStore<SM> {
         StateReader {
             state: self.state.clone(),
         }
+    }
+
+    /// The group's snapshot figures.
+    pub fn stats(&self) -> SnapshotStatsHandle {
+        self.stats.clone()
+    }
+
+    /// Where snapshots sent by a leader are received.
+    pub fn incoming_dir(&self) -> PathBuf {
+        self.snapshots.incoming_dir()
     }
 }
 
@@ -168,174 +219,182 @@ impl<SM: GroupMachine> RaftStateMachine<GroupConfig<SM>> for StateMachineStore<S
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // A copy taken between applies: the builder runs on its own task
-        // while applying goes on. A poisoned lock becomes the build's error.
+        // A clone taken between applies, O(1) for the persistent `tokens`
+        // states: the builder writes it out on its own thread while applying
+        // goes on. A poisoned lock becomes the build's error.
+        let started = Instant::now();
         let state = self.state.read().ok().map(|state| state.clone());
+        let pause_us = started.elapsed().as_micros() as u64;
         SnapshotBuilder {
-            shared: self.shared.clone(),
+            group: self.shared.group.clone(),
             state,
             snapshots: self.snapshots.clone(),
+            stats: self.stats.clone(),
+            pause_us,
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
+        // The node's network receives snapshots itself (in chunks, into the
+        // incoming directory); this is for callers of openraft's own API.
+        let path = self
+            .snapshots
+            .incoming_dir()
+            .join(format!("begin-{}.part", self.snapshots.next_seq()));
+        let file = std::fs::File::create(&path)
+            .and_then(|_| SnapshotFile::open(&path))
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        let state = decode_snapshot(meta, &data)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        // Persist first: a crash after this point restarts from the new
-        // snapshot, before it from the old one; both are consistent.
-        let write_error = |e: StoreError| StorageIOError::write_snapshot(Some(meta.signature()), &e);
-        self.snapshots
-            .store(self.snapshots.next_seq(), meta.clone(), data, true)
-            .map_err(write_error)?;
-        self.shared.flusher.flush().await.map_err(write_error)?;
-        let mut current = self
-            .state
-            .write()
-            .map_err(|_| StorageIOError::write_state_machine(&StoreError::Poisoned))?;
-        *current = state;
+        let started = Instant::now();
+        let snapshots = self.snapshots.clone();
+        let meta_owned = meta.clone();
+        // Checking and decoding a large snapshot is long, blocking work.
+        let decoded = tokio::task::spawn_blocking(move || -> Result<AppliedState<SM>, StoreError> {
+            let (file_meta, state) = snapshot::read::<SM>(&snapshot)?;
+            if file_meta != meta_owned {
+                return Err(StoreError::Corrupt(format!(
+                    "snapshot file says {file_meta:?}, its sender {meta_owned:?}"
+                )));
+            }
+            check_meta(&meta_owned, &state)?;
+            // Persist first: a crash after this point restarts from the new
+            // snapshot, before it from the old one; both are consistent.
+            snapshots.install(&meta_owned, &snapshot)?;
+            Ok(state)
+        })
+        .await
+        .map_err(|e| {
+            StorageIOError::write_snapshot(Some(meta.signature()), openraft::AnyError::error(e.to_string()))
+        })?
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let old = {
+            let mut current = self
+                .state
+                .write()
+                .map_err(|_| StorageIOError::write_state_machine(&StoreError::Poisoned))?;
+            std::mem::replace(&mut *current, decoded)
+        };
+        // Freeing a large state takes a while; not on the executor.
+        tokio::task::spawn_blocking(move || drop(old));
+        let bytes = self.snapshots.current().map_or(0, |(_, f)| f.bytes());
+        self.stats.update(|s| {
+            s.installed += 1;
+            s.last_index = meta.last_log_id.map(|id| id.index);
+            s.last_bytes = bytes;
+        });
+        metrics::counter!("reservoir_raft_snapshots_installed_total", "group" => self.shared.group.clone())
+            .increment(1);
+        metrics::histogram!("reservoir_raft_snapshot_install_seconds", "group" => self.shared.group.clone())
+            .record(started.elapsed().as_secs_f64());
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<GroupConfig<SM>>>, StorageError> {
-        let stored = self
-            .snapshots
-            .load()
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(stored.map(|stored| Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+        Ok(self.snapshots.current().map(|(meta, file)| Snapshot {
+            meta,
+            snapshot: Box::new(file),
         }))
     }
 }
 
-/// Builds a snapshot from a copy of the state taken when openraft asked for
-/// the builder.
+/// Builds a snapshot from a clone of the state taken when openraft asked
+/// for the builder.
 pub struct SnapshotBuilder<SM> {
-    shared: Arc<GroupShared>,
+    group: String,
     /// `None` if the state lock was poisoned.
     state: Option<AppliedState<SM>>,
-    snapshots: SnapshotTree,
+    snapshots: SnapshotDir,
+    stats: SnapshotStatsHandle,
+    /// How long taking the clone held up applying.
+    pause_us: u64,
 }
 
 impl<SM: GroupMachine> RaftSnapshotBuilder<GroupConfig<SM>> for SnapshotBuilder<SM> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<GroupConfig<SM>>, StorageError> {
+        let started = Instant::now();
         let state = self
             .state
             .take()
             .ok_or_else(|| StorageIOError::read_state_machine(&StoreError::Poisoned))?;
+        let seq = self.snapshots.next_seq();
+        let snapshot_id = match state.last_applied {
+            Some(log_id) => format!("{}-{}-{seq}", log_id.leader_id, log_id.index),
+            None => format!("none-{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: state.last_applied,
+            last_membership: state.last_membership.clone(),
+            snapshot_id,
+        };
+        self.stats.update(|s| s.building = true);
+        // Encoding a large state and writing it out is long, blocking work:
+        // a thread of its own, at a lower priority than the threads that
+        // answer clients, so on a busy machine it takes idle time first.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let snapshots = self.snapshots.clone();
-        // Encoding a large state and writing it to sled is long, blocking
-        // work: it runs on a blocking thread, not on the async executor
-        // that also carries Raft traffic and client calls.
-        let built = tokio::task::spawn_blocking(move || {
-            let data = encode(&state, SNAPSHOT_BYTES_MAX)
-                .map_err(|e| Box::new(StorageIOError::read_state_machine(&e)))?;
-            let seq = snapshots.next_seq();
-            let snapshot_id = match state.last_applied {
-                Some(log_id) => format!("{}-{}-{seq}", log_id.leader_id, log_id.index),
-                None => format!("none-{seq}"),
-            };
-            let meta = SnapshotMeta {
-                last_log_id: state.last_applied,
-                last_membership: state.last_membership.clone(),
-                snapshot_id,
-            };
-            // An install may have stored a newer snapshot while this one was
-            // being built; it is then kept, and this one is only returned.
-            let stored = snapshots
-                .store(seq, meta.clone(), data.clone(), false)
-                .map_err(|e| Box::new(StorageIOError::write_snapshot(Some(meta.signature()), &e)))?;
-            Ok::<_, Box<StorageIOError<crate::config::NodeId>>>((meta, data, stored))
-        })
-        .await
-        .map_err(|e| StorageIOError::write_snapshot(None, openraft::AnyError::error(e.to_string())))?;
-        let (meta, data, stored) = built.map_err(|e| *e)?;
-        let write_error = |e: StoreError| StorageIOError::write_snapshot(Some(meta.signature()), &e);
-        if stored {
-            self.shared.flusher.flush().await.map_err(write_error)?;
-        }
+        let thread_meta = meta.clone();
+        let spawned = std::thread::Builder::new()
+            .name(SNAPSHOT_THREAD_NAME.to_owned())
+            .spawn(move || {
+                lower_thread_priority();
+                let written = snapshots.write(seq, &thread_meta, &state);
+                // The state clone is freed here too, off the executor.
+                drop(state);
+                let _ = done_tx.send(written);
+            });
+        let written = match spawned {
+            Ok(_) => done_rx
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Corrupt("the snapshot thread died".into()))),
+            Err(e) => Err(StoreError::Io(e)),
+        };
+        self.stats.update(|s| s.building = false);
+        let file = written.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let build_ms = started.elapsed().as_millis() as u64;
+        let pause_us = self.pause_us;
+        self.stats.update(|s| {
+            s.built += 1;
+            s.last_index = meta.last_log_id.map(|id| id.index);
+            s.last_build_ms = build_ms;
+            s.last_pause_us = pause_us;
+            s.last_bytes = file.bytes();
+        });
+        metrics::counter!("reservoir_raft_snapshots_built_total", "group" => self.group.clone()).increment(1);
+        metrics::histogram!("reservoir_raft_snapshot_build_seconds", "group" => self.group.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::gauge!("reservoir_raft_snapshot_bytes", "group" => self.group.clone())
+            .set(file.bytes() as f64);
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(file),
         })
     }
 }
 
-/// The group's `snapshot` tree, and the lock that orders writes to it.
-#[derive(Clone)]
-struct SnapshotTree {
-    tree: sled::Tree,
-    /// Serializes compare-and-store, so a slow build cannot overwrite a
-    /// newer snapshot installed meanwhile. Held only for the sled write.
-    write_lock: Arc<Mutex<()>>,
-    /// The last snapshot sequence number used.
-    seq: Arc<AtomicU64>,
+/// Name of the thread that writes a snapshot, as shown by `top -H`.
+const SNAPSHOT_THREAD_NAME: &str = "reservoir-snapshot";
+/// The nice value of that thread: it yields the CPU to every thread that
+/// answers clients or runs Raft.
+const SNAPSHOT_THREAD_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority. On Linux `setpriority` with
+/// `PRIO_PROCESS` and 0 applies to the calling thread only. Best effort: a
+/// failure leaves the thread at normal priority.
+fn lower_thread_priority() {
+    // SAFETY: setpriority has no memory-safety preconditions; it only reads
+    // its integer arguments.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, SNAPSHOT_THREAD_NICE) };
 }
 
-impl SnapshotTree {
-    fn new(tree: sled::Tree) -> SnapshotTree {
-        SnapshotTree {
-            tree,
-            write_lock: Arc::new(Mutex::new(())),
-            seq: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    fn next_seq(&self) -> u64 {
-        self.seq.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// The newest stored snapshot. Also moves the sequence number past it.
-    fn load(&self) -> Result<Option<StoredSnapshot>, StoreError> {
-        let Some(bytes) = self.tree.get(KEY_CURRENT)? else {
-            return Ok(None);
-        };
-        let stored: StoredSnapshot = decode(&bytes, SNAPSHOT_RECORD_BYTES_MAX)?;
-        self.seq.fetch_max(stored.seq, Ordering::Relaxed);
-        Ok(Some(stored))
-    }
-
-    /// Stores a snapshot as the newest; unless `replace_newer`, only if no
-    /// stored snapshot covers more of the log. Returns whether it stored it.
-    /// Not flushed: the caller flushes.
-    fn store(
-        &self,
-        seq: u64,
-        meta: SnapshotMeta,
-        data: Vec<u8>,
-        replace_newer: bool,
-    ) -> Result<bool, StoreError> {
-        // The unit value behind the lock cannot be left inconsistent.
-        let _guard = self.write_lock.lock().unwrap_or_else(PoisonError::into_inner);
-        if !replace_newer && let Some(current) = self.load()? {
-            let current_index = current.meta.last_log_id.map(|id| id.index);
-            let new_index = meta.last_log_id.map(|id| id.index);
-            if current_index > new_index {
-                return Ok(false);
-            }
-        }
-        let record = StoredSnapshot { seq, meta, data };
-        self.tree
-            .insert(KEY_CURRENT, encode(&record, SNAPSHOT_RECORD_BYTES_MAX)?)?;
-        Ok(true)
-    }
-}
-
-/// Decodes a snapshot's data and checks it against its metadata.
-fn decode_snapshot<SM: GroupMachine>(
-    meta: &SnapshotMeta,
-    data: &[u8],
-) -> Result<AppliedState<SM>, StoreError> {
-    let state: AppliedState<SM> = decode(data, SNAPSHOT_BYTES_MAX)?;
+/// Checks a decoded snapshot's state against its metadata.
+fn check_meta<SM>(meta: &SnapshotMeta, state: &AppliedState<SM>) -> Result<(), StoreError> {
     if state.last_applied != meta.last_log_id || state.last_membership != meta.last_membership {
         return Err(StoreError::Corrupt(format!(
             "snapshot {} holds state at {:?}, membership {:?}; its metadata says {:?}, {:?}",
@@ -346,5 +405,5 @@ fn decode_snapshot<SM: GroupMachine>(
             meta.last_membership
         )));
     }
-    Ok(state)
+    Ok(())
 }

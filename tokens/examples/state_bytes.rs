@@ -1,0 +1,129 @@
+//! Bytes of memory one item of a region's state costs: a live hold, an
+//! ended (released) reservation, and a confirmed sale waiting in the outbox,
+//! each with the request id that made it (36 bytes, a UUID's length), over a
+//! catalog of 1,000 SKUs. Counted by a counting global allocator: the heap
+//! bytes the state holds after N items, minus before, over N.
+//!
+//! Run: `cargo run --release -p reservoir-tokens --example state_bytes -- 1000000`
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use reservoir_tokens::{Line, RegionCommand, RegionOp, RegionState, ReservationId};
+
+/// Counts the bytes allocated and not yet freed.
+struct Counting;
+
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed straight to the system allocator; the
+// counter only observes sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+        // SAFETY: the caller's layout contract is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        // SAFETY: `ptr` came from `alloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// SKUs in the catalog.
+const SKUS: u64 = 1_000;
+/// Logical time of every command (nothing expires or is pruned).
+const NOW_MS: u64 = 1_700_000_000_000;
+
+fn sku(k: u64) -> String {
+    format!("lt1-000000-{:05}", k % SKUS)
+}
+
+fn apply(state: &mut RegionState, op: RegionOp) {
+    state
+        .apply(RegionCommand { now_ms: NOW_MS, op })
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A stocked region.
+fn stocked() -> RegionState {
+    let mut state = RegionState::new("us-east");
+    for k in 0..SKUS {
+        let op = RegionOp::AdjustStock {
+            request_id: format!("seed-{k:032}"),
+            sku: sku(k),
+            delta: 100_000_000,
+        };
+        apply(&mut state, op);
+    }
+    state
+}
+
+/// Reserves `n` one-line holds with 36-byte request ids.
+fn reserve(state: &mut RegionState, n: u64) {
+    for i in 0..n {
+        let op = RegionOp::Reserve {
+            request_id: format!("{i:08x}-0000-4000-8000-000000000000"),
+            lines: vec![Line::new(sku(i * 7919), 1)],
+            ttl_ms: 0,
+            allow_partial: false,
+        };
+        apply(state, op);
+    }
+}
+
+fn bytes() -> usize {
+    LIVE_BYTES.load(Ordering::Relaxed)
+}
+
+fn main() {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+
+    let mut state = stocked();
+    let base = bytes();
+    reserve(&mut state, n);
+    let held = bytes();
+    println!(
+        "live hold:             {:6.0} bytes each ({n} holds)",
+        (held - base) as f64 / n as f64
+    );
+    for id in 1..=n {
+        apply(
+            &mut state,
+            RegionOp::Release {
+                id: ReservationId(id),
+            },
+        );
+    }
+    let ended = bytes();
+    println!(
+        "ended reservation:     {:6.0} bytes each (the same holds, released)",
+        (ended - base) as f64 / n as f64
+    );
+    drop(state);
+
+    let mut state = stocked();
+    let base = bytes();
+    reserve(&mut state, n);
+    for id in 1..=n {
+        let op = RegionOp::Confirm {
+            id: ReservationId(id),
+            order_id: format!("order-{id:030}"),
+            lines: Vec::new(),
+        };
+        apply(&mut state, op);
+    }
+    let sold = bytes();
+    println!(
+        "confirmed, in outbox:  {:6.0} bytes each (36-byte order ids)",
+        (sold - base) as f64 / n as f64
+    );
+}

@@ -12,11 +12,15 @@
 # SCENARIO is a built-in name or a TOML file. The report lands in
 # OUT_DIR/SCENARIO-TARGET/ (report.json, report.html, summary.txt).
 # Uses the release binaries: cargo build --release -p reservoir-node -p reservoir-loadtest
+# RESERVOIR_BIN=PATH runs the nodes from another build (a before/after
+# comparison with the same load tester). RUNS=N (Reservoir targets) runs the
+# scenario N times in a row on the same cluster, into OUT_DIR/NAME/run-1..N.
 set -euo pipefail
 out=$1 scenario=$2 target=$3
 shift 3
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=$root/target/release
+node_bin=${RESERVOIR_BIN:-$bin/reservoir}
 name=$(basename "$scenario" .toml)-$target
 mkdir -p "$out/$name"
 if [ -f "$scenario" ]; then scen=(--scenario-file "$scenario"); else scen=("$scenario"); fi
@@ -29,20 +33,31 @@ case $target in
   tokens | single-writer | global-consensus | tokens-take_half | region)
     dir=$(mktemp -d /tmp/reservoir-bench-XXXXXX)
     if [ "$target" = region ]; then
-      "$bin/reservoir" up --standalone --dir "$dir" > "$out/$name/up.log" 2>&1 &
+      "$node_bin" up --standalone --dir "$dir" > "$out/$name/up.log" 2>&1 &
     else
       arch=${target%-take_half}
       policy=proportional
       [ "$target" = tokens-take_half ] && policy=take_half
-      "$bin/reservoir" up --dir "$dir" --architecture "$arch" --policy "$policy" --wan aws --no-demo \
+      "$node_bin" up --dir "$dir" --architecture "$arch" --policy "$policy" --wan aws --no-demo \
         > "$out/$name/up.log" 2>&1 &
     fi
     up=$!
     trap 'kill -TERM $up 2>/dev/null; wait $up 2>/dev/null; rm -rf "$dir"' EXIT
     for _ in $(seq 1 300); do [ -f "$dir/cluster.json" ] && break; sleep 0.2; done
     [ -f "$dir/cluster.json" ] || { echo "the cluster did not start; see $out/$name/up.log" >&2; exit 1; }
-    "$bin/reservoir-loadtest" "${scen[@]}" --target reservoir --cluster "$dir/cluster.json" \
-      --out "$out/$name" --quiet "$@" > "$out/$name/summary.txt"
+    runs=${RUNS:-1}
+    if [ "$runs" = 1 ]; then
+      "$bin/reservoir-loadtest" "${scen[@]}" --target reservoir --cluster "$dir/cluster.json" \
+        --out "$out/$name" --quiet "$@" > "$out/$name/summary.txt"
+    else
+      for i in $(seq 1 "$runs"); do
+        mkdir -p "$out/$name/run-$i"
+        "$bin/reservoir-loadtest" "${scen[@]}" --target reservoir --cluster "$dir/cluster.json" \
+          --out "$out/$name/run-$i" --quiet "$@" > "$out/$name/run-$i/summary.txt" || true
+        cat "$out/$name/run-$i/summary.txt"
+      done
+      exit 0
+    fi
     ;;
   *)
     echo "unknown target $target" >&2

@@ -17,6 +17,8 @@ pub const PROPOSAL_QUEUE_MAX_LIMIT: usize = 65_536;
 pub const SNAPSHOT_LOGS_MIN: u64 = 10;
 /// Most log entries between snapshots a config may ask for.
 pub const SNAPSHOT_LOGS_LIMIT: u64 = 100_000_000;
+/// Smallest snapshot chunk a config may ask for.
+pub const SNAPSHOT_CHUNK_BYTES_MIN: usize = 1024;
 
 /// One node's configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,6 +201,11 @@ pub struct RaftTuning {
     /// Log entries between two snapshots of a group on this node (each voter
     /// builds at its own offset); also about the most a restart replays.
     pub snapshot_logs: u64,
+    /// Log entries kept behind a snapshot, so a follower that lags by fewer
+    /// catches up from the log rather than from a whole snapshot.
+    pub snapshot_logs_kept: u64,
+    /// Size of the chunks this node sends snapshots in.
+    pub snapshot_chunk_bytes: usize,
 }
 
 impl Default for RaftTuning {
@@ -210,6 +217,8 @@ impl Default for RaftTuning {
             proposal_queue_max: 4096,
             batches_in_flight: reservoir_raft::group::BATCHES_IN_FLIGHT_MAX,
             snapshot_logs: reservoir_raft::group::SNAPSHOT_LOGS_DEFAULT,
+            snapshot_logs_kept: reservoir_raft::group::SNAPSHOT_LOGS_KEPT_DEFAULT,
+            snapshot_chunk_bytes: reservoir_raft::network::SNAPSHOT_CHUNK_BYTES_DEFAULT,
         }
     }
 }
@@ -344,6 +353,25 @@ impl NodeConfig {
                 format!(
                     "must be {SNAPSHOT_LOGS_MIN}-{SNAPSHOT_LOGS_LIMIT}, got {}",
                     r.snapshot_logs
+                ),
+            ));
+        }
+        if r.snapshot_logs_kept > SNAPSHOT_LOGS_LIMIT {
+            return Err((
+                "raft.snapshot_logs_kept",
+                format!(
+                    "must be at most {SNAPSHOT_LOGS_LIMIT}, got {}",
+                    r.snapshot_logs_kept
+                ),
+            ));
+        }
+        let chunk_max = reservoir_raft::network::SNAPSHOT_CHUNK_BYTES_MAX;
+        if !(SNAPSHOT_CHUNK_BYTES_MIN..=chunk_max).contains(&r.snapshot_chunk_bytes) {
+            return Err((
+                "raft.snapshot_chunk_bytes",
+                format!(
+                    "must be {SNAPSHOT_CHUNK_BYTES_MIN}-{chunk_max}, got {}",
+                    r.snapshot_chunk_bytes
                 ),
             ));
         }
@@ -488,6 +516,10 @@ mod tests {
             "raft.election_timeout_min_ms"
         );
         assert_eq!(field(|c| c.raft.snapshot_logs = 1), "raft.snapshot_logs");
+        assert_eq!(
+            field(|c| c.raft.snapshot_chunk_bytes = 10),
+            "raft.snapshot_chunk_bytes"
+        );
         assert_eq!(
             field(|c| c.retention.ended_max = reservoir_tokens::limits::ENDED_RESERVATIONS_LIMIT + 1),
             "retention"

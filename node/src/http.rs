@@ -13,16 +13,35 @@ use serde::Serialize;
 
 use crate::service::Node;
 
+/// How often the metrics recorder folds recorded histogram samples into
+/// its buckets.
+pub const METRICS_UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs the process-wide metrics recorder and returns the handle that
-/// renders it.
+/// renders it, with its upkeep task running on the current runtime.
+///
+/// The recorder keeps every histogram sample until upkeep (or a scrape)
+/// folds it into buckets; without a task doing it, a node that nobody
+/// scrapes grew by every sample it recorded (~0.25 MB/s on a region leader
+/// at 5,000 reserves/s, seen in the soak).
 pub fn install_metrics() -> Result<PrometheusHandle, String> {
-    PrometheusBuilder::new()
+    let handle = PrometheusBuilder::new()
         .set_buckets(&[
             0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
         ])
         .map_err(|e| format!("metrics buckets: {e}"))?
         .install_recorder()
-        .map_err(|e| format!("metrics recorder: {e}"))
+        .map_err(|e| format!("metrics recorder: {e}"))?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
 }
 
 /// A leader whose quorum has not acknowledged it for this long is not ready.

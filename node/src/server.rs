@@ -63,6 +63,8 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
     options.proposal_queue_max = config.raft.proposal_queue_max;
     options.batches_in_flight = config.raft.batches_in_flight;
     options.snapshot_logs = config.raft.snapshot_logs;
+    options.snapshot_logs_to_keep = config.raft.snapshot_logs_kept;
+    options.snapshot_chunk_bytes = config.raft.snapshot_chunk_bytes;
 
     // Bind both listeners before starting Raft, so a taken port fails fast.
     let grpc_listener = bind(config.grpc_addr, "grpc_addr").await?;

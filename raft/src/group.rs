@@ -104,6 +104,8 @@ pub struct GroupOptions {
 /// own; see `store::state_machine`), so this bounds what a restart
 /// replays and how much log a node keeps, not latency.
 pub const SNAPSHOT_LOGS_DEFAULT: u64 = 100_000;
+/// Log entries kept behind a snapshot, by default.
+pub const SNAPSHOT_LOGS_KEPT_DEFAULT: u64 = 1_000;
 /// How often a group checks whether its next snapshot is due.
 pub const SNAPSHOT_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a leader waits for a follower to take one snapshot chunk
@@ -121,7 +123,7 @@ impl GroupOptions {
             election_timeout_min_ms: 400,
             election_timeout_max_ms: 1_000,
             snapshot_logs: SNAPSHOT_LOGS_DEFAULT,
-            snapshot_logs_to_keep: 1_000,
+            snapshot_logs_to_keep: SNAPSHOT_LOGS_KEPT_DEFAULT,
             proposal_queue_max: PROPOSAL_QUEUE_MAX,
             batches_in_flight: BATCHES_IN_FLIGHT_MAX,
             snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES_DEFAULT,
@@ -195,6 +197,10 @@ pub struct Group<SM: GroupMachine> {
     /// How this node reaches its peers (see [`GroupOptions::members`]).
     addresses: Arc<BTreeMap<NodeId, String>>,
     snapshot_stats: SnapshotStatsHandle,
+    /// The last log index this node had when it started: entries up to it
+    /// may have been acknowledged before a crash, so a linearizable read
+    /// waits until they are committed (see [`Group::read_linearizable`]).
+    log_end_at_start: Option<u64>,
 }
 
 impl<SM: GroupMachine> Group<SM> {
@@ -227,6 +233,18 @@ impl<SM: GroupMachine> Group<SM> {
             message: e.to_string(),
         })?);
         let reader = stores.state_machine.reader();
+        let log_end_at_start = {
+            use openraft::storage::RaftLogStorage;
+            let mut log = stores.log.clone();
+            log.get_log_state()
+                .await
+                .map_err(|e| GroupError::Raft {
+                    group: group.clone(),
+                    message: e.to_string(),
+                })?
+                .last_log_id
+                .map(|id| id.index)
+        };
         let addresses = Arc::new(options.members.clone());
         let network = Network::<SM>::new(
             group.clone(),
@@ -296,6 +314,7 @@ impl<SM: GroupMachine> Group<SM> {
             router: router.clone(),
             addresses,
             snapshot_stats,
+            log_end_at_start,
         })
     }
 
@@ -341,17 +360,23 @@ impl<SM: GroupMachine> Group<SM> {
     /// quorum (openraft's read index) and applying up to it.
     ///
     /// openraft 0.9 restores a node that led before a restart as leader at
-    /// once, without a blank entry of its own term; its read index is then
-    /// the commit index it restored, which can be older than what it
-    /// acknowledged before a crash (`save_committed` is not flushed), and a
-    /// read there could miss an acknowledged write (seen twice in about 20
-    /// runs of `region_restart`'s SIGKILL test). So when the read index is
-    /// not of the current term, an empty batch is committed first: that
-    /// commits and applies everything before it.
+    /// once, at its old term and without a blank entry of its own; its read
+    /// index is then the commit index it restored, which can be older than
+    /// what it acknowledged before a crash (`save_committed` is not flushed),
+    /// and a read there could miss an acknowledged write. The read index is
+    /// even of the current term when the restored commit index is an entry
+    /// of the term the node led before the crash (seen in `region_restart`'s
+    /// SIGKILL test: `GetReservation` of the last acknowledged hold answered
+    /// NOT_FOUND right after the restart). So a read index below the end of
+    /// the log this node started with, or of an older term, is not trusted:
+    /// an empty batch is committed first, which commits and applies
+    /// everything before it. That happens once per start or term at most.
     pub async fn read_linearizable<R>(&self, f: impl FnOnce(&SM) -> R) -> Result<R, ProposeError> {
         let read_log_id = self.read_index().await?;
         let term = self.raft.metrics().borrow().current_term;
-        if read_log_id.map(|id| id.leader_id.term) != Some(term) {
+        let older_term = read_log_id.map(|id| id.leader_id.term) != Some(term);
+        let before_start = read_log_id.map(|id| id.index) < self.log_end_at_start;
+        if older_term || before_start {
             if let Err(e) = self.raft.client_write(Batch::new(Vec::new())).await {
                 return Err(match write_error(&self.addresses, e) {
                     ProposeError::NotLeader { leader: None } => ProposeError::NotLeader {

@@ -227,9 +227,26 @@ pub struct NodeStatus {
     pub settled_up_to: u64,
     /// Token levels per SKU.
     pub buckets: BTreeMap<String, Bucket>,
+    /// The last log index its newest snapshot covers.
+    #[serde(default)]
+    pub snapshot_index: Option<u64>,
+    /// What its snapshots of the region group cost.
+    #[serde(default)]
+    pub snapshots: SnapshotCounts,
     /// The ledger group on this node, on the nodes that host it.
     #[serde(default)]
     pub ledger: Option<GroupView>,
+}
+
+/// The snapshot counters of `/status` (the fields the tests read).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct SnapshotCounts {
+    /// Snapshots this node built since it started.
+    pub built: u64,
+    /// Snapshots this node installed from a leader since it started.
+    pub installed: u64,
+    /// Size of its newest snapshot file.
+    pub last_bytes: u64,
 }
 
 /// A node's view of one Raft group (the ledger's, in `/status`).

@@ -1,6 +1,7 @@
 //! A standalone region restarted as a whole: first cleanly (SIGTERM to `up`,
 //! then `up` again on the same directory), then the hard way (SIGKILL to
-//! every node at once). Nothing acknowledged may be lost either way.
+//! every node at once). Nothing acknowledged may be lost either way. The
+//! tests of this file run one at a time (see [`one_at_a_time`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use reservoir_proto::v1;
 use reservoir_proto::v1::ReservationState::{Confirmed, Released};
 use reservoir_tests::{
     POLL_INTERVAL, RETRY_DEADLINE, Region, RegionOptions, balanced_sheets, confirm, is_retryable, line,
-    release, reserve, reserve_request, units_of,
+    one_at_a_time, release, reserve, reserve_request, units_of,
 };
 
 /// The SKUs reserved.
@@ -30,6 +31,14 @@ const WRITES_PER_WRITER_MAX: usize = 200;
 const ACKS_BEFORE_KILL: u64 = 60;
 /// Longest the writers may run, whatever happens.
 const LOAD_DEADLINE: Duration = Duration::from_secs(30);
+/// Snapshot interval in the snapshot test: every node snapshots many times.
+const SNAPSHOT_LOGS: u64 = 20;
+/// Log entries kept behind a snapshot in the snapshot test.
+const SNAPSHOT_LOGS_KEPT: u64 = 5;
+/// Snapshot chunks in the snapshot test: a snapshot takes several.
+const SNAPSHOT_CHUNK_BYTES: usize = 1024;
+/// Reserves made while the snapshot test's follower is down.
+const LAGGED_RESERVES: usize = 120;
 /// How long a writer's call may take before it counts as unanswered; the
 /// region is healthy until the kill, so this only cuts calls caught by it.
 const WRITE_DEADLINE: Duration = Duration::from_secs(3);
@@ -37,6 +46,7 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(3);
 /// A full restart through SIGTERM keeps every hold (same expiry), every confirm (same order), the outbox and the books.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_restart_keeps_holds_confirms_and_outbox() {
+    let _serial = one_at_a_time().await;
     let started = Instant::now();
     let mut region = Region::start(RegionOptions::default()).await;
     for sku in SKUS {
@@ -112,6 +122,7 @@ async fn full_restart_keeps_holds_confirms_and_outbox() {
 /// SIGKILL of all three nodes while writes are in flight loses no acknowledged write, and every unanswered one took effect at most once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_every_node_keeps_acknowledged_writes() {
+    let _serial = one_at_a_time().await;
     let started = Instant::now();
     let mut region = Region::start(RegionOptions::default()).await;
     for sku in SKUS {
@@ -219,6 +230,143 @@ async fn sigkill_of_every_node_keeps_acknowledged_writes() {
         );
     }
     eprintln!("test took {:?}", started.elapsed());
+}
+
+/// A follower that was down while the others snapshotted and purged the log
+/// it lacks catches up from a snapshot sent over gRPC in many chunks; then
+/// SIGKILL of every node, and the region comes back from its snapshot files
+/// and the log after them with every acknowledged hold and the books exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_catch_up_a_follower_in_chunks_and_survive_sigkill() {
+    let _serial = one_at_a_time().await;
+    let started = Instant::now();
+    let mut region = Region::start(RegionOptions::default()).await;
+    // Small snapshots, often, sent in small chunks, with little log kept
+    // behind them: written into the node configs `up` made, then `up` runs
+    // again on them.
+    region.stop().await;
+    for id in region.ids() {
+        let path = region.dir().join(format!("node-{id}.toml"));
+        let text = std::fs::read_to_string(&path).expect("a node config");
+        let tuned = text
+            .replace(
+                "snapshot_logs = 100000\n",
+                &format!("snapshot_logs = {SNAPSHOT_LOGS}\n"),
+            )
+            .replace(
+                "snapshot_logs_kept = 1000\n",
+                &format!("snapshot_logs_kept = {SNAPSHOT_LOGS_KEPT}\n"),
+            );
+        let tuned = tuned.replace(
+            "snapshot_chunk_bytes = 1048576\n",
+            &format!("snapshot_chunk_bytes = {SNAPSHOT_CHUNK_BYTES}\n"),
+        );
+        assert_ne!(tuned, text, "node {id}'s config has the snapshot settings");
+        std::fs::write(&path, tuned).expect("config written");
+    }
+    region.start_again().await;
+    for sku in SKUS {
+        region.add_stock(sku, STOCK as i64).await;
+    }
+    let mut acked = Vec::new();
+    acked.extend(reserve_each(&mut region.rotation(0), 0..10).await);
+
+    let leader = region.leader().await;
+    let lagger = *region.ids().iter().find(|&&id| id != leader).expect("a follower");
+    let lagged_at = region
+        .status(lagger)
+        .await
+        .expect("status")
+        .applied_index
+        .unwrap_or(0);
+    region.kill(lagger).await;
+    let live = region.live_ids();
+    let first = region
+        .ids()
+        .iter()
+        .position(|id| *id == live[0])
+        .expect("a live node");
+    acked.extend(reserve_each(&mut region.rotation(first), 10..10 + LAGGED_RESERVES).await);
+    // The live nodes snapshotted and purged past what the lagger has.
+    let give_up = Instant::now() + RETRY_DEADLINE;
+    for id in region.live_ids() {
+        loop {
+            let status = region.status(id).await.expect("status");
+            if status
+                .snapshot_index
+                .is_some_and(|i| i > lagged_at + SNAPSHOT_LOGS_KEPT)
+            {
+                break;
+            }
+            assert!(Instant::now() < give_up, "node {id} did not snapshot: {status:?}");
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    region.restart(lagger).await;
+    let converged = region.converged().await;
+    let lagging = region.status(lagger).await.expect("status");
+    assert!(
+        lagging.snapshots.installed >= 1,
+        "the lagger caught up without a snapshot: {lagging:?}"
+    );
+    assert!(
+        lagging.snapshots.last_bytes > 2 * SNAPSHOT_CHUNK_BYTES as u64,
+        "the snapshot fits in {} chunks: {lagging:?}",
+        lagging.snapshots.last_bytes.div_ceil(SNAPSHOT_CHUNK_BYTES as u64)
+    );
+    let sheets = balanced_sheets(&region.audit().await);
+    for sku in SKUS {
+        let held: u64 = acked.iter().map(|r| units_of(&r.lines, sku)).sum();
+        assert_eq!((sheets[sku].stocked, sheets[sku].held), (STOCK, held), "{sku}");
+        assert_eq!(converged.buckets[sku].held, held, "{sku} on every replica");
+    }
+
+    region.kill_all().await;
+    region.stop().await;
+    region.start_again().await;
+    for r in &acked {
+        let found = region
+            .get(&r.reservation_id)
+            .await
+            .unwrap_or_else(|s| panic!("acknowledged {} lost: {s:?}", r.reservation_id));
+        assert_eq!(&found, r, "{} changed", r.reservation_id);
+    }
+    let sheets_after = balanced_sheets(&region.audit().await);
+    assert_eq!(sheets_after, sheets, "the books changed across SIGKILL");
+    let after = region.converged().await;
+    assert_eq!(
+        after.state(),
+        converged.state(),
+        "the replicas' state changed across SIGKILL"
+    );
+    for id in region.ids() {
+        let status = region.status(id).await.expect("status");
+        assert!(
+            status.snapshot_index.is_some(),
+            "node {id} restarted without a snapshot"
+        );
+    }
+    eprintln!("test took {:?}", started.elapsed());
+}
+
+/// Reserves one unit for each number in `range` (request `snap-N`, long
+/// holds), one at a time, each acknowledged.
+async fn reserve_each(
+    nodes: &mut reservoir_tests::Rotation,
+    range: std::ops::Range<usize>,
+) -> Vec<v1::Reservation> {
+    let mut out = Vec::new();
+    for i in range {
+        let mut request = reserve_request(format!("snap-{i}"), vec![line(SKUS[i % 2], 1)]);
+        request.ttl_ms = TTL_MS;
+        let r = reserve(nodes, &request, RETRY_DEADLINE)
+            .await
+            .result
+            .unwrap_or_else(|s| panic!("{}: {s:?}", request.request_id));
+        out.push(r);
+    }
+    out
 }
 
 /// What the tests compare across a restart.

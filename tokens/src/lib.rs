@@ -22,10 +22,16 @@
 //!   counters in the state.
 //! - Two replicas that apply the same commands are equal and serialize to the
 //!   same bytes (ordered maps only).
+//! - Every table is a persistent map or vector (`imbl`), so a whole state
+//!   clones in O(1), sharing structure: a snapshot is such a clone, written
+//!   out while applying goes on.
 //! - A rejected command changes nothing but the logical clock.
-//! - Every table is bounded: request ids and ended reservations are pruned
-//!   by age (logical time) and count, a bounded amount per command; live
-//!   holds and unsettled sales are bounded by the stock itself.
+//! - Every table is bounded: ended reservations (each with the request id
+//!   that made it) are pruned by age (logical time) and count, as the
+//!   region's replicated [`Retention`] says, and stock-adjustment ids after
+//!   10 minutes, a bounded amount per command; live holds and unsettled
+//!   sales are bounded by the stock itself. A reserve's request id lives as
+//!   long as its reservation.
 //! - Every transfer and settlement step is idempotent by its id or sequence
 //!   number, so retries never count a unit twice.
 //!
@@ -33,7 +39,7 @@
 //! - [`types`]: ids and quantities; [`error`]: [`Rejection`] and its stable
 //!   reasons; [`limits`]: named bounds and input validators;
 //! - [`region`], [`ledger`]: the state machines; [`memory`]: the bounded
-//!   request-id memory they share;
+//!   request-id memory of stock adjustments;
 //! - [`audit`], [`rebalance`]: the pure functions over them.
 //!
 //! Caveats: the audit needs every region's state; a region that cannot be

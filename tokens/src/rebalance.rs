@@ -36,7 +36,8 @@ pub struct SkuView {
 }
 
 /// Our policy: aim each reachable region at a floor plus a share of the free
-/// tokens proportional to its demand.
+/// tokens proportional to its demand, but move tokens only where they are
+/// short (see [`plan`]'s notes in `plan_proportional`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proportional {
     /// Tokens every reachable region keeps at least (when there are enough).
@@ -44,7 +45,8 @@ pub struct Proportional {
     /// A region under this many available tokens is topped up first.
     pub low_water: Units,
     /// A region gives back surplus only beyond this percentage of its target
-    /// (or `low_water`, if larger), so tokens do not churn.
+    /// (or `low_water`, if larger), and a region that is not short gets pool
+    /// tokens only when it lacks more than that, so tokens do not churn.
     pub revoke_slack_pct: u64,
 }
 
@@ -188,34 +190,64 @@ fn plan_proportional(view: &SkuView, p: &Proportional, out: &mut Vec<PlannedTran
         .map(|s| (floor + s.0).min(u64::MAX as u128) as Units)
         .collect();
 
+    // Tokens move only where they are short: a region is short when its
+    // available tokens will not last the horizon (under its own demand, or
+    // under the low-water mark). A region merely under its proportional
+    // share gets pool tokens only when the gap is beyond the slack, and no
+    // region gives tokens back unless a short region needs them and the
+    // pool cannot cover it. Proportional shares swing with every burst of
+    // demand; moving tokens on every swing (a revoke here, a grant there,
+    // and back a round later) cost more than it bought.
+    let slack = |target: Units| p.low_water.max(target.saturating_mul(p.revoke_slack_pct) / 100);
     let mut needy = Vec::new();
     for (r, &target) in reachable.iter().zip(&targets) {
-        if r.available > target {
-            let slack = p.low_water.max(target.saturating_mul(p.revoke_slack_pct) / 100);
-            if r.available - target > slack {
-                let units = spare(r, target);
-                if units > 0 {
-                    out.push(PlannedTransfer {
-                        kind: TransferKind::Revoke,
-                        region: r.region.clone(),
-                        sku: view.sku.clone(),
-                        units,
-                    });
-                }
-            }
-        } else if r.available < target {
-            needy.push((r, target - r.available));
+        if r.available >= target {
+            continue;
+        }
+        let short = r.available < r.demand.max(p.low_water);
+        let need = target - r.available;
+        if short || need > slack(target) {
+            needy.push((*r, need, short));
         }
     }
-    // Regions under the low-water mark first, then the largest need.
+    // Short regions first, those under the low-water mark before the rest,
+    // then the largest need.
     needy.sort_by(|a, b| {
-        (a.0.available >= p.low_water)
-            .cmp(&(b.0.available >= p.low_water))
+        (!a.2)
+            .cmp(&!b.2)
+            .then((a.0.available >= p.low_water).cmp(&(b.0.available >= p.low_water)))
             .then(b.1.cmp(&a.1))
             .then(a.0.region.cmp(&b.0.region))
     });
+    let short_need: Units = needy.iter().filter(|n| n.2).map(|n| n.1).sum();
+    let mut uncovered = short_need.saturating_sub(view.pool);
+    if uncovered > 0 {
+        // Revoke from the regions with the most to spare, beyond the slack
+        // and never below their own demand, only what the short regions lack.
+        let mut donors: Vec<(&RegionView, Units)> = reachable
+            .iter()
+            .zip(&targets)
+            .filter(|(r, target)| r.available > **target && r.available - **target > slack(**target))
+            .map(|(r, &target)| (*r, spare(r, target)))
+            .filter(|&(_, units)| units > 0)
+            .collect();
+        donors.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.region.cmp(&b.0.region)));
+        for (r, units) in donors {
+            if uncovered == 0 {
+                break;
+            }
+            let units = units.min(uncovered);
+            uncovered -= units;
+            out.push(PlannedTransfer {
+                kind: TransferKind::Revoke,
+                region: r.region.clone(),
+                sku: view.sku.clone(),
+                units,
+            });
+        }
+    }
     let mut pool = view.pool;
-    for (r, need) in needy {
+    for (r, need, _) in needy {
         let units = need.min(pool);
         if units == 0 {
             break;

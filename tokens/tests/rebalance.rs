@@ -433,3 +433,42 @@ proptest! {
         checked_plan(&views, &policy);
     }
 }
+
+/// Tokens stay where they are while no region is short: demand that swings
+/// from round to round (each region's own demand always covered) moves no
+/// token, although every swing changes the proportional shares.
+#[test]
+fn swinging_demand_moves_nothing_while_no_region_is_short() {
+    let demands = [[5, 0, 0], [0, 3, 0], [0, 0, 4], [1, 1, 0], [0, 0, 0], [2, 0, 5]];
+    let mut v = view(
+        "a",
+        0,
+        vec![region("us", 100, 0), region("eu", 100, 0), region("ap", 100, 0)],
+    );
+    for round in demands.iter().cycle().take(60) {
+        for (r, d) in v.regions.iter_mut().zip(round) {
+            r.demand = *d;
+        }
+        let plan = checked_plan(std::slice::from_ref(&v), &proportional());
+        assert!(plan.is_empty(), "demand {round:?} moved tokens: {plan:?}");
+        v = after(&v, &plan);
+    }
+}
+
+/// A short region is served from the pool first, and a revoke takes only
+/// what the pool cannot cover.
+#[test]
+fn revokes_cover_only_what_the_pool_cannot() {
+    // us needs 60 (demand 60, has 0); the pool has 20, eu has 200 spare.
+    let v = vec![view("a", 20, vec![region("us", 0, 60), region("eu", 200, 0)])];
+    let plan = checked_plan(&v, &proportional());
+    let granted = units_for(&plan, TransferKind::Grant, "us");
+    let revoked = units_for(&plan, TransferKind::Revoke, "eu");
+    assert_eq!(granted, 20, "the pool goes to the short region: {plan:?}");
+    // us's target: floor 10 + all the rest by demand = 210; it lacks 210,
+    // the pool covers 20.
+    assert_eq!(revoked, 190, "{plan:?}");
+    // Without a short region, nothing is revoked however uneven the split.
+    let v = vec![view("a", 0, vec![region("us", 10, 5), region("eu", 200, 0)])];
+    assert!(checked_plan(&v, &proportional()).is_empty());
+}

@@ -122,7 +122,9 @@ fn run(db: sled::Db, mut request_rx: mpsc::Receiver<FlushDone>) {
         }
         // Every queued request was queued after its writes, and the flush
         // starts after it was taken off the queue: the flush covers it.
+        let started = std::time::Instant::now();
         let result = db.flush().map(|_bytes| ()).map_err(|e| e.to_string());
+        metrics::histogram!("reservoir_raft_flush_seconds").record(started.elapsed().as_secs_f64());
         for done in batch.drain(..) {
             done(
                 result

@@ -9,7 +9,8 @@
 //! purging is redone).
 //!
 //! `purge` records the purged log id and returns; a background task then
-//! deletes the entries up to it in batches of [`PURGE_BATCH_ENTRIES`].
+//! deletes the entries up to it in batches of [`PURGE_BATCH_ENTRIES`], one
+//! every [`PURGE_PAUSE`].
 //! openraft calls `purge` from its core, after each snapshot, for up to a
 //! snapshot interval's worth of entries (100,000 by default): deleting them
 //! all in one sled batch there held up appends and commits. Entries at or
@@ -39,9 +40,13 @@ use crate::config::{ENTRY_BYTES_MAX, GroupConfig, GroupMachine, LogId, StorageEr
 /// 4 MiB by default; this leaves room for the envelope.
 pub const READ_BYTES_MAX: u64 = 2 * 1024 * 1024;
 
-/// Most log entries one background purge step deletes; the purger yields
-/// between steps.
+/// Most log entries one background purge step deletes.
 pub const PURGE_BATCH_ENTRIES: usize = 1_000;
+/// Pause between two purge steps: each step's removals ride with the next
+/// flush of the log, so a step at a time keeps those flushes small (100,000
+/// removals at once made the next flush, and every commit waiting on it,
+/// slow).
+pub const PURGE_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Largest encoded meta value (a vote or a log id: a few dozen bytes).
 const META_BYTES_MAX: u64 = 4 * 1024;
@@ -210,7 +215,7 @@ async fn purge_loop(log: sled::Tree, mut upto_rx: tokio::sync::watch::Receiver<O
             let tree = log.clone();
             let step = tokio::task::spawn_blocking(move || remove_some_up_to(&tree, upto)).await;
             match step {
-                Ok(Ok(true)) => tokio::task::yield_now().await,
+                Ok(Ok(true)) => tokio::time::sleep(PURGE_PAUSE).await,
                 Ok(Ok(false)) => break,
                 Ok(Err(e)) => {
                     // Left for the next purge; the entries are never read.

@@ -201,6 +201,10 @@ pub struct Group<SM: GroupMachine> {
     /// may have been acknowledged before a crash, so a linearizable read
     /// waits until they are committed (see [`Group::read_linearizable`]).
     log_end_at_start: Option<u64>,
+    /// A linearizable read has been served past `log_end_at_start`; later
+    /// ones need not check it (a log truncated below it could otherwise
+    /// make every read commit an empty batch).
+    start_covered: std::sync::atomic::AtomicBool,
 }
 
 impl<SM: GroupMachine> Group<SM> {
@@ -254,6 +258,7 @@ impl<SM: GroupMachine> Group<SM> {
             options.snapshot_chunk_bytes,
         );
         let incoming_dir = stores.state_machine.incoming_dir();
+        let installs = stores.state_machine.install_marker();
         let snapshot_stats = stores.state_machine.stats();
         let raft = openraft::Raft::new(options.node_id, config, network, stores.log, stores.state_machine)
             .await
@@ -263,7 +268,7 @@ impl<SM: GroupMachine> Group<SM> {
             })?;
         router.add(
             group.clone(),
-            Arc::new(RaftEndpoint::new(raft.clone(), incoming_dir)),
+            Arc::new(RaftEndpoint::new(raft.clone(), incoming_dir, installs)),
         );
 
         let first = options.members.keys().next().copied();
@@ -315,6 +320,7 @@ impl<SM: GroupMachine> Group<SM> {
             addresses,
             snapshot_stats,
             log_end_at_start,
+            start_covered: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -370,12 +376,14 @@ impl<SM: GroupMachine> Group<SM> {
     /// NOT_FOUND right after the restart). So a read index below the end of
     /// the log this node started with, or of an older term, is not trusted:
     /// an empty batch is committed first, which commits and applies
-    /// everything before it. That happens once per start or term at most.
+    /// everything before it. That happens once per start and once per term
+    /// at most.
     pub async fn read_linearizable<R>(&self, f: impl FnOnce(&SM) -> R) -> Result<R, ProposeError> {
         let read_log_id = self.read_index().await?;
         let term = self.raft.metrics().borrow().current_term;
         let older_term = read_log_id.map(|id| id.leader_id.term) != Some(term);
-        let before_start = read_log_id.map(|id| id.index) < self.log_end_at_start;
+        let before_start = !self.start_covered.load(std::sync::atomic::Ordering::Relaxed)
+            && read_log_id.map(|id| id.index) < self.log_end_at_start;
         if older_term || before_start {
             if let Err(e) = self.raft.client_write(Batch::new(Vec::new())).await {
                 return Err(match write_error(&self.addresses, e) {
@@ -387,6 +395,10 @@ impl<SM: GroupMachine> Group<SM> {
             }
             self.read_index().await?;
         }
+        // Past the log this node started with once: every later read index
+        // is too (the empty batch above, or a later entry, committed it).
+        self.start_covered
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         self.read(f)
     }
 

@@ -148,27 +148,40 @@ pub struct SnapshotChunk {
 /// install's response for the last.
 type ChunkReply = Result<Option<SnapshotResponse<NodeId>>, Fatal<NodeId>>;
 
-/// Where one group receives snapshots: a file per sender in the group's
-/// incoming directory, filled chunk by chunk, installed after the last.
+/// Where one group receives snapshots: a file per transfer in the group's
+/// incoming directory, filled chunk by chunk, checked after the last.
+///
+/// Each transfer has its own file and a generation number: a sender that
+/// starts again (its last try timed out, or it was cut off) gets a new
+/// file, and a chunk of the older try still being written can neither land
+/// in the new file nor move the new transfer on. A transfer that has sent
+/// nothing for [`INCOMING_IDLE_TIMEOUT`] is dropped when room is needed.
 pub struct SnapshotInbox {
     dir: PathBuf,
+    next_generation: std::sync::atomic::AtomicU64,
     transfers: Mutex<BTreeMap<NodeId, Incoming>>,
 }
 
 /// A snapshot being received.
 struct Incoming {
+    generation: u64,
     snapshot_id: String,
     path: PathBuf,
     file: Arc<File>,
     written: u64,
     total_bytes: u64,
+    last_chunk_at: std::time::Instant,
 }
+
+/// How long a transfer may send nothing before another may take its place.
+pub const INCOMING_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl SnapshotInbox {
     /// An inbox writing into `dir` (the group store's incoming directory).
     pub fn new(dir: PathBuf) -> SnapshotInbox {
         SnapshotInbox {
             dir,
+            next_generation: std::sync::atomic::AtomicU64::new(1),
             transfers: Mutex::new(BTreeMap::new()),
         }
     }
@@ -178,14 +191,15 @@ impl SnapshotInbox {
         self.transfers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes one chunk; returns the complete file once the last chunk is
-    /// in. A chunk out of order, over the limits, or of a transfer this
-    /// inbox does not know is refused, and the transfer dropped: the
-    /// leader starts again from the first chunk.
+    /// Writes one chunk; returns the complete, checked file once the last
+    /// chunk is in. A chunk out of order, over the limits, of a transfer
+    /// this inbox does not know, or a file that fails its check is refused
+    /// and the transfer dropped: the leader starts again from the first
+    /// chunk.
     async fn receive(&self, from: NodeId, chunk: &SnapshotChunk) -> Result<Option<SnapshotFile>, WireError> {
         let refuse = |why: String| WireError::Refused(format!("snapshot chunk from node {from}: {why}"));
         if chunk.data.len() > SNAPSHOT_CHUNK_BYTES_MAX || chunk.total_bytes > SNAPSHOT_BYTES_MAX {
-            self.drop_transfer(from);
+            self.drop_transfer(from, None).await;
             return Err(refuse(format!(
                 "{} bytes of a {}-byte snapshot is over the limits",
                 chunk.data.len(),
@@ -194,7 +208,7 @@ impl SnapshotInbox {
         }
         let end = chunk.offset.saturating_add(chunk.data.len() as u64);
         if end > chunk.total_bytes || (chunk.last.is_some() != (end == chunk.total_bytes)) {
-            self.drop_transfer(from);
+            self.drop_transfer(from, None).await;
             return Err(refuse(format!(
                 "bytes {}..{end} of {} (last: {})",
                 chunk.offset,
@@ -202,99 +216,185 @@ impl SnapshotInbox {
                 chunk.last.is_some()
             )));
         }
-        let (file, path) = {
-            let mut transfers = self.lock();
-            if chunk.offset == 0 {
-                if transfers.len() >= INCOMING_SNAPSHOTS_MAX && !transfers.contains_key(&from) {
-                    return Err(refuse(format!(
-                        "{INCOMING_SNAPSHOTS_MAX} snapshots already arriving"
-                    )));
+        if chunk.offset == 0 {
+            self.start(from, chunk).await.map_err(refuse)?;
+        }
+        let current = {
+            let transfers = self.lock();
+            match transfers.get(&from) {
+                None => Err((None, format!("chunk at {} of an unknown transfer", chunk.offset))),
+                Some(t)
+                    if t.snapshot_id != chunk.snapshot_id
+                        || t.written != chunk.offset
+                        || t.total_bytes != chunk.total_bytes =>
+                {
+                    let why = format!(
+                        "chunk of {} at {}, expected {} at {}",
+                        chunk.snapshot_id, chunk.offset, t.snapshot_id, t.written
+                    );
+                    Err((Some(t.generation), why))
                 }
-                let path = self.dir.join(format!("from-{from}.part"));
-                let file =
-                    File::create(&path).map_err(|e| refuse(format!("create {}: {e}", path.display())))?;
-                transfers.insert(
-                    from,
-                    Incoming {
-                        snapshot_id: chunk.snapshot_id.clone(),
-                        path,
-                        file: Arc::new(file),
-                        written: 0,
-                        total_bytes: chunk.total_bytes,
-                    },
-                );
+                Some(t) => Ok((t.generation, t.file.clone(), t.path.clone())),
             }
-            let Some(t) = transfers.get(&from) else {
-                return Err(refuse(format!(
-                    "chunk at {} of an unknown transfer",
-                    chunk.offset
-                )));
-            };
-            if t.snapshot_id != chunk.snapshot_id
-                || t.written != chunk.offset
-                || t.total_bytes != chunk.total_bytes
-            {
-                let why = format!(
-                    "chunk of {} at {}, expected {} at {}",
-                    chunk.snapshot_id, chunk.offset, t.snapshot_id, t.written
-                );
-                if let Some(t) = transfers.remove(&from) {
-                    let _ = std::fs::remove_file(&t.path);
+        };
+        let (generation, file, path) = match current {
+            Ok(current) => current,
+            Err((stale, why)) => {
+                if let Some(generation) = stale {
+                    self.drop_transfer(from, Some(generation)).await;
                 }
                 return Err(refuse(why));
             }
-            (t.file.clone(), t.path.clone())
         };
         let data = chunk.data.clone();
         let offset = chunk.offset;
         let last = chunk.last.is_some();
-        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            file.write_all_at(&data, offset)?;
-            if last {
-                file.sync_all()?;
+        let checked_path = path.clone();
+        let written = tokio::task::spawn_blocking(move || -> Result<Option<SnapshotFile>, String> {
+            file.write_all_at(&data, offset)
+                .map_err(|e| format!("write: {e}"))?;
+            if !last {
+                return Ok(None);
             }
-            Ok(())
+            file.sync_all().map_err(|e| format!("sync: {e}"))?;
+            let received = SnapshotFile::open(&checked_path).map_err(|e| format!("open: {e}"))?;
+            crate::store::snapshot::verify(&received).map_err(|e| format!("check: {e}"))?;
+            Ok(Some(received))
         })
         .await
-        .map_err(|e| refuse(e.to_string()))
-        .and_then(|r| r.map_err(|e| refuse(format!("write: {e}"))));
-        if let Err(e) = written {
-            self.drop_transfer(from);
-            return Err(e);
-        }
-        if !last {
-            if let Some(t) = self.lock().get_mut(&from) {
-                t.written = end;
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        let received = match written {
+            Ok(received) => received,
+            Err(e) => {
+                self.drop_transfer(from, Some(generation)).await;
+                return Err(refuse(e));
             }
-            return Ok(None);
+        };
+        let mut transfers = self.lock();
+        match transfers.get_mut(&from) {
+            Some(t) if t.generation == generation => {
+                if last {
+                    transfers.remove(&from);
+                } else {
+                    t.written = end;
+                    t.last_chunk_at = std::time::Instant::now();
+                }
+                Ok(received)
+            }
+            // Replaced by a newer try while this chunk was written: its file
+            // is already gone.
+            _ => Err(refuse(format!("transfer {} was replaced", chunk.snapshot_id))),
         }
-        self.lock().remove(&from);
-        SnapshotFile::open(&path)
-            .map(Some)
-            .map_err(|e| refuse(format!("open {}: {e}", path.display())))
     }
 
-    /// Forgets a transfer and deletes its file.
-    fn drop_transfer(&self, from: NodeId) {
-        if let Some(t) = self.lock().remove(&from) {
-            let _ = std::fs::remove_file(&t.path);
+    /// Starts a transfer from `from` in a file of its own, replacing any
+    /// earlier one from it, and making room by dropping idle ones.
+    async fn start(&self, from: NodeId, chunk: &SnapshotChunk) -> Result<(), String> {
+        let generation = self
+            .next_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.dir.join(format!("from-{from}-{generation}.part"));
+        let create = path.clone();
+        let file =
+            tokio::task::spawn_blocking(move || File::options().write(true).create_new(true).open(&create))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("create {}: {e}", path.display()))?;
+        let mut obsolete = Vec::new();
+        let admitted = {
+            let mut transfers = self.lock();
+            let now = std::time::Instant::now();
+            let idle: Vec<NodeId> = transfers
+                .iter()
+                .filter(|(_, t)| now.duration_since(t.last_chunk_at) >= INCOMING_IDLE_TIMEOUT)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in idle {
+                obsolete.extend(transfers.remove(&id).map(|t| t.path));
+            }
+            obsolete.extend(transfers.remove(&from).map(|t| t.path));
+            let admitted = transfers.len() < INCOMING_SNAPSHOTS_MAX;
+            if admitted {
+                transfers.insert(
+                    from,
+                    Incoming {
+                        generation,
+                        snapshot_id: chunk.snapshot_id.clone(),
+                        path: path.clone(),
+                        file: Arc::new(file),
+                        written: 0,
+                        total_bytes: chunk.total_bytes,
+                        last_chunk_at: now,
+                    },
+                );
+            } else {
+                obsolete.push(path);
+            }
+            admitted
+        };
+        remove_files(obsolete).await;
+        if admitted {
+            Ok(())
+        } else {
+            Err(format!("{INCOMING_SNAPSHOTS_MAX} snapshots already arriving"))
         }
     }
+
+    /// Forgets the transfer from `from` (only if it is still of
+    /// `generation`, when given) and deletes its file.
+    async fn drop_transfer(&self, from: NodeId, generation: Option<u64>) {
+        let removed = {
+            let mut transfers = self.lock();
+            match transfers.get(&from) {
+                Some(t) if generation.is_none_or(|g| g == t.generation) => transfers.remove(&from),
+                _ => None,
+            }
+        };
+        remove_files(removed.map(|t| t.path).into_iter().collect()).await;
+    }
+}
+
+/// Deletes files off the executor; a file already gone is fine.
+async fn remove_files(paths: Vec<PathBuf>) {
+    if paths.is_empty() {
+        return;
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        for path in paths {
+            let _ = std::fs::remove_file(&path);
+        }
+    })
+    .await;
 }
 
 /// One group's endpoint: its Raft handle and its snapshot inbox.
 pub struct RaftEndpoint<SM: GroupMachine> {
     raft: GroupRaft<SM>,
     inbox: SnapshotInbox,
+    installs: crate::store::InstallMarker,
 }
 
 impl<SM: GroupMachine> RaftEndpoint<SM> {
-    /// The endpoint of `raft`, receiving snapshots in `incoming_dir`.
-    pub fn new(raft: GroupRaft<SM>, incoming_dir: PathBuf) -> RaftEndpoint<SM> {
+    /// The endpoint of `raft`, receiving snapshots in `incoming_dir` and
+    /// marking their installs with `installs`.
+    pub fn new(
+        raft: GroupRaft<SM>,
+        incoming_dir: PathBuf,
+        installs: crate::store::InstallMarker,
+    ) -> RaftEndpoint<SM> {
         RaftEndpoint {
             raft,
             inbox: SnapshotInbox::new(incoming_dir),
+            installs,
         }
+    }
+
+    /// Whether `node` is in the group's membership as this node knows it.
+    fn is_member(&self, node: NodeId) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().get_node(&node).is_some()
     }
 }
 
@@ -316,6 +416,11 @@ impl<SM: GroupMachine> GroupEndpoint for RaftEndpoint<SM> {
                     encode(&self.raft.vote(rpc).await)
                 }
                 RpcKind::SnapshotChunk => {
+                    if !self.is_member(from) {
+                        return Err(WireError::Refused(format!(
+                            "snapshot chunk from node {from}, not a member of this group"
+                        )));
+                    }
                     let chunk: SnapshotChunk = decode(&payload)?;
                     let Some(file) = self.inbox.receive(from, &chunk).await? else {
                         return encode(&ChunkReply::Ok(None));
@@ -326,10 +431,14 @@ impl<SM: GroupMachine> GroupEndpoint for RaftEndpoint<SM> {
                         meta,
                         snapshot: Box::new(file),
                     };
-                    let reply: ChunkReply = self.raft.install_full_snapshot(vote, snapshot).await.map(Some);
+                    let reply: ChunkReply = {
+                        let _installing = self.installs.begin();
+                        self.raft.install_full_snapshot(vote, snapshot).await.map(Some)
+                    };
                     // Installed, the file was moved into place; otherwise
                     // (a stale leader, an older snapshot) it is not needed.
-                    let _ = std::fs::remove_file(&path);
+                    // Its name is this transfer's alone.
+                    remove_files(vec![path]).await;
                     encode(&reply)
                 }
             }
@@ -756,5 +865,129 @@ impl pb::raft_server::Raft for RaftService {
         request: tonic::Request<pb::RaftMessage>,
     ) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
         self.handle(RpcKind::SnapshotChunk, request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::AppliedState;
+    use crate::store::snapshot::SnapshotDir;
+    use reservoir_tokens::RegionState;
+
+    /// A real snapshot file of a small region state, and its bytes.
+    fn snapshot_file(dir: &std::path::Path) -> (SnapshotMeta, Vec<u8>) {
+        let snapshots = SnapshotDir::open(&dir.join("built")).expect("snapshot dir");
+        let log_id = openraft::testing::log_id(1, 1, 7);
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id),
+            last_membership: Default::default(),
+            snapshot_id: "1-7-1".into(),
+        };
+        let state = AppliedState {
+            last_applied: Some(log_id),
+            last_membership: Default::default(),
+            machine: RegionState::new("us-east"),
+        };
+        let file = snapshots.write(1, &meta, &state).expect("write");
+        let bytes = std::fs::read(file.path()).expect("read back");
+        (meta, bytes)
+    }
+
+    fn chunks(meta: &SnapshotMeta, bytes: &[u8], size: usize) -> Vec<SnapshotChunk> {
+        let n = bytes.len().div_ceil(size);
+        (0..n)
+            .map(|i| {
+                let data = bytes[i * size..((i + 1) * size).min(bytes.len())].to_vec();
+                SnapshotChunk {
+                    snapshot_id: meta.snapshot_id.clone(),
+                    offset: (i * size) as u64,
+                    total_bytes: bytes.len() as u64,
+                    data,
+                    last: (i + 1 == n).then(|| (Vote::default(), meta.clone())),
+                }
+            })
+            .collect()
+    }
+
+    fn files_in(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir).expect("incoming dir").count()
+    }
+
+    /// A snapshot arrives in order, chunk by chunk, into one file that
+    /// checks out; a chunk out of order is refused and drops the transfer.
+    #[tokio::test]
+    async fn chunks_assemble_into_a_checked_file() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let (meta, bytes) = snapshot_file(dir.path());
+        let inbox = SnapshotInbox::new(dir.path().to_path_buf());
+        let all = chunks(&meta, &bytes, 16);
+        assert!(all.len() > 3, "{} bytes make few chunks", bytes.len());
+        for c in &all[..all.len() - 1] {
+            assert!(inbox.receive(2, c).await.expect("chunk").is_none());
+        }
+        let file = inbox
+            .receive(2, &all[all.len() - 1])
+            .await
+            .expect("last chunk")
+            .expect("a complete file");
+        assert_eq!(std::fs::read(file.path()).expect("read"), bytes);
+
+        // Out of order: the second chunk first.
+        assert!(inbox.receive(3, &all[0]).await.expect("first").is_none());
+        assert!(inbox.receive(3, &all[2]).await.is_err(), "a skipped chunk");
+        assert!(
+            inbox.receive(3, &all[1]).await.is_err(),
+            "the transfer was dropped"
+        );
+    }
+
+    /// A file that fails its checksum is refused at the last chunk, and its
+    /// file deleted: it never reaches openraft.
+    #[tokio::test]
+    async fn a_corrupt_snapshot_is_refused() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let (meta, mut bytes) = snapshot_file(dir.path());
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        let incoming = dir.path().join("incoming");
+        std::fs::create_dir_all(&incoming).expect("dir");
+        let inbox = SnapshotInbox::new(incoming.clone());
+        let all = chunks(&meta, &bytes, 64);
+        for c in &all[..all.len() - 1] {
+            inbox.receive(2, c).await.expect("chunk");
+        }
+        let refused = inbox.receive(2, &all[all.len() - 1]).await;
+        assert!(
+            matches!(&refused, Err(WireError::Refused(why)) if why.contains("checksum")),
+            "{refused:?}"
+        );
+        assert_eq!(files_in(&incoming), 0, "the corrupt file is deleted");
+    }
+
+    /// A sender that starts over gets a new file (the old one deleted), so a
+    /// late chunk of its earlier try cannot land in the new one.
+    #[tokio::test]
+    async fn a_new_try_gets_a_new_file() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let (meta, bytes) = snapshot_file(dir.path());
+        let incoming = dir.path().join("incoming");
+        std::fs::create_dir_all(&incoming).expect("dir");
+        let inbox = SnapshotInbox::new(incoming.clone());
+        let all = chunks(&meta, &bytes, 32);
+        inbox.receive(2, &all[0]).await.expect("first try");
+        inbox.receive(2, &all[1]).await.expect("first try");
+        let first_try = inbox.lock()[&2].path.clone();
+        inbox.receive(2, &all[0]).await.expect("second try");
+        let second_try = inbox.lock()[&2].path.clone();
+        assert_ne!(first_try, second_try);
+        assert!(!first_try.exists(), "the first try's file is deleted");
+        assert_eq!(files_in(&incoming), 1);
+        // The first try's next chunk is out of order for the second.
+        assert!(inbox.receive(2, &all[2]).await.is_err());
+        for c in &all {
+            inbox.receive(2, c).await.expect("third try");
+        }
+        assert_eq!(files_in(&incoming), 1, "only the complete file is left");
     }
 }

@@ -43,8 +43,12 @@ pub const RESERVATION_RETENTION_MS: Millis = 10 * 60 * 1000;
 /// Most ended reservations kept at once, by default; past it the oldest are
 /// forgotten.
 pub const ENDED_RESERVATIONS_MAX: usize = 1_000_000;
+/// Shortest retention a region may be configured with.
+pub const RESERVATION_RETENTION_MS_MIN: Millis = 60 * 1000;
 /// Longest retention a region may be configured with.
 pub const RESERVATION_RETENTION_MS_LIMIT: Millis = 24 * 60 * 60 * 1000;
+/// Fewest ended reservations a region may be configured to keep.
+pub const ENDED_RESERVATIONS_MIN: u64 = 1_000;
 /// Most ended reservations a region may be configured to keep.
 pub const ENDED_RESERVATIONS_LIMIT: u64 = 100_000_000;
 /// Most items (request ids or ended reservations) pruned by one command, so

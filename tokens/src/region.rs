@@ -270,15 +270,19 @@ impl Default for Retention {
 }
 
 impl Retention {
-    /// Checks the settings against [`RESERVATION_RETENTION_MS_LIMIT`] and
-    /// [`ENDED_RESERVATIONS_LIMIT`].
+    /// Checks the settings against their bounds: a minute to a day, a
+    /// thousand to [`ENDED_RESERVATIONS_LIMIT`]. A reserve's request id lives
+    /// as long as its reservation, so the minimum is also how long a retry
+    /// after a hold ended is still recognized.
     pub fn check(&self) -> Result<(), Rejection> {
-        if self.ended_ms > RESERVATION_RETENTION_MS_LIMIT || self.ended_max > ENDED_RESERVATIONS_LIMIT {
+        let ms = RESERVATION_RETENTION_MS_MIN..=RESERVATION_RETENTION_MS_LIMIT;
+        let count = ENDED_RESERVATIONS_MIN..=ENDED_RESERVATIONS_LIMIT;
+        if !ms.contains(&self.ended_ms) || !count.contains(&self.ended_max) {
             return Err(Rejection::invalid(
                 Field::Retention,
                 format!(
-                    "ended_ms must be at most {RESERVATION_RETENTION_MS_LIMIT} and ended_max at most \
-                     {ENDED_RESERVATIONS_LIMIT}, got {} and {}",
+                    "ended_ms must be {RESERVATION_RETENTION_MS_MIN}-{RESERVATION_RETENTION_MS_LIMIT} and \
+                     ended_max {ENDED_RESERVATIONS_MIN}-{ENDED_RESERVATIONS_LIMIT}, got {} and {}",
                     self.ended_ms, self.ended_max
                 ),
             ));
@@ -518,6 +522,9 @@ impl RegionState {
                 } else {
                     ReservationState::Released
                 };
+                // Our clone of the record must be gone before it is changed,
+                // or `Arc::make_mut` copies it.
+                drop(r);
                 Ok(RegionApplied::Reservation(self.end_hold(id, to)))
             }
             ReservationState::Released | ReservationState::Expired => {
@@ -578,6 +585,8 @@ impl RegionState {
 
         let held_lines = r.lines.clone();
         let expires_at_ms = r.expires_at_ms;
+        // Gone before the record is changed, or `Arc::make_mut` copies it.
+        drop(r);
         let mut sold_lines = SmallVec::with_capacity(held_lines.len());
         for (&(ix, held), sold_qty) in held_lines.iter().zip(sold) {
             let held = u64::from(held);
@@ -615,6 +624,8 @@ impl RegionState {
             ReservationState::Held if clock_ms < r.expires_at_ms => {
                 let old = r.expires_at_ms;
                 let new = clock_ms.saturating_add(ttl_ms);
+                // Gone before the record is changed, or `Arc::make_mut` copies it.
+                drop(r);
                 self.record_mut(id).expires_at_ms = new;
                 self.expiry.remove(&(old, id));
                 self.expiry.insert((new, id));

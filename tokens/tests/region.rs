@@ -6,10 +6,11 @@
 //! changed nothing but the logical clock.
 
 use reservoir_tokens::limits::{
-    self, ENDED_RESERVATIONS_LIMIT, EXPIRE_PER_COMMAND_MAX, LINES_PER_RESERVATION_MAX, ORDER_ID_BYTES_MAX,
-    PRUNE_PER_COMMAND_MAX, QUANTITY_MAX, REQUEST_ID_BYTES_MAX, REQUEST_RETENTION_MS,
-    RESERVATION_RETENTION_MS, RESERVATION_RETENTION_MS_LIMIT, SKU_BYTES_MAX, STOCK_DELTA_MAX,
-    TRANSFER_UNITS_MAX, TTL_DEFAULT_MS, TTL_MAX_MS,
+    self, ENDED_RESERVATIONS_LIMIT, ENDED_RESERVATIONS_MIN, EXPIRE_PER_COMMAND_MAX,
+    LINES_PER_RESERVATION_MAX, ORDER_ID_BYTES_MAX, PRUNE_PER_COMMAND_MAX, QUANTITY_MAX, REQUEST_ID_BYTES_MAX,
+    REQUEST_RETENTION_MS, RESERVATION_RETENTION_MS, RESERVATION_RETENTION_MS_LIMIT,
+    RESERVATION_RETENTION_MS_MIN, SKU_BYTES_MAX, STOCK_DELTA_MAX, TRANSFER_UNITS_MAX, TTL_DEFAULT_MS,
+    TTL_MAX_MS,
 };
 use reservoir_tokens::{
     ErrorKind, Line, Millis, RegionApplied, RegionCommand, RegionOp, RegionOutcome, RegionState, Rejection,
@@ -1396,46 +1397,58 @@ fn request_ids_live_as_long_as_their_reservation() {
 }
 
 /// A region's retention is replicated state: SetRetention changes how long
-/// ended reservations are kept, and settings over the limits are refused
+/// ended reservations are kept, and settings outside the bounds are refused
 /// and change nothing.
 #[test]
 fn retention_is_set_by_command() {
-    let mut r = stocked(&[("a", 10)]);
+    let mut r = stocked(&[("a", 10_000)]);
     let short = Retention {
-        ended_ms: 1_000,
-        ended_max: 2,
+        ended_ms: RESERVATION_RETENTION_MS_MIN,
+        ended_max: ENDED_RESERVATIONS_MIN,
     };
     apply(&mut r, T0, RegionOp::SetRetention { retention: short }).expect("set");
     assert_eq!(r.retention(), short);
-    for i in 1..=4u64 {
+    let n = ENDED_RESERVATIONS_MIN + 2;
+    for i in 1..=n {
         res(apply(&mut r, T0, reserve(&format!("req-{i}"), &[("a", 1)], 0)));
         res(apply(&mut r, T0, release(i)));
     }
-    // At most two ended reservations are kept: the oldest went first.
-    assert_eq!(r.ended_kept(), 2);
+    // At most ENDED_RESERVATIONS_MIN ended reservations are kept: the oldest
+    // went first.
+    assert_eq!(r.ended_kept() as u64, ENDED_RESERVATIONS_MIN);
     assert!(r.reservation(ReservationId(2)).is_none());
     assert!(r.reservation(ReservationId(3)).is_some());
-    apply(&mut r, T0 + 1_000, RegionOp::Expire).expect("expire");
-    assert_eq!(r.ended_kept(), 0, "kept 1 s of logical time");
+    // Pruning takes at most PRUNE_PER_COMMAND_MAX per command.
+    let later = T0 + RESERVATION_RETENTION_MS_MIN;
+    while r.ended_kept() > 0 {
+        apply(&mut r, later, RegionOp::Expire).expect("expire");
+    }
+    assert_eq!(r.remembered_requests(), 0, "kept a minute of logical time");
 
-    let too_long = Retention {
-        ended_ms: RESERVATION_RETENTION_MS_LIMIT + 1,
-        ended_max: 2,
-    };
-    refused(
-        &mut r,
-        RegionOp::SetRetention { retention: too_long },
-        "INVALID_RETENTION",
-    );
-    let too_many = Retention {
-        ended_ms: 1_000,
-        ended_max: ENDED_RESERVATIONS_LIMIT + 1,
-    };
-    refused(
-        &mut r,
-        RegionOp::SetRetention { retention: too_many },
-        "INVALID_RETENTION",
-    );
+    for bad in [
+        Retention {
+            ended_ms: RESERVATION_RETENTION_MS_LIMIT + 1,
+            ended_max: ENDED_RESERVATIONS_MIN,
+        },
+        Retention {
+            ended_ms: RESERVATION_RETENTION_MS_MIN - 1,
+            ended_max: ENDED_RESERVATIONS_MIN,
+        },
+        Retention {
+            ended_ms: RESERVATION_RETENTION_MS_MIN,
+            ended_max: ENDED_RESERVATIONS_LIMIT + 1,
+        },
+        Retention {
+            ended_ms: RESERVATION_RETENTION_MS_MIN,
+            ended_max: ENDED_RESERVATIONS_MIN - 1,
+        },
+    ] {
+        refused(
+            &mut r,
+            RegionOp::SetRetention { retention: bad },
+            "INVALID_RETENTION",
+        );
+    }
     assert_eq!(r.retention(), short);
 }
 

@@ -8,9 +8,12 @@
 //! either in a crash is safe (openraft learns the commit index again, and
 //! purging is redone).
 //!
-//! `purge` records the purged log id and returns; a background task then
-//! deletes the entries up to it in batches of [`PURGE_BATCH_ENTRIES`], one
-//! every [`PURGE_PAUSE`].
+//! `purge` records the purged id and returns; a background task deletes the
+//! entries up to it in batches of [`PURGE_BATCH_ENTRIES`], one every
+//! [`PURGE_PAUSE`]. While a snapshot from a leader is being installed the
+//! purge goes no further than the newest durable snapshot (see
+//! [`super::PurgeLimit`]): the rest is recorded and deleted by the
+//! background task once the install has made its snapshot durable.
 //! openraft calls `purge` from its core, after each snapshot, for up to a
 //! snapshot interval's worth of entries (100,000 by default): deleting them
 //! all in one sled batch there held up appends and commits. Entries at or
@@ -65,10 +68,11 @@ pub struct LogStore<SM> {
     log: sled::Tree,
     /// Vote, committed and last purged log ids.
     meta: sled::Tree,
-    /// The index up to which entries are purged (the background purger
-    /// deletes them; readers skip any not deleted yet). The purger starts
-    /// with the first purge.
-    purge_tx: Arc<tokio::sync::watch::Sender<Option<u64>>>,
+    /// The index up to which entries are purged (recorded; the background
+    /// purger deletes them, readers skip any not deleted yet).
+    purged_tx: Arc<tokio::sync::watch::Sender<Option<u64>>>,
+    /// The last purge openraft asked for. The purger starts with the first.
+    requested_tx: Arc<tokio::sync::watch::Sender<Option<LogId>>>,
     _machine: PhantomData<fn() -> SM>,
 }
 
@@ -79,7 +83,8 @@ impl<SM> Clone for LogStore<SM> {
             shared: self.shared.clone(),
             log: self.log.clone(),
             meta: self.meta.clone(),
-            purge_tx: self.purge_tx.clone(),
+            purged_tx: self.purged_tx.clone(),
+            requested_tx: self.requested_tx.clone(),
             _machine: PhantomData,
         }
     }
@@ -91,32 +96,43 @@ impl<SM: GroupMachine> LogStore<SM> {
         log: sled::Tree,
         meta: sled::Tree,
     ) -> Result<LogStore<SM>, StoreError> {
-        let mut store = LogStore {
+        let purged: Option<LogId> = read_meta(&meta, KEY_LAST_PURGED)?;
+        Ok(LogStore {
             shared,
             log,
             meta,
-            purge_tx: Arc::new(tokio::sync::watch::Sender::new(None)),
+            purged_tx: Arc::new(tokio::sync::watch::Sender::new(purged.map(|id| id.index))),
+            requested_tx: Arc::new(tokio::sync::watch::Sender::new(purged)),
             _machine: PhantomData,
-        };
-        let purged: Option<LogId> = store.read_meta(KEY_LAST_PURGED)?;
-        store.purge_tx = Arc::new(tokio::sync::watch::Sender::new(purged.map(|id| id.index)));
-        Ok(store)
+        })
     }
 
     /// The last purged index, if any.
     fn purged(&self) -> Option<u64> {
-        *self.purge_tx.borrow()
+        *self.purged_tx.borrow()
     }
 
-    /// Asks the background purger to delete every entry up to `last`,
-    /// starting it on the first call.
-    fn purge_in_background(&self, last: u64) {
-        if self.purge_tx.receiver_count() == 0 {
-            tokio::spawn(purge_loop(self.log.clone(), self.purge_tx.subscribe()));
+    /// Records the purge up to `upto` at once if nothing holds it back (so
+    /// `get_log_state` tells it right after `purge`), and has the background
+    /// purger delete the entries (and record the purge later, if an install
+    /// held it back), starting the purger on the first call.
+    fn purge_in_background(&self, upto: LogId) -> Result<(), StoreError> {
+        let allowed = self.shared.purge_limit.borrow().allow(Some(upto));
+        if let Some(allowed) = allowed {
+            record_purged(&self.meta, &self.purged_tx, allowed)?;
+        }
+        if self.requested_tx.receiver_count() == 0 {
+            let purger = Purger {
+                log: self.log.clone(),
+                meta: self.meta.clone(),
+                purged_tx: self.purged_tx.clone(),
+            };
+            tokio::spawn(purger.run(self.requested_tx.subscribe(), self.shared.purge_limit.subscribe()));
         }
         // Always wake the purger: after a restart it has leftovers below an
         // index it was never told about.
-        self.purge_tx.send_modify(|upto| *upto = (*upto).max(Some(last)));
+        self.requested_tx.send_modify(|r| *r = (*r).max(Some(upto)));
+        Ok(())
     }
 
     /// The group this store belongs to.
@@ -125,15 +141,11 @@ impl<SM: GroupMachine> LogStore<SM> {
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
-        match self.meta.get(key)? {
-            Some(bytes) => Ok(Some(decode(&bytes, META_BYTES_MAX)?)),
-            None => Ok(None),
-        }
+        read_meta(&self.meta, key)
     }
 
     fn write_meta<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
-        self.meta.insert(key, encode(value, META_BYTES_MAX)?)?;
-        Ok(())
+        write_meta(&self.meta, key, value)
     }
 
     /// Entries with index in `range`, in order, stopping early once more than
@@ -204,23 +216,96 @@ impl<SM: GroupMachine> LogStore<SM> {
     }
 }
 
-/// Deletes purged entries, [`PURGE_BATCH_ENTRIES`] at a time on a blocking
-/// thread, until the store (every sender) is gone.
-async fn purge_loop(log: sled::Tree, mut upto_rx: tokio::sync::watch::Receiver<Option<u64>>) {
-    while upto_rx.changed().await.is_ok() {
-        let Some(upto) = *upto_rx.borrow_and_update() else {
-            continue;
-        };
+fn read_meta<T: DeserializeOwned>(meta: &sled::Tree, key: &[u8]) -> Result<Option<T>, StoreError> {
+    match meta.get(key)? {
+        Some(bytes) => Ok(Some(decode(&bytes, META_BYTES_MAX)?)),
+        None => Ok(None),
+    }
+}
+
+fn write_meta<T: Serialize>(meta: &sled::Tree, key: &[u8], value: &T) -> Result<(), StoreError> {
+    meta.insert(key, encode(value, META_BYTES_MAX)?)?;
+    Ok(())
+}
+
+/// Records the log as purged up to `upto` (the meta record first, then the
+/// readers' bound), unless it already is as far. Writes under the bound's
+/// lock, so `purge` and the purger cannot record out of order.
+fn record_purged(
+    meta: &sled::Tree,
+    purged_tx: &tokio::sync::watch::Sender<Option<u64>>,
+    upto: LogId,
+) -> Result<(), StoreError> {
+    let mut result = Ok(());
+    purged_tx.send_if_modified(|purged| {
+        if Some(upto.index) <= *purged {
+            return false;
+        }
+        match write_meta(meta, KEY_LAST_PURGED, &upto) {
+            Ok(()) => {
+                *purged = Some(upto.index);
+                true
+            }
+            Err(e) => {
+                result = Err(e);
+                false
+            }
+        }
+    });
+    result
+}
+
+/// The background purger of one group's log.
+struct Purger {
+    log: sled::Tree,
+    meta: sled::Tree,
+    purged_tx: Arc<tokio::sync::watch::Sender<Option<u64>>>,
+}
+
+impl Purger {
+    /// Purges what openraft asked for, as far as [`super::PurgeLimit`]
+    /// allows, until the store (every sender) is gone: records the purged
+    /// id first (sled persists writes in order, so after a crash the
+    /// removals never outlive the record of them and `get_log_state` never
+    /// sees a hole at the front), then deletes [`PURGE_BATCH_ENTRIES`]
+    /// entries at a time on a blocking thread, pausing between batches.
+    async fn run(
+        self,
+        mut requested_rx: tokio::sync::watch::Receiver<Option<LogId>>,
+        mut limit_rx: tokio::sync::watch::Receiver<super::PurgeLimit>,
+    ) {
         loop {
-            let tree = log.clone();
+            let requested = *requested_rx.borrow_and_update();
+            let allowed = limit_rx.borrow_and_update().allow(requested);
+            if let Some(upto) = allowed
+                && let Err(e) = record_purged(&self.meta, &self.purged_tx, upto)
+            {
+                // Left for the next purge; nothing more is deleted.
+                tracing::warn!("recording the log purged up to {upto}: {e}");
+            }
+            let purged = *self.purged_tx.borrow();
+            if let Some(purged) = purged {
+                self.delete_up_to(purged).await;
+            }
+            tokio::select! {
+                changed = requested_rx.changed() => if changed.is_err() { return },
+                changed = limit_rx.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
+    /// Deletes every entry up to `upto`, a batch at a time.
+    async fn delete_up_to(&self, upto: u64) {
+        loop {
+            let tree = self.log.clone();
             let step = tokio::task::spawn_blocking(move || remove_some_up_to(&tree, upto)).await;
             match step {
                 Ok(Ok(true)) => tokio::time::sleep(PURGE_PAUSE).await,
-                Ok(Ok(false)) => break,
+                Ok(Ok(false)) => return,
                 Ok(Err(e)) => {
                     // Left for the next purge; the entries are never read.
                     tracing::warn!("purging the log up to {upto}: {e}");
-                    break;
+                    return;
                 }
                 Err(_) => return,
             }
@@ -363,12 +448,8 @@ impl<SM: GroupMachine> RaftLogStorage<GroupConfig<SM>> for LogStore<SM> {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // The purged id goes first: sled persists writes in order, so after a
-        // crash the removals never outlive the record of them, and
-        // `get_log_state` never sees a hole at the front.
-        self.write_meta(KEY_LAST_PURGED, &log_id)
+        self.purge_in_background(log_id)
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.purge_in_background(log_id.index);
         Ok(())
     }
 }

@@ -36,11 +36,12 @@ pub use self::flusher::FLUSH_QUEUE_MAX;
 pub use self::log::{LogStore, PURGE_BATCH_ENTRIES, READ_BYTES_MAX};
 pub use self::snapshot::{SNAPSHOT_SYNC_BYTES, SnapshotFile};
 pub use self::state_machine::{
-    AppliedState, SnapshotBuilder, SnapshotStats, SnapshotStatsHandle, StateMachineStore, StateReader,
+    AppliedState, InstallGuard, InstallMarker, SnapshotBuilder, SnapshotStats, SnapshotStatsHandle,
+    StateMachineStore, StateReader,
 };
 
 use self::flusher::Flusher;
-use crate::config::GroupMachine;
+use crate::config::{GroupMachine, LogId};
 
 /// Longest group id, in bytes.
 pub const GROUP_ID_BYTES_MAX: usize = 64;
@@ -176,6 +177,7 @@ impl NodeStorage {
         let shared = Arc::new(GroupShared {
             group: group.to_owned(),
             flusher: self.flusher.clone(),
+            purge_limit: tokio::sync::watch::Sender::new(PurgeLimit::default()),
             _lease: lease,
         });
         if self
@@ -228,8 +230,35 @@ pub(crate) struct GroupShared {
     pub(crate) group: String,
     /// The node's flusher.
     pub(crate) flusher: Flusher,
+    /// How far the log may be purged: the state machine store publishes its
+    /// newest durable snapshot and the snapshots being installed; the log
+    /// store's purger reads it.
+    pub(crate) purge_limit: tokio::sync::watch::Sender<PurgeLimit>,
     /// Held while either store is alive.
     _lease: GroupLease,
+}
+
+/// What bounds purging. openraft asks to purge the log up to a snapshot it
+/// is about to install as soon as it has queued the install; until the
+/// snapshot file is durable, a crash would restart from the older snapshot
+/// with the log after it gone. So while an install runs, the log is purged
+/// only up to the newest durable snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PurgeLimit {
+    /// The last log id the newest durable snapshot covers.
+    pub(crate) durable: Option<LogId>,
+    /// Snapshots from a leader being installed now.
+    pub(crate) installing: u32,
+}
+
+impl PurgeLimit {
+    /// How far a purge up to `requested` may go now.
+    pub(crate) fn allow(&self, requested: Option<LogId>) -> Option<LogId> {
+        if self.installing == 0 {
+            return requested;
+        }
+        requested.min(self.durable)
+    }
 }
 
 /// Marks a group open until dropped.
@@ -323,6 +352,29 @@ mod tests {
         assert!(validate_group_id("a b").is_err());
         assert!(validate_group_id(&"x".repeat(GROUP_ID_BYTES_MAX)).is_ok());
         assert!(validate_group_id(&"x".repeat(GROUP_ID_BYTES_MAX + 1)).is_err());
+    }
+
+    /// While an install runs, purging stops at the newest durable snapshot;
+    /// otherwise it goes where openraft asks.
+    #[test]
+    fn purge_waits_for_an_installing_snapshot() {
+        let id = |index| openraft::testing::log_id(1, 1, index);
+        let idle = PurgeLimit {
+            durable: Some(id(10)),
+            installing: 0,
+        };
+        assert_eq!(idle.allow(Some(id(50))), Some(id(50)));
+        let installing = PurgeLimit {
+            durable: Some(id(10)),
+            installing: 1,
+        };
+        assert_eq!(installing.allow(Some(id(50))), Some(id(10)));
+        assert_eq!(installing.allow(Some(id(5))), Some(id(5)));
+        let first = PurgeLimit {
+            durable: None,
+            installing: 1,
+        };
+        assert_eq!(first.allow(Some(id(50))), None, "no snapshot is durable yet");
     }
 
     /// The codec round-trips and enforces its size limit both ways.

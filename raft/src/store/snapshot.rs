@@ -202,7 +202,10 @@ impl SnapshotDir {
             {
                 let mut buffered = BufWriter::with_capacity(IO_BUFFER_BYTES, &mut out);
                 write_header(&mut buffered, meta)?;
-                codec().serialize_into(&mut buffered, state)?;
+                // No size limit in the codec: with one, bincode walks the
+                // whole state once to size it before writing it. The writer
+                // enforces the limit instead.
+                bincode::DefaultOptions::new().serialize_into(&mut buffered, state)?;
                 buffered.flush()?;
             }
             out.finish()?;
@@ -212,11 +215,7 @@ impl SnapshotDir {
             let _ = fs::remove_file(&tmp_path);
             return Err(e);
         }
-        fs::rename(&tmp_path, &final_path)?;
-        sync_dir(&self.dir)?;
-        let file = SnapshotFile::open(&final_path)?;
-        self.make_current(meta, &file, false)?;
-        Ok(file)
+        self.publish(&tmp_path, &final_path, meta, false)
     }
 
     /// Installs a snapshot received from a leader (already checked and
@@ -227,45 +226,63 @@ impl SnapshotDir {
         let index = meta.last_log_id.map_or(0, |id| id.index);
         let final_path = self.dir.join(file_name(index, self.next_seq()));
         if received.path().parent() == Some(self.incoming_dir().as_path()) {
-            fs::rename(received.path(), &final_path)?;
+            self.publish(received.path(), &final_path, meta, true)?;
         } else {
             // A byte-for-byte copy: the file already ends with its checksum.
             let tmp_path = final_path.with_extension(&TMP_SUFFIX[1..]);
             let mut out = File::create(&tmp_path)?;
             io::copy(&mut received.reader(), &mut out)?;
             out.sync_all()?;
-            fs::rename(&tmp_path, &final_path)?;
+            self.publish(&tmp_path, &final_path, meta, true)?;
         }
-        sync_dir(&self.dir)?;
-        let file = SnapshotFile::open(&final_path)?;
-        self.make_current(meta, &file, true)?;
         Ok(())
     }
 
-    /// Makes `file` the newest snapshot (unless `replace_newer` is false and
-    /// the current one covers more of the log), then deletes every other
-    /// snapshot file.
-    fn make_current(&self, meta: &SnapshotMeta, file: &SnapshotFile, replace_newer: bool) -> io::Result<()> {
-        let mut current = self.lock();
-        let newer_kept = !replace_newer
-            && current
+    /// Renames a complete file into place and makes it the newest snapshot
+    /// (unless `replace_newer` is false and the current one covers more of
+    /// the log: then the file is deleted again), then deletes the snapshot
+    /// files older than the newest. The rename and the choice happen under
+    /// the lock, so a build and an install that finish together cannot
+    /// delete each other's file; deleting happens after it.
+    fn publish(
+        &self,
+        from: &Path,
+        to: &Path,
+        meta: &SnapshotMeta,
+        replace_newer: bool,
+    ) -> Result<SnapshotFile, StoreError> {
+        let (file, obsolete) = {
+            let mut current = self.lock();
+            fs::rename(from, to)?;
+            sync_dir(&self.dir)?;
+            let file = SnapshotFile::open(to)?;
+            let index = |m: &SnapshotMeta| m.last_log_id.map(|id| id.index);
+            let newer_kept = !replace_newer && current.as_ref().is_some_and(|(m, _)| index(m) > index(meta));
+            if !newer_kept {
+                *current = Some((meta.clone(), file.clone()));
+            }
+            let kept = current
                 .as_ref()
-                .is_some_and(|(m, _)| m.last_log_id.map(|id| id.index) > meta.last_log_id.map(|id| id.index));
-        if newer_kept {
-            return fs::remove_file(file.path());
-        }
-        *current = Some((meta.clone(), file.clone()));
-        for entry in fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            let is_snapshot = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| parse_name(n).is_some());
-            if is_snapshot && path != file.path() {
-                fs::remove_file(&path)?;
+                .and_then(|(_, f)| f.path().file_name().and_then(|n| n.to_str()).and_then(parse_name));
+            let mut obsolete = Vec::new();
+            for entry in fs::read_dir(&self.dir)? {
+                let path = entry?.path();
+                let name = path.file_name().and_then(|n| n.to_str()).and_then(parse_name);
+                if let (Some(name), Some(kept)) = (name, kept)
+                    && name < kept
+                {
+                    obsolete.push(path);
+                }
+            }
+            (file, obsolete)
+        };
+        for path in obsolete {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
             }
         }
-        Ok(())
+        Ok(file)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<(SnapshotMeta, SnapshotFile)>> {
@@ -292,6 +309,14 @@ pub(crate) fn read<SM: DeserializeOwned>(
         )));
     }
     Ok((meta, state))
+}
+
+/// Checks a snapshot file's checksum and header, without decoding the
+/// state: what a follower does to a snapshot it received before it hands it
+/// to openraft (which would stop the group on a decoding error). Blocking.
+pub(crate) fn verify(file: &SnapshotFile) -> Result<SnapshotMeta, StoreError> {
+    verify_checksum(file)?;
+    read_meta(file)
 }
 
 /// The metadata of a snapshot file, without reading the state.
@@ -436,7 +461,9 @@ impl SyncingWriter {
 
 impl Write for SyncingWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.written + buf.len() as u64 > SNAPSHOT_BYTES_MAX {
+        // Leaves room for the checksum: a file over the limit is refused
+        // when read.
+        if self.written + buf.len() as u64 + 4 > SNAPSHOT_BYTES_MAX {
             return Err(io::Error::other(format!(
                 "snapshot over its limit of {SNAPSHOT_BYTES_MAX} bytes"
             )));

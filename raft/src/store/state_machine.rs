@@ -9,8 +9,8 @@
 //! Snapshots never stop applying. openraft asks for a builder between two
 //! applies; the builder takes a clone of the state, which is O(1) because
 //! the `tokens` states live in persistent maps that share structure, and
-//! writes it out on a thread of its own, in Linux's `SCHED_IDLE` class
-//! (it runs only on CPU nothing else wants), while applying goes on.
+//! writes it out on a thread of its own, at the lowest CPU priority
+//! (`SCHED_BATCH`, nice 19), while applying goes on.
 //! Installing a snapshot from a leader decodes it off the async executor
 //! and swaps it in under the lock in O(1); the old state is dropped off the
 //! executor too.
@@ -82,6 +82,38 @@ impl SnapshotStatsHandle {
     }
 }
 
+/// Marks a snapshot from a leader as being installed, for as long as the
+/// guard it hands out lives: meanwhile the log is purged no further than the
+/// newest durable snapshot (see `store::PurgeLimit`). The network layer
+/// takes a guard around each install.
+#[derive(Clone)]
+pub struct InstallMarker {
+    shared: Arc<GroupShared>,
+}
+
+/// Ends the install mark when dropped.
+pub struct InstallGuard {
+    shared: Arc<GroupShared>,
+}
+
+impl InstallMarker {
+    /// Marks an install as running until the guard is dropped.
+    pub fn begin(&self) -> InstallGuard {
+        self.shared.purge_limit.send_modify(|l| l.installing += 1);
+        InstallGuard {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for InstallGuard {
+    fn drop(&mut self) {
+        self.shared
+            .purge_limit
+            .send_modify(|l| l.installing = l.installing.saturating_sub(1));
+    }
+}
+
 /// Reads the state a group has applied, for a node's read paths. Cheap to
 /// clone. The lock is held only while the closure runs: keep it short.
 pub struct StateReader<SM> {
@@ -133,6 +165,7 @@ impl<SM: GroupMachine> StateMachineStore<SM> {
             Some((meta, file)) => {
                 let (_, state) = snapshot::read::<SM>(&file)?;
                 check_meta(&meta, &state)?;
+                shared.purge_limit.send_modify(|l| l.durable = meta.last_log_id);
                 stats.update(|s| {
                     s.last_index = meta.last_log_id.map(|id| id.index);
                     s.last_bytes = file.bytes();
@@ -173,6 +206,13 @@ impl<SM: GroupMachine> StateMachineStore<SM> {
     /// Where snapshots sent by a leader are received.
     pub fn incoming_dir(&self) -> PathBuf {
         self.snapshots.incoming_dir()
+    }
+
+    /// The handle the network layer marks installs with.
+    pub fn install_marker(&self) -> InstallMarker {
+        InstallMarker {
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -231,6 +271,7 @@ impl<SM: GroupMachine> RaftStateMachine<GroupConfig<SM>> for StateMachineStore<S
         let state = self.state.read().ok().map(|state| state.clone());
         let pause_us = started.elapsed().as_micros() as u64;
         SnapshotBuilder {
+            shared: self.shared.clone(),
             group: self.shared.group.clone(),
             state,
             snapshots: self.snapshots.clone(),
@@ -241,13 +282,16 @@ impl<SM: GroupMachine> RaftStateMachine<GroupConfig<SM>> for StateMachineStore<S
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
         // The node's network receives snapshots itself (in chunks, into the
-        // incoming directory); this is for callers of openraft's own API.
+        // incoming directory); this is for callers of openraft's own API,
+        // which replace the handle with the snapshot they got. An empty,
+        // already unlinked file: nothing is left behind.
         let path = self
             .snapshots
             .incoming_dir()
             .join(format!("begin-{}.part", self.snapshots.next_seq()));
         let file = std::fs::File::create(&path)
             .and_then(|_| SnapshotFile::open(&path))
+            .and_then(|file| std::fs::remove_file(&path).map(|_| file))
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         Ok(Box::new(file))
     }
@@ -288,6 +332,9 @@ impl<SM: GroupMachine> RaftStateMachine<GroupConfig<SM>> for StateMachineStore<S
         };
         // Freeing a large state takes a while; not on the executor.
         tokio::task::spawn_blocking(move || drop(old));
+        self.shared
+            .purge_limit
+            .send_modify(|l| l.durable = l.durable.max(meta.last_log_id));
         let bytes = self.snapshots.current().map_or(0, |(_, f)| f.bytes());
         self.stats.update(|s| {
             s.installed += 1;
@@ -312,6 +359,7 @@ impl<SM: GroupMachine> RaftStateMachine<GroupConfig<SM>> for StateMachineStore<S
 /// Builds a snapshot from a clone of the state taken when openraft asked
 /// for the builder.
 pub struct SnapshotBuilder<SM> {
+    shared: Arc<GroupShared>,
     group: String,
     /// `None` if the state lock was poisoned.
     state: Option<AppliedState<SM>>,
@@ -340,7 +388,8 @@ impl<SM: GroupMachine> RaftSnapshotBuilder<GroupConfig<SM>> for SnapshotBuilder<
         };
         self.stats.update(|s| s.building = true);
         // Encoding a large state and writing it out is long, blocking work:
-        // a thread of its own that runs only on CPU nothing else wants.
+        // a thread of its own, at the lowest priority (see
+        // `lower_thread_priority`).
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let snapshots = self.snapshots.clone();
         let thread_meta = meta.clone();
@@ -361,6 +410,9 @@ impl<SM: GroupMachine> RaftSnapshotBuilder<GroupConfig<SM>> for SnapshotBuilder<
         };
         self.stats.update(|s| s.building = false);
         let file = written.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        self.shared
+            .purge_limit
+            .send_modify(|l| l.durable = l.durable.max(meta.last_log_id));
         let build_ms = started.elapsed().as_millis() as u64;
         let pause_us = self.pause_us;
         self.stats.update(|s| {
@@ -384,23 +436,23 @@ impl<SM: GroupMachine> RaftSnapshotBuilder<GroupConfig<SM>> for SnapshotBuilder<
 
 /// Name of the thread that writes a snapshot, as shown by `top -H`.
 const SNAPSHOT_THREAD_NAME: &str = "reservoir-snapshot";
-/// The nice value of that thread where `SCHED_IDLE` is refused.
+/// The nice value of that thread: the lowest priority that still always
+/// gets some CPU.
 const SNAPSHOT_THREAD_NICE: i32 = 19;
 
-/// Puts the calling thread in Linux's `SCHED_IDLE` class: it runs only when
-/// no other thread of the machine wants the CPU, so writing a snapshot never
-/// takes a core from a thread that answers clients or runs Raft. Where that
-/// is refused, the thread gets the lowest nice value instead. Best effort.
+/// Lowers the calling thread to Linux's `SCHED_BATCH` class at nice 19: it
+/// yields the CPU to every thread that answers clients or runs Raft, is
+/// never woken ahead of them, and still makes progress on a saturated
+/// machine (`SCHED_IDLE` would not: a build could then stall for minutes,
+/// and with it log purging). Best effort: a refusal leaves it as it was.
 fn lower_thread_priority() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` is a valid, initialized sched_param that outlives the
     // call; pid 0 names the calling thread. No memory is shared.
-    let idle = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    if idle != 0 {
-        // SAFETY: setpriority has no memory-safety preconditions; with
-        // PRIO_PROCESS and 0 it applies to the calling thread on Linux.
-        let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, SNAPSHOT_THREAD_NICE) };
-    }
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    // SAFETY: setpriority has no memory-safety preconditions; with
+    // PRIO_PROCESS and 0 it applies to the calling thread on Linux.
+    let _ = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, SNAPSHOT_THREAD_NICE) };
 }
 
 /// Checks a decoded snapshot's state against its metadata.

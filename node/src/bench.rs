@@ -35,8 +35,8 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::cli::{BenchArgs, ClientError, NodeAddr, code_name, connect, fresh_request_id};
-use crate::status::reason_of;
+use crate::cli::{BenchArgs, ClientError, NodeAddr, connect, fresh_request_id};
+use reservoir_client::reason_or_code;
 
 /// Most concurrent clients.
 pub const CLIENTS_MAX: u64 = 4_096;
@@ -373,7 +373,7 @@ async fn client_loop(client: u64, channel: Channel, plan: Arc<Plan>) -> ClientRe
             Err(status) => {
                 plan.failed.fetch_add(1, Ordering::Relaxed);
                 if measured {
-                    let reason = reason_of(&status).unwrap_or_else(|| code_name(status.code()).to_string());
+                    let reason = reason_or_code(&status);
                     count_error(&mut result.errors, &reason, 1);
                 }
             }

@@ -6,8 +6,8 @@
 //! where the reason is the status's `google.rpc.ErrorInfo` reason and, for
 //! a status without one (a transport failure), the gRPC code's name.
 
-use crate::status::reason_of;
 use clap::{Args, Parser, Subcommand};
+use reservoir_client::reason_or_code;
 pub use reservoir_proto::code_name;
 use reservoir_proto::v1;
 use reservoir_proto::v1::admin_client::AdminClient;
@@ -371,7 +371,7 @@ impl fmt::Display for ClientError {
                 write!(f, "error: cannot connect to {addr}: {message}")
             }
             ClientError::Status(status) => {
-                let reason = reason_of(status).unwrap_or_else(|| code_name(status.code()).to_string());
+                let reason = reason_or_code(status);
                 // One line, whatever the server put in its message.
                 let message = status.message().replace(['\n', '\r'], " ");
                 write!(f, "error: {reason}: {message}")

@@ -229,7 +229,8 @@ fn region_balance_to_proto(r: &RegionBalance) -> v1::RegionBalance {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{reason_of, to_status};
+    use crate::status::to_status;
+    use reservoir_client::reason_of;
     use reservoir_tokens::limits::*;
     use reservoir_tokens::{LedgerCommand, LedgerState, RegionCommand, RegionState, audit};
     use tonic::Code;

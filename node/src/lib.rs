@@ -24,8 +24,8 @@
 //! - [`edge`]: `reservoir.v1` requests → validated domain commands, and
 //!   domain values (reservations, the audit's balance sheet) → messages;
 //! - [`status`]: the one mapping from domain errors and the node's own
-//!   failures (`NO_LEADER`, `OVERLOADED`) to gRPC statuses, and
-//!   [`status::reason_of`] for clients;
+//!   failures (`NO_LEADER`, `OVERLOADED`) to gRPC statuses (clients
+//!   decode them with `reservoir_client::reason_of`);
 //! - [`control`]: the internal control plane between regions and the ledger;
 //! - [`ledger`]: the ledger leader's loop (reports, settlement, transfers,
 //!   audit);

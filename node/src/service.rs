@@ -321,7 +321,7 @@ fn forwarding<T>(message: T) -> Request<T> {
 
 /// A forwarded call's failure to connect means the leader moved or died.
 fn forward_failed(status: Status) -> Status {
-    if status.code() == Code::Unavailable && crate::status::reason_of(&status).is_none() {
+    if status.code() == Code::Unavailable && reservoir_client::reason_of(&status).is_none() {
         status_with_info(
             Code::Unavailable,
             format!("leader unreachable: {}", status.message()),
@@ -353,7 +353,7 @@ async fn recorded<T>(
 fn record<T>(rpc: &'static str, started: Instant, result: &Result<T, Status>) {
     let outcome = match result {
         Ok(_) => "ok".to_string(),
-        Err(s) => crate::status::reason_of(s).unwrap_or_else(|| format!("{:?}", s.code()).to_uppercase()),
+        Err(s) => reservoir_client::reason_of(s).unwrap_or_else(|| format!("{:?}", s.code()).to_uppercase()),
     };
     metrics::counter!("reservoir_requests_total", "rpc" => rpc, "outcome" => outcome.clone()).increment(1);
     metrics::histogram!("reservoir_request_seconds", "rpc" => rpc, "outcome" => outcome)

@@ -11,7 +11,7 @@ use reservoir_proto::ERROR_DOMAIN;
 use reservoir_tokens::{ErrorKind, Rejection};
 use std::collections::HashMap;
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, ErrorInfo, StatusExt};
+use tonic_types::{ErrorDetails, StatusExt};
 
 /// The gRPC code of a domain error class.
 pub fn code(kind: ErrorKind) -> Code {
@@ -98,21 +98,6 @@ impl From<NodeError> for Status {
     }
 }
 
-/// The ErrorInfo detail of a status, if it has one from Reservoir. A detail of
-/// another domain is ignored, since its reasons are not ours.
-pub fn error_info(status: &Status) -> Option<ErrorInfo> {
-    status
-        .get_details_error_info()
-        .filter(|info| info.domain == ERROR_DOMAIN)
-}
-
-/// The stable reason of a status from Reservoir (`INSUFFICIENT_STOCK`,
-/// `NO_LEADER`, ...), for clients to branch on; `None` when the status carries
-/// no Reservoir ErrorInfo (e.g. a transport error).
-pub fn reason_of(status: &Status) -> Option<String> {
-    error_info(status).map(|info| info.reason)
-}
-
 /// A status with a Reservoir ErrorInfo detail.
 pub fn status_with_info(
     code: Code,
@@ -131,6 +116,7 @@ pub fn status_with_info(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reservoir_client::{error_info, reason_of};
     use reservoir_tokens::Field;
 
     /// A status as the client decodes it from the response headers.

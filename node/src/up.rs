@@ -16,8 +16,6 @@
 //! second one's nodes fail to bind and it says so.
 
 use crate::config::{NodeConfig, PEERS_MAX, PROPOSAL_QUEUE_MAX_LIMIT, Peer, RaftTuning};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -30,7 +28,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::{Duration, Instant};
 
 /// The region a standalone `up` runs.
-pub const STANDALONE_REGION: &str = "us-east";
+pub const STANDALONE_REGION: &str = reservoir_client::HOME_REGION;
 /// Nodes when `--nodes` is not given and DIR holds no configs.
 pub const NODES_DEFAULT: u64 = 3;
 /// How long every node has to become ready before `up` gives up.
@@ -65,64 +63,9 @@ pub struct UpOptions {
     pub exe: PathBuf,
 }
 
-/// `DIR/cluster.json`: every node's endpoints, pid and command line. The
-/// three-region `up` extends this file; these keys are a contract.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterFile {
-    /// The design (`tokens`, `single-writer`, `global-consensus`;
-    /// three-region cluster only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub architecture: Option<String>,
-    /// Per region, where its clients connect (three-region cluster only):
-    /// the region's nodes, or for single-writer outside us-east, link
-    /// emulators in front of the us-east nodes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoints: Option<BTreeMap<String, Vec<ClusterEndpoint>>>,
-    /// Every node `up` started.
-    pub nodes: Vec<ClusterNode>,
-    /// The three-region cluster's control API, `127.0.0.1:PORT`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub control: Option<String>,
-    /// Where the ledger runs (three-region cluster only).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ledger: Option<LedgerInfo>,
-}
-
-/// Where the ledger runs, in `cluster.json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LedgerInfo {
-    /// The home region.
-    pub region: String,
-    /// The nodes that host ledger voters.
-    pub node_ids: Vec<u64>,
-}
-
-/// Where a client connects, in `cluster.json`: the node and the address
-/// that reaches it from the client's region.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterEndpoint {
-    /// The node behind the address.
-    pub id: u64,
-    /// The address, `127.0.0.1:PORT`.
-    pub grpc: SocketAddr,
-}
-
-/// One node in `cluster.json`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterNode {
-    /// Its node id.
-    pub id: u64,
-    /// Its region.
-    pub region: String,
-    /// Its gRPC address, `127.0.0.1:PORT`.
-    pub grpc: SocketAddr,
-    /// Its HTTP address, `127.0.0.1:PORT`.
-    pub http: SocketAddr,
-    /// The process `up` started (stale once the node is restarted by hand).
-    pub pid: u32,
-    /// The command line that (re)starts it on its data.
-    pub cmd: Vec<String>,
-}
+/// `DIR/cluster.json`'s schema lives in the client crate: it is what
+/// every program that drives a cluster reads.
+pub use reservoir_client::{ClusterEndpoint, ClusterFile, ClusterNode, LedgerInfo};
 
 /// Why `up` failed.
 #[derive(Debug)]
@@ -795,8 +738,8 @@ fn cluster_file(nodes: &[NodeProcess]) -> ClusterFile {
                 id: n.id,
                 region: n.config.region.clone(),
                 grpc: n.config.grpc_addr,
-                http: n.config.http_addr,
-                pid: n.pid,
+                http: Some(n.config.http_addr),
+                pid: Some(n.pid),
                 cmd: n.cmd.clone(),
             })
             .collect(),
@@ -972,8 +915,8 @@ mod tests {
                 id: 1,
                 region: "us-east".into(),
                 grpc: "127.0.0.1:7001".parse().unwrap(),
-                http: "127.0.0.1:7002".parse().unwrap(),
-                pid: 1234,
+                http: Some("127.0.0.1:7002".parse().unwrap()),
+                pid: Some(1234),
                 cmd: vec![
                     "/bin/reservoir".into(),
                     "node".into(),

@@ -49,7 +49,7 @@ use crate::up::{
 use crate::wan::{self, Link, Wan};
 
 /// The region that hosts the ledger.
-pub const HOME_REGION: &str = "us-east";
+pub const HOME_REGION: &str = reservoir_client::HOME_REGION;
 /// Nodes per region when `--nodes-per-region` is not given.
 pub const NODES_PER_REGION_DEFAULT: u64 = 3;
 /// How long every node has to become ready.
@@ -683,8 +683,8 @@ async fn write_cluster_file(cluster: &Cluster) -> Result<(), UpError> {
                 id: n.id,
                 region: n.config.location().to_string(),
                 grpc: n.config.grpc_addr,
-                http: n.config.http_addr,
-                pid: n.pid,
+                http: Some(n.config.http_addr),
+                pid: Some(n.pid),
                 cmd: n.cmd.clone(),
             })
             .collect(),

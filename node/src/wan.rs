@@ -24,7 +24,7 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 pub const CHUNKS_QUEUED_MAX: usize = 1_024;
 
 /// The three regions of a local cluster, home region first.
-pub const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
+pub const REGIONS: [&str; 3] = reservoir_client::REGIONS;
 
 /// Round-trip time between two regions, by profile: `aws` (public AWS
 /// inter-region measurements) or `none`.

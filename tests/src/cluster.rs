@@ -16,7 +16,8 @@ use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use reservoir_node::up::ClusterFile;
+use crate::UpNode;
+use reservoir_client::ClusterFile;
 use reservoir_proto::v1;
 use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
@@ -31,9 +32,9 @@ use crate::{
 };
 
 /// The regions of the cluster, home region (the ledger's) first.
-pub const REGIONS: [&str; 3] = reservoir_node::wan::REGIONS;
+pub const REGIONS: [&str; 3] = reservoir_client::REGIONS;
 /// The region that hosts the ledger.
-pub const HOME_REGION: &str = reservoir_node::up_cluster::HOME_REGION;
+pub const HOME_REGION: &str = reservoir_client::HOME_REGION;
 /// How long `up` has to write `cluster.json`: its own readiness deadline is
 /// 60 s; nine debug processes on two loaded cores need most of it.
 pub const CLUSTER_START_DEADLINE: Duration = Duration::from_secs(90);
@@ -225,7 +226,7 @@ impl Cluster {
         }
         for node in &file.nodes {
             assert!(
-                node.grpc.ip().is_loopback() && node.http.ip().is_loopback(),
+                node.grpc.ip().is_loopback() && node.http().ip().is_loopback(),
                 "{node:?}"
             );
         }
@@ -399,7 +400,7 @@ impl Cluster {
     /// before answering, so its process is gone when this returns.
     pub async fn kill(&mut self, id: u64) {
         assert!(!self.down.contains(&id), "node {id} is already down");
-        let pid = self.node(id).pid;
+        let pid = self.node(id).pid();
         let path = format!("/nodes/{id}/kill");
         let (code, text) = http_post(self.control, &path, "", CONTROL_TIMEOUT)
             .await
@@ -415,7 +416,7 @@ impl Cluster {
     /// its `/readyz`.
     pub async fn restart(&mut self, id: u64) {
         assert!(self.down.contains(&id), "node {id} is not down");
-        let old_pid = self.node(id).pid;
+        let old_pid = self.node(id).pid();
         let path = format!("/nodes/{id}/restart");
         let (code, text) = http_post(self.control, &path, "", CONTROL_TIMEOUT)
             .await
@@ -430,7 +431,7 @@ impl Cluster {
             .nodes
             .iter()
             .find(|n| n.id == id)
-            .map(|n| n.pid)
+            .map(|n| n.pid())
             .expect("the restarted node is in cluster.json");
         assert_ne!(pid, old_pid, "cluster.json kept node {id}'s old pid");
         self.file = file;
@@ -438,7 +439,7 @@ impl Cluster {
         let log = self.dir().join(format!("node-{id}.log"));
         let give_up = Instant::now() + NODE_READY_DEADLINE;
         loop {
-            if let Ok((200, _)) = http_get(self.node(id).http, "/readyz").await {
+            if let Ok((200, _)) = http_get(self.node(id).http(), "/readyz").await {
                 break;
             }
             assert!(
@@ -460,7 +461,7 @@ impl Cluster {
 
     /// A node's `GET /status`.
     pub async fn status(&self, id: u64) -> io::Result<NodeStatus> {
-        crate::node_status(self.node(id).http).await
+        crate::node_status(self.node(id).http()).await
     }
 
     /// The leader `region`'s live nodes agree on: a node that says it leads
@@ -691,7 +692,7 @@ impl Cluster {
     /// command line names the cluster directory.
     pub async fn stop(&mut self, sig: libc::c_int) {
         let mut up = self.up.take().expect("up is running");
-        let pids: Vec<(u64, u32)> = self.file.nodes.iter().map(|n| (n.id, n.pid)).collect();
+        let pids: Vec<(u64, u32)> = self.file.nodes.iter().map(|n| (n.id, n.pid())).collect();
         // The check below can see the cluster's processes: here they are.
         let running: BTreeSet<u32> = processes_naming(self.dir())
             .into_iter()

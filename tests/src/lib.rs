@@ -49,8 +49,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use reservoir_node::status::reason_of;
-use reservoir_node::up::ClusterFile;
+use reservoir_client::ClusterFile;
+use reservoir_client::reason_of;
 use reservoir_proto::v1;
 use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
@@ -59,7 +59,28 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-pub use reservoir_node::up::ClusterNode;
+pub use reservoir_client::ClusterNode;
+
+/// What `up` writes for every node of its `cluster.json` (optional in the
+/// schema, for hand-written files): the harness reads only files `up`
+/// wrote.
+pub trait UpNode {
+    /// The node's process.
+    fn pid(&self) -> u32;
+    /// The node's HTTP address.
+    fn http(&self) -> SocketAddr;
+}
+
+impl UpNode for ClusterNode {
+    fn pid(&self) -> u32 {
+        self.pid
+            .unwrap_or_else(|| panic!("cluster.json gives node {} no pid", self.id))
+    }
+    fn http(&self) -> SocketAddr {
+        self.http
+            .unwrap_or_else(|| panic!("cluster.json gives node {} no http address", self.id))
+    }
+}
 
 mod cluster;
 mod shop;
@@ -398,10 +419,10 @@ impl Region {
         );
         for node in &self.cluster.nodes {
             assert!(
-                !alive(node.pid),
+                !alive(node.pid()),
                 "node {} (pid {}) outlived up",
                 node.id,
-                node.pid
+                node.pid()
             );
         }
     }
@@ -420,7 +441,7 @@ impl Region {
             let status = wait_child(&mut child, GONE_DEADLINE).await;
             eprintln!("harness: node {id} killed: {status}");
         } else {
-            let pid = self.node(id).pid;
+            let pid = self.node(id).pid();
             signal(pid, libc::SIGKILL, &format!("node {id}"));
             // `up` reaps its children every 200 ms; until then the pid is a
             // zombie, already without sockets.
@@ -439,7 +460,7 @@ impl Region {
         let pids: Vec<(u64, u32)> = self
             .live_ids()
             .into_iter()
-            .map(|id| (id, self.node(id).pid))
+            .map(|id| (id, self.node(id).pid()))
             .collect();
         for &(id, pid) in &pids {
             signal(pid, libc::SIGKILL, &format!("node {id}"));
@@ -454,7 +475,7 @@ impl Region {
         if let Some(mut child) = self.restarted.remove(&id) {
             wait_child(&mut child, GONE_DEADLINE).await;
         } else {
-            let pid = self.node(id).pid;
+            let pid = self.node(id).pid();
             let give_up = Instant::now() + GONE_DEADLINE;
             while alive(pid) {
                 assert!(Instant::now() < give_up, "node {id} (pid {pid}) survived SIGKILL");
@@ -478,12 +499,12 @@ impl Region {
         self.down.remove(&id);
         for n in &mut self.cluster.nodes {
             if n.id == id {
-                n.pid = pid;
+                n.pid = Some(pid);
             }
         }
         let give_up = Instant::now() + NODE_READY_DEADLINE;
         loop {
-            if let Ok((200, _)) = http_get(node.http, "/readyz").await {
+            if let Ok((200, _)) = http_get(node.http(), "/readyz").await {
                 return;
             }
             let child = self.restarted.get_mut(&id).expect("just inserted");
@@ -504,7 +525,7 @@ impl Region {
 
     /// A node's `/status`.
     pub async fn status(&self, id: u64) -> io::Result<NodeStatus> {
-        node_status(self.node(id).http).await
+        node_status(self.node(id).http()).await
     }
 
     /// The leader the live nodes agree on: a node that says it is the leader
@@ -686,10 +707,10 @@ async fn wait_cluster_file(
         {
             for node in &cluster.nodes {
                 assert!(
-                    alive(node.pid),
+                    alive(node.pid()),
                     "node {} (pid {}) of cluster.json is not running",
                     node.id,
-                    node.pid
+                    node.pid()
                 );
             }
             return cluster;

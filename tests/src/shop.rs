@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use reservoir_node::status::reason_of;
+use reservoir_client::reason_of;
 use reservoir_proto::v1;
 use tonic::Status;
 

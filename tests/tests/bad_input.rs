@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use prost::Message;
-use reservoir_node::status::reason_of;
+use reservoir_client::reason_of;
 use reservoir_proto::v1;
 use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;

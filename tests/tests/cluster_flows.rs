@@ -15,8 +15,8 @@ use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
 use reservoir_tests::{
     Cluster, ClusterOptions, POLL_INTERVAL, REBALANCE_DEADLINE, REGIONS, RETRY_DEADLINE, Record,
-    SETTLE_DEADLINE, Seen, Shopper, ShopperOptions, WanProfile, assert_balanced, is_confirmed, is_held, line,
-    one_at_a_time, region_sheet, reserve_request, resolve, sku_sheet, units, verify_records,
+    SETTLE_DEADLINE, Seen, Shopper, ShopperOptions, UpNode, WanProfile, assert_balanced, is_confirmed,
+    is_held, line, one_at_a_time, region_sheet, reserve_request, resolve, sku_sheet, units, verify_records,
 };
 
 /// Reserves timed in ap-south for the latency check.
@@ -304,7 +304,7 @@ async fn up_stops_cleanly_and_recovers_its_state() {
     }
 
     // Ctrl-C: every process goes, none is left.
-    let pids: Vec<u32> = cluster.file().nodes.iter().map(|n| n.pid).collect();
+    let pids: Vec<u32> = cluster.file().nodes.iter().map(|n| n.pid()).collect();
     cluster.stop(libc::SIGINT).await;
     eprintln!(
         "stopped with SIGINT after {:?}; pids {pids:?} gone",
@@ -313,7 +313,7 @@ async fn up_stops_cleanly_and_recovers_its_state() {
 
     cluster.start_again().await;
     assert!(
-        cluster.file().nodes.iter().all(|n| !pids.contains(&n.pid)),
+        cluster.file().nodes.iter().all(|n| !pids.contains(&n.pid())),
         "a second up runs new processes"
     );
     let links = cluster.links().await;

@@ -15,19 +15,16 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use reservoir_proto::ERROR_DOMAIN;
 use reservoir_proto::v1;
 use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
-use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
-use tonic_types::StatusExt;
 
 use super::{OpError, ServerSku, ServerView, TargetError, reason};
 use crate::workload::Catalog;
@@ -50,90 +47,13 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most bytes of a control-API response read.
 pub const HTTP_RESPONSE_BYTES_MAX: u64 = 1024 * 1024;
-/// Most bytes of `cluster.json` read.
-pub const CLUSTER_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
 
-/// One node in `cluster.json` (the fields this crate reads).
-#[derive(Clone, Debug, Deserialize)]
-pub struct ClusterNode {
-    /// Node id.
-    pub id: u64,
-    /// Its region.
-    pub region: String,
-    /// Its public gRPC address.
-    pub grpc: SocketAddr,
-    /// Its HTTP address (`/status`, `/metrics`); absent in hand-written files.
-    #[serde(default)]
-    pub http: Option<SocketAddr>,
-    /// The process `up` started (stale once the node is restarted).
-    #[serde(default)]
-    pub pid: Option<u32>,
-    /// The command line that started it; its first word tells whether
-    /// `pid` is still that process.
-    #[serde(default)]
-    pub cmd: Vec<String>,
-}
+/// `cluster.json`'s schema, shared with `reservoir up` and the tests.
+pub use reservoir_client::{ClusterEndpoint, ClusterFile, ClusterNode};
 
-/// A client endpoint in `cluster.json`.
-#[derive(Clone, Debug, Deserialize)]
-pub struct ClusterEndpoint {
-    /// The node behind it.
-    pub id: u64,
-    /// The address a client in the region uses.
-    pub grpc: SocketAddr,
-}
-
-/// `cluster.json` as `reservoir up` writes it (the fields this crate reads).
-#[derive(Clone, Debug, Deserialize)]
-pub struct ClusterFile {
-    /// `tokens`, `single-writer` or `global-consensus` (three-region
-    /// clusters; absent for a standalone region).
-    #[serde(default)]
-    pub architecture: Option<String>,
-    /// Per region, where its clients connect (three-region clusters).
-    #[serde(default)]
-    pub endpoints: Option<BTreeMap<String, Vec<ClusterEndpoint>>>,
-    /// Every node.
-    pub nodes: Vec<ClusterNode>,
-    /// The control API, `127.0.0.1:PORT` (three-region clusters only).
-    #[serde(default)]
-    pub control: Option<String>,
-    /// Where the ledger runs; absent when there is none (a standalone
-    /// region, single-writer, global-consensus).
-    #[serde(default)]
-    pub ledger: Option<serde_json::Value>,
-}
-
-impl ClusterFile {
-    /// The addresses a client in `region` uses: its endpoints, or (an older
-    /// or standalone file) the region's nodes.
-    pub fn region_endpoints(&self, region: &str) -> Vec<(u64, SocketAddr)> {
-        match &self.endpoints {
-            Some(all) => all
-                .get(region)
-                .map(|list| list.iter().map(|e| (e.id, e.grpc)).collect())
-                .unwrap_or_default(),
-            None => self
-                .nodes
-                .iter()
-                .filter(|n| n.region == region)
-                .map(|n| (n.id, n.grpc))
-                .collect(),
-        }
-    }
-}
-
-impl ClusterFile {
-    /// Reads and parses a `cluster.json`.
-    pub fn load(path: &Path) -> Result<ClusterFile, TargetError> {
-        let meta =
-            std::fs::metadata(path).map_err(|e| TargetError::Setup(format!("{}: {e}", path.display())))?;
-        if meta.len() > CLUSTER_FILE_BYTES_MAX {
-            return Err(TargetError::Setup(format!("{} is too large", path.display())));
-        }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| TargetError::Setup(format!("{}: {e}", path.display())))?;
-        serde_json::from_str(&text).map_err(|e| TargetError::Setup(format!("{}: {e}", path.display())))
+impl From<reservoir_client::ClusterFileError> for TargetError {
+    fn from(e: reservoir_client::ClusterFileError) -> TargetError {
+        TargetError::Setup(e.to_string())
     }
 }
 
@@ -162,15 +82,7 @@ pub fn newest_cluster_file() -> Option<PathBuf> {
     None
 }
 
-/// The stable reason of a status: its Reservoir ErrorInfo reason, or the
-/// name of its code when it has none (a transport error, a timeout).
-pub fn reason_of(status: &Status) -> String {
-    status
-        .get_details_error_info()
-        .filter(|info| info.domain == ERROR_DOMAIN)
-        .map(|info| info.reason)
-        .unwrap_or_else(|| code_name(status.code()).to_string())
-}
+pub use reservoir_client::reason_or_code as reason_of;
 
 /// A status as an [`OpError`]: UNAVAILABLE (no leader, overloaded, no
 /// connection), timeouts and transport errors are retryable with the same
@@ -780,6 +692,7 @@ async fn adjust_with_retry(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reservoir_proto::ERROR_DOMAIN;
     use tonic_types::{ErrorDetails, StatusExt};
 
     /// A status with a Reservoir ErrorInfo yields its reason; one without
@@ -805,24 +718,6 @@ mod tests {
         assert_eq!(e.reason, "UNAVAILABLE");
         assert!(e.retryable);
         assert_eq!(reason_of(&Status::deadline_exceeded("slow")), "DEADLINE_EXCEEDED");
-    }
-
-    /// cluster.json as `reservoir up` writes it parses, extra fields and all.
-    #[test]
-    fn cluster_file_parses() {
-        let text = r#"{"nodes":[{"id":1,"region":"us-east","grpc":"127.0.0.1:5000","http":"127.0.0.1:5001",
-            "pid":42,"cmd":["reservoir","node"]}],"control":"127.0.0.1:6000",
-            "ledger":{"region":"us-east","node_ids":[1]}}"#;
-        let f: ClusterFile = serde_json::from_str(text).unwrap();
-        assert_eq!(f.nodes[0].region, "us-east");
-        assert_eq!(f.nodes[0].http, Some("127.0.0.1:5001".parse().unwrap()));
-        assert_eq!(f.nodes[0].pid, Some(42));
-        assert_eq!(f.nodes[0].cmd, vec!["reservoir".to_string(), "node".into()]);
-        assert_eq!(f.control.as_deref(), Some("127.0.0.1:6000"));
-        // A hand-written file without them still parses.
-        let bare = r#"{"nodes":[{"id":1,"region":"us-east","grpc":"127.0.0.1:5000"}]}"#;
-        let f: ClusterFile = serde_json::from_str(bare).unwrap();
-        assert_eq!((f.nodes[0].http, f.nodes[0].pid), (None, None));
     }
 
     /// A chunked body is put back together; a cut one is refused.

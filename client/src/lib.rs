@@ -1,0 +1,20 @@
+//! reservoir-client: what a program outside the node needs to talk to a
+//! Reservoir cluster, on top of the generated API in `reservoir-proto`.
+//!
+//! - [`cluster_file`]: the `cluster.json` schema that `reservoir up` writes
+//!   and the load tester, the tests and operators' scripts read.
+//! - [`regions`]: the three regions and the home region (where the ledger
+//!   and a standalone region live).
+//! - [`errors`]: the stable reason of a status (`INSUFFICIENT_STOCK`,
+//!   `NO_LEADER`, ...), decoded from its `google.rpc.ErrorInfo`.
+//!
+//! It depends on no other crate of the workspace but `reservoir-proto`, so a
+//! client never links the node.
+
+pub mod cluster_file;
+pub mod errors;
+pub mod regions;
+
+pub use cluster_file::{ClusterEndpoint, ClusterFile, ClusterFileError, ClusterNode, LedgerInfo};
+pub use errors::{error_info, reason_of, reason_or_code};
+pub use regions::{HOME_REGION, REGIONS};

@@ -8,7 +8,7 @@
 //! offered load adapts to the server (a closed loop): this measures latency
 //! at a given concurrency and the throughput that concurrency reaches, not
 //! behaviour under a fixed arrival rate. That is the load tester's job
-//! (`loadtest/`, a later issue).
+//! (`reservoir-loadtest`, in `loadtest/`).
 //!
 //! The run: add `--stock` units of the SKU with `Admin.AdjustStock` (so the
 //! benchmark does not run out), then a warm-up whose requests are neither

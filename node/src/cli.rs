@@ -93,21 +93,21 @@ pub struct UpArgs {
     /// regions cross the WAN) or `global-consensus` (one group, a voter per
     /// region). Only used when DIR holds no configs yet, and must match them
     /// when it does.
-    #[arg(long, value_name = "DESIGN", default_value = "tokens")]
-    pub architecture: String,
+    #[arg(long, value_name = "DESIGN", value_enum, default_value = "tokens")]
+    pub architecture: crate::up_cluster::Architecture,
     /// Three regions: nodes per region, 1-7 [default: 3; global-consensus: 1].
     #[arg(long, value_name = "N")]
     pub nodes_per_region: Option<u64>,
     /// Three regions: inter-region round trips, `aws` (us-east-eu-west 70 ms,
     /// eu-west-ap-south 120 ms, us-east-ap-south 186 ms) or `none`.
-    #[arg(long, value_name = "PROFILE", default_value = "aws")]
-    pub wan: String,
+    #[arg(long, value_name = "PROFILE", value_parser = crate::wan::WanProfile::parse, default_value = "aws")]
+    pub wan: crate::wan::WanProfile,
     /// Three regions: do not seed the demo catalog.
     #[arg(long)]
     pub no_demo: bool,
     /// Three regions: the rebalancer's policy, `proportional` or `take_half`.
-    #[arg(long, value_name = "POLICY", default_value = "proportional")]
-    pub policy: String,
+    #[arg(long, value_name = "POLICY", value_enum, default_value = "proportional")]
+    pub policy: crate::config::PolicyName,
     /// Node i listens on gRPC BASE+2(i-1) and HTTP BASE+2(i-1)+1 [default:
     /// free ports]. Only used when DIR holds no configs yet.
     #[arg(long, value_name = "PORT")]

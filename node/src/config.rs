@@ -113,12 +113,26 @@ pub struct RegionPeers {
     pub nodes: Vec<Peer>,
 }
 
+/// The rebalancer's policy by name, in a config (`rebalance.policy`) and on
+/// the command line (`up --policy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyName {
+    /// Shares by demand; tokens move only to regions that are short.
+    #[default]
+    #[value(name = "proportional")]
+    Proportional,
+    /// A region under the threshold takes half of the richest region's.
+    #[value(name = "take_half")]
+    TakeHalf,
+}
+
 /// The rebalancer's policy and timing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RebalanceConfig {
     /// `proportional` (default) or `take_half`.
-    pub policy: String,
+    pub policy: PolicyName,
     /// Time between rounds.
     pub interval_ms: u64,
     /// Demand is the reserve rate over this horizon (units per horizon).
@@ -138,7 +152,7 @@ pub struct RebalanceConfig {
 impl Default for RebalanceConfig {
     fn default() -> Self {
         RebalanceConfig {
-            policy: "proportional".into(),
+            policy: PolicyName::Proportional,
             interval_ms: 250,
             horizon_ms: 2_000,
             floor: 10,
@@ -151,19 +165,18 @@ impl Default for RebalanceConfig {
 }
 
 impl RebalanceConfig {
-    /// The plan policy this config names.
-    pub fn policy(&self) -> Result<reservoir_tokens::rebalance::Policy, String> {
+    /// The plan policy this config names, with its parameters.
+    pub fn policy(&self) -> reservoir_tokens::rebalance::Policy {
         use reservoir_tokens::rebalance::{Policy, Proportional, TakeHalf};
-        match self.policy.as_str() {
-            "proportional" => Ok(Policy::Proportional(Proportional {
+        match self.policy {
+            PolicyName::Proportional => Policy::Proportional(Proportional {
                 floor: self.floor,
                 low_water: self.low_water,
                 revoke_slack_pct: self.revoke_slack_pct,
-            })),
-            "take_half" => Ok(Policy::TakeHalf(TakeHalf {
+            }),
+            PolicyName::TakeHalf => Policy::TakeHalf(TakeHalf {
                 threshold: self.threshold,
-            })),
-            other => Err(format!("unknown policy {other:?}: proportional or take_half")),
+            }),
         }
     }
 }
@@ -426,7 +439,6 @@ impl NodeConfig {
                 ));
             }
         }
-        self.rebalance.policy().map_err(|e| ("rebalance.policy", e))?;
         if self.rebalance.interval_ms == 0
             || self.rebalance.horizon_ms == 0
             || self.rebalance.audit_interval_ms == 0

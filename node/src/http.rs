@@ -12,6 +12,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 
 use crate::service::Node;
+use reservoir_raft::Role;
 
 /// How often the metrics recorder folds recorded histogram samples into
 /// its buckets.
@@ -75,7 +76,7 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     };
     // A leader cut off from its followers still believes it leads, and
     // accepts writes it cannot commit: not ready.
-    if status.role == "leader"
+    if status.role == Role::Leader
         && status
             .millis_since_quorum_ack
             .is_some_and(|ms| ms > QUORUM_ACK_STALE_MS)
@@ -104,7 +105,7 @@ async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
     let status = group.status();
     metrics::gauge!("reservoir_proposal_queue_depth").set(group.queue_depth() as f64);
     metrics::gauge!("reservoir_raft_term").set(status.term as f64);
-    metrics::gauge!("reservoir_raft_is_leader").set(if status.role == "leader" { 1.0 } else { 0.0 });
+    metrics::gauge!("reservoir_raft_is_leader").set(if status.role == Role::Leader { 1.0 } else { 0.0 });
     metrics::gauge!("reservoir_raft_applied_index").set(status.applied_index.unwrap_or(0) as f64);
     if let Some(rss) = rss_bytes() {
         metrics::gauge!("reservoir_process_resident_bytes").set(rss as f64);
@@ -141,7 +142,7 @@ struct StatusJson {
     node_id: u64,
     region: String,
     standalone: bool,
-    role: &'static str,
+    role: Role,
     term: u64,
     leader: Option<u64>,
     applied_index: Option<u64>,

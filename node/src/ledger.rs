@@ -54,7 +54,7 @@ impl LedgerHost {
         clock: Arc<dyn Clock>,
         config: RebalanceConfig,
     ) -> Result<LedgerHost, String> {
-        let policy = config.policy()?;
+        let policy = config.policy();
         Ok(LedgerHost {
             group,
             control,

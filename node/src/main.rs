@@ -22,7 +22,15 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            eprintln!("{}", one_line(&e.render().to_string()));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match cli.command {
         Command::Node(args) => node(args),
         Command::Up(args) => up(args),
         Command::Bench(args) => bench(args),
@@ -81,7 +89,9 @@ fn up(args: UpArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    if args.standalone && (args.architecture != "tokens" || args.nodes_per_region.is_some()) {
+    if args.standalone
+        && (args.architecture != up_cluster::Architecture::Tokens || args.nodes_per_region.is_some())
+    {
         eprintln!(
             "error: --architecture and --nodes-per-region go with the three-region cluster, not --standalone"
         );
@@ -100,13 +110,7 @@ fn up(args: UpArgs) -> ExitCode {
             eprintln!("error: --nodes and --base-port go with --standalone; use --nodes-per-region");
             return ExitCode::from(EXIT_USAGE);
         }
-        let architecture = match up_cluster::Architecture::parse(&args.architecture) {
-            Ok(a) => a,
-            Err(e) => {
-                eprintln!("error: --architecture: {e}");
-                return ExitCode::from(EXIT_USAGE);
-            }
-        };
+        let architecture = args.architecture;
         println!("cluster directory: {}", dir.display());
         runtime.block_on(up_cluster::run(up_cluster::ClusterOptions {
             dir,
@@ -177,4 +181,15 @@ fn client(command: ClientCommand) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// A command-line error on one line (clap spreads it over several, with a
+/// pointer to `--help` that every error repeats).
+fn one_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }

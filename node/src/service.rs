@@ -787,7 +787,7 @@ impl AdminService {
                 role: if Some(*id) == group.leader {
                     "leader".into()
                 } else if *id == group.node_id {
-                    group.role.into()
+                    group.role.as_str().into()
                 } else {
                     "unknown".into()
                 },

@@ -40,13 +40,13 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
 
-use crate::config::{NodeConfig, Peer, RaftTuning, RebalanceConfig, RegionPeers};
+use crate::config::{NodeConfig, Peer, PolicyName, RaftTuning, RebalanceConfig, RegionPeers};
 use crate::up::{
     ClusterEndpoint, ClusterFile, ClusterNode, LedgerInfo, NodeProcess, PlannedNode, ShutdownSignals,
     UpError, config_path, existing_node_ids, free_ports, reap, send_signal, spawn_node, stop_all, wait_ready,
     write_atomically,
 };
-use crate::wan::{self, Link, Wan};
+use crate::wan::{self, Link, Wan, WanProfile};
 
 /// The region that hosts the ledger.
 pub const HOME_REGION: &str = reservoir_client::HOME_REGION;
@@ -68,8 +68,9 @@ pub const DEMO_CATALOG: [(&str, i64); 3] = [
 /// The group of a global-consensus cluster.
 pub const GLOBAL_GROUP: &str = "global";
 
-/// Which design `up` runs (see the module doc).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which design `up` runs (see the module doc); on the command line
+/// `tokens`, `single-writer`, `global-consensus`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Architecture {
     /// Escrow tokens: a group per region, the ledger, the rebalancer.
     Tokens,
@@ -94,16 +95,6 @@ impl Architecture {
             Architecture::SingleWriter => "single-writer",
             Architecture::GlobalConsensus => "global-consensus",
         }
-    }
-
-    /// The architecture called `name`.
-    pub fn parse(name: &str) -> Result<Architecture, String> {
-        Architecture::ALL
-            .into_iter()
-            .find(|a| a.name() == name)
-            .ok_or_else(|| {
-                format!("unknown architecture {name:?}: tokens, single-writer or global-consensus")
-            })
     }
 
     /// Nodes per region when `--nodes-per-region` is not given.
@@ -142,11 +133,11 @@ pub struct ClusterOptions {
     /// architecture's default.
     pub nodes_per_region: Option<u64>,
     /// WAN profile: `aws` or `none`.
-    pub wan: String,
+    pub wan: WanProfile,
     /// Seed the demo catalog on the first run.
     pub demo: bool,
     /// Rebalancer policy for fresh configs.
-    pub policy: String,
+    pub policy: PolicyName,
     /// Each node's `raft.proposal_queue_max`; `None` means the default.
     pub proposal_queue_max: Option<usize>,
     /// The `reservoir` binary the children run.
@@ -185,7 +176,7 @@ pub async fn run(options: ClusterOptions) -> Result<(), UpError> {
     // Before `prepare`, which writes the node configs: a bad profile must
     // leave DIR as it was.
     let regions: Vec<&str> = wan::REGIONS.to_vec();
-    let wan = Wan::new(&options.wan, &regions).map_err(UpError::Usage)?;
+    let wan = Wan::new(options.wan, &regions).map_err(UpError::Usage)?;
     let (plan, fresh) = prepare(&dir, &options)?;
     let cluster_path = dir.join("cluster.json");
     let _ = std::fs::remove_file(&cluster_path);
@@ -341,10 +332,9 @@ fn prepare(dir: &Path, options: &ClusterOptions) -> Result<(Vec<PlannedNode>, bo
         )));
     }
     let policy = RebalanceConfig {
-        policy: options.policy.clone(),
+        policy: options.policy,
         ..RebalanceConfig::default()
     };
-    policy.policy().map_err(UpError::Usage)?;
     let mut raft = match architecture {
         Architecture::GlobalConsensus => global_raft_tuning(),
         _ => RaftTuning::default(),

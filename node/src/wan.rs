@@ -26,22 +26,48 @@ pub const CHUNKS_QUEUED_MAX: usize = 1_024;
 /// The three regions of a local cluster, home region first.
 pub const REGIONS: [&str; 3] = reservoir_client::REGIONS;
 
-/// Round-trip time between two regions, by profile: `aws` (public AWS
-/// inter-region measurements) or `none`.
-pub fn rtt_ms(profile: &str, a: &str, b: &str) -> Result<u64, String> {
+/// The round trips between regions a local cluster emulates (`up --wan`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WanProfile {
+    /// Public AWS inter-region measurements: us-east–eu-west 70 ms,
+    /// eu-west–ap-south 120 ms, us-east–ap-south 186 ms.
+    Aws,
+    /// No added delay.
+    #[value(name = "none")]
+    Zero,
+}
+
+impl WanProfile {
+    /// The profile called `name` (`aws`, `none`).
+    pub fn parse(name: &str) -> Result<WanProfile, String> {
+        <WanProfile as clap::ValueEnum>::from_str(name, false)
+            .map_err(|_| format!("unknown WAN profile {name:?}: aws or none"))
+    }
+}
+
+impl std::fmt::Display for WanProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WanProfile::Aws => "aws",
+            WanProfile::Zero => "none",
+        })
+    }
+}
+
+/// Round-trip time between two regions, by profile.
+pub fn rtt_ms(profile: WanProfile, a: &str, b: &str) -> Result<u64, String> {
     if a == b {
         return Ok(0);
     }
     let pair = if a < b { (a, b) } else { (b, a) };
     match profile {
-        "none" => Ok(0),
-        "aws" => match pair {
+        WanProfile::Zero => Ok(0),
+        WanProfile::Aws => match pair {
             ("eu-west", "us-east") => Ok(70),
             ("ap-south", "eu-west") => Ok(120),
             ("ap-south", "us-east") => Ok(186),
             _ => Err(format!("no aws round trip for {a}-{b}")),
         },
-        other => Err(format!("unknown WAN profile {other:?}: aws or none")),
     }
 }
 
@@ -95,7 +121,7 @@ pub struct Wan {
 
 impl Wan {
     /// Links between every pair of `regions` with the round trips of `profile`.
-    pub fn new(profile: &str, regions: &[&str]) -> Result<Wan, String> {
+    pub fn new(profile: WanProfile, regions: &[&str]) -> Result<Wan, String> {
         let mut links = BTreeMap::new();
         for (i, a) in regions.iter().enumerate() {
             for b in &regions[i + 1..] {
@@ -224,12 +250,16 @@ mod tests {
     /// Round trips are symmetric and the profiles are the documented ones.
     #[test]
     fn profiles() {
-        assert_eq!(rtt_ms("aws", "us-east", "eu-west"), Ok(70));
-        assert_eq!(rtt_ms("aws", "eu-west", "us-east"), Ok(70));
-        assert_eq!(rtt_ms("aws", "ap-south", "eu-west"), Ok(120));
-        assert_eq!(rtt_ms("aws", "us-east", "ap-south"), Ok(186));
-        assert_eq!(rtt_ms("none", "us-east", "ap-south"), Ok(0));
-        assert!(rtt_ms("moon", "us-east", "ap-south").is_err());
+        assert_eq!(rtt_ms(WanProfile::Aws, "us-east", "eu-west"), Ok(70));
+        assert_eq!(rtt_ms(WanProfile::Aws, "eu-west", "us-east"), Ok(70));
+        assert_eq!(rtt_ms(WanProfile::Aws, "ap-south", "eu-west"), Ok(120));
+        assert_eq!(rtt_ms(WanProfile::Aws, "us-east", "ap-south"), Ok(186));
+        assert_eq!(rtt_ms(WanProfile::Zero, "us-east", "ap-south"), Ok(0));
+        assert!(<WanProfile as clap::ValueEnum>::from_str("moon", false).is_err());
+        assert_eq!(
+            <WanProfile as clap::ValueEnum>::from_str("none", false),
+            Ok(WanProfile::Zero)
+        );
     }
 
     /// A proxied echo takes about the link's round trip, and a cut link
@@ -250,7 +280,7 @@ mod tests {
                 });
             }
         });
-        let wan = Wan::new("aws", &REGIONS).unwrap();
+        let wan = Wan::new(WanProfile::Aws, &REGIONS).unwrap();
         let link = wan.link("us-east", "eu-west").unwrap();
         let proxy = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy_addr = proxy.local_addr().unwrap();

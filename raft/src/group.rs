@@ -152,6 +152,42 @@ pub enum GroupError {
     },
 }
 
+/// A node's role in a group; in JSON and on the wire `leader`, `follower`,
+/// `candidate`, `learner` or `shutdown`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Accepts writes and replicates them.
+    Leader,
+    /// Replicates the leader's log.
+    Follower,
+    /// Asking for votes.
+    Candidate,
+    /// Receives the log without a vote.
+    Learner,
+    /// Stopped.
+    Shutdown,
+}
+
+impl Role {
+    /// Its name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+            Role::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Where a group stands, as seen from this node.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct GroupStatus {
@@ -159,8 +195,8 @@ pub struct GroupStatus {
     pub group: String,
     /// This node.
     pub node_id: NodeId,
-    /// `leader`, `follower`, `candidate` or `learner`.
-    pub role: &'static str,
+    /// This node's role.
+    pub role: Role,
     /// The current term.
     pub term: u64,
     /// The leader, if known.
@@ -459,11 +495,11 @@ impl<SM: GroupMachine> Group<SM> {
             group: self.name.clone(),
             node_id: self.node_id,
             role: match m.state {
-                ServerState::Leader => "leader",
-                ServerState::Follower => "follower",
-                ServerState::Candidate => "candidate",
-                ServerState::Learner => "learner",
-                ServerState::Shutdown => "shutdown",
+                ServerState::Leader => Role::Leader,
+                ServerState::Follower => Role::Follower,
+                ServerState::Candidate => Role::Candidate,
+                ServerState::Learner => Role::Learner,
+                ServerState::Shutdown => Role::Shutdown,
             },
             term: m.current_term,
             leader: m.current_leader,

@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use reservoir_raft::network::{BoxFuture, RpcKind, WireError, WireMessage};
 use reservoir_raft::testing::LocalNet;
-use reservoir_raft::{Group, GroupOptions, GroupStatus, NodeId, NodeStorage, ProposeError, Router, Wire};
+use reservoir_raft::{
+    Group, GroupOptions, GroupStatus, NodeId, NodeStorage, ProposeError, Role, Router, Wire,
+};
 use reservoir_tokens::audit::balance_standalone;
 use reservoir_tokens::{
     Line, OutboxEntry, RegionApplied, RegionCommand, RegionOp, RegionState, Reservation, ReservationId,
@@ -268,7 +270,7 @@ impl Cluster {
         let deadline = Instant::now() + within;
         loop {
             let statuses = self.statuses(among);
-            let leaders: Vec<&GroupStatus> = statuses.iter().filter(|s| s.role == "leader").collect();
+            let leaders: Vec<&GroupStatus> = statuses.iter().filter(|s| s.role == Role::Leader).collect();
             if let [leader] = leaders[..]
                 && statuses
                     .iter()

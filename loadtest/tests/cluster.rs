@@ -81,6 +81,7 @@ struct Up {
 }
 
 impl Up {
+    #[allow(unsafe_code)] // libc calls; each block says why it is sound
     fn start() -> Up {
         let dir = tempfile::Builder::new()
             .prefix("reservoir-loadtest-up-")
@@ -141,6 +142,7 @@ impl Up {
 }
 
 impl Drop for Up {
+    #[allow(unsafe_code)] // libc calls; each block says why it is sound
     fn drop(&mut self) {
         // SAFETY: kill(2) on our own unreaped child.
         unsafe {

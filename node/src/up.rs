@@ -481,6 +481,7 @@ fn spawn_logged(cmd: &[String], log_path: &Path, marker: &str) -> io::Result<Chi
 
 /// Makes the child get SIGTERM when its parent dies (Linux only; elsewhere
 /// children of a killed `up` live on until stopped by hand).
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 fn die_with_parent(command: &mut Command) {
     #[cfg(target_os = "linux")]
     {
@@ -688,6 +689,7 @@ pub(crate) async fn stop_all(nodes: &mut [NodeProcess], grace: Duration) {
 
 /// Sends a signal to a child that has not been reaped, so its pid is still
 /// ours and cannot have been recycled.
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 pub(crate) fn send_signal(node: &NodeProcess, signal: libc::c_int) {
     debug_assert!(node.exited.is_none(), "signalling reaped node {}", node.id);
     // SAFETY: kill(2) has no memory-safety preconditions.
@@ -1032,6 +1034,7 @@ mod tests {
 
     /// stop_all ends children that obey SIGTERM at once, SIGKILLs one that ignores it after the grace, and reaps all.
     #[tokio::test]
+    #[allow(unsafe_code)] // libc calls; each block says why it is sound
     async fn stop_all_terms_then_kills() {
         use std::os::unix::process::ExitStatusExt;
         let dir = scratch("stop");

@@ -179,12 +179,14 @@ fn up_reports_a_node_that_cannot_start() {
 }
 
 /// Sends `signal` to `pid`.
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 fn kill(pid: u32, signal: libc::c_int) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc::kill(pid as libc::pid_t, signal) };
 }
 
 /// True while a process with this pid exists (a zombie counts).
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks whether the pid exists.
     unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }

@@ -1001,6 +1001,7 @@ pub fn channel(addr: SocketAddr) -> Channel {
 
 /// Spawns `command` with stdin closed and its output appended to `log`; the
 /// child gets SIGTERM if the spawning thread (the test) dies first.
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 fn spawn_logged(mut command: Command, log: &Path) -> io::Result<Child> {
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let err = out.try_clone()?;
@@ -1023,6 +1024,7 @@ fn spawn_logged(mut command: Command, log: &Path) -> io::Result<Child> {
 }
 
 /// Sends `sig` to `pid`, ignoring a process that is already gone.
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 fn signal(pid: u32, sig: libc::c_int, what: &str) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     if unsafe { libc::kill(pid as libc::pid_t, sig) } != 0 {
@@ -1034,6 +1036,7 @@ fn signal(pid: u32, sig: libc::c_int, what: &str) {
 }
 
 /// True while `pid` exists (a zombie counts until its parent reaps it).
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 pub fn alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks whether the pid exists.
     unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }

@@ -5,6 +5,7 @@
 //! bytes the state holds after N items, minus before, over N.
 //!
 //! Run: `cargo run --release -p reservoir-tokens --example state_bytes -- 1000000`
+#![allow(unsafe_code)] // a counting global allocator
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};

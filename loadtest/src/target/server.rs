@@ -113,6 +113,7 @@ pub fn log_tail(path: &Path) -> String {
 }
 
 /// Sends a signal to a pid we started.
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 fn signal_pid(pid: u32, signal: i32) {
     // SAFETY: kill(2) with a pid of a child we spawned and have not reaped
     // yet (so the pid cannot have been reused) and a valid signal number.
@@ -125,6 +126,7 @@ fn signal_pid(pid: u32, signal: i32) {
 /// exits. Servers are spawned from runtime worker threads (or a test's own
 /// thread), which live until the runtime shuts down, after every
 /// `ServerProcess` has been dropped.
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 fn set_parent_death_signal(command: &mut Command) {
     // SAFETY: the closure runs in the forked child before exec and only calls
     // prctl(2), which is async-signal-safe.
@@ -191,6 +193,7 @@ pub fn user_ids(user: &str) -> Option<(u32, u32)> {
 }
 
 /// True when this process runs as root.
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 pub fn is_root() -> bool {
     // SAFETY: geteuid(2) cannot fail and has no side effects.
     unsafe { libc::geteuid() == 0 }

@@ -445,6 +445,7 @@ const SNAPSHOT_THREAD_NICE: i32 = 19;
 /// never woken ahead of them, and still makes progress on a saturated
 /// machine (`SCHED_IDLE` would not: a build could then stall for minutes,
 /// and with it log purging). Best effort: a refusal leaves it as it was.
+#[allow(unsafe_code)] // libc calls; each block says why it is sound
 fn lower_thread_priority() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` is a valid, initialized sched_param that outlives the

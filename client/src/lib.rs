@@ -5,6 +5,8 @@
 //!   and the load tester, the tests and operators' scripts read.
 //! - [`regions`]: the three regions and the home region (where the ledger
 //!   and a standalone region live).
+//! - [`status`]: a node's `GET /status` JSON, written by the node and read
+//!   by clients from the same type.
 //! - [`errors`]: the stable reason of a status (`INSUFFICIENT_STOCK`,
 //!   `NO_LEADER`, ...), decoded from its `google.rpc.ErrorInfo`.
 //!
@@ -14,7 +16,9 @@
 pub mod cluster_file;
 pub mod errors;
 pub mod regions;
+pub mod status;
 
 pub use cluster_file::{ClusterEndpoint, ClusterFile, ClusterFileError, ClusterNode, LedgerInfo};
 pub use errors::{error_info, reason_of, reason_or_code};
 pub use regions::{HOME_REGION, REGIONS};
+pub use status::{Bucket, GroupView, NodeStatus, Role, SnapshotStats};

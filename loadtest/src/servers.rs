@@ -20,7 +20,7 @@
 use std::io::Read as _;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -45,46 +45,8 @@ pub const TEXT_BYTES_MAX: usize = 200;
 /// Snapshot events listed in the terminal summary (report.json has all).
 pub const SNAPSHOT_EVENTS_SHOWN_MAX: usize = 30;
 
-/// A node's snapshot counters, as newer nodes report them in `/status`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct SnapshotStats {
-    /// Snapshots this node built since it started.
-    pub built: u64,
-    /// Snapshots this node installed from its leader since it started.
-    pub installed: u64,
-    /// Log index of the last snapshot built.
-    pub last_index: Option<u64>,
-    /// How long the last build took.
-    pub last_build_ms: u64,
-    /// Size of the last snapshot built.
-    pub last_bytes: u64,
-}
-
-/// The fields of a node's `/status` the sampler reads (others ignored).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-pub struct NodeStatus {
-    /// The node's id.
-    pub node_id: u64,
-    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
-    #[serde(default)]
-    pub role: String,
-    /// Last log index applied to its region's state machine.
-    #[serde(default)]
-    pub applied_index: Option<u64>,
-    /// Last log index covered by its latest snapshot.
-    #[serde(default)]
-    pub snapshot_index: Option<u64>,
-    /// Live holds in its region state.
-    #[serde(default)]
-    pub holds: u64,
-    /// Its resident memory (newer nodes only).
-    #[serde(default)]
-    pub rss_bytes: Option<u64>,
-    /// Its snapshot counters (newer nodes only).
-    #[serde(default)]
-    pub snapshots: Option<SnapshotStats>,
-}
+/// `/status` as the client crate reads it.
+pub use reservoir_client::{NodeStatus, Role, SnapshotStats};
 
 /// Parses a `/status` body.
 pub fn parse_status(body: &[u8]) -> Result<NodeStatus, String> {
@@ -284,7 +246,7 @@ impl ServerSamples {
                     NodeSample {
                         t_s,
                         missing: false,
-                        role: Some(short(&status.role)),
+                        role: Some(status.role.as_str().to_string()),
                         holds: Some(status.holds),
                         applied_index: status.applied_index,
                         snapshot_index: status.snapshot_index,
@@ -577,6 +539,7 @@ mod tests {
                 last_index: Some(100_000),
                 last_build_ms: 840,
                 last_bytes: 74_000_000,
+                ..SnapshotStats::default()
             })
         );
         let partial = OLD_STATUS.replace(
@@ -629,6 +592,7 @@ mod tests {
                 holds,
                 rss_bytes: rss,
                 snapshots: None,
+                ..NodeStatus::default()
             }),
             proc_rss_bytes: None,
         }
@@ -742,6 +706,7 @@ mod tests {
                     last_index: Some(last_index),
                     last_build_ms: 700 + built,
                     last_bytes: 1_000 * built,
+                    ..SnapshotStats::default()
                 }),
                 ..NodeStatus::default()
             }),

@@ -9,9 +9,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use serde::Serialize;
 
 use crate::service::Node;
+use reservoir_client::status as status_json;
 use reservoir_raft::Role;
 
 /// How often the metrics recorder folds recorded histogram samples into
@@ -130,40 +130,44 @@ async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-#[derive(Serialize)]
-struct BucketJson {
-    available: u64,
-    held: u64,
-    confirmed: u64,
+/// `/status` speaks the client crate's schema; these carry raft's figures
+/// into it.
+fn role_json(role: Role) -> status_json::Role {
+    match role {
+        Role::Leader => status_json::Role::Leader,
+        Role::Follower => status_json::Role::Follower,
+        Role::Candidate => status_json::Role::Candidate,
+        Role::Learner => status_json::Role::Learner,
+        Role::Shutdown => status_json::Role::Shutdown,
+    }
 }
 
-#[derive(Serialize)]
-struct StatusJson {
-    node_id: u64,
-    region: String,
-    standalone: bool,
-    role: Role,
-    term: u64,
-    leader: Option<u64>,
-    applied_index: Option<u64>,
-    last_log_index: Option<u64>,
-    snapshot_index: Option<u64>,
-    members: std::collections::BTreeMap<u64, String>,
-    holds: usize,
-    /// Reservations kept: live, confirmed and ended.
-    reservations_kept: usize,
-    /// Ended reservations kept (released, expired, settled).
-    ended_kept: usize,
-    next_expiry_ms: Option<u64>,
-    outbox_last_seq: u64,
-    settled_up_to: u64,
-    buckets: std::collections::BTreeMap<String, BucketJson>,
-    /// What the region group's snapshots have cost on this node.
-    snapshots: reservoir_raft::SnapshotStats,
-    /// This process's resident memory, if the platform tells it.
-    rss_bytes: Option<u64>,
-    /// The ledger group on this node, if it hosts one.
-    ledger: Option<reservoir_raft::GroupStatus>,
+fn snapshots_json(s: &reservoir_raft::SnapshotStats) -> status_json::SnapshotStats {
+    status_json::SnapshotStats {
+        built: s.built,
+        installed: s.installed,
+        last_index: s.last_index,
+        last_build_ms: s.last_build_ms,
+        last_pause_us: s.last_pause_us,
+        last_bytes: s.last_bytes,
+        building: s.building,
+    }
+}
+
+fn group_json(g: reservoir_raft::GroupStatus) -> status_json::GroupView {
+    status_json::GroupView {
+        group: g.group,
+        node_id: g.node_id,
+        role: role_json(g.role),
+        term: g.term,
+        leader: g.leader,
+        applied_index: g.applied_index,
+        last_log_index: g.last_log_index,
+        snapshot_index: g.snapshot_index,
+        members: g.members,
+        millis_since_quorum_ack: g.millis_since_quorum_ack,
+        snapshots: snapshots_json(&g.snapshots),
+    }
 }
 
 /// This process's resident set size, from `/proc/self/status` (Linux).
@@ -187,7 +191,7 @@ async fn status(State(s): State<AppState>) -> impl IntoResponse {
                 .map(|(sku, b)| {
                     (
                         sku.clone(),
-                        BucketJson {
+                        status_json::Bucket {
                             available: b.available,
                             held: b.held,
                             confirmed: b.confirmed,
@@ -202,27 +206,27 @@ async fn status(State(s): State<AppState>) -> impl IntoResponse {
     else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "state unreadable\n").into_response();
     };
-    Json(StatusJson {
+    Json(status_json::NodeStatus {
         node_id: g.node_id,
         region: s.node.region().to_string(),
         standalone: s.node.config().standalone,
-        role: g.role,
+        role: role_json(g.role),
         term: g.term,
         leader: g.leader,
         applied_index: g.applied_index,
         last_log_index: g.last_log_index,
         snapshot_index: g.snapshot_index,
-        members: g.members,
-        holds,
-        reservations_kept,
-        ended_kept,
+        members: g.members.clone(),
+        holds: holds as u64,
+        reservations_kept: reservations_kept as u64,
+        ended_kept: ended_kept as u64,
         next_expiry_ms,
         outbox_last_seq,
         settled_up_to,
         buckets,
-        snapshots: g.snapshots.clone(),
+        snapshots: Some(snapshots_json(&g.snapshots)),
         rss_bytes: rss_bytes(),
-        ledger: s.node.ledger().map(|l| l.group().status()),
+        ledger: s.node.ledger().map(|l| group_json(l.group().status())),
     })
     .into_response()
 }

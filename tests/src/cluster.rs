@@ -16,7 +16,7 @@ use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::UpNode;
+use crate::{Role, UpNode};
 use reservoir_client::ClusterFile;
 use reservoir_proto::v1;
 use reservoir_proto::v1::admin_client::AdminClient;
@@ -473,7 +473,7 @@ impl Cluster {
             let mut views = Vec::new();
             for id in self.live_ids_in(region) {
                 if let Ok(status) = self.status(id).await {
-                    views.push((id, status.leader, status.role == "leader"));
+                    views.push((id, status.leader, status.role == Role::Leader));
                 }
             }
             match agreed_leader(&views, majority) {
@@ -500,7 +500,7 @@ impl Cluster {
                     ledger: Some(ledger), ..
                 }) = self.status(id).await
                 {
-                    views.push((id, ledger.leader, ledger.role == "leader"));
+                    views.push((id, ledger.leader, ledger.role == Role::Leader));
                 }
             }
             match agreed_leader(&views, majority) {
@@ -520,7 +520,7 @@ impl Cluster {
         loop {
             let leader = self.region_leader(region).await;
             match self.status(leader).await {
-                Ok(status) if status.role == "leader" => return status,
+                Ok(status) if status.role == Role::Leader => return status,
                 other => assert!(
                     Instant::now() < give_up,
                     "{region}: no /status from its leader {leader}: {other:?}"

@@ -54,7 +54,6 @@ use reservoir_client::reason_of;
 use reservoir_proto::v1;
 use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
-use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -225,86 +224,8 @@ pub struct RegionOptions {
     pub proposal_queue_max: Option<usize>,
 }
 
-/// What a node reports on `GET /status` (the fields the tests read).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct NodeStatus {
-    /// The node.
-    pub node_id: u64,
-    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
-    pub role: String,
-    /// Its Raft term.
-    pub term: u64,
-    /// The leader it knows, if any.
-    pub leader: Option<u64>,
-    /// The last log index it applied.
-    pub applied_index: Option<u64>,
-    /// Live holds.
-    pub holds: usize,
-    /// When the earliest hold falls due.
-    pub next_expiry_ms: Option<u64>,
-    /// Sequence number of the newest outbox entry (confirmed sales).
-    pub outbox_last_seq: u64,
-    /// Outbox entries settled with the ledger, up to this sequence number.
-    pub settled_up_to: u64,
-    /// Token levels per SKU.
-    pub buckets: BTreeMap<String, Bucket>,
-    /// The last log index its newest snapshot covers.
-    #[serde(default)]
-    pub snapshot_index: Option<u64>,
-    /// What its snapshots of the region group cost.
-    #[serde(default)]
-    pub snapshots: SnapshotCounts,
-    /// The ledger group on this node, on the nodes that host it.
-    #[serde(default)]
-    pub ledger: Option<GroupView>,
-}
-
-/// The snapshot counters of `/status` (the fields the tests read).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-pub struct SnapshotCounts {
-    /// Snapshots this node built since it started.
-    pub built: u64,
-    /// Snapshots this node installed from a leader since it started.
-    pub installed: u64,
-    /// Size of its newest snapshot file.
-    pub last_bytes: u64,
-}
-
-/// A node's view of one Raft group (the ledger's, in `/status`).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct GroupView {
-    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
-    pub role: String,
-    /// Its term in the group.
-    pub term: u64,
-    /// The group's leader it knows, if any.
-    pub leader: Option<u64>,
-}
-
-impl NodeStatus {
-    /// The replicated state this status shows, without the node's own view
-    /// of Raft (role, term, applied index), so replicas can be compared.
-    pub fn state(&self) -> (usize, Option<u64>, u64, u64, &BTreeMap<String, Bucket>) {
-        (
-            self.holds,
-            self.next_expiry_ms,
-            self.outbox_last_seq,
-            self.settled_up_to,
-            &self.buckets,
-        )
-    }
-}
-
-/// One SKU's tokens in `/status`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-pub struct Bucket {
-    /// Free to reserve.
-    pub available: u64,
-    /// Held by live reservations.
-    pub held: u64,
-    /// Sold, not yet settled.
-    pub confirmed: u64,
-}
+/// `GET /status`, as the client crate reads it.
+pub use reservoir_client::{Bucket, GroupView, NodeStatus, Role, SnapshotStats};
 
 /// A standalone region run by `reservoir up` in a temporary directory.
 ///
@@ -537,7 +458,7 @@ impl Region {
             let mut views = Vec::new();
             for id in self.live_ids() {
                 if let Ok(status) = self.status(id).await {
-                    views.push((id, status.leader, status.role == "leader"));
+                    views.push((id, status.leader, status.role == Role::Leader));
                 }
             }
             match agreed_leader(&views, majority) {
@@ -563,7 +484,11 @@ impl Region {
                 }
             }
             let all = statuses.len() == self.live_ids().len();
-            if all && statuses.windows(2).all(|w| w[0].state() == w[1].state()) {
+            if all
+                && statuses
+                    .windows(2)
+                    .all(|w| w[0].replicated_state() == w[1].replicated_state())
+            {
                 return statuses.swap_remove(0);
             }
             assert!(

@@ -91,8 +91,8 @@ async fn every_limit_has_its_code_and_reason_and_changes_nothing() {
     let audit_after = region.audit().await;
     assert_eq!(balanced_sheets(&audit_after), sheets_before, "the books moved");
     assert_eq!(
-        region.converged().await.state(),
-        status_before.state(),
+        region.converged().await.replicated_state(),
+        status_before.replicated_state(),
         "a replica's state moved"
     );
     assert_eq!(region.get(&id).await.expect("the valid hold"), held);

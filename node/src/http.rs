@@ -130,46 +130,6 @@ async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-/// `/status` speaks the client crate's schema; these carry raft's figures
-/// into it.
-fn role_json(role: Role) -> status_json::Role {
-    match role {
-        Role::Leader => status_json::Role::Leader,
-        Role::Follower => status_json::Role::Follower,
-        Role::Candidate => status_json::Role::Candidate,
-        Role::Learner => status_json::Role::Learner,
-        Role::Shutdown => status_json::Role::Shutdown,
-    }
-}
-
-fn snapshots_json(s: &reservoir_raft::SnapshotStats) -> status_json::SnapshotStats {
-    status_json::SnapshotStats {
-        built: s.built,
-        installed: s.installed,
-        last_index: s.last_index,
-        last_build_ms: s.last_build_ms,
-        last_pause_us: s.last_pause_us,
-        last_bytes: s.last_bytes,
-        building: s.building,
-    }
-}
-
-fn group_json(g: reservoir_raft::GroupStatus) -> status_json::GroupView {
-    status_json::GroupView {
-        group: g.group,
-        node_id: g.node_id,
-        role: role_json(g.role),
-        term: g.term,
-        leader: g.leader,
-        applied_index: g.applied_index,
-        last_log_index: g.last_log_index,
-        snapshot_index: g.snapshot_index,
-        members: g.members,
-        millis_since_quorum_ack: g.millis_since_quorum_ack,
-        snapshots: snapshots_json(&g.snapshots),
-    }
-}
-
 /// This process's resident set size, from `/proc/self/status` (Linux).
 pub fn rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -210,7 +170,7 @@ async fn status(State(s): State<AppState>) -> impl IntoResponse {
         node_id: g.node_id,
         region: s.node.region().to_string(),
         standalone: s.node.config().standalone,
-        role: role_json(g.role),
+        role: g.role,
         term: g.term,
         leader: g.leader,
         applied_index: g.applied_index,
@@ -224,9 +184,9 @@ async fn status(State(s): State<AppState>) -> impl IntoResponse {
         outbox_last_seq,
         settled_up_to,
         buckets,
-        snapshots: Some(snapshots_json(&g.snapshots)),
+        snapshots: Some(g.snapshots.clone()),
         rss_bytes: rss_bytes(),
-        ledger: s.node.ledger().map(|l| group_json(l.group().status())),
+        ledger: s.node.ledger().map(|l| l.group().status()),
     })
     .into_response()
 }

@@ -11,7 +11,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::config::{Batch, GroupMachine, GroupRaft, Node, NodeId};
 use crate::network::{Network, RaftEndpoint, Router, SNAPSHOT_CHUNK_BYTES_DEFAULT, Wire};
-use crate::store::{GroupStores, SnapshotStats, SnapshotStatsHandle, StateReader};
+use crate::store::{GroupStores, SnapshotStatsHandle, StateReader};
 
 /// Default bound of proposals waiting for a batch; past it a caller gets
 /// [`ProposeError::Overloaded`] at once.
@@ -152,69 +152,9 @@ pub enum GroupError {
     },
 }
 
-/// A node's role in a group; in JSON and on the wire `leader`, `follower`,
-/// `candidate`, `learner` or `shutdown`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Accepts writes and replicates them.
-    Leader,
-    /// Replicates the leader's log.
-    Follower,
-    /// Asking for votes.
-    Candidate,
-    /// Receives the log without a vote.
-    Learner,
-    /// Stopped.
-    Shutdown,
-}
-
-impl Role {
-    /// Its name, as in JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Leader => "leader",
-            Role::Follower => "follower",
-            Role::Candidate => "candidate",
-            Role::Learner => "learner",
-            Role::Shutdown => "shutdown",
-        }
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Where a group stands, as seen from this node.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct GroupStatus {
-    /// The group id.
-    pub group: String,
-    /// This node.
-    pub node_id: NodeId,
-    /// This node's role.
-    pub role: Role,
-    /// The current term.
-    pub term: u64,
-    /// The leader, if known.
-    pub leader: Option<NodeId>,
-    /// Last log index applied to the state machine.
-    pub applied_index: Option<u64>,
-    /// Last log index in this node's log.
-    pub last_log_index: Option<u64>,
-    /// Last log index covered by a snapshot.
-    pub snapshot_index: Option<u64>,
-    /// Voters (id → address).
-    pub members: BTreeMap<NodeId, String>,
-    /// On the leader: how long since a quorum last acknowledged it. A leader
-    /// cut off from its followers still believes it leads; this tells.
-    pub millis_since_quorum_ack: Option<u64>,
-    /// What this node's snapshots of the group have cost.
-    pub snapshots: SnapshotStats,
-}
+/// A node's role in a group, and where a group stands as seen from this
+/// node: the client crate's `/status` schema, which a node shows as is.
+pub use reservoir_client::{GroupView as GroupStatus, Role};
 
 struct Proposal<SM: GroupMachine> {
     command: SM::Command,

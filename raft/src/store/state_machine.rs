@@ -39,28 +39,9 @@ pub struct AppliedState<SM> {
     pub machine: SM,
 }
 
-/// What a group's snapshots have cost on this node, for `/status` and
-/// metrics.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SnapshotStats {
-    /// Snapshots built here since the node started.
-    pub built: u64,
-    /// Snapshots installed from a leader since the node started.
-    pub installed: u64,
-    /// The last log index the newest snapshot covers.
-    pub last_index: Option<u64>,
-    /// How long building the last snapshot took (clone, encode, write and
-    /// sync), in milliseconds.
-    pub last_build_ms: u64,
-    /// How long the state machine waited for the last build's clone of the
-    /// state, in microseconds: the only part of a build that holds up
-    /// applying.
-    pub last_pause_us: u64,
-    /// Size of the newest snapshot file.
-    pub last_bytes: u64,
-    /// A build is running now.
-    pub building: bool,
-}
+/// What a group's snapshots have cost on this node: the figures `/status`
+/// shows, in the client crate's schema.
+pub use reservoir_client::SnapshotStats;
 
 /// A shared, cheap handle to a group's [`SnapshotStats`].
 #[derive(Clone, Default)]

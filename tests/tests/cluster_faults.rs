@@ -1,8 +1,9 @@
 //! The three-region cluster under load while things break: a region cut
 //! off from the others, and the ledger's leader killed with SIGKILL. The
-//! failure contract (DESIGN.md §5): every region keeps reserving on its own
-//! tokens, nothing is oversold, nothing acknowledged is lost, and once the
-//! fault is over settlement catches up and the books balance to the unit.
+//! failure contract (docs/architecture.md, "The failure contract"): every
+//! region keeps reserving on its own tokens, nothing is oversold, nothing
+//! acknowledged is lost, and once the fault is over settlement catches up
+//! and the books balance to the unit.
 //!
 //! The tests of this file run one at a time (see [`one_at_a_time`]): nine
 //! debug node processes and their load already fill two cores.

@@ -1,4 +1,4 @@
-//! The conservation audit (DESIGN.md §2): every unit ever stocked is in
+//! The conservation audit (docs/architecture.md, "The one invariant"): every unit ever stocked is in
 //! exactly one place. [`balance`] builds the balance sheet from the ledger and
 //! every region's state; any difference is reported as drift.
 

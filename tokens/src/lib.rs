@@ -1,9 +1,10 @@
 //! reservoir-tokens: the pure reservation domain of Reservoir.
 //!
-//! Stock is split into reservation tokens (DESIGN.md §1–2). Each region keeps
-//! its tokens in buckets (`available`, `held`, `confirmed`); a ledger is the
-//! single-writer system of record that grants tokens to regions, revokes
-//! them, and settles confirmed sales. This crate holds the deterministic state
+//! Stock is split into reservation tokens (docs/architecture.md, "Words"
+//! and "The one invariant"). Each region keeps its tokens in buckets
+//! (`available`, `held`, `confirmed`); a ledger is the single-writer system
+//! of record that grants tokens to regions, revokes them, and settles
+//! confirmed sales. This crate holds the deterministic state
 //! machines that Raft replicates, and two pure functions over them:
 //!
 //! - [`RegionState::apply`]: reserve, release, confirm, extend, expire,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::sync::Arc;
 
-/// A region's tokens for one SKU (DESIGN.md §1), plus the running totals
+/// A region's tokens for one SKU (docs/architecture.md, "Words"), plus the running totals
 /// that let the bucket check its own books:
 /// `received - returned - settled = available + held + confirmed`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,4 +1,4 @@
-//! Names for the domain's ids and quantities (DESIGN.md §1).
+//! Names for the domain's ids and quantities (docs/architecture.md, "Words").
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -1,4 +1,4 @@
-//! The conservation audit (DESIGN.md §2) over a ledger and three regions:
+//! The conservation audit (docs/architecture.md, "The one invariant") over a ledger and three regions:
 //! it balances at every intermediate step of every flow, and it reports
 //! corrupted states and missing regions.
 

@@ -4,9 +4,9 @@
 //! Data model (one server, so keys need no hash tags):
 //! - `s:{sku}`: a hash with `stocked`, `available`, `held`, `sold`;
 //! - `h:{request_id}`: a hold, `s:{sku}=qty,...`, with a TTL of the hold
-//!   time plus [`HOLD_KEY_GRACE_MS`] (the "hold key with a TTL" whose write
-//!   cost DESIGN.md §7 measures; the grace lets the sweeper still read the
-//!   lines when it returns an expired hold's units);
+//!   time plus [`HOLD_KEY_GRACE_MS`] (one more write per reserve, as a
+//!   real hold needs; the grace lets the sweeper still read the lines when
+//!   it returns an expired hold's units);
 //! - `holds`: a sorted set of hold keys by expiry time (ms), swept every
 //!   [`SWEEP_INTERVAL`] by a script that returns expired holds' units;
 //! - `c:{request_id}`: a short-lived marker that makes a retried confirm

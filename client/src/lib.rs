@@ -7,6 +7,7 @@
 //!   and a standalone region live).
 //! - [`status`]: a node's `GET /status` JSON, written by the node and read
 //!   by clients from the same type.
+//! - [`text`]: plain-text tables for what client programs print.
 //! - [`errors`]: the stable reason of a status (`INSUFFICIENT_STOCK`,
 //!   `NO_LEADER`, ...), decoded from its `google.rpc.ErrorInfo`.
 //!
@@ -17,6 +18,7 @@ pub mod cluster_file;
 pub mod errors;
 pub mod regions;
 pub mod status;
+pub mod text;
 
 pub use cluster_file::{ClusterEndpoint, ClusterFile, ClusterFileError, ClusterNode, LedgerInfo};
 pub use errors::{error_info, reason_of, reason_or_code};

@@ -760,30 +760,9 @@ fn yes(b: bool) -> &'static str {
     if b { "yes" } else { "NO" }
 }
 
-/// Left-aligned columns separated by two spaces.
+/// `rows` as a table indented by two spaces, columns two spaces apart.
 pub fn table(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, cell)| format!("{cell:<w$}", w = widths[i]))
-            .collect();
-        out.push_str("  ");
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    reservoir_client::text::table(rows, "  ")
 }
 
 #[cfg(test)]

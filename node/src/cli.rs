@@ -716,29 +716,9 @@ fn row(cells: &[&str]) -> Vec<String> {
     cells.iter().map(|c| c.to_string()).collect()
 }
 
-/// Rows as left-aligned columns two spaces apart, one line each.
+/// `rows` as a table, columns two spaces apart.
 pub fn table(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(String::len)
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out += line.join("  ").trim_end();
-        out += "\n";
-    }
-    out
+    reservoir_client::text::table(rows, "")
 }
 
 /// Milliseconds since the Unix epoch as UTC, `2025-06-01T12:00:00.000Z`;

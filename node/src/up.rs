@@ -767,7 +767,7 @@ fn print_endpoints(nodes: &[NodeProcess], cluster_path: &Path) {
         nodes.len(),
         cluster_path.display()
     );
-    print!("{}", crate::cli::table(&rows));
+    print!("{}", reservoir_client::text::table(&rows, ""));
     println!("Ctrl-C stops the region.");
 }
 

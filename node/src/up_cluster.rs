@@ -724,7 +724,7 @@ async fn print_endpoints(cluster: &Cluster, options: &ClusterOptions) {
         options.wan,
         cluster.dir.join("cluster.json").display()
     );
-    print!("{}", crate::cli::table(&rows));
+    print!("{}", reservoir_client::text::table(&rows, ""));
     if cluster.architecture == Architecture::SingleWriter {
         for (region, list) in cluster.endpoints.iter().filter(|(r, _)| *r != HOME_REGION) {
             let addrs: Vec<String> = list.iter().map(|e| e.grpc.to_string()).collect();

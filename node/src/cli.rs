@@ -118,6 +118,14 @@ pub struct UpArgs {
     pub proposal_queue_max: Option<usize>,
 }
 
+/// `reservoir bench`: most concurrent clients (the command line refuses
+/// more; `bench` reads its limits from here, so the two never disagree).
+pub const BENCH_CLIENTS_MAX: u64 = 4_096;
+/// `reservoir bench`: most gRPC connections the clients share.
+pub const BENCH_CONNECTIONS_MAX: u64 = 256;
+/// `reservoir bench`: longest measured window, and longest warm-up.
+pub const BENCH_DURATION_S_MAX: u64 = 3_600;
+
 /// `reservoir bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -126,15 +134,15 @@ pub struct BenchArgs {
     pub target: Target,
     /// Concurrent clients, each with one request in flight.
     #[arg(long, value_name = "N", default_value_t = 1,
-          value_parser = clap::value_parser!(u64).range(1..=crate::bench::CLIENTS_MAX))]
+          value_parser = clap::value_parser!(u64).range(1..=BENCH_CLIENTS_MAX))]
     pub clients: u64,
     /// Length of the measured window, in seconds.
     #[arg(long, value_name = "S", default_value_t = 10,
-          value_parser = clap::value_parser!(u64).range(1..=crate::bench::DURATION_S_MAX))]
+          value_parser = clap::value_parser!(u64).range(1..=BENCH_DURATION_S_MAX))]
     pub duration_s: u64,
     /// Seconds of requests before the window, neither timed nor counted.
     #[arg(long, value_name = "W", default_value_t = 2,
-          value_parser = clap::value_parser!(u64).range(0..=crate::bench::DURATION_S_MAX))]
+          value_parser = clap::value_parser!(u64).range(0..=BENCH_DURATION_S_MAX))]
     pub warmup_s: u64,
     /// The hot SKU every client reserves one unit of.
     #[arg(long, default_value = "bench-hot", value_parser = parse_sku)]
@@ -148,7 +156,7 @@ pub struct BenchArgs {
     /// gRPC connections, shared round-robin by the clients [default: one per
     /// client, at most 8].
     #[arg(long, value_name = "C",
-          value_parser = clap::value_parser!(u64).range(1..=crate::bench::CONNECTIONS_MAX))]
+          value_parser = clap::value_parser!(u64).range(1..=BENCH_CONNECTIONS_MAX))]
     pub connections: Option<u64>,
     /// Print the result as one JSON object instead of text.
     #[arg(long)]

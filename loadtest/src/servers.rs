@@ -46,7 +46,7 @@ pub const TEXT_BYTES_MAX: usize = 200;
 pub const SNAPSHOT_EVENTS_SHOWN_MAX: usize = 30;
 
 /// `/status` as the client crate reads it.
-pub use reservoir_client::{NodeStatus, Role, SnapshotStats};
+pub use reservoir_client::{NodeStatus, SnapshotStats};
 
 /// Parses a `/status` body.
 pub fn parse_status(body: &[u8]) -> Result<NodeStatus, String> {

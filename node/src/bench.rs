@@ -35,14 +35,11 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-pub use crate::cli::{BENCH_CLIENTS_MAX as CLIENTS_MAX, BENCH_CONNECTIONS_MAX as CONNECTIONS_MAX};
-use crate::cli::{BENCH_DURATION_S_MAX, BenchArgs, ClientError, NodeAddr, connect, fresh_request_id};
+use crate::cli::{BenchArgs, ClientError, NodeAddr, connect, fresh_request_id};
 use reservoir_client::reason_or_code;
 
 /// Connections when `--connections` is not given: one per client up to this.
 pub const CONNECTIONS_DEFAULT_MAX: u64 = 8;
-/// Longest measured window, and longest warm-up.
-pub const DURATION_S_MAX: u64 = BENCH_DURATION_S_MAX;
 /// Most requests one run sends, all clients and the warm-up together.
 pub const REQUESTS_MAX: u64 = 10_000_000;
 /// Distinct error reasons counted by name; further ones are counted under

@@ -119,7 +119,7 @@ pub struct UpArgs {
 }
 
 /// `reservoir bench`: most concurrent clients (the command line refuses
-/// more; `bench` reads its limits from here, so the two never disagree).
+/// more).
 pub const BENCH_CLIENTS_MAX: u64 = 4_096;
 /// `reservoir bench`: most gRPC connections the clients share.
 pub const BENCH_CONNECTIONS_MAX: u64 = 256;

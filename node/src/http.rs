@@ -176,7 +176,7 @@ async fn status(State(s): State<AppState>) -> impl IntoResponse {
         applied_index: g.applied_index,
         last_log_index: g.last_log_index,
         snapshot_index: g.snapshot_index,
-        members: g.members.clone(),
+        members: g.members,
         holds: holds as u64,
         reservations_kept: reservations_kept as u64,
         ended_kept: ended_kept as u64,
@@ -184,7 +184,7 @@ async fn status(State(s): State<AppState>) -> impl IntoResponse {
         outbox_last_seq,
         settled_up_to,
         buckets,
-        snapshots: Some(g.snapshots.clone()),
+        snapshots: Some(g.snapshots),
         rss_bytes: rss_bytes(),
         ledger: s.node.ledger().map(|l| l.group().status()),
     })

@@ -81,13 +81,6 @@ pub enum Architecture {
 }
 
 impl Architecture {
-    /// Every architecture, by name.
-    pub const ALL: [Architecture; 3] = [
-        Architecture::Tokens,
-        Architecture::SingleWriter,
-        Architecture::GlobalConsensus,
-    ];
-
     /// Its name on the command line and in `cluster.json`.
     pub fn name(self) -> &'static str {
         match self {
@@ -958,4 +951,19 @@ async fn restart(State(c): State<Arc<Cluster>>, UrlPath(id): UrlPath<u64>) -> im
     }
     eprintln!("control: restarted node {id} (pid {respawned})");
     (StatusCode::OK, format!("restarted node {id} (pid {respawned})\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::ValueEnum;
+
+    /// The name `cluster.json` and the messages use is the one the command
+    /// line parses.
+    #[test]
+    fn architecture_names_parse_back() {
+        for a in Architecture::value_variants() {
+            assert_eq!(Architecture::from_str(a.name(), false), Ok(*a));
+        }
+    }
 }

@@ -1,6 +1,7 @@
-//! The conservation audit (docs/architecture.md, "The one invariant"): every unit ever stocked is in
-//! exactly one place. [`balance`] builds the balance sheet from the ledger and
-//! every region's state; any difference is reported as drift.
+//! The conservation audit (docs/architecture.md, "The one invariant"):
+//! every unit ever stocked is in exactly one place. [`balance`] builds the
+//! balance sheet from the ledger and every region's state; any difference is
+//! reported as drift.
 
 use crate::ledger::LedgerState;
 use crate::region::{AppliedTransfer, Bucket, RegionState};

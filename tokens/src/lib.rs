@@ -4,8 +4,8 @@
 //! and "The one invariant"). Each region keeps its tokens in buckets
 //! (`available`, `held`, `confirmed`); a ledger is the single-writer system
 //! of record that grants tokens to regions, revokes them, and settles
-//! confirmed sales. This crate holds the deterministic state
-//! machines that Raft replicates, and two pure functions over them:
+//! confirmed sales. This crate holds the deterministic state machines that
+//! Raft replicates, and two pure functions over them:
 //!
 //! - [`RegionState::apply`]: reserve, release, confirm, extend, expire,
 //!   grant, revoke, settled, and (standalone only) adjust stock;

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use std::sync::Arc;
 
-/// A region's tokens for one SKU (docs/architecture.md, "Words"), plus the running totals
-/// that let the bucket check its own books:
+/// A region's tokens for one SKU (docs/architecture.md, "Words"), plus the
+/// running totals that let the bucket check its own books:
 /// `received - returned - settled = available + held + confirmed`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bucket {

@@ -1,6 +1,6 @@
-//! The conservation audit (docs/architecture.md, "The one invariant") over a ledger and three regions:
-//! it balances at every intermediate step of every flow, and it reports
-//! corrupted states and missing regions.
+//! The conservation audit (docs/architecture.md, "The one invariant") over
+//! a ledger and three regions: it balances at every intermediate step of
+//! every flow, and it reports corrupted states and missing regions.
 
 use reservoir_tokens::audit::{self, BalanceSheet, SkuBalance};
 use reservoir_tokens::{

@@ -82,7 +82,7 @@ pub fn newest_cluster_file() -> Option<PathBuf> {
     None
 }
 
-pub use reservoir_client::reason_or_code as reason_of;
+pub use reservoir_client::reason_or_code;
 
 /// A status as an [`OpError`]: UNAVAILABLE (no leader, overloaded, no
 /// connection), timeouts and transport errors are retryable with the same
@@ -97,7 +97,7 @@ pub fn op_error(status: &Status) -> OpError {
             Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
         );
     OpError {
-        reason: reason_of(status),
+        reason: reason_or_code(status),
         retryable,
         message: status.message().to_string(),
     }
@@ -717,7 +717,10 @@ mod tests {
         let e = op_error(&s);
         assert_eq!(e.reason, "UNAVAILABLE");
         assert!(e.retryable);
-        assert_eq!(reason_of(&Status::deadline_exceeded("slow")), "DEADLINE_EXCEEDED");
+        assert_eq!(
+            reason_or_code(&Status::deadline_exceeded("slow")),
+            "DEADLINE_EXCEEDED"
+        );
     }
 
     /// A chunked body is put back together; a cut one is refused.

@@ -238,6 +238,14 @@ pub(crate) struct GroupShared {
     _lease: GroupLease,
 }
 
+impl GroupShared {
+    /// A snapshot covering the log up to `last` is durable: purging may
+    /// reach it even while an install runs.
+    pub(crate) fn snapshot_durable(&self, last: Option<LogId>) {
+        self.purge_limit.send_modify(|l| l.durable = l.durable.max(last));
+    }
+}
+
 /// What bounds purging. openraft asks to purge the log up to a snapshot it
 /// is about to install as soon as it has queued the install; until the
 /// snapshot file is durable, a crash would restart from the older snapshot

@@ -146,7 +146,7 @@ impl<SM: GroupMachine> StateMachineStore<SM> {
             Some((meta, file)) => {
                 let (_, state) = snapshot::read::<SM>(&file)?;
                 check_meta(&meta, &state)?;
-                shared.purge_limit.send_modify(|l| l.durable = meta.last_log_id);
+                shared.snapshot_durable(meta.last_log_id);
                 stats.update(|s| {
                     s.last_index = meta.last_log_id.map(|id| id.index);
                     s.last_bytes = file.bytes();
@@ -253,7 +253,6 @@ impl<SM: GroupMachine> RaftStateMachine<GroupConfig<SM>> for StateMachineStore<S
         let pause_us = started.elapsed().as_micros() as u64;
         SnapshotBuilder {
             shared: self.shared.clone(),
-            group: self.shared.group.clone(),
             state,
             snapshots: self.snapshots.clone(),
             stats: self.stats.clone(),
@@ -313,9 +312,7 @@ impl<SM: GroupMachine> RaftStateMachine<GroupConfig<SM>> for StateMachineStore<S
         };
         // Freeing a large state takes a while; not on the executor.
         tokio::task::spawn_blocking(move || drop(old));
-        self.shared
-            .purge_limit
-            .send_modify(|l| l.durable = l.durable.max(meta.last_log_id));
+        self.shared.snapshot_durable(meta.last_log_id);
         let bytes = self.snapshots.current().map_or(0, |(_, f)| f.bytes());
         self.stats.update(|s| {
             s.installed += 1;
@@ -341,7 +338,6 @@ impl<SM: GroupMachine> RaftStateMachine<GroupConfig<SM>> for StateMachineStore<S
 /// for the builder.
 pub struct SnapshotBuilder<SM> {
     shared: Arc<GroupShared>,
-    group: String,
     /// `None` if the state lock was poisoned.
     state: Option<AppliedState<SM>>,
     snapshots: SnapshotDir,
@@ -391,9 +387,7 @@ impl<SM: GroupMachine> RaftSnapshotBuilder<GroupConfig<SM>> for SnapshotBuilder<
         };
         self.stats.update(|s| s.building = false);
         let file = written.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        self.shared
-            .purge_limit
-            .send_modify(|l| l.durable = l.durable.max(meta.last_log_id));
+        self.shared.snapshot_durable(meta.last_log_id);
         let build_ms = started.elapsed().as_millis() as u64;
         let pause_us = self.pause_us;
         self.stats.update(|s| {
@@ -403,10 +397,11 @@ impl<SM: GroupMachine> RaftSnapshotBuilder<GroupConfig<SM>> for SnapshotBuilder<
             s.last_pause_us = pause_us;
             s.last_bytes = file.bytes();
         });
-        metrics::counter!("reservoir_raft_snapshots_built_total", "group" => self.group.clone()).increment(1);
-        metrics::histogram!("reservoir_raft_snapshot_build_seconds", "group" => self.group.clone())
+        metrics::counter!("reservoir_raft_snapshots_built_total", "group" => self.shared.group.clone())
+            .increment(1);
+        metrics::histogram!("reservoir_raft_snapshot_build_seconds", "group" => self.shared.group.clone())
             .record(started.elapsed().as_secs_f64());
-        metrics::gauge!("reservoir_raft_snapshot_bytes", "group" => self.group.clone())
+        metrics::gauge!("reservoir_raft_snapshot_bytes", "group" => self.shared.group.clone())
             .set(file.bytes() as f64);
         Ok(Snapshot {
             meta,

@@ -3,11 +3,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=reservoir");
-    let files = [
-        "reservoir/v1/inventory.proto",
-        "reservoir/internal/v1/control.proto",
-    ];
-    let fds = protox::compile(files, ["."])?;
+    let fds = protox::compile(["reservoir/v1/inventory.proto"], ["."])?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

@@ -8,18 +8,22 @@
 //! - [`status`]: a node's `GET /status` JSON, written by the node and read
 //!   by clients from the same type.
 //! - [`text`]: plain-text tables for what client programs print.
+//! - [`channels`]: one reused gRPC channel per peer address (a node's Raft
+//!   network, control plane and forwarding share one).
 //! - [`errors`]: the stable reason of a status (`INSUFFICIENT_STOCK`,
 //!   `NO_LEADER`, ...), decoded from its `google.rpc.ErrorInfo`.
 //!
 //! It depends on no other crate of the workspace but `reservoir-proto`, so a
 //! client never links the node.
 
+pub mod channels;
 pub mod cluster_file;
 pub mod errors;
 pub mod regions;
 pub mod status;
 pub mod text;
 
+pub use channels::Channels;
 pub use cluster_file::{ClusterEndpoint, ClusterFile, ClusterFileError, ClusterNode, LedgerInfo};
 pub use errors::{error_info, reason_of, reason_or_code};
 pub use regions::{HOME_REGION, REGIONS};

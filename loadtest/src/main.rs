@@ -39,6 +39,10 @@ struct Args {
     /// Most requests in flight per region.
     #[arg(long)]
     inflight_max: Option<usize>,
+    /// Closed-loop clients per region, each sending its next request when the
+    /// last is answered (0: the scenario's open loop of arrivals).
+    #[arg(long)]
+    clients: Option<usize>,
     /// Hold time of every reserve, in milliseconds (up to 14400000, 4 hours).
     #[arg(long)]
     hold_ttl_ms: Option<u64>,
@@ -90,6 +94,9 @@ fn scenario(args: &Args) -> Result<Scenario, LoadError> {
     }
     if let Some(n) = args.inflight_max {
         scenario.inflight_max = n;
+    }
+    if let Some(n) = args.clients {
+        scenario.clients_per_region = n;
     }
     if let Some(ms) = args.hold_ttl_ms {
         scenario.sessions.hold_ttl_ms = ms;

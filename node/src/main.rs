@@ -6,12 +6,10 @@
 //! run), 2 usage (bad arguments, a bad config file).
 
 use clap::Parser;
-use reservoir_node::bench::BenchOptions;
-use reservoir_node::cli::{
-    BenchArgs, Cli, ClientCommand, Command, EXIT_FAILURE, EXIT_USAGE, NodeArgs, UpArgs,
-};
-use reservoir_node::config::NodeConfig;
-use reservoir_node::{bench, cli, server, up, up_cluster};
+use reservoir_node::args::{Cli, Command, EXIT_FAILURE, EXIT_USAGE, NodeArgs, UpArgs};
+use reservoir_node::cli::{self, ClientCommand};
+use reservoir_node::server::{self, config::NodeConfig};
+use reservoir_node::up::{self, cluster};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,7 +31,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Node(args) => node(args),
         Command::Up(args) => up(args),
-        Command::Bench(args) => bench(args),
         Command::Client(command) => client(command),
     }
 }
@@ -90,7 +87,7 @@ fn up(args: UpArgs) -> ExitCode {
         }
     };
     if args.standalone
-        && (args.architecture != up_cluster::Architecture::Tokens || args.nodes_per_region.is_some())
+        && (args.architecture != cluster::Architecture::Tokens || args.nodes_per_region.is_some())
     {
         eprintln!(
             "error: --architecture and --nodes-per-region go with the three-region cluster, not --standalone"
@@ -112,7 +109,7 @@ fn up(args: UpArgs) -> ExitCode {
         }
         let architecture = args.architecture;
         println!("cluster directory: {}", dir.display());
-        runtime.block_on(up_cluster::run(up_cluster::ClusterOptions {
+        runtime.block_on(cluster::run(cluster::ClusterOptions {
             dir,
             architecture,
             nodes_per_region: args.nodes_per_region,
@@ -128,36 +125,6 @@ fn up(args: UpArgs) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(if e.is_usage() { EXIT_USAGE } else { EXIT_FAILURE })
-        }
-    }
-}
-
-/// `reservoir bench`: the result on stdout (text or `--json`), progress on
-/// stderr. Fails when setup fails or when no request succeeded.
-fn bench(args: BenchArgs) -> ExitCode {
-    let json = args.json;
-    let options = BenchOptions::from_args(args);
-    // Multi-thread, so the clients' encoding and decoding use every core.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    match runtime.block_on(bench::run(&options)) {
-        Ok(report) => {
-            println!("{}", if json { report.json() } else { report.text() });
-            if report.ok > 0 {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("error: no reserve succeeded");
-                ExitCode::from(EXIT_FAILURE)
-            }
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(EXIT_FAILURE)
         }
     }
 }

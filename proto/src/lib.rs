@@ -46,10 +46,3 @@ pub mod v1 {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]
     tonic::include_proto!("reservoir.v1");
 }
-
-/// Generated code for the internal control plane, `reservoir.internal.v1`
-/// (regions ↔ ledger: transfers, settlement, top-ups, gossip).
-pub mod internal {
-    #![allow(missing_docs, clippy::all, clippy::pedantic)]
-    tonic::include_proto!("reservoir.internal.v1");
-}

@@ -37,6 +37,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, Snapshot};
+use reservoir_client::Channels;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -62,8 +63,6 @@ pub const INCOMING_SNAPSHOTS_MAX: usize = 4;
 /// (replication sends at least one entry), or one snapshot chunk, plus the
 /// envelope.
 pub const RAFT_MESSAGE_BYTES_MAX: usize = ENTRY_BYTES_MAX as usize + 1024 * 1024;
-/// How long a connection attempt to a peer may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Which Raft RPC a message is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -742,38 +741,21 @@ impl<SM: GroupMachine> RaftNetwork<GroupConfig<SM>> for Connection<SM> {
     }
 }
 
-/// The production wire: gRPC over tonic, one lazily connected, reused channel
-/// per peer address.
-#[derive(Default)]
+/// The production wire: gRPC over tonic, on the node's shared channels (one
+/// lazily connected, reused channel per peer address; the node's control
+/// plane and forwarding use the same ones).
 pub struct TonicWire {
-    channels: Mutex<BTreeMap<String, tonic::transport::Channel>>,
+    channels: Arc<Channels>,
 }
 
 impl TonicWire {
-    /// A wire with no connections yet.
-    pub fn new() -> TonicWire {
-        TonicWire::default()
+    /// A wire over `channels`.
+    pub fn new(channels: Arc<Channels>) -> TonicWire {
+        TonicWire { channels }
     }
 
     fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, WireError> {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = channels.get(addr) {
-            return Ok(c.clone());
-        }
-        let uri = if addr.starts_with("http://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let endpoint = tonic::transport::Endpoint::from_shared(uri)
-            .map_err(|e| WireError::Refused(format!("bad peer address {addr}: {e}")))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_while_idle(true);
-        let channel = endpoint.connect_lazy();
-        channels.insert(addr.to_string(), channel.clone());
-        Ok(channel)
+        self.channels.get(addr).map_err(WireError::Refused)
     }
 }
 

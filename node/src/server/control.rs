@@ -4,14 +4,15 @@
 //!
 //! Messages are the Rust types below, bincode-encoded; both ends run the same
 //! build. Any node accepts any call and forwards it once to the leader of the
-//! group it is for, like the public API.
+//! group it is for, like the public API. This module holds the messages and
+//! the client ([`ControlClient`]); the server side is
+//! [`crate::server::service::control`].
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use reservoir_proto::internal::control_client::ControlClient as GrpcControlClient;
-use reservoir_proto::internal::{ControlMessage, ControlReply};
+use reservoir_client::Channels;
 use reservoir_tokens::audit::RegionBooks;
 use reservoir_tokens::ledger::LedgerSku;
 use reservoir_tokens::{
@@ -23,13 +24,21 @@ use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use crate::availability::Digest;
-use crate::config::Peer;
+use self::pb::control_client::ControlClient as GrpcControlClient;
+use self::pb::{ControlMessage, ControlReply};
+use crate::server::availability::Digest;
+use crate::server::config::Peer;
+
+/// Generated code for the control plane's gRPC service,
+/// `reservoir.internal.v1.Control` (`node/proto/`): messages carry a
+/// bincode payload of the types below.
+pub mod pb {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("reservoir.internal.v1");
+}
 
 /// Largest control message (a report carries at most a settlement batch).
 pub const CONTROL_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
-/// Connect timeout to a peer.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1_000);
 
 /// A call for a region group.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -191,18 +200,23 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
 pub struct ControlClient {
     regions: BTreeMap<RegionId, Vec<Peer>>,
     ledger: Vec<Peer>,
-    channels: Mutex<BTreeMap<String, Channel>>,
+    channels: Arc<Channels>,
     /// The node that answered last, per group: tried first next time.
     preferred: Mutex<BTreeMap<String, usize>>,
 }
 
 impl ControlClient {
-    /// A client that reaches `regions` (name → nodes) and the ledger's nodes.
-    pub fn new(regions: BTreeMap<RegionId, Vec<Peer>>, ledger: Vec<Peer>) -> ControlClient {
+    /// A client that reaches `regions` (name → nodes) and the ledger's nodes
+    /// over `channels` (the node's one channel per peer).
+    pub fn new(
+        regions: BTreeMap<RegionId, Vec<Peer>>,
+        ledger: Vec<Peer>,
+        channels: Arc<Channels>,
+    ) -> ControlClient {
         ControlClient {
             regions,
             ledger,
-            channels: Mutex::new(BTreeMap::new()),
+            channels,
             preferred: Mutex::new(BTreeMap::new()),
         }
     }
@@ -217,22 +231,9 @@ impl ControlClient {
         !self.ledger.is_empty()
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, Status> {
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = channels.get(addr) {
-            return Ok(c.clone());
-        }
-        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::internal(format!("bad address {addr}: {e}")))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
-        let c = endpoint.connect_lazy();
-        channels.insert(addr.to_string(), c.clone());
-        Ok(c)
-    }
-
     fn client(&self, addr: &str) -> Result<GrpcControlClient<Channel>, Status> {
-        Ok(GrpcControlClient::new(self.channel(addr)?)
+        let channel = self.channels.get(addr).map_err(Status::internal)?;
+        Ok(GrpcControlClient::new(channel)
             .max_decoding_message_size(CONTROL_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(CONTROL_MESSAGE_BYTES_MAX))
     }
@@ -350,191 +351,4 @@ fn retry_elsewhere(status: &Status) -> bool {
         status.code(),
         Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
     )
-}
-
-/// The control plane's gRPC service on a node.
-pub struct ControlService {
-    node: std::sync::Arc<crate::service::Node>,
-}
-
-impl ControlService {
-    /// The gRPC server for `node`, with the control message limit.
-    pub fn server(
-        node: std::sync::Arc<crate::service::Node>,
-    ) -> reservoir_proto::internal::control_server::ControlServer<ControlService> {
-        reservoir_proto::internal::control_server::ControlServer::new(ControlService { node })
-            .max_decoding_message_size(CONTROL_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(CONTROL_MESSAGE_BYTES_MAX)
-    }
-
-    async fn region_call(&self, message: ControlMessage) -> Result<Vec<u8>, Status> {
-        use crate::service::Route;
-        let node = &self.node;
-        if message.region != node.region() {
-            return Err(Status::failed_precondition(format!(
-                "call for region {} reached a node of {}",
-                message.region,
-                node.region()
-            )));
-        }
-        let call: RegionCall = decode(&message.payload)?;
-        let forwarded = message.forwarded;
-        let reply = match call {
-            RegionCall::Gossip(digest) => {
-                node.availability().merge(digest);
-                RegionReply::Gossip(node.availability().digest())
-            }
-            RegionCall::Apply(op) => match node.write_region(op, forwarded).await {
-                Ok(Route::Applied(applied)) => RegionReply::Applied(Ok(applied)),
-                Ok(Route::Leader(addr)) => return self.forward(&addr, message, false).await,
-                // A refusal is an answer, not a transport failure.
-                Err(crate::service::WriteError::Rejected(rejection)) => RegionReply::Applied(Err(rejection)),
-                Err(crate::service::WriteError::Unavailable(status)) => return Err(status),
-            },
-            RegionCall::Report(request) => {
-                let demand = node.demand().demand(node.now_ms());
-                let region = node.region().to_string();
-                let leader_id = node.config().node_id;
-                let read = node
-                    .read_region(forwarded, move |s| {
-                        let after = request
-                            .outbox_after
-                            .unwrap_or(s.settled_up_to())
-                            .max(s.settled_up_to());
-                        RegionReport {
-                            region: region.clone(),
-                            leader_id,
-                            clock_ms: s.clock_ms(),
-                            buckets: s.buckets().map(|(sku, b)| (sku.clone(), b.clone())).collect(),
-                            demand: BTreeMap::new(),
-                            outbox: s.outbox_after(after).take(request.outbox_max).collect(),
-                            last_outbox_seq: s.last_outbox_seq(),
-                            settled_up_to: s.settled_up_to(),
-                            oldest_unsettled_ms: s
-                                .outbox_after(s.settled_up_to())
-                                .next()
-                                .map(|e| e.confirmed_at_ms),
-                            transfers: request
-                                .transfers
-                                .iter()
-                                .filter_map(|id| s.transfer(*id).map(|t| (*id, t.clone())))
-                                .collect(),
-                        }
-                    })
-                    .await?;
-                match read {
-                    Route::Applied(mut report) => {
-                        report.demand = demand;
-                        RegionReply::Report(report)
-                    }
-                    Route::Leader(addr) => return self.forward(&addr, message, false).await,
-                }
-            }
-        };
-        encode(&reply)
-    }
-
-    async fn ledger_call(&self, message: ControlMessage) -> Result<Vec<u8>, Status> {
-        let node = &self.node;
-        let Some(host) = node.ledger() else {
-            // Not a ledger host: pass the call on to the ledger's nodes.
-            let call: LedgerCall = decode(&message.payload)?;
-            let reply = node
-                .control()
-                .ledger(&call, crate::service::FORWARD_TIMEOUT)
-                .await?;
-            return encode(&reply);
-        };
-        let call: LedgerCall = decode(&message.payload)?;
-        let group = host.group();
-        if !group.is_leader() {
-            if message.forwarded {
-                return Err(crate::status::NodeError::NoLeader {
-                    group: "ledger".into(),
-                }
-                .to_status());
-            }
-            match group.leader() {
-                Some((_, addr)) => return self.forward(&addr, message, true).await,
-                None => {
-                    group.wait_for_leader(crate::service::LEADER_WAIT).await;
-                    match group.leader() {
-                        Some((id, addr)) if id != node.config().node_id => {
-                            return self.forward(&addr, message, true).await;
-                        }
-                        Some(_) => {}
-                        None => {
-                            return Err(crate::status::NodeError::NoLeader {
-                                group: "ledger".into(),
-                            }
-                            .to_status());
-                        }
-                    }
-                }
-            }
-        }
-        let reply = match call {
-            LedgerCall::TopUp { .. } => {
-                host.wake();
-                LedgerReply::TopUpQueued
-            }
-            LedgerCall::Summary => LedgerReply::Summary(Box::new(host.summary())),
-            LedgerCall::Audit => match host.audit().await {
-                Ok(sheet) => LedgerReply::Audit(Box::new(sheet)),
-                Err(e) => return Err(Status::unavailable(format!("audit: {e}"))),
-            },
-            LedgerCall::Apply(op) => {
-                let cmd = reservoir_tokens::LedgerCommand {
-                    now_ms: node.now_ms(),
-                    op,
-                };
-                match tokio::time::timeout(crate::service::COMMIT_TIMEOUT, group.propose(cmd)).await {
-                    Ok(Ok(outcome)) => LedgerReply::Applied(outcome),
-                    Ok(Err(reservoir_raft::ProposeError::Overloaded)) => {
-                        return Err(crate::status::NodeError::Overloaded {
-                            queue: "ledger proposals",
-                            max: group.queue_max(),
-                        }
-                        .to_status());
-                    }
-                    Ok(Err(_)) | Err(_) => {
-                        return Err(crate::status::NodeError::NoLeader {
-                            group: "ledger".into(),
-                        }
-                        .to_status());
-                    }
-                }
-            }
-        };
-        encode(&reply)
-    }
-
-    async fn forward(&self, addr: &str, message: ControlMessage, ledger: bool) -> Result<Vec<u8>, Status> {
-        if message.forwarded {
-            return Err(crate::status::NodeError::NoLeader {
-                group: message.region.clone(),
-            }
-            .to_status());
-        }
-        Ok(self.node.control().forward(addr, message, ledger).await?.payload)
-    }
-}
-
-#[tonic::async_trait]
-impl reservoir_proto::internal::control_server::Control for ControlService {
-    async fn region(
-        &self,
-        request: tonic::Request<ControlMessage>,
-    ) -> Result<tonic::Response<ControlReply>, Status> {
-        let payload = self.region_call(request.into_inner()).await?;
-        Ok(tonic::Response::new(ControlReply { payload }))
-    }
-
-    async fn ledger(
-        &self,
-        request: tonic::Request<ControlMessage>,
-    ) -> Result<tonic::Response<ControlReply>, Status> {
-        let payload = self.ledger_call(request.into_inner()).await?;
-        Ok(tonic::Response::new(ControlReply { payload }))
-    }
 }

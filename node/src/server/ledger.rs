@@ -23,9 +23,11 @@ use reservoir_tokens::{
 };
 use tokio::sync::{Notify, watch};
 
-use crate::clock::Clock;
-use crate::config::RebalanceConfig;
-use crate::control::{ControlClient, LedgerSummary, RegionCall, RegionReply, RegionReport, ReportRequest};
+use crate::server::clock::Clock;
+use crate::server::config::RebalanceConfig;
+use crate::server::control::{
+    ControlClient, LedgerSummary, RegionCall, RegionReply, RegionReport, ReportRequest,
+};
 
 /// How long one region call of a round may take.
 pub const REGION_CALL_TIMEOUT: Duration = Duration::from_secs(2);

@@ -3,7 +3,7 @@
 //! Three regions (`us-east`, `eu-west`, `ap-south`) of N nodes each run as
 //! child processes on loopback ports, the ledger's group on the us-east
 //! nodes beside their region group. Every cross-region connection goes
-//! through a WAN link emulator in this process ([`crate::wan`]): each node's
+//! through a WAN link emulator in this process ([`crate::up::wan`]): each node's
 //! config names the other regions' nodes (and the ledger's) at proxy ports
 //! that add the link's round trip and can be cut. A control API over HTTP
 //! cuts and heals links and kills and restarts nodes.
@@ -40,13 +40,13 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
 
-use crate::config::{NodeConfig, Peer, PolicyName, RaftTuning, RebalanceConfig, RegionPeers};
+use crate::server::config::{NodeConfig, Peer, PolicyName, RaftTuning, RebalanceConfig, RegionPeers};
+use crate::up::wan::{self, Link, Wan, WanProfile};
 use crate::up::{
     ClusterEndpoint, ClusterFile, ClusterNode, LedgerInfo, NodeProcess, PlannedNode, ShutdownSignals,
     UpError, config_path, existing_node_ids, free_ports, reap, send_signal, spawn_node, stop_all, wait_ready,
     write_atomically,
 };
-use crate::wan::{self, Link, Wan, WanProfile};
 
 /// The region that hosts the ledger.
 pub const HOME_REGION: &str = reservoir_client::HOME_REGION;
@@ -318,10 +318,10 @@ fn prepare(dir: &Path, options: &ClusterOptions) -> Result<(Vec<PlannedNode>, bo
             "--architecture global-consensus has one voter per region: --nodes-per-region must be 1, got {n}"
         )));
     }
-    if !(1..=crate::config::PEERS_MAX as u64).contains(&n) {
+    if !(1..=crate::server::config::PEERS_MAX as u64).contains(&n) {
         return Err(UpError::Usage(format!(
             "--nodes-per-region must be 1-{}, got {n}",
-            crate::config::PEERS_MAX
+            crate::server::config::PEERS_MAX
         )));
     }
     let policy = RebalanceConfig {

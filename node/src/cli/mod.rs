@@ -1,175 +1,29 @@
-//! The `reservoir` command line: its arguments (clap), and the client
-//! commands, thin wrappers over one gRPC call each.
+//! The client commands of the `reservoir` command (`reserve`, `confirm`,
+//! `release`, `extend`, `get`, `availability`, `stock`, `audit`, `status`):
+//! thin wrappers over one gRPC call each.
 //!
 //! A client command prints the reservation (or the availability, the stock,
 //! the audit) on stdout, or one line on stderr: `error: <REASON>: <message>`,
 //! where the reason is the status's `google.rpc.ErrorInfo` reason and, for
 //! a status without one (a transport failure), the gRPC code's name.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Subcommand};
 use reservoir_client::reason_or_code;
 pub use reservoir_proto::code_name;
 use reservoir_proto::v1;
 use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
-
-/// Exit code of a failed command: a refused call, no connection, a node or
-/// cluster that could not run.
-pub const EXIT_FAILURE: u8 = 1;
-/// Exit code of a usage error: bad arguments or a bad config file.
-pub const EXIT_USAGE: u8 = 2;
 
 /// How long a client waits for the TCP connection to a node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client waits for one call; longer than the longest
 /// `max_wait_ms` a reserve may ask for (5 s), plus a leader election.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// `reservoir`: a Reservoir node, the local cluster launcher, and a client.
-#[derive(Debug, Parser)]
-#[command(name = "reservoir", version, about, propagate_version = true)]
-pub struct Cli {
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// The subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run one node from its config file.
-    Node(NodeArgs),
-    /// Start a local cluster as child processes and keep it running until
-    /// Ctrl-C or SIGTERM.
-    Up(UpArgs),
-    /// A closed-loop Reserve benchmark: each client sends one request and
-    /// waits for its answer before the next (not an open-loop load test).
-    ///
-    /// Each client reserves one unit of the SKU under a fresh request id,
-    /// waits for the answer, records its latency and repeats, so the load
-    /// adapts to the server: this measures latency at a given concurrency,
-    /// not behaviour under a fixed arrival rate (that is the open-loop load
-    /// tester's job). Runs until the deadline, or 10,000,000 requests in all.
-    /// Warm-up requests are not recorded; errors are counted by reason and
-    /// not retried. Point it at the leader (see each node's /status) to
-    /// measure the region without a forwarding hop.
-    Bench(BenchArgs),
-    /// Client commands.
-    #[command(flatten)]
-    Client(ClientCommand),
-}
-
-/// `reservoir node`.
-#[derive(Debug, Args)]
-pub struct NodeArgs {
-    /// The node's TOML config file.
-    #[arg(long, value_name = "FILE.toml")]
-    pub config: PathBuf,
-}
-
-/// `reservoir up`.
-#[derive(Debug, Args)]
-pub struct UpArgs {
-    /// One standalone region (`us-east`, no ledger) instead of the
-    /// three-region cluster.
-    #[arg(long)]
-    pub standalone: bool,
-    /// Where the node configs, data, logs and cluster.json live [default: a
-    /// fresh folder under ./target/]. Reused, with its ports and data, when it
-    /// already holds node configs.
-    #[arg(long, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-    /// `--standalone`: nodes in the region [default: 3, or what DIR already holds].
-    #[arg(long, value_name = "N")]
-    pub nodes: Option<u64>,
-    /// Three regions: the design, `tokens` (escrow tokens per region, the
-    /// ledger, the rebalancer), `single-writer` (one us-east group; other
-    /// regions cross the WAN) or `global-consensus` (one group, a voter per
-    /// region). Only used when DIR holds no configs yet, and must match them
-    /// when it does.
-    #[arg(long, value_name = "DESIGN", value_enum, default_value = "tokens")]
-    pub architecture: crate::up_cluster::Architecture,
-    /// Three regions: nodes per region, 1-7 [default: 3; global-consensus: 1].
-    #[arg(long, value_name = "N")]
-    pub nodes_per_region: Option<u64>,
-    /// Three regions: inter-region round trips, `aws` (us-east-eu-west 70 ms,
-    /// eu-west-ap-south 120 ms, us-east-ap-south 186 ms) or `none`.
-    #[arg(long, value_name = "PROFILE", value_parser = crate::wan::WanProfile::parse, default_value = "aws")]
-    pub wan: crate::wan::WanProfile,
-    /// Three regions: do not seed the demo catalog.
-    #[arg(long)]
-    pub no_demo: bool,
-    /// Three regions: the rebalancer's policy, `proportional` or `take_half`.
-    #[arg(long, value_name = "POLICY", value_enum, default_value = "proportional")]
-    pub policy: crate::config::PolicyName,
-    /// Node i listens on gRPC BASE+2(i-1) and HTTP BASE+2(i-1)+1 [default:
-    /// free ports]. Only used when DIR holds no configs yet.
-    #[arg(long, value_name = "PORT")]
-    pub base_port: Option<u16>,
-    /// Each node's `raft.proposal_queue_max` [default: 4096]. Only used when
-    /// DIR holds no configs yet; tests set it small to provoke `OVERLOADED`.
-    #[arg(long, value_name = "N")]
-    pub proposal_queue_max: Option<usize>,
-}
-
-/// `reservoir bench`: most concurrent clients (the command line refuses
-/// more).
-pub const BENCH_CLIENTS_MAX: u64 = 4_096;
-/// `reservoir bench`: most gRPC connections the clients share.
-pub const BENCH_CONNECTIONS_MAX: u64 = 256;
-/// `reservoir bench`: longest measured window, and longest warm-up.
-pub const BENCH_DURATION_S_MAX: u64 = 3_600;
-
-/// `reservoir bench`.
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// The node to send to (the leader, to avoid a forwarding hop).
-    #[command(flatten)]
-    pub target: Target,
-    /// Concurrent clients, each with one request in flight.
-    #[arg(long, value_name = "N", default_value_t = 1,
-          value_parser = clap::value_parser!(u64).range(1..=BENCH_CLIENTS_MAX))]
-    pub clients: u64,
-    /// Length of the measured window, in seconds.
-    #[arg(long, value_name = "S", default_value_t = 10,
-          value_parser = clap::value_parser!(u64).range(1..=BENCH_DURATION_S_MAX))]
-    pub duration_s: u64,
-    /// Seconds of requests before the window, neither timed nor counted.
-    #[arg(long, value_name = "W", default_value_t = 2,
-          value_parser = clap::value_parser!(u64).range(0..=BENCH_DURATION_S_MAX))]
-    pub warmup_s: u64,
-    /// The hot SKU every client reserves one unit of.
-    #[arg(long, default_value = "bench-hot", value_parser = parse_sku)]
-    pub sku: String,
-    /// Units added to the SKU with Admin.AdjustStock before the run (standalone
-    /// mode); 0 adds none.
-    #[arg(long, value_name = "U", default_value_t = 100_000_000,
-          value_parser = clap::value_parser!(u64)
-              .range(0..=reservoir_tokens::limits::STOCK_DELTA_MAX))]
-    pub stock: u64,
-    /// gRPC connections, shared round-robin by the clients [default: one per
-    /// client, at most 8].
-    #[arg(long, value_name = "C",
-          value_parser = clap::value_parser!(u64).range(1..=BENCH_CONNECTIONS_MAX))]
-    pub connections: Option<u64>,
-    /// Print the result as one JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Parses `--sku` with the server's own rules, so a bad SKU fails before any
-/// request is sent.
-fn parse_sku(text: &str) -> Result<String, String> {
-    reservoir_tokens::limits::check_sku(text)
-        .map(|()| text.to_string())
-        .map_err(|r| r.to_string())
-}
 
 /// Where a client command connects: `host:port` or `http://host:port`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -764,14 +618,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
     use std::collections::HashSet;
-
-    /// The clap definition is internally consistent (no clashing flags).
-    #[test]
-    fn cli_definition_is_valid() {
-        Cli::command().debug_assert();
-    }
 
     /// Both address forms parse to the same node; bad ones are refused with a reason.
     #[test]
@@ -798,76 +645,6 @@ mod tests {
         }
     }
 
-    /// A reserve parses with its defaults, and `--delta` takes negative numbers.
-    #[test]
-    fn client_commands_parse() {
-        let cli = Cli::try_parse_from([
-            "reservoir",
-            "reserve",
-            "--addr",
-            "h:1",
-            "--sku",
-            "S",
-            "--qty",
-            "3",
-        ])
-        .unwrap();
-        match cli.command {
-            Command::Client(ClientCommand::Reserve {
-                target,
-                sku,
-                qty,
-                ttl_ms,
-                request_id,
-                allow_partial,
-                max_wait_ms,
-            }) => {
-                assert_eq!(target.addr.authority, "h:1");
-                assert_eq!((sku.as_str(), qty, ttl_ms, max_wait_ms), ("S", 3, 0, 0));
-                assert_eq!((request_id, allow_partial), (None, false));
-            }
-            other => panic!("parsed as {other:?}"),
-        }
-        let cli = Cli::try_parse_from([
-            "reservoir",
-            "stock",
-            "--addr",
-            "h:1",
-            "--sku",
-            "S",
-            "--delta",
-            "-5",
-        ])
-        .unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::Client(ClientCommand::Stock { delta: -5, .. })
-        ));
-        let cli = Cli::try_parse_from(["reservoir", "up", "--standalone", "--dir", "d"]).unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::Up(UpArgs {
-                standalone: true,
-                nodes: None,
-                base_port: None,
-                ..
-            })
-        ));
-        assert!(
-            Cli::try_parse_from([
-                "reservoir",
-                "reserve",
-                "--addr",
-                "nope",
-                "--sku",
-                "S",
-                "--qty",
-                "1"
-            ])
-            .is_err()
-        );
-    }
-
     /// Fresh request ids never repeat and stay inside the request-id limits.
     #[test]
     fn fresh_request_ids_are_unique() {
@@ -886,7 +663,7 @@ mod tests {
             requested: 5,
             available: 2,
         };
-        let line = ClientError::from(crate::status::to_status(&rejection)).to_string();
+        let line = ClientError::from(crate::server::status::to_status(&rejection)).to_string();
         assert!(line.starts_with("error: INSUFFICIENT_STOCK: "), "{line}");
         let line = ClientError::from(Status::unavailable("gone\naway")).to_string();
         assert_eq!(line, "error: UNAVAILABLE: gone away");

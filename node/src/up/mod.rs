@@ -1,5 +1,11 @@
+//! `reservoir up`: a local cluster as child processes of this one, for
+//! local use, tests and the load tester. This module is `--standalone` (one
+//! region) and what every `up` shares (configs, child processes, readiness,
+//! `cluster.json`, clean stop); [`cluster`] is the three-region cluster and
+//! its control API, [`wan`] the WAN link emulator between regions.
+//!
 //! `reservoir up --standalone --dir DIR`: one standalone region (`us-east`)
-//! as child processes on loopback ports, for local use and tests.
+//! as child processes on loopback ports.
 //!
 //! The steps, each a small function below: write (or reuse) one config per
 //! node in DIR → spawn `reservoir node --config DIR/node-{id}.toml` per node,
@@ -15,7 +21,10 @@
 //! sees it nor stops it. Nothing guards against two `up`s on one DIR; the
 //! second one's nodes fail to bind and it says so.
 
-use crate::config::{NodeConfig, PEERS_MAX, PROPOSAL_QUEUE_MAX_LIMIT, Peer, RaftTuning};
+pub mod cluster;
+pub mod wan;
+
+use crate::server::config::{NodeConfig, PEERS_MAX, PROPOSAL_QUEUE_MAX_LIMIT, Peer, RaftTuning};
 use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -80,7 +89,7 @@ pub enum UpError {
         source: io::Error,
     },
     /// A node config in DIR is invalid.
-    Config(crate::config::ConfigError),
+    Config(crate::server::config::ConfigError),
     /// A node exited or was not ready in time.
     NodeFailed {
         /// The node.

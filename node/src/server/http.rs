@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::service::Node;
+use crate::server::node::Node;
 use reservoir_client::status as status_json;
 use reservoir_raft::Role;
 

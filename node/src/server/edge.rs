@@ -5,7 +5,7 @@
 //! [`reservoir_tokens::limits`], so a malformed request is refused before it
 //! costs a Raft round trip; `apply` checks again only so that a command that
 //! slipped past the edge still changes nothing. Every refusal is a
-//! [`Rejection`], which [`crate::status::to_status`] turns into a gRPC status.
+//! [`Rejection`], which [`crate::server::status::to_status`] turns into a gRPC status.
 //!
 //! The orphan rule forbids `From`/`TryFrom` between the generated messages and
 //! the domain types (both are foreign to this crate), and several conversions
@@ -229,7 +229,7 @@ fn region_balance_to_proto(r: &RegionBalance) -> v1::RegionBalance {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::to_status;
+    use crate::server::status::to_status;
     use reservoir_client::reason_of;
     use reservoir_tokens::limits::*;
     use reservoir_tokens::{LedgerCommand, LedgerState, RegionCommand, RegionState, audit};

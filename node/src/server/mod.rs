@@ -1,11 +1,50 @@
-//! The node: one readable function that wires everything — validate config →
-//! open storage → network → Raft → serve gRPC and HTTP until shutdown.
+//! `reservoir node`: one node, wired in one readable function ([`run`]) —
+//! validate config → open storage → network → Raft → serve gRPC and HTTP
+//! until shutdown.
+//!
+//! Where things are:
+//! - [`config`]: the node's TOML config file and its validation;
+//! - [`node`]: what the services share ([`node::Node`]): the region's write
+//!   path, linearizable reads, forwarding clients, top-ups;
+//! - [`service`]: the gRPC services (`Inventory`, `Admin`, and the internal
+//!   `Control`), one file each;
+//! - [`edge`]: `reservoir.v1` requests → validated domain commands, and
+//!   domain values → messages;
+//! - [`status`]: the one mapping from domain errors and the node's own
+//!   failures (`NO_LEADER`, `OVERLOADED`) to gRPC statuses;
+//! - [`control`]: the control plane's messages and client (regions ↔
+//!   ledger); [`ledger`]: the ledger leader's loop (reports, settlement,
+//!   transfers, audit);
+//! - [`demand`], [`availability`]: the demand meter, and CRDT availability
+//!   gossip;
+//! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/status`;
+//! - [`clock`]: the time seam.
+//!
+//! Imports run one way: `service` and `http` → `node` → `ledger` →
+//! `control` → `config`, `availability`; nothing below `service` imports it.
+//!
+//! Caveats: messages over 64 KiB
+//! (`reservoir_tokens::limits::MESSAGE_BYTES_MAX`) are refused by the gRPC
+//! server's decoding limit, not here; the edge sees only decoded messages.
+
+pub mod availability;
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod demand;
+pub mod edge;
+pub mod http;
+pub mod ledger;
+pub mod node;
+pub mod service;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use reservoir_client::Channels;
 use reservoir_proto::v1::admin_server::AdminServer;
 use reservoir_proto::v1::inventory_server::InventoryServer;
 use reservoir_raft::{Group, GroupOptions, NodeStorage, RaftService, Router, StorageOptions, TonicWire};
@@ -13,11 +52,12 @@ use reservoir_tokens::limits::MESSAGE_BYTES_MAX;
 use reservoir_tokens::{LedgerState, RegionApplied, RegionCommand, RegionOp, RegionState};
 use tokio::sync::watch;
 
-use crate::clock::{Clock, SystemClock};
-use crate::config::{NodeConfig, Peer};
-use crate::control::{ControlClient, ControlService, RegionCall, RegionReply};
-use crate::ledger::LedgerHost;
-use crate::service::{AdminService, InventoryService, Node};
+use crate::server::clock::{Clock, SystemClock};
+use crate::server::config::{NodeConfig, Peer};
+use crate::server::control::{ControlClient, RegionCall, RegionReply};
+use crate::server::ledger::LedgerHost;
+use crate::server::node::Node;
+use crate::server::service::{AdminService, ControlService, InventoryService};
 
 /// How often the leader checks whether a hold has fallen due.
 pub const EXPIRE_TICK: Duration = Duration::from_millis(100);
@@ -32,7 +72,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs a node until SIGTERM / Ctrl-C; returns once it has stopped cleanly.
 pub async fn run(config: NodeConfig) -> Result<(), String> {
-    let metrics = crate::http::install_metrics()?;
+    let metrics = crate::server::http::install_metrics()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
     // Storage: one sled database per node, one set of trees per group.
@@ -54,7 +94,9 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
 
     // Network and Raft.
     let router = Router::new(config.node_id);
-    let wire = Arc::new(TonicWire::new());
+    // One channel per peer, shared by Raft, the control plane and forwarding.
+    let channels = Arc::new(Channels::new());
+    let wire = Arc::new(TonicWire::new(channels.clone()));
     let members: BTreeMap<u64, String> = config.peers.iter().map(|p| (p.id, p.grpc.to_string())).collect();
     let mut options = GroupOptions::new(region.clone(), config.node_id, members);
     options.heartbeat_ms = config.raft.heartbeat_ms;
@@ -98,7 +140,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
     } else {
         config.ledger_nodes.clone()
     };
-    let control = Arc::new(ControlClient::new(regions, ledger_nodes));
+    let control = Arc::new(ControlClient::new(regions, ledger_nodes, channels.clone()));
     let ledger = match ledger_stores {
         Some(stores) => {
             let members: BTreeMap<u64, String> = config
@@ -125,6 +167,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         config.clone(),
         Arc::new(group),
         clock,
+        channels,
         control,
         ledger.clone(),
     ));
@@ -153,7 +196,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         })
     };
     let http = {
-        let app = crate::http::router(node.clone(), metrics);
+        let app = crate::server::http::router(node.clone(), metrics);
         let mut rx = shutdown_rx.clone();
         tokio::spawn(async move {
             axum::serve(http_listener, app)
@@ -259,7 +302,7 @@ async fn gossip_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
                     .collect::<Vec<_>>()
             }) {
                 node.availability()
-                    .publish(crate::availability::POOL, index, now, pools);
+                    .publish(crate::server::availability::POOL, index, now, pools);
             }
         }
         let digest = node.availability().digest();
@@ -280,7 +323,7 @@ async fn gossip_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
                 }
             }
         });
-        crate::ledger::futures_join_all(calls).await;
+        crate::server::ledger::futures_join_all(calls).await;
     }
 }
 

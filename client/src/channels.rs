@@ -1,0 +1,91 @@
+//! One gRPC channel per peer address, shared by every caller in a process.
+//!
+//! A node talks to each peer for three reasons: Raft messages, control-plane
+//! calls (the rebalancer, the reconciler, gossip) and forwarded client calls.
+//! All three take their channel from one [`Channels`], so a node holds one
+//! HTTP/2 connection per peer, not three. A channel connects lazily on its
+//! first call and reconnects by itself after a failure.
+//!
+//! The channel carries no per-call timeout: each caller bounds its own calls
+//! (a forwarded client call, a control call, a Raft RPC have different
+//! budgets).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+/// How long a channel waits for the TCP connection to a peer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// HTTP/2 keep-alive pings on idle connections, so a dead peer is noticed
+/// before the next call needs it.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Most peer addresses a cache holds. Peers come from a node's config and
+/// its groups' membership (a handful); past this bound a new address gets a
+/// fresh channel that is not kept.
+pub const CHANNELS_MAX: usize = 1_024;
+
+/// Lazily connected, reused channels, one per peer address (`host:port` or
+/// `http://host:port`).
+#[derive(Default)]
+pub struct Channels {
+    channels: Mutex<BTreeMap<String, Channel>>,
+}
+
+impl Channels {
+    /// A cache with no connections yet.
+    pub fn new() -> Channels {
+        Channels::default()
+    }
+
+    /// The channel to `addr`, made on first use. Errors only for an address
+    /// that is not a URI authority.
+    pub fn get(&self, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let channel = endpoint(addr)?.connect_lazy();
+        if channels.len() < CHANNELS_MAX {
+            channels.insert(addr.to_string(), channel.clone());
+        }
+        Ok(channel)
+    }
+}
+
+/// The endpoint every peer channel is made from: TCP_NODELAY (requests are
+/// small and latency-bound), the connect timeout, keep-alive while idle.
+fn endpoint(addr: &str) -> Result<Endpoint, String> {
+    let uri = if addr.starts_with("http://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(Endpoint::from_shared(uri)
+        .map_err(|e| format!("bad peer address {addr}: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_while_idle(true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_channel_per_address() {
+        let channels = Channels::new();
+        channels.get("127.0.0.1:1").unwrap();
+        channels.get("http://127.0.0.1:2").unwrap();
+        channels.get("127.0.0.1:1").unwrap();
+        assert_eq!(channels.channels.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn bad_addresses_are_refused() {
+        let err = endpoint("not an address").unwrap_err();
+        assert!(err.contains("bad peer address"), "{err}");
+    }
+}

@@ -1,0 +1,170 @@
+//! The `reservoir` command's arguments (clap): one subcommand per program
+//! of this crate — `node` ([`crate::server`]), `up` ([`crate::up`]) and the
+//! client commands ([`crate::cli`]) — and the exit codes they share.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Exit code of a failed command: a refused call, no connection, a node or
+/// cluster that could not run.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code of a usage error: bad arguments or a bad config file.
+pub const EXIT_USAGE: u8 = 2;
+
+/// `reservoir`: a Reservoir node, the local cluster launcher, and a client.
+#[derive(Debug, Parser)]
+#[command(name = "reservoir", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one node from its config file.
+    Node(NodeArgs),
+    /// Start a local cluster as child processes and keep it running until
+    /// Ctrl-C or SIGTERM.
+    Up(UpArgs),
+    /// Client commands.
+    #[command(flatten)]
+    Client(crate::cli::ClientCommand),
+}
+
+/// `reservoir node`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// The node's TOML config file.
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: PathBuf,
+}
+
+/// `reservoir up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// One standalone region (`us-east`, no ledger) instead of the
+    /// three-region cluster.
+    #[arg(long)]
+    pub standalone: bool,
+    /// Where the node configs, data, logs and cluster.json live [default: a
+    /// fresh folder under ./target/]. Reused, with its ports and data, when it
+    /// already holds node configs.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// `--standalone`: nodes in the region [default: 3, or what DIR already holds].
+    #[arg(long, value_name = "N")]
+    pub nodes: Option<u64>,
+    /// Three regions: the design, `tokens` (escrow tokens per region, the
+    /// ledger, the rebalancer), `single-writer` (one us-east group; other
+    /// regions cross the WAN) or `global-consensus` (one group, a voter per
+    /// region). Only used when DIR holds no configs yet, and must match them
+    /// when it does.
+    #[arg(long, value_name = "DESIGN", value_enum, default_value = "tokens")]
+    pub architecture: crate::up::cluster::Architecture,
+    /// Three regions: nodes per region, 1-7 [default: 3; global-consensus: 1].
+    #[arg(long, value_name = "N")]
+    pub nodes_per_region: Option<u64>,
+    /// Three regions: inter-region round trips, `aws` (us-east-eu-west 70 ms,
+    /// eu-west-ap-south 120 ms, us-east-ap-south 186 ms) or `none`.
+    #[arg(long, value_name = "PROFILE", value_parser = crate::up::wan::WanProfile::parse, default_value = "aws")]
+    pub wan: crate::up::wan::WanProfile,
+    /// Three regions: do not seed the demo catalog.
+    #[arg(long)]
+    pub no_demo: bool,
+    /// Three regions: the rebalancer's policy, `proportional` or `take_half`.
+    #[arg(long, value_name = "POLICY", value_enum, default_value = "proportional")]
+    pub policy: crate::server::config::PolicyName,
+    /// Node i listens on gRPC BASE+2(i-1) and HTTP BASE+2(i-1)+1 [default:
+    /// free ports]. Only used when DIR holds no configs yet.
+    #[arg(long, value_name = "PORT")]
+    pub base_port: Option<u16>,
+    /// Each node's `raft.proposal_queue_max` [default: 4096]. Only used when
+    /// DIR holds no configs yet; tests set it small to provoke `OVERLOADED`.
+    #[arg(long, value_name = "N")]
+    pub proposal_queue_max: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::ClientCommand;
+    use clap::CommandFactory;
+
+    /// The clap definition is internally consistent (no clashing flags).
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    /// A reserve parses with its defaults, and `--delta` takes negative numbers.
+    #[test]
+    fn client_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "reservoir",
+            "reserve",
+            "--addr",
+            "h:1",
+            "--sku",
+            "S",
+            "--qty",
+            "3",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Client(ClientCommand::Reserve {
+                target,
+                sku,
+                qty,
+                ttl_ms,
+                request_id,
+                allow_partial,
+                max_wait_ms,
+            }) => {
+                assert_eq!(target.addr.authority, "h:1");
+                assert_eq!((sku.as_str(), qty, ttl_ms, max_wait_ms), ("S", 3, 0, 0));
+                assert_eq!((request_id, allow_partial), (None, false));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "reservoir",
+            "stock",
+            "--addr",
+            "h:1",
+            "--sku",
+            "S",
+            "--delta",
+            "-5",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Client(ClientCommand::Stock { delta: -5, .. })
+        ));
+        let cli = Cli::try_parse_from(["reservoir", "up", "--standalone", "--dir", "d"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Up(UpArgs {
+                standalone: true,
+                nodes: None,
+                base_port: None,
+                ..
+            })
+        ));
+        assert!(
+            Cli::try_parse_from([
+                "reservoir",
+                "reserve",
+                "--addr",
+                "nope",
+                "--sku",
+                "S",
+                "--qty",
+                "1"
+            ])
+            .is_err()
+        );
+    }
+}

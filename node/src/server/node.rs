@@ -1,0 +1,281 @@
+//! What a region node's services share ([`Node`]): the region's write path
+//! (propose, or learn where the leader is), linearizable reads, clients to
+//! the leader for forwarding, and top-up requests to the ledger.
+//!
+//! The gRPC services themselves are in [`crate::server::service`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reservoir_client::Channels;
+use reservoir_proto::v1::admin_client::AdminClient;
+use reservoir_proto::v1::inventory_client::InventoryClient;
+use reservoir_raft::{Group, ProposeError};
+use reservoir_tokens::{RegionApplied, RegionCommand, RegionOp, RegionState, Rejection};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::server::availability::AvailabilityView;
+use crate::server::clock::Clock;
+use crate::server::config::NodeConfig;
+use crate::server::control::{ControlClient, LedgerCall};
+use crate::server::demand::DemandMeter;
+use crate::server::ledger::LedgerHost;
+use crate::server::status::{NodeError, status_with_info, to_status};
+
+/// How long a write may wait for its commit before the caller is told to
+/// retry (with the same `request_id`: the outcome is unknown).
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a call waits for an election when the group has no leader.
+pub const LEADER_WAIT: Duration = Duration::from_secs(2);
+/// Timeout of a forwarded call to the leader.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(6);
+/// The metadata key that marks a forwarded call.
+pub const FORWARDED_HEADER: &str = "x-reservoir-forwarded";
+
+/// What the services share: the config, the region group, the clock, the
+/// node's channels to its peers (for forwarding), and — in a cluster with a ledger — the
+/// control-plane client, demand meter, availability view and (on ledger
+/// hosts) the ledger.
+pub struct Node {
+    config: NodeConfig,
+    group: Arc<Group<RegionState>>,
+    clock: Arc<dyn Clock>,
+    peers: Arc<Channels>,
+    control: Arc<ControlClient>,
+    ledger: Option<Arc<LedgerHost>>,
+    demand: DemandMeter,
+    availability: AvailabilityView,
+    /// When each SKU last asked the ledger for a top-up (rate limit).
+    topups: Mutex<BTreeMap<String, u64>>,
+}
+
+/// Where a write or a current read ended: done here, or to be forwarded to
+/// the leader at this address.
+pub enum Route<T> {
+    /// Done on this node.
+    Applied(T),
+    /// Forward to the leader at this gRPC address.
+    Leader(String),
+}
+
+/// Why a region write did not apply.
+#[derive(Debug)]
+pub enum WriteError {
+    /// The state machine refused it (an answer, not a failure).
+    Rejected(Rejection),
+    /// No leader, no quorum, overloaded, timed out: retry.
+    Unavailable(Status),
+}
+
+impl From<WriteError> for Status {
+    fn from(e: WriteError) -> Status {
+        match e {
+            WriteError::Rejected(r) => to_status(&r),
+            WriteError::Unavailable(s) => s,
+        }
+    }
+}
+
+/// Most SKUs whose last top-up request is remembered (for the rate limit).
+pub const TOPUP_SKUS_TRACKED_MAX: usize = 100_000;
+/// Least time between two top-up requests for one SKU.
+pub const TOPUP_INTERVAL_MS: u64 = 100;
+/// How often a reserve waiting for a top-up looks at its region's tokens.
+pub const TOPUP_POLL: Duration = Duration::from_millis(10);
+
+impl Node {
+    /// A node over a started region group, calling peers over `peers` (the
+    /// channels its Raft network and control client use too). `ledger` is set
+    /// on ledger hosts.
+    pub fn new(
+        config: NodeConfig,
+        group: Arc<Group<RegionState>>,
+        clock: Arc<dyn Clock>,
+        peers: Arc<Channels>,
+        control: Arc<ControlClient>,
+        ledger: Option<Arc<LedgerHost>>,
+    ) -> Node {
+        let horizon_ms = config.rebalance.horizon_ms;
+        Node {
+            config,
+            group,
+            clock,
+            peers,
+            control,
+            ledger,
+            demand: DemandMeter::new(horizon_ms),
+            availability: AvailabilityView::new(),
+            topups: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The control-plane client (regions and ledger).
+    pub fn control(&self) -> &ControlClient {
+        &self.control
+    }
+
+    /// The ledger host, on nodes that host a ledger voter.
+    pub fn ledger(&self) -> Option<&Arc<LedgerHost>> {
+        self.ledger.as_ref()
+    }
+
+    /// Requested units per SKU, for the rebalancer.
+    pub fn demand(&self) -> &DemandMeter {
+        &self.demand
+    }
+
+    /// Every region's availability, as last heard.
+    pub fn availability(&self) -> &AvailabilityView {
+        &self.availability
+    }
+
+    /// Asks the ledger for a top-up of `sku` (at most every
+    /// [`TOPUP_INTERVAL_MS`] per SKU), without waiting for it.
+    pub fn request_topup(self: &Arc<Self>, sku: &str) {
+        if self.config.standalone || !self.control.has_ledger() {
+            return;
+        }
+        // Only SKUs this region was ever granted: a client asking for
+        // unknown SKUs must not be able to drive the ledger (the periodic
+        // round grants newly stocked SKUs anyway).
+        if !self.group.read(|s| s.bucket(sku).is_some()).unwrap_or(false) {
+            return;
+        }
+        let now = self.now_ms();
+        {
+            let mut last = self.topups.lock().unwrap_or_else(|e| e.into_inner());
+            if last
+                .get(sku)
+                .is_some_and(|&t| now.saturating_sub(t) < TOPUP_INTERVAL_MS)
+            {
+                return;
+            }
+            if last.len() >= TOPUP_SKUS_TRACKED_MAX {
+                last.retain(|_, t| now.saturating_sub(*t) < TOPUP_INTERVAL_MS);
+                if last.len() >= TOPUP_SKUS_TRACKED_MAX {
+                    return;
+                }
+            }
+            last.insert(sku.to_string(), now);
+        }
+        metrics::counter!("reservoir_topup_requests_total").increment(1);
+        let node = self.clone();
+        let call = LedgerCall::TopUp {
+            region: self.region().to_string(),
+            sku: sku.to_string(),
+        };
+        tokio::spawn(async move {
+            let _ = node.control.ledger(&call, FORWARD_TIMEOUT).await;
+        });
+    }
+
+    /// The node's configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The region this node serves.
+    pub fn region(&self) -> &str {
+        &self.config.region
+    }
+
+    /// The region's Raft group.
+    pub fn group(&self) -> &Group<RegionState> {
+        &self.group
+    }
+
+    /// The wall clock, as the leader stamps it on commands.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// `NO_LEADER` for this region's group.
+    pub fn no_leader(&self) -> Status {
+        NodeError::NoLeader {
+            group: self.region().to_string(),
+        }
+        .to_status()
+    }
+
+    /// Proposes `op` stamped with this node's clock. A follower answers
+    /// `Leader(addr)` (unless the call was already forwarded); with no leader
+    /// known it waits up to [`LEADER_WAIT`] for an election first.
+    pub async fn write(&self, op: RegionOp, forwarded: bool) -> Result<Route<RegionApplied>, WriteError> {
+        // With no leader known (an election), wait for one before proposing,
+        // rather than propose, fail, and propose a copy again.
+        if !self.group.is_leader() && self.group.leader().is_none() {
+            self.group.wait_for_leader(LEADER_WAIT).await;
+        }
+        let cmd = RegionCommand {
+            now_ms: self.now_ms(),
+            op,
+        };
+        let started = Instant::now();
+        let result = tokio::time::timeout(COMMIT_TIMEOUT, self.group.propose(cmd)).await;
+        metrics::histogram!("reservoir_raft_commit_seconds").record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(Ok(applied))) => Ok(Route::Applied(applied)),
+            Ok(Ok(Err(rejection))) => Err(WriteError::Rejected(rejection)),
+            Ok(Err(ProposeError::NotLeader {
+                leader: Some((_, addr)),
+            })) if !forwarded => Ok(Route::Leader(addr)),
+            Ok(Err(ProposeError::Overloaded)) => Err(WriteError::Unavailable(
+                NodeError::Overloaded {
+                    queue: "proposals",
+                    max: self.group.queue_max(),
+                }
+                .to_status(),
+            )),
+            Ok(Err(_)) => Err(WriteError::Unavailable(self.no_leader())),
+            Err(_) => Err(WriteError::Unavailable(status_with_info(
+                Code::Unavailable,
+                format!(
+                    "no commit within {COMMIT_TIMEOUT:?}; the outcome is unknown: retry with the same request"
+                ),
+                "NO_LEADER",
+                vec![("group", self.region().to_string())],
+            ))),
+        }
+    }
+
+    /// A linearizable read on the leader, or where to forward it (unless the
+    /// call was already forwarded).
+    pub async fn read_current<R>(
+        &self,
+        forwarded: bool,
+        f: impl Fn(&RegionState) -> R,
+    ) -> Result<Route<R>, Status> {
+        let mut waited = false;
+        loop {
+            match self.group.read_linearizable(&f).await {
+                Ok(r) => return Ok(Route::Applied(r)),
+                Err(ProposeError::NotLeader {
+                    leader: Some((_, addr)),
+                }) if !forwarded => {
+                    return Ok(Route::Leader(addr));
+                }
+                Err(ProposeError::NotLeader { leader: None }) if !waited => {
+                    waited = true;
+                    self.group.wait_for_leader(LEADER_WAIT).await;
+                }
+                Err(_) => return Err(self.no_leader()),
+            }
+        }
+    }
+
+    /// An Inventory client to the node at `addr` (the leader, to forward to).
+    pub fn inventory(&self, addr: &str) -> Result<InventoryClient<Channel>, Status> {
+        Ok(InventoryClient::new(self.channel(addr)?))
+    }
+
+    /// An Admin client to the node at `addr` (the leader, to forward to).
+    pub fn admin(&self, addr: &str) -> Result<AdminClient<Channel>, Status> {
+        Ok(AdminClient::new(self.channel(addr)?))
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        self.peers.get(addr).map_err(Status::internal)
+    }
+}

@@ -1,0 +1,273 @@
+//! `reservoir.v1.Admin`: stock adjustments, the cluster's status and the
+//! audit, for operators.
+
+use std::sync::Arc;
+
+use reservoir_proto::v1;
+use reservoir_tokens::RegionApplied;
+use reservoir_tokens::audit;
+use tonic::{Request, Response, Status};
+
+use super::{forwarding, is_forwarded, leader_answer, recorded, unexpected};
+use crate::server::control::{LedgerCall, LedgerReply};
+use crate::server::edge;
+use crate::server::node::{FORWARD_TIMEOUT, Node, Route};
+use crate::server::status::to_status;
+
+/// `reservoir.v1.Admin` for a region node.
+pub struct AdminService {
+    node: Arc<Node>,
+}
+
+impl AdminService {
+    /// The service over `node`.
+    pub fn new(node: Arc<Node>) -> AdminService {
+        AdminService { node }
+    }
+
+    async fn adjust_stock_inner(
+        &self,
+        forwarded: bool,
+        req: v1::AdjustStockRequest,
+    ) -> Result<v1::AdjustStockResponse, Status> {
+        let adjustment = edge::adjust_stock(req.clone()).map_err(|r| to_status(&r))?;
+        if !self.node.config().standalone {
+            // Stock enters the ledger's pool; the rebalancer distributes it.
+            let call = LedgerCall::Apply(adjustment.into_ledger_op());
+            return match self.node.control().ledger(&call, FORWARD_TIMEOUT).await? {
+                LedgerReply::Applied(Ok(reservoir_tokens::LedgerApplied::Stock {
+                    sku,
+                    stocked_total,
+                    pool,
+                })) => Ok(v1::AdjustStockResponse {
+                    sku,
+                    stocked_total,
+                    available: pool,
+                }),
+                LedgerReply::Applied(Err(rejection)) => Err(to_status(&rejection)),
+                other => Err(Status::internal(format!(
+                    "adjust_stock: unexpected ledger reply {other:?}"
+                ))),
+            };
+        }
+        match self.node.write(adjustment.into_region_op(), forwarded).await? {
+            Route::Applied(RegionApplied::Stock {
+                sku,
+                stocked_total,
+                available,
+            }) => Ok(v1::AdjustStockResponse {
+                sku,
+                stocked_total,
+                available,
+            }),
+            Route::Applied(other) => Err(unexpected("adjust_stock", other)),
+            Route::Leader(addr) => {
+                let mut client = self.node.admin(&addr)?;
+                leader_answer(client.adjust_stock(forwarding(req)))
+                    .await
+                    .map(Response::into_inner)
+            }
+        }
+    }
+
+    /// Cluster status: with a ledger, from the ledger leader's summary (its
+    /// last round's view of every region); standalone, from this region.
+    async fn cluster_status(&self) -> Result<v1::ClusterStatus, Status> {
+        if self.node.config().standalone {
+            return self.status_inner();
+        }
+        let summary = match self
+            .node
+            .control()
+            .ledger(&LedgerCall::Summary, FORWARD_TIMEOUT)
+            .await?
+        {
+            LedgerReply::Summary(s) => *s,
+            other => {
+                return Err(Status::internal(format!(
+                    "status: unexpected ledger reply {other:?}"
+                )));
+            }
+        };
+        let own = self.node.group().status();
+        let mut names: Vec<String> = self.node.control().regions().map(str::to_string).collect();
+        names.sort();
+        let regions = names
+            .iter()
+            .map(|name| {
+                let reachable = !summary.unreachable.contains(name);
+                let nodes = if name == self.node.region() {
+                    self.node_statuses(&own)
+                } else {
+                    Vec::new()
+                };
+                v1::RegionStatus {
+                    region: name.clone(),
+                    leader_id: summary.region_leaders.get(name).copied().unwrap_or(0),
+                    nodes,
+                    healthy: reachable && summary.region_leaders.contains_key(name),
+                }
+            })
+            .collect();
+        let skus = summary
+            .skus
+            .iter()
+            .map(|(sku, books)| v1::SkuStatus {
+                sku: sku.clone(),
+                pool: books.pool,
+                regions: summary
+                    .regions
+                    .iter()
+                    .map(|(region, buckets)| {
+                        let b = buckets.get(sku).cloned().unwrap_or_default();
+                        v1::RegionTokens {
+                            region: region.clone(),
+                            available: b.available,
+                            held: b.held,
+                            confirmed: b.confirmed,
+                        }
+                    })
+                    .collect(),
+                transfers_in_flight: summary.transfers.iter().filter(|t| &t.sku == sku).count() as u64,
+                stranded: summary
+                    .unreachable
+                    .iter()
+                    .map(|r| books.granted.get(r).copied().unwrap_or(0).max(0) as u64)
+                    .sum(),
+            })
+            .collect();
+        Ok(v1::ClusterStatus {
+            regions,
+            ledger_leader_id: summary.leader_id,
+            skus,
+            settlement_lag: summary
+                .settlement_lag
+                .iter()
+                .map(|(region, (entries, age))| v1::SettlementLag {
+                    region: region.clone(),
+                    entries: *entries,
+                    oldest_age_ms: *age,
+                })
+                .collect(),
+            last_audit: summary
+                .last_audit
+                .as_ref()
+                .map(|(at, sheet)| edge::audit_report(sheet, *at)),
+        })
+    }
+
+    fn node_statuses(&self, group: &reservoir_raft::GroupStatus) -> Vec<v1::NodeStatus> {
+        group
+            .members
+            .iter()
+            .map(|(id, addr)| v1::NodeStatus {
+                id: *id,
+                grpc: addr.clone(),
+                // This node only knows its own health first-hand.
+                healthy: *id == group.node_id || group.leader.is_some(),
+                role: if Some(*id) == group.leader {
+                    "leader".into()
+                } else if *id == group.node_id {
+                    group.role.as_str().into()
+                } else {
+                    "unknown".into()
+                },
+            })
+            .collect()
+    }
+
+    fn status_inner(&self) -> Result<v1::ClusterStatus, Status> {
+        let group = self.node.group().status();
+        let nodes = self.node_statuses(&group);
+        let region = self.node.region().to_string();
+        let skus = self
+            .node
+            .group()
+            .read(|s| {
+                s.buckets()
+                    .map(|(sku, b)| v1::SkuStatus {
+                        sku: sku.clone(),
+                        pool: 0,
+                        regions: vec![v1::RegionTokens {
+                            region: region.clone(),
+                            available: b.available,
+                            held: b.held,
+                            confirmed: b.confirmed,
+                        }],
+                        transfers_in_flight: 0,
+                        stranded: 0,
+                    })
+                    .collect()
+            })
+            .map_err(|_| self.node.no_leader())?;
+        Ok(v1::ClusterStatus {
+            regions: vec![v1::RegionStatus {
+                region: region.clone(),
+                leader_id: group.leader.unwrap_or(0),
+                nodes,
+                healthy: group.leader.is_some(),
+            }],
+            ledger_leader_id: 0,
+            skus,
+            settlement_lag: Vec::new(),
+            last_audit: None,
+        })
+    }
+
+    async fn audit_inner(&self, forwarded: bool) -> Result<v1::AuditReport, Status> {
+        if !self.node.config().standalone {
+            return match self
+                .node
+                .control()
+                .ledger(&LedgerCall::Audit, FORWARD_TIMEOUT)
+                .await?
+            {
+                LedgerReply::Audit(sheet) => Ok(edge::audit_report(&sheet, self.node.now_ms())),
+                other => Err(Status::internal(format!(
+                    "audit: unexpected ledger reply {other:?}"
+                ))),
+            };
+        }
+        // Audit the current state: on the leader, after a read index.
+        match self
+            .node
+            .read_current(forwarded, audit::balance_standalone)
+            .await?
+        {
+            Route::Applied(sheet) => Ok(edge::audit_report(&sheet, self.node.now_ms())),
+            Route::Leader(addr) => {
+                let mut client = self.node.admin(&addr)?;
+                leader_answer(client.audit(forwarding(v1::AuditRequest {})))
+                    .await
+                    .map(Response::into_inner)
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl v1::admin_server::Admin for AdminService {
+    async fn adjust_stock(
+        &self,
+        request: Request<v1::AdjustStockRequest>,
+    ) -> Result<Response<v1::AdjustStockResponse>, Status> {
+        let forwarded = is_forwarded(&request);
+        recorded(
+            "adjust_stock",
+            self.adjust_stock_inner(forwarded, request.into_inner()),
+        )
+        .await
+    }
+
+    async fn get_status(
+        &self,
+        _request: Request<v1::GetStatusRequest>,
+    ) -> Result<Response<v1::ClusterStatus>, Status> {
+        recorded("get_status", self.cluster_status()).await
+    }
+
+    async fn audit(&self, request: Request<v1::AuditRequest>) -> Result<Response<v1::AuditReport>, Status> {
+        let forwarded = is_forwarded(&request);
+        recorded("audit", self.audit_inner(forwarded)).await
+    }
+}

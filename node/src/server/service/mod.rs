@@ -1,0 +1,92 @@
+//! The gRPC services of a node: `reservoir.v1.Inventory` ([`inventory`]),
+//! `reservoir.v1.Admin` ([`admin`]) and the internal control plane,
+//! `reservoir.internal.v1.Control` ([`control`]), all over one
+//! [`Node`](crate::server::node::Node).
+//!
+//! Any node accepts any call. Writes are proposed to the region's Raft group;
+//! on a follower they are forwarded once to the leader (the original request,
+//! so the leader stamps the time), marked so they are never forwarded twice.
+//! `GetReservation` is a linearizable read on the leader; `GetAvailability`
+//! answers from local state. This module holds what the services share:
+//! forwarding, and a count and latency per call.
+
+use std::future::Future;
+use std::time::Instant;
+
+use reservoir_tokens::RegionApplied;
+use tonic::{Code, Request, Response, Status};
+
+use crate::server::node::{FORWARD_TIMEOUT, FORWARDED_HEADER};
+use crate::server::status::status_with_info;
+
+pub mod admin;
+pub mod control;
+pub mod inventory;
+
+pub use admin::AdminService;
+pub use control::ControlService;
+pub use inventory::InventoryService;
+
+pub(super) fn is_forwarded<T>(request: &Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED_HEADER)
+}
+
+pub(super) fn forwarding<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+    request
+}
+
+/// A forwarded call's failure to connect means the leader moved or died.
+pub(super) fn forward_failed(status: Status) -> Status {
+    if status.code() == Code::Unavailable && reservoir_client::reason_of(&status).is_none() {
+        status_with_info(
+            Code::Unavailable,
+            format!("leader unreachable: {}", status.message()),
+            "NO_LEADER",
+            vec![],
+        )
+    } else {
+        status
+    }
+}
+
+pub(super) fn unexpected(what: &str, applied: RegionApplied) -> Status {
+    Status::internal(format!("{what}: unexpected outcome {applied:?}"))
+}
+
+/// Runs a call, records its count and latency by RPC and outcome, and wraps
+/// its answer.
+pub(super) async fn recorded<T>(
+    rpc: &'static str,
+    call: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<Response<T>, Status> {
+    let started = Instant::now();
+    let result = call.await;
+    record(rpc, started, &result);
+    result.map(Response::new)
+}
+
+/// Records a call's count and latency by RPC and outcome (`ok` or the reason).
+fn record<T>(rpc: &'static str, started: Instant, result: &Result<T, Status>) {
+    let outcome = match result {
+        Ok(_) => "ok".to_string(),
+        Err(s) => reservoir_client::reason_of(s).unwrap_or_else(|| format!("{:?}", s.code()).to_uppercase()),
+    };
+    metrics::counter!("reservoir_requests_total", "rpc" => rpc, "outcome" => outcome.clone()).increment(1);
+    metrics::histogram!("reservoir_request_seconds", "rpc" => rpc, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Waits for a call forwarded to the leader, at most [`FORWARD_TIMEOUT`]; a
+/// leader that cannot be reached is reported as `NO_LEADER`.
+pub(super) async fn leader_answer<T>(call: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
+    match tokio::time::timeout(FORWARD_TIMEOUT, call).await {
+        Ok(result) => result.map_err(forward_failed),
+        Err(_) => Err(Status::cancelled(format!(
+            "the leader did not answer a forwarded call within {FORWARD_TIMEOUT:?}"
+        ))),
+    }
+}

@@ -10,6 +10,8 @@
 //! - [`text`]: plain-text tables for what client programs print.
 //! - [`channels`]: one reused gRPC channel per peer address (a node's Raft
 //!   network, control plane and forwarding share one).
+//! - [`control_api`]: the JSON and paths of `reservoir up`'s control API
+//!   (cut and heal links, kill and restart nodes).
 //! - [`errors`]: the stable reason of a status (`INSUFFICIENT_STOCK`,
 //!   `NO_LEADER`, ...), decoded from its `google.rpc.ErrorInfo`.
 //!
@@ -18,6 +20,7 @@
 
 pub mod channels;
 pub mod cluster_file;
+pub mod control_api;
 pub mod errors;
 pub mod regions;
 pub mod status;

@@ -37,19 +37,18 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
+use reservoir_client::HOME_REGION;
+use reservoir_client::control_api::{self, LinkState, PartitionRequest};
 use tokio::sync::{Mutex, watch};
 
 use crate::server::config::{NodeConfig, Peer, PolicyName, RaftTuning, RebalanceConfig, RegionPeers};
 use crate::up::wan::{self, Link, Wan, WanProfile};
 use crate::up::{
     ClusterEndpoint, ClusterFile, ClusterNode, LedgerInfo, NodeProcess, PlannedNode, ShutdownSignals,
-    UpError, config_path, existing_node_ids, free_ports, reap, send_signal, spawn_node, stop_all, wait_ready,
-    write_atomically,
+    UpError, config_path, existing_node_ids, free_ports, reap, send_signal, spawn_node, start_nodes,
+    stop_all, write_atomically,
 };
 
-/// The region that hosts the ledger.
-pub const HOME_REGION: &str = reservoir_client::HOME_REGION;
 /// Nodes per region when `--nodes-per-region` is not given.
 pub const NODES_PER_REGION_DEFAULT: u64 = 3;
 /// How long every node has to become ready.
@@ -186,32 +185,18 @@ pub async fn run(options: ClusterOptions) -> Result<(), UpError> {
         tokio::spawn(wan::serve_proxy(listener, proxy.target, link, stop_rx.clone()));
     }
 
-    let mut nodes = Vec::with_capacity(plan.len());
-    for planned in &plan {
-        match spawn_node(&options.exe, &dir, planned) {
-            Ok(node) => nodes.push(node),
-            Err(e) => {
-                stop_all(&mut nodes, crate::up::STOP_GRACE).await;
-                return Err(e);
-            }
-        }
-    }
-    let startup = tokio::select! {
-        ready = wait_ready(&mut nodes, CLUSTER_READY_DEADLINE) => Ok(ready),
-        name = signals.recv() => Err(name),
+    let Some(nodes) = start_nodes(
+        &options.exe,
+        &dir,
+        &plan,
+        CLUSTER_READY_DEADLINE,
+        &mut signals,
+        "cluster",
+    )
+    .await?
+    else {
+        return Ok(());
     };
-    match startup {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            stop_all(&mut nodes, crate::up::STOP_GRACE).await;
-            return Err(e);
-        }
-        Err(name) => {
-            eprintln!("{name} before the cluster was ready: stopping the nodes");
-            stop_all(&mut nodes, crate::up::STOP_GRACE).await;
-            return Ok(());
-        }
-    }
 
     let home = nodes
         .iter()
@@ -831,34 +816,19 @@ async fn status_line(addr: SocketAddr, wan: &Wan) -> String {
 
 // ----- the control API -----
 
-#[derive(Serialize)]
-struct LinkJson {
-    a: String,
-    b: String,
-    rtt_ms: u64,
-    cut: bool,
-}
-
-#[derive(Deserialize)]
-struct PartitionRequest {
-    region: Option<String>,
-    a: Option<String>,
-    b: Option<String>,
-}
-
 fn control_routes(cluster: Arc<Cluster>) -> axum::Router {
     axum::Router::new()
-        .route("/links", get(links))
-        .route("/links/partition", post(partition))
-        .route("/links/heal", post(heal))
+        .route(control_api::LINKS, get(links))
+        .route(control_api::PARTITION, post(partition))
+        .route(control_api::HEAL, post(heal))
         .route("/nodes/{id}/kill", post(kill))
         .route("/nodes/{id}/restart", post(restart))
         .with_state(cluster)
 }
 
-fn links_json(wan: &Wan) -> Vec<LinkJson> {
+fn links_json(wan: &Wan) -> Vec<LinkState> {
     wan.links()
-        .map(|l| LinkJson {
+        .map(|l| LinkState {
             a: l.regions.0.clone(),
             b: l.regions.1.clone(),
             rtt_ms: l.rtt_ms,
@@ -867,7 +837,7 @@ fn links_json(wan: &Wan) -> Vec<LinkJson> {
         .collect()
 }
 
-async fn links(State(c): State<Arc<Cluster>>) -> Json<Vec<LinkJson>> {
+async fn links(State(c): State<Arc<Cluster>>) -> Json<Vec<LinkState>> {
     Json(links_json(&c.wan))
 }
 
@@ -893,7 +863,7 @@ async fn partition(State(c): State<Arc<Cluster>>, Json(req): Json<PartitionReque
     Json(links_json(&c.wan)).into_response()
 }
 
-async fn heal(State(c): State<Arc<Cluster>>) -> Json<Vec<LinkJson>> {
+async fn heal(State(c): State<Arc<Cluster>>) -> Json<Vec<LinkState>> {
     c.wan.heal_all();
     Json(links_json(&c.wan))
 }

@@ -25,6 +25,7 @@ pub mod cluster;
 pub mod wan;
 
 use crate::server::config::{NodeConfig, PEERS_MAX, PROPOSAL_QUEUE_MAX_LIMIT, Peer, RaftTuning};
+use reservoir_client::HOME_REGION;
 use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -36,8 +37,6 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::{Duration, Instant};
 
-/// The region a standalone `up` runs.
-pub const STANDALONE_REGION: &str = reservoir_client::HOME_REGION;
 /// Nodes when `--nodes` is not given and DIR holds no configs.
 pub const NODES_DEFAULT: u64 = 3;
 /// How long every node has to become ready before `up` gives up.
@@ -185,33 +184,11 @@ pub async fn run(options: UpOptions) -> Result<(), UpError> {
         _ => {}
     }
 
-    let mut nodes = Vec::with_capacity(plan.len());
-    for planned in &plan {
-        match spawn_node(&options.exe, &dir, planned) {
-            Ok(node) => nodes.push(node),
-            Err(e) => {
-                stop_all(&mut nodes, STOP_GRACE).await;
-                return Err(e);
-            }
-        }
-    }
-
-    let startup = tokio::select! {
-        ready = wait_ready(&mut nodes, READY_DEADLINE) => Ok(ready),
-        name = signals.recv() => Err(name),
+    let Some(mut nodes) =
+        start_nodes(&options.exe, &dir, &plan, READY_DEADLINE, &mut signals, "region").await?
+    else {
+        return Ok(());
     };
-    match startup {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            stop_all(&mut nodes, STOP_GRACE).await;
-            return Err(e);
-        }
-        Err(signal_name) => {
-            eprintln!("{signal_name} before the region was ready: stopping the nodes");
-            stop_all(&mut nodes, STOP_GRACE).await;
-            return Ok(());
-        }
-    }
 
     let cluster = cluster_file(&nodes);
     let mut json = serde_json::to_vec_pretty(&cluster).expect("a ClusterFile always serializes");
@@ -382,7 +359,7 @@ fn fresh_configs(dir: &Path, ports: &[u16], raft: &RaftTuning) -> Vec<PlannedNod
             config_path: config_path(dir, id),
             config: NodeConfig {
                 node_id: id,
-                region: STANDALONE_REGION.to_string(),
+                region: HOME_REGION.to_string(),
                 location: None,
                 grpc_addr: loopback(ports[i]),
                 http_addr: loopback(ports[i + 1]),
@@ -436,6 +413,46 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 // ----- processes -----
+
+/// Spawns every planned node and waits until all are ready. `Ok(None)`: a
+/// shutdown signal came first and the nodes were stopped (not an error);
+/// on a failure the nodes already started are stopped too. `what` names
+/// the cluster in the message.
+pub(crate) async fn start_nodes(
+    exe: &Path,
+    dir: &Path,
+    plan: &[PlannedNode],
+    deadline: Duration,
+    signals: &mut ShutdownSignals,
+    what: &str,
+) -> Result<Option<Vec<NodeProcess>>, UpError> {
+    let mut nodes = Vec::with_capacity(plan.len());
+    for planned in plan {
+        match spawn_node(exe, dir, planned) {
+            Ok(node) => nodes.push(node),
+            Err(e) => {
+                stop_all(&mut nodes, STOP_GRACE).await;
+                return Err(e);
+            }
+        }
+    }
+    let startup = tokio::select! {
+        ready = wait_ready(&mut nodes, deadline) => Ok(ready),
+        name = signals.recv() => Err(name),
+    };
+    match startup {
+        Ok(Ok(())) => Ok(Some(nodes)),
+        Ok(Err(e)) => {
+            stop_all(&mut nodes, STOP_GRACE).await;
+            Err(e)
+        }
+        Err(signal_name) => {
+            eprintln!("{signal_name} before the {what} was ready: stopping the nodes");
+            stop_all(&mut nodes, STOP_GRACE).await;
+            Ok(None)
+        }
+    }
+}
 
 /// Starts one node: `exe node --config <abs path>`, its output appended to
 /// `DIR/node-{id}.log`, its data dir created.
@@ -772,7 +789,7 @@ fn print_endpoints(nodes: &[NodeProcess], cluster_path: &Path) {
         ]);
     }
     println!(
-        "region {STANDALONE_REGION} is ready: {} nodes, standalone; {}",
+        "region {HOME_REGION} is ready: {} nodes, standalone; {}",
         nodes.len(),
         cluster_path.display()
     );
@@ -826,7 +843,7 @@ mod tests {
         for (i, p) in first.iter().enumerate() {
             let c = &p.config;
             assert_eq!(c.node_id, i as u64 + 1);
-            assert_eq!(c.region, STANDALONE_REGION);
+            assert_eq!(c.region, HOME_REGION);
             assert!(c.standalone);
             assert_eq!(c.peers.len(), first.len());
             assert_eq!(c.data_dir, dir.join(format!("node-{}/data", c.node_id)));

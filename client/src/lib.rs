@@ -10,17 +10,21 @@
 //! - [`text`]: plain-text tables for what client programs print.
 //! - [`errors`]: the stable reason of a status (`INSUFFICIENT_STOCK`,
 //!   `NO_LEADER`, ...), decoded from its `google.rpc.ErrorInfo`.
+//! - [`http`]: a bounded HTTP/1.1 client (hyper) for what is not gRPC: a
+//!   node's `/status` and `/readyz`, and the control API of `reservoir up`.
 //!
 //! It depends on no other crate of the workspace but `reservoir-proto`, so a
 //! client never links the node.
 
 pub mod cluster_file;
 pub mod errors;
+pub mod http;
 pub mod regions;
 pub mod status;
 pub mod text;
 
 pub use cluster_file::{ClusterEndpoint, ClusterFile, ClusterFileError, ClusterNode, LedgerInfo};
 pub use errors::{error_info, reason_of, reason_or_code};
+pub use http::HttpError;
 pub use regions::{HOME_REGION, REGIONS};
 pub use status::{Bucket, GroupView, NodeStatus, Role, SnapshotStats};

@@ -32,7 +32,8 @@
 //!   them afterwards;
 //! - [`Rotation`] and [`retry`]: send one call to the nodes in turn until it
 //!   is answered, retrying what the API says is safe to retry;
-//! - small request builders and bounded HTTP GET and POST.
+//! - small request builders, and HTTP GET and POST (`reservoir_client::http`)
+//!   with the harness's timeouts.
 //!
 //! Caveats: Linux only (`PR_SET_PDEATHSIG`, signals by pid, `/proc`). A
 //! stale binary is rebuilt with `cargo build -p reservoir-node` into the
@@ -49,12 +50,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use reservoir_client::ClusterFile;
 use reservoir_client::reason_of;
+use reservoir_client::{ClusterFile, HttpError};
 use reservoir_proto::v1;
 use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -112,8 +112,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one HTTP GET may take.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest HTTP response the harness reads.
-pub const HTTP_RESPONSE_BYTES_MAX: u64 = 1024 * 1024;
 /// Lines of each log printed when a test fails.
 pub const LOG_TAIL_LINES: usize = 30;
 
@@ -1014,74 +1012,25 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     }
 }
 
-/// A bounded HTTP/1.1 GET (`Connection: close`): the status code and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    http_exchange(addr, request, HTTP_TIMEOUT, &format!("GET {path}")).await
+/// A bounded HTTP GET ([`HTTP_TIMEOUT`]): the status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), HttpError> {
+    reservoir_client::http::get(addr, path, HTTP_TIMEOUT).await
 }
 
-/// A bounded HTTP/1.1 POST of a JSON body (`Connection: close`): the status
-/// code and body. Used for the control API of a three-region `up`.
+/// A bounded HTTP POST of a JSON body: the status code and body. Used for
+/// the control API of a three-region `up`.
 pub async fn http_post(
     addr: SocketAddr,
     path: &str,
     json: &str,
     timeout: Duration,
-) -> io::Result<(u16, String)> {
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{json}",
-        json.len()
-    );
-    http_exchange(addr, request, timeout, &format!("POST {path}")).await
-}
-
-/// Sends one request, reads the whole response (the server closes the
-/// connection), and splits it into status code and body.
-async fn http_exchange(
-    addr: SocketAddr,
-    request: String,
-    timeout: Duration,
-    what: &str,
-) -> io::Result<(u16, String)> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream
-            .take(HTTP_RESPONSE_BYTES_MAX)
-            .read_to_end(&mut response)
-            .await?;
-        Ok::<_, io::Error>(response)
-    };
-    let response = tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out")))??;
-    let text = String::from_utf8_lossy(&response);
-    let bad = || {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("bad response to {what}: {text:?}"),
-        )
-    };
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "chunked responses are not read",
-        ));
-    }
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(bad)?;
-    Ok((code, body.to_string()))
+) -> Result<(u16, String), HttpError> {
+    reservoir_client::http::post_json(addr, path, json, timeout).await
 }
 
 /// A node's `GET /status`, parsed.
 pub async fn node_status(http: SocketAddr) -> io::Result<NodeStatus> {
-    let (code, body) = http_get(http, "/status").await?;
+    let (code, body) = http_get(http, "/status").await.map_err(io::Error::other)?;
     if code != 200 {
         return Err(io::Error::other(format!("/status answered {code}: {body}")));
     }

@@ -14,6 +14,8 @@
 //!   (cut and heal links, kill and restart nodes).
 //! - [`errors`]: the stable reason of a status (`INSUFFICIENT_STOCK`,
 //!   `NO_LEADER`, ...), decoded from its `google.rpc.ErrorInfo`.
+//! - [`http`]: a bounded HTTP/1.1 client (hyper) for what is not gRPC: a
+//!   node's `/status` and `/readyz`, and the control API of `reservoir up`.
 //!
 //! It depends on no other crate of the workspace but `reservoir-proto`, so a
 //! client never links the node.
@@ -22,6 +24,7 @@ pub mod channels;
 pub mod cluster_file;
 pub mod control_api;
 pub mod errors;
+pub mod http;
 pub mod regions;
 pub mod status;
 pub mod text;
@@ -29,5 +32,6 @@ pub mod text;
 pub use channels::Channels;
 pub use cluster_file::{ClusterEndpoint, ClusterFile, ClusterFileError, ClusterNode, LedgerInfo};
 pub use errors::{error_info, reason_of, reason_or_code};
+pub use http::HttpError;
 pub use regions::{HOME_REGION, REGIONS};
 pub use status::{Bucket, GroupView, NodeStatus, Role, SnapshotStats};

@@ -18,6 +18,7 @@
 //! events are at most one per node per row.
 
 use std::io::Read as _;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -26,7 +27,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::metrics::TIMELINE_SECONDS_MAX;
-use crate::target::reservoir::{ClusterNode, http_get};
+use crate::target::reservoir::ClusterNode;
 
 /// How often every node is sampled.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -35,7 +36,7 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 pub const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 /// Most bytes of one `/status` response read (it lists every SKU's bucket;
 /// 100,000 SKUs take about 8 MB). A longer one counts as missing.
-pub const STATUS_RESPONSE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+pub const STATUS_RESPONSE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Most nodes sampled.
 pub const NODES_SAMPLED_MAX: usize = 64;
 /// Most bytes read of a `/proc/{pid}/...` file.
@@ -54,9 +55,15 @@ pub fn parse_status(body: &[u8]) -> Result<NodeStatus, String> {
 }
 
 /// `GET /status` from `http` within `timeout`.
-pub async fn fetch_status(http: &str, timeout: Duration) -> Result<NodeStatus, String> {
-    let body = http_get(http, "/status", timeout, STATUS_RESPONSE_BYTES_MAX).await?;
-    parse_status(&body)
+pub async fn fetch_status(http: SocketAddr, timeout: Duration) -> Result<NodeStatus, String> {
+    let (code, body) =
+        reservoir_client::http::get_bounded(http, "/status", timeout, STATUS_RESPONSE_BYTES_MAX)
+            .await
+            .map_err(|e| format!("GET /status: {e}"))?;
+    if code != 200 {
+        return Err(format!("GET /status: {code}"));
+    }
+    parse_status(body.as_bytes())
 }
 
 /// Where a sample's RSS came from.
@@ -333,7 +340,7 @@ pub async fn sample(
             let http = node.http;
             requests.spawn(async move {
                 let status = match http {
-                    Some(addr) => fetch_status(&addr.to_string(), STATUS_TIMEOUT).await,
+                    Some(addr) => fetch_status(addr, STATUS_TIMEOUT).await,
                     None => Err("cluster.json gives no http address".to_string()),
                 };
                 (i, status)

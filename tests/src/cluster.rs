@@ -1,14 +1,20 @@
-//! The three-region cluster of `reservoir up` (no `--standalone`), run by a
-//! test: start it with options, read its `cluster.json` (nodes, control API,
-//! ledger hosts), cut and heal links and kill and restart nodes through the
-//! control API, find region and ledger leaders, audit, stop it, start it
-//! again on the same directory.
+//! The harness's one handle on what `reservoir up` runs for a test: a
+//! standalone region (`up --standalone`) or the three-region cluster (`up`,
+//! with its ledger, WAN link emulators and control API, in any of its
+//! architectures). [`Cluster::start`] takes [`ClusterOptions`] saying which;
+//! then one set of methods serves both: read `cluster.json`, connect
+//! clients, kill and restart nodes, find leaders, read `/status`, add stock,
+//! audit, stop, start again on the same directory. Cutting and healing
+//! links, and the ledger, are the three-region cluster's only.
 //!
-//! Every node is `up`'s child, also after a restart through the control API,
-//! so stopping `up` stops everything; [`Cluster::stop`] checks that no
-//! process of the cluster is left, by pid and by command line.
+//! Killed nodes stay down until [`Cluster::restart`]. With a control API
+//! (three regions) a kill and a restart go through it and every node stays
+//! `up`'s child; a standalone region has none, so the harness signals the
+//! node itself and restarts it from its `cmd` in `cluster.json` as a child
+//! of the test. [`Cluster::stop`] stops all of it and checks that no process
+//! of the cluster is left, by pid and by command line.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,39 +24,26 @@ use std::time::{Duration, Instant};
 
 use crate::{Role, UpNode};
 use reservoir_client::ClusterFile;
+pub use reservoir_client::control_api::LinkState;
+use reservoir_client::control_api::{self, PartitionRequest};
 use reservoir_proto::v1;
 use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
-use serde::Deserialize;
 use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::{
-    ClusterNode, LOG_TAIL_LINES, NODE_READY_DEADLINE, NodeStatus, POLL_INTERVAL, RETRY_DEADLINE, Rotation,
-    STOP_DEADLINE, agreed_leader, alive, channel, http_get, http_post, log_tail, print_logs, reservoir_exe,
-    retry, signal, stop_blocking, wait_child, wait_cluster_file,
+    CLUSTER_START_DEADLINE, CONTROL_TIMEOUT, CONVERGE_DEADLINE, ClusterNode, GONE_DEADLINE,
+    GROUP_LEADER_DEADLINE, KEEP_ENV, LEADER_DEADLINE, LOG_TAIL_LINES, NODE_READY_DEADLINE, NodeStatus,
+    POLL_INTERVAL, RETRY_DEADLINE, Rotation, STANDALONE_START_DEADLINE, STOP_DEADLINE, agreed_leader, alive,
+    channel, http_get, http_post, log_tail, reservoir_exe, retry, signal, spawn_logged, stop_blocking,
+    wait_child,
 };
 
 /// The regions of the cluster, home region (the ledger's) first.
 pub const REGIONS: [&str; 3] = reservoir_client::REGIONS;
-/// The region that hosts the ledger.
+/// The region that hosts the ledger, and the one a standalone `up` runs.
 pub const HOME_REGION: &str = reservoir_client::HOME_REGION;
-/// How long `up` has to write `cluster.json`: its own readiness deadline is
-/// 60 s; nine debug processes on two loaded cores need most of it.
-pub const CLUSTER_START_DEADLINE: Duration = Duration::from_secs(90);
-/// How long a group (a region's, or the ledger) may take to agree on a
-/// leader; an election is well under 2 s, the rest is a loaded machine.
-pub const GROUP_LEADER_DEADLINE: Duration = Duration::from_secs(20);
-/// How long the rebalancer has to move stock where the tests expect it.
-pub const REBALANCE_DEADLINE: Duration = Duration::from_secs(20);
-/// How long settlement and the audit have to catch up after load stops or a
-/// partition heals.
-pub const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
-/// Set this environment variable to keep every cluster's directory (logs,
-/// data), not only those of failed tests.
-pub const KEEP_ENV: &str = "RESERVOIR_TEST_KEEP";
-/// How long one control-API call may take (a kill waits for the process).
-pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The link emulators' round trips (`up --wan`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -71,13 +64,18 @@ impl WanProfile {
     }
 }
 
-/// How to start a cluster. The default is the smallest: one node per region,
-/// no WAN latency, no demo catalog.
+/// How to start a cluster. The default is the smallest three-region
+/// cluster: one node per region, no WAN latency, no demo catalog;
+/// [`ClusterOptions::standalone`] is a standalone region of three nodes.
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
+    /// `up --standalone`: one region ([`HOME_REGION`]), no ledger, no link
+    /// emulators, no control API. `architecture`, `wan`, `demo` and `policy`
+    /// belong to the three-region cluster and must keep their defaults.
+    pub standalone: bool,
     /// `up --architecture`: `tokens`, `single-writer` or `global-consensus`.
     pub architecture: &'static str,
-    /// `up --nodes-per-region`.
+    /// `up --nodes-per-region`, or for a standalone region `up --nodes`.
     pub nodes_per_region: u64,
     /// `up --wan`.
     pub wan: WanProfile,
@@ -85,13 +83,15 @@ pub struct ClusterOptions {
     pub demo: bool,
     /// `up --policy`, if not the default.
     pub policy: Option<String>,
-    /// `up --proposal-queue-max`, if not the default.
+    /// `up --proposal-queue-max`: every node's proposal queue bound, if not
+    /// the default.
     pub proposal_queue_max: Option<usize>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
         ClusterOptions {
+            standalone: false,
             architecture: "tokens",
             nodes_per_region: 1,
             wan: WanProfile::None,
@@ -102,42 +102,101 @@ impl Default for ClusterOptions {
     }
 }
 
-/// One WAN link as the control API reports it.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct LinkState {
-    /// One region (name order).
-    pub a: String,
-    /// The other region.
-    pub b: String,
-    /// The round trip the link adds.
-    pub rtt_ms: u64,
-    /// True while cut.
-    pub cut: bool,
+impl ClusterOptions {
+    /// A standalone region of three nodes (`up --standalone`).
+    pub fn standalone() -> ClusterOptions {
+        ClusterOptions {
+            standalone: true,
+            nodes_per_region: 3,
+            ..ClusterOptions::default()
+        }
+    }
+
+    /// The `up` command these options ask for, on `dir`.
+    fn command(&self, dir: &Path) -> Command {
+        let mut command = Command::new(reservoir_exe());
+        command.arg("up").arg("--dir").arg(dir);
+        if self.standalone {
+            let defaults = ClusterOptions::default();
+            assert!(
+                self.architecture == defaults.architecture
+                    && self.wan == defaults.wan
+                    && self.demo == defaults.demo
+                    && self.policy.is_none(),
+                "a standalone region has no architecture, WAN, demo or policy to choose: {self:?}"
+            );
+            command
+                .arg("--standalone")
+                .arg("--nodes")
+                .arg(self.nodes_per_region.to_string());
+        } else {
+            command
+                .arg("--architecture")
+                .arg(self.architecture)
+                .arg("--nodes-per-region")
+                .arg(self.nodes_per_region.to_string())
+                .arg("--wan")
+                .arg(self.wan.arg());
+            if !self.demo {
+                command.arg("--no-demo");
+            }
+            if let Some(policy) = &self.policy {
+                command.arg("--policy").arg(policy);
+            }
+        }
+        if let Some(max) = self.proposal_queue_max {
+            command.arg("--proposal-queue-max").arg(max.to_string());
+        }
+        command
+    }
+
+    /// How long `up` has to write `cluster.json`.
+    fn start_deadline(&self) -> Duration {
+        if self.standalone {
+            STANDALONE_START_DEADLINE
+        } else {
+            CLUSTER_START_DEADLINE
+        }
+    }
+
+    /// How long a group has to agree on a leader.
+    fn leader_deadline(&self) -> Duration {
+        if self.standalone {
+            LEADER_DEADLINE
+        } else {
+            GROUP_LEADER_DEADLINE
+        }
+    }
 }
 
-/// A three-region cluster run by `reservoir up` in a temporary directory.
+/// A standalone region or a three-region cluster run by `reservoir up` in a
+/// temporary directory. Nodes are named by id.
 pub struct Cluster {
     /// The cluster directory; kept on disk when the test panics.
     dir: Option<tempfile::TempDir>,
     options: ClusterOptions,
     /// The running `up`, if any.
     up: Option<Child>,
-    /// The current `cluster.json` (re-read after each restart).
+    /// The current `cluster.json` (re-read after each start and control-API
+    /// restart), with the pids of nodes restarted by hand replaced by theirs.
     file: ClusterFile,
-    /// The control API.
-    control: SocketAddr,
-    /// Nodes killed through the control API and not restarted.
+    /// The control API (three regions only).
+    control: Option<SocketAddr>,
+    /// Nodes restarted by hand (standalone only): they are the test's
+    /// children, not `up`'s.
+    restarted: BTreeMap<u64, Child>,
+    /// Nodes killed and not restarted.
     down: BTreeSet<u64>,
     /// Makes every stock request id unique.
     stock_requests: AtomicU64,
 }
 
 impl Cluster {
-    /// Starts `up` (three regions) on a fresh temporary directory and waits
+    /// Starts `up` as `options` say on a fresh temporary directory and waits
     /// for its `cluster.json`.
     pub async fn start(options: ClusterOptions) -> Cluster {
         let dir = tempfile::Builder::new()
-            .prefix("reservoir-cluster-test-")
+            .prefix("reservoir-test-")
             .tempdir()
             .expect("a temporary directory");
         let mut cluster = Cluster {
@@ -151,7 +210,8 @@ impl Cluster {
                 control: None,
                 ledger: None,
             },
-            control: SocketAddr::from(([127, 0, 0, 1], 0)),
+            control: None,
+            restarted: BTreeMap::new(),
             down: BTreeSet::new(),
             stock_requests: AtomicU64::new(0),
         };
@@ -159,47 +219,73 @@ impl Cluster {
         cluster
     }
 
+    /// Spawns `up` on the directory, waits until it has written
+    /// `cluster.json` (or panics with its log if it exits or the deadline
+    /// passes), and checks that the file describes what was asked for.
     async fn run_up(&mut self) {
-        assert!(self.up.is_none(), "up is already running");
         let dir = self.dir().to_path_buf();
-        let mut command = Command::new(reservoir_exe());
-        command
-            .arg("up")
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--architecture")
-            .arg(self.options.architecture)
-            .arg("--nodes-per-region")
-            .arg(self.options.nodes_per_region.to_string())
-            .arg("--wan")
-            .arg(self.options.wan.arg());
-        if !self.options.demo {
-            command.arg("--no-demo");
-        }
-        if let Some(policy) = &self.options.policy {
-            command.arg("--policy").arg(policy);
-        }
-        if let Some(max) = self.options.proposal_queue_max {
-            command.arg("--proposal-queue-max").arg(max.to_string());
-        }
+        let command = self.options.command(&dir);
         let started = Instant::now();
-        let file = wait_cluster_file(&mut self.up, &dir, command, CLUSTER_START_DEADLINE).await;
-        let control = file
+        let file = wait_cluster_file(&mut self.up, &dir, command, self.options.start_deadline()).await;
+        self.control = if self.options.standalone {
+            self.check_standalone(&file);
+            None
+        } else {
+            Some(self.check_three_regions(&file))
+        };
+        for node in &file.nodes {
+            assert!(
+                node.grpc.ip().is_loopback() && node.http().ip().is_loopback(),
+                "{node:?}"
+            );
+        }
+        self.file = file;
+        self.down.clear();
+        eprintln!(
+            "harness: {} nodes up after {:?} in {}",
+            self.file.nodes.len(),
+            started.elapsed(),
+            self.dir().display()
+        );
+    }
+
+    /// A standalone `cluster.json`: the asked-for nodes, all in the home
+    /// region, no control API, no ledger.
+    fn check_standalone(&self, file: &ClusterFile) {
+        assert_eq!(
+            file.nodes.len() as u64,
+            self.options.nodes_per_region,
+            "nodes: {file:?}"
+        );
+        assert!(
+            file.nodes.iter().all(|n| n.region == HOME_REGION),
+            "a standalone region is {HOME_REGION}: {file:?}"
+        );
+        assert!(
+            file.control.is_none() && file.ledger.is_none(),
+            "a standalone region has no control API and no ledger: {file:?}"
+        );
+    }
+
+    /// A three-region `cluster.json`: the architecture, the ledger where
+    /// there is one, each region's nodes and endpoints. Returns the control
+    /// API.
+    fn check_three_regions(&self, file: &ClusterFile) -> SocketAddr {
+        let text = file
             .control
             .as_deref()
             .expect("a three-region cluster.json names its control API");
-        self.control = control.parse().expect("the control API is host:port");
+        let control: SocketAddr = text.parse().expect("the control API is host:port");
         assert!(
-            self.control.ip().is_loopback(),
-            "the control API listens on loopback: {control}"
+            control.ip().is_loopback(),
+            "the control API listens on loopback: {text}"
         );
         assert_eq!(
             file.architecture.as_deref(),
             Some(self.options.architecture),
             "{file:?}"
         );
-        let tokens = self.options.architecture == "tokens";
-        if tokens {
+        if self.options.architecture == "tokens" {
             let ledger = file
                 .ledger
                 .as_ref()
@@ -224,21 +310,10 @@ impl Cluster {
                 "endpoints of {region}: {file:?}"
             );
         }
-        for node in &file.nodes {
-            assert!(
-                node.grpc.ip().is_loopback() && node.http().ip().is_loopback(),
-                "{node:?}"
-            );
-        }
-        self.file = file;
-        self.down.clear();
-        eprintln!(
-            "harness: cluster of {} nodes up after {:?} in {}",
-            self.file.nodes.len(),
-            started.elapsed(),
-            self.dir().display()
-        );
+        control
     }
+
+    // ----- what it is made of -----
 
     /// The cluster directory.
     pub fn dir(&self) -> &Path {
@@ -253,14 +328,23 @@ impl Cluster {
         &self.file
     }
 
-    /// The control API's address.
+    /// The control API's address (three regions only).
     pub fn control(&self) -> SocketAddr {
         self.control
+            .unwrap_or_else(|| panic!("a standalone region has no control API"))
     }
 
     /// Every node id.
     pub fn ids(&self) -> Vec<u64> {
         self.file.nodes.iter().map(|n| n.id).collect()
+    }
+
+    /// The ids of the nodes that are up (not killed by the test).
+    pub fn live_ids(&self) -> Vec<u64> {
+        self.ids()
+            .into_iter()
+            .filter(|id| !self.down.contains(id))
+            .collect()
     }
 
     /// The ids of `region`'s nodes.
@@ -281,7 +365,7 @@ impl Cluster {
             .collect()
     }
 
-    /// The nodes that host the ledger's voters.
+    /// The nodes that host the ledger's voters (none without a ledger).
     pub fn ledger_ids(&self) -> Vec<u64> {
         self.file
             .ledger
@@ -290,21 +374,7 @@ impl Cluster {
             .unwrap_or_default()
     }
 
-    /// A client channel of `region`: its first endpoint in `cluster.json`
-    /// (a node of the region, or for single-writer a link emulator in front
-    /// of a us-east node).
-    pub fn endpoint(&self, region: &str) -> Channel {
-        let endpoint = self
-            .file
-            .endpoints
-            .as_ref()
-            .and_then(|e| e.get(region))
-            .and_then(|list| list.first())
-            .unwrap_or_else(|| panic!("no endpoint for {region} in {:?}", self.file));
-        channel(endpoint.grpc)
-    }
-
-    /// A node's entry in `cluster.json`.
+    /// A node's entry in `cluster.json` (its pid updated after a restart).
     pub fn node(&self, id: u64) -> &ClusterNode {
         self.file
             .nodes
@@ -313,7 +383,9 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no node {id} in {:?}", self.ids()))
     }
 
-    /// A channel to one node.
+    // ----- clients -----
+
+    /// A channel to one node (connected lazily, reconnecting after failures).
     pub fn channel(&self, id: u64) -> Channel {
         channel(self.node(id).grpc)
     }
@@ -328,27 +400,50 @@ impl Cluster {
         AdminClient::new(self.channel(id))
     }
 
+    /// A client channel of `region` (three regions only): its first
+    /// endpoint in `cluster.json` (a node of the region, or for
+    /// single-writer a link emulator in front of a us-east node).
+    pub fn endpoint(&self, region: &str) -> Channel {
+        let endpoint = self
+            .file
+            .endpoints
+            .as_ref()
+            .and_then(|e| e.get(region))
+            .and_then(|list| list.first())
+            .unwrap_or_else(|| panic!("no endpoint for {region} in {:?}", self.file));
+        channel(endpoint.grpc)
+    }
+
+    /// Channels to every node, starting with the `first`-th, for a
+    /// [`Rotation`].
+    pub fn rotation(&self, first: usize) -> Rotation {
+        self.rotation_of(&self.ids(), first)
+    }
+
     /// Channels to `region`'s nodes, starting with its `first`-th, for the
     /// region's shoppers.
     pub fn rotation_in(&self, region: &str, first: usize) -> Rotation {
-        let ids = self.ids_in(region);
+        self.rotation_of(&self.ids_in(region), first)
+    }
+
+    fn rotation_of(&self, ids: &[u64], first: usize) -> Rotation {
         let channels = ids.iter().map(|&id| self.channel(id)).collect();
         Rotation::new(channels, first % ids.len())
     }
 
     /// Channels to the home region's nodes, for Admin calls: they reach the
     /// ledger without crossing a WAN link, so a partition of another region
-    /// does not stand in the way.
+    /// does not stand in the way (in a standalone region: every node).
     pub fn admin_rotation(&self) -> Rotation {
         self.rotation_in(HOME_REGION, 0)
     }
 
-    // ----- the control API -----
+    // ----- the control API (three regions) -----
 
     /// Cuts `region` off from the other two regions.
     pub async fn partition_region(&self, region: &str) -> Vec<LinkState> {
-        let body = serde_json::json!({ "region": region }).to_string();
-        let links = self.control_post("/links/partition", &body).await;
+        let body = serde_json::to_string(&PartitionRequest::region(region)).expect("serializes");
+        let links = self.control_links(control_api::PARTITION, &body).await;
         let cut: BTreeSet<(&str, &str)> = links
             .iter()
             .filter(|l| l.cut)
@@ -367,13 +462,13 @@ impl Cluster {
 
     /// Cuts the link between `a` and `b`.
     pub async fn partition_link(&self, a: &str, b: &str) -> Vec<LinkState> {
-        let body = serde_json::json!({ "a": a, "b": b }).to_string();
-        self.control_post("/links/partition", &body).await
+        let body = serde_json::to_string(&PartitionRequest::link(a, b)).expect("serializes");
+        self.control_links(control_api::PARTITION, &body).await
     }
 
     /// Heals every link.
     pub async fn heal(&self) -> Vec<LinkState> {
-        let links = self.control_post("/links/heal", "").await;
+        let links = self.control_links(control_api::HEAL, "").await;
         assert!(links.iter().all(|l| !l.cut), "heal left a link cut: {links:?}");
         eprintln!("harness: every link healed");
         links
@@ -381,72 +476,134 @@ impl Cluster {
 
     /// The links and whether each is cut.
     pub async fn links(&self) -> Vec<LinkState> {
-        let (code, body) = http_get(self.control, "/links")
+        let (code, body) = http_get(self.control(), control_api::LINKS)
             .await
             .unwrap_or_else(|e| panic!("GET /links: {e}"));
         assert_eq!(code, 200, "GET /links: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET /links: {e}: {body}"))
     }
 
-    async fn control_post(&self, path: &str, body: &str) -> Vec<LinkState> {
-        let (code, text) = http_post(self.control, path, body, CONTROL_TIMEOUT)
-            .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-        assert_eq!(code, 200, "POST {path} {body}: {text}");
+    /// A control-API POST that links answer.
+    async fn control_links(&self, path: &str, body: &str) -> Vec<LinkState> {
+        let text = self.control_post(path, body).await;
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("POST {path}: {e}: {text}"))
     }
 
-    /// Kills one node with SIGKILL through the control API; `up` reaps it
-    /// before answering, so its process is gone when this returns.
+    /// A control-API POST, asserted to answer 200: the answer's body.
+    async fn control_post(&self, path: &str, body: &str) -> String {
+        let (code, text) = http_post(self.control(), path, body, CONTROL_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        assert_eq!(code, 200, "POST {path} {body}: {text}");
+        text
+    }
+
+    // ----- killing and restarting nodes -----
+
+    /// Kills one node with SIGKILL and returns once its process is gone:
+    /// through the control API when there is one (`up` reaps the node
+    /// before answering), else by signal.
     pub async fn kill(&mut self, id: u64) {
         assert!(!self.down.contains(&id), "node {id} is already down");
         let pid = self.node(id).pid();
-        let path = format!("/nodes/{id}/kill");
-        let (code, text) = http_post(self.control, &path, "", CONTROL_TIMEOUT)
-            .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-        assert_eq!(code, 200, "POST {path}: {text}");
-        assert!(!alive(pid), "node {id} (pid {pid}) outlived its kill");
-        self.down.insert(id);
+        if self.control.is_some() {
+            self.control_post(&control_api::kill_path(id), "").await;
+            assert!(!alive(pid), "node {id} (pid {pid}) outlived its kill");
+            self.down.insert(id);
+        } else {
+            signal(pid, libc::SIGKILL, &format!("node {id}"));
+            self.wait_gone(id).await;
+        }
         eprintln!("harness: node {id} (pid {pid}) killed");
     }
 
-    /// Restarts a killed node through the control API (it becomes `up`'s
-    /// child again), re-reads `cluster.json` for its new pid and waits for
-    /// its `/readyz`.
+    /// Kills every live node with SIGKILL, all at once by signal, and waits
+    /// until they are gone.
+    pub async fn kill_all(&mut self) {
+        let pids: Vec<(u64, u32)> = self
+            .live_ids()
+            .into_iter()
+            .map(|id| (id, self.node(id).pid()))
+            .collect();
+        for &(id, pid) in &pids {
+            signal(pid, libc::SIGKILL, &format!("node {id}"));
+        }
+        for (id, _) in pids {
+            self.wait_gone(id).await;
+        }
+    }
+
+    /// After a SIGKILL already sent by the harness: waits until the node is
+    /// gone (reaped by the test if it is the test's child; else `up` reaps
+    /// it every 200 ms and until then it is a zombie, already without
+    /// sockets), and marks it down.
+    async fn wait_gone(&mut self, id: u64) {
+        if let Some(mut child) = self.restarted.remove(&id) {
+            wait_child(&mut child, GONE_DEADLINE).await;
+        } else {
+            let pid = self.node(id).pid();
+            let give_up = Instant::now() + GONE_DEADLINE;
+            while alive(pid) {
+                assert!(Instant::now() < give_up, "node {id} (pid {pid}) survived SIGKILL");
+                tokio::time::sleep(POLL_INTERVAL).await;
+            }
+        }
+        self.down.insert(id);
+    }
+
+    /// Restarts a killed node and waits for its `/readyz`: through the
+    /// control API when there is one (the node becomes `up`'s child again
+    /// and `cluster.json` is re-read for its new pid), else from its `cmd`
+    /// in `cluster.json`, as a child of the test logging to its usual log.
     pub async fn restart(&mut self, id: u64) {
         assert!(self.down.contains(&id), "node {id} is not down");
         let old_pid = self.node(id).pid();
-        let path = format!("/nodes/{id}/restart");
-        let (code, text) = http_post(self.control, &path, "", CONTROL_TIMEOUT)
-            .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
-        assert_eq!(code, 200, "POST {path}: {text}");
-        // `up` rewrites cluster.json with the new pid before it answers.
-        let json = self.dir().join("cluster.json");
-        let text = std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("{}: {e}", json.display()));
-        let file: ClusterFile =
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", json.display()));
-        let pid = file
-            .nodes
-            .iter()
-            .find(|n| n.id == id)
-            .map(|n| n.pid())
-            .expect("the restarted node is in cluster.json");
-        assert_ne!(pid, old_pid, "cluster.json kept node {id}'s old pid");
-        self.file = file;
+        let pid = if self.control.is_some() {
+            self.control_post(&control_api::restart_path(id), "").await;
+            // `up` rewrites cluster.json with the new pid before it answers.
+            let json = self.dir().join("cluster.json");
+            let text = std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("{}: {e}", json.display()));
+            self.file = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", json.display()));
+            let pid = self.node(id).pid();
+            assert_ne!(pid, old_pid, "cluster.json kept node {id}'s old pid");
+            pid
+        } else {
+            let node = self.node(id);
+            let mut command = Command::new(&node.cmd[0]);
+            command.args(&node.cmd[1..]);
+            let log = self.dir().join(format!("node-{id}.log"));
+            let child = spawn_logged(command, &log).expect("the node's cmd starts");
+            let pid = child.id();
+            self.restarted.insert(id, child);
+            for n in &mut self.file.nodes {
+                if n.id == id {
+                    n.pid = Some(pid);
+                }
+            }
+            pid
+        };
         self.down.remove(&id);
         let log = self.dir().join(format!("node-{id}.log"));
+        let http = self.node(id).http();
         let give_up = Instant::now() + NODE_READY_DEADLINE;
         loop {
-            if let Ok((200, _)) = http_get(self.node(id).http(), "/readyz").await {
+            if let Ok((200, _)) = http_get(http, "/readyz").await {
                 break;
             }
-            assert!(
-                alive(pid),
-                "restarted node {id} (pid {pid}) exited\n{}",
-                log_tail(&log, LOG_TAIL_LINES)
-            );
+            // The test's own child is reaped here, so that its exit shows.
+            let exited = match self.restarted.get_mut(&id) {
+                Some(child) => child
+                    .try_wait()
+                    .expect("our child can be waited for")
+                    .map(|status| status.to_string()),
+                None => (!alive(pid)).then(|| "gone".to_string()),
+            };
+            if let Some(status) = exited {
+                panic!(
+                    "restarted node {id} (pid {pid}) exited: {status}\n{}",
+                    log_tail(&log, LOG_TAIL_LINES)
+                );
+            }
             assert!(
                 Instant::now() < give_up,
                 "restarted node {id} not ready after {NODE_READY_DEADLINE:?}\n{}",
@@ -467,56 +624,86 @@ impl Cluster {
     /// The leader `region`'s live nodes agree on: a node that says it leads
     /// and that a majority of the region's nodes name.
     pub async fn region_leader(&self, region: &str) -> u64 {
-        let majority = self.ids_in(region).len() / 2 + 1;
-        let give_up = Instant::now() + GROUP_LEADER_DEADLINE;
+        self.group_leader(region, &self.ids_in(region), |status| {
+            Some((status.leader, status.role == Role::Leader))
+        })
+        .await
+    }
+
+    /// The ledger leader the live ledger hosts agree on (from their
+    /// `/status` `ledger` section), like [`Cluster::region_leader`].
+    pub async fn ledger_leader(&self) -> u64 {
+        self.group_leader("the ledger", &self.ledger_ids(), |status| {
+            status
+                .ledger
+                .map(|ledger| (ledger.leader, ledger.role == Role::Leader))
+        })
+        .await
+    }
+
+    /// The leader the live ones of a group's `hosts` agree on, from each
+    /// one's `view` of the group in its `/status` (the leader it names,
+    /// whether it leads): one that a majority of `hosts` name and that says
+    /// it leads. Polls until there is one; panics after the deadline.
+    async fn group_leader(
+        &self,
+        group: &str,
+        hosts: &[u64],
+        view: impl Fn(NodeStatus) -> Option<(Option<u64>, bool)>,
+    ) -> u64 {
+        let majority = hosts.len() / 2 + 1;
+        let deadline = self.options.leader_deadline();
+        let give_up = Instant::now() + deadline;
         loop {
             let mut views = Vec::new();
-            for id in self.live_ids_in(region) {
-                if let Ok(status) = self.status(id).await {
-                    views.push((id, status.leader, status.role == Role::Leader));
+            for &id in hosts.iter().filter(|id| !self.down.contains(id)) {
+                if let Some((leader, leads)) = self.status(id).await.ok().and_then(&view) {
+                    views.push((id, leader, leads));
                 }
             }
             match agreed_leader(&views, majority) {
                 Ok(leader) => return leader,
                 Err(seen) => assert!(
                     Instant::now() < give_up,
-                    "{region}: no agreed leader after {GROUP_LEADER_DEADLINE:?}: {seen}"
+                    "{group}: no agreed leader after {deadline:?}: {seen}"
                 ),
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
 
-    /// The ledger leader the live ledger hosts agree on (from their
-    /// `/status` `ledger` section), like [`Cluster::region_leader`].
-    pub async fn ledger_leader(&self) -> u64 {
-        let hosts = self.ledger_ids();
-        let majority = hosts.len() / 2 + 1;
-        let give_up = Instant::now() + GROUP_LEADER_DEADLINE;
+    /// Waits until every live node of `region` shows the same replicated
+    /// state in `/status`, and returns it (as the lowest live node reports
+    /// it).
+    pub async fn converged_in(&self, region: &str) -> NodeStatus {
+        let give_up = Instant::now() + CONVERGE_DEADLINE;
         loop {
-            let mut views = Vec::new();
-            for &id in hosts.iter().filter(|id| !self.down.contains(id)) {
-                if let Ok(NodeStatus {
-                    ledger: Some(ledger), ..
-                }) = self.status(id).await
-                {
-                    views.push((id, ledger.leader, ledger.role == Role::Leader));
+            let live = self.live_ids_in(region);
+            let mut statuses = Vec::new();
+            for &id in &live {
+                if let Ok(status) = self.status(id).await {
+                    statuses.push(status);
                 }
             }
-            match agreed_leader(&views, majority) {
-                Ok(leader) => return leader,
-                Err(seen) => assert!(
-                    Instant::now() < give_up,
-                    "no agreed ledger leader after {GROUP_LEADER_DEADLINE:?}: {seen}"
-                ),
+            if statuses.len() == live.len()
+                && statuses
+                    .windows(2)
+                    .all(|w| w[0].replicated_state() == w[1].replicated_state())
+            {
+                return statuses.swap_remove(0);
             }
+            assert!(
+                Instant::now() < give_up,
+                "the live nodes of {region} did not converge within {CONVERGE_DEADLINE:?}: {statuses:#?}"
+            );
             tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
 
     /// `region`'s replicated state as its leader reports it in `/status`.
     pub async fn region_status(&self, region: &str) -> NodeStatus {
-        let give_up = Instant::now() + GROUP_LEADER_DEADLINE;
+        let deadline = self.options.leader_deadline();
+        let give_up = Instant::now() + deadline;
         loop {
             let leader = self.region_leader(region).await;
             match self.status(leader).await {
@@ -567,8 +754,9 @@ impl Cluster {
 
     // ----- admin -----
 
-    /// Adds `units` of `sku` to the ledger's pool (Admin `AdjustStock` on a
-    /// home-region node), retried until acknowledged.
+    /// Adds `units` of `sku` (Admin `AdjustStock` on a home-region node: to
+    /// the ledger's pool, or a standalone region's buckets), retried until
+    /// acknowledged.
     pub async fn add_stock(&self, sku: &str, units: i64) -> v1::AdjustStockResponse {
         let n = self.stock_requests.fetch_add(1, Ordering::SeqCst);
         let request = v1::AdjustStockRequest {
@@ -599,8 +787,8 @@ impl Cluster {
         .unwrap_or_else(|s| panic!("GetStatus: {s:?}"))
     }
 
-    /// The conservation audit (Admin `Audit`, run on the ledger leader) from
-    /// a home-region node, retried until answered.
+    /// The conservation audit (Admin `Audit`; with a ledger, run on its
+    /// leader) from a home-region node, retried until answered.
     pub async fn audit(&self) -> v1::AuditReport {
         let mut nodes = self.admin_rotation();
         retry(&mut nodes, RETRY_DEADLINE, |channel| async move {
@@ -686,12 +874,14 @@ impl Cluster {
 
     // ----- stopping and starting again -----
 
-    /// Stops the cluster with `sig` to `up` (SIGTERM, or SIGINT as Ctrl-C
-    /// sends it), asserts that `up` exits successfully and that no process
-    /// of the cluster is left: no pid of `cluster.json`, and no process whose
+    /// Stops the cluster: SIGTERM to the nodes restarted by hand, `sig` to
+    /// `up` (SIGTERM, or SIGINT as Ctrl-C sends it), which stops its own.
+    /// Asserts that each exits successfully and that no process of the
+    /// cluster is left: no pid of `cluster.json`, and no process whose
     /// command line names the cluster directory.
     pub async fn stop(&mut self, sig: libc::c_int) {
         let mut up = self.up.take().expect("up is running");
+        let restarted = std::mem::take(&mut self.restarted);
         let pids: Vec<(u64, u32)> = self.file.nodes.iter().map(|n| (n.id, n.pid())).collect();
         // The check below can see the cluster's processes: here they are.
         let running: BTreeSet<u32> = processes_naming(self.dir())
@@ -709,7 +899,14 @@ impl Cluster {
             "up (pid {}) is not among {running:?}",
             up.id()
         );
+        for (id, child) in &restarted {
+            signal(child.id(), libc::SIGTERM, &format!("node {id}"));
+        }
         signal(up.id(), sig, "up");
+        for (id, mut child) in restarted {
+            let status = wait_child(&mut child, STOP_DEADLINE).await;
+            assert!(status.success(), "node {id} stopped with {status}");
+        }
         let status = wait_child(&mut up, STOP_DEADLINE).await;
         assert!(
             status.success(),
@@ -733,8 +930,17 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let panicking = std::thread::panicking();
-        if let Some(up) = self.up.as_mut() {
+        // Stop everything first, so the logs are complete when printed.
+        for child in self.restarted.values() {
+            signal(child.id(), libc::SIGTERM, "a restarted node");
+        }
+        if let Some(up) = &self.up {
             signal(up.id(), libc::SIGTERM, "up");
+        }
+        for child in self.restarted.values_mut() {
+            stop_blocking(child);
+        }
+        if let Some(up) = self.up.as_mut() {
             stop_blocking(up);
         }
         if panicking && let Some(dir) = self.dir.take() {
@@ -747,6 +953,77 @@ impl Drop for Cluster {
                 dir.keep().display()
             );
         }
+    }
+}
+
+/// For a failed test: says where its directory is kept and prints the tail
+/// of every log in it.
+fn print_logs(dir: PathBuf) {
+    eprintln!(
+        "harness: the test failed; its cluster is kept in {}",
+        dir.display()
+    );
+    let mut logs: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+    logs.sort();
+    for log in logs {
+        eprintln!(
+            "--- last lines of {} ---\n{}",
+            log.display(),
+            log_tail(&log, LOG_TAIL_LINES)
+        );
+    }
+}
+
+/// Spawns `command` (an `up`) into `up`, its output appended to
+/// `DIR/up.log`, and waits until it has written `DIR/cluster.json` with
+/// every node running; panics with its log if it exits or `deadline` passes.
+async fn wait_cluster_file(
+    up: &mut Option<Child>,
+    dir: &Path,
+    command: Command,
+    deadline: Duration,
+) -> ClusterFile {
+    assert!(up.is_none(), "up is already running");
+    let path = dir.join("cluster.json");
+    // `up` removes a stale cluster.json too, but only once it runs: until
+    // then the poll below would read the previous run's pids.
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => panic!("removing {}: {e}", path.display()),
+        _ => {}
+    }
+    *up = Some(spawn_logged(command, &dir.join("up.log")).expect("up starts"));
+    let give_up = Instant::now() + deadline;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && let Ok(cluster) = serde_json::from_str::<ClusterFile>(&text)
+        {
+            for node in &cluster.nodes {
+                assert!(
+                    alive(node.pid()),
+                    "node {} (pid {}) of cluster.json is not running",
+                    node.id,
+                    node.pid()
+                );
+            }
+            return cluster;
+        }
+        let child = up.as_mut().expect("up was just started");
+        if let Some(status) = child.try_wait().expect("up can be waited for") {
+            *up = None;
+            panic!(
+                "up exited before writing cluster.json: {status}\n{}",
+                log_tail(&dir.join("up.log"), LOG_TAIL_LINES)
+            );
+        }
+        assert!(
+            Instant::now() < give_up,
+            "no cluster.json after {deadline:?}\n{}",
+            log_tail(&dir.join("up.log"), LOG_TAIL_LINES)
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
 

@@ -4,14 +4,13 @@
 //! child of the test — one standalone region (`up --standalone`) or the
 //! three-region cluster with its ledger, WAN link emulators and control API
 //! (or, `ClusterOptions::architecture`, one of the designs it is compared
-//! with) —
-//! and talks to it the way a client would: gRPC on `127.0.0.1`, the nodes'
+//! with), both as a [`Cluster`] — and talks to it the way a client would: gRPC on `127.0.0.1`, the nodes'
 //! HTTP `/status`, and the control API. The harness here is what the tests
 //! share; the tests themselves live in `tests/` (`region_*`, `bad_input`,
 //! `cluster_*`, `architectures`).
 //!
 //! Invariants the harness keeps:
-//! - nothing is left behind: [`Region`]'s and [`Cluster`]'s `Drop` stop `up`
+//! - nothing is left behind: [`Cluster`]'s `Drop` stops `up`
 //!   with SIGTERM (and SIGKILL after a grace) and stop every node the test
 //!   restarted by hand, even when the test panics; every child also asks the
 //!   kernel for SIGTERM if the test process dies (`PR_SET_PDEATHSIG`);
@@ -21,18 +20,19 @@
 //!
 //! Layout:
 //! - [`reservoir_exe`]: the `reservoir` binary, rebuilt first if stale;
-//! - [`Region`]: a standalone region: start, stop, kill -9 and restart
-//!   nodes, find the leader, read `/status`, connect clients, audit;
-//! - [`Cluster`] (`cluster.rs`): the three-region cluster: start with
-//!   options, partition and heal links, kill and restart nodes through the
-//!   control API, find region and ledger leaders, audit until settled, stop
-//!   and check that no process is left;
+//! - [`Cluster`] (`cluster.rs`): a standalone region or the three-region
+//!   cluster, as [`ClusterOptions`] say: start, connect clients, kill -9 and
+//!   restart nodes (through the control API when there is one), find region
+//!   and ledger leaders, read `/status`, add stock, audit (until settled),
+//!   partition and heal links, stop and check that no process is left,
+//!   start again;
 //! - [`Shopper`] (`shop.rs`): bounded load in one region that records every
 //!   acknowledged reservation, [`resolve`] and [`verify_records`] to check
 //!   them afterwards;
 //! - [`Rotation`] and [`retry`]: send one call to the nodes in turn until it
 //!   is answered, retrying what the API says is safe to retry;
-//! - small request builders and bounded HTTP GET and POST.
+//! - small request builders, and HTTP GET and POST (`reservoir_client::http`)
+//!   with the harness's timeouts.
 //!
 //! Caveats: Linux only (`PR_SET_PDEATHSIG`, signals by pid, `/proc`). A
 //! stale binary is rebuilt with `cargo build -p reservoir-node` into the
@@ -49,16 +49,16 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use reservoir_client::ClusterFile;
+use reservoir_client::HttpError;
 use reservoir_client::reason_of;
 use reservoir_proto::v1;
-use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 pub use reservoir_client::ClusterNode;
+/// `GET /status`, as the client crate reads it.
+pub use reservoir_client::{Bucket, GroupView, NodeStatus, Role, SnapshotStats};
 
 /// What `up` writes for every node of its `cluster.json` (optional in the
 /// schema, for hand-written files): the harness reads only files `up`
@@ -87,11 +87,30 @@ mod shop;
 pub use cluster::*;
 pub use shop::*;
 
-/// How long `up` has to write `cluster.json` (its own readiness deadline is
-/// 30 s; a debug build on a loaded two-core machine needs a margin).
-pub const CLUSTER_DEADLINE: Duration = Duration::from_secs(45);
-/// How long a region may take to agree on a leader.
+/// How long a standalone `up` has to write `cluster.json` (its own
+/// readiness deadline is 30 s; a debug build on a loaded two-core machine
+/// needs a margin).
+pub const STANDALONE_START_DEADLINE: Duration = Duration::from_secs(45);
+/// How long a three-region `up` has to write `cluster.json`: its own
+/// readiness deadline is 60 s; nine debug processes on two loaded cores need
+/// most of it.
+pub const CLUSTER_START_DEADLINE: Duration = Duration::from_secs(90);
+/// How long a standalone region may take to agree on a leader.
 pub const LEADER_DEADLINE: Duration = Duration::from_secs(15);
+/// How long a group of the three-region cluster (a region's, or the ledger)
+/// may take to agree on a leader; an election is well under 2 s, the rest
+/// is a loaded machine.
+pub const GROUP_LEADER_DEADLINE: Duration = Duration::from_secs(20);
+/// How long the rebalancer has to move stock where the tests expect it.
+pub const REBALANCE_DEADLINE: Duration = Duration::from_secs(20);
+/// How long settlement and the audit have to catch up after load stops or a
+/// partition heals.
+pub const SETTLE_DEADLINE: Duration = Duration::from_secs(30);
+/// Set this environment variable to keep every cluster's directory (logs,
+/// data), not only those of failed tests.
+pub const KEEP_ENV: &str = "RESERVOIR_TEST_KEEP";
+/// How long one control-API call may take (a kill waits for the process).
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a restarted node has to answer `/readyz` with 200.
 pub const NODE_READY_DEADLINE: Duration = Duration::from_secs(30);
 /// How long the live nodes have to converge on the same state.
@@ -112,8 +131,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one HTTP GET may take.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest HTTP response the harness reads.
-pub const HTTP_RESPONSE_BYTES_MAX: u64 = 1024 * 1024;
 /// Lines of each log printed when a test fails.
 pub const LOG_TAIL_LINES: usize = 30;
 
@@ -213,448 +230,6 @@ fn newest_mtime(path: &Path) -> Option<SystemTime> {
         .filter(|entry| entry.file_name() != "target")
         .filter_map(|entry| newest_mtime(&entry.path()))
         .max()
-}
-
-// ----- the region -----
-
-/// How to start a region.
-#[derive(Clone, Debug, Default)]
-pub struct RegionOptions {
-    /// `up --proposal-queue-max`: every node's proposal queue bound.
-    pub proposal_queue_max: Option<usize>,
-}
-
-/// `GET /status`, as the client crate reads it.
-pub use reservoir_client::{Bucket, GroupView, NodeStatus, Role, SnapshotStats};
-
-/// A standalone region run by `reservoir up` in a temporary directory.
-///
-/// Nodes are named by id. A node killed with [`Region::kill`] stays down
-/// until [`Region::restart`] runs its `cmd` again, as a child of the test.
-pub struct Region {
-    /// The cluster directory; kept on disk when the test panics.
-    dir: Option<tempfile::TempDir>,
-    options: RegionOptions,
-    /// The running `up`, if any.
-    up: Option<Child>,
-    /// The cluster file of the current `up`, with the pids of nodes restarted
-    /// by hand replaced by theirs.
-    cluster: ClusterFile,
-    /// Nodes restarted by hand: they are the test's children, not `up`'s.
-    restarted: BTreeMap<u64, Child>,
-    /// Nodes killed and not restarted.
-    down: BTreeSet<u64>,
-}
-
-impl Region {
-    /// Starts `up --standalone` on a fresh temporary directory and waits for
-    /// its `cluster.json`.
-    pub async fn start(options: RegionOptions) -> Region {
-        let exe = reservoir_exe();
-        let dir = tempfile::Builder::new()
-            .prefix("reservoir-test-")
-            .tempdir()
-            .expect("a temporary directory");
-        let mut region = Region {
-            dir: Some(dir),
-            options,
-            up: None,
-            cluster: ClusterFile {
-                architecture: None,
-                endpoints: None,
-                nodes: Vec::new(),
-                control: None,
-                ledger: None,
-            },
-            restarted: BTreeMap::new(),
-            down: BTreeSet::new(),
-        };
-        region.run_up(exe).await;
-        region
-    }
-
-    /// The cluster directory.
-    pub fn dir(&self) -> &Path {
-        self.dir
-            .as_ref()
-            .expect("the directory lives as long as the region")
-            .path()
-    }
-
-    /// Every node id.
-    pub fn ids(&self) -> Vec<u64> {
-        self.cluster.nodes.iter().map(|n| n.id).collect()
-    }
-
-    /// The ids of the nodes that are up (not killed by the test).
-    pub fn live_ids(&self) -> Vec<u64> {
-        self.ids()
-            .into_iter()
-            .filter(|id| !self.down.contains(id))
-            .collect()
-    }
-
-    /// A node's entry in `cluster.json` (its pid updated after a restart).
-    pub fn node(&self, id: u64) -> &ClusterNode {
-        self.cluster
-            .nodes
-            .iter()
-            .find(|n| n.id == id)
-            .unwrap_or_else(|| panic!("no node {id} in {:?}", self.ids()))
-    }
-
-    /// Spawns `up --standalone` on the directory and waits until it has
-    /// written `cluster.json`, or panics with its log if it exits or the
-    /// deadline passes.
-    async fn run_up(&mut self, exe: &Path) {
-        let dir = self.dir().to_path_buf();
-        let mut command = Command::new(exe);
-        command.args(["up", "--standalone", "--dir"]).arg(&dir);
-        if let Some(max) = self.options.proposal_queue_max {
-            command.arg("--proposal-queue-max").arg(max.to_string());
-        }
-        self.cluster = wait_cluster_file(&mut self.up, &dir, command, CLUSTER_DEADLINE).await;
-        self.down.clear();
-    }
-
-    /// Stops the whole region cleanly: SIGTERM to the nodes restarted by hand
-    /// and to `up` (which stops its own), and asserts that each exits
-    /// successfully and that no node process is left.
-    pub async fn stop(&mut self) {
-        let restarted = std::mem::take(&mut self.restarted);
-        for (id, child) in &restarted {
-            signal(child.id(), libc::SIGTERM, &format!("node {id}"));
-        }
-        let up = self.up.take().expect("up is running");
-        signal(up.id(), libc::SIGTERM, "up");
-        for (id, mut child) in restarted {
-            let status = wait_child(&mut child, STOP_DEADLINE).await;
-            assert!(status.success(), "node {id} stopped with {status}");
-        }
-        let mut up = up;
-        let status = wait_child(&mut up, STOP_DEADLINE).await;
-        assert!(
-            status.success(),
-            "up stopped with {status}\n{}",
-            log_tail(&self.dir().join("up.log"), LOG_TAIL_LINES)
-        );
-        for node in &self.cluster.nodes {
-            assert!(
-                !alive(node.pid()),
-                "node {} (pid {}) outlived up",
-                node.id,
-                node.pid()
-            );
-        }
-    }
-
-    /// Runs `up` again on the same directory (after [`Region::stop`]): the
-    /// region comes back on its configs and data.
-    pub async fn start_again(&mut self) {
-        self.run_up(reservoir_exe()).await;
-    }
-
-    /// Kills one node with SIGKILL and waits until its process is gone.
-    pub async fn kill(&mut self, id: u64) {
-        assert!(!self.down.contains(&id), "node {id} is already down");
-        if let Some(mut child) = self.restarted.remove(&id) {
-            child.kill().expect("SIGKILL to our own child");
-            let status = wait_child(&mut child, GONE_DEADLINE).await;
-            eprintln!("harness: node {id} killed: {status}");
-        } else {
-            let pid = self.node(id).pid();
-            signal(pid, libc::SIGKILL, &format!("node {id}"));
-            // `up` reaps its children every 200 ms; until then the pid is a
-            // zombie, already without sockets.
-            let give_up = Instant::now() + GONE_DEADLINE;
-            while alive(pid) {
-                assert!(Instant::now() < give_up, "node {id} (pid {pid}) survived SIGKILL");
-                tokio::time::sleep(POLL_INTERVAL).await;
-            }
-            eprintln!("harness: node {id} (pid {pid}) killed");
-        }
-        self.down.insert(id);
-    }
-
-    /// Kills every node with SIGKILL, all at once, and waits until they are gone.
-    pub async fn kill_all(&mut self) {
-        let pids: Vec<(u64, u32)> = self
-            .live_ids()
-            .into_iter()
-            .map(|id| (id, self.node(id).pid()))
-            .collect();
-        for &(id, pid) in &pids {
-            signal(pid, libc::SIGKILL, &format!("node {id}"));
-        }
-        for (id, _) in pids {
-            self.kill_reaped(id).await;
-        }
-    }
-
-    /// After a SIGKILL already sent: waits until the node is gone.
-    async fn kill_reaped(&mut self, id: u64) {
-        if let Some(mut child) = self.restarted.remove(&id) {
-            wait_child(&mut child, GONE_DEADLINE).await;
-        } else {
-            let pid = self.node(id).pid();
-            let give_up = Instant::now() + GONE_DEADLINE;
-            while alive(pid) {
-                assert!(Instant::now() < give_up, "node {id} (pid {pid}) survived SIGKILL");
-                tokio::time::sleep(POLL_INTERVAL).await;
-            }
-        }
-        self.down.insert(id);
-    }
-
-    /// Restarts a killed node from its `cmd` in `cluster.json`, as a child of
-    /// the test (logging to its usual log), and waits for its `/readyz`.
-    pub async fn restart(&mut self, id: u64) {
-        assert!(self.down.contains(&id), "node {id} is not down");
-        let node = self.node(id).clone();
-        let mut command = Command::new(&node.cmd[0]);
-        command.args(&node.cmd[1..]);
-        let log = self.dir().join(format!("node-{id}.log"));
-        let child = spawn_logged(command, &log).expect("the node's cmd starts");
-        let pid = child.id();
-        self.restarted.insert(id, child);
-        self.down.remove(&id);
-        for n in &mut self.cluster.nodes {
-            if n.id == id {
-                n.pid = Some(pid);
-            }
-        }
-        let give_up = Instant::now() + NODE_READY_DEADLINE;
-        loop {
-            if let Ok((200, _)) = http_get(node.http(), "/readyz").await {
-                return;
-            }
-            let child = self.restarted.get_mut(&id).expect("just inserted");
-            if let Some(status) = child.try_wait().expect("our child can be waited for") {
-                panic!(
-                    "restarted node {id} exited: {status}\n{}",
-                    log_tail(&log, LOG_TAIL_LINES)
-                );
-            }
-            assert!(
-                Instant::now() < give_up,
-                "restarted node {id} not ready after {NODE_READY_DEADLINE:?}\n{}",
-                log_tail(&log, LOG_TAIL_LINES)
-            );
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
-    }
-
-    /// A node's `/status`.
-    pub async fn status(&self, id: u64) -> io::Result<NodeStatus> {
-        node_status(self.node(id).http()).await
-    }
-
-    /// The leader the live nodes agree on: a node that says it is the leader
-    /// and that a majority of the region's nodes name as their leader.
-    pub async fn leader(&self) -> u64 {
-        let majority = self.cluster.nodes.len() / 2 + 1;
-        let give_up = Instant::now() + LEADER_DEADLINE;
-        loop {
-            let mut views = Vec::new();
-            for id in self.live_ids() {
-                if let Ok(status) = self.status(id).await {
-                    views.push((id, status.leader, status.role == Role::Leader));
-                }
-            }
-            match agreed_leader(&views, majority) {
-                Ok(leader) => return leader,
-                Err(seen) => assert!(
-                    Instant::now() < give_up,
-                    "no agreed leader after {LEADER_DEADLINE:?}: {seen}"
-                ),
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
-    }
-
-    /// Waits until every live node shows the same replicated state in
-    /// `/status`, and returns it (as the lowest live node reports it).
-    pub async fn converged(&self) -> NodeStatus {
-        let give_up = Instant::now() + CONVERGE_DEADLINE;
-        loop {
-            let mut statuses = Vec::new();
-            for id in self.live_ids() {
-                if let Ok(status) = self.status(id).await {
-                    statuses.push(status);
-                }
-            }
-            let all = statuses.len() == self.live_ids().len();
-            if all
-                && statuses
-                    .windows(2)
-                    .all(|w| w[0].replicated_state() == w[1].replicated_state())
-            {
-                return statuses.swap_remove(0);
-            }
-            assert!(
-                Instant::now() < give_up,
-                "the live nodes did not converge within {CONVERGE_DEADLINE:?}: {statuses:#?}"
-            );
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
-    }
-
-    /// A channel to one node (connected lazily, reconnecting after failures).
-    pub fn channel(&self, id: u64) -> Channel {
-        channel(self.node(id).grpc)
-    }
-
-    /// Channels to every node, starting with `first`, for a [`Rotation`].
-    pub fn rotation(&self, first: usize) -> Rotation {
-        let ids = self.ids();
-        let channels = ids.iter().map(|&id| self.channel(id)).collect();
-        Rotation::new(channels, first % ids.len())
-    }
-
-    /// An Inventory client to one node.
-    pub fn inventory(&self, id: u64) -> InventoryClient<Channel> {
-        InventoryClient::new(self.channel(id))
-    }
-
-    /// An Admin client to one node.
-    pub fn admin(&self, id: u64) -> AdminClient<Channel> {
-        AdminClient::new(self.channel(id))
-    }
-
-    /// Adds `units` of `sku` (standalone `AdjustStock`), retried until acknowledged.
-    pub async fn add_stock(&self, sku: &str, units: i64) -> v1::AdjustStockResponse {
-        let request = v1::AdjustStockRequest {
-            request_id: format!("stock-{sku}-{units}"),
-            sku: sku.to_string(),
-            delta: units,
-        };
-        let mut nodes = self.rotation(0);
-        retry(&mut nodes, RETRY_DEADLINE, |channel| {
-            let request = request.clone();
-            async move { AdminClient::new(channel).adjust_stock(request).await }
-        })
-        .await
-        .result
-        .unwrap_or_else(|s| panic!("adding stock of {sku}: {s:?}"))
-    }
-
-    /// The conservation audit, from any node, retried until answered.
-    pub async fn audit(&self) -> v1::AuditReport {
-        let mut nodes = self.rotation(0);
-        retry(&mut nodes, RETRY_DEADLINE, |channel| async move {
-            AdminClient::new(channel).audit(v1::AuditRequest {}).await
-        })
-        .await
-        .result
-        .unwrap_or_else(|s| panic!("audit: {s:?}"))
-    }
-
-    /// A reservation, read linearizably from any node, retried until answered.
-    pub async fn get(&self, reservation_id: &str) -> Result<v1::Reservation, Status> {
-        let mut nodes = self.rotation(0);
-        let request = v1::GetReservationRequest {
-            reservation_id: reservation_id.to_string(),
-        };
-        retry(&mut nodes, RETRY_DEADLINE, |channel| {
-            let request = request.clone();
-            async move { InventoryClient::new(channel).get_reservation(request).await }
-        })
-        .await
-        .result
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        let panicking = std::thread::panicking();
-        // Stop everything first, so the logs are complete when printed.
-        for child in self.restarted.values() {
-            signal(child.id(), libc::SIGTERM, "a restarted node");
-        }
-        if let Some(up) = &self.up {
-            signal(up.id(), libc::SIGTERM, "up");
-        }
-        for child in self.restarted.values_mut() {
-            stop_blocking(child);
-        }
-        if let Some(up) = self.up.as_mut() {
-            stop_blocking(up);
-        }
-        if panicking && let Some(dir) = self.dir.take() {
-            print_logs(dir.keep());
-        }
-    }
-}
-
-/// For a failed test: says where its directory is kept and prints the tail
-/// of every log in it.
-fn print_logs(dir: PathBuf) {
-    eprintln!(
-        "harness: the test failed; its cluster is kept in {}",
-        dir.display()
-    );
-    let mut logs: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
-    logs.sort();
-    for log in logs {
-        eprintln!(
-            "--- last lines of {} ---\n{}",
-            log.display(),
-            log_tail(&log, LOG_TAIL_LINES)
-        );
-    }
-}
-
-/// Spawns `command` (an `up`) into `up`, its output appended to
-/// `DIR/up.log`, and waits until it has written `DIR/cluster.json` with
-/// every node running; panics with its log if it exits or `deadline` passes.
-async fn wait_cluster_file(
-    up: &mut Option<Child>,
-    dir: &Path,
-    command: Command,
-    deadline: Duration,
-) -> ClusterFile {
-    assert!(up.is_none(), "up is already running");
-    let path = dir.join("cluster.json");
-    // `up` removes a stale cluster.json too, but only once it runs: until
-    // then the poll below would read the previous run's pids.
-    match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => panic!("removing {}: {e}", path.display()),
-        _ => {}
-    }
-    *up = Some(spawn_logged(command, &dir.join("up.log")).expect("up starts"));
-    let give_up = Instant::now() + deadline;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&path)
-            && let Ok(cluster) = serde_json::from_str::<ClusterFile>(&text)
-        {
-            for node in &cluster.nodes {
-                assert!(
-                    alive(node.pid()),
-                    "node {} (pid {}) of cluster.json is not running",
-                    node.id,
-                    node.pid()
-                );
-            }
-            return cluster;
-        }
-        let child = up.as_mut().expect("up was just started");
-        if let Some(status) = child.try_wait().expect("up can be waited for") {
-            *up = None;
-            panic!(
-                "up exited before writing cluster.json: {status}\n{}",
-                log_tail(&dir.join("up.log"), LOG_TAIL_LINES)
-            );
-        }
-        assert!(
-            Instant::now() < give_up,
-            "no cluster.json after {deadline:?}\n{}",
-            log_tail(&dir.join("up.log"), LOG_TAIL_LINES)
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
 }
 
 // ----- calls with retries -----
@@ -1014,74 +589,25 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     }
 }
 
-/// A bounded HTTP/1.1 GET (`Connection: close`): the status code and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    http_exchange(addr, request, HTTP_TIMEOUT, &format!("GET {path}")).await
+/// A bounded HTTP GET ([`HTTP_TIMEOUT`]): the status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), HttpError> {
+    reservoir_client::http::get(addr, path, HTTP_TIMEOUT).await
 }
 
-/// A bounded HTTP/1.1 POST of a JSON body (`Connection: close`): the status
-/// code and body. Used for the control API of a three-region `up`.
+/// A bounded HTTP POST of a JSON body: the status code and body. Used for
+/// the control API of a three-region `up`.
 pub async fn http_post(
     addr: SocketAddr,
     path: &str,
     json: &str,
     timeout: Duration,
-) -> io::Result<(u16, String)> {
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{json}",
-        json.len()
-    );
-    http_exchange(addr, request, timeout, &format!("POST {path}")).await
-}
-
-/// Sends one request, reads the whole response (the server closes the
-/// connection), and splits it into status code and body.
-async fn http_exchange(
-    addr: SocketAddr,
-    request: String,
-    timeout: Duration,
-    what: &str,
-) -> io::Result<(u16, String)> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream
-            .take(HTTP_RESPONSE_BYTES_MAX)
-            .read_to_end(&mut response)
-            .await?;
-        Ok::<_, io::Error>(response)
-    };
-    let response = tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{what} timed out")))??;
-    let text = String::from_utf8_lossy(&response);
-    let bad = || {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("bad response to {what}: {text:?}"),
-        )
-    };
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "chunked responses are not read",
-        ));
-    }
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(bad)?;
-    Ok((code, body.to_string()))
+) -> Result<(u16, String), HttpError> {
+    reservoir_client::http::post_json(addr, path, json, timeout).await
 }
 
 /// A node's `GET /status`, parsed.
 pub async fn node_status(http: SocketAddr) -> io::Result<NodeStatus> {
-    let (code, body) = http_get(http, "/status").await?;
+    let (code, body) = http_get(http, "/status").await.map_err(io::Error::other)?;
     if code != 200 {
         return Err(io::Error::other(format!("/status answered {code}: {body}")));
     }

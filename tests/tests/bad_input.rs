@@ -10,8 +10,8 @@ use reservoir_proto::v1;
 use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
 use reservoir_tests::{
-    RETRY_DEADLINE, Region, RegionOptions, balanced_sheets, channel, is_retryable, line, refusal, reserve,
-    reserve_request,
+    Cluster, ClusterOptions, HOME_REGION, RETRY_DEADLINE, balanced_sheets, channel, is_retryable, line,
+    refusal, reserve, reserve_request,
 };
 use reservoir_tokens::limits::{
     LINES_PER_RESERVATION_MAX, MAX_WAIT_MS_MAX, MESSAGE_BYTES_MAX, ORDER_ID_BYTES_MAX, QUANTITY_MAX,
@@ -39,7 +39,7 @@ const HOT_STOCK: u64 = 10_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_limit_has_its_code_and_reason_and_changes_nothing() {
     let started = Instant::now();
-    let region = Region::start(RegionOptions::default()).await;
+    let region = Cluster::start(ClusterOptions::standalone()).await;
     region.add_stock(SKU, STOCK as i64).await;
     let request = reserve_request("valid-1", vec![line(SKU, 3)]);
     let held = reserve(&mut region.rotation(0), &request, RETRY_DEADLINE)
@@ -50,9 +50,9 @@ async fn every_limit_has_its_code_and_reason_and_changes_nothing() {
 
     let audit_before = region.audit().await;
     let sheets_before = balanced_sheets(&audit_before);
-    let status_before = region.converged().await;
+    let status_before = region.converged_in(HOME_REGION).await;
 
-    let leader = region.leader().await;
+    let leader = region.region_leader(HOME_REGION).await;
     let follower = region
         .live_ids()
         .into_iter()
@@ -91,11 +91,11 @@ async fn every_limit_has_its_code_and_reason_and_changes_nothing() {
     let audit_after = region.audit().await;
     assert_eq!(balanced_sheets(&audit_after), sheets_before, "the books moved");
     assert_eq!(
-        region.converged().await.replicated_state(),
+        region.converged_in(HOME_REGION).await.replicated_state(),
         status_before.replicated_state(),
         "a replica's state moved"
     );
-    assert_eq!(region.get(&id).await.expect("the valid hold"), held);
+    assert_eq!(region.get(HOME_REGION, &id).await.expect("the valid hold"), held);
     assert_eq!(sheets_before[SKU].held, 3);
     eprintln!("test took {:?}", started.elapsed());
 }
@@ -347,12 +347,13 @@ fn confirm(id: &str, order_id: &str, lines: Vec<v1::Line>) -> v1::ConfirmRequest
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_beyond_the_queue_is_overloaded_and_only_acknowledged_reserves_count() {
     let started = Instant::now();
-    let region = Region::start(RegionOptions {
+    let region = Cluster::start(ClusterOptions {
         proposal_queue_max: Some(TINY_QUEUE),
+        ..ClusterOptions::standalone()
     })
     .await;
     region.add_stock(HOT_SKU, HOT_STOCK as i64).await;
-    let leader = region.leader().await;
+    let leader = region.region_leader(HOME_REGION).await;
     let grpc = region.node(leader).grpc;
 
     // Every request waits for one signal, so they arrive together.
@@ -416,6 +417,9 @@ async fn a_burst_beyond_the_queue_is_overloaded_and_only_acknowledged_reserves_c
     assert_eq!(sheet.stocked, HOT_STOCK);
     assert_eq!(sheet.held, acknowledged, "held tokens vs acknowledged reserves");
     assert_eq!(sheet.available, HOT_STOCK - acknowledged);
-    assert_eq!(region.converged().await.buckets[HOT_SKU].held, acknowledged);
+    assert_eq!(
+        region.converged_in(HOME_REGION).await.buckets[HOT_SKU].held,
+        acknowledged
+    );
     eprintln!("test took {:?}", started.elapsed());
 }

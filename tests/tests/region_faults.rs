@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use reservoir_proto::v1;
 use reservoir_proto::v1::inventory_client::InventoryClient;
 use reservoir_tests::{
-    POLL_INTERVAL, RETRY_DEADLINE, Region, RegionOptions, Rotation, balanced_sheets, confirm, is_retryable,
-    line, release, reserve, reserve_request, units_of,
+    Cluster, ClusterOptions, HOME_REGION, POLL_INTERVAL, RETRY_DEADLINE, Rotation, balanced_sheets, confirm,
+    is_retryable, line, release, reserve, reserve_request, units_of,
 };
 
 /// The SKUs the clients reserve.
@@ -96,7 +96,7 @@ struct Shared {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_under_load_keeps_every_acknowledged_write() {
     let test_started = Instant::now();
-    let mut region = Region::start(RegionOptions::default()).await;
+    let mut region = Cluster::start(ClusterOptions::standalone()).await;
     for sku in SKUS {
         region.add_stock(sku, STOCK as i64).await;
     }
@@ -122,7 +122,7 @@ async fn leader_killed_under_load_keeps_every_acknowledged_write() {
             shared.running.load(Ordering::SeqCst) > 0,
             "the load ended before kill {round}: raise RESERVES_PER_CLIENT_MAX"
         );
-        let leader = region.leader().await;
+        let leader = region.region_leader(HOME_REGION).await;
         let acks_at_kill = shared.acks.load(Ordering::SeqCst);
         region.kill(leader).await;
         let killed_at = Instant::now();
@@ -142,7 +142,7 @@ async fn leader_killed_under_load_keeps_every_acknowledged_write() {
              again after {failover:?} ({} attempts); new leader {}",
             test_started.elapsed(),
             probe.attempts,
-            region.leader().await
+            region.region_leader(HOME_REGION).await
         );
         probes.push(Record {
             request,
@@ -239,7 +239,7 @@ async fn leader_killed_under_load_keeps_every_acknowledged_write() {
     // The tokens balance, and held + confirmed are exactly the acknowledged
     // reservations' units: nothing was reserved twice, nothing lost.
     let sheets = balanced_sheets(&region.audit().await);
-    let converged = region.converged().await;
+    let converged = region.converged_in(HOME_REGION).await;
     for sku in SKUS {
         let held: u64 = records
             .iter()

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use reservoir_proto::v1;
 use reservoir_proto::v1::ReservationState::{Confirmed, Released};
 use reservoir_tests::{
-    POLL_INTERVAL, RETRY_DEADLINE, Region, RegionOptions, balanced_sheets, confirm, is_retryable, line,
-    one_at_a_time, release, reserve, reserve_request, units_of,
+    Cluster, ClusterOptions, HOME_REGION, POLL_INTERVAL, RETRY_DEADLINE, balanced_sheets, confirm,
+    is_retryable, line, one_at_a_time, release, reserve, reserve_request, units_of,
 };
 
 /// The SKUs reserved.
@@ -48,7 +48,7 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(3);
 async fn full_restart_keeps_holds_confirms_and_outbox() {
     let _serial = one_at_a_time().await;
     let started = Instant::now();
-    let mut region = Region::start(RegionOptions::default()).await;
+    let mut region = Cluster::start(ClusterOptions::standalone()).await;
     for sku in SKUS {
         region.add_stock(sku, STOCK as i64).await;
     }
@@ -86,7 +86,7 @@ async fn full_restart_keeps_holds_confirms_and_outbox() {
         "the confirms wrote outbox entries"
     );
     assert!(before.status.holds > 0, "some holds are live");
-    region.stop().await;
+    region.stop(libc::SIGTERM).await;
     region.start_again().await;
     let after = snapshot(&region, &ids).await;
 
@@ -124,7 +124,7 @@ async fn full_restart_keeps_holds_confirms_and_outbox() {
 async fn sigkill_of_every_node_keeps_acknowledged_writes() {
     let _serial = one_at_a_time().await;
     let started = Instant::now();
-    let mut region = Region::start(RegionOptions::default()).await;
+    let mut region = Cluster::start(ClusterOptions::standalone()).await;
     for sku in SKUS {
         region.add_stock(sku, STOCK as i64).await;
     }
@@ -178,14 +178,14 @@ async fn sigkill_of_every_node_keeps_acknowledged_writes() {
         unknown.len()
     );
 
-    region.stop().await;
+    region.stop(libc::SIGTERM).await;
     region.start_again().await;
 
     // Every acknowledged reserve is there, as acknowledged.
     let mut nodes = region.rotation(0);
     for (request, reservation) in &acked {
         let found = region
-            .get(&reservation.reservation_id)
+            .get(HOME_REGION, &reservation.reservation_id)
             .await
             .unwrap_or_else(|s| panic!("acknowledged {} lost: {s:?}", reservation.reservation_id));
         assert_eq!(&found, reservation, "{} changed", request.request_id);
@@ -222,7 +222,7 @@ async fn sigkill_of_every_node_keeps_acknowledged_writes() {
             "{sku}"
         );
     }
-    let converged = region.converged().await;
+    let converged = region.converged_in(HOME_REGION).await;
     for sku in SKUS {
         assert_eq!(
             converged.buckets[sku].held, sheets[sku].held,
@@ -240,11 +240,11 @@ async fn sigkill_of_every_node_keeps_acknowledged_writes() {
 async fn snapshots_catch_up_a_follower_in_chunks_and_survive_sigkill() {
     let _serial = one_at_a_time().await;
     let started = Instant::now();
-    let mut region = Region::start(RegionOptions::default()).await;
+    let mut region = Cluster::start(ClusterOptions::standalone()).await;
     // Small snapshots, often, sent in small chunks, with little log kept
     // behind them: written into the node configs `up` made, then `up` runs
     // again on them.
-    region.stop().await;
+    region.stop(libc::SIGTERM).await;
     for id in region.ids() {
         let path = region.dir().join(format!("node-{id}.toml"));
         let text = std::fs::read_to_string(&path).expect("a node config");
@@ -271,7 +271,7 @@ async fn snapshots_catch_up_a_follower_in_chunks_and_survive_sigkill() {
     let mut acked = Vec::new();
     acked.extend(reserve_each(&mut region.rotation(0), 0..10).await);
 
-    let leader = region.leader().await;
+    let leader = region.region_leader(HOME_REGION).await;
     let lagger = *region.ids().iter().find(|&&id| id != leader).expect("a follower");
     let lagged_at = region
         .status(lagger)
@@ -304,7 +304,7 @@ async fn snapshots_catch_up_a_follower_in_chunks_and_survive_sigkill() {
     }
 
     region.restart(lagger).await;
-    let converged = region.converged().await;
+    let converged = region.converged_in(HOME_REGION).await;
     let lagging = region.status(lagger).await.expect("status");
     let snapshots = lagging
         .snapshots
@@ -327,18 +327,18 @@ async fn snapshots_catch_up_a_follower_in_chunks_and_survive_sigkill() {
     }
 
     region.kill_all().await;
-    region.stop().await;
+    region.stop(libc::SIGTERM).await;
     region.start_again().await;
     for r in &acked {
         let found = region
-            .get(&r.reservation_id)
+            .get(HOME_REGION, &r.reservation_id)
             .await
             .unwrap_or_else(|s| panic!("acknowledged {} lost: {s:?}", r.reservation_id));
         assert_eq!(&found, r, "{} changed", r.reservation_id);
     }
     let sheets_after = balanced_sheets(&region.audit().await);
     assert_eq!(sheets_after, sheets, "the books changed across SIGKILL");
-    let after = region.converged().await;
+    let after = region.converged_in(HOME_REGION).await;
     assert_eq!(
         after.replicated_state(),
         converged.replicated_state(),
@@ -382,18 +382,18 @@ struct Snapshot {
 
 /// Every reservation (read linearizably), the replicas' common `/status`,
 /// and the balanced books.
-async fn snapshot(region: &Region, ids: &[String]) -> Snapshot {
+async fn snapshot(region: &Cluster, ids: &[String]) -> Snapshot {
     let mut reservations = BTreeMap::new();
     for id in ids {
         let r = region
-            .get(id)
+            .get(HOME_REGION, id)
             .await
             .unwrap_or_else(|s| panic!("{id} not found: {s:?}"));
         reservations.insert(id.clone(), r);
     }
     Snapshot {
         reservations,
-        status: region.converged().await,
+        status: region.converged_in(HOME_REGION).await,
         sheets: balanced_sheets(&region.audit().await),
     }
 }

@@ -9,9 +9,9 @@
 //! the `google.rpc.ErrorInfo` detail (domain `reservoir`) with
 //! `tonic-types`; a status without one is named by its gRPC code.
 //!
-//! The control API and the nodes' `/status` are spoken with a small
-//! HTTP/1.1 client ([`http_exchange`]): one request per connection, a
-//! deadline, and a bound on the response's size.
+//! The control API and the nodes' `/status` are spoken with the client
+//! crate's HTTP client ([`reservoir_client::http`]): one request per
+//! connection, a deadline, and a bound on the response's size.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,10 +19,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use reservoir_client::control_api::{self, PartitionRequest};
 use reservoir_proto::v1;
 use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -45,8 +45,6 @@ pub const DISTRIBUTE_DEADLINE: Duration = Duration::from_secs(30);
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// Longest a control-API call may take.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most bytes of a control-API response read.
-pub const HTTP_RESPONSE_BYTES_MAX: u64 = 1024 * 1024;
 
 /// `cluster.json`'s schema, shared with `reservoir up` and the tests.
 pub use reservoir_client::{ClusterEndpoint, ClusterFile, ClusterNode};
@@ -435,13 +433,13 @@ impl ReservoirTarget {
 
     /// Cuts `region` off through the control API.
     pub async fn partition(&self, region: &str) -> Result<(), String> {
-        let body = serde_json::json!({ "region": region }).to_string();
-        self.control_post("/links/partition", &body).await
+        let body = serde_json::to_string(&PartitionRequest::region(region)).expect("serializes");
+        self.control_post(control_api::PARTITION, &body).await
     }
 
     /// Heals every link through the control API.
     pub async fn heal(&self) -> Result<(), String> {
-        self.control_post("/links/heal", "{}").await
+        self.control_post(control_api::HEAL, "{}").await
     }
 
     async fn control_post(&self, path: &str, json: &str) -> Result<(), String> {
@@ -449,22 +447,18 @@ impl ReservoirTarget {
             .control
             .as_deref()
             .ok_or("cluster.json names no control API (a standalone region?)")?;
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\n\r\n{json}",
-            json.len()
-        );
-        let response = http_exchange(addr, &request, CONTROL_TIMEOUT, HTTP_RESPONSE_BYTES_MAX)
+        let addr: SocketAddr = addr
+            .parse()
+            .map_err(|e| format!("the control API {addr:?} is not host:port: {e}"))?;
+        let (code, body) = reservoir_client::http::post_json(addr, path, json, CONTROL_TIMEOUT)
             .await
             .map_err(|e| format!("POST {path}: {e}"))?;
-        let text = String::from_utf8_lossy(&response);
-        let code = text.split(' ').nth(1).unwrap_or("");
-        if code == "200" {
+        if code == 200 {
             Ok(())
         } else {
             Err(format!(
-                "POST {path}: {}",
-                text.lines().next().unwrap_or("no response")
+                "POST {path}: {code} {}",
+                body.lines().next().unwrap_or("")
             ))
         }
     }
@@ -590,80 +584,6 @@ impl ReservoirTarget {
     }
 }
 
-/// One HTTP/1.1 exchange: connects to `addr`, writes `request` (which
-/// should say `Connection: close`), and reads the response until the server
-/// closes, at most `bytes_max` bytes (a longer one is an error), all within
-/// `timeout`. Returns the raw response, status line and headers included.
-pub async fn http_exchange(
-    addr: &str,
-    request: &str,
-    timeout: Duration,
-    bytes_max: u64,
-) -> Result<Vec<u8>, String> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        // One byte past the bound tells a response that is too long.
-        stream
-            .take(bytes_max.saturating_add(1))
-            .read_to_end(&mut response)
-            .await?;
-        Ok::<_, std::io::Error>(response)
-    };
-    let response = tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
-        .map_err(|e| e.to_string())?;
-    if response.len() as u64 > bytes_max {
-        return Err(format!("response over {bytes_max} bytes"));
-    }
-    Ok(response)
-}
-
-/// `GET path` from `addr` with [`http_exchange`]; returns the body of a 200
-/// answer (chunked transfer decoded), or why there is none.
-pub async fn http_get(addr: &str, path: &str, timeout: Duration, bytes_max: u64) -> Result<Vec<u8>, String> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let response = http_exchange(addr, &request, timeout, bytes_max).await?;
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = String::from_utf8_lossy(&response[..split]);
-    let body = &response[split + 4..];
-    let status = head.lines().next().unwrap_or("");
-    if status.split(' ').nth(1) != Some("200") {
-        return Err(format!("GET {path}: {status}"));
-    }
-    let chunked = head.lines().any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    if chunked {
-        dechunk(body).ok_or_else(|| format!("GET {path}: bad chunked body"))
-    } else {
-        Ok(body.to_vec())
-    }
-}
-
-/// The payload of a chunked body; `None` when it is malformed or cut short.
-fn dechunk(mut body: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&body[..line_end]).ok()?;
-        let size_text = size_text.split(';').next()?.trim();
-        let size = usize::from_str_radix(size_text, 16).ok()?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(body.get(..size)?);
-        body = body.get(size + 2..)?;
-    }
-}
-
 /// One `AdjustStock`, retried on UNAVAILABLE across nodes until `deadline`.
 async fn adjust_with_retry(
     nodes: Vec<Channel>,
@@ -721,16 +641,5 @@ mod tests {
             reason_or_code(&Status::deadline_exceeded("slow")),
             "DEADLINE_EXCEEDED"
         );
-    }
-
-    /// A chunked body is put back together; a cut one is refused.
-    #[test]
-    fn chunked_bodies() {
-        assert_eq!(
-            dechunk(b"4\r\nWiki\r\n6;x=1\r\npedia \r\n0\r\n\r\n").unwrap(),
-            b"Wikipedia "
-        );
-        assert_eq!(dechunk(b"4\r\nWi"), None);
-        assert_eq!(dechunk(b"zz\r\n"), None);
     }
 }

@@ -31,8 +31,6 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::{Duration, Instant};
@@ -45,8 +43,8 @@ pub const READY_DEADLINE: Duration = Duration::from_secs(30);
 pub const READY_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long one `/readyz` probe may take.
 pub const HTTP_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Longest HTTP status line a probe reads before calling the answer garbage.
-pub const STATUS_LINE_BYTES_MAX: usize = 1024;
+/// Most bytes of a `/readyz` answer a probe reads (a node answers `ok`).
+pub const READY_BODY_BYTES_MAX: usize = 1024;
 /// How often a running `up` checks whether a child has exited.
 pub const CHILD_POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// How long children have after SIGTERM before they get SIGKILL.
@@ -576,60 +574,13 @@ fn node_failed(node: &NodeProcess, reason: String) -> UpError {
     }
 }
 
-/// One `/readyz` probe, bounded by [`HTTP_PROBE_TIMEOUT`]: the status code.
-async fn probe_ready(addr: SocketAddr) -> io::Result<u16> {
-    match tokio::time::timeout(HTTP_PROBE_TIMEOUT, http_get_status(addr, "/readyz")).await {
-        Ok(result) => result,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
-    }
-}
-
-/// A minimal HTTP/1.1 GET: sends the request and returns the status code
-/// from the response's status line, reading at most
-/// [`STATUS_LINE_BYTES_MAX`] bytes and ignoring the rest.
-pub async fn http_get_status(addr: SocketAddr, path: &str) -> io::Result<u16> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut head = Vec::with_capacity(128);
-    let mut buf = [0u8; 256];
-    loop {
-        if let Some(end) = head.windows(2).position(|w| w == b"\r\n") {
-            return parse_status_line(&head[..end]);
-        }
-        if head.len() >= STATUS_LINE_BYTES_MAX {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("no status line in the first {STATUS_LINE_BYTES_MAX} bytes"),
-            ));
-        }
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "connection closed before the status line",
-            ));
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-}
-
-/// `HTTP/1.1 200 OK` → 200.
-fn parse_status_line(line: &[u8]) -> io::Result<u16> {
-    let bad = || {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("bad status line {:?}", String::from_utf8_lossy(line)),
-        )
-    };
-    let line = std::str::from_utf8(line).map_err(|_| bad())?;
-    let mut parts = line.split(' ');
-    match (parts.next(), parts.next()) {
-        (Some(version), Some(code)) if version.starts_with("HTTP/1.") && code.len() == 3 => {
-            code.parse().map_err(|_| bad())
-        }
-        _ => Err(bad()),
-    }
+/// One `/readyz` probe, bounded by [`HTTP_PROBE_TIMEOUT`] and
+/// [`READY_BODY_BYTES_MAX`]: the status code.
+async fn probe_ready(addr: SocketAddr) -> Result<u16, reservoir_client::HttpError> {
+    let (code, _) =
+        reservoir_client::http::get_bounded(addr, "/readyz", HTTP_PROBE_TIMEOUT, READY_BODY_BYTES_MAX)
+            .await?;
+    Ok(code)
 }
 
 /// The exit status of a child that has exited since the last look, reaping
@@ -823,6 +774,7 @@ impl ShutdownSignals {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener as AsyncListener;
 
     /// A fresh, empty directory under the system temp dir, unique per test.
@@ -991,28 +943,19 @@ mod tests {
         addr
     }
 
-    /// The tiny GET reads the status code, even when the line arrives in pieces, and refuses garbage.
+    /// The probe reads the status code and refuses garbage and oversized answers.
     #[tokio::test]
-    async fn http_get_reads_the_status() {
+    async fn probe_reads_the_status() {
         let addr = canned(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-        assert_eq!(http_get_status(addr, "/readyz").await.unwrap(), 200);
-        let addr = canned(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
+        assert_eq!(probe_ready(addr).await.unwrap(), 200);
+        let addr = canned(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n").await;
         assert_eq!(probe_ready(addr).await.unwrap(), 503);
         let addr = canned(b"SSH-2.0-nope\r\n").await;
-        assert_eq!(
-            http_get_status(addr, "/readyz").await.unwrap_err().kind(),
-            io::ErrorKind::InvalidData
-        );
+        assert!(probe_ready(addr).await.is_err());
         let addr = canned(b"HTTP/1.1 20").await;
-        assert_eq!(
-            http_get_status(addr, "/readyz").await.unwrap_err().kind(),
-            io::ErrorKind::UnexpectedEof
-        );
-        let addr = canned(&[b'x'; 2000]).await;
-        assert_eq!(
-            http_get_status(addr, "/readyz").await.unwrap_err().kind(),
-            io::ErrorKind::InvalidData
-        );
+        assert!(probe_ready(addr).await.is_err());
+        let addr = canned(b"HTTP/1.1 200 OK\r\ncontent-length: 2000\r\n\r\n").await;
+        assert!(probe_ready(addr).await.is_err());
     }
 
     /// A closed port is an error, not a hang.

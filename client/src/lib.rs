@@ -10,6 +10,9 @@
 //! - [`text`]: plain-text tables for what client programs print.
 //! - [`channels`]: one reused gRPC channel per peer address (a node's Raft
 //!   network, control plane and forwarding share one).
+//! - [`connect`]: channel settings for clients, a [`Rotation`] over a
+//!   group's nodes that follows the leader, and [`retry`] of what the API
+//!   says is safe to retry (the same request id).
 //! - [`control_api`]: the JSON and paths of `reservoir up`'s control API
 //!   (cut and heal links, kill and restart nodes).
 //! - [`errors`]: the stable reason of a status (`INSUFFICIENT_STOCK`,
@@ -22,6 +25,7 @@
 
 pub mod channels;
 pub mod cluster_file;
+pub mod connect;
 pub mod control_api;
 pub mod errors;
 pub mod http;
@@ -31,6 +35,7 @@ pub mod text;
 
 pub use channels::Channels;
 pub use cluster_file::{ClusterEndpoint, ClusterFile, ClusterFileError, ClusterNode, LedgerInfo};
+pub use connect::{Retried, Rotation, is_retryable, retry};
 pub use errors::{error_info, reason_of, reason_or_code};
 pub use http::HttpError;
 pub use regions::{HOME_REGION, REGIONS};

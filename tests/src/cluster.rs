@@ -764,8 +764,8 @@ impl Cluster {
             sku: sku.to_string(),
             delta: units,
         };
-        let mut nodes = self.admin_rotation();
-        retry(&mut nodes, RETRY_DEADLINE, |channel| {
+        let nodes = self.admin_rotation();
+        retry(&nodes, RETRY_DEADLINE, |channel| {
             let request = request.clone();
             async move { AdminClient::new(channel).adjust_stock(request).await }
         })
@@ -776,8 +776,8 @@ impl Cluster {
 
     /// Admin `GetStatus` from a home-region node, retried until answered.
     pub async fn cluster_status(&self) -> v1::ClusterStatus {
-        let mut nodes = self.admin_rotation();
-        retry(&mut nodes, RETRY_DEADLINE, |channel| async move {
+        let nodes = self.admin_rotation();
+        retry(&nodes, RETRY_DEADLINE, |channel| async move {
             AdminClient::new(channel)
                 .get_status(v1::GetStatusRequest {})
                 .await
@@ -790,8 +790,8 @@ impl Cluster {
     /// The conservation audit (Admin `Audit`; with a ledger, run on its
     /// leader) from a home-region node, retried until answered.
     pub async fn audit(&self) -> v1::AuditReport {
-        let mut nodes = self.admin_rotation();
-        retry(&mut nodes, RETRY_DEADLINE, |channel| async move {
+        let nodes = self.admin_rotation();
+        retry(&nodes, RETRY_DEADLINE, |channel| async move {
             AdminClient::new(channel).audit(v1::AuditRequest {}).await
         })
         .await
@@ -860,11 +860,11 @@ impl Cluster {
 
     /// A reservation read linearizably in its region, retried until answered.
     pub async fn get(&self, region: &str, reservation_id: &str) -> Result<v1::Reservation, Status> {
-        let mut nodes = self.rotation_in(region, 0);
+        let nodes = self.rotation_in(region, 0);
         let request = v1::GetReservationRequest {
             reservation_id: reservation_id.to_string(),
         };
-        retry(&mut nodes, RETRY_DEADLINE, |channel| {
+        retry(&nodes, RETRY_DEADLINE, |channel| {
             let request = request.clone();
             async move { InventoryClient::new(channel).get_reservation(request).await }
         })

@@ -29,8 +29,9 @@
 //! - [`Shopper`] (`shop.rs`): bounded load in one region that records every
 //!   acknowledged reservation, [`resolve`] and [`verify_records`] to check
 //!   them afterwards;
-//! - [`Rotation`] and [`retry`]: send one call to the nodes in turn until it
-//!   is answered, retrying what the API says is safe to retry;
+//! - [`reserve`], [`confirm`], [`release`]: one call sent to a region's
+//!   nodes in turn until it is answered, with `reservoir_client`'s
+//!   [`Rotation`] and [`retry`] (what the API says is safe to retry);
 //! - small request builders, and HTTP GET and POST (`reservoir_client::http`)
 //!   with the harness's timeouts.
 //!
@@ -40,7 +41,7 @@
 //! instead.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
+
 use std::io;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -51,9 +52,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use reservoir_client::HttpError;
 use reservoir_client::reason_of;
+pub use reservoir_client::{Retried, Rotation, is_retryable, retry};
 use reservoir_proto::v1;
 use reservoir_proto::v1::inventory_client::InventoryClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 pub use reservoir_client::ClusterNode;
@@ -234,115 +236,9 @@ fn newest_mtime(path: &Path) -> Option<SystemTime> {
 
 // ----- calls with retries -----
 
-/// Channels to the region's nodes, one of them current; a retried call moves
-/// on to the next node.
-#[derive(Clone, Debug)]
-pub struct Rotation {
-    channels: Vec<Channel>,
-    current: usize,
-}
-
-impl Rotation {
-    /// A rotation over `channels`, starting at `first`.
-    pub fn new(channels: Vec<Channel>, first: usize) -> Rotation {
-        assert!(!channels.is_empty(), "a rotation needs a node");
-        Rotation {
-            current: first % channels.len(),
-            channels,
-        }
-    }
-
-    /// The current node's channel.
-    pub fn current(&self) -> Channel {
-        self.channels[self.current].clone()
-    }
-
-    /// Moves on to the next node.
-    pub fn advance(&mut self) {
-        self.current = (self.current + 1) % self.channels.len();
-    }
-}
-
-/// What a retried call came to.
-#[derive(Debug)]
-pub struct Retried<T> {
-    /// The answer, a refusal that is not safe to retry, or the last
-    /// retryable error when the deadline passed.
-    pub result: Result<T, Status>,
-    /// Calls sent, at least 1.
-    pub attempts: u32,
-    /// The error each retried call got: its Reservoir reason, or for a
-    /// transport failure its gRPC code.
-    pub retried: Vec<String>,
-    /// When the last call was sent, in milliseconds since the Unix epoch (the
-    /// clock the region stamps reservations with, on this machine): a
-    /// retried reserve answered with a reservation created before this was
-    /// applied by an earlier attempt, and the retry found it.
-    pub last_sent_ms: u64,
-}
-
-impl<T> Retried<T> {
-    /// The same outcome with the answer mapped.
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Retried<U> {
-        Retried {
-            result: self.result.map(f),
-            attempts: self.attempts,
-            retried: self.retried,
-            last_sent_ms: self.last_sent_ms,
-        }
-    }
-}
-
-/// True for an error that the API says is safe to retry with the same
-/// request: UNAVAILABLE with `NO_LEADER` or `OVERLOADED`, and transport
-/// failures (no Reservoir reason: refused or broken connections, timeouts).
-pub fn is_retryable(status: &Status) -> bool {
-    match reason_of(status).as_deref() {
-        Some("NO_LEADER" | "OVERLOADED") => status.code() == Code::Unavailable,
-        Some(_) => false,
-        None => matches!(
-            status.code(),
-            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
-        ),
-    }
-}
-
-/// Sends one call to the current node of `nodes`; on a retryable error moves
-/// to the next node and sends the same call again, every [`POLL_INTERVAL`],
-/// until it is answered or `deadline` has passed.
-pub async fn retry<T, F, Fut>(nodes: &mut Rotation, deadline: Duration, mut call: F) -> Retried<T>
-where
-    F: FnMut(Channel) -> Fut,
-    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
-{
-    let give_up = Instant::now() + deadline;
-    let mut attempts = 0;
-    let mut retried = Vec::new();
-    loop {
-        attempts += 1;
-        let last_sent_ms = unix_ms();
-        let result = call(nodes.current()).await.map(tonic::Response::into_inner);
-        match result {
-            Err(status) if is_retryable(&status) && Instant::now() < give_up => {
-                retried.push(reason_of(&status).unwrap_or_else(|| format!("{:?}", status.code())));
-                nodes.advance();
-                tokio::time::sleep(POLL_INTERVAL).await;
-            }
-            result => {
-                return Retried {
-                    result,
-                    attempts,
-                    retried,
-                    last_sent_ms,
-                };
-            }
-        }
-    }
-}
-
 /// `Inventory.Reserve`, retried: the reservation.
 pub async fn reserve(
-    nodes: &mut Rotation,
+    nodes: &Rotation,
     request: &v1::ReserveRequest,
     deadline: Duration,
 ) -> Retried<v1::Reservation> {
@@ -360,7 +256,7 @@ pub async fn reserve(
 
 /// `Inventory.Confirm` of everything held, retried: the reservation.
 pub async fn confirm(
-    nodes: &mut Rotation,
+    nodes: &Rotation,
     reservation_id: &str,
     order_id: &str,
     deadline: Duration,
@@ -383,11 +279,7 @@ pub async fn confirm(
 }
 
 /// `Inventory.Release`, retried: the reservation.
-pub async fn release(
-    nodes: &mut Rotation,
-    reservation_id: &str,
-    deadline: Duration,
-) -> Retried<v1::Reservation> {
+pub async fn release(nodes: &Rotation, reservation_id: &str, deadline: Duration) -> Retried<v1::Reservation> {
     let request = v1::ReleaseRequest {
         reservation_id: reservation_id.to_string(),
     };
@@ -489,13 +381,13 @@ pub fn balanced_sheets(report: &v1::AuditReport) -> BTreeMap<String, SkuSheet> {
 
 // ----- processes, channels, HTTP -----
 
-/// A lazily connecting channel to a gRPC address, with the harness's timeouts.
+/// A lazily connecting channel to a gRPC address: the client settings of
+/// `reservoir_client::connect`, with the harness's timeouts.
 pub fn channel(addr: SocketAddr) -> Channel {
-    Endpoint::from_shared(format!("http://{addr}"))
+    reservoir_client::connect::endpoint(&addr.to_string())
         .expect("a socket address makes a valid URI")
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT)
-        .tcp_nodelay(true)
         .connect_lazy()
 }
 

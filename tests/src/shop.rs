@@ -215,7 +215,7 @@ async fn shop(mut nodes: Rotation, o: ShopperOptions, progress: &Progress) -> Sh
         request.max_wait_ms = o.max_wait_ms;
         let sold_out_until = Instant::now() + o.sold_out_retry;
         let reserved = loop {
-            let reserved = reserve(&mut nodes, &request, o.call_deadline).await;
+            let reserved = reserve(&nodes, &request, o.call_deadline).await;
             note(&mut log, &reserved.retried);
             let sold_out =
                 matches!(&reserved.result, Err(s) if reason_of(s).as_deref() == Some("INSUFFICIENT_STOCK"));
@@ -315,7 +315,7 @@ pub async fn resolve(cluster: &Cluster, logs: Vec<ShopLog>) -> Vec<Record> {
     for log in logs {
         let mut nodes = cluster.rotation_in(&log.region, 0);
         for request in log.unknown {
-            match reserve(&mut nodes, &request, RETRY_DEADLINE).await.result {
+            match reserve(&nodes, &request, RETRY_DEADLINE).await.result {
                 Ok(reservation) => records.push(Record {
                     region: log.region.clone(),
                     seen: seen(&reservation),

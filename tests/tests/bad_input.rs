@@ -42,7 +42,7 @@ async fn every_limit_has_its_code_and_reason_and_changes_nothing() {
     let region = Cluster::start(ClusterOptions::standalone()).await;
     region.add_stock(SKU, STOCK as i64).await;
     let request = reserve_request("valid-1", vec![line(SKU, 3)]);
-    let held = reserve(&mut region.rotation(0), &request, RETRY_DEADLINE)
+    let held = reserve(&region.rotation(0), &request, RETRY_DEADLINE)
         .await
         .result
         .expect("a valid reserve");
@@ -401,10 +401,10 @@ async fn a_burst_beyond_the_queue_is_overloaded_and_only_acknowledged_reserves_c
     // An unknown outcome is learnt by sending the same request again: it
     // returns the reservation if the first one took effect, or makes it now.
     // Either way it is then acknowledged.
-    let mut nodes = region.rotation(0);
+    let nodes = region.rotation(0);
     for (request, first) in unknown {
         eprintln!("learning the outcome of {} ({first:?})", request.request_id);
-        reserve(&mut nodes, &request, RETRY_DEADLINE)
+        reserve(&nodes, &request, RETRY_DEADLINE)
             .await
             .result
             .unwrap_or_else(|s| panic!("re-sending {}: {s:?}", request.request_id));

@@ -247,7 +247,7 @@ async fn ledger_leader_killed_under_load() {
 /// Adds [`STOCKER_UNITS`] of `moving` every [`STOCKER_PACING`] until told to
 /// stop, each request retried (same request id) until acknowledged; returns
 /// how many were sent, every one of them acknowledged.
-async fn stocker(mut nodes: Rotation, stop: Arc<AtomicBool>) -> u64 {
+async fn stocker(nodes: Rotation, stop: Arc<AtomicBool>) -> u64 {
     let mut sent = 0;
     while sent < STOCKER_REQUESTS_MAX && !stop.load(Ordering::SeqCst) {
         let request = v1::AdjustStockRequest {
@@ -255,7 +255,7 @@ async fn stocker(mut nodes: Rotation, stop: Arc<AtomicBool>) -> u64 {
             sku: "moving".into(),
             delta: STOCKER_UNITS as i64,
         };
-        let answer = retry(&mut nodes, RETRY_DEADLINE, |channel| {
+        let answer = retry(&nodes, RETRY_DEADLINE, |channel| {
             let request = request.clone();
             async move { AdminClient::new(channel).adjust_stock(request).await }
         })

@@ -276,7 +276,7 @@ async fn up_stops_cleanly_and_recovers_its_state() {
     // Cut ap-south off and confirm two of its holds there: they wait in its
     // outbox, unsettled, across the restart.
     cluster.partition_region("ap-south").await;
-    let mut ap_south = cluster.rotation_in("ap-south", 0);
+    let ap_south = cluster.rotation_in("ap-south", 0);
     let mut late = 0;
     for record in records
         .iter_mut()
@@ -284,7 +284,7 @@ async fn up_stops_cleanly_and_recovers_its_state() {
     {
         let order_id = format!("late-order-{late}");
         let id = record.reservation.reservation_id.clone();
-        let answer = reservoir_tests::confirm(&mut ap_south, &id, &order_id, RETRY_DEADLINE).await;
+        let answer = reservoir_tests::confirm(&ap_south, &id, &order_id, RETRY_DEADLINE).await;
         let reservation = answer.result.unwrap_or_else(|s| panic!("confirm {id}: {s:?}"));
         record.seen = Seen::Confirmed(reservation.order_id);
         late += 1;
@@ -398,10 +398,10 @@ async fn wait_all_settled(cluster: &Cluster, records: &[Record]) {
 /// region's exact `local` figure and a global estimate of `free` units.
 async fn wait_availability(cluster: &Cluster, region: &str, sku: &str, local: u64, free: u64) {
     let give_up = Instant::now() + REBALANCE_DEADLINE;
-    let mut nodes = cluster.rotation_in(region, 0);
+    let nodes = cluster.rotation_in(region, 0);
     loop {
         let request = v1::GetAvailabilityRequest { sku: sku.to_string() };
-        let answer = reservoir_tests::retry(&mut nodes, RETRY_DEADLINE, |channel| {
+        let answer = reservoir_tests::retry(&nodes, RETRY_DEADLINE, |channel| {
             let request = request.clone();
             async move { InventoryClient::new(channel).get_availability(request).await }
         })

@@ -129,9 +129,9 @@ async fn leader_killed_under_load_keeps_every_acknowledged_write() {
 
         // The failure contract: a reserve through the survivors succeeds again soon.
         let survivors: Vec<_> = region.live_ids().iter().map(|&id| region.channel(id)).collect();
-        let mut nodes = Rotation::new(survivors, round);
+        let nodes = Rotation::new(survivors, round);
         let request = reserve_request(format!("probe-{round}"), vec![line(SKUS[0], 1)]);
-        let probe = reserve(&mut nodes, &request, FAILOVER_MAX).await;
+        let probe = reserve(&nodes, &request, FAILOVER_MAX).await;
         let failover = killed_at.elapsed();
         let reservation = probe.result.unwrap_or_else(|s| {
             panic!("no reserve succeeded within {FAILOVER_MAX:?} of killing node {leader}: {s:?}")
@@ -184,9 +184,9 @@ async fn leader_killed_under_load_keeps_every_acknowledged_write() {
     );
 
     // Learn what the unanswered calls did, by sending them again.
-    let mut nodes = region.rotation(0);
+    let nodes = region.rotation(0);
     for request in unknown {
-        let reservation = reserve(&mut nodes, &request, RETRY_DEADLINE)
+        let reservation = reserve(&nodes, &request, RETRY_DEADLINE)
             .await
             .result
             .unwrap_or_else(|s| panic!("re-sending {}: {s:?}", request.request_id));
@@ -202,8 +202,8 @@ async fn leader_killed_under_load_keeps_every_acknowledged_write() {
         if let Some(pending) = record.pending.take() {
             let id = record.reservation.reservation_id.clone();
             let answer = match &pending {
-                Pending::Confirm(order_id) => confirm(&mut nodes, &id, order_id, RETRY_DEADLINE).await,
-                Pending::Release => release(&mut nodes, &id, RETRY_DEADLINE).await,
+                Pending::Confirm(order_id) => confirm(&nodes, &id, order_id, RETRY_DEADLINE).await,
+                Pending::Release => release(&nodes, &id, RETRY_DEADLINE).await,
             };
             let reservation = answer
                 .result
@@ -275,7 +275,7 @@ async fn leader_killed_under_load_keeps_every_acknowledged_write() {
 /// One client: reserves (1–2 lines of one unit) until told to stop, confirms
 /// every fourth reservation and releases the next; every call is retried
 /// with the same request until acknowledged or its deadline passes.
-async fn client(task: usize, mut nodes: Rotation, shared: &Shared) -> ClientLog {
+async fn client(task: usize, nodes: Rotation, shared: &Shared) -> ClientLog {
     let started = Instant::now();
     let mut log = ClientLog::default();
     for i in 0..RESERVES_PER_CLIENT_MAX {
@@ -287,7 +287,7 @@ async fn client(task: usize, mut nodes: Rotation, shared: &Shared) -> ClientLog 
             lines.push(line(SKUS[(task + i + 1) % SKUS.len()], 1));
         }
         let request = reserve_request(format!("client-{task}-{i}"), lines);
-        let reserved = reserve(&mut nodes, &request, RETRY_DEADLINE).await;
+        let reserved = reserve(&nodes, &request, RETRY_DEADLINE).await;
         note_retries(&mut log, &reserved.retried);
         let reservation = match reserved.result {
             Ok(reservation) => reservation,
@@ -317,8 +317,8 @@ async fn client(task: usize, mut nodes: Rotation, shared: &Shared) -> ClientLog 
         };
         if let Some(action) = follow_up {
             let answer = match &action {
-                Pending::Confirm(order_id) => confirm(&mut nodes, &id, order_id, RETRY_DEADLINE).await,
-                Pending::Release => release(&mut nodes, &id, RETRY_DEADLINE).await,
+                Pending::Confirm(order_id) => confirm(&nodes, &id, order_id, RETRY_DEADLINE).await,
+                Pending::Release => release(&nodes, &id, RETRY_DEADLINE).await,
             };
             note_retries(&mut log, &answer.retried);
             match answer.result {

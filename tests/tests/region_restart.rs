@@ -52,12 +52,12 @@ async fn full_restart_keeps_holds_confirms_and_outbox() {
     for sku in SKUS {
         region.add_stock(sku, STOCK as i64).await;
     }
-    let mut nodes = region.rotation(0);
+    let nodes = region.rotation(0);
     let mut ids = Vec::new();
     for i in 0..RESERVATIONS {
         let mut request = reserve_request(format!("restart-{i}"), vec![line(SKUS[i % 2], 1 + i as u64 % 3)]);
         request.ttl_ms = TTL_MS;
-        let reservation = reserve(&mut nodes, &request, RETRY_DEADLINE)
+        let reservation = reserve(&nodes, &request, RETRY_DEADLINE)
             .await
             .result
             .unwrap_or_else(|s| panic!("reserve {i}: {s:?}"));
@@ -66,12 +66,12 @@ async fn full_restart_keeps_holds_confirms_and_outbox() {
         match i % 4 {
             0 => {
                 let order_id = format!("order-{i}");
-                let r = confirm(&mut nodes, &id, &order_id, RETRY_DEADLINE).await.result;
+                let r = confirm(&nodes, &id, &order_id, RETRY_DEADLINE).await.result;
                 let r = r.unwrap_or_else(|s| panic!("confirm {id}: {s:?}"));
                 assert_eq!((r.state(), r.order_id.as_str()), (Confirmed, order_id.as_str()));
             }
             1 => {
-                let r = release(&mut nodes, &id, RETRY_DEADLINE).await.result;
+                let r = release(&nodes, &id, RETRY_DEADLINE).await.result;
                 let r = r.unwrap_or_else(|s| panic!("release {id}: {s:?}"));
                 assert_eq!(r.state(), Released);
             }
@@ -105,7 +105,7 @@ async fn full_restart_keeps_holds_confirms_and_outbox() {
 
     // The region takes writes again, without reusing a reservation id.
     let request = reserve_request("after-restart", vec![line(SKUS[0], 1)]);
-    let fresh = reserve(&mut region.rotation(1), &request, RETRY_DEADLINE)
+    let fresh = reserve(&region.rotation(1), &request, RETRY_DEADLINE)
         .await
         .result
         .expect("a reserve after the restart");
@@ -133,7 +133,7 @@ async fn sigkill_of_every_node_keeps_acknowledged_writes() {
     let acks = Arc::new(AtomicU64::new(0));
     let mut writers = Vec::new();
     for w in 0..WRITERS {
-        let mut nodes = region.rotation(w);
+        let nodes = region.rotation(w);
         let (stop, acks) = (stop.clone(), acks.clone());
         writers.push(tokio::spawn(async move {
             let load_started = Instant::now();
@@ -144,7 +144,7 @@ async fn sigkill_of_every_node_keeps_acknowledged_writes() {
                     break;
                 }
                 let request = reserve_request(format!("writer-{w}-{i}"), vec![line(SKUS[(w + i) % 2], 1)]);
-                match reserve(&mut nodes, &request, WRITE_DEADLINE).await.result {
+                match reserve(&nodes, &request, WRITE_DEADLINE).await.result {
                     Ok(reservation) => {
                         acks.fetch_add(1, Ordering::SeqCst);
                         acked.push((request, reservation));
@@ -182,7 +182,7 @@ async fn sigkill_of_every_node_keeps_acknowledged_writes() {
     region.start_again().await;
 
     // Every acknowledged reserve is there, as acknowledged.
-    let mut nodes = region.rotation(0);
+    let nodes = region.rotation(0);
     for (request, reservation) in &acked {
         let found = region
             .get(HOME_REGION, &reservation.reservation_id)
@@ -195,7 +195,7 @@ async fn sigkill_of_every_node_keeps_acknowledged_writes() {
     let unanswered = unknown.len();
     let mut applied_before_kill = 0;
     for request in unknown {
-        let reservation = reserve(&mut nodes, &request, RETRY_DEADLINE)
+        let reservation = reserve(&nodes, &request, RETRY_DEADLINE)
             .await
             .result
             .unwrap_or_else(|s| panic!("re-sending {}: {s:?}", request.request_id));

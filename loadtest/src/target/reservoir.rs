@@ -16,15 +16,16 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use reservoir_client::connect::endpoint;
 use reservoir_client::control_api::{self, PartitionRequest};
+use reservoir_client::{Rotation, is_retryable, retry};
 use reservoir_proto::v1;
 use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::Status;
+use tonic::transport::Channel;
 
 use super::{OpError, ServerSku, ServerView, TargetError, reason};
 use crate::workload::Catalog;
@@ -88,50 +89,18 @@ pub use reservoir_client::reason_or_code;
 pub fn op_error(status: &Status) -> OpError {
     // A connection reset under a call (a cut WAN link) is a transport error
     // that tonic reports as UNKNOWN; the request id makes a retry safe.
-    let reset = status.code() == Code::Unknown && status.message() == "transport error";
-    let retryable = reset
-        || matches!(
-            status.code(),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
-        );
     OpError {
         reason: reason_or_code(status),
-        retryable,
+        retryable: is_retryable(status),
         message: status.message().to_string(),
-    }
-}
-
-/// The nodes of one region.
-struct RegionNodes {
-    nodes: Vec<(u64, Channel)>,
-    /// The node tried first; moves on after a retryable error.
-    current: AtomicUsize,
-}
-
-impl RegionNodes {
-    fn pick(&self) -> Option<(usize, Channel)> {
-        if self.nodes.is_empty() {
-            return None;
-        }
-        let i = self.current.load(Ordering::Relaxed) % self.nodes.len();
-        Some((i, self.nodes[i].1.clone()))
-    }
-
-    fn skip(&self, from: usize) {
-        if !self.nodes.is_empty() {
-            let next = (from + 1) % self.nodes.len();
-            let _ = self
-                .current
-                .compare_exchange(from, next, Ordering::Relaxed, Ordering::Relaxed);
-        }
     }
 }
 
 /// The adapter.
 pub struct ReservoirTarget {
-    regions: Vec<RegionNodes>,
+    regions: Vec<Rotation>,
     /// Every node, home region first, for Admin calls.
-    admin: RegionNodes,
+    admin: Rotation,
     control: Option<String>,
     /// A ledger settles confirmed sales (tokens); without one (standalone,
     /// single-writer, global-consensus) the region's confirmed units are the
@@ -144,11 +113,10 @@ pub struct ReservoirTarget {
 }
 
 fn channel(addr: SocketAddr) -> Result<Channel, TargetError> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| TargetError::Setup(format!("{addr}: {e}")))?
+    Ok(endpoint(&addr.to_string())
+        .map_err(TargetError::Setup)?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
-        .tcp_nodelay(true)
         .connect_lazy())
 }
 
@@ -157,32 +125,34 @@ impl ReservoirTarget {
     /// and points each region at its current leader.
     pub async fn connect(file: &ClusterFile, regions: &[String]) -> Result<ReservoirTarget, TargetError> {
         let mut by_region = Vec::new();
+        let mut ids_by_region = Vec::new();
         for r in regions {
-            let nodes: Vec<(u64, Channel)> = file
-                .region_endpoints(r)
-                .into_iter()
-                .map(|(id, addr)| Ok((id, channel(addr)?)))
-                .collect::<Result<_, TargetError>>()?;
-            if nodes.is_empty() {
+            let endpoints = file.region_endpoints(r);
+            if endpoints.is_empty() {
                 return Err(TargetError::Setup(format!(
                     "the cluster has no node in region {r:?}"
                 )));
             }
-            by_region.push(RegionNodes {
-                nodes,
-                current: AtomicUsize::new(0),
-            });
+            let channels = endpoints
+                .iter()
+                .map(|(_, addr)| channel(*addr))
+                .collect::<Result<_, TargetError>>()?;
+            ids_by_region.push(endpoints.iter().map(|(id, _)| *id).collect::<Vec<u64>>());
+            by_region.push(Rotation::new(channels, 0));
         }
         let mut admin_nodes: Vec<&ClusterNode> = file.nodes.iter().collect();
+        if admin_nodes.is_empty() {
+            return Err(TargetError::Setup("the cluster has no node".into()));
+        }
         // Home region (of the first scenario region, us-east by default) first.
         admin_nodes.sort_by_key(|n| (Some(&n.region) != regions.first(), n.id));
-        let admin = RegionNodes {
-            nodes: admin_nodes
+        let admin = Rotation::new(
+            admin_nodes
                 .iter()
-                .map(|n| Ok((n.id, channel(n.grpc)?)))
+                .map(|n| channel(n.grpc))
                 .collect::<Result<_, TargetError>>()?,
-            current: AtomicUsize::new(0),
-        };
+            0,
+        );
         let target = ReservoirTarget {
             regions: by_region,
             admin,
@@ -194,7 +164,7 @@ impl ReservoirTarget {
         let status = target.status().await.map_err(|e| {
             TargetError::Setup(format!("the cluster does not answer GetStatus: {}", e.message))
         })?;
-        for (r, nodes) in regions.iter().zip(&target.regions) {
+        for ((r, nodes), ids) in regions.iter().zip(&target.regions).zip(&ids_by_region) {
             // The region's own group, or the one group of a cluster that has
             // one (single-writer, global-consensus).
             let group = match status.regions.iter().find(|s| &s.region == r) {
@@ -203,21 +173,19 @@ impl ReservoirTarget {
                 None => None,
             };
             let leader = group.map_or(0, |g| g.leader_id);
-            if let Some(i) = nodes.nodes.iter().position(|(id, _)| *id == leader) {
-                nodes.current.store(i, Ordering::Relaxed);
+            if let Some(i) = ids.iter().position(|id| *id == leader) {
+                nodes.follow(i);
             }
         }
         Ok(target)
     }
 
-    fn region(&self, region: usize) -> Result<(&RegionNodes, usize, Channel), OpError> {
+    fn region(&self, region: usize) -> Result<(&Rotation, usize, Channel), OpError> {
         let nodes = self
             .regions
             .get(region)
             .ok_or_else(|| OpError::fatal(reason::SERVER_ERROR, format!("no region {region}")))?;
-        let (i, ch) = nodes
-            .pick()
-            .ok_or_else(|| OpError::fatal(reason::SERVER_ERROR, "region without nodes"))?;
+        let (i, ch) = nodes.pick();
         Ok((nodes, i, ch))
     }
 
@@ -320,8 +288,8 @@ impl ReservoirTarget {
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut last = OpError::fatal(reason::UNAVAILABLE, "no node");
-        for _ in 0..self.admin.nodes.len() {
-            let Some((i, ch)) = self.admin.pick() else { break };
+        for _ in 0..self.admin.len() {
+            let (i, ch) = self.admin.pick();
             match call(AdminClient::new(ch)).await {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) => {
@@ -344,7 +312,7 @@ impl ReservoirTarget {
         loop {
             while pending.len() < STOCK_CONCURRENCY {
                 let Some(s) = next.next() else { break };
-                let admin: Vec<Channel> = self.admin.nodes.iter().map(|(_, c)| c.clone()).collect();
+                let admin = self.admin.clone();
                 let request = v1::AdjustStockRequest {
                     request_id: format!("{}-stock", s.sku),
                     sku: s.sku.clone(),
@@ -586,33 +554,27 @@ impl ReservoirTarget {
 
 /// One `AdjustStock`, retried on UNAVAILABLE across nodes until `deadline`.
 async fn adjust_with_retry(
-    nodes: Vec<Channel>,
+    nodes: Rotation,
     request: v1::AdjustStockRequest,
     deadline: tokio::time::Instant,
 ) -> Result<(), String> {
-    let mut i = 0usize;
-    loop {
-        let Some(ch) = nodes.get(i % nodes.len().max(1)).cloned() else {
-            return Err("no nodes".into());
-        };
-        match AdminClient::new(ch).adjust_stock(request.clone()).await {
-            Ok(_) => return Ok(()),
-            Err(s) => {
-                let e = op_error(&s);
-                if !e.retryable || tokio::time::Instant::now() >= deadline {
-                    return Err(format!("stocking {}: {}: {}", request.sku, e.reason, e.message));
-                }
-                i += 1;
-                tokio::time::sleep(POLL_INTERVAL).await;
-            }
-        }
-    }
+    let budget = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let outcome = retry(&nodes, budget, |ch| {
+        let request = request.clone();
+        async move { AdminClient::new(ch).adjust_stock(request).await }
+    })
+    .await;
+    outcome.result.map(|_| ()).map_err(|s| {
+        let e = op_error(&s);
+        format!("stocking {}: {}: {}", request.sku, e.reason, e.message)
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use reservoir_proto::ERROR_DOMAIN;
+    use tonic::Code;
     use tonic_types::{ErrorDetails, StatusExt};
 
     /// A status with a Reservoir ErrorInfo yields its reason; one without

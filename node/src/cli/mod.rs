@@ -17,7 +17,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::Status;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// How long a client waits for the TCP connection to a node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -443,8 +443,8 @@ pub async fn connect(addr: &NodeAddr) -> Result<Channel, ClientError> {
         addr: addr.clone(),
         message,
     };
-    let endpoint = Endpoint::from_shared(addr.uri())
-        .map_err(|e| failed(root_cause(&e)))?
+    let endpoint = reservoir_client::connect::endpoint(&addr.uri())
+        .map_err(failed)?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT);
     endpoint.connect().await.map_err(|e| failed(root_cause(&e)))

@@ -21,8 +21,8 @@ use reservoir_tokens::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tonic::Status;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
 
 use self::pb::control_client::ControlClient as GrpcControlClient;
 use self::pb::{ControlMessage, ControlReply};
@@ -285,7 +285,7 @@ impl ControlClient {
                         .insert(key.to_string(), index);
                     return Ok(reply.into_inner().payload);
                 }
-                Ok(Err(status)) if retry_elsewhere(&status) => last = status,
+                Ok(Err(status)) if reservoir_client::is_retryable(&status) => last = status,
                 Ok(Err(status)) => return Err(status),
                 Err(_) => {
                     last = Status::deadline_exceeded(format!("{key}: no answer within {timeout:?}"));
@@ -343,12 +343,4 @@ impl ControlClient {
         };
         reply.map(tonic::Response::into_inner)
     }
-}
-
-/// Whether a failed call is worth trying on another node of the group.
-fn retry_elsewhere(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
-    )
 }

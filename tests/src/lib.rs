@@ -4,10 +4,11 @@
 //! child of the test — one standalone region (`up --standalone`) or the
 //! three-region cluster with its ledger, WAN link emulators and control API
 //! (or, `ClusterOptions::architecture`, one of the designs it is compared
-//! with), both as a [`Cluster`] — and talks to it the way a client would: gRPC on `127.0.0.1`, the nodes'
-//! HTTP `/status`, and the control API. The harness here is what the tests
-//! share; the tests themselves live in `tests/` (`region_*`, `bad_input`,
-//! `cluster_*`, `architectures`).
+//! with), both as a [`Cluster`] — and talks to it the way a client would:
+//! gRPC on `127.0.0.1`, the nodes' HTTP `/status`, and the control API. The
+//! harness here is what the tests share; the tests themselves are one test
+//! binary, `tests/cluster/` (`region_*`, `bad_input`, `cluster_*`,
+//! `architectures`, `load_tester`), run one at a time.
 //!
 //! Invariants the harness keeps:
 //! - nothing is left behind: [`Cluster`]'s `Drop` stops `up`
@@ -136,9 +137,9 @@ pub const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Lines of each log printed when a test fails.
 pub const LOG_TAIL_LINES: usize = 30;
 
-/// Serializes the cluster tests of one test binary (cargo runs a binary's
-/// tests in parallel, and two clusters must not share two cores); a test
-/// that panicked releases it as it unwinds.
+/// Serializes the cluster tests (cargo runs a binary's tests in parallel,
+/// and two clusters must not share two cores); every test holds it while
+/// its cluster runs, and a test that panicked releases it as it unwinds.
 pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     LOCK.lock().await

@@ -96,6 +96,16 @@ pub fn op_error(status: &Status) -> OpError {
     }
 }
 
+/// A call to node `i` of `nodes` failed: the error, after moving the
+/// region on to its next node when the failure is worth retrying elsewhere.
+fn failed_on(nodes: &Rotation, i: usize, status: &Status) -> OpError {
+    let e = op_error(status);
+    if e.retryable {
+        nodes.skip(i);
+    }
+    e
+}
+
 /// The adapter.
 pub struct ReservoirTarget {
     regions: Vec<Rotation>,
@@ -218,13 +228,7 @@ impl ReservoirTarget {
                 .reservation
                 .map(|r| r.reservation_id)
                 .unwrap_or_default()),
-            Err(s) => {
-                let e = op_error(&s);
-                if e.retryable {
-                    nodes.skip(i);
-                }
-                Err(e)
-            }
+            Err(s) => Err(failed_on(nodes, i, &s)),
         }
     }
 
@@ -240,13 +244,7 @@ impl ReservoirTarget {
             .confirm(request)
             .await
             .map(|_| ())
-            .map_err(|s| {
-                let e = op_error(&s);
-                if e.retryable {
-                    nodes.skip(i);
-                }
-                e
-            })
+            .map_err(|s| failed_on(nodes, i, &s))
     }
 
     /// One `Release` attempt.
@@ -259,13 +257,7 @@ impl ReservoirTarget {
             .release(request)
             .await
             .map(|_| ())
-            .map_err(|s| {
-                let e = op_error(&s);
-                if e.retryable {
-                    nodes.skip(i);
-                }
-                e
-            })
+            .map_err(|s| failed_on(nodes, i, &s))
     }
 
     /// `Admin.GetStatus` from any node that answers.

@@ -13,7 +13,7 @@ use reservoir_proto::v1;
 use reservoir_proto::v1::inventory_client::InventoryClient;
 use reservoir_tests::{
     Cluster, ClusterOptions, HOME_REGION, POLL_INTERVAL, RETRY_DEADLINE, Rotation, balanced_sheets, confirm,
-    is_retryable, line, release, reserve, reserve_request, units_of,
+    is_retryable, line, one_at_a_time, release, reserve, reserve_request, units_of,
 };
 
 /// The SKUs the clients reserve.
@@ -95,6 +95,7 @@ struct Shared {
 /// Acknowledged reserves, confirms and releases survive SIGKILL of the leader under load: each request_id reserved once, every write found, tokens balanced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_under_load_keeps_every_acknowledged_write() {
+    let _serial = one_at_a_time().await;
     let test_started = Instant::now();
     let mut region = Cluster::start(ClusterOptions::standalone()).await;
     for sku in SKUS {

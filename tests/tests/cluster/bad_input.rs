@@ -11,7 +11,7 @@ use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
 use reservoir_tests::{
     Cluster, ClusterOptions, HOME_REGION, RETRY_DEADLINE, balanced_sheets, channel, is_retryable, line,
-    refusal, reserve, reserve_request,
+    one_at_a_time, refusal, reserve, reserve_request,
 };
 use reservoir_tokens::limits::{
     LINES_PER_RESERVATION_MAX, MAX_WAIT_MS_MAX, MESSAGE_BYTES_MAX, ORDER_ID_BYTES_MAX, QUANTITY_MAX,
@@ -38,6 +38,7 @@ const HOT_STOCK: u64 = 10_000;
 /// Every API limit, sent to the leader and to a follower, gets INVALID_ARGUMENT (or NOT_FOUND, OUT_OF_RANGE) with its reason, and the books do not move.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_limit_has_its_code_and_reason_and_changes_nothing() {
+    let _serial = one_at_a_time().await;
     let started = Instant::now();
     let region = Cluster::start(ClusterOptions::standalone()).await;
     region.add_stock(SKU, STOCK as i64).await;
@@ -346,6 +347,7 @@ fn confirm(id: &str, order_id: &str, lines: Vec<v1::Line>) -> v1::ConfirmRequest
 /// A burst of concurrent reserves beyond a tiny proposal queue gets OVERLOADED for some, and exactly the acknowledged ones take tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_beyond_the_queue_is_overloaded_and_only_acknowledged_reserves_count() {
+    let _serial = one_at_a_time().await;
     let started = Instant::now();
     let region = Cluster::start(ClusterOptions {
         proposal_queue_max: Some(TINY_QUEUE),

@@ -1,0 +1,12 @@
+//! Every cluster-level test, in one test binary (one link instead of seven;
+//! see tests/README.md for what each file proves). Each test starts its own
+//! region or cluster and holds [`reservoir_tests::one_at_a_time`] while it
+//! runs, so no two share the machine's cores.
+
+mod architectures;
+mod bad_input;
+mod cluster_faults;
+mod cluster_flows;
+mod load_tester;
+mod region_faults;
+mod region_restart;

@@ -45,8 +45,8 @@ use crate::server::config::{NodeConfig, Peer, PolicyName, RaftTuning, RebalanceC
 use crate::up::wan::{self, Link, Wan, WanProfile};
 use crate::up::{
     ClusterEndpoint, ClusterFile, ClusterNode, LedgerInfo, NodeProcess, PlannedNode, ShutdownSignals,
-    UpError, config_path, existing_node_ids, free_ports, reap, send_signal, spawn_node, start_nodes,
-    stop_all, write_atomically,
+    UpError, cluster_dir, config_path, existing_node_ids, free_ports, reap, send_signal, spawn_node,
+    start_nodes, stop_all, write_atomically,
 };
 
 /// Nodes per region when `--nodes-per-region` is not given.
@@ -159,12 +159,7 @@ struct Cluster {
 /// current-thread runtime on the main thread (see [`crate::up::run`]).
 pub async fn run(options: ClusterOptions) -> Result<(), UpError> {
     let mut signals = ShutdownSignals::install().map_err(UpError::io("installing signal handlers"))?;
-    std::fs::create_dir_all(&options.dir)
-        .map_err(UpError::io(format!("creating {}", options.dir.display())))?;
-    let dir = options
-        .dir
-        .canonicalize()
-        .map_err(UpError::io(format!("resolving {}", options.dir.display())))?;
+    let dir = cluster_dir(&options.dir)?;
     // Before `prepare`, which writes the node configs: a bad profile must
     // leave DIR as it was.
     let regions: Vec<&str> = wan::REGIONS.to_vec();

@@ -163,12 +163,7 @@ pub async fn run(options: UpOptions) -> Result<(), UpError> {
     // Before any child exists, so a signal can never kill `up` by default
     // disposition and leave the children to their death signal alone.
     let mut signals = ShutdownSignals::install().map_err(UpError::io("installing signal handlers"))?;
-    std::fs::create_dir_all(&options.dir)
-        .map_err(UpError::io(format!("creating {}", options.dir.display())))?;
-    let dir = options
-        .dir
-        .canonicalize()
-        .map_err(UpError::io(format!("resolving {}", options.dir.display())))?;
+    let dir = cluster_dir(&options.dir)?;
     let plan = prepare_configs(&dir, options.nodes, options.base_port, options.proposal_queue_max)?;
     // cluster.json appears only once this run is ready; an old one would
     // point at processes that are gone.
@@ -411,6 +406,14 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 // ----- processes -----
+
+/// DIR, created if missing, as an absolute path (node configs and
+/// `cluster.json` name their files by it).
+pub(crate) fn cluster_dir(dir: &Path) -> Result<PathBuf, UpError> {
+    std::fs::create_dir_all(dir).map_err(UpError::io(format!("creating {}", dir.display())))?;
+    dir.canonicalize()
+        .map_err(UpError::io(format!("resolving {}", dir.display())))
+}
 
 /// Spawns every planned node and waits until all are ready. `Ok(None)`: a
 /// shutdown signal came first and the nodes were stopped (not an error);

@@ -568,7 +568,7 @@ fn servers_section(report: &Report, servers: &crate::servers::ServersReport, x_m
         rows.push(vec![
             n.id.to_string(),
             n.region.clone(),
-            n.role_last.clone().unwrap_or_default(),
+            n.role_last.map_or("", |r| r.as_str()).to_string(),
             (n.samples_answered + n.samples_missing).to_string(),
             n.samples_missing.to_string(),
             mb(n.rss_first_bytes),

@@ -680,7 +680,7 @@ pub fn servers_summary(s: &ServersReport) -> String {
             "  node {} {} {}: RSS first {} / peak {} / last {} MB, last half {}-{} MB{}; {} snapshots{}; {} of {} samples missing",
             n.id,
             n.region,
-            n.role_last.as_deref().unwrap_or("-"),
+            n.role_last.map_or("-", |r| r.as_str()),
             mb(n.rss_first_bytes),
             mb(n.rss_peak_bytes),
             mb(n.rss_last_bytes),

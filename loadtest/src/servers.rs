@@ -21,6 +21,7 @@ use std::io::Read as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use reservoir_client::Role;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -121,7 +122,7 @@ pub struct NodeSample {
     /// only the RSS from `/proc` may then be known.
     pub missing: bool,
     /// Its role.
-    pub role: Option<String>,
+    pub role: Option<Role>,
     /// Live holds in its region state.
     pub holds: Option<u64>,
     /// Last log index applied.
@@ -253,7 +254,7 @@ impl ServerSamples {
                     NodeSample {
                         t_s,
                         missing: false,
-                        role: Some(status.role.as_str().to_string()),
+                        role: Some(status.role),
                         holds: Some(status.holds),
                         applied_index: status.applied_index,
                         snapshot_index: status.snapshot_index,
@@ -384,7 +385,7 @@ pub struct NodeReport {
     /// Its HTTP address.
     pub http: Option<String>,
     /// Its role at its last answered sample.
-    pub role_last: Option<String>,
+    pub role_last: Option<Role>,
     /// Samples it answered.
     pub samples_answered: u64,
     /// Samples it did not answer in time.
@@ -462,7 +463,7 @@ impl ServersReport {
                     id: n.id,
                     region: n.region.clone(),
                     http: n.http.clone(),
-                    role_last: answered.last().and_then(|s| s.role.clone()),
+                    role_last: answered.last().and_then(|s| s.role),
                     samples_answered: answered.len() as u64,
                     samples_missing: (n.samples.len() - answered.len()) as u64,
                     last_error: n.last_error.clone(),
@@ -496,7 +497,7 @@ impl ServersReport {
         let mut out: std::collections::BTreeMap<String, Vec<(f64, u64)>> = Default::default();
         for n in &self.nodes {
             for s in &n.samples {
-                if let (Some("leader"), Some(holds)) = (s.role.as_deref(), s.holds) {
+                if let (Some(Role::Leader), Some(holds)) = (s.role, s.holds) {
                     out.entry(n.region.clone()).or_default().push((s.t_s, holds));
                 }
             }
@@ -660,8 +661,8 @@ mod tests {
             (Some(150 * MB), Some(200 * MB))
         );
         assert_eq!(
-            (n1.rss_source, n1.role_last.as_deref()),
-            (Some(RssSource::Status), Some("follower"))
+            (n1.rss_source, n1.role_last),
+            (Some(RssSource::Status), Some(Role::Follower))
         );
         assert_eq!(
             (n2.rss_first_bytes, n2.rss_peak_bytes, n2.rss_last_bytes),
@@ -782,7 +783,7 @@ mod tests {
         assert_eq!(out.nodes[0].samples.len(), 1);
         assert_eq!(out.nodes[1].samples.len(), 1);
         let (s1, s2) = (&out.nodes[0].samples[0], &out.nodes[1].samples[0]);
-        assert!(!s1.missing && s1.holds == Some(12) && s1.role.as_deref() == Some("leader"));
+        assert!(!s1.missing && s1.holds == Some(12) && s1.role == Some(Role::Leader));
         assert!(s2.missing && s2.holds.is_none());
         assert!(
             out.nodes[1]

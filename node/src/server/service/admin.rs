@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use reservoir_client::Role;
 use reservoir_proto::v1;
 use reservoir_tokens::RegionApplied;
 use reservoir_tokens::audit;
@@ -166,12 +167,14 @@ impl AdminService {
                 // This node only knows its own health first-hand.
                 healthy: *id == group.node_id || group.leader.is_some(),
                 role: if Some(*id) == group.leader {
-                    "leader".into()
+                    Role::Leader
                 } else if *id == group.node_id {
-                    group.role.as_str().into()
+                    group.role
                 } else {
-                    "unknown".into()
-                },
+                    Role::Unknown
+                }
+                .as_str()
+                .into(),
             })
             .collect()
     }

@@ -17,10 +17,9 @@ scenario=$root/loadtest/scenarios/throughput.toml
 run() {
   local tag=$1 bin=$2 clients=$3 seconds=$4
   local dir=$out/$tag-clients$clients-$(date +%s)
+  echo "== $tag, $clients clients"
   RESERVOIR_BIN=$bin "$root/scripts/bench-scenarios.sh" "$dir" "$scenario" region \
     --clients "$clients" --duration-s "$seconds"
-  echo "== $tag, $clients clients"
-  cat "$dir/throughput-region/summary.txt"
 }
 
 for _ in 1 2 3; do

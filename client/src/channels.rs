@@ -57,13 +57,7 @@ impl Channels {
 /// The endpoint every peer channel is made from: TCP_NODELAY (requests are
 /// small and latency-bound), the connect timeout, keep-alive while idle.
 fn endpoint(addr: &str) -> Result<Endpoint, String> {
-    let uri = if addr.starts_with("http://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(uri)
-        .map_err(|e| format!("bad peer address {addr}: {e}"))?
+    Ok(crate::connect::bare_endpoint(addr)?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
@@ -86,6 +80,6 @@ mod tests {
     #[test]
     fn bad_addresses_are_refused() {
         let err = endpoint("not an address").unwrap_err();
-        assert!(err.contains("bad peer address"), "{err}");
+        assert!(err.contains("bad node address"), "{err}");
     }
 }

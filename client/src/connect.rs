@@ -32,16 +32,21 @@ pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// [`CONNECT_TIMEOUT`] and [`CALL_TIMEOUT`]; a program may set its own call
 /// timeout on it.
 pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
+    Ok(bare_endpoint(addr)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+        .tcp_nodelay(true))
+}
+
+/// The endpoint for `host:port` or `http://host:port`, with tonic's
+/// defaults.
+pub(crate) fn bare_endpoint(addr: &str) -> Result<Endpoint, String> {
     let uri = if addr.starts_with("http://") {
         addr.to_string()
     } else {
         format!("http://{addr}")
     };
-    Ok(Endpoint::from_shared(uri)
-        .map_err(|e| format!("bad node address {addr}: {e}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
-        .tcp_nodelay(true))
+    Endpoint::from_shared(uri).map_err(|e| format!("bad node address {addr}: {e}"))
 }
 
 /// True for an error that the API says is safe to retry with the same
@@ -163,7 +168,22 @@ impl<T> Retried<T> {
 /// ([`is_retryable`]) moves on to the next node and sends the same call
 /// again after [`RETRY_PAUSE`], until it is answered or `deadline` has
 /// passed.
-pub async fn retry<T, F, Fut>(nodes: &Rotation, deadline: Duration, mut call: F) -> Retried<T>
+pub async fn retry<T, F, Fut>(nodes: &Rotation, deadline: Duration, call: F) -> Retried<T>
+where
+    F: FnMut(Channel) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    retry_every(nodes, deadline, RETRY_PAUSE, call).await
+}
+
+/// [`retry`] with another pause between attempts (a bulk caller that should
+/// not hammer a group while it elects a leader).
+pub async fn retry_every<T, F, Fut>(
+    nodes: &Rotation,
+    deadline: Duration,
+    pause: Duration,
+    mut call: F,
+) -> Retried<T>
 where
     F: FnMut(Channel) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -179,7 +199,7 @@ where
             Err(status) if is_retryable(&status) && Instant::now() < give_up => {
                 retried.push(reason_of(&status).unwrap_or_else(|| format!("{:?}", status.code())));
                 nodes.skip(i);
-                tokio::time::sleep(RETRY_PAUSE).await;
+                tokio::time::sleep(pause).await;
             }
             result => {
                 return Retried {
@@ -194,7 +214,7 @@ where
 }
 
 /// Milliseconds since the Unix epoch on this machine's clock.
-fn unix_ms() -> u64 {
+pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -13,14 +13,20 @@ pub const PARTITION: &str = "/links/partition";
 /// `POST {}`: heal every link.
 pub const HEAL: &str = "/links/heal";
 
-/// `POST {}` to this path: SIGKILL node `id` (answered once it is reaped).
+/// `POST {}`: SIGKILL node `{id}` (answered once it is reaped); the route
+/// as `up` serves it ([`kill_path`] fills in the id).
+pub const KILL: &str = "/nodes/{id}/kill";
+/// `POST {}`: start node `{id}` again on its data ([`restart_path`]).
+pub const RESTART: &str = "/nodes/{id}/restart";
+
+/// [`KILL`] for node `id`.
 pub fn kill_path(id: u64) -> String {
-    format!("/nodes/{id}/kill")
+    KILL.replace("{id}", &id.to_string())
 }
 
-/// `POST {}` to this path: start node `id` again on its data.
+/// [`RESTART`] for node `id`.
 pub fn restart_path(id: u64) -> String {
-    format!("/nodes/{id}/restart")
+    RESTART.replace("{id}", &id.to_string())
 }
 
 /// One WAN link between two regions.

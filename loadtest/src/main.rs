@@ -96,7 +96,9 @@ fn scenario(args: &Args) -> Result<Scenario, LoadError> {
         scenario.inflight_max = n;
     }
     if let Some(n) = args.clients {
+        // Each closed-loop client keeps one request in flight.
         scenario.clients_per_region = n;
+        scenario.inflight_max = scenario.inflight_max.max(n);
     }
     if let Some(ms) = args.hold_ttl_ms {
         scenario.sessions.hold_ttl_ms = ms;

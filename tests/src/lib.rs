@@ -52,6 +52,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use reservoir_client::HttpError;
+pub use reservoir_client::connect::unix_ms;
 use reservoir_client::reason_of;
 pub use reservoir_client::{Retried, Rotation, is_retryable, retry};
 use reservoir_proto::v1;
@@ -166,7 +167,15 @@ pub fn reservoir_exe() -> &'static Path {
 }
 
 /// The workspace crates the binary is built from, and the files beside them.
-const BINARY_INPUTS: [&str; 6] = ["proto", "tokens", "raft", "node", "Cargo.toml", "Cargo.lock"];
+const BINARY_INPUTS: [&str; 7] = [
+    "proto",
+    "client",
+    "tokens",
+    "raft",
+    "node",
+    "Cargo.toml",
+    "Cargo.lock",
+];
 
 fn fresh_reservoir() -> PathBuf {
     // The test runs as <target>/<profile>/deps/<name>-<hash>.
@@ -294,13 +303,6 @@ pub async fn release(nodes: &Rotation, reservation_id: &str, deadline: Duration)
             .reservation
             .expect("a release answers with the reservation")
     })
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The code and Reservoir reason of a refusal, for assertions.

@@ -19,8 +19,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use reservoir_client::connect::endpoint;
+use reservoir_client::connect::retry_every;
 use reservoir_client::control_api::{self, PartitionRequest};
-use reservoir_client::{Rotation, is_retryable, retry};
+use reservoir_client::{Rotation, is_retryable};
 use reservoir_proto::v1;
 use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
@@ -551,7 +552,7 @@ async fn adjust_with_retry(
     deadline: tokio::time::Instant,
 ) -> Result<(), String> {
     let budget = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let outcome = retry(&nodes, budget, |ch| {
+    let outcome = retry_every(&nodes, budget, POLL_INTERVAL, |ch| {
         let request = request.clone();
         async move { AdminClient::new(ch).adjust_stock(request).await }
     })

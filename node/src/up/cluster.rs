@@ -816,8 +816,8 @@ fn control_routes(cluster: Arc<Cluster>) -> axum::Router {
         .route(control_api::LINKS, get(links))
         .route(control_api::PARTITION, post(partition))
         .route(control_api::HEAL, post(heal))
-        .route("/nodes/{id}/kill", post(kill))
-        .route("/nodes/{id}/restart", post(restart))
+        .route(control_api::KILL, post(kill))
+        .route(control_api::RESTART, post(restart))
         .with_state(cluster)
 }
 

@@ -963,7 +963,7 @@ mod tests {
 
     /// A closed port is an error, not a hang.
     #[tokio::test]
-    async fn http_get_to_closed_port_fails() {
+    async fn probe_of_a_closed_port_fails() {
         let addr = {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap()

@@ -173,7 +173,13 @@ impl ControlService {
             }
             .to_status());
         }
-        Ok(self.node.control().forward(addr, message, ledger).await?.payload)
+        let call = self.node.control().forward(addr, message, ledger);
+        match tokio::time::timeout(FORWARD_TIMEOUT, call).await {
+            Ok(reply) => Ok(reply?.payload),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "the leader at {addr} did not answer a forwarded control call within {FORWARD_TIMEOUT:?}"
+            ))),
+        }
     }
 }
 

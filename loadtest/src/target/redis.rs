@@ -165,7 +165,7 @@ struct Scripts {
 /// would send a `PING` on every checkout, one more round trip per
 /// operation): a connection that failed or timed out is taken out of its
 /// pool by the caller instead.
-pub struct Connector {
+struct Connector {
     client: Client,
     config: AsyncConnectionConfig,
 }

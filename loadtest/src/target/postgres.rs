@@ -18,7 +18,7 @@
 //!
 //! The client is `tokio-postgres`, each region's connections in a bounded
 //! pool (`deadpool-postgres`, up to `--connections`, fast recycling: no
-//! query on checkout) and the sweeper's in one more; every statement is
+//! query on checkout) and the sweeper's in a pool of one; every statement is
 //! prepared once per connection and cached. Each transaction is bounded by
 //! [`OP_TIMEOUT`], and so is every setup or reading query; a connection
 //! that broke or timed out leaves its pool.

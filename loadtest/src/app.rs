@@ -10,7 +10,7 @@ use crate::html;
 use crate::report::Report;
 use crate::runner::{self, RunOptions};
 use crate::scenario::Scenario;
-use crate::target::pool::POOL_SIZE_MAX;
+use crate::target::POOL_SIZE_MAX;
 use crate::target::postgres::PostgresTarget;
 use crate::target::redis::{Persistence, RedisTarget};
 use crate::target::reservoir::{ClusterFile, ReservoirTarget, newest_cluster_file};

@@ -44,8 +44,10 @@
 //!   lines, in one shared structure rather than a task each; past it a
 //!   session waits out its hold itself, under the live-session bound),
 //!   sessions per region, outcomes per histogram map, timeline rows and
-//!   server samples, reply sizes on the wire, connection pools, and every
-//!   wait has a deadline (a node's `/status` has
+//!   server samples, HTTP replies read from Reservoir's nodes (the
+//!   baselines' replies are read by the `redis` and `tokio-postgres`
+//!   crates, without a size bound of the tester's own), connection pools,
+//!   and every wait has a deadline (a node's `/status` has
 //!   [`servers::STATUS_TIMEOUT`]; one that does not answer is missing for
 //!   that second, and the load never waits for it);
 //! - a run that oversells, or whose target's books do not balance, says so
@@ -77,9 +79,10 @@
 //!   the report's `servers` section;
 //! - [`report`] and [`html`]: figures, terminal summary, JSON, HTML;
 //! - [`target`]: the adapters — [`target::reservoir`] (gRPC, control API),
-//!   [`target::redis`] (own RESP client, Lua scripts) and
-//!   [`target::postgres`] (own wire-protocol client, one transaction per
-//!   reserve) — the helpers to start and stop their servers, and
+//!   [`target::redis`] (the `redis` crate, Lua scripts) and
+//!   [`target::postgres`] (`tokio-postgres` with `deadpool-postgres`
+//!   pools, prepared statements, one transaction per reserve) — the
+//!   helpers to start and stop their servers, and
 //!   [`target::sim`], an in-process store the engine's own tests run against
 //!   on tokio's paused clock;
 //! - [`app`]: one whole run, as the binary and the tests do it.

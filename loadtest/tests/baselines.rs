@@ -12,7 +12,7 @@ use reservoir_loadtest::report::Report;
 use reservoir_loadtest::scenario::{BuiltIn, Scenario};
 use reservoir_loadtest::target::postgres::PostgresTarget;
 use reservoir_loadtest::target::redis::{Persistence, RedisTarget};
-use reservoir_loadtest::target::{Target, TargetError, TargetKind, reason, resp};
+use reservoir_loadtest::target::{Target, TargetError, TargetKind, reason};
 use reservoir_loadtest::workload::Catalog;
 
 /// A seconds-long version of a built-in: low rates (other tests share the
@@ -219,20 +219,16 @@ async fn redis_semantics_and_durability() {
         }
         Err(e) => panic!("{e}"),
     };
-    let mut conn = resp::Connection::connect(redis.addr()).await.expect("connect");
+    let client = redis::Client::open(format!("redis://{}/", redis.addr())).expect("a redis address");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect");
     for (key, want) in [("appendonly", "yes"), ("appendfsync", "always")] {
-        let reply = conn
-            .call(&[b"CONFIG", b"GET", key.as_bytes()])
+        let items: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(key)
+            .query_async(&mut conn)
             .await
             .expect("CONFIG GET");
-        let resp::Reply::Array(Some(items)) = reply else {
-            panic!("CONFIG GET {key}: {reply:?}");
-        };
-        assert_eq!(
-            items.get(1),
-            Some(&resp::Reply::Bulk(Some(want.as_bytes().to_vec()))),
-            "{key}"
-        );
+        assert_eq!(items.get(1).map(String::as_str), Some(want), "{key}: {items:?}");
     }
     let pid = redis.server_pid().await.expect("a running server");
     let target = Target::Redis(redis);

@@ -10,14 +10,15 @@ use serde::Serialize;
 
 use crate::workload::Catalog;
 
-pub mod pgwire;
-pub mod pool;
 pub mod postgres;
 pub mod redis;
 pub mod reservoir;
-pub mod resp;
 pub mod server;
 pub mod sim;
+
+/// Most connections one pool may hold (per region, per baseline server);
+/// `--connections` is clamped to it.
+pub const POOL_SIZE_MAX: usize = 256;
 
 /// The stable reasons the load tester uses. Reservoir's own come from its
 /// ErrorInfo; the baselines answer with the same words for the same cases.

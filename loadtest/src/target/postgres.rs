@@ -15,6 +15,13 @@
 //! deadlock or serialization failure all the same is answered UNAVAILABLE
 //! (retried with the same request id). Expired holds are returned by a
 //! sweeper every [`SWEEP_INTERVAL`]. Time is this process's clock.
+//!
+//! The client is `tokio-postgres`, each region's connections in a bounded
+//! pool (`deadpool-postgres`, up to `--connections`, fast recycling: no
+//! query on checkout) and the sweeper's in a pool of one; every statement is
+//! prepared once per connection and cached. Each transaction is bounded by
+//! [`OP_TIMEOUT`], and so is every setup or reading query; a connection
+//! that broke or timed out leaves its pool.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,13 +29,14 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, PoolError, RecyclingMethod, Runtime};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Config, NoTls};
 
-use super::pgwire::{Connection, PgError, QueryResult, literal};
-use super::pool::{Lease, Pool};
 use super::server::{ServerProcess, free_port, is_root, postgres_bin_dir, run_to_completion, user_ids};
-use super::{OpError, ServerSku, ServerView, TargetError, reason};
+use super::{OpError, POOL_SIZE_MAX, ServerSku, ServerView, TargetError, reason};
 use crate::workload::Catalog;
 
 /// The user PostgreSQL runs as when this process is root.
@@ -51,7 +59,27 @@ pub const SPARE_CONNECTIONS: usize = 10;
 pub const STOCK_INSERT_BATCH: usize = 500;
 
 /// SQLSTATEs after which the transaction is simply retried.
-const RETRY_SQLSTATES: [&str; 2] = ["40P01", "40001"];
+const RETRY_SQLSTATES: [SqlState; 2] = [
+    SqlState::T_R_DEADLOCK_DETECTED,
+    SqlState::T_R_SERIALIZATION_FAILURE,
+];
+
+// The statements, prepared once per connection.
+const INSERT_HOLD: &str =
+    "INSERT INTO holds (id, lines, expires_at_ms) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING";
+const TAKE_STOCK: &str =
+    "UPDATE stock SET available = available - $2, held = held + $2 WHERE sku = $1 AND available >= $2";
+const TAKE_LIVE_HOLD: &str = "DELETE FROM holds WHERE id = $1 AND expires_at_ms > $2 RETURNING lines";
+const TAKE_ANY_HOLD: &str = "DELETE FROM holds WHERE id = $1 RETURNING lines";
+const IS_CONFIRMED: &str = "SELECT 1 FROM confirmed WHERE id = $1";
+const IS_HELD: &str = "SELECT 1 FROM holds WHERE id = $1";
+const SELL: &str = "UPDATE stock SET held = held - $2, sold = sold + $2 WHERE sku = $1";
+const MARK_CONFIRMED: &str = "INSERT INTO confirmed (id) VALUES ($1)";
+const RETURN_STOCK: &str = "UPDATE stock SET held = held - $2, available = available + $2 WHERE sku = $1";
+const TAKE_EXPIRED_HOLDS: &str = "DELETE FROM holds WHERE id IN (SELECT id FROM holds WHERE expires_at_ms <= $1 \
+     ORDER BY expires_at_ms LIMIT $2) RETURNING lines";
+const INSERT_STOCK: &str = "INSERT INTO stock (sku, stocked, available, held, sold) \
+     SELECT sku, n, n, 0, 0 FROM unnest($1::text[], $2::bigint[]) AS t (sku, n)";
 
 const SCHEMA: &str = "
 CREATE TABLE stock (
@@ -66,11 +94,22 @@ CREATE INDEX holds_expiry ON holds (expires_at_ms);
 CREATE TABLE confirmed (id text PRIMARY KEY);
 ";
 
-fn now_ms() -> u64 {
+fn now_ms() -> i64 {
     // A clock before 1970 is a broken machine; 0 only makes holds expire late.
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Units as a `bigint`; quantities are far below its limit (a larger one
+/// saturates, and then no stock row has that much).
+fn units(q: u64) -> i64 {
+    i64::try_from(q).unwrap_or(i64::MAX)
+}
+
+/// A `bigint` of the books as units (the schema keeps them non-negative).
+fn from_units(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
 }
 
 /// `sku=q,sku=q` as stored in `holds.lines`.
@@ -91,11 +130,16 @@ fn decode_lines(text: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// A bounded pool of connections (at most [`POOL_SIZE_MAX`]), made on
+/// demand.
+type Pool = deadpool_postgres::Pool;
+
 /// The adapter.
 pub struct PostgresTarget {
     addr: String,
-    pools: Vec<Pool<Connection>>,
-    maintenance: Pool<Connection>,
+    config: Config,
+    pools: Vec<Pool>,
+    maintenance: Pool,
     server: tokio::sync::Mutex<Option<ServerProcess>>,
     sweeper: std::sync::Mutex<Option<(watch::Sender<bool>, JoinHandle<()>)>>,
 }
@@ -158,6 +202,7 @@ impl PostgresTarget {
             .map_err(TargetError::Setup)?;
 
         let port = free_port().map_err(|e| TargetError::Setup(format!("free port: {e}")))?;
+        let pool_size = pool_size.clamp(1, POOL_SIZE_MAX);
         let max_connections = regions * pool_size + SPARE_CONNECTIONS;
         let mut postgres = as_server_user(&bin.join("postgres"));
         postgres
@@ -183,15 +228,22 @@ impl PostgresTarget {
         let mut server = ServerProcess::spawn(postgres, "postgres", log, Some(dir))
             .map_err(|e| TargetError::Setup(format!("starting postgres: {e}")))?;
         let addr = format!("127.0.0.1:{port}");
+        let mut config = Config::new();
+        config
+            .host("127.0.0.1")
+            .port(port)
+            .user(DATABASE)
+            .dbname(DATABASE)
+            .connect_timeout(OP_TIMEOUT);
         let deadline = tokio::time::Instant::now() + START_DEADLINE;
-        let mut conn = loop {
+        let conn = loop {
             if !server.running() {
                 return Err(TargetError::Setup(format!(
                     "postgres exited at start:\n{}",
                     server.log_tail()
                 )));
             }
-            match Connection::connect(&addr, DATABASE, DATABASE).await {
+            match connect(&config).await {
                 Ok(c) => break c,
                 Err(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(START_POLL).await,
                 Err(e) => {
@@ -202,14 +254,16 @@ impl PostgresTarget {
                 }
             }
         };
-        conn.simple(SCHEMA)
-            .await
-            .map_err(|e| TargetError::Setup(format!("creating the schema: {e}")))?;
-        conn.close().await;
+        bounded("creating the schema", conn.batch_execute(SCHEMA)).await?;
+        drop(conn);
+        let pools = (0..regions)
+            .map(|_| pool(&config, pool_size))
+            .collect::<Result<Vec<_>, _>>()?;
         let target = Arc::new(PostgresTarget {
             addr,
-            pools: (0..regions).map(|_| Pool::new(pool_size)).collect(),
-            maintenance: Pool::new(1),
+            maintenance: pool(&config, 1)?,
+            config,
+            pools,
             server: tokio::sync::Mutex::new(Some(server)),
             sweeper: std::sync::Mutex::new(None),
         });
@@ -231,57 +285,50 @@ impl PostgresTarget {
         self.server.lock().await.as_ref().and_then(|s| s.pid())
     }
 
-    async fn connect(&self) -> Result<Connection, OpError> {
-        Connection::connect(&self.addr, DATABASE, DATABASE)
-            .await
-            .map_err(|e| OpError::retryable(reason::UNAVAILABLE, format!("connecting to postgres: {e}")))
-    }
-
     /// Runs one transaction function on a pooled connection, with the
-    /// operation timeout, mapping errors to [`OpError`]s and rolling back a
-    /// transaction a server error left open.
+    /// operation timeout, mapping errors to [`OpError`]s. A transaction
+    /// the function did not finish is rolled back when it is dropped
+    /// (tokio-postgres sends the `ROLLBACK`); a connection that broke or
+    /// timed out leaves the pool.
     async fn run<T>(
         &self,
-        pool: &Pool<Connection>,
-        tx: impl AsyncFnOnce(&mut Connection) -> Result<Result<T, OpError>, PgError>,
+        pool: &Pool,
+        tx: impl AsyncFnOnce(&mut ClientWrapper) -> Result<Result<T, OpError>, tokio_postgres::Error>,
     ) -> Result<T, OpError> {
-        let mut lease = Lease::take(pool, async || self.connect().await).await?;
-        match tokio::time::timeout(OP_TIMEOUT, tx(lease.conn())).await {
-            Ok(Ok(result)) => {
-                if lease.conn().status != b'I' {
-                    // A refusal inside the function already rolled back;
-                    // this only guards against a function that forgot.
-                    if lease.conn().simple("ROLLBACK").await.is_err() {
-                        return result;
+        let mut client = pool.get().await.map_err(pool_error)?;
+        match tokio::time::timeout(OP_TIMEOUT, tx(&mut *client)).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => match e.as_db_error() {
+                Some(db) => {
+                    let (code, message) = (db.code(), db.message());
+                    if RETRY_SQLSTATES.contains(code) {
+                        Err(OpError::retryable(
+                            reason::UNAVAILABLE,
+                            format!("{}: {message}", code.code()),
+                        ))
+                    } else {
+                        Err(OpError::fatal(
+                            reason::SERVER_ERROR,
+                            format!("{}: {message}", code.code()),
+                        ))
                     }
                 }
-                lease.keep();
-                result
-            }
-            Ok(Err(PgError::Server { code, message })) => {
-                let rolled_back =
-                    lease.conn().status == b'I' || lease.conn().simple("ROLLBACK").await.is_ok();
-                if rolled_back {
-                    lease.keep();
+                None => {
+                    drop(Object::take(client));
+                    Err(OpError::retryable(reason::UNAVAILABLE, format!("postgres: {e}")))
                 }
-                if RETRY_SQLSTATES.contains(&code.as_str()) {
-                    Err(OpError::retryable(
-                        reason::UNAVAILABLE,
-                        format!("{code}: {message}"),
-                    ))
-                } else {
-                    Err(OpError::fatal(reason::SERVER_ERROR, format!("{code}: {message}")))
-                }
+            },
+            Err(_) => {
+                drop(Object::take(client));
+                Err(OpError::retryable(
+                    reason::TIMEOUT,
+                    "postgres transaction timed out",
+                ))
             }
-            Ok(Err(PgError::Io(e))) => Err(OpError::retryable(reason::UNAVAILABLE, format!("postgres: {e}"))),
-            Err(_) => Err(OpError::retryable(
-                reason::TIMEOUT,
-                "postgres transaction timed out",
-            )),
         }
     }
 
-    fn pool(&self, region: usize) -> Result<&Pool<Connection>, OpError> {
+    fn pool(&self, region: usize) -> Result<&Pool, OpError> {
         self.pools
             .get(region)
             .ok_or_else(|| OpError::fatal(reason::SERVER_ERROR, format!("no region {region}")))
@@ -289,22 +336,13 @@ impl PostgresTarget {
 
     /// Adds every catalog SKU's stock.
     pub async fn stock(&self, catalog: &Catalog) -> Result<(), TargetError> {
-        let mut conn = Connection::connect(&self.addr, DATABASE, DATABASE)
-            .await
-            .map_err(|e| TargetError::Setup(format!("connecting to postgres: {e}")))?;
+        let client = connect(&self.config).await?;
+        let insert = bounded("preparing the stock insert", client.prepare(INSERT_STOCK)).await?;
         for chunk in catalog.skus.chunks(STOCK_INSERT_BATCH) {
-            let values: Vec<String> = chunk
-                .iter()
-                .map(|s| format!("({}, {n}, {n}, 0, 0)", literal(&s.sku), n = s.stock))
-                .collect();
-            conn.simple(&format!(
-                "INSERT INTO stock (sku, stocked, available, held, sold) VALUES {}",
-                values.join(", ")
-            ))
-            .await
-            .map_err(|e| TargetError::Setup(format!("stocking: {e}")))?;
+            let skus: Vec<&str> = chunk.iter().map(|s| s.sku.as_str()).collect();
+            let stock: Vec<i64> = chunk.iter().map(|s| units(s.stock)).collect();
+            bounded("stocking", client.execute(&insert, &[&skus, &stock])).await?;
         }
-        conn.close().await;
         Ok(())
     }
 
@@ -319,97 +357,81 @@ impl PostgresTarget {
     ) -> Result<String, OpError> {
         let mut sorted = lines.to_vec();
         sorted.sort();
-        let id = literal(request_id);
-        let insert = format!(
-            "BEGIN; INSERT INTO holds (id, lines, expires_at_ms) VALUES ({id}, {}, {}) ON CONFLICT (id) DO NOTHING",
-            literal(&encode_lines(&sorted)),
-            now_ms() + ttl_ms
-        );
-        self.run(self.pool(region)?, async |c: &mut Connection| {
-            if c.simple(&insert).await?.affected() == 0 {
+        let encoded = encode_lines(&sorted);
+        let expires_at_ms = now_ms().saturating_add(units(ttl_ms));
+        self.run(self.pool(region)?, async |c: &mut ClientWrapper| {
+            let tx = c.transaction().await?;
+            let insert = tx.prepare_cached(INSERT_HOLD).await?;
+            if tx
+                .execute(&insert, &[&request_id, &encoded, &expires_at_ms])
+                .await?
+                == 0
+            {
                 // A retry of a reserve that already took its units.
-                c.simple("ROLLBACK").await?;
+                tx.rollback().await?;
                 return Ok(Ok(request_id.to_string()));
             }
+            let take = tx.prepare_cached(TAKE_STOCK).await?;
             for (i, (sku, q)) in sorted.iter().enumerate() {
-                let update = format!(
-                    "UPDATE stock SET available = available - {q}, held = held + {q} \
-                     WHERE sku = {} AND available >= {q}",
-                    literal(sku)
-                );
-                if c.simple(&update).await?.affected() == 0 {
-                    c.simple("ROLLBACK").await?;
+                if tx.execute(&take, &[sku, &units(*q)]).await? == 0 {
+                    tx.rollback().await?;
                     return Ok(Err(OpError::fatal(
                         reason::INSUFFICIENT_STOCK,
                         format!("line {} ({sku}) short", i + 1),
                     )));
                 }
             }
-            c.simple("COMMIT").await?;
+            tx.commit().await?;
             Ok(Ok(request_id.to_string()))
         })
         .await
     }
 
-    /// Takes a hold out of `holds` (only if unexpired when `live_only`),
-    /// returning its lines, or `None`. Leaves the transaction open on success.
+    /// Takes a hold out of `holds` (only if unexpired when `live_only`) in
+    /// transaction `tx`, returning its lines, or `None`.
     async fn take_hold(
-        c: &mut Connection,
+        tx: &deadpool_postgres::Transaction<'_>,
         id: &str,
         live_only: bool,
-    ) -> Result<Option<Vec<(String, u64)>>, PgError> {
-        let cond = if live_only {
-            format!(" AND expires_at_ms > {}", now_ms())
+    ) -> Result<Option<Vec<(String, u64)>>, tokio_postgres::Error> {
+        let row = if live_only {
+            let take = tx.prepare_cached(TAKE_LIVE_HOLD).await?;
+            tx.query_opt(&take, &[&id, &now_ms()]).await?
         } else {
-            String::new()
+            let take = tx.prepare_cached(TAKE_ANY_HOLD).await?;
+            tx.query_opt(&take, &[&id]).await?
         };
-        let r: QueryResult = c
-            .simple(&format!(
-                "BEGIN; DELETE FROM holds WHERE id = {}{cond} RETURNING lines",
-                literal(id)
-            ))
-            .await?;
-        match r.rows.first().and_then(|row| row.first().cloned().flatten()) {
-            Some(lines) => Ok(Some(decode_lines(&lines))),
-            None => {
-                c.simple("ROLLBACK").await?;
-                Ok(None)
-            }
+        match row {
+            Some(row) => Ok(Some(decode_lines(row.try_get::<_, &str>(0)?))),
+            None => Ok(None),
         }
     }
 
     /// Confirm a hold (idempotent: a confirmed id answers OK again).
     pub async fn confirm(&self, region: usize, id: &str) -> Result<(), OpError> {
-        self.run(self.pool(region)?, async |c: &mut Connection| {
-            let Some(lines) = Self::take_hold(c, id, true).await? else {
-                let confirmed = c
-                    .simple(&format!("SELECT 1 FROM confirmed WHERE id = {}", literal(id)))
-                    .await?;
-                if !confirmed.rows.is_empty() {
+        self.run(self.pool(region)?, async |c: &mut ClientWrapper| {
+            let tx = c.transaction().await?;
+            let Some(lines) = Self::take_hold(&tx, id, true).await? else {
+                tx.rollback().await?;
+                let is_confirmed = c.prepare_cached(IS_CONFIRMED).await?;
+                if c.query_opt(&is_confirmed, &[&id]).await?.is_some() {
                     return Ok(Ok(()));
                 }
-                let held = c
-                    .simple(&format!("SELECT 1 FROM holds WHERE id = {}", literal(id)))
-                    .await?;
-                let reason = if held.rows.is_empty() {
+                let is_held = c.prepare_cached(IS_HELD).await?;
+                let reason = if c.query_opt(&is_held, &[&id]).await?.is_none() {
                     reason::RESERVATION_NOT_FOUND
                 } else {
                     reason::RESERVATION_EXPIRED
                 };
                 return Ok(Err(OpError::fatal(reason, id)));
             };
-            let mut sql: Vec<String> = lines
-                .iter()
-                .map(|(sku, q)| {
-                    format!(
-                        "UPDATE stock SET held = held - {q}, sold = sold + {q} WHERE sku = {}",
-                        literal(sku)
-                    )
-                })
-                .collect();
-            sql.push(format!("INSERT INTO confirmed (id) VALUES ({})", literal(id)));
-            sql.push("COMMIT".into());
-            c.simple(&sql.join("; ")).await?;
+            let sell = tx.prepare_cached(SELL).await?;
+            for (sku, q) in &lines {
+                tx.execute(&sell, &[sku, &units(*q)]).await?;
+            }
+            let mark = tx.prepare_cached(MARK_CONFIRMED).await?;
+            tx.execute(&mark, &[&id]).await?;
+            tx.commit().await?;
             Ok(Ok(()))
         })
         .await
@@ -417,21 +439,17 @@ impl PostgresTarget {
 
     /// Release a hold (idempotent: a gone hold answers OK).
     pub async fn release(&self, region: usize, id: &str) -> Result<(), OpError> {
-        self.run(self.pool(region)?, async |c: &mut Connection| {
-            let Some(lines) = Self::take_hold(c, id, false).await? else {
+        self.run(self.pool(region)?, async |c: &mut ClientWrapper| {
+            let tx = c.transaction().await?;
+            let Some(lines) = Self::take_hold(&tx, id, false).await? else {
+                tx.rollback().await?;
                 return Ok(Ok(()));
             };
-            let mut sql: Vec<String> = lines
-                .iter()
-                .map(|(sku, q)| {
-                    format!(
-                        "UPDATE stock SET held = held - {q}, available = available + {q} WHERE sku = {}",
-                        literal(sku)
-                    )
-                })
-                .collect();
-            sql.push("COMMIT".into());
-            c.simple(&sql.join("; ")).await?;
+            let give_back = tx.prepare_cached(RETURN_STOCK).await?;
+            for (sku, q) in &lines {
+                tx.execute(&give_back, &[sku, &units(*q)]).await?;
+            }
+            tx.commit().await?;
             Ok(Ok(()))
         })
         .await
@@ -439,36 +457,27 @@ impl PostgresTarget {
 
     /// Returns up to [`SWEEP_BATCH_MAX`] expired holds' units; how many holds.
     async fn sweep(&self) -> Result<u64, OpError> {
-        self.run(&self.maintenance, async |c: &mut Connection| {
-            let r = c
-                .simple(&format!(
-                    "BEGIN; DELETE FROM holds WHERE id IN (SELECT id FROM holds WHERE expires_at_ms <= {} \
-                     ORDER BY expires_at_ms LIMIT {SWEEP_BATCH_MAX}) RETURNING lines",
-                    now_ms()
-                ))
-                .await?;
-            if r.rows.is_empty() {
-                c.simple("ROLLBACK").await?;
+        self.run(&self.maintenance, async |c: &mut ClientWrapper| {
+            let tx = c.transaction().await?;
+            let take = tx.prepare_cached(TAKE_EXPIRED_HOLDS).await?;
+            let rows = tx.query(&take, &[&now_ms(), &units(SWEEP_BATCH_MAX)]).await?;
+            if rows.is_empty() {
+                tx.rollback().await?;
                 return Ok(Ok(0));
             }
             let mut by_sku: BTreeMap<String, u64> = BTreeMap::new();
-            for row in &r.rows {
-                for (sku, q) in decode_lines(row.first().cloned().flatten().as_deref().unwrap_or("")) {
+            for row in &rows {
+                for (sku, q) in decode_lines(row.try_get::<_, &str>(0)?) {
                     *by_sku.entry(sku).or_insert(0) += q;
                 }
             }
-            let mut sql: Vec<String> = by_sku
-                .iter()
-                .map(|(sku, q)| {
-                    format!(
-                        "UPDATE stock SET held = held - {q}, available = available + {q} WHERE sku = {}",
-                        literal(sku)
-                    )
-                })
-                .collect();
-            sql.push("COMMIT".into());
-            c.simple(&sql.join("; ")).await?;
-            Ok(Ok(r.rows.len() as u64))
+            // In SKU order, as every transaction locks stock rows.
+            let give_back = tx.prepare_cached(RETURN_STOCK).await?;
+            for (sku, q) in &by_sku {
+                tx.execute(&give_back, &[sku, &units(*q)]).await?;
+            }
+            tx.commit().await?;
+            Ok(Ok(rows.len() as u64))
         })
         .await
     }
@@ -482,44 +491,45 @@ impl PostgresTarget {
         wait_for_holds: bool,
     ) -> Result<ServerView, TargetError> {
         let started = tokio::time::Instant::now();
-        let mut conn = Connection::connect(&self.addr, DATABASE, DATABASE)
-            .await
-            .map_err(|e| TargetError::Setup(format!("connecting to postgres: {e}")))?;
-        let count = async |c: &mut Connection| -> Result<u64, TargetError> {
-            let r = c
-                .simple("SELECT count(*) FROM holds")
-                .await
+        let client = connect(&self.config).await?;
+        let count = async |c: &Client| -> Result<u64, TargetError> {
+            let row = bounded("counting holds", c.query_one("SELECT count(*) FROM holds", &[])).await?;
+            let n: i64 = row
+                .try_get(0)
                 .map_err(|e| TargetError::Setup(format!("counting holds: {e}")))?;
-            Ok(r.rows
-                .first()
-                .and_then(|row| row.first().cloned().flatten())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0))
+            Ok(from_units(n))
         };
-        let mut live = count(&mut conn).await?;
+        let mut live = count(&client).await?;
         while wait_for_holds && live > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(SWEEP_INTERVAL).await;
             let _ = self.sweep().await;
-            live = count(&mut conn).await?;
+            live = count(&client).await?;
         }
-        let rows = conn
-            .simple("SELECT sku, stocked, available, held, sold FROM stock ORDER BY sku")
-            .await
-            .map_err(|e| TargetError::Setup(format!("reading stock: {e}")))?
-            .rows;
-        conn.close().await;
+        let rows = bounded(
+            "reading stock",
+            client.query(
+                "SELECT sku, stocked, available, held, sold FROM stock ORDER BY sku",
+                &[],
+            ),
+        )
+        .await?;
+        drop(client);
         let mut by_sku = BTreeMap::new();
         for row in rows {
-            let text = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
-            let num = |i: usize| text(i).parse::<u64>().unwrap_or(0);
+            let read = || -> Result<(String, [u64; 4]), tokio_postgres::Error> {
+                let num = |i: usize| row.try_get::<_, i64>(i).map(from_units);
+                Ok((row.try_get(0)?, [num(1)?, num(2)?, num(3)?, num(4)?]))
+            };
+            let (sku, [stocked, available, held, sold]) =
+                read().map_err(|e| TargetError::Setup(format!("reading stock: {e}")))?;
             by_sku.insert(
-                text(0),
+                sku,
                 ServerSku {
-                    stocked: num(1),
-                    available: num(2),
-                    held: num(3),
-                    sold: num(4),
-                    settled: num(4),
+                    stocked,
+                    available,
+                    held,
+                    sold,
+                    settled: sold,
                     stranded: 0,
                 },
             );
@@ -562,11 +572,64 @@ impl PostgresTarget {
             let _ = handle.await;
         }
         for p in self.pools.iter().chain([&self.maintenance]) {
-            p.clear();
+            p.close();
         }
         if let Some(mut server) = self.server.lock().await.take() {
             server.stop(libc::SIGINT).await;
         }
+    }
+}
+
+/// A connection of its own (setup, reading the books), its connection task
+/// spawned; it closes when the client is dropped.
+async fn connect(config: &Config) -> Result<Client, TargetError> {
+    let (client, connection) = bounded("connecting to postgres", config.connect(NoTls)).await?;
+    tokio::spawn(async move {
+        // Its error, if any, shows in the next query on the client.
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// `what` within [`OP_TIMEOUT`].
+async fn bounded<T>(
+    what: &str,
+    call: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, TargetError> {
+    match tokio::time::timeout(OP_TIMEOUT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(TargetError::Setup(format!("{what}: {e}"))),
+        Err(_) => Err(TargetError::Setup(format!(
+            "{what}: no answer within {OP_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// A pool of `size` connections.
+fn pool(config: &Config, size: usize) -> Result<Pool, TargetError> {
+    let manager = Manager::from_config(
+        config.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size.clamp(1, POOL_SIZE_MAX))
+        .create_timeout(Some(OP_TIMEOUT))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| TargetError::Setup(format!("postgres connection pool: {e}")))
+}
+
+/// Why no connection could be had.
+fn pool_error(e: PoolError) -> OpError {
+    match e {
+        PoolError::Timeout(_) => OpError::retryable(reason::TIMEOUT, "connecting to postgres timed out"),
+        PoolError::Backend(e) => {
+            OpError::retryable(reason::UNAVAILABLE, format!("connecting to postgres: {e}"))
+        }
+        other => OpError::retryable(reason::UNAVAILABLE, format!("postgres connection pool: {other}")),
     }
 }
 

@@ -18,19 +18,29 @@
 //! hold instead of taking the units twice. Durable mode is
 //! `--appendonly yes --appendfsync always`: Redis fsyncs the AOF before it
 //! answers the clients of an event-loop turn (group commit across clients).
+//!
+//! The client is the `redis` crate (tokio, RESP2): each region has a
+//! bounded pool (deadpool) of up to `--connections` multiplexed
+//! connections, each lent to one operation at a time, so every operation
+//! in flight has a connection of its own, as a pool of plain connections
+//! would give; the sweeper has one more. Scripts go by `EVALSHA`
+//! ([`::redis::Script`], loaded at start). Every call is bounded by
+//! [`OP_TIMEOUT`], and every read by the client's response timeout.
 
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::redis::aio::MultiplexedConnection;
+use ::redis::io::tcp::TcpSettings;
+use ::redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError, Script, Value};
+use deadpool::managed::{self, Metrics, Object, PoolError, RecycleResult};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::pool::Pool;
-use super::resp::{Connection, Reply};
 use super::server::{ServerProcess, find_in_path, free_port};
-use super::{OpError, ServerSku, ServerView, TargetError, reason};
+use super::{OpError, POOL_SIZE_MAX, ServerSku, ServerView, TargetError, reason};
 use crate::workload::Catalog;
 
 /// Time a hold key outlives its hold, so the sweeper can read it.
@@ -41,12 +51,15 @@ pub const CONFIRM_MARKER_TTL_MS: u64 = 600_000;
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 /// Most holds one sweep returns.
 pub const SWEEP_BATCH_MAX: u64 = 1_000;
-/// Longest one command may take before the connection is given up.
+/// Longest one operation may take before its connection is given up; also
+/// the client's connect and response timeouts, so every read is bounded.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the server has to answer PING after it starts.
 pub const START_DEADLINE: Duration = Duration::from_secs(20);
 /// How often a starting server is pinged.
 pub const START_POLL: Duration = Duration::from_millis(50);
+/// Error codes after which the same call may simply be sent again.
+const RETRY_CODES: [&str; 4] = ["BUSY", "LOADING", "TRYAGAIN", "MASTERDOWN"];
 
 const RESERVE_LUA: &str = r#"
 local t = redis.call('TIME')
@@ -137,18 +150,54 @@ pub enum Persistence {
     None,
 }
 
-struct Script {
-    text: &'static str,
-    sha: String,
+/// The four scripts, sent by `EVALSHA` ([`Script`] loads one again if the
+/// server answers `NOSCRIPT`).
+struct Scripts {
+    reserve: Script,
+    confirm: Script,
+    release: Script,
+    sweep: Script,
 }
+
+/// Makes the connections of a pool: one multiplexed connection each, which
+/// the pool lends to one operation at a time, so each in-flight operation
+/// has a connection of its own. Recycling checks nothing (deadpool-redis
+/// would send a `PING` on every checkout, one more round trip per
+/// operation): a connection that failed or timed out is taken out of its
+/// pool by the caller instead.
+struct Connector {
+    client: Client,
+    config: AsyncConnectionConfig,
+}
+
+impl managed::Manager for Connector {
+    type Type = MultiplexedConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
+        self.client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+    }
+
+    async fn recycle(&self, _conn: &mut MultiplexedConnection, _: &Metrics) -> RecycleResult<RedisError> {
+        Ok(())
+    }
+}
+
+/// A bounded pool of connections (at most [`POOL_SIZE_MAX`]), made on
+/// demand.
+type Pool = managed::Pool<Connector>;
 
 /// The adapter.
 pub struct RedisTarget {
     addr: String,
-    pools: Vec<Pool<Connection>>,
-    /// The sweeper's own connections, so it never waits behind the load.
-    maintenance: Pool<Connection>,
-    scripts: BTreeMap<&'static str, Script>,
+    client: Client,
+    config: AsyncConnectionConfig,
+    pools: Vec<Pool>,
+    /// The sweeper's own connection, so it never waits behind the load.
+    maintenance: Pool,
+    scripts: Scripts,
     server: tokio::sync::Mutex<Option<ServerProcess>>,
     /// Holds whose lines were gone when the sweeper came (should stay 0).
     lost_holds: Arc<std::sync::atomic::AtomicU64>,
@@ -161,6 +210,35 @@ fn sku_key(sku: &str) -> String {
 
 fn hold_key(id: &str) -> String {
     format!("h:{id}")
+}
+
+fn as_int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(i) => Some(*i),
+        _ => None,
+    }
+}
+
+/// A pool of `size` connections.
+fn pool(client: &Client, config: &AsyncConnectionConfig, size: usize) -> Result<Pool, TargetError> {
+    Pool::builder(Connector {
+        client: client.clone(),
+        config: config.clone(),
+    })
+    .max_size(size.clamp(1, POOL_SIZE_MAX))
+    .create_timeout(Some(OP_TIMEOUT))
+    .runtime(deadpool::Runtime::Tokio1)
+    .build()
+    .map_err(|e| TargetError::Setup(format!("redis connection pool: {e}")))
+}
+
+/// Why no connection could be had.
+fn pool_error(e: PoolError<RedisError>) -> OpError {
+    match e {
+        PoolError::Timeout(_) => OpError::retryable(reason::TIMEOUT, "connecting to redis timed out"),
+        PoolError::Backend(e) => OpError::retryable(reason::UNAVAILABLE, format!("connecting to redis: {e}")),
+        other => OpError::retryable(reason::UNAVAILABLE, format!("redis connection pool: {other}")),
+    }
 }
 
 impl RedisTarget {
@@ -203,6 +281,17 @@ impl RedisTarget {
         let mut server = ServerProcess::spawn(cmd, "redis-server", log, Some(dir))
             .map_err(|e| TargetError::Setup(format!("starting {}: {e}", exe.display())))?;
         let addr = format!("127.0.0.1:{port}");
+        // TCP_NODELAY, as any latency-minded client sets it: a reply must
+        // not wait for the previous segment's acknowledgement.
+        let info = format!("redis://{addr}/")
+            .into_connection_info()
+            .map_err(|e| TargetError::Setup(format!("redis address {addr}: {e}")))?
+            .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client =
+            Client::open(info).map_err(|e| TargetError::Setup(format!("redis client for {addr}: {e}")))?;
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(OP_TIMEOUT))
+            .set_response_timeout(Some(OP_TIMEOUT));
         let deadline = tokio::time::Instant::now() + START_DEADLINE;
         let mut conn = loop {
             if !server.running() {
@@ -211,9 +300,9 @@ impl RedisTarget {
                     server.log_tail()
                 )));
             }
-            if let Ok(mut c) = Connection::connect(&addr).await
-                && let Ok(Reply::Simple(s)) = c.call(&[b"PING"]).await
-                && s == "PONG"
+            if let Ok(mut c) = client.get_multiplexed_async_connection_with_config(&config).await
+                && let Ok(pong) = ::redis::cmd("PING").query_async::<String>(&mut c).await
+                && pong == "PONG"
             {
                 break c;
             }
@@ -225,31 +314,34 @@ impl RedisTarget {
             }
             tokio::time::sleep(START_POLL).await;
         };
-        let mut scripts = BTreeMap::new();
-        for (name, text) in [
-            ("reserve", RESERVE_LUA),
-            ("confirm", CONFIRM_LUA),
-            ("release", RELEASE_LUA),
-            ("sweep", SWEEP_LUA),
+        let scripts = Scripts {
+            reserve: Script::new(RESERVE_LUA),
+            confirm: Script::new(CONFIRM_LUA),
+            release: Script::new(RELEASE_LUA),
+            sweep: Script::new(SWEEP_LUA),
+        };
+        for (name, script) in [
+            ("reserve", &scripts.reserve),
+            ("confirm", &scripts.confirm),
+            ("release", &scripts.release),
+            ("sweep", &scripts.sweep),
         ] {
-            let reply = conn
-                .call(&[b"SCRIPT", b"LOAD", text.as_bytes()])
+            script
+                .prepare_invoke()
+                .load_async(&mut conn)
                 .await
                 .map_err(|e| TargetError::Setup(format!("loading the {name} script: {e}")))?;
-            let sha = match reply {
-                Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b).to_string(),
-                other => {
-                    return Err(TargetError::Setup(format!(
-                        "loading the {name} script: {other:?}"
-                    )));
-                }
-            };
-            scripts.insert(name, Script { text, sha });
         }
+        let pool_size = pool_size.clamp(1, POOL_SIZE_MAX);
+        let pools = (0..regions)
+            .map(|_| pool(&client, &config, pool_size))
+            .collect::<Result<Vec<_>, _>>()?;
         let target = Arc::new(RedisTarget {
             addr,
-            pools: (0..regions).map(|_| Pool::new(pool_size)).collect(),
-            maintenance: Pool::new(1),
+            maintenance: pool(&client, &config, 1)?,
+            client,
+            config,
+            pools,
             scripts,
             server: tokio::sync::Mutex::new(Some(server)),
             lost_holds: Arc::default(),
@@ -274,91 +366,80 @@ impl RedisTarget {
     }
 
     /// The connection pool of `region`.
-    fn pool(&self, region: usize) -> Result<&Pool<Connection>, OpError> {
+    fn pool(&self, region: usize) -> Result<&Pool, OpError> {
         self.pools
             .get(region)
             .ok_or_else(|| OpError::fatal(reason::SERVER_ERROR, format!("no region {region}")))
     }
 
-    /// Runs one script on a connection of `pool`.
+    /// A connection of its own, for setup and reading the books.
+    async fn connection(&self) -> Result<MultiplexedConnection, TargetError> {
+        self.client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await
+            .map_err(|e| TargetError::Setup(format!("connecting to redis: {e}")))
+    }
+
+    /// Runs one script on a connection of `pool`, with the operation
+    /// timeout. A connection that broke or timed out leaves the pool; one
+    /// that only carried the server's refusal goes back to it.
     async fn eval(
         &self,
-        pool: &Pool<Connection>,
-        name: &str,
+        pool: &Pool,
+        script: &Script,
         keys: &[String],
         args: &[String],
-    ) -> Result<Reply, OpError> {
-        let script = self
-            .scripts
-            .get(name)
-            .ok_or_else(|| OpError::fatal(reason::SERVER_ERROR, format!("no script {name}")))?;
-        let _slot = pool.slot().await;
-        let mut conn = match pool.take() {
-            Some(c) => c,
-            None => tokio::time::timeout(OP_TIMEOUT, Connection::connect(&self.addr))
-                .await
-                .map_err(|_| OpError::retryable(reason::TIMEOUT, "connecting to redis timed out"))?
-                .map_err(|e| OpError::retryable(reason::UNAVAILABLE, format!("connecting to redis: {e}")))?,
-        };
-        let numkeys = keys.len().to_string();
-        let mut argv: Vec<&[u8]> = vec![b"EVALSHA", script.sha.as_bytes(), numkeys.as_bytes()];
-        argv.extend(keys.iter().map(|k| k.as_bytes()));
-        argv.extend(args.iter().map(|a| a.as_bytes()));
-        let mut reply = tokio::time::timeout(OP_TIMEOUT, conn.call(&argv)).await;
-        if let Ok(Ok(Reply::Error(e))) = &reply
-            && e.starts_with("NOSCRIPT")
-        {
-            argv[0] = b"EVAL";
-            argv[1] = script.text.as_bytes();
-            reply = tokio::time::timeout(OP_TIMEOUT, conn.call(&argv)).await;
+    ) -> Result<Value, OpError> {
+        let mut conn = pool.get().await.map_err(pool_error)?;
+        let mut call = script.prepare_invoke();
+        for k in keys {
+            call.key(k);
         }
+        for a in args {
+            call.arg(a);
+        }
+        let reply = tokio::time::timeout(OP_TIMEOUT, call.invoke_async::<Value>(&mut *conn)).await;
         match reply {
-            Ok(Ok(Reply::Error(e))) => {
-                pool.put(conn);
-                let retry = ["BUSY", "LOADING", "TRYAGAIN", "MASTERDOWN"]
-                    .iter()
-                    .any(|p| e.starts_with(p));
-                if retry {
-                    Err(OpError::retryable(reason::UNAVAILABLE, e))
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) if e.is_timeout() => {
+                drop(Object::take(conn));
+                Err(OpError::retryable(reason::TIMEOUT, format!("redis: {e}")))
+            }
+            Ok(Err(e)) if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() => {
+                drop(Object::take(conn));
+                Err(OpError::retryable(reason::UNAVAILABLE, format!("redis: {e}")))
+            }
+            Ok(Err(e)) => {
+                if e.code().is_some_and(|c| RETRY_CODES.contains(&c)) {
+                    Err(OpError::retryable(reason::UNAVAILABLE, e.to_string()))
                 } else {
-                    Err(OpError::fatal(reason::SERVER_ERROR, e))
+                    Err(OpError::fatal(reason::SERVER_ERROR, e.to_string()))
                 }
             }
-            Ok(Ok(r)) => {
-                pool.put(conn);
-                Ok(r)
+            Err(_) => {
+                drop(Object::take(conn));
+                Err(OpError::retryable(reason::TIMEOUT, "redis call timed out"))
             }
-            Ok(Err(e)) => Err(OpError::retryable(reason::UNAVAILABLE, format!("redis: {e}"))),
-            Err(_) => Err(OpError::retryable(reason::TIMEOUT, "redis call timed out")),
         }
     }
 
     /// Adds every catalog SKU's stock.
     pub async fn stock(&self, catalog: &Catalog) -> Result<(), TargetError> {
-        let mut conn = Connection::connect(&self.addr)
-            .await
-            .map_err(|e| TargetError::Setup(format!("connecting to redis: {e}")))?;
+        let mut conn = self.connection().await?;
         for s in &catalog.skus {
-            let stock = s.stock.to_string();
-            let key = sku_key(&s.sku);
-            let reply = conn
-                .call(&[
-                    b"HSET",
-                    key.as_bytes(),
-                    b"stocked",
-                    stock.as_bytes(),
-                    b"available",
-                    stock.as_bytes(),
-                    b"held",
-                    b"0",
-                    b"sold",
-                    b"0",
-                ])
+            ::redis::cmd("HSET")
+                .arg(sku_key(&s.sku))
+                .arg("stocked")
+                .arg(s.stock)
+                .arg("available")
+                .arg(s.stock)
+                .arg("held")
+                .arg(0)
+                .arg("sold")
+                .arg(0)
+                .query_async::<Value>(&mut conn)
                 .await
                 .map_err(|e| TargetError::Setup(format!("stocking {}: {e}", s.sku)))?;
-            if let Reply::Error(e) = reply {
-                return Err(TargetError::Setup(format!("stocking {}: {e}", s.sku)));
-            }
         }
         Ok(())
     }
@@ -376,9 +457,9 @@ impl RedisTarget {
         let mut args = vec![ttl_ms.to_string(), HOLD_KEY_GRACE_MS.to_string()];
         args.extend(lines.iter().map(|(_, q)| q.to_string()));
         match self
-            .eval(self.pool(region)?, "reserve", &keys, &args)
-            .await?
-            .as_int()
+            .eval(self.pool(region)?, &self.scripts.reserve, &keys, &args)
+            .await
+            .map(|v| as_int(&v))?
         {
             Some(1 | 2) => Ok(request_id.to_string()),
             Some(i) if i < 0 => Err(OpError::fatal(
@@ -397,9 +478,9 @@ impl RedisTarget {
         let keys = [HOLDS_KEY.to_string(), hold_key(id), format!("c:{id}")];
         let args = [CONFIRM_MARKER_TTL_MS.to_string()];
         match self
-            .eval(self.pool(region)?, "confirm", &keys, &args)
-            .await?
-            .as_int()
+            .eval(self.pool(region)?, &self.scripts.confirm, &keys, &args)
+            .await
+            .map(|v| as_int(&v))?
         {
             Some(1 | 2) => Ok(()),
             Some(0) => Err(OpError::fatal(reason::RESERVATION_NOT_FOUND, id)),
@@ -415,9 +496,9 @@ impl RedisTarget {
     pub async fn release(&self, region: usize, id: &str) -> Result<(), OpError> {
         let keys = [HOLDS_KEY.to_string(), hold_key(id)];
         match self
-            .eval(self.pool(region)?, "release", &keys, &[])
-            .await?
-            .as_int()
+            .eval(self.pool(region)?, &self.scripts.release, &keys, &[])
+            .await
+            .map(|v| as_int(&v))?
         {
             Some(0 | 1) => Ok(()),
             other => Err(OpError::fatal(
@@ -432,17 +513,17 @@ impl RedisTarget {
         let reply = self
             .eval(
                 &self.maintenance,
-                "sweep",
+                &self.scripts.sweep,
                 &[HOLDS_KEY.to_string()],
                 &[SWEEP_BATCH_MAX.to_string()],
             )
             .await?;
         match reply {
-            Reply::Array(Some(v)) if v.len() == 2 => {
-                let lost = v[1].as_int().unwrap_or(0).max(0) as u64;
+            Value::Array(v) if v.len() == 2 => {
+                let lost = as_int(&v[1]).unwrap_or(0).max(0) as u64;
                 self.lost_holds
                     .fetch_add(lost, std::sync::atomic::Ordering::Relaxed);
-                Ok(v[0].as_int().unwrap_or(0).max(0) as u64)
+                Ok(as_int(&v[0]).unwrap_or(0).max(0) as u64)
             }
             other => Err(OpError::fatal(
                 reason::SERVER_ERROR,
@@ -452,12 +533,14 @@ impl RedisTarget {
     }
 
     /// Live holds in the expiry index.
-    async fn live_holds(&self) -> Result<u64, String> {
-        let mut conn = Connection::connect(&self.addr).await.map_err(|e| e.to_string())?;
-        match conn.call(&[b"ZCARD", HOLDS_KEY.as_bytes()]).await {
-            Ok(Reply::Int(n)) => Ok(n.max(0) as u64),
-            other => Err(format!("ZCARD answered {other:?}")),
-        }
+    async fn live_holds(&self) -> Result<u64, TargetError> {
+        let mut conn = self.connection().await?;
+        ::redis::cmd("ZCARD")
+            .arg(HOLDS_KEY)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map(|n| n.max(0) as u64)
+            .map_err(|e| TargetError::Setup(format!("ZCARD {HOLDS_KEY}: {e}")))
     }
 
     /// Waits (until `deadline`) for every hold to be confirmed, released or
@@ -469,15 +552,13 @@ impl RedisTarget {
         wait_for_holds: bool,
     ) -> Result<ServerView, TargetError> {
         let started = tokio::time::Instant::now();
-        let mut live = self.live_holds().await.map_err(TargetError::Setup)?;
+        let mut live = self.live_holds().await?;
         while wait_for_holds && live > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(SWEEP_INTERVAL).await;
             let _ = self.sweep().await;
-            live = self.live_holds().await.map_err(TargetError::Setup)?;
+            live = self.live_holds().await?;
         }
-        let mut conn = Connection::connect(&self.addr)
-            .await
-            .map_err(|e| TargetError::Setup(format!("connecting to redis: {e}")))?;
+        let mut conn = self.connection().await?;
         let mut skus = BTreeMap::new();
         // Without waiting, live holds are expected; the books must still add up.
         let holds_done = live == 0 || !wait_for_holds;
@@ -489,27 +570,13 @@ impl RedisTarget {
             notes.push(format!("{live} holds still live (not waited for)"));
         }
         for s in &catalog.skus {
-            let key = sku_key(&s.sku);
-            let reply = conn
-                .call(&[
-                    b"HMGET",
-                    key.as_bytes(),
-                    b"stocked",
-                    b"available",
-                    b"held",
-                    b"sold",
-                ])
+            let fields: Vec<Option<u64>> = ::redis::cmd("HMGET")
+                .arg(sku_key(&s.sku))
+                .arg(&["stocked", "available", "held", "sold"])
+                .query_async(&mut conn)
                 .await
                 .map_err(|e| TargetError::Setup(format!("reading {}: {e}", s.sku)))?;
-            let field = |i: usize| -> u64 {
-                match &reply {
-                    Reply::Array(Some(v)) => match v.get(i) {
-                        Some(Reply::Bulk(Some(b))) => String::from_utf8_lossy(b).parse().unwrap_or(0),
-                        _ => 0,
-                    },
-                    _ => 0,
-                }
-            };
+            let field = |i: usize| -> u64 { fields.get(i).copied().flatten().unwrap_or(0) };
             let view = ServerSku {
                 stocked: field(0),
                 available: field(1),
@@ -551,7 +618,7 @@ impl RedisTarget {
             let _ = handle.await;
         }
         for p in self.pools.iter().chain([&self.maintenance]) {
-            p.clear();
+            p.close();
         }
         if let Some(mut server) = self.server.lock().await.take() {
             server.stop(libc::SIGTERM).await;

@@ -159,12 +159,17 @@ async fn exchange_untimed(
     // The connection moves the bytes; it is polled here, not spawned, so
     // the timeout's cancellation drops the socket with the exchange. If it
     // ends first (the server closed after answering), what it delivered is
-    // still read; a connection that broke surfaces as the answer's error.
+    // still read; a connection that broke surfaces as its own error.
     let mut answer = std::pin::pin!(answer);
     tokio::select! {
         biased;
         result = &mut answer => result,
-        _ = connection => answer.await,
+        ended = connection => match (answer.await, ended) {
+            // The connection's own error says more (e.g. "invalid HTTP
+            // version") than the answer's "connection closed".
+            (Err(_), Err(source)) => Err(protocol(source)),
+            (result, _) => result,
+        },
     }
 }
 

@@ -69,11 +69,13 @@ pub(super) async fn recorded<T>(
     result.map(Response::new)
 }
 
-/// Records a call's count and latency by RPC and outcome (`ok` or the reason).
+/// Records a call's count and latency by RPC and outcome: `ok`, or the
+/// reason a client would read (`reservoir_client::reason_or_code`: the
+/// ErrorInfo reason, else the code's name, e.g. `FAILED_PRECONDITION`).
 fn record<T>(rpc: &'static str, started: Instant, result: &Result<T, Status>) {
     let outcome = match result {
         Ok(_) => "ok".to_string(),
-        Err(s) => reservoir_client::reason_of(s).unwrap_or_else(|| format!("{:?}", s.code()).to_uppercase()),
+        Err(s) => reservoir_client::reason_or_code(s),
     };
     metrics::counter!("reservoir_requests_total", "rpc" => rpc, "outcome" => outcome.clone()).increment(1);
     metrics::histogram!("reservoir_request_seconds", "rpc" => rpc, "outcome" => outcome)

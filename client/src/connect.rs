@@ -109,11 +109,6 @@ impl Rotation {
         (i, self.channels[i].clone())
     }
 
-    /// The current node's channel.
-    pub fn current(&self) -> Channel {
-        self.pick().1
-    }
-
     /// Makes node `i` current (the leader, once known).
     pub fn follow(&self, i: usize) {
         self.current.store(i % self.channels.len(), Ordering::Relaxed);
@@ -126,11 +121,6 @@ impl Rotation {
         let _ = self
             .current
             .compare_exchange(from, next, Ordering::Relaxed, Ordering::Relaxed);
-    }
-
-    /// Moves on to the next node.
-    pub fn advance(&self) {
-        self.skip(self.pick().0);
     }
 }
 
@@ -258,7 +248,7 @@ mod tests {
         nodes.skip(1);
         nodes.skip(1); // a second caller that failed on node 1 too
         assert_eq!(nodes.pick().0, 2);
-        nodes.advance();
+        nodes.skip(2);
         assert_eq!(nodes.pick().0, 0);
         nodes.follow(2);
         assert_eq!(nodes.pick().0, 2);

@@ -65,18 +65,6 @@ pub enum HttpError {
     NotUtf8(#[from] std::string::FromUtf8Error),
 }
 
-impl HttpError {
-    /// True when the same request may be answered if sent again: the server
-    /// was not reached, did not answer in time, or the connection broke.
-    /// A bad request or an answer refused for its body will not change.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            HttpError::Connect { .. } | HttpError::Timeout { .. } | HttpError::Protocol { .. }
-        )
-    }
-}
-
 /// `GET path` from `addr`: the status code and the body (at most
 /// [`RESPONSE_BYTES_MAX`] bytes), all within `timeout`.
 pub async fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), HttpError> {
@@ -299,7 +287,6 @@ mod tests {
         let (addr, _) = serve_once(answer("200 OK", &"x".repeat(17))).await;
         let e = get_bounded(addr, "/", TIMEOUT, 16).await.unwrap_err();
         assert!(matches!(e, HttpError::TooLarge { bytes_max: 16 }), "{e:?}");
-        assert!(!e.is_retryable());
 
         let chunked = format!(
             "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10\r\n{}\r\n10\r\n{}\r\n0\r\n\r\n",
@@ -332,11 +319,10 @@ mod tests {
         held.abort();
         assert!(matches!(e, HttpError::Timeout { .. }), "{e:?}");
         assert!(e.to_string().contains("no answer"), "{e}");
-        assert!(e.is_retryable());
         assert!(took >= timeout && took < timeout * 5, "took {took:?}");
     }
 
-    /// Nothing listening: a connect error, retryable; an answer that is not
+    /// Nothing listening: a connect error; an answer that is not
     /// HTTP: a protocol error.
     #[tokio::test]
     async fn refused_and_garbled() {
@@ -345,7 +331,6 @@ mod tests {
         drop(listener);
         let e = get(addr, "/", TIMEOUT).await.unwrap_err();
         assert!(matches!(e, HttpError::Connect { .. }), "{e:?}");
-        assert!(e.is_retryable());
 
         let (addr, _) = serve_once(b"SSH-2.0-OpenSSH\r\n\r\n".to_vec()).await;
         let e = get(addr, "/", TIMEOUT).await.unwrap_err();

@@ -562,8 +562,7 @@ impl Cluster {
             self.control_post(&control_api::restart_path(id), "").await;
             // `up` rewrites cluster.json with the new pid before it answers.
             let json = self.dir().join("cluster.json");
-            let text = std::fs::read_to_string(&json).unwrap_or_else(|e| panic!("{}: {e}", json.display()));
-            self.file = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", json.display()));
+            self.file = ClusterFile::load(&json).unwrap_or_else(|e| panic!("{e}"));
             let pid = self.node(id).pid();
             assert_ne!(pid, old_pid, "cluster.json kept node {id}'s old pid");
             pid
@@ -997,9 +996,7 @@ async fn wait_cluster_file(
     *up = Some(spawn_logged(command, &dir.join("up.log")).expect("up starts"));
     let give_up = Instant::now() + deadline;
     loop {
-        if let Ok(text) = std::fs::read_to_string(&path)
-            && let Ok(cluster) = serde_json::from_str::<ClusterFile>(&text)
-        {
+        if let Ok(cluster) = ClusterFile::load(&path) {
             for node in &cluster.nodes {
                 assert!(
                     alive(node.pid()),

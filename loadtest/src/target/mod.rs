@@ -115,6 +115,52 @@ pub struct ServerView {
     pub notes: Vec<String>,
 }
 
+impl ServerView {
+    /// A baseline's books (Redis, PostgreSQL): every catalog SKU's sheet from
+    /// `by_sku` (one the server never saw reads as zeros), each checked to add
+    /// up (stocked = available + held + sold); holds still `live` are noted
+    /// and, when they were waited for, fail the balance; each of `problems`
+    /// (what only the target can see) fails it too.
+    pub fn of_baseline(
+        catalog: &Catalog,
+        mut by_sku: BTreeMap<String, ServerSku>,
+        live: u64,
+        wait_for_holds: bool,
+        problems: Vec<String>,
+        waited_s: f64,
+    ) -> ServerView {
+        // Without waiting, live holds are expected; the books must still add up.
+        let holds_done = live == 0 || !wait_for_holds;
+        let mut balanced = holds_done && problems.is_empty();
+        let mut notes = Vec::new();
+        if live > 0 && wait_for_holds {
+            notes.push(format!("{live} holds still live at the deadline"));
+        } else if live > 0 {
+            notes.push(format!("{live} holds still live (not waited for)"));
+        }
+        let mut skus = BTreeMap::new();
+        for s in &catalog.skus {
+            let view = by_sku.remove(&s.sku).unwrap_or_default();
+            if view.stocked != view.available + view.held + view.sold {
+                balanced = false;
+                notes.push(format!(
+                    "{}: stocked {} != available {} + held {} + sold {}",
+                    s.sku, view.stocked, view.available, view.held, view.sold
+                ));
+            }
+            skus.insert(s.sku.clone(), view);
+        }
+        notes.extend(problems);
+        ServerView {
+            skus,
+            balanced,
+            settled_caught_up: holds_done,
+            waited_s,
+            notes,
+        }
+    }
+}
+
 /// Which target, from the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -534,34 +534,14 @@ impl PostgresTarget {
                 },
             );
         }
-        // Without waiting, live holds are expected; the books must still add up.
-        let holds_done = live == 0 || !wait_for_holds;
-        let mut balanced = holds_done;
-        let mut notes = Vec::new();
-        if live > 0 && wait_for_holds {
-            notes.push(format!("{live} holds still live at the deadline"));
-        } else if live > 0 {
-            notes.push(format!("{live} holds still live (not waited for)"));
-        }
-        let mut skus = BTreeMap::new();
-        for s in &catalog.skus {
-            let view = by_sku.remove(&s.sku).unwrap_or_default();
-            if view.stocked != view.available + view.held + view.sold {
-                balanced = false;
-                notes.push(format!(
-                    "{}: stocked {} != available {} + held {} + sold {}",
-                    s.sku, view.stocked, view.available, view.held, view.sold
-                ));
-            }
-            skus.insert(s.sku.clone(), view);
-        }
-        Ok(ServerView {
-            skus,
-            balanced,
-            settled_caught_up: holds_done,
-            waited_s: started.elapsed().as_secs_f64(),
-            notes,
-        })
+        Ok(ServerView::of_baseline(
+            catalog,
+            by_sku,
+            live,
+            wait_for_holds,
+            Vec::new(),
+            started.elapsed().as_secs_f64(),
+        ))
     }
 
     /// Stops the sweeper and the server (fast shutdown: SIGINT).

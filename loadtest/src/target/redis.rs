@@ -560,15 +560,6 @@ impl RedisTarget {
         }
         let mut conn = self.connection().await?;
         let mut skus = BTreeMap::new();
-        // Without waiting, live holds are expected; the books must still add up.
-        let holds_done = live == 0 || !wait_for_holds;
-        let mut balanced = holds_done;
-        let mut notes = Vec::new();
-        if live > 0 && wait_for_holds {
-            notes.push(format!("{live} holds still live at the deadline"));
-        } else if live > 0 {
-            notes.push(format!("{live} holds still live (not waited for)"));
-        }
         for s in &catalog.skus {
             let fields: Vec<Option<u64>> = ::redis::cmd("HMGET")
                 .arg(sku_key(&s.sku))
@@ -585,29 +576,21 @@ impl RedisTarget {
                 settled: field(3),
                 stranded: 0,
             };
-            if view.stocked != view.available + view.held + view.sold {
-                balanced = false;
-                notes.push(format!(
-                    "{}: stocked {} != available {} + held {} + sold {}",
-                    s.sku, view.stocked, view.available, view.held, view.sold
-                ));
-            }
             skus.insert(s.sku.clone(), view);
         }
         let lost = self.lost_holds.load(std::sync::atomic::Ordering::Relaxed);
-        if lost > 0 {
-            balanced = false;
-            notes.push(format!(
-                "{lost} expired holds had lost their lines before the sweep"
-            ));
-        }
-        Ok(ServerView {
+        let problems = (lost > 0)
+            .then(|| format!("{lost} expired holds had lost their lines before the sweep"))
+            .into_iter()
+            .collect();
+        Ok(ServerView::of_baseline(
+            catalog,
             skus,
-            balanced,
-            settled_caught_up: holds_done,
-            waited_s: started.elapsed().as_secs_f64(),
-            notes,
-        })
+            live,
+            wait_for_holds,
+            problems,
+            started.elapsed().as_secs_f64(),
+        ))
     }
 
     /// Stops the sweeper and the server.

@@ -957,8 +957,14 @@ mod tests {
         assert!(probe_ready(addr).await.is_err());
         let addr = canned(b"HTTP/1.1 20").await;
         assert!(probe_ready(addr).await.is_err());
-        let addr = canned(b"HTTP/1.1 200 OK\r\ncontent-length: 2000\r\n\r\n").await;
-        assert!(probe_ready(addr).await.is_err());
+        // A whole answer, but a body over READY_BODY_BYTES_MAX.
+        let oversized = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: 2000\r\n\r\n{}",
+            "x".repeat(2000)
+        );
+        let addr = canned(Box::leak(oversized.into_bytes().into_boxed_slice())).await;
+        let e = probe_ready(addr).await.unwrap_err();
+        assert!(matches!(e, reservoir_client::HttpError::TooLarge { .. }), "{e:?}");
     }
 
     /// A closed port is an error, not a hang.

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// How long a channel waits for the TCP connection to a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -31,12 +31,23 @@ pub const CHANNELS_MAX: usize = 1_024;
 #[derive(Default)]
 pub struct Channels {
     channels: Mutex<BTreeMap<String, Channel>>,
+    /// Mutual TLS on every channel (a node's peer plane); `None`: plaintext.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Channels {
-    /// A cache with no connections yet.
+    /// A cache with no connections yet; plaintext channels.
     pub fn new() -> Channels {
         Channels::default()
+    }
+
+    /// A cache whose channels speak TLS with `tls` (the cluster's CA, and
+    /// the node's own certificate to present).
+    pub fn with_tls(tls: ClientTlsConfig) -> Channels {
+        Channels {
+            channels: Mutex::default(),
+            tls: Some(tls),
+        }
     }
 
     /// The channel to `addr`, made on first use. Errors only for an address
@@ -46,7 +57,7 @@ impl Channels {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let channel = endpoint(addr)?.connect_lazy();
+        let channel = endpoint(addr, self.tls.as_ref())?.connect_lazy();
         if channels.len() < CHANNELS_MAX {
             channels.insert(addr.to_string(), channel.clone());
         }
@@ -55,9 +66,10 @@ impl Channels {
 }
 
 /// The endpoint every peer channel is made from: TCP_NODELAY (requests are
-/// small and latency-bound), the connect timeout, keep-alive while idle.
-fn endpoint(addr: &str) -> Result<Endpoint, String> {
-    Ok(crate::connect::bare_endpoint(addr)?
+/// small and latency-bound), the connect timeout, keep-alive while idle;
+/// TLS when `tls` is given.
+fn endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, String> {
+    Ok(crate::connect::bare_endpoint(addr, tls)?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)

@@ -33,6 +33,26 @@ pub struct ClusterFile {
     /// region, single-writer, global-consensus).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ledger: Option<LedgerInfo>,
+    /// How a client trusts the nodes' certificates; absent for a cluster
+    /// started with `--insecure` (plaintext).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsInfo>,
+    /// Per role (`shop`, `admin`, `observer`), the file holding an API key
+    /// of that role; relative paths are relative to this file's directory.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub credentials: BTreeMap<String, PathBuf>,
+    /// The file holding the token of the control API (`up`'s three-region
+    /// cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_token_file: Option<PathBuf>,
+}
+
+/// How a client trusts a cluster's nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsInfo {
+    /// The cluster's CA certificate (PEM); relative paths are relative to
+    /// the `cluster.json`'s directory.
+    pub ca_file: PathBuf,
 }
 
 /// Where the ledger runs.
@@ -61,8 +81,12 @@ pub struct ClusterNode {
     pub id: u64,
     /// Its region.
     pub region: String,
-    /// Its gRPC address, `127.0.0.1:PORT`.
+    /// Its client-plane gRPC address, `127.0.0.1:PORT`.
     pub grpc: SocketAddr,
+    /// Its peer-plane address (Raft, control, forwarding: mutual TLS, nodes
+    /// only); `up` always writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<SocketAddr>,
     /// Its HTTP address (`/status`, `/metrics`); `up` always writes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<SocketAddr>,

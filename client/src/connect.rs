@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 use crate::errors::reason_of;
@@ -32,21 +32,28 @@ pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// [`CONNECT_TIMEOUT`] and [`CALL_TIMEOUT`]; a program may set its own call
 /// timeout on it.
 pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
-    Ok(bare_endpoint(addr)?
+    Ok(bare_endpoint(addr, None)?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT)
         .tcp_nodelay(true))
 }
 
-/// The endpoint for `host:port` or `http://host:port`, with tonic's
-/// defaults.
-pub(crate) fn bare_endpoint(addr: &str) -> Result<Endpoint, String> {
-    let uri = if addr.starts_with("http://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    Endpoint::from_shared(uri).map_err(|e| format!("bad node address {addr}: {e}"))
+/// The endpoint for `host:port` (or `http://host:port`, `https://host:port`),
+/// with tonic's defaults: TLS with `tls`, else plaintext.
+pub(crate) fn bare_endpoint(addr: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, String> {
+    let authority = addr
+        .strip_prefix("http://")
+        .or_else(|| addr.strip_prefix("https://"))
+        .unwrap_or(addr);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{authority}"))
+        .map_err(|e| format!("bad node address {addr}: {e}"))?;
+    match tls {
+        Some(tls) => endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| format!("TLS settings for {addr}: {e}")),
+        None => Ok(endpoint),
+    }
 }
 
 /// True for an error that the API says is safe to retry with the same

@@ -84,20 +84,39 @@ pub async fn get_bounded(
     exchange(addr, request, timeout, body_bytes_max).await
 }
 
-/// `POST path` to `addr` with a JSON body: the status code and the response
-/// body (at most [`RESPONSE_BYTES_MAX`] bytes), all within `timeout`.
+/// `POST path` to `addr` with a JSON body and, if given, `authorization:
+/// Bearer {bearer}`: the status code and the response body (at most
+/// [`RESPONSE_BYTES_MAX`] bytes), all within `timeout`.
 pub async fn post_json(
     addr: SocketAddr,
     path: &str,
     json: &str,
+    bearer: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, String), HttpError> {
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(Method::POST)
         .uri(path)
         .header(header::HOST, addr.to_string())
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::copy_from_slice(json.as_bytes())))?;
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(token) = bearer {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request.body(Full::new(Bytes::copy_from_slice(json.as_bytes())))?;
+    exchange(addr, request, timeout, RESPONSE_BYTES_MAX).await
+}
+
+/// [`get`] with `authorization: Bearer {bearer}`.
+pub async fn get_authorized(
+    addr: SocketAddr,
+    path: &str,
+    bearer: &str,
+    timeout: Duration,
+) -> Result<(u16, String), HttpError> {
+    let request = Request::get(path)
+        .header(header::HOST, addr.to_string())
+        .header(header::AUTHORIZATION, format!("Bearer {bearer}"))
+        .body(Full::new(Bytes::new()))?;
     exchange(addr, request, timeout, RESPONSE_BYTES_MAX).await
 }
 
@@ -241,7 +260,7 @@ mod tests {
     async fn post_sends_json() {
         let (addr, request) = serve_once(answer("200 OK", "[]")).await;
         let json = r#"{"region":"eu-west"}"#;
-        let (code, body) = post_json(addr, "/links/partition", json, TIMEOUT).await.unwrap();
+        let (code, body) = post_json(addr, "/links/partition", json, Some("t"), TIMEOUT).await.unwrap();
         assert_eq!((code, body.as_str()), (200, "[]"));
         let request = request.await.unwrap();
         let lower = request.to_ascii_lowercase();
@@ -257,7 +276,7 @@ mod tests {
         assert!(request.ends_with(&format!("\r\n\r\n{json}")), "{request:?}");
 
         let (addr, request) = serve_once(answer("200 OK", "[]")).await;
-        assert_eq!(post_json(addr, "/links/heal", "", TIMEOUT).await.unwrap().0, 200);
+        assert_eq!(post_json(addr, "/links/heal", "", None, TIMEOUT).await.unwrap().0, 200);
         assert!(request.await.unwrap().ends_with("\r\n\r\n"));
     }
 

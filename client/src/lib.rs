@@ -27,6 +27,7 @@ pub mod channels;
 pub mod cluster_file;
 pub mod connect;
 pub mod control_api;
+pub mod credentials;
 pub mod errors;
 pub mod http;
 pub mod regions;
@@ -34,7 +35,8 @@ pub mod status;
 pub mod text;
 
 pub use channels::Channels;
-pub use cluster_file::{ClusterEndpoint, ClusterFile, ClusterFileError, ClusterNode, LedgerInfo};
+pub use cluster_file::{ClusterEndpoint, ClusterFile, ClusterFileError, ClusterNode, LedgerInfo, TlsInfo};
+pub use credentials::{ClientChannel, Credentials};
 pub use connect::{Retried, Rotation, is_retryable, retry};
 pub use errors::{error_info, reason_of, reason_or_code};
 pub use http::HttpError;

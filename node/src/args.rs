@@ -84,6 +84,11 @@ pub struct UpArgs {
     /// DIR holds no configs yet; tests set it small to provoke `OVERLOADED`.
     #[arg(long, value_name = "N")]
     pub proposal_queue_max: Option<usize>,
+    /// No TLS and no authentication on either plane: every caller is an
+    /// admin. For benchmarks on this machine only. Only used when DIR holds
+    /// no configs yet.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[cfg(test)]

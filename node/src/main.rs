@@ -101,6 +101,7 @@ fn up(args: UpArgs) -> ExitCode {
             base_port: args.base_port,
             proposal_queue_max: args.proposal_queue_max,
             exe,
+            insecure: args.insecure,
         }))
     } else {
         if args.nodes.is_some() || args.base_port.is_some() {
@@ -118,6 +119,7 @@ fn up(args: UpArgs) -> ExitCode {
             policy: args.policy,
             proposal_queue_max: args.proposal_queue_max,
             exe,
+            insecure: args.insecure,
         }))
     };
     match result {

@@ -791,15 +791,24 @@ impl Wire for TonicWire {
     }
 }
 
+/// Decides whether a Raft message may be delivered, before it is decoded:
+/// given the call's extensions (where the TLS layer keeps the caller's
+/// certificate), the group it is for, and the node it says it is from.
+/// An `Err` is the status the caller receives.
+pub type Authorize =
+    Arc<dyn Fn(&tonic::Extensions, &str, NodeId) -> Result<(), tonic::Status> + Send + Sync>;
+
 /// The tonic service that feeds a node's [`Router`].
 pub struct RaftService {
     router: Router,
+    authorize: Option<Authorize>,
 }
 
 impl RaftService {
-    /// The gRPC server for `router`, with the internal message limit.
-    pub fn server(router: Router) -> pb::raft_server::RaftServer<RaftService> {
-        pb::raft_server::RaftServer::new(RaftService { router })
+    /// The gRPC server for `router`, with the internal message limit; every
+    /// message must pass `authorize` first (none: every message is taken).
+    pub fn server(router: Router, authorize: Option<Authorize>) -> pb::raft_server::RaftServer<RaftService> {
+        pb::raft_server::RaftServer::new(RaftService { router, authorize })
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
     }
@@ -809,6 +818,10 @@ impl RaftService {
         kind: RpcKind,
         request: tonic::Request<pb::RaftMessage>,
     ) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
+        if let Some(authorize) = &self.authorize {
+            let m = request.get_ref();
+            authorize(request.extensions(), &m.group, m.from)?;
+        }
         let m = request.into_inner();
         let message = WireMessage {
             kind,

@@ -23,14 +23,51 @@ pub const POOL: &str = "ledger-pool";
 /// One published figure: available units, marked by (applied index, read at).
 pub type Figure = LWWReg<Units, (u64, Millis)>;
 
+/// Most SKUs of one region taken from one digest.
+pub const GOSSIP_SKUS_MAX: usize = 100_000;
+/// How far ahead of the receiver's clock a figure's read time may be.
+pub const GOSSIP_AHEAD_MAX_MS: Millis = 60_000;
+
 /// Every known figure: region → SKU → figure.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Digest {
     /// The figures.
     pub figures: BTreeMap<RegionId, BTreeMap<Sku, Figure>>,
+    /// The sender's applied index in each group it speaks for (its region,
+    /// and the pool's ledger group on a ledger node), when it sent this: no
+    /// figure of that group may be marked later.
+    pub applied: BTreeMap<RegionId, u64>,
 }
 
 impl Digest {
+    /// What a sender of `region` may speak for: that region's figures, and
+    /// the pool's if it is a ledger node (`ledger`); of those, at most
+    /// [`GOSSIP_SKUS_MAX`] per region, none marked after the sender's
+    /// applied index or more than [`GOSSIP_AHEAD_MAX_MS`] after `now_ms`.
+    /// The rest is dropped, so a node can neither speak for another region
+    /// nor plant a marker that wins for good.
+    pub fn only_from(mut self, region: &str, ledger: bool, now_ms: Millis) -> Digest {
+        let mut kept = BTreeMap::new();
+        for name in [region, POOL] {
+            if name == POOL && !ledger {
+                continue;
+            }
+            let (Some(skus), Some(&applied)) = (self.figures.remove(name), self.applied.get(name)) else {
+                continue;
+            };
+            let skus: BTreeMap<Sku, Figure> = skus
+                .into_iter()
+                .filter(|(_, f)| f.marker.0 <= applied && f.marker.1 <= now_ms.saturating_add(GOSSIP_AHEAD_MAX_MS))
+                .take(GOSSIP_SKUS_MAX)
+                .collect();
+            kept.insert(name.to_string(), skus);
+        }
+        Digest {
+            figures: kept,
+            applied: BTreeMap::new(),
+        }
+    }
+
     /// Merges another digest in (commutative, associative, idempotent).
     pub fn merge(&mut self, other: Digest) {
         for (region, skus) in other.figures {

@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use crate::server::security::TlsFiles;
+use crate::server::security::clients::{API_KEYS_MAX, ApiKey};
+
 /// Most voters in one region group.
 pub const PEERS_MAX: usize = 7;
 /// Most batches in flight a config may ask for.
@@ -34,8 +37,12 @@ pub struct NodeConfig {
     /// three regions. Shown in `/status` and `cluster.json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
-    /// Where the node serves gRPC (public API and Raft traffic).
+    /// Where the node serves its clients: `Inventory` and `Admin` (the
+    /// client plane: TLS, API keys or client certificates, roles).
     pub grpc_addr: SocketAddr,
+    /// Where the node serves its peers: Raft, the control plane, and calls
+    /// forwarded to a leader (the peer plane: mutual TLS only).
+    pub peer_addr: SocketAddr,
     /// Where the node serves HTTP (`/metrics`, `/healthz`, `/readyz`, `/status`).
     pub http_addr: SocketAddr,
     /// Where the node keeps its sled database.
@@ -66,6 +73,17 @@ pub struct NodeConfig {
     /// How long the region keeps ended reservations and their request ids.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Plaintext on both planes and no authentication: every caller is an
+    /// admin and every peer may send anything. For benchmarks on one
+    /// machine only; without it, `[tls]` is required.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+    /// The cluster's CA and this node's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
+    /// The API keys clients authenticate with, stored hashed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_keys: Vec<ApiKey>,
 }
 
 /// How long the region group keeps ended (released, expired, settled)
@@ -181,14 +199,15 @@ impl RebalanceConfig {
     }
 }
 
-/// A voter of the region group.
+/// Another node (or this one), as this node reaches it on the peer plane.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Peer {
     /// Its node id.
     pub id: u64,
-    /// Its gRPC address.
-    pub grpc: SocketAddr,
+    /// Its peer-plane address (its `peer_addr`, or a link emulator in front
+    /// of it).
+    pub peer: SocketAddr,
 }
 
 /// Raft timing. Each voter takes its own slice of the election timeout range
@@ -302,6 +321,9 @@ impl NodeConfig {
         if self.grpc_addr == self.http_addr {
             return Err(("http_addr", "must differ from grpc_addr".into()));
         }
+        if self.peer_addr == self.grpc_addr || self.peer_addr == self.http_addr {
+            return Err(("peer_addr", "must differ from grpc_addr and http_addr".into()));
+        }
         if self.peers.is_empty() || self.peers.len() > PEERS_MAX {
             return Err((
                 "peers",
@@ -315,18 +337,18 @@ impl NodeConfig {
             if self.peers[..i].iter().any(|q| q.id == p.id) {
                 return Err(("peers", format!("peer id {} appears twice", p.id)));
             }
-            if self.peers[..i].iter().any(|q| q.grpc == p.grpc) {
-                return Err(("peers", format!("address {} appears twice", p.grpc)));
+            if self.peers[..i].iter().any(|q| q.peer == p.peer) {
+                return Err(("peers", format!("address {} appears twice", p.peer)));
             }
         }
         match self.peers.iter().find(|p| p.id == self.node_id) {
             None => return Err(("peers", format!("must include this node ({})", self.node_id))),
-            Some(me) if me.grpc != self.grpc_addr => {
+            Some(me) if me.peer != self.peer_addr => {
                 return Err((
                     "peers",
                     format!(
-                        "this node's entry says {}, grpc_addr says {}",
-                        me.grpc, self.grpc_addr
+                        "this node's entry says {}, peer_addr says {}",
+                        me.peer, self.peer_addr
                     ),
                 ));
             }
@@ -392,7 +414,36 @@ impl NodeConfig {
             .to_state()
             .check()
             .map_err(|e| ("retention", e.to_string()))?;
+        self.validate_security()?;
         self.validate_cluster()
+    }
+
+    fn validate_security(&self) -> Result<(), (&'static str, String)> {
+        if self.insecure {
+            if self.tls.is_some() || !self.api_keys.is_empty() {
+                return Err((
+                    "insecure",
+                    "an insecure node uses neither [tls] nor [[api_keys]]; remove them or insecure".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if self.tls.is_none() {
+            return Err((
+                "tls",
+                "required (the cluster's CA and this node's certificate) unless insecure = true".into(),
+            ));
+        }
+        if self.api_keys.len() > API_KEYS_MAX {
+            return Err(("api_keys", format!("at most {API_KEYS_MAX} keys")));
+        }
+        for (i, key) in self.api_keys.iter().enumerate() {
+            key.check().map_err(|e| ("api_keys", e))?;
+            if self.api_keys[..i].iter().any(|k| k.id == key.id) {
+                return Err(("api_keys", format!("key id {} appears twice", key.id)));
+            }
+        }
+        Ok(())
     }
 
     /// Where the node runs: its `location`, or else its region.
@@ -472,17 +523,18 @@ mod tests {
             region: "us-east".into(),
             location: None,
             grpc_addr: "127.0.0.1:7001".parse().unwrap(),
+            peer_addr: "127.0.0.1:9001".parse().unwrap(),
             http_addr: "127.0.0.1:8001".parse().unwrap(),
             data_dir: "/tmp/x".into(),
             standalone: true,
             peers: vec![
                 Peer {
                     id: 1,
-                    grpc: "127.0.0.1:7001".parse().unwrap(),
+                    peer: "127.0.0.1:9001".parse().unwrap(),
                 },
                 Peer {
                     id: 2,
-                    grpc: "127.0.0.1:7002".parse().unwrap(),
+                    peer: "127.0.0.1:9002".parse().unwrap(),
                 },
             ],
             raft: RaftTuning::default(),
@@ -491,6 +543,13 @@ mod tests {
             regions: Vec::new(),
             rebalance: RebalanceConfig::default(),
             retention: RetentionConfig::default(),
+            insecure: false,
+            tls: Some(TlsFiles {
+                ca_file: "/tmp/ca.pem".into(),
+                cert_file: "/tmp/node.pem".into(),
+                key_file: "/tmp/node.key".into(),
+            }),
+            api_keys: Vec::new(),
         }
     }
 
@@ -515,6 +574,18 @@ mod tests {
         assert_eq!(field(|c| c.node_id = 0), "node_id");
         assert_eq!(field(|c| c.region = "US East".into()), "region");
         assert_eq!(field(|c| c.http_addr = c.grpc_addr), "http_addr");
+        assert_eq!(field(|c| c.peer_addr = c.grpc_addr), "peer_addr");
+        assert_eq!(field(|c| c.tls = None), "tls");
+        assert_eq!(field(|c| c.insecure = true), "insecure");
+        assert_eq!(
+            field(|c| c.api_keys.push(ApiKey {
+                id: "k".into(),
+                principal: "p".into(),
+                role: crate::server::security::Role::Shop,
+                hash: "not a hash".into(),
+            })),
+            "api_keys"
+        );
         assert_eq!(field(|c| c.peers.clear()), "peers");
         assert_eq!(field(|c| c.peers[1].id = 1), "peers");
         assert_eq!(

@@ -262,7 +262,7 @@ impl ControlClient {
         let mut last = Status::unavailable(format!("{key}: no node answered"));
         for i in 0..nodes.len() {
             let index = (start + i) % nodes.len();
-            let addr = nodes[index].grpc.to_string();
+            let addr = nodes[index].peer.to_string();
             let mut client = self.client(&addr)?;
             let mut request = tonic::Request::new(message.clone());
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());

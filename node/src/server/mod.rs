@@ -8,6 +8,8 @@
 //!   path, linearizable reads, forwarding clients, top-ups;
 //! - [`service`]: the gRPC services (`Inventory`, `Admin`, and the internal
 //!   `Control`), one file each;
+//! - [`security`]: who may call (TLS on both listeners, API keys and roles
+//!   on the client plane, what each node may send on the peer plane);
 //! - [`edge`]: `reservoir.v1` requests → validated domain commands, and
 //!   domain values → messages;
 //! - [`status`]: the one mapping from domain errors and the node's own
@@ -21,7 +23,15 @@
 //! - [`clock`]: the time seam.
 //!
 //! Imports run one way: `service` and `http` → `node` → `ledger` →
-//! `control` → `config`, `availability`; nothing below `service` imports it.
+//! `control` → `config` → `security` (its types), `availability`; nothing
+//! below `service` imports it.
+//!
+//! Two gRPC listeners: the client plane on `grpc_addr` (`Inventory`,
+//! `Admin`) and the peer plane on `peer_addr` (Raft, `Control`, and
+//! `Inventory`/`Admin` for calls forwarded to a leader). Each has its own
+//! bounds: message size per service (64 KiB for client calls, Raft's and
+//! the control plane's own limits), concurrent streams per connection,
+//! connections per remote address, header size.
 //!
 //! Caveats: messages over 64 KiB
 //! (`reservoir_tokens::limits::MESSAGE_BYTES_MAX`) are refused by the gRPC
@@ -30,12 +40,14 @@
 pub mod availability;
 pub mod clock;
 pub mod config;
+mod connections;
 pub mod control;
 pub mod demand;
 pub mod edge;
 pub mod http;
 pub mod ledger;
 pub mod node;
+pub mod security;
 pub mod service;
 pub mod status;
 
@@ -57,7 +69,8 @@ use crate::server::config::{NodeConfig, Peer};
 use crate::server::control::{ControlClient, RegionCall, RegionReply};
 use crate::server::ledger::LedgerHost;
 use crate::server::node::Node;
-use crate::server::service::{AdminService, ControlService, InventoryService};
+use crate::server::security::{PeerPolicy, Tls};
+use crate::server::service::{AdminService, ControlService, InventoryService, Plane};
 
 /// How often the leader checks whether a hold has fallen due.
 pub const EXPIRE_TICK: Duration = Duration::from_millis(100);
@@ -69,6 +82,17 @@ pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(500);
 pub const LEDGER_GROUP: &str = "ledger";
 /// How long shutdown waits for in-flight calls before closing anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Most concurrent streams (calls) on one client-plane connection.
+pub const CLIENT_STREAMS_PER_CONNECTION: u32 = 1_024;
+/// Most concurrent streams on one peer-plane connection (a node keeps one
+/// connection per peer and sends Raft, control and forwarded calls on it).
+pub const PEER_STREAMS_PER_CONNECTION: u32 = 4_096;
+/// Most open peer-plane connections from one remote address.
+pub const PEER_CONNECTIONS_PER_ADDRESS: usize = 64;
+/// Most open client-plane connections from one remote address.
+pub const CLIENT_CONNECTIONS_PER_ADDRESS: usize = 4_096;
+/// Largest header block a caller may send (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`).
+pub const HEADER_LIST_BYTES_MAX: u32 = 16 * 1024;
 
 /// Runs a node until SIGTERM / Ctrl-C; returns once it has stopped cleanly.
 pub async fn run(config: NodeConfig) -> Result<(), String> {
@@ -92,12 +116,27 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
             .map_err(|e| format!("opening group {region}: {e}"))?
     };
 
+    // TLS material (none in insecure mode), read before anything starts.
+    let tls = match &config.tls {
+        Some(files) if !config.insecure => Some(Tls::load(files)?),
+        _ => None,
+    };
+    let peer_policy = if config.insecure {
+        PeerPolicy::insecure()
+    } else {
+        peer_policy(&config)
+    };
+
     // Network and Raft.
     let router = Router::new(config.node_id);
-    // One channel per peer, shared by Raft, the control plane and forwarding.
-    let channels = Arc::new(Channels::new());
+    // One channel per peer, shared by Raft, the control plane and
+    // forwarding; mutual TLS unless insecure.
+    let channels = Arc::new(match &tls {
+        Some(tls) => Channels::with_tls(tls.peer_client()),
+        None => Channels::new(),
+    });
     let wire = Arc::new(TonicWire::new(channels.clone()));
-    let members: BTreeMap<u64, String> = config.peers.iter().map(|p| (p.id, p.grpc.to_string())).collect();
+    let members: BTreeMap<u64, String> = config.peers.iter().map(|p| (p.id, p.peer.to_string())).collect();
     let mut options = GroupOptions::new(region.clone(), config.node_id, members);
     options.heartbeat_ms = config.raft.heartbeat_ms;
     options.election_timeout_min_ms = config.raft.election_timeout_min_ms;
@@ -108,8 +147,9 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
     options.snapshot_logs_to_keep = config.raft.snapshot_logs_kept;
     options.snapshot_chunk_bytes = config.raft.snapshot_chunk_bytes;
 
-    // Bind both listeners before starting Raft, so a taken port fails fast.
+    // Bind every listener before starting Raft, so a taken port fails fast.
     let grpc_listener = bind(config.grpc_addr, "grpc_addr").await?;
+    let peer_listener = bind(config.peer_addr, "peer_addr").await?;
     let http_listener = bind(config.http_addr, "http_addr").await?;
 
     let ledger_stores = if config.hosts_ledger() {
@@ -146,7 +186,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
             let members: BTreeMap<u64, String> = config
                 .ledger_peers
                 .iter()
-                .map(|p| (p.id, p.grpc.to_string()))
+                .map(|p| (p.id, p.peer.to_string()))
                 .collect();
             let mut ledger_options = options.clone();
             ledger_options.group = LEDGER_GROUP.to_string();
@@ -170,25 +210,61 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         channels,
         control,
         ledger.clone(),
+        peer_policy,
     ));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    // Public and internal gRPC on one port.
+    // The client plane: Inventory and Admin for authenticated clients.
     let grpc = {
-        let inventory = InventoryServer::new(InventoryService::new(node.clone()))
+        let inventory = InventoryServer::new(InventoryService::new(node.clone(), Plane::Client))
             .max_decoding_message_size(MESSAGE_BYTES_MAX);
-        let admin =
-            AdminServer::new(AdminService::new(node.clone())).max_decoding_message_size(MESSAGE_BYTES_MAX);
+        let admin = AdminServer::new(AdminService::new(node.clone(), Plane::Client))
+            .max_decoding_message_size(MESSAGE_BYTES_MAX);
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(CLIENT_STREAMS_PER_CONNECTION)
+            .http2_max_header_list_size(HEADER_LIST_BYTES_MAX);
+        if let Some(tls) = &tls {
+            builder = builder
+                .tls_config(tls.client_server())
+                .map_err(|e| format!("client plane TLS: {e}"))?;
+        }
+        let router = builder.add_service(inventory).add_service(admin);
+        let incoming = grpc_incoming(grpc_listener, CLIENT_CONNECTIONS_PER_ADDRESS, "client");
         let mut rx = shutdown_rx.clone();
-        let control_node = node.clone();
-        let incoming = grpc_incoming(grpc_listener);
         tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(inventory)
-                .add_service(admin)
-                .add_service(RaftService::server(router))
-                .add_service(ControlService::server(control_node))
+            router
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await
+        })
+    };
+    // The peer plane: Raft, the control plane, and forwarded client calls,
+    // from nodes of the cluster only (mutual TLS).
+    let peer = {
+        let inventory = InventoryServer::new(InventoryService::new(node.clone(), Plane::Peer))
+            .max_decoding_message_size(MESSAGE_BYTES_MAX);
+        let admin = AdminServer::new(AdminService::new(node.clone(), Plane::Peer))
+            .max_decoding_message_size(MESSAGE_BYTES_MAX);
+        let authorize = raft_authorizer(node.clone());
+        let mut builder = tonic::transport::Server::builder()
+            .max_concurrent_streams(PEER_STREAMS_PER_CONNECTION)
+            .http2_max_header_list_size(HEADER_LIST_BYTES_MAX);
+        if let Some(tls) = &tls {
+            builder = builder
+                .tls_config(tls.peer_server())
+                .map_err(|e| format!("peer plane TLS: {e}"))?;
+        }
+        let router = builder
+            .add_service(RaftService::server(router, authorize))
+            .add_service(ControlService::server(node.clone()))
+            .add_service(inventory)
+            .add_service(admin);
+        let incoming = grpc_incoming(peer_listener, PEER_CONNECTIONS_PER_ADDRESS, "peer");
+        let mut rx = shutdown_rx.clone();
+        tokio::spawn(async move {
+            router
                 .serve_with_incoming_shutdown(incoming, async move {
                     let _ = rx.wait_for(|stop| *stop).await;
                 })
@@ -212,8 +288,17 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         .map(|host| tokio::spawn(host.run(shutdown_rx.clone())));
     let gossip = (!config.standalone).then(|| tokio::spawn(gossip_loop(node.clone(), shutdown_rx.clone())));
     eprintln!(
-        "reservoir node {} ({}) serving gRPC on {} and HTTP on {}",
-        config.node_id, config.region, config.grpc_addr, config.http_addr
+        "reservoir node {} ({}) serving clients on {}, peers on {}, HTTP on {}{}",
+        config.node_id,
+        config.region,
+        config.grpc_addr,
+        config.peer_addr,
+        config.http_addr,
+        if config.insecure {
+            " (INSECURE: plaintext, no authentication)"
+        } else {
+            ""
+        }
     );
 
     wait_for_signal().await;
@@ -223,6 +308,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
     // servers return; bounded so a stuck call cannot hold the process.
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
         let _ = grpc.await;
+        let _ = peer.await;
         let _ = http.await;
         let _ = expirer.await;
         if let Some(task) = ledger_loop {
@@ -248,13 +334,63 @@ async fn bind(addr: SocketAddr, field: &str) -> Result<tokio::net::TcpListener, 
         .map_err(|e| format!("{field} {addr}: {e}"))
 }
 
-/// The accepted gRPC connections, each with TCP_NODELAY set. tonic ignores
-/// the builder's `tcp_nodelay` with `serve_with_incoming*`; without it,
-/// Nagle's algorithm holds back a response's last small write (the trailers)
-/// until the peer's delayed ACK, up to 40 ms on Linux, for client calls and
-/// for Raft replies alike.
-fn grpc_incoming(listener: tokio::net::TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+/// The accepted gRPC connections of one listener, each with TCP_NODELAY
+/// set, at most `per_address` open at once from one remote address (more
+/// are closed at once, before TLS or HTTP/2 allocate anything for them).
+/// tonic ignores the builder's `tcp_nodelay` with `serve_with_incoming*`;
+/// without it, Nagle's algorithm holds back a response's last small write
+/// (the trailers) until the peer's delayed ACK, up to 40 ms on Linux, for
+/// client calls and for Raft replies alike.
+fn grpc_incoming(
+    listener: tokio::net::TcpListener,
+    per_address: usize,
+    plane: &'static str,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<connections::Counted>> {
+    connections::limited(listener, per_address, plane)
+}
+
+/// Who may send Raft messages: the voters of the group, as themselves (the
+/// `from` of the message is the node its certificate names).
+fn raft_authorizer(node: Arc<Node>) -> Option<reservoir_raft::network::Authorize> {
+    if node.peer_policy().is_insecure() {
+        return None;
+    }
+    Some(Arc::new(move |extensions: &tonic::Extensions, group: &str, from: u64| {
+        let policy = node.peer_policy();
+        let caller = policy.caller(extensions)?;
+        let ledger = group == LEDGER_GROUP;
+        let voters = policy.group_voters(ledger);
+        let member = caller.as_ref().is_some_and(|c| c.id == from) && voters.contains(&from);
+        if member && (ledger || group == node.region()) {
+            Ok(())
+        } else {
+            let who = caller.map_or_else(|| "?".to_string(), |c| format!("node {} ({})", c.id, c.region));
+            Err(crate::server::security::peers::refused(
+                tonic::Code::PermissionDenied,
+                "PEER_NOT_ALLOWED",
+                format!("{who} may not send Raft messages as node {from} of group {group}"),
+            ))
+        }
+    }))
+}
+
+/// The policy a node's config gives: its region group's voters, the
+/// ledger's voters, and the region of every node it names.
+fn peer_policy(config: &NodeConfig) -> PeerPolicy {
+    let group = config.peers.iter().map(|p| p.id).collect();
+    let ledger_list = if config.hosts_ledger() {
+        &config.ledger_peers
+    } else {
+        &config.ledger_nodes
+    };
+    let ledger = ledger_list.iter().map(|p| p.id).collect();
+    let mut known: BTreeMap<u64, String> = config.peers.iter().map(|p| (p.id, config.region.clone())).collect();
+    for r in &config.regions {
+        for p in &r.nodes {
+            known.insert(p.id, r.name.clone());
+        }
+    }
+    PeerPolicy::new(group, ledger, known)
 }
 
 /// Waits for SIGTERM or Ctrl-C.

@@ -22,6 +22,7 @@ use crate::server::config::NodeConfig;
 use crate::server::control::{ControlClient, LedgerCall};
 use crate::server::demand::DemandMeter;
 use crate::server::ledger::LedgerHost;
+use crate::server::security::{Authenticator, PeerPolicy};
 use crate::server::status::{NodeError, status_with_info, to_status};
 
 /// How long a write may wait for its commit before the caller is told to
@@ -31,8 +32,11 @@ pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const LEADER_WAIT: Duration = Duration::from_secs(2);
 /// Timeout of a forwarded call to the leader.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(6);
-/// The metadata key that marks a forwarded call.
+/// The metadata key that marks a forwarded call (trusted on the peer plane
+/// only).
 pub const FORWARDED_HEADER: &str = "x-reservoir-forwarded";
+/// The metadata key that names the principal a forwarded call is for.
+pub const PRINCIPAL_HEADER: &str = "x-reservoir-principal";
 
 /// What the services share: the config, the region group, the clock, the
 /// node's channels to its peers (for forwarding), and — in a cluster with a ledger — the
@@ -45,6 +49,8 @@ pub struct Node {
     peers: Arc<Channels>,
     control: Arc<ControlClient>,
     ledger: Option<Arc<LedgerHost>>,
+    authenticator: Authenticator,
+    peer_policy: PeerPolicy,
     demand: DemandMeter,
     availability: AvailabilityView,
     /// When each SKU last asked the ledger for a top-up (rate limit).
@@ -96,8 +102,14 @@ impl Node {
         peers: Arc<Channels>,
         control: Arc<ControlClient>,
         ledger: Option<Arc<LedgerHost>>,
+        peer_policy: PeerPolicy,
     ) -> Node {
         let horizon_ms = config.rebalance.horizon_ms;
+        let authenticator = if config.insecure {
+            Authenticator::insecure()
+        } else {
+            Authenticator::new(&config.api_keys)
+        };
         Node {
             config,
             group,
@@ -105,10 +117,22 @@ impl Node {
             peers,
             control,
             ledger,
+            authenticator,
+            peer_policy,
             demand: DemandMeter::new(horizon_ms),
             availability: AvailabilityView::new(),
             topups: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Checks the client plane's callers.
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.authenticator
+    }
+
+    /// What each peer may send.
+    pub fn peer_policy(&self) -> &PeerPolicy {
+        &self.peer_policy
     }
 
     /// The control-plane client (regions and ledger).

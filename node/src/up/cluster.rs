@@ -42,6 +42,9 @@ use reservoir_client::control_api::{self, LinkState, PartitionRequest};
 use tokio::sync::{Mutex, watch};
 
 use crate::server::config::{NodeConfig, Peer, PolicyName, RaftTuning, RebalanceConfig, RegionPeers};
+use crate::server::security::clients::{ApiKey, Role};
+use crate::up::secrets;
+use reservoir_client::Credentials;
 use crate::up::wan::{self, Link, Wan, WanProfile};
 use crate::up::{
     ClusterEndpoint, ClusterFile, ClusterNode, LedgerInfo, NodeProcess, PlannedNode, ShutdownSignals,
@@ -134,6 +137,8 @@ pub struct ClusterOptions {
     pub proposal_queue_max: Option<usize>,
     /// The `reservoir` binary the children run.
     pub exe: PathBuf,
+    /// Fresh configs run without TLS or authentication.
+    pub insecure: bool,
 }
 
 /// One link emulator: where it listens, where it forwards, which link.
@@ -153,6 +158,8 @@ struct Cluster {
     exe: PathBuf,
     dir: PathBuf,
     control: SocketAddr,
+    /// The control API's token (`DIR/control.token`).
+    control_token: String,
 }
 
 /// Runs the three-region cluster until Ctrl-C / SIGTERM. Run it on a
@@ -165,6 +172,8 @@ pub async fn run(options: ClusterOptions) -> Result<(), UpError> {
     let regions: Vec<&str> = wan::REGIONS.to_vec();
     let wan = Wan::new(options.wan, &regions).map_err(UpError::Usage)?;
     let (plan, fresh) = prepare(&dir, &options)?;
+    let control_token = secrets::ensure_control_token(&dir)?;
+    let credentials = admin_credentials(&dir, &plan)?;
     let cluster_path = dir.join("cluster.json");
     let _ = std::fs::remove_file(&cluster_path);
     let (entries, endpoints) = endpoints(&plan, options.architecture)?;
@@ -199,7 +208,7 @@ pub async fn run(options: ClusterOptions) -> Result<(), UpError> {
         .map(|n| n.config.grpc_addr);
     if fresh && options.demo {
         match home {
-            Some(addr) => match seed_demo(addr).await {
+            Some(addr) => match seed_demo(addr, &credentials).await {
                 Ok(()) => println!(
                     "seeded the demo catalog: {}",
                     DEMO_CATALOG
@@ -230,6 +239,7 @@ pub async fn run(options: ClusterOptions) -> Result<(), UpError> {
         exe: options.exe.clone(),
         dir: dir.clone(),
         control,
+        control_token,
     });
     write_cluster_file(&cluster).await?;
     print_endpoints(&cluster, &options).await;
@@ -251,6 +261,18 @@ pub async fn run(options: ClusterOptions) -> Result<(), UpError> {
     let mut nodes = cluster.nodes.lock().await;
     stop_all(&mut nodes, crate::up::STOP_GRACE).await;
     Ok(())
+}
+
+/// How `up` itself calls the cluster (to seed the demo catalog): as the
+/// admin role, trusting DIR's CA, unless the nodes run insecure.
+fn admin_credentials(dir: &Path, plan: &[PlannedNode]) -> Result<Credentials, UpError> {
+    if plan.iter().all(|p| p.config.insecure) {
+        return Ok(Credentials::plaintext());
+    }
+    let (tls, keys) = secrets::cluster_trust();
+    let key_file = dir.join(&keys[Role::Admin.name()]);
+    let key = reservoir_client::credentials::read_key(&key_file).map_err(UpError::Usage)?;
+    Credentials::new(Some(&dir.join(tls.ca_file)), Some(key)).map_err(UpError::Usage)
 }
 
 /// The node configs: those in DIR, unchanged, or fresh ones (then `true`).
@@ -316,10 +338,24 @@ fn prepare(dir: &Path, options: &ClusterOptions) -> Result<(Vec<PlannedNode>, bo
         raft.proposal_queue_max = max;
     }
     let layout = Layout::new(architecture, n)?;
+    let keys = if options.insecure {
+        None
+    } else {
+        let group_of = |region: &str| match architecture {
+            Architecture::GlobalConsensus => GLOBAL_GROUP.to_string(),
+            _ => region.to_string(),
+        };
+        let nodes: Vec<(u64, String)> = layout
+            .nodes
+            .iter()
+            .flat_map(|(region, list)| list.iter().map(move |n| (n.id, group_of(region))))
+            .collect();
+        Some(secrets::make(dir, &nodes)?)
+    };
     let configs = match architecture {
-        Architecture::Tokens => layout.tokens(dir, &raft, &policy),
-        Architecture::SingleWriter => layout.single_writer(dir, &raft),
-        Architecture::GlobalConsensus => layout.global(dir, &raft),
+        Architecture::Tokens => layout.tokens(dir, &raft, &policy, keys.as_deref()),
+        Architecture::SingleWriter => layout.single_writer(dir, &raft, keys.as_deref()),
+        Architecture::GlobalConsensus => layout.global(dir, &raft, keys.as_deref()),
     };
     let mut plan = Vec::new();
     for config in configs {
@@ -356,12 +392,21 @@ fn architecture_of(plan: &[PlannedNode]) -> Option<Architecture> {
 }
 
 /// Node ids, ports and link-emulator ports of a fresh cluster: nodes
-/// `1..` in region order, two ports each.
+/// `1..` in region order, three ports each.
 struct Layout {
-    /// Per region: (id, gRPC, HTTP) of its nodes.
-    nodes: BTreeMap<&'static str, Vec<(u64, SocketAddr, SocketAddr)>>,
+    /// Per region: its nodes' ids and addresses.
+    nodes: BTreeMap<&'static str, Vec<NodeAddrs>>,
     /// The address region `from` uses for node `id` of another region.
     via: BTreeMap<(&'static str, u64), SocketAddr>,
+}
+
+/// A node's id and listen addresses.
+#[derive(Clone, Copy, Debug)]
+struct NodeAddrs {
+    id: u64,
+    grpc: SocketAddr,
+    peer: SocketAddr,
+    http: SocketAddr,
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -376,23 +421,26 @@ impl Layout {
             _ => regions.to_vec(),
         };
         let total = hosting.len() * n as usize;
-        // Two ports per node, plus (except single-writer, whose clients'
+        // Three ports per node, plus (except single-writer, whose clients'
         // links are set up per run) one link emulator per (region, node of
-        // another region).
+        // another region), in front of that node's peer listener.
         let proxies = match architecture {
             Architecture::SingleWriter => 0,
             _ => regions.len() * (regions.len() - 1) * n as usize,
         };
-        let ports = free_ports(2 * total + proxies).map_err(UpError::io("finding free ports"))?;
+        let ports = free_ports(crate::up::PORTS_PER_NODE * total + proxies).map_err(UpError::io("finding free ports"))?;
         let mut next_port = ports.into_iter().map(loopback);
         let mut next = move || next_port.next().expect("enough ports");
-        let mut nodes: BTreeMap<&'static str, Vec<(u64, SocketAddr, SocketAddr)>> = BTreeMap::new();
+        let mut nodes: BTreeMap<&'static str, Vec<NodeAddrs>> = BTreeMap::new();
         let mut id = 0;
         for region in &hosting {
             for _ in 0..n {
                 id += 1;
-                let (grpc, http) = (next(), next());
-                nodes.entry(region).or_default().push((id, grpc, http));
+                let (grpc, peer, http) = (next(), next(), next());
+                nodes
+                    .entry(region)
+                    .or_default()
+                    .push(NodeAddrs { id, grpc, peer, http });
             }
         }
         let mut via = BTreeMap::new();
@@ -400,8 +448,8 @@ impl Layout {
             for from in regions {
                 for (to, members) in &nodes {
                     if *to != from {
-                        for (id, _, _) in members {
-                            via.insert((from, *id), next());
+                        for node in members {
+                            via.insert((from, node.id), next());
                         }
                     }
                 }
@@ -414,9 +462,9 @@ impl Layout {
     fn reach(&self, from: &'static str, other: &str) -> Vec<Peer> {
         self.nodes[other]
             .iter()
-            .map(|(id, _, _)| Peer {
-                id: *id,
-                grpc: self.via[&(from, *id)],
+            .map(|node| Peer {
+                id: node.id,
+                peer: self.via[&(from, node.id)],
             })
             .collect()
     }
@@ -424,23 +472,31 @@ impl Layout {
     fn local(&self, region: &str) -> Vec<Peer> {
         self.nodes[region]
             .iter()
-            .map(|(id, grpc, _)| Peer { id: *id, grpc: *grpc })
+            .map(|node| Peer {
+                id: node.id,
+                peer: node.peer,
+            })
             .collect()
     }
 
-    /// A standalone node's config with no peers yet; callers fill in the rest.
+    /// A standalone node's config with no peers yet; callers fill in the
+    /// rest. With `api_keys`, TLS from DIR's development CA and those keys;
+    /// without, insecure.
     fn config(
         dir: &Path,
-        (id, grpc, http): (u64, SocketAddr, SocketAddr),
+        node: NodeAddrs,
         region: &str,
         raft: &RaftTuning,
+        api_keys: Option<&[ApiKey]>,
     ) -> NodeConfig {
+        let id = node.id;
         NodeConfig {
             node_id: id,
             region: region.to_string(),
             location: None,
-            grpc_addr: grpc,
-            http_addr: http,
+            grpc_addr: node.grpc,
+            peer_addr: node.peer,
+            http_addr: node.http,
             data_dir: dir.join(format!("node-{id}")).join("data"),
             standalone: true,
             peers: Vec::new(),
@@ -450,16 +506,25 @@ impl Layout {
             regions: Vec::new(),
             rebalance: RebalanceConfig::default(),
             retention: Default::default(),
+            insecure: api_keys.is_none(),
+            tls: api_keys.is_some().then(|| secrets::tls_files(dir, id)),
+            api_keys: api_keys.map(<[ApiKey]>::to_vec).unwrap_or_default(),
         }
     }
 
     /// A region group per region, the ledger on the us-east nodes.
-    fn tokens(&self, dir: &Path, raft: &RaftTuning, policy: &RebalanceConfig) -> Vec<NodeConfig> {
+    fn tokens(
+        &self,
+        dir: &Path,
+        raft: &RaftTuning,
+        policy: &RebalanceConfig,
+        keys: Option<&[ApiKey]>,
+    ) -> Vec<NodeConfig> {
         let mut out = Vec::new();
         for region in wan::REGIONS {
             let peers = self.local(region);
             for node in &self.nodes[region] {
-                let mut config = Layout::config(dir, *node, region, raft);
+                let mut config = Layout::config(dir, *node, region, raft, keys);
                 config.standalone = false;
                 config.peers = peers.clone();
                 config.ledger_peers = if region == HOME_REGION {
@@ -488,12 +553,12 @@ impl Layout {
     }
 
     /// One standalone us-east group.
-    fn single_writer(&self, dir: &Path, raft: &RaftTuning) -> Vec<NodeConfig> {
+    fn single_writer(&self, dir: &Path, raft: &RaftTuning, keys: Option<&[ApiKey]>) -> Vec<NodeConfig> {
         let peers = self.local(HOME_REGION);
         self.nodes[HOME_REGION]
             .iter()
             .map(|node| {
-                let mut config = Layout::config(dir, *node, HOME_REGION, raft);
+                let mut config = Layout::config(dir, *node, HOME_REGION, raft, keys);
                 config.peers = peers.clone();
                 config
             })
@@ -502,11 +567,11 @@ impl Layout {
 
     /// One standalone `global` group, a voter per region; each voter
     /// reaches the others through the WAN links.
-    fn global(&self, dir: &Path, raft: &RaftTuning) -> Vec<NodeConfig> {
+    fn global(&self, dir: &Path, raft: &RaftTuning, keys: Option<&[ApiKey]>) -> Vec<NodeConfig> {
         let mut out = Vec::new();
         for region in wan::REGIONS {
             for node in &self.nodes[region] {
-                let mut config = Layout::config(dir, *node, GLOBAL_GROUP, raft);
+                let mut config = Layout::config(dir, *node, GLOBAL_GROUP, raft, keys);
                 config.location = Some(region.to_string());
                 config.peers = wan::REGIONS
                     .iter()
@@ -567,11 +632,11 @@ fn endpoints(plan: &[PlannedNode], architecture: Architecture) -> Result<(Vec<Pr
 
 /// The link emulators the configs call for: every address a node uses for
 /// a node elsewhere (another region's, the ledger's, a global voter in
-/// another region) is a proxy to that node's real address.
+/// another region) is a proxy to that node's real peer address.
 fn proxies(plan: &[PlannedNode]) -> Vec<Proxy> {
     let real: BTreeMap<u64, (&str, SocketAddr)> = plan
         .iter()
-        .map(|p| (p.config.node_id, (p.config.location(), p.config.grpc_addr)))
+        .map(|p| (p.config.node_id, (p.config.location(), p.config.peer_addr)))
         .collect();
     let mut out: BTreeMap<SocketAddr, Proxy> = BTreeMap::new();
     for p in plan {
@@ -587,11 +652,11 @@ fn proxies(plan: &[PlannedNode]) -> Vec<Proxy> {
             let Some((to, target)) = real.get(&peer.id) else {
                 continue;
             };
-            if *to == from || peer.grpc == *target {
+            if *to == from || peer.peer == *target {
                 continue;
             }
-            out.entry(peer.grpc).or_insert(Proxy {
-                listen: peer.grpc,
+            out.entry(peer.peer).or_insert(Proxy {
+                listen: peer.peer,
                 target: *target,
                 link: (from.to_string(), to.to_string()),
             });
@@ -602,20 +667,11 @@ fn proxies(plan: &[PlannedNode]) -> Vec<Proxy> {
 
 /// Adds the demo catalog through a home-region node (its Admin forwards to
 /// the ledger), retrying while the ledger elects its first leader.
-async fn seed_demo(addr: SocketAddr) -> Result<(), String> {
+async fn seed_demo(addr: SocketAddr, credentials: &Credentials) -> Result<(), String> {
     use reservoir_proto::v1::AdjustStockRequest;
     use reservoir_proto::v1::admin_client::AdminClient;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut client = loop {
-        match AdminClient::connect(format!("http://{addr}")).await {
-            Ok(c) => break c,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    };
+    let mut client = AdminClient::new(credentials.channel(&addr.to_string())?);
     for (sku, units) in DEMO_CATALOG {
         let request = AdjustStockRequest {
             request_id: format!("demo-seed-{sku}"),
@@ -637,20 +693,20 @@ async fn seed_demo(addr: SocketAddr) -> Result<(), String> {
 
 async fn write_cluster_file(cluster: &Cluster) -> Result<(), UpError> {
     let nodes = cluster.nodes.lock().await;
+    let (tls, credentials) = crate::up::trust_of(nodes.iter().map(|n| &n.config));
     let file = ClusterFile {
         architecture: Some(cluster.architecture.name().to_string()),
         endpoints: Some(cluster.endpoints.clone()),
         nodes: nodes
             .iter()
             .map(|n| ClusterNode {
-                id: n.id,
                 region: n.config.location().to_string(),
-                grpc: n.config.grpc_addr,
-                http: Some(n.config.http_addr),
-                pid: Some(n.pid),
-                cmd: n.cmd.clone(),
+                ..crate::up::cluster_node(n)
             })
             .collect(),
+        tls,
+        credentials,
+        control_token_file: Some(PathBuf::from(secrets::CONTROL_TOKEN_FILE)),
         control: Some(cluster.control.to_string()),
         ledger: (cluster.architecture == Architecture::Tokens).then(|| LedgerInfo {
             region: HOME_REGION.to_string(),
@@ -811,6 +867,10 @@ async fn status_line(addr: SocketAddr, wan: &Wan) -> String {
 
 // ----- the control API -----
 
+/// The control API. Every request must carry the token kept in
+/// `DIR/control.token` (`authorization: Bearer ...`), and every POST the
+/// JSON content type, so a web page in a local browser (which can send
+/// neither without the page being allowed to by CORS) cannot drive it.
 fn control_routes(cluster: Arc<Cluster>) -> axum::Router {
     axum::Router::new()
         .route(control_api::LINKS, get(links))
@@ -818,7 +878,52 @@ fn control_routes(cluster: Arc<Cluster>) -> axum::Router {
         .route(control_api::HEAL, post(heal))
         .route(control_api::KILL, post(kill))
         .route(control_api::RESTART, post(restart))
+        .layer(axum::middleware::from_fn_with_state(cluster.clone(), control_guard))
         .with_state(cluster)
+}
+
+/// Refuses a control request without the token (401) or, for a POST,
+/// without `content-type: application/json` (415).
+async fn control_guard(
+    State(c): State<Arc<Cluster>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::header;
+    let sent = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !same_secret(sent.as_bytes(), c.control_token.as_bytes()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "the control API needs `authorization: Bearer <token>`; the token is in {}\n",
+                c.dir.join(secrets::CONTROL_TOKEN_FILE).display()
+            ),
+        )
+            .into_response();
+    }
+    let json = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
+    if request.method() == axum::http::Method::POST && !json {
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a control API POST must be `content-type: application/json`\n",
+        )
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn links_json(wan: &Wan) -> Vec<LinkState> {

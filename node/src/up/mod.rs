@@ -22,9 +22,11 @@
 //! second one's nodes fail to bind and it says so.
 
 pub mod cluster;
+pub mod secrets;
 pub mod wan;
 
 use crate::server::config::{NodeConfig, PEERS_MAX, PROPOSAL_QUEUE_MAX_LIMIT, Peer, RaftTuning};
+use crate::server::security::clients::ApiKey;
 use reservoir_client::HOME_REGION;
 use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -67,6 +69,8 @@ pub struct UpOptions {
     pub proposal_queue_max: Option<usize>,
     /// The `reservoir` binary the children run.
     pub exe: PathBuf,
+    /// Fresh configs run without TLS or authentication.
+    pub insecure: bool,
 }
 
 /// `DIR/cluster.json`'s schema lives in the client crate: it is what
@@ -164,7 +168,13 @@ pub async fn run(options: UpOptions) -> Result<(), UpError> {
     // disposition and leave the children to their death signal alone.
     let mut signals = ShutdownSignals::install().map_err(UpError::io("installing signal handlers"))?;
     let dir = cluster_dir(&options.dir)?;
-    let plan = prepare_configs(&dir, options.nodes, options.base_port, options.proposal_queue_max)?;
+    let plan = prepare_configs(
+        &dir,
+        options.nodes,
+        options.base_port,
+        options.proposal_queue_max,
+        options.insecure,
+    )?;
     // cluster.json appears only once this run is ready; an old one would
     // point at processes that are gone.
     let cluster_path = dir.join("cluster.json");
@@ -202,12 +212,14 @@ pub async fn run(options: UpOptions) -> Result<(), UpError> {
 
 /// The node configs for DIR: those already there, unchanged, when DIR holds
 /// any `node-{id}.toml`; otherwise fresh ones, written to DIR, with
-/// `proposal_queue_max` (if given) as every node's `raft.proposal_queue_max`.
+/// `proposal_queue_max` (if given) as every node's `raft.proposal_queue_max`,
+/// and TLS and API keys from [`secrets`] unless `insecure`.
 pub fn prepare_configs(
     dir: &Path,
     nodes: Option<u64>,
     base_port: Option<u16>,
     proposal_queue_max: Option<usize>,
+    insecure: bool,
 ) -> Result<Vec<PlannedNode>, UpError> {
     let existing = existing_node_ids(dir).map_err(UpError::io(format!("reading {}", dir.display())))?;
     if !existing.is_empty() {
@@ -248,9 +260,15 @@ pub fn prepare_configs(
     }
     let ports = match base_port {
         Some(base) => fixed_ports(base, n)?,
-        None => free_ports(2 * n as usize).map_err(UpError::io("picking free loopback ports"))?,
+        None => free_ports(PORTS_PER_NODE * n as usize).map_err(UpError::io("picking free loopback ports"))?,
     };
-    let plan = fresh_configs(dir, &ports, &raft);
+    let api_keys = if insecure {
+        None
+    } else {
+        let nodes: Vec<(u64, String)> = (1..=n).map(|id| (id, HOME_REGION.to_string())).collect();
+        Some(secrets::make(dir, &nodes)?)
+    };
+    let plan = fresh_configs(dir, &ports, &raft, api_keys);
     for planned in &plan {
         let text = toml::to_string(&planned.config).expect("a NodeConfig always serializes to TOML");
         write_atomically(&planned.config_path, text.as_bytes())
@@ -327,27 +345,31 @@ fn load_configs(dir: &Path, ids: &[u64]) -> Result<Vec<PlannedNode>, UpError> {
     Ok(plan)
 }
 
+/// Ports a node listens on: client gRPC, peer gRPC, HTTP.
+pub const PORTS_PER_NODE: usize = 3;
+
 /// Fresh configs for nodes 1..=N of the standalone region: node i gets
-/// `ports[2(i-1)]` for gRPC and `ports[2(i-1)+1]` for HTTP, and its data in
-/// `DIR/node-{i}/data`, and the Raft tuning `raft`; every node lists every
-/// node as a voter.
-fn fresh_configs(dir: &Path, ports: &[u16], raft: &RaftTuning) -> Vec<PlannedNode> {
+/// `ports[3(i-1)]` for client gRPC, `ports[3(i-1)+1]` for the peer plane and
+/// `ports[3(i-1)+2]` for HTTP, its data in `DIR/node-{i}/data`, and the Raft
+/// tuning `raft`; every node lists every node as a voter. With `api_keys`,
+/// TLS from DIR's development CA and those keys; without, insecure.
+fn fresh_configs(dir: &Path, ports: &[u16], raft: &RaftTuning, api_keys: Option<Vec<ApiKey>>) -> Vec<PlannedNode> {
     assert!(
-        ports.len().is_multiple_of(2),
-        "{} ports for nodes that need two each",
+        ports.len().is_multiple_of(PORTS_PER_NODE),
+        "{} ports for nodes that need {PORTS_PER_NODE} each",
         ports.len()
     );
     let loopback = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let ids = 1..=(ports.len() / 2) as u64;
+    let ids = 1..=(ports.len() / PORTS_PER_NODE) as u64;
     let peers: Vec<Peer> = ids
         .clone()
         .map(|id| Peer {
             id,
-            grpc: loopback(ports[2 * (id as usize - 1)]),
+            peer: loopback(ports[PORTS_PER_NODE * (id as usize - 1) + 1]),
         })
         .collect();
     ids.map(|id| {
-        let i = 2 * (id as usize - 1);
+        let i = PORTS_PER_NODE * (id as usize - 1);
         PlannedNode {
             config_path: config_path(dir, id),
             config: NodeConfig {
@@ -355,7 +377,8 @@ fn fresh_configs(dir: &Path, ports: &[u16], raft: &RaftTuning) -> Vec<PlannedNod
                 region: HOME_REGION.to_string(),
                 location: None,
                 grpc_addr: loopback(ports[i]),
-                http_addr: loopback(ports[i + 1]),
+                peer_addr: loopback(ports[i + 1]),
+                http_addr: loopback(ports[i + 2]),
                 data_dir: dir.join(format!("node-{id}")).join("data"),
                 standalone: true,
                 peers: peers.clone(),
@@ -365,21 +388,24 @@ fn fresh_configs(dir: &Path, ports: &[u16], raft: &RaftTuning) -> Vec<PlannedNod
                 regions: Vec::new(),
                 rebalance: Default::default(),
                 retention: Default::default(),
+                insecure: api_keys.is_none(),
+                tls: api_keys.is_some().then(|| secrets::tls_files(dir, id)),
+                api_keys: api_keys.clone().unwrap_or_default(),
             },
         }
     })
     .collect()
 }
 
-/// `2n` consecutive ports from `base`, refused if they run past 65535.
+/// `3n` consecutive ports from `base`, refused if they run past 65535.
 fn fixed_ports(base: u16, n: u64) -> Result<Vec<u16>, UpError> {
-    let last = u64::from(base) + 2 * n - 1;
+    let last = u64::from(base) + PORTS_PER_NODE as u64 * n - 1;
     if base == 0 || last > u64::from(u16::MAX) {
         return Err(UpError::Usage(format!(
             "--base-port {base}: {n} nodes need ports {base}-{last}, which must lie in 1-65535"
         )));
     }
-    Ok((0..2 * n as u16).map(|i| base + i).collect())
+    Ok((0..(PORTS_PER_NODE as u64 * n) as u16).map(|i| base + i).collect())
 }
 
 /// `count` distinct free loopback ports: all bound at once to 127.0.0.1:0
@@ -711,22 +737,42 @@ fn log_tail(path: &Path, lines: usize) -> String {
 
 /// The contents of `cluster.json` for the running nodes.
 fn cluster_file(nodes: &[NodeProcess]) -> ClusterFile {
+    let (tls, credentials) = trust_of(nodes.iter().map(|n| &n.config));
     ClusterFile {
         architecture: None,
         endpoints: None,
-        nodes: nodes
-            .iter()
-            .map(|n| ClusterNode {
-                id: n.id,
-                region: n.config.region.clone(),
-                grpc: n.config.grpc_addr,
-                http: Some(n.config.http_addr),
-                pid: Some(n.pid),
-                cmd: n.cmd.clone(),
-            })
-            .collect(),
+        nodes: nodes.iter().map(cluster_node).collect(),
         control: None,
         ledger: None,
+        tls,
+        credentials,
+        control_token_file: None,
+    }
+}
+
+/// A running node, as `cluster.json` lists it.
+pub(crate) fn cluster_node(n: &NodeProcess) -> ClusterNode {
+    ClusterNode {
+        id: n.id,
+        region: n.config.region.clone(),
+        grpc: n.config.grpc_addr,
+        peer: Some(n.config.peer_addr),
+        http: Some(n.config.http_addr),
+        pid: Some(n.pid),
+        cmd: n.cmd.clone(),
+    }
+}
+
+/// What `cluster.json` says about trust for nodes with these configs: DIR's
+/// CA and key files unless the nodes run insecure.
+pub(crate) fn trust_of<'a>(
+    mut configs: impl Iterator<Item = &'a NodeConfig>,
+) -> (Option<reservoir_client::TlsInfo>, std::collections::BTreeMap<String, PathBuf>) {
+    if configs.any(|c| !c.insecure) {
+        let (tls, credentials) = secrets::cluster_trust();
+        (Some(tls), credentials)
+    } else {
+        (None, Default::default())
     }
 }
 
@@ -792,7 +838,7 @@ mod tests {
     #[test]
     fn configs_are_generated_then_reused() {
         let dir = scratch("configs");
-        let first = prepare_configs(&dir, None, None, None).unwrap();
+        let first = prepare_configs(&dir, None, None, None, true).unwrap();
         assert_eq!(first.len(), NODES_DEFAULT as usize);
         let mut addrs = Vec::new();
         for (i, p) in first.iter().enumerate() {
@@ -814,13 +860,13 @@ mod tests {
         addrs.dedup();
         assert_eq!(addrs.len(), 2 * first.len(), "every port distinct");
 
-        let again = prepare_configs(&dir, None, Some(9000), None).unwrap();
+        let again = prepare_configs(&dir, None, Some(9000), None, true).unwrap();
         assert_eq!(
             again, first,
             "second run reuses the configs, ignoring --base-port"
         );
-        assert_eq!(prepare_configs(&dir, Some(3), None, None).unwrap(), first);
-        assert!(prepare_configs(&dir, Some(5), None, None).unwrap_err().is_usage());
+        assert_eq!(prepare_configs(&dir, Some(3), None, None, true).unwrap(), first);
+        assert!(prepare_configs(&dir, Some(5), None, None, true).unwrap_err().is_usage());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -828,21 +874,28 @@ mod tests {
     #[test]
     fn base_port_layout() {
         let dir = scratch("base-port");
-        let plan = prepare_configs(&dir, Some(2), Some(20000), None).unwrap();
+        let plan = prepare_configs(&dir, Some(2), Some(20000), None, false).unwrap();
         let c = &plan[1].config;
-        assert_eq!(c.grpc_addr, "127.0.0.1:20002".parse().unwrap());
-        assert_eq!(c.http_addr, "127.0.0.1:20003".parse().unwrap());
-        assert_eq!(c.peers[0].grpc, "127.0.0.1:20000".parse().unwrap());
-        assert!(fixed_ports(65531, 3).unwrap_err().is_usage());
-        assert_eq!(fixed_ports(65530, 3).unwrap().last(), Some(&65535));
+        // A secure region: each node's certificate and key from DIR's CA,
+        // one key per role, and configs that load.
+        let tls = c.tls.as_ref().expect("a secure config names its TLS files");
+        assert!(tls.ca_file.exists() && tls.cert_file.exists() && tls.key_file.exists());
+        assert_eq!(c.api_keys.len(), 3);
+        assert_eq!(NodeConfig::load(&plan[1].config_path).unwrap(), *c);
+        assert_eq!(c.grpc_addr, "127.0.0.1:20003".parse().unwrap());
+        assert_eq!(c.peer_addr, "127.0.0.1:20004".parse().unwrap());
+        assert_eq!(c.http_addr, "127.0.0.1:20005".parse().unwrap());
+        assert_eq!(c.peers[0].peer, "127.0.0.1:20001".parse().unwrap());
+        assert!(fixed_ports(65528, 3).unwrap_err().is_usage());
+        assert_eq!(fixed_ports(65527, 3).unwrap().last(), Some(&65535));
         let other = scratch("bad-nodes");
         assert!(
-            prepare_configs(&other, Some(0), None, None)
+            prepare_configs(&other, Some(0), None, None, true)
                 .unwrap_err()
                 .is_usage()
         );
         assert!(
-            prepare_configs(&other, Some(PEERS_MAX as u64 + 1), None, None)
+            prepare_configs(&other, Some(PEERS_MAX as u64 + 1), None, None, true)
                 .unwrap_err()
                 .is_usage()
         );
@@ -854,21 +907,21 @@ mod tests {
     #[test]
     fn proposal_queue_max_in_fresh_configs() {
         let dir = scratch("queue-max");
-        let plan = prepare_configs(&dir, None, None, Some(2)).unwrap();
+        let plan = prepare_configs(&dir, None, None, Some(2), true).unwrap();
         for p in &plan {
             assert_eq!(p.config.raft.proposal_queue_max, 2);
             assert_eq!(NodeConfig::load(&p.config_path).unwrap(), p.config);
         }
-        let again = prepare_configs(&dir, None, None, Some(8)).unwrap();
+        let again = prepare_configs(&dir, None, None, Some(8), true).unwrap();
         assert_eq!(again, plan, "a second run reuses the configs, ignoring the flag");
         let other = scratch("queue-max-bad");
         assert!(
-            prepare_configs(&other, None, None, Some(0))
+            prepare_configs(&other, None, None, Some(0), true)
                 .unwrap_err()
                 .is_usage()
         );
         assert!(
-            prepare_configs(&other, None, None, Some(PROPOSAL_QUEUE_MAX_LIMIT + 1))
+            prepare_configs(&other, None, None, Some(PROPOSAL_QUEUE_MAX_LIMIT + 1), true)
                 .unwrap_err()
                 .is_usage()
         );
@@ -880,9 +933,9 @@ mod tests {
     #[test]
     fn inconsistent_configs_are_refused() {
         let dir = scratch("inconsistent");
-        let plan = prepare_configs(&dir, Some(3), None, None).unwrap();
+        let plan = prepare_configs(&dir, Some(3), None, None, true).unwrap();
         std::fs::remove_file(&plan[2].config_path).unwrap();
-        let e = prepare_configs(&dir, None, None, None).unwrap_err();
+        let e = prepare_configs(&dir, None, None, None, true).unwrap_err();
         assert!(e.is_usage(), "{e}");
         assert!(e.to_string().contains("node-1.toml"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();

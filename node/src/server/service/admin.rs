@@ -9,26 +9,28 @@ use reservoir_tokens::RegionApplied;
 use reservoir_tokens::audit;
 use tonic::{Request, Response, Status};
 
-use super::{forwarding, is_forwarded, leader_answer, recorded, unexpected};
+use super::{Caller, Plane, forwarding, leader_answer, recorded, unexpected};
 use crate::server::control::{LedgerCall, LedgerReply};
 use crate::server::edge;
 use crate::server::node::{FORWARD_TIMEOUT, Node, Route};
+use crate::server::security::Permission;
 use crate::server::status::to_status;
 
-/// `reservoir.v1.Admin` for a region node.
+/// `reservoir.v1.Admin` for a region node, on one listener.
 pub struct AdminService {
     node: Arc<Node>,
+    plane: Plane,
 }
 
 impl AdminService {
-    /// The service over `node`.
-    pub fn new(node: Arc<Node>) -> AdminService {
-        AdminService { node }
+    /// The service over `node`, for the callers of `plane`.
+    pub fn new(node: Arc<Node>, plane: Plane) -> AdminService {
+        AdminService { node, plane }
     }
 
     async fn adjust_stock_inner(
         &self,
-        forwarded: bool,
+        caller: &Caller,
         req: v1::AdjustStockRequest,
     ) -> Result<v1::AdjustStockResponse, Status> {
         let adjustment = edge::adjust_stock(req.clone()).map_err(|r| to_status(&r))?;
@@ -51,7 +53,7 @@ impl AdminService {
                 ))),
             };
         }
-        match self.node.write(adjustment.into_region_op(), forwarded).await? {
+        match self.node.write(adjustment.into_region_op(), caller.forwarded).await? {
             Route::Applied(RegionApplied::Stock {
                 sku,
                 stocked_total,
@@ -64,7 +66,7 @@ impl AdminService {
             Route::Applied(other) => Err(unexpected("adjust_stock", other)),
             Route::Leader(addr) => {
                 let mut client = self.node.admin(&addr)?;
-                leader_answer(client.adjust_stock(forwarding(req)))
+                leader_answer(client.adjust_stock(forwarding(req, caller)))
                     .await
                     .map(Response::into_inner)
             }
@@ -217,7 +219,7 @@ impl AdminService {
         })
     }
 
-    async fn audit_inner(&self, forwarded: bool) -> Result<v1::AuditReport, Status> {
+    async fn audit_inner(&self, caller: &Caller) -> Result<v1::AuditReport, Status> {
         if !self.node.config().standalone {
             return match self
                 .node
@@ -234,13 +236,13 @@ impl AdminService {
         // Audit the current state: on the leader, after a read index.
         match self
             .node
-            .read_current(forwarded, audit::balance_standalone)
+            .read_current(caller.forwarded, audit::balance_standalone)
             .await?
         {
             Route::Applied(sheet) => Ok(edge::audit_report(&sheet, self.node.now_ms())),
             Route::Leader(addr) => {
                 let mut client = self.node.admin(&addr)?;
-                leader_answer(client.audit(forwarding(v1::AuditRequest {})))
+                leader_answer(client.audit(forwarding(v1::AuditRequest {}, caller)))
                     .await
                     .map(Response::into_inner)
             }
@@ -254,23 +256,34 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         request: Request<v1::AdjustStockRequest>,
     ) -> Result<Response<v1::AdjustStockResponse>, Status> {
-        let forwarded = is_forwarded(&request);
-        recorded(
-            "adjust_stock",
-            self.adjust_stock_inner(forwarded, request.into_inner()),
-        )
+        recorded("adjust_stock", async {
+            let caller = self
+                .plane
+                .caller(&self.node, &request, Permission::AdjustStock)
+                .await?;
+            self.adjust_stock_inner(&caller, request.into_inner()).await
+        })
         .await
     }
 
     async fn get_status(
         &self,
-        _request: Request<v1::GetStatusRequest>,
+        request: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::ClusterStatus>, Status> {
-        recorded("get_status", self.cluster_status()).await
+        recorded("get_status", async {
+            self.plane
+                .caller(&self.node, &request, Permission::ReadStatus)
+                .await?;
+            self.cluster_status().await
+        })
+        .await
     }
 
     async fn audit(&self, request: Request<v1::AuditRequest>) -> Result<Response<v1::AuditReport>, Status> {
-        let forwarded = is_forwarded(&request);
-        recorded("audit", self.audit_inner(forwarded)).await
+        recorded("audit", async {
+            let caller = self.plane.caller(&self.node, &request, Permission::Audit).await?;
+            self.audit_inner(&caller).await
+        })
+        .await
     }
 }

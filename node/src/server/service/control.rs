@@ -2,6 +2,13 @@
 //! region's group (or forwarded once to its leader), ledger calls applied to
 //! the ledger group on ledger hosts (or forwarded to the ledger leader).
 //! The messages and the client are in [`crate::server::control`].
+//!
+//! Served on the peer plane only. Each call is checked against what its
+//! sender may send ([`crate::server::security::peers`]) before it is
+//! decoded further than its kind: grants, revokes, settlements and reports
+//! only from the ledger's nodes; a top-up only from the region it is for;
+//! gossip from any node, keeping only what the sender speaks for; a
+//! forwarded call only from a node of the same group.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +21,8 @@ use crate::server::control::{
     CONTROL_MESSAGE_BYTES_MAX, LedgerCall, LedgerReply, RegionCall, RegionReply, RegionReport, decode, encode,
 };
 use crate::server::node::{COMMIT_TIMEOUT, FORWARD_TIMEOUT, LEADER_WAIT, Node, Route, WriteError};
+use crate::server::security::PeerNode;
+use crate::server::security::peers::Senders;
 
 /// The control plane's gRPC service on a node.
 pub struct ControlService {
@@ -28,7 +37,52 @@ impl ControlService {
             .max_encoding_message_size(CONTROL_MESSAGE_BYTES_MAX)
     }
 
-    async fn region_call(&self, message: ControlMessage) -> Result<Vec<u8>, Status> {
+    /// Whether `from` may send `call` (a region call for this node's region).
+    fn check_region_call(&self, from: Option<&PeerNode>, forwarded: bool, call: &RegionCall) -> Result<(), Status> {
+        let policy = self.node.peer_policy();
+        if forwarded {
+            return policy.require(from, Senders::Group, "a forwarded control call");
+        }
+        match call {
+            RegionCall::Apply(op) => {
+                use reservoir_tokens::RegionOp;
+                if !matches!(op, RegionOp::Grant { .. } | RegionOp::Revoke { .. } | RegionOp::Settled { .. }) {
+                    return Err(crate::server::security::peers::refused(
+                        tonic::Code::PermissionDenied,
+                        "PEER_NOT_ALLOWED",
+                        "the control plane applies only grants, revokes and settlements".into(),
+                    ));
+                }
+                policy.require(from, Senders::Ledger, "a grant, revoke or settlement")
+            }
+            RegionCall::Report(_) => policy.require(from, Senders::Ledger, "a report request"),
+            RegionCall::Gossip(_) => policy.require(from, Senders::AnyNode, "gossip"),
+        }
+    }
+
+    /// Whether `from` may send `call` to the ledger.
+    fn check_ledger_call(&self, from: Option<&PeerNode>, forwarded: bool, call: &LedgerCall) -> Result<(), Status> {
+        let policy = self.node.peer_policy();
+        if forwarded {
+            return policy.require(from, Senders::Ledger, "a forwarded ledger call");
+        }
+        match call {
+            LedgerCall::Apply(op) => {
+                if !matches!(op, reservoir_tokens::LedgerOp::AdjustStock { .. }) {
+                    return Err(crate::server::security::peers::refused(
+                        tonic::Code::PermissionDenied,
+                        "PEER_NOT_ALLOWED",
+                        "the control plane applies only stock adjustments to the ledger".into(),
+                    ));
+                }
+                policy.require(from, Senders::AnyNode, "a stock adjustment")
+            }
+            LedgerCall::TopUp { region, .. } => policy.require(from, Senders::Region(region), "a top-up request"),
+            LedgerCall::Summary | LedgerCall::Audit => policy.require(from, Senders::AnyNode, "a ledger read"),
+        }
+    }
+
+    async fn region_call(&self, from: Option<PeerNode>, message: ControlMessage) -> Result<Vec<u8>, Status> {
         let node = &self.node;
         if message.region != node.region() {
             return Err(Status::failed_precondition(format!(
@@ -39,8 +93,18 @@ impl ControlService {
         }
         let call: RegionCall = decode(&message.payload)?;
         let forwarded = message.forwarded;
+        self.check_region_call(from.as_ref(), forwarded, &call)?;
         let reply = match call {
             RegionCall::Gossip(digest) => {
+                let digest = match &from {
+                    // Only what the sender speaks for: its own region, and
+                    // the pool if it is a ledger node.
+                    Some(peer) => {
+                        let ledger = node.peer_policy().group_voters(true).contains(&peer.id);
+                        digest.only_from(&peer.region, ledger, node.now_ms())
+                    }
+                    None => digest,
+                };
                 node.availability().merge(digest);
                 RegionReply::Gossip(node.availability().digest())
             }
@@ -94,15 +158,16 @@ impl ControlService {
         encode(&reply)
     }
 
-    async fn ledger_call(&self, message: ControlMessage) -> Result<Vec<u8>, Status> {
+    async fn ledger_call(&self, from: Option<PeerNode>, message: ControlMessage) -> Result<Vec<u8>, Status> {
         let node = &self.node;
         let Some(host) = node.ledger() else {
-            // Not a ledger host: pass the call on to the ledger's nodes.
-            let call: LedgerCall = decode(&message.payload)?;
-            let reply = node.control().ledger(&call, FORWARD_TIMEOUT).await?;
-            return encode(&reply);
+            return Err(Status::failed_precondition(format!(
+                "a ledger call reached node {}, which hosts no ledger voter",
+                node.config().node_id
+            )));
         };
         let call: LedgerCall = decode(&message.payload)?;
+        self.check_ledger_call(from.as_ref(), message.forwarded, &call)?;
         let group = host.group();
         if !group.is_leader() {
             if message.forwarded {
@@ -189,7 +254,8 @@ impl Control for ControlService {
         &self,
         request: tonic::Request<ControlMessage>,
     ) -> Result<tonic::Response<ControlReply>, Status> {
-        let payload = self.region_call(request.into_inner()).await?;
+        let from = self.node.peer_policy().caller(request.extensions())?;
+        let payload = self.region_call(from, request.into_inner()).await?;
         Ok(tonic::Response::new(ControlReply { payload }))
     }
 
@@ -197,7 +263,8 @@ impl Control for ControlService {
         &self,
         request: tonic::Request<ControlMessage>,
     ) -> Result<tonic::Response<ControlReply>, Status> {
-        let payload = self.ledger_call(request.into_inner()).await?;
+        let from = self.node.peer_policy().caller(request.extensions())?;
+        let payload = self.ledger_call(from, request.into_inner()).await?;
         Ok(tonic::Response::new(ControlReply { payload }))
     }
 }

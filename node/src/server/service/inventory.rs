@@ -10,20 +10,22 @@ use reservoir_tokens::{Line, RegionApplied, RegionOp, Rejection};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::{forwarding, is_forwarded, leader_answer, recorded, unexpected};
+use super::{Caller, Plane, forwarding, leader_answer, recorded, unexpected};
 use crate::server::edge;
 use crate::server::node::{Node, Route, TOPUP_POLL, WriteError};
+use crate::server::security::Permission;
 use crate::server::status::to_status;
 
-/// `reservoir.v1.Inventory` for one region.
+/// `reservoir.v1.Inventory` for one region, on one listener.
 pub struct InventoryService {
     node: Arc<Node>,
+    plane: Plane,
 }
 
 impl InventoryService {
-    /// The service over `node`.
-    pub fn new(node: Arc<Node>) -> InventoryService {
-        InventoryService { node }
+    /// The service over `node`, for the callers of `plane`.
+    pub fn new(node: Arc<Node>, plane: Plane) -> InventoryService {
+        InventoryService { node, plane }
     }
 
     fn reservation(&self, r: reservoir_tokens::Reservation) -> Option<v1::Reservation> {
@@ -69,7 +71,7 @@ impl InventoryService {
 
     async fn reserve_inner(
         &self,
-        forwarded: bool,
+        caller: &Caller,
         req: v1::ReserveRequest,
     ) -> Result<v1::ReserveResponse, Status> {
         let validated = edge::reserve_op(req.clone()).map_err(|r| to_status(&r))?;
@@ -80,6 +82,7 @@ impl InventoryService {
         // A copy to retry with only when the caller may wait for a top-up.
         let retry =
             (validated.max_wait_ms > 0 && !self.node.config().standalone).then(|| validated.op.clone());
+        let forwarded = caller.forwarded;
         let mut outcome = self.node.write(validated.op, forwarded).await;
         if !matches!(outcome, Ok(Route::Leader(_))) {
             // Counted where the reserve is proposed (the leader), once.
@@ -112,7 +115,7 @@ impl InventoryService {
             Route::Applied(other) => Err(unexpected("reserve", other)),
             Route::Leader(addr) => {
                 let mut client = self.node.inventory(&addr)?;
-                leader_answer(client.reserve(forwarding(req)))
+                leader_answer(client.reserve(forwarding(req, caller)))
                     .await
                     .map(Response::into_inner)
             }
@@ -126,7 +129,7 @@ impl InventoryService {
         &self,
         what: &'static str,
         op: Result<RegionOp, Rejection>,
-        forwarded: bool,
+        caller: &Caller,
         forward: F,
     ) -> Result<Option<v1::Reservation>, Status>
     where
@@ -134,7 +137,7 @@ impl InventoryService {
         Fut: std::future::Future<Output = Result<Option<v1::Reservation>, Status>>,
     {
         let op = op.map_err(|r| to_status(&r))?;
-        match self.node.write(op, forwarded).await? {
+        match self.node.write(op, caller.forwarded).await? {
             Route::Applied(RegionApplied::Reservation(r)) => Ok(self.reservation(r)),
             Route::Applied(other) => Err(unexpected(what, other)),
             Route::Leader(addr) => leader_answer(forward(self.node.inventory(&addr)?)).await,
@@ -143,57 +146,57 @@ impl InventoryService {
 
     async fn release_inner(
         &self,
-        forwarded: bool,
+        caller: &Caller,
         req: v1::ReleaseRequest,
     ) -> Result<v1::ReleaseResponse, Status> {
         let op = edge::release_op(self.node.region(), req.clone());
         let forward = |mut c: InventoryClient<Channel>| async move {
-            Ok(c.release(forwarding(req)).await?.into_inner().reservation)
+            Ok(c.release(forwarding(req, caller)).await?.into_inner().reservation)
         };
-        let reservation = self.write_reservation("release", op, forwarded, forward).await?;
+        let reservation = self.write_reservation("release", op, caller, forward).await?;
         Ok(v1::ReleaseResponse { reservation })
     }
 
     async fn confirm_inner(
         &self,
-        forwarded: bool,
+        caller: &Caller,
         req: v1::ConfirmRequest,
     ) -> Result<v1::ConfirmResponse, Status> {
         let op = edge::confirm_op(self.node.region(), req.clone());
         let forward = |mut c: InventoryClient<Channel>| async move {
-            Ok(c.confirm(forwarding(req)).await?.into_inner().reservation)
+            Ok(c.confirm(forwarding(req, caller)).await?.into_inner().reservation)
         };
-        let reservation = self.write_reservation("confirm", op, forwarded, forward).await?;
+        let reservation = self.write_reservation("confirm", op, caller, forward).await?;
         Ok(v1::ConfirmResponse { reservation })
     }
 
     async fn extend_inner(
         &self,
-        forwarded: bool,
+        caller: &Caller,
         req: v1::ExtendRequest,
     ) -> Result<v1::ExtendResponse, Status> {
         let op = edge::extend_op(self.node.region(), req.clone());
         let forward = |mut c: InventoryClient<Channel>| async move {
-            Ok(c.extend(forwarding(req)).await?.into_inner().reservation)
+            Ok(c.extend(forwarding(req, caller)).await?.into_inner().reservation)
         };
-        let reservation = self.write_reservation("extend", op, forwarded, forward).await?;
+        let reservation = self.write_reservation("extend", op, caller, forward).await?;
         Ok(v1::ExtendResponse { reservation })
     }
 
     async fn get_reservation_inner(
         &self,
-        forwarded: bool,
+        caller: &Caller,
         req: v1::GetReservationRequest,
     ) -> Result<v1::Reservation, Status> {
         let id = edge::get_reservation_id(self.node.region(), &req).map_err(|r| to_status(&r))?;
-        match self.node.read_current(forwarded, |s| s.reservation(id)).await? {
+        match self.node.read_current(caller.forwarded, |s| s.reservation(id)).await? {
             Route::Applied(Some(r)) => Ok(edge::reservation_to_proto(self.node.region(), r)),
             Route::Applied(None) => Err(to_status(&Rejection::ReservationNotFound {
                 id: req.reservation_id.clone(),
             })),
             Route::Leader(addr) => {
                 let mut client = self.node.inventory(&addr)?;
-                leader_answer(client.get_reservation(forwarding(req)))
+                leader_answer(client.get_reservation(forwarding(req, caller)))
                     .await
                     .map(Response::into_inner)
             }
@@ -230,43 +233,57 @@ impl v1::inventory_server::Inventory for InventoryService {
         &self,
         request: Request<v1::ReserveRequest>,
     ) -> Result<Response<v1::ReserveResponse>, Status> {
-        let forwarded = is_forwarded(&request);
-        recorded("reserve", self.reserve_inner(forwarded, request.into_inner())).await
+        recorded("reserve", async {
+            let caller = self.plane.caller(&self.node, &request, Permission::Write).await?;
+            self.reserve_inner(&caller, request.into_inner()).await
+        })
+        .await
     }
 
     async fn release(
         &self,
         request: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
-        let forwarded = is_forwarded(&request);
-        recorded("release", self.release_inner(forwarded, request.into_inner())).await
+        recorded("release", async {
+            let caller = self.plane.caller(&self.node, &request, Permission::Write).await?;
+            self.release_inner(&caller, request.into_inner()).await
+        })
+        .await
     }
 
     async fn confirm(
         &self,
         request: Request<v1::ConfirmRequest>,
     ) -> Result<Response<v1::ConfirmResponse>, Status> {
-        let forwarded = is_forwarded(&request);
-        recorded("confirm", self.confirm_inner(forwarded, request.into_inner())).await
+        recorded("confirm", async {
+            let caller = self.plane.caller(&self.node, &request, Permission::Write).await?;
+            self.confirm_inner(&caller, request.into_inner()).await
+        })
+        .await
     }
 
     async fn extend(
         &self,
         request: Request<v1::ExtendRequest>,
     ) -> Result<Response<v1::ExtendResponse>, Status> {
-        let forwarded = is_forwarded(&request);
-        recorded("extend", self.extend_inner(forwarded, request.into_inner())).await
+        recorded("extend", async {
+            let caller = self.plane.caller(&self.node, &request, Permission::Write).await?;
+            self.extend_inner(&caller, request.into_inner()).await
+        })
+        .await
     }
 
     async fn get_reservation(
         &self,
         request: Request<v1::GetReservationRequest>,
     ) -> Result<Response<v1::Reservation>, Status> {
-        let forwarded = is_forwarded(&request);
-        recorded(
-            "get_reservation",
-            self.get_reservation_inner(forwarded, request.into_inner()),
-        )
+        recorded("get_reservation", async {
+            let caller = self
+                .plane
+                .caller(&self.node, &request, Permission::ReadReservation)
+                .await?;
+            self.get_reservation_inner(&caller, request.into_inner()).await
+        })
         .await
     }
 
@@ -275,6 +292,9 @@ impl v1::inventory_server::Inventory for InventoryService {
         request: Request<v1::GetAvailabilityRequest>,
     ) -> Result<Response<v1::Availability>, Status> {
         recorded("get_availability", async {
+            self.plane
+                .caller(&self.node, &request, Permission::ReadAvailability)
+                .await?;
             self.get_availability_inner(request.into_inner())
         })
         .await

@@ -5,10 +5,18 @@
 //!
 //! Any node accepts any call. Writes are proposed to the region's Raft group;
 //! on a follower they are forwarded once to the leader (the original request,
-//! so the leader stamps the time), marked so they are never forwarded twice.
+//! so the leader stamps the time), over the peer plane, marked so they are
+//! never forwarded twice and naming the principal they are made for.
 //! `GetReservation` is a linearizable read on the leader; `GetAvailability`
-//! answers from local state. This module holds what the services share:
-//! forwarding, and a count and latency per call.
+//! answers from local state.
+//!
+//! `Inventory` and `Admin` run on both listeners ([`Plane`]): on the client
+//! plane every call is authenticated and its role checked first
+//! ([`crate::server::security::clients`]), and a client-set forwarding mark
+//! means nothing; on the peer plane only calls forwarded by a node of this
+//! group are taken ([`crate::server::security::peers`]). This module holds
+//! what the services share: who the caller is, forwarding, and a count and
+//! latency per call.
 
 use std::future::Future;
 use std::time::Instant;
@@ -16,7 +24,9 @@ use std::time::Instant;
 use reservoir_tokens::RegionApplied;
 use tonic::{Code, Request, Response, Status};
 
-use crate::server::node::{FORWARD_TIMEOUT, FORWARDED_HEADER};
+use crate::server::node::{FORWARD_TIMEOUT, FORWARDED_HEADER, Node, PRINCIPAL_HEADER};
+use crate::server::security::peers::{Senders, refused};
+use crate::server::security::{Permission, clients};
 use crate::server::status::status_with_info;
 
 pub mod admin;
@@ -27,15 +37,84 @@ pub use admin::AdminService;
 pub use control::ControlService;
 pub use inventory::InventoryService;
 
-pub(super) fn is_forwarded<T>(request: &Request<T>) -> bool {
-    request.metadata().contains_key(FORWARDED_HEADER)
+/// Which listener a service serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plane {
+    /// The client listener: authenticated clients, by role.
+    Client,
+    /// The peer listener: calls forwarded by nodes of this group.
+    Peer,
 }
 
-pub(super) fn forwarding<T>(message: T) -> Request<T> {
+/// Who a call is for, once it may run.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The principal: reservations it makes are its own.
+    pub principal: String,
+    /// Forwarded by another node of this group (never forwarded again).
+    pub forwarded: bool,
+}
+
+impl Plane {
+    /// Who calls, if they may do `permission`; else the refusal (nothing
+    /// has run). On the client plane the caller authenticates and its role
+    /// is checked; on the peer plane the call must be forwarded by a node of
+    /// this group, which names the principal it checked.
+    pub(super) async fn caller<T>(
+        self,
+        node: &Node,
+        request: &Request<T>,
+        permission: Permission,
+    ) -> Result<Caller, Status> {
+        match self {
+            Plane::Client => {
+                let principal = node.authenticator().check(request, permission).await?;
+                Ok(Caller {
+                    principal: principal.name,
+                    forwarded: false,
+                })
+            }
+            Plane::Peer => {
+                let policy = node.peer_policy();
+                let from = policy.caller(request.extensions())?;
+                policy.require(from.as_ref(), Senders::Group, "a forwarded client call")?;
+                if !request.metadata().contains_key(FORWARDED_HEADER) {
+                    return Err(refused(
+                        Code::PermissionDenied,
+                        "PEER_NOT_ALLOWED",
+                        "the peer plane takes only client calls forwarded by a node of this group".into(),
+                    ));
+                }
+                let principal = request
+                    .metadata()
+                    .get(PRINCIPAL_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|p| clients::check_principal(p).is_ok())
+                    .ok_or_else(|| {
+                        refused(
+                            Code::InvalidArgument,
+                            "PEER_NOT_ALLOWED",
+                            format!("a forwarded call must name its principal in {PRINCIPAL_HEADER}"),
+                        )
+                    })?;
+                Ok(Caller {
+                    principal: principal.to_string(),
+                    forwarded: true,
+                })
+            }
+        }
+    }
+}
+
+/// `message` as a call forwarded to the leader for `caller`.
+pub(super) fn forwarding<T>(message: T, caller: &Caller) -> Request<T> {
     let mut request = Request::new(message);
     request
         .metadata_mut()
         .insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+    if let Ok(principal) = caller.principal.parse() {
+        request.metadata_mut().insert(PRINCIPAL_HEADER, principal);
+    }
     request
 }
 

@@ -1,0 +1,216 @@
+//! Who may call a node, and how it knows (docs/architecture.md, "Threat
+//! model").
+//!
+//! A node has two listeners. The **client plane** (`grpc_addr`: `Inventory`,
+//! `Admin`) serves TLS with the node's certificate; callers prove who they
+//! are with a bearer API key (kept hashed in the config) or a client
+//! certificate, and their role decides what they may call
+//! ([`clients`]). The **peer plane** (`peer_addr`: Raft, `Control`, and client
+//! calls forwarded to the leader) serves mutual TLS only: a caller's
+//! certificate, from the cluster's CA, names its node id and region, and
+//! every message is checked against what that node may send ([`peers`]).
+//!
+//! Identities live in a certificate's subject alternative names as URIs:
+//! `spiffe://reservoir/node/{id}/{region}` for a node,
+//! `spiffe://reservoir/client/{role}/{principal}` for a client. This module
+//! reads them ([`identity_of`]) and builds the TLS settings of both planes
+//! from the config's files ([`Tls`]).
+//!
+//! `insecure = true` in the config turns all of this off (plaintext on both
+//! planes, every caller an admin): for benchmarks on one machine, never for
+//! a network anyone else can reach.
+
+pub mod clients;
+pub mod peers;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+use serde::{Deserialize, Serialize};
+pub use clients::{Authenticator, Permission, Principal, Role};
+pub use peers::{PeerNode, PeerPolicy};
+
+/// The URI prefix of every Reservoir identity.
+pub const IDENTITY_PREFIX: &str = "spiffe://reservoir/";
+/// How long a TLS handshake may take before the connection is dropped.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest PEM file read (a CA, a certificate chain or a key).
+pub const PEM_BYTES_MAX: u64 = 1024 * 1024;
+
+/// What a certificate says its holder is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertIdentity {
+    /// A node of the cluster.
+    Node(PeerNode),
+    /// A client of the client plane.
+    Client(Principal),
+}
+
+/// The identity URI of node `id` in `region`.
+pub fn node_uri(id: u64, region: &str) -> String {
+    format!("{IDENTITY_PREFIX}node/{id}/{region}")
+}
+
+/// The identity URI of client `principal` with `role`.
+pub fn client_uri(role: Role, principal: &str) -> String {
+    format!("{IDENTITY_PREFIX}client/{}/{principal}", role.name())
+}
+
+/// Parses an identity URI; `None` if it is not one of ours.
+pub fn parse_identity(uri: &str) -> Option<CertIdentity> {
+    let rest = uri.strip_prefix(IDENTITY_PREFIX)?;
+    let mut parts = rest.split('/');
+    let identity = match (parts.next()?, parts.next()?, parts.next()?) {
+        ("node", id, region) => {
+            let id: u64 = id.parse().ok().filter(|&id| id != 0)?;
+            reservoir_tokens::limits::check_region(region).ok()?;
+            CertIdentity::Node(PeerNode {
+                id,
+                region: region.to_string(),
+            })
+        }
+        ("client", role, principal) => {
+            let role = Role::from_name(role)?;
+            clients::check_principal(principal).ok()?;
+            CertIdentity::Client(Principal {
+                name: principal.to_string(),
+                role,
+            })
+        }
+        _ => return None,
+    };
+    parts.next().is_none().then_some(identity)
+}
+
+/// The Reservoir identity in a DER certificate's subject alternative names:
+/// the first URI that parses as one. The certificate's signature, validity
+/// and chain were checked by the TLS handshake before this is asked.
+pub fn identity_of(der: &[u8]) -> Option<CertIdentity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::URI(uri) => parse_identity(uri),
+        _ => None,
+    })
+}
+
+/// The identity of the caller of a request (its extensions), from the leaf
+/// of the certificate chain it presented in the TLS handshake.
+pub fn caller_identity(extensions: &tonic::Extensions) -> Option<CertIdentity> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let certs = extensions.get::<TlsConnectInfo<TcpConnectInfo>>()?.peer_certs()?;
+    identity_of(certs.first()?.as_ref())
+}
+
+/// A node config's `[tls]` section: PEM files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The cluster's CA certificate: peers' and clients' certificates must
+    /// chain to it.
+    pub ca_file: PathBuf,
+    /// This node's certificate (chain), served on both listeners and
+    /// presented to peers; its URI names the node (`node_uri`).
+    pub cert_file: PathBuf,
+    /// Its private key.
+    pub key_file: PathBuf,
+}
+
+/// The node's TLS material: the cluster's CA and its own certificate.
+#[derive(Clone)]
+pub struct Tls {
+    ca: Certificate,
+    identity: Identity,
+}
+
+impl Tls {
+    /// Reads the files named in the config's `[tls]` section.
+    pub fn load(files: &TlsFiles) -> Result<Tls, String> {
+        let ca = read_pem(&files.ca_file, "tls.ca_file")?;
+        let cert = read_pem(&files.cert_file, "tls.cert_file")?;
+        let key = read_pem(&files.key_file, "tls.key_file")?;
+        Ok(Tls {
+            ca: Certificate::from_pem(ca),
+            identity: Identity::from_pem(cert, key),
+        })
+    }
+
+    /// The peer listener's settings: the node's certificate, and a client
+    /// certificate from the cluster's CA required of every caller.
+    pub fn peer_server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(self.identity.clone())
+            .client_ca_root(self.ca.clone())
+            .timeout(TLS_HANDSHAKE_TIMEOUT)
+    }
+
+    /// The client listener's settings: the node's certificate; a client
+    /// certificate from the cluster's CA is checked when one is presented
+    /// (callers may use an API key instead).
+    pub fn client_server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(self.identity.clone())
+            .client_ca_root(self.ca.clone())
+            .client_auth_optional(true)
+            .timeout(TLS_HANDSHAKE_TIMEOUT)
+    }
+
+    /// How this node calls its peers: it trusts only the cluster's CA and
+    /// presents its own certificate.
+    pub fn peer_client(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(self.ca.clone())
+            .identity(self.identity.clone())
+    }
+}
+
+/// Reads a PEM file of at most [`PEM_BYTES_MAX`] bytes.
+fn read_pem(path: &Path, field: &str) -> Result<Vec<u8>, String> {
+    let fail = |e: String| format!("{field} {}: {e}", path.display());
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    if meta.len() > PEM_BYTES_MAX {
+        return Err(fail(format!("larger than {PEM_BYTES_MAX} bytes")));
+    }
+    let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(fail("not a PEM file".into()));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Identity URIs round-trip; anything else is not an identity.
+    #[test]
+    fn identity_uris_round_trip() {
+        assert_eq!(
+            parse_identity(&node_uri(3, "eu-west")),
+            Some(CertIdentity::Node(PeerNode {
+                id: 3,
+                region: "eu-west".into()
+            }))
+        );
+        assert_eq!(
+            parse_identity(&client_uri(Role::Shop, "shop-frontend")),
+            Some(CertIdentity::Client(Principal {
+                name: "shop-frontend".into(),
+                role: Role::Shop
+            }))
+        );
+        for bad in [
+            "spiffe://reservoir/node/0/us-east",
+            "spiffe://reservoir/node/x/us-east",
+            "spiffe://reservoir/node/3/US East",
+            "spiffe://reservoir/node/3/us-east/extra",
+            "spiffe://reservoir/client/root/alice",
+            "spiffe://other/node/3/us-east",
+            "https://reservoir/node/3/us-east",
+        ] {
+            assert_eq!(parse_identity(bad), None, "{bad}");
+        }
+    }
+}

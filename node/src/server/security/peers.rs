@@ -1,0 +1,206 @@
+//! The peer plane's callers: nodes, known by the certificate they presented
+//! in the mutual-TLS handshake ([`PeerNode`]), and what each may send
+//! ([`PeerPolicy`]):
+//!
+//! | message | from |
+//! |---|---|
+//! | Raft (`AppendEntries`, `Vote`, `SnapshotChunk`) for a group | that group's voters, as themselves |
+//! | region `Apply` (grant, revoke, settled), `Report` | the ledger's nodes |
+//! | region `Gossip` | any node; only its own region's figures (and the pool, from a ledger node) are taken |
+//! | ledger `TopUp` for region R | R's nodes |
+//! | ledger `Apply` (`AdjustStock` only), `Summary`, `Audit` | any node (it checked its client's role) |
+//! | a forwarded call (client or control) | nodes of the same group |
+//!
+//! A refusal is `UNAUTHENTICATED` / `PEER_NOT_AUTHENTICATED` (no node
+//! certificate) or `PERMISSION_DENIED` / `PEER_NOT_ALLOWED`, and is counted
+//! in `reservoir_refused_total{plane="peer"}`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tonic::{Code, Status};
+
+use super::CertIdentity;
+use crate::server::status::status_with_info;
+
+/// A node of the cluster, as its certificate names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerNode {
+    /// Its node id.
+    pub id: u64,
+    /// Its region (its group's name).
+    pub region: String,
+}
+
+/// Who may send a message.
+#[derive(Clone, Copy, Debug)]
+pub enum Senders<'a> {
+    /// A voter of this node's region group.
+    Group,
+    /// A voter of the ledger group.
+    Ledger,
+    /// A node of this region.
+    Region(&'a str),
+    /// Any node of the cluster.
+    AnyNode,
+}
+
+/// What each node may send to this one.
+pub struct PeerPolicy {
+    insecure: bool,
+    group: BTreeSet<u64>,
+    ledger: BTreeSet<u64>,
+    /// Every node this node's config names, and its region.
+    known: BTreeMap<u64, String>,
+}
+
+impl PeerPolicy {
+    /// The policy of a node whose region group is `group`, whose ledger
+    /// group is `ledger`, and whose config names the nodes of `known`
+    /// (id → region).
+    pub fn new(group: BTreeSet<u64>, ledger: BTreeSet<u64>, known: BTreeMap<u64, String>) -> PeerPolicy {
+        PeerPolicy {
+            insecure: false,
+            group,
+            ledger,
+            known,
+        }
+    }
+
+    /// No checks at all (`insecure = true`): every caller may send anything.
+    pub fn insecure() -> PeerPolicy {
+        PeerPolicy {
+            insecure: true,
+            group: BTreeSet::new(),
+            ledger: BTreeSet::new(),
+            known: BTreeMap::new(),
+        }
+    }
+
+    /// True when nothing is checked.
+    pub fn is_insecure(&self) -> bool {
+        self.insecure
+    }
+
+    /// The voters of the group named `name` on this node: the region
+    /// group's, or the ledger's.
+    pub fn group_voters(&self, ledger: bool) -> &BTreeSet<u64> {
+        if ledger { &self.ledger } else { &self.group }
+    }
+
+    /// The calling node, from its certificate; `None` in insecure mode.
+    /// A caller without a node certificate, or one whose certificate names
+    /// a region other than the one this node's config gives it, is refused.
+    pub fn caller(&self, extensions: &tonic::Extensions) -> Result<Option<PeerNode>, Status> {
+        if self.insecure {
+            return Ok(None);
+        }
+        match super::caller_identity(extensions) {
+            Some(CertIdentity::Node(node)) => match self.known.get(&node.id) {
+                Some(region) if *region != node.region => Err(refused(
+                    Code::Unauthenticated,
+                    "PEER_NOT_AUTHENTICATED",
+                    format!(
+                        "certificate of node {} names region {}, this node's config says {region}",
+                        node.id, node.region
+                    ),
+                )),
+                _ => Ok(Some(node)),
+            },
+            _ => Err(refused(
+                Code::Unauthenticated,
+                "PEER_NOT_AUTHENTICATED",
+                "the peer plane takes calls only from nodes with a certificate of the cluster's CA".into(),
+            )),
+        }
+    }
+
+    /// Whether `caller` may send `what`; `PERMISSION_DENIED` if not.
+    pub fn require(&self, caller: Option<&PeerNode>, senders: Senders<'_>, what: &str) -> Result<(), Status> {
+        let Some(node) = caller else {
+            return if self.insecure {
+                Ok(())
+            } else {
+                Err(refused(
+                    Code::Unauthenticated,
+                    "PEER_NOT_AUTHENTICATED",
+                    format!("{what}: no node certificate"),
+                ))
+            };
+        };
+        let allowed = match senders {
+            Senders::Group => self.group.contains(&node.id),
+            Senders::Ledger => self.ledger.contains(&node.id),
+            Senders::Region(region) => node.region == region,
+            Senders::AnyNode => true,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(refused(
+                Code::PermissionDenied,
+                "PEER_NOT_ALLOWED",
+                format!("node {} ({}) may not send {what}", node.id, node.region),
+            ))
+        }
+    }
+}
+
+/// A peer-plane refusal, counted.
+pub fn refused(code: Code, reason: &'static str, message: String) -> Status {
+    metrics::counter!("reservoir_refused_total", "plane" => "peer", "reason" => reason).increment(1);
+    status_with_info(code, message, reason, vec![])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> PeerPolicy {
+        PeerPolicy::new(
+            [1, 2, 3].into(),
+            [1, 2, 3].into(),
+            [(1, "us-east"), (2, "us-east"), (3, "us-east"), (4, "eu-west")]
+                .into_iter()
+                .map(|(id, r)| (id, r.to_string()))
+                .collect(),
+        )
+    }
+
+    fn node(id: u64, region: &str) -> PeerNode {
+        PeerNode {
+            id,
+            region: region.into(),
+        }
+    }
+
+    /// Each kind of sender is checked against the membership and regions.
+    #[test]
+    fn senders_are_checked() {
+        let p = policy();
+        let east = node(2, "us-east");
+        let west = node(4, "eu-west");
+        assert!(p.require(Some(&east), Senders::Group, "x").is_ok());
+        assert!(p.require(Some(&east), Senders::Ledger, "x").is_ok());
+        assert_eq!(
+            p.require(Some(&west), Senders::Ledger, "a grant").unwrap_err().code(),
+            Code::PermissionDenied
+        );
+        assert!(p.require(Some(&west), Senders::Region("eu-west"), "x").is_ok());
+        assert!(p.require(Some(&west), Senders::Region("us-east"), "x").is_err());
+        assert!(p.require(Some(&west), Senders::AnyNode, "x").is_ok());
+        assert_eq!(
+            p.require(None, Senders::AnyNode, "x").unwrap_err().code(),
+            Code::Unauthenticated
+        );
+        assert!(PeerPolicy::insecure().require(None, Senders::Ledger, "x").is_ok());
+    }
+
+    /// Without a certificate the caller is not authenticated.
+    #[test]
+    fn no_certificate_is_unauthenticated() {
+        let status = policy().caller(&tonic::Extensions::new()).unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(reservoir_client::reason_of(&status).as_deref(), Some("PEER_NOT_AUTHENTICATED"));
+        assert_eq!(PeerPolicy::insecure().caller(&tonic::Extensions::new()).unwrap(), None);
+    }
+}

@@ -32,8 +32,8 @@ fn scratch(name: &str) -> PathBuf {
 fn config_text(node_id: u64, data_dir: &Path) -> String {
     format!(
         "node_id = {node_id}\nregion = \"us-east\"\ngrpc_addr = \"127.0.0.1:7001\"\n\
-         http_addr = \"127.0.0.1:7002\"\ndata_dir = {:?}\nstandalone = true\n\n\
-         [[peers]]\nid = 1\ngrpc = \"127.0.0.1:7001\"\n",
+         peer_addr = \"127.0.0.1:7003\"\nhttp_addr = \"127.0.0.1:7002\"\ndata_dir = {:?}\n\
+         standalone = true\ninsecure = true\n\n[[peers]]\nid = 1\npeer = \"127.0.0.1:7003\"\n",
         data_dir.display().to_string()
     )
 }

@@ -226,6 +226,13 @@ impl ControlClient {
         self.regions.keys().map(String::as_str)
     }
 
+    /// True when region `region`'s nodes include any of `ids`.
+    pub fn region_hosts(&self, region: &str, ids: &std::collections::BTreeSet<u64>) -> bool {
+        self.regions
+            .get(region)
+            .is_some_and(|nodes| nodes.iter().any(|p| ids.contains(&p.id)))
+    }
+
     /// True when the ledger is reachable through this client at all.
     pub fn has_ledger(&self) -> bool {
         !self.ledger.is_empty()

@@ -441,7 +441,7 @@ async fn gossip_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
                     .publish(crate::server::availability::POOL, index, now, pools);
             }
         }
-        let digest = node.availability().digest();
+        let digest = node.gossip_digest();
         let others: Vec<String> = node
             .control()
             .regions()
@@ -455,6 +455,14 @@ async fn gossip_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
                 if let Ok(RegionReply::Gossip(theirs)) =
                     node.control().region(region, &call, GOSSIP_INTERVAL).await
                 {
+                    // The answer, too, counts only for the region called
+                    // (and the pool, if the ledger lives there).
+                    let theirs = if node.peer_policy().is_insecure() {
+                        theirs
+                    } else {
+                        let ledger_there = node.control().region_hosts(region, node.peer_policy().group_voters(true));
+                        theirs.only_from(region, ledger_there, node.now_ms())
+                    };
                     node.availability().merge(theirs);
                 }
             }

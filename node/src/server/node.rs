@@ -155,6 +155,23 @@ impl Node {
         &self.availability
     }
 
+    /// This node's availability view to send to another region, stamped
+    /// with the applied index of each group it speaks for (its region, and
+    /// the ledger's pool on a ledger node), which no figure it published
+    /// can be marked later than.
+    pub fn gossip_digest(&self) -> crate::server::availability::Digest {
+        let mut digest = self.availability.digest();
+        let index = self.group.status().applied_index.unwrap_or(0);
+        digest.applied.insert(self.region().to_string(), index);
+        if let Some(host) = &self.ledger {
+            digest.applied.insert(
+                crate::server::availability::POOL.to_string(),
+                host.group().status().applied_index.unwrap_or(0),
+            );
+        }
+        digest
+    }
+
     /// Asks the ledger for a top-up of `sku` (at most every
     /// [`TOPUP_INTERVAL_MS`] per SKU), without waiting for it.
     pub fn request_topup(self: &Arc<Self>, sku: &str) {

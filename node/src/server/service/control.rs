@@ -106,7 +106,7 @@ impl ControlService {
                     None => digest,
                 };
                 node.availability().merge(digest);
-                RegionReply::Gossip(node.availability().digest())
+                RegionReply::Gossip(node.gossip_digest())
             }
             RegionCall::Apply(op) => match node.write(op, forwarded).await {
                 Ok(Route::Applied(applied)) => RegionReply::Applied(Ok(applied)),

@@ -5,7 +5,8 @@
 //!
 //! - [`server`] — `reservoir node --config FILE.toml`: one node. It serves
 //!   `reservoir.v1.Inventory` and `reservoir.v1.Admin` over gRPC for its
-//!   region, hosts the region's Raft group (and, on the home region's nodes,
+//!   region to authenticated clients (and Raft and the control plane to its
+//!   peers, on a second, mutual-TLS listener), hosts the region's Raft group (and, on the home region's nodes,
 //!   the ledger's, with the rebalancer, the reconciler and the audit on its
 //!   leader), and exposes `/metrics`, `/healthz`, `/readyz` and `/status`
 //!   over HTTP. Its module doc maps its files.
@@ -14,12 +15,14 @@
 //!   (`--architecture tokens|single-writer|global-consensus`), or one
 //!   standalone region (`--standalone`), with a control API to kill,
 //!   restart and cut nodes. It writes node configs with
-//!   [`server::config`], its one import from the server.
+//!   [`server::config`], and makes a development CA, node certificates and
+//!   API keys for them with [`server::security`]'s types and names.
 //! - [`cli`] — the client commands (`reserve`, `confirm`, `audit`, …): one
 //!   gRPC call each, printing the answer or `error: <REASON>: <message>`.
 //!
 //! Dependencies run one way: `args` → `up`, `cli`, `server::config`;
-//! `up` → `server::config`; `server` imports neither `up` nor `cli`. The
+//! `up` → `server::config`, `server::security`; `server` imports neither
+//! `up` nor `cli`. The
 //! closed-loop throughput benchmark is the load tester's (`loadtest/`,
 //! scenario `throughput`), not a command of this binary.
 

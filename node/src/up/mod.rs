@@ -951,6 +951,7 @@ mod tests {
                 id: 1,
                 region: "us-east".into(),
                 grpc: "127.0.0.1:7001".parse().unwrap(),
+                peer: Some("127.0.0.1:7003".parse().unwrap()),
                 http: Some("127.0.0.1:7002".parse().unwrap()),
                 pid: Some(1234),
                 cmd: vec![
@@ -962,12 +963,18 @@ mod tests {
             }],
             control: None,
             ledger: None,
+            tls: Some(reservoir_client::TlsInfo {
+                ca_file: "tls/ca.pem".into(),
+            }),
+            credentials: [("shop".to_string(), PathBuf::from("credentials/shop.key"))].into(),
+            control_token_file: None,
         };
         let value = serde_json::to_value(&file).unwrap();
         let expected = serde_json::json!({"nodes": [{
-            "id": 1, "region": "us-east", "grpc": "127.0.0.1:7001", "http": "127.0.0.1:7002",
+            "id": 1, "region": "us-east", "grpc": "127.0.0.1:7001", "peer": "127.0.0.1:7003",
+            "http": "127.0.0.1:7002",
             "pid": 1234, "cmd": ["/bin/reservoir", "node", "--config", "/d/node-1.toml"],
-        }]});
+        }], "tls": {"ca_file": "tls/ca.pem"}, "credentials": {"shop": "credentials/shop.key"}});
         assert_eq!(value, expected);
         let back: ClusterFile = serde_json::from_value(value).unwrap();
         assert_eq!(back, file);
@@ -1032,8 +1039,8 @@ mod tests {
 
     /// A NodeProcess running `sh -c script` in place of a node, logging to `DIR/node-{id}.log`.
     fn fake_node(dir: &Path, id: u64, script: &str) -> NodeProcess {
-        let ports = free_ports(2).unwrap();
-        let mut config = fresh_configs(dir, &ports, &RaftTuning::default())
+        let ports = free_ports(PORTS_PER_NODE).unwrap();
+        let mut config = fresh_configs(dir, &ports, &RaftTuning::default(), None)
             .remove(0)
             .config;
         config.node_id = id;

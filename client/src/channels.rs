@@ -91,7 +91,7 @@ mod tests {
 
     #[test]
     fn bad_addresses_are_refused() {
-        let err = endpoint("not an address").unwrap_err();
+        let err = endpoint("not an address", None).unwrap_err();
         assert!(err.contains("bad node address"), "{err}");
     }
 }

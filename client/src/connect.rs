@@ -3,7 +3,8 @@
 //!
 //! Any node of a region accepts any call and forwards a write to its leader,
 //! so a client may send to any node; sending to the leader saves a hop. A
-//! [`Rotation`] holds channels to a group's nodes with one of them current
+//! [`Rotation`] holds channels to a group's nodes (each a [`ClientChannel`]
+//! carrying the caller's credentials) with one of them current
 //! (start it at the leader, from `Admin.GetStatus` or `/status`); after a
 //! retryable failure the caller moves on to the next node. [`retry`] sends
 //! the same call again (the same request id, so a reserve that was applied
@@ -14,9 +15,10 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
+use crate::credentials::ClientChannel;
 use crate::errors::reason_of;
 
 /// How long a client waits for the TCP connection to a node.
@@ -72,12 +74,13 @@ pub fn is_retryable(status: &Status) -> bool {
     }
 }
 
-/// Channels to the nodes of one group, one of them current. Shared by
-/// concurrent callers: a caller that failed on node `i` moves the current
-/// node on only if no one else has already ([`Rotation::skip`]).
+/// Channels to the nodes of one group, one of them current; each carries
+/// the caller's credentials (TLS trust, the API key). Shared by concurrent
+/// callers: a caller that failed on node `i` moves the current node on only
+/// if no one else has already ([`Rotation::skip`]).
 #[derive(Debug)]
 pub struct Rotation {
-    channels: Vec<Channel>,
+    channels: Vec<ClientChannel>,
     current: AtomicUsize,
 }
 
@@ -92,7 +95,7 @@ impl Clone for Rotation {
 
 impl Rotation {
     /// A rotation over `channels` (at least one), starting at `first`.
-    pub fn new(channels: Vec<Channel>, first: usize) -> Rotation {
+    pub fn new(channels: Vec<ClientChannel>, first: usize) -> Rotation {
         assert!(!channels.is_empty(), "a rotation needs a node");
         Rotation {
             current: AtomicUsize::new(first % channels.len()),
@@ -111,7 +114,7 @@ impl Rotation {
     }
 
     /// The current node's index and channel.
-    pub fn pick(&self) -> (usize, Channel) {
+    pub fn pick(&self) -> (usize, ClientChannel) {
         let i = self.current.load(Ordering::Relaxed) % self.channels.len();
         (i, self.channels[i].clone())
     }
@@ -167,7 +170,7 @@ impl<T> Retried<T> {
 /// passed.
 pub async fn retry<T, F, Fut>(nodes: &Rotation, deadline: Duration, call: F) -> Retried<T>
 where
-    F: FnMut(Channel) -> Fut,
+    F: FnMut(ClientChannel) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, Status>>,
 {
     retry_every(nodes, deadline, RETRY_PAUSE, call).await
@@ -182,7 +185,7 @@ pub async fn retry_every<T, F, Fut>(
     mut call: F,
 ) -> Retried<T>
 where
-    F: FnMut(Channel) -> Fut,
+    F: FnMut(ClientChannel) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, Status>>,
 {
     let give_up = Instant::now() + deadline;
@@ -248,7 +251,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_callers_move_on_once() {
         let channels = (1..=3)
-            .map(|p| endpoint(&format!("127.0.0.1:{p}")).unwrap().connect_lazy())
+            .map(|p| ClientChannel::bare(endpoint(&format!("127.0.0.1:{p}")).unwrap().connect_lazy()))
             .collect();
         let nodes = Rotation::new(channels, 1);
         assert_eq!(nodes.pick().0, 1);

@@ -103,7 +103,7 @@ pub async fn run(options: AppOptions) -> Result<Report, LoadError> {
                 eprintln!("cluster: {}", path.display());
             }
             let file = ClusterFile::load(&path).map_err(crate::target::TargetError::from)?;
-            let target = ReservoirTarget::connect(&file, &options.scenario.regions).await?;
+            let target = ReservoirTarget::connect(&file, &path, &options.scenario.regions).await?;
             if let Some(a) = target.architecture() {
                 target_name = format!("reservoir ({a})");
             }

@@ -844,6 +844,7 @@ mod tests {
             id: 7,
             region: "us-east".into(),
             grpc: "127.0.0.1:1".parse().unwrap(),
+            peer: None,
             http: None,
             pid: None,
             cmd: Vec::new(),

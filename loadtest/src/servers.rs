@@ -584,6 +584,7 @@ mod tests {
             id,
             region: region.into(),
             grpc: "127.0.0.1:1".parse().unwrap(),
+            peer: None,
             http: Some("127.0.0.1:2".parse().unwrap()),
             pid: None,
             cmd: Vec::new(),

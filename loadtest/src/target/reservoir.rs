@@ -12,21 +12,25 @@
 //! The control API and the nodes' `/status` are spoken with the client
 //! crate's HTTP client ([`reservoir_client::http`]): one request per
 //! connection, a deadline, and a bound on the response's size.
+//!
+//! Credentials come from `cluster.json` ([`Credentials::for_cluster`]): TLS
+//! trusting its CA, the `shop` key for Inventory calls and the `admin` key
+//! for Admin calls (`RESERVOIR_TOKEN` / `RESERVOIR_CA_FILE` override them);
+//! the control API's token is read from its `control_token_file`. A cluster
+//! started with `up --insecure` lists none of them: plaintext, no key.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use reservoir_client::connect::endpoint;
 use reservoir_client::connect::retry_every;
 use reservoir_client::control_api::{self, PartitionRequest};
-use reservoir_client::{Rotation, is_retryable};
+use reservoir_client::{ClientChannel, Credentials, Rotation, is_retryable};
 use reservoir_proto::v1;
 use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
 use tonic::Status;
-use tonic::transport::Channel;
 
 use super::{OpError, ServerSku, ServerView, TargetError, reason};
 use crate::workload::Catalog;
@@ -109,10 +113,13 @@ fn failed_on(nodes: &Rotation, i: usize, status: &Status) -> OpError {
 
 /// The adapter.
 pub struct ReservoirTarget {
+    /// Per scenario region, its endpoints with the `shop` key.
     regions: Vec<Rotation>,
-    /// Every node, home region first, for Admin calls.
+    /// Every node, home region first, with the `admin` key, for Admin calls.
     admin: Rotation,
     control: Option<String>,
+    /// The control API's token (from `cluster.json`'s `control_token_file`).
+    control_token: Option<String>,
     /// A ledger settles confirmed sales (tokens); without one (standalone,
     /// single-writer, global-consensus) the region's confirmed units are the
     /// record of sales.
@@ -123,18 +130,45 @@ pub struct ReservoirTarget {
     nodes: Vec<ClusterNode>,
 }
 
-fn channel(addr: SocketAddr) -> Result<Channel, TargetError> {
-    Ok(endpoint(&addr.to_string())
+fn channel(credentials: &Credentials, addr: SocketAddr) -> Result<ClientChannel, TargetError> {
+    let endpoint = credentials
+        .endpoint(&addr.to_string())
         .map_err(TargetError::Setup)?
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT)
-        .connect_lazy())
+        .timeout(REQUEST_TIMEOUT);
+    Ok(credentials.wrap(endpoint.connect_lazy()))
+}
+
+/// What a client with `role` presents to the cluster of `file` (at `path`).
+fn credentials(file: &ClusterFile, path: &Path, role: &str) -> Result<Credentials, TargetError> {
+    Credentials::for_cluster(file, path, role)
+        .map_err(|e| TargetError::Setup(format!("credentials for the {role} role: {e}")))
+}
+
+/// The control API's token: the file `cluster.json` (at `path`) names,
+/// relative to its directory; `None` when it names none.
+fn control_token(file: &ClusterFile, path: &Path) -> Result<Option<String>, TargetError> {
+    let Some(token_file) = &file.control_token_file else {
+        return Ok(None);
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    reservoir_client::credentials::read_key(&dir.join(token_file))
+        .map(Some)
+        .map_err(|e| TargetError::Setup(format!("the control API's token: {e}")))
 }
 
 impl ReservoirTarget {
-    /// Connects (lazily) to the cluster of `file` for the scenario's regions,
-    /// and points each region at its current leader.
-    pub async fn connect(file: &ClusterFile, regions: &[String]) -> Result<ReservoirTarget, TargetError> {
+    /// Connects (lazily) to the cluster of `file` (read from `path`, which
+    /// its relative credential paths are relative to) for the scenario's
+    /// regions, and points each region at its current leader.
+    pub async fn connect(
+        file: &ClusterFile,
+        path: &Path,
+        regions: &[String],
+    ) -> Result<ReservoirTarget, TargetError> {
+        let shop = credentials(file, path, "shop")?;
+        let admin_credentials = credentials(file, path, "admin")?;
+        let control_token = control_token(file, path)?;
         let mut by_region = Vec::new();
         let mut ids_by_region = Vec::new();
         for r in regions {
@@ -146,7 +180,7 @@ impl ReservoirTarget {
             }
             let channels = endpoints
                 .iter()
-                .map(|(_, addr)| channel(*addr))
+                .map(|(_, addr)| channel(&shop, *addr))
                 .collect::<Result<_, TargetError>>()?;
             ids_by_region.push(endpoints.iter().map(|(id, _)| *id).collect::<Vec<u64>>());
             by_region.push(Rotation::new(channels, 0));
@@ -160,7 +194,7 @@ impl ReservoirTarget {
         let admin = Rotation::new(
             admin_nodes
                 .iter()
-                .map(|n| channel(n.grpc))
+                .map(|n| channel(&admin_credentials, n.grpc))
                 .collect::<Result<_, TargetError>>()?,
             0,
         );
@@ -168,6 +202,7 @@ impl ReservoirTarget {
             regions: by_region,
             admin,
             control: file.control.clone(),
+            control_token,
             settles: file.ledger.is_some(),
             architecture: file.architecture.clone(),
             nodes: file.nodes.clone(),
@@ -191,7 +226,7 @@ impl ReservoirTarget {
         Ok(target)
     }
 
-    fn region(&self, region: usize) -> Result<(&Rotation, usize, Channel), OpError> {
+    fn region(&self, region: usize) -> Result<(&Rotation, usize, ClientChannel), OpError> {
         let nodes = self
             .regions
             .get(region)
@@ -277,7 +312,7 @@ impl ReservoirTarget {
     /// answered) until one answers.
     async fn admin_call<T, F, Fut>(&self, call: F) -> Result<T, OpError>
     where
-        F: Fn(AdminClient<Channel>) -> Fut,
+        F: Fn(AdminClient<ClientChannel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut last = OpError::fatal(reason::UNAVAILABLE, "no node");
@@ -411,7 +446,8 @@ impl ReservoirTarget {
         let addr: SocketAddr = addr
             .parse()
             .map_err(|e| format!("the control API {addr:?} is not host:port: {e}"))?;
-        let (code, body) = reservoir_client::http::post_json(addr, path, json, CONTROL_TIMEOUT)
+        let token = self.control_token.as_deref();
+        let (code, body) = reservoir_client::http::post_json(addr, path, json, token, CONTROL_TIMEOUT)
             .await
             .map_err(|e| format!("POST {path}: {e}"))?;
         if code == 200 {

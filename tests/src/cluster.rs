@@ -7,6 +7,14 @@
 //! audit, stop, start again on the same directory. Cutting and healing
 //! links, and the ledger, are the three-region cluster's only.
 //!
+//! `up` makes a secure cluster unless [`ClusterOptions::insecure`]: TLS
+//! from a development CA in its directory and one API key per role. The
+//! harness reads them through `cluster.json` ([`Cluster::credentials`]):
+//! every Inventory call presents the `shop` key (reservations belong to the
+//! principal that made them, so the same key reserves, confirms, releases
+//! and reads), every Admin call the `admin` key; control-API calls carry
+//! the token of `control_token_file`.
+//!
 //! Killed nodes stay down until [`Cluster::restart`]. With a control API
 //! (three regions) a kill and a restart go through it and every node stays
 //! `up`'s child; a standalone region has none, so the harness signals the
@@ -30,15 +38,17 @@ use reservoir_proto::v1;
 use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
 use tonic::Status;
-use tonic::transport::Channel;
 
 use crate::{
-    CLUSTER_START_DEADLINE, CONTROL_TIMEOUT, CONVERGE_DEADLINE, ClusterNode, GONE_DEADLINE,
-    GROUP_LEADER_DEADLINE, KEEP_ENV, LEADER_DEADLINE, LOG_TAIL_LINES, NODE_READY_DEADLINE, NodeStatus,
-    POLL_INTERVAL, RETRY_DEADLINE, Rotation, STANDALONE_START_DEADLINE, STOP_DEADLINE, agreed_leader, alive,
-    channel, http_get, http_post, log_tail, reservoir_exe, retry, signal, spawn_logged, stop_blocking,
-    wait_child,
+    CLUSTER_START_DEADLINE, CONTROL_TIMEOUT, CONVERGE_DEADLINE, ClientChannel, ClusterNode, Credentials,
+    GONE_DEADLINE, GROUP_LEADER_DEADLINE, KEEP_ENV, LEADER_DEADLINE, LOG_TAIL_LINES, NODE_READY_DEADLINE,
+    NodeStatus, POLL_INTERVAL, RETRY_DEADLINE, Rotation, STANDALONE_START_DEADLINE, STOP_DEADLINE,
+    agreed_leader, alive, channel, http_get, http_get_authorized, http_post, log_tail, reservoir_exe, retry,
+    signal, spawn_logged, stop_blocking, wait_child,
 };
+
+/// The roles `up` makes a key for, each named in `cluster.json`.
+pub const ROLES: [&str; 3] = ["shop", "admin", "observer"];
 
 /// The regions of the cluster, home region (the ledger's) first.
 pub const REGIONS: [&str; 3] = reservoir_client::REGIONS;
@@ -86,6 +96,8 @@ pub struct ClusterOptions {
     /// `up --proposal-queue-max`: every node's proposal queue bound, if not
     /// the default.
     pub proposal_queue_max: Option<usize>,
+    /// `up --insecure`: plaintext, no API keys (every caller is an admin).
+    pub insecure: bool,
 }
 
 impl Default for ClusterOptions {
@@ -98,6 +110,7 @@ impl Default for ClusterOptions {
             demo: false,
             policy: None,
             proposal_queue_max: None,
+            insecure: false,
         }
     }
 }
@@ -147,6 +160,9 @@ impl ClusterOptions {
         if let Some(max) = self.proposal_queue_max {
             command.arg("--proposal-queue-max").arg(max.to_string());
         }
+        if self.insecure {
+            command.arg("--insecure");
+        }
         command
     }
 
@@ -182,6 +198,12 @@ pub struct Cluster {
     file: ClusterFile,
     /// The control API (three regions only).
     control: Option<SocketAddr>,
+    /// The control API's token (`control_token_file` of `cluster.json`).
+    control_token: Option<String>,
+    /// What every Inventory call presents: the `shop` key.
+    shop: Credentials,
+    /// What every Admin call presents: the `admin` key.
+    admin: Credentials,
     /// Nodes restarted by hand (standalone only): they are the test's
     /// children, not `up`'s.
     restarted: BTreeMap<u64, Child>,
@@ -209,8 +231,14 @@ impl Cluster {
                 nodes: Vec::new(),
                 control: None,
                 ledger: None,
+                tls: None,
+                credentials: BTreeMap::new(),
+                control_token_file: None,
             },
             control: None,
+            control_token: None,
+            shop: Credentials::plaintext(),
+            admin: Credentials::plaintext(),
             restarted: BTreeMap::new(),
             down: BTreeSet::new(),
             stock_requests: AtomicU64::new(0),
@@ -234,11 +262,26 @@ impl Cluster {
             Some(self.check_three_regions(&file))
         };
         for node in &file.nodes {
+            let peer = node
+                .peer
+                .unwrap_or_else(|| panic!("cluster.json gives node {} no peer address", node.id));
             assert!(
-                node.grpc.ip().is_loopback() && node.http().ip().is_loopback(),
+                node.grpc.ip().is_loopback() && peer.ip().is_loopback() && node.http().ip().is_loopback(),
                 "{node:?}"
             );
+            assert_ne!(
+                node.grpc, peer,
+                "the client and peer planes listen apart: {node:?}"
+            );
         }
+        self.check_trust(&file);
+        let path = dir.join("cluster.json");
+        self.shop = credentials_of(&file, &path, "shop");
+        self.admin = credentials_of(&file, &path, "admin");
+        self.control_token = file.control_token_file.as_ref().map(|token_file| {
+            reservoir_client::credentials::read_key(&dir.join(token_file))
+                .unwrap_or_else(|e| panic!("the control API's token: {e}"))
+        });
         self.file = file;
         self.down.clear();
         eprintln!(
@@ -247,6 +290,32 @@ impl Cluster {
             started.elapsed(),
             self.dir().display()
         );
+    }
+
+    /// What `cluster.json` says about trust matches what was asked for: a
+    /// CA and a key file per role, or (`insecure`) neither; a three-region
+    /// cluster's control API has a token either way.
+    fn check_trust(&self, file: &ClusterFile) {
+        if self.options.insecure {
+            assert!(
+                file.tls.is_none() && file.credentials.is_empty(),
+                "an insecure cluster.json names no CA and no keys: {file:?}"
+            );
+        } else {
+            assert!(file.tls.is_some(), "a secure cluster.json names its CA: {file:?}");
+            for role in ROLES {
+                assert!(
+                    file.credentials.contains_key(role),
+                    "a secure cluster.json names a {role} key: {file:?}"
+                );
+            }
+        }
+        if !self.options.standalone {
+            assert!(
+                file.control_token_file.is_some(),
+                "a three-region cluster.json names the control API's token: {file:?}"
+            );
+        }
     }
 
     /// A standalone `cluster.json`: the asked-for nodes, all in the home
@@ -385,25 +454,39 @@ impl Cluster {
 
     // ----- clients -----
 
-    /// A channel to one node (connected lazily, reconnecting after failures).
-    pub fn channel(&self, id: u64) -> Channel {
-        channel(self.node(id).grpc)
+    /// What a client with `role` (`shop`, `admin`, `observer`) presents:
+    /// TLS trusting the cluster's CA and that role's key, as `cluster.json`
+    /// names them (plaintext and no key for an insecure cluster).
+    pub fn credentials(&self, role: &str) -> Credentials {
+        credentials_of(&self.file, &self.dir().join("cluster.json"), role)
     }
 
-    /// An Inventory client to one node.
-    pub fn inventory(&self, id: u64) -> InventoryClient<Channel> {
+    /// A channel to one node's client plane with the `shop` key, for
+    /// Inventory calls (connected lazily, reconnecting after failures).
+    pub fn channel(&self, id: u64) -> ClientChannel {
+        channel(&self.shop, self.node(id).grpc)
+    }
+
+    /// A channel to one node's client plane with the `admin` key, for
+    /// Admin calls.
+    pub fn admin_channel(&self, id: u64) -> ClientChannel {
+        channel(&self.admin, self.node(id).grpc)
+    }
+
+    /// An Inventory client to one node, with the `shop` key.
+    pub fn inventory(&self, id: u64) -> InventoryClient<ClientChannel> {
         InventoryClient::new(self.channel(id))
     }
 
-    /// An Admin client to one node.
-    pub fn admin(&self, id: u64) -> AdminClient<Channel> {
-        AdminClient::new(self.channel(id))
+    /// An Admin client to one node, with the `admin` key.
+    pub fn admin(&self, id: u64) -> AdminClient<ClientChannel> {
+        AdminClient::new(self.admin_channel(id))
     }
 
-    /// A client channel of `region` (three regions only): its first
-    /// endpoint in `cluster.json` (a node of the region, or for
-    /// single-writer a link emulator in front of a us-east node).
-    pub fn endpoint(&self, region: &str) -> Channel {
+    /// A client channel of `region` (three regions only), with the `shop`
+    /// key: its first endpoint in `cluster.json` (a node of the region, or
+    /// for single-writer a link emulator in front of a us-east node).
+    pub fn endpoint(&self, region: &str) -> ClientChannel {
         let endpoint = self
             .file
             .endpoints
@@ -411,31 +494,35 @@ impl Cluster {
             .and_then(|e| e.get(region))
             .and_then(|list| list.first())
             .unwrap_or_else(|| panic!("no endpoint for {region} in {:?}", self.file));
-        channel(endpoint.grpc)
+        channel(&self.shop, endpoint.grpc)
     }
 
-    /// Channels to every node, starting with the `first`-th, for a
-    /// [`Rotation`].
+    /// Channels to every node with the `shop` key, starting with the
+    /// `first`-th, for a [`Rotation`] of Inventory calls.
     pub fn rotation(&self, first: usize) -> Rotation {
-        self.rotation_of(&self.ids(), first)
+        self.rotation_of(&self.shop, &self.ids(), first)
     }
 
-    /// Channels to `region`'s nodes, starting with its `first`-th, for the
-    /// region's shoppers.
+    /// Channels to `region`'s nodes with the `shop` key, starting with its
+    /// `first`-th, for the region's shoppers.
     pub fn rotation_in(&self, region: &str, first: usize) -> Rotation {
-        self.rotation_of(&self.ids_in(region), first)
+        self.rotation_of(&self.shop, &self.ids_in(region), first)
     }
 
-    fn rotation_of(&self, ids: &[u64], first: usize) -> Rotation {
-        let channels = ids.iter().map(|&id| self.channel(id)).collect();
+    fn rotation_of(&self, credentials: &Credentials, ids: &[u64], first: usize) -> Rotation {
+        let channels = ids
+            .iter()
+            .map(|&id| channel(credentials, self.node(id).grpc))
+            .collect();
         Rotation::new(channels, first % ids.len())
     }
 
-    /// Channels to the home region's nodes, for Admin calls: they reach the
-    /// ledger without crossing a WAN link, so a partition of another region
-    /// does not stand in the way (in a standalone region: every node).
+    /// Channels to the home region's nodes with the `admin` key, for Admin
+    /// calls: they reach the ledger without crossing a WAN link, so a
+    /// partition of another region does not stand in the way (in a
+    /// standalone region: every node).
     pub fn admin_rotation(&self) -> Rotation {
-        self.rotation_in(HOME_REGION, 0)
+        self.rotation_of(&self.admin, &self.ids_in(HOME_REGION), 0)
     }
 
     // ----- the control API (three regions) -----
@@ -476,9 +563,10 @@ impl Cluster {
 
     /// The links and whether each is cut.
     pub async fn links(&self) -> Vec<LinkState> {
-        let (code, body) = http_get(self.control(), control_api::LINKS)
-            .await
-            .unwrap_or_else(|e| panic!("GET /links: {e}"));
+        let (code, body) =
+            http_get_authorized(self.control(), control_api::LINKS, self.control_token.as_deref())
+                .await
+                .unwrap_or_else(|e| panic!("GET /links: {e}"));
         assert_eq!(code, 200, "GET /links: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET /links: {e}: {body}"))
     }
@@ -491,9 +579,15 @@ impl Cluster {
 
     /// A control-API POST, asserted to answer 200: the answer's body.
     async fn control_post(&self, path: &str, body: &str) -> String {
-        let (code, text) = http_post(self.control(), path, body, CONTROL_TIMEOUT)
-            .await
-            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let (code, text) = http_post(
+            self.control(),
+            path,
+            body,
+            self.control_token.as_deref(),
+            CONTROL_TIMEOUT,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("POST {path}: {e}"));
         assert_eq!(code, 200, "POST {path} {body}: {text}");
         text
     }
@@ -953,6 +1047,12 @@ impl Drop for Cluster {
             );
         }
     }
+}
+
+/// What `cluster.json` (`file`, read from `path`) gives a client with `role`.
+fn credentials_of(file: &ClusterFile, path: &Path, role: &str) -> Credentials {
+    Credentials::for_cluster(file, path, role)
+        .unwrap_or_else(|e| panic!("the {role} credentials of {}: {e}", path.display()))
 }
 
 /// For a failed test: says where its directory is kept and prints the tail

@@ -5,7 +5,11 @@
 //! three-region cluster with its ledger, WAN link emulators and control API
 //! (or, `ClusterOptions::architecture`, one of the designs it is compared
 //! with), both as a [`Cluster`] — and talks to it the way a client would:
-//! gRPC on `127.0.0.1`, the nodes' HTTP `/status`, and the control API. The
+//! gRPC on `127.0.0.1` (TLS trusting the cluster's development CA, with the
+//! API keys `up` made: the `shop` key for every Inventory call, the `admin`
+//! key for Admin calls; plaintext without a key for a cluster started with
+//! `ClusterOptions::insecure`), the nodes' HTTP `/status`, and the control
+//! API (with its token). The
 //! harness here is what the tests share; the tests themselves are one test
 //! binary, `tests/cluster/` (`region_*`, `bad_input`, `cluster_*`,
 //! `architectures`, `load_tester`), run one at a time.
@@ -54,10 +58,9 @@ use std::time::{Duration, Instant, SystemTime};
 use reservoir_client::HttpError;
 pub use reservoir_client::connect::unix_ms;
 use reservoir_client::reason_of;
-pub use reservoir_client::{Retried, Rotation, is_retryable, retry};
+pub use reservoir_client::{ClientChannel, Credentials, Retried, Rotation, is_retryable, retry};
 use reservoir_proto::v1;
 use reservoir_proto::v1::inventory_client::InventoryClient;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 pub use reservoir_client::ClusterNode;
@@ -384,14 +387,17 @@ pub fn balanced_sheets(report: &v1::AuditReport) -> BTreeMap<String, SkuSheet> {
 
 // ----- processes, channels, HTTP -----
 
-/// A lazily connecting channel to a gRPC address: the client settings of
+/// A lazily connecting channel to a node's client address that presents
+/// `credentials` (TLS trusting the cluster's CA, the API key with every
+/// call; or plaintext without a key): the client settings of
 /// `reservoir_client::connect`, with the harness's timeouts.
-pub fn channel(addr: SocketAddr) -> Channel {
-    reservoir_client::connect::endpoint(&addr.to_string())
+pub fn channel(credentials: &Credentials, addr: SocketAddr) -> ClientChannel {
+    let endpoint = credentials
+        .endpoint(&addr.to_string())
         .expect("a socket address makes a valid URI")
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
-        .connect_lazy()
+        .timeout(CALL_TIMEOUT);
+    credentials.wrap(endpoint.connect_lazy())
 }
 
 /// Spawns `command` with stdin closed and its output appended to `log`; the
@@ -489,15 +495,31 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), Htt
     reservoir_client::http::get(addr, path, HTTP_TIMEOUT).await
 }
 
-/// A bounded HTTP POST of a JSON body: the status code and body. Used for
-/// the control API of a three-region `up`.
+/// A bounded HTTP GET ([`HTTP_TIMEOUT`]) with `authorization: Bearer
+/// {bearer}` when given: the status code and body. Used for the control API
+/// of a three-region `up`.
+pub async fn http_get_authorized(
+    addr: SocketAddr,
+    path: &str,
+    bearer: Option<&str>,
+) -> Result<(u16, String), HttpError> {
+    match bearer {
+        Some(token) => reservoir_client::http::get_authorized(addr, path, token, HTTP_TIMEOUT).await,
+        None => http_get(addr, path).await,
+    }
+}
+
+/// A bounded HTTP POST of a JSON body, with `authorization: Bearer
+/// {bearer}` when given: the status code and body. Used for the control API
+/// of a three-region `up`.
 pub async fn http_post(
     addr: SocketAddr,
     path: &str,
     json: &str,
+    bearer: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, String), HttpError> {
-    reservoir_client::http::post_json(addr, path, json, timeout).await
+    reservoir_client::http::post_json(addr, path, json, bearer, timeout).await
 }
 
 /// A node's `GET /status`, parsed.

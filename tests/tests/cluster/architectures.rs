@@ -14,11 +14,10 @@ use std::time::{Duration, Instant};
 use reservoir_proto::v1;
 use reservoir_proto::v1::inventory_client::InventoryClient;
 use reservoir_tests::{
-    Cluster, ClusterOptions, HOME_REGION, REGIONS, RETRY_DEADLINE, WanProfile, line, one_at_a_time,
-    reserve_request, reservoir_exe,
+    ClientChannel, Cluster, ClusterOptions, HOME_REGION, REGIONS, RETRY_DEADLINE, WanProfile, line,
+    one_at_a_time, reserve_request, reservoir_exe,
 };
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// us-east ↔ eu-west, the shortest emulated round trip (`--wan aws`).
 const NEAREST_ROUND_TRIP: Duration = Duration::from_millis(70);
@@ -30,7 +29,7 @@ const CUT_CALL_TIMEOUT: Duration = Duration::from_secs(8);
 /// One reserve of one unit of `sku` through `channel`, retried on
 /// UNAVAILABLE until answered; returns the reservation id and how long the
 /// successful attempt took.
-async fn reserve(channel: Channel, sku: &str, request_id: &str) -> (String, Duration) {
+async fn reserve(channel: ClientChannel, sku: &str, request_id: &str) -> (String, Duration) {
     let give_up = Instant::now() + RETRY_DEADLINE;
     loop {
         let started = Instant::now();
@@ -52,7 +51,7 @@ async fn reserve(channel: Channel, sku: &str, request_id: &str) -> (String, Dura
 
 /// A reserve through `channel` that must fail as unavailable (its region is
 /// cut off from the group that decides).
-async fn reserve_refused(channel: Channel, sku: &str, request_id: &str) {
+async fn reserve_refused(channel: ClientChannel, sku: &str, request_id: &str) {
     let mut client = InventoryClient::new(channel);
     let call = client.reserve(reserve_request(request_id, vec![line(sku, 1)]));
     match tokio::time::timeout(CUT_CALL_TIMEOUT, call).await {
@@ -97,7 +96,7 @@ async fn reserve_in_each_region(
 }
 
 /// Reads every reservation through `channel` and checks it is held.
-async fn all_held(channel: Channel, ids: &[String]) {
+async fn all_held(channel: ClientChannel, ids: &[String]) {
     for id in ids {
         let r = InventoryClient::new(channel.clone())
             .get_reservation(v1::GetReservationRequest {

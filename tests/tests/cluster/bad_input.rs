@@ -10,7 +10,7 @@ use reservoir_proto::v1;
 use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
 use reservoir_tests::{
-    Cluster, ClusterOptions, HOME_REGION, RETRY_DEADLINE, balanced_sheets, channel, is_retryable, line,
+    ClientChannel, Cluster, ClusterOptions, HOME_REGION, RETRY_DEADLINE, balanced_sheets, is_retryable, line,
     one_at_a_time, refusal, reserve, reserve_request,
 };
 use reservoir_tokens::limits::{
@@ -19,7 +19,6 @@ use reservoir_tokens::limits::{
 };
 use tokio::sync::watch;
 use tonic::Code;
-use tonic::transport::Channel;
 
 /// The SKU the limit test stocks.
 const SKU: &str = "limit-sku";
@@ -105,8 +104,8 @@ async fn every_limit_has_its_code_and_reason_and_changes_nothing() {
 /// is a valid reservation of the region, for calls that need one.
 async fn refuse_every_limit(
     node: u64,
-    mut inventory: InventoryClient<Channel>,
-    mut admin: AdminClient<Channel>,
+    mut inventory: InventoryClient<ClientChannel>,
+    mut admin: AdminClient<ClientChannel>,
     id: &str,
 ) {
     let invalid = |reason: &str| (Code::InvalidArgument, Some(reason.to_string()));
@@ -356,11 +355,17 @@ async fn a_burst_beyond_the_queue_is_overloaded_and_only_acknowledged_reserves_c
     .await;
     region.add_stock(HOT_SKU, HOT_STOCK as i64).await;
     let leader = region.region_leader(HOME_REGION).await;
-    let grpc = region.node(leader).grpc;
+    // Every connection is its own (a channel each), with the shop key; the
+    // leader has checked that key once before the burst, so the burst meets
+    // the proposal queue, not the key check.
+    let connections: Vec<ClientChannel> = (0..BURST_CONNECTIONS).map(|_| region.channel(leader)).collect();
+    InventoryClient::new(connections[0].clone())
+        .get_availability(v1::GetAvailabilityRequest { sku: HOT_SKU.into() })
+        .await
+        .unwrap_or_else(|s| panic!("GetAvailability on the leader before the burst: {s:?}"));
 
     // Every request waits for one signal, so they arrive together.
     let (go_tx, go_rx) = watch::channel(false);
-    let connections: Vec<Channel> = (0..BURST_CONNECTIONS).map(|_| channel(grpc)).collect();
     let mut burst = Vec::with_capacity(BURST);
     for i in 0..BURST {
         let mut client = InventoryClient::new(connections[i % BURST_CONNECTIONS].clone());

@@ -11,7 +11,6 @@
 use std::time::{Duration, Instant};
 
 use reservoir_proto::v1;
-use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
 use reservoir_tests::{
     Cluster, ClusterOptions, POLL_INTERVAL, REBALANCE_DEADLINE, REGIONS, RETRY_DEADLINE, Record,
@@ -93,7 +92,7 @@ async fn stock_reaches_every_region_and_sales_settle_over_the_wan() {
     latencies.sort();
     let median = latencies[latencies.len() / 2];
     // A call that has to reach the ledger from ap-south crosses the WAN.
-    let mut admin = AdminClient::new(cluster.channel(ap_south));
+    let mut admin = cluster.admin(ap_south);
     let _ = admin.get_status(v1::GetStatusRequest {}).await;
     let sent = Instant::now();
     let status = admin.get_status(v1::GetStatusRequest {}).await;

@@ -127,7 +127,8 @@ mod tests {
                 allow_partial,
                 max_wait_ms,
             }) => {
-                assert_eq!(target.addr.authority, "h:1");
+                assert_eq!(target.addr.map(|a| a.authority).as_deref(), Some("h:1"));
+                assert_eq!(target.cluster, None);
                 assert_eq!((sku.as_str(), qty, ttl_ms, max_wait_ms), ("S", 3, 0, 0));
                 assert_eq!((request_id, allow_partial), (None, false));
             }
@@ -171,5 +172,56 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    /// The credential flags: `--cluster` stands in for `--addr`, `--role`
+    /// goes with `--cluster`, one of `--addr` and `--cluster` is needed.
+    #[test]
+    fn client_credential_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "reservoir",
+            "status",
+            "--cluster",
+            "d/cluster.json",
+            "--role",
+            "observer",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Client(ClientCommand::Status { target }) => {
+                assert_eq!(target.addr, None);
+                assert_eq!(target.cluster, Some(PathBuf::from("d/cluster.json")));
+                assert_eq!(target.role.as_deref(), Some("observer"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "reservoir",
+            "get",
+            "--addr",
+            "https://h:1",
+            "--ca-file",
+            "ca.pem",
+            "--token-file",
+            "shop.key",
+            "--id",
+            "us-east-000001",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Client(ClientCommand::Get { target, .. }) => {
+                assert_eq!(target.addr.and_then(|a| a.tls), Some(true));
+                assert_eq!(target.ca_file, Some(PathBuf::from("ca.pem")));
+                assert_eq!(target.token_file, Some(PathBuf::from("shop.key")));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        for bad in [
+            &["reservoir", "audit"][..],
+            &["reservoir", "audit", "--addr", "h:1", "--role", "admin"],
+            &["reservoir", "audit", "--cluster", "c.json", "--role", "root"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} should be refused");
+        }
     }
 }

@@ -6,18 +6,29 @@
 //! the audit) on stdout, or one line on stderr: `error: <REASON>: <message>`,
 //! where the reason is the status's `google.rpc.ErrorInfo` reason and, for
 //! a status without one (a transport failure), the gRPC code's name.
+//!
+//! How a command proves itself to the node ([`Target`]): `--cluster FILE`
+//! (a `cluster.json`) gives the cluster's CA and the API key of `--role`
+//! (`shop` for the Inventory commands, `admin` for `stock`, `audit` and
+//! `status`, unless `--role` says otherwise); `--ca-file FILE` and
+//! `--token-file FILE` give them one by one, and take precedence, then the
+//! environment, [`CA_FILE_ENV`] (a CA file) and [`TOKEN_ENV`] (the key
+//! itself). With none of them a command speaks plaintext and sends no key:
+//! a cluster started with `reservoir up --insecure`. A key is never sent
+//! without TLS.
 
 use clap::{Args, Subcommand};
-use reservoir_client::reason_or_code;
+use reservoir_client::credentials::{CA_FILE_ENV, TOKEN_ENV, read_key};
+use reservoir_client::{ClientChannel, ClusterFile, Credentials, reason_of, reason_or_code};
 pub use reservoir_proto::code_name;
 use reservoir_proto::v1;
 use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::Status;
-use tonic::transport::Channel;
 
 /// How long a client waits for the TCP connection to a node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -25,18 +36,16 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// `max_wait_ms` a reserve may ask for (5 s), plus a leader election.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Where a client command connects: `host:port` or `http://host:port`.
+/// Where a client command connects: `host:port`, `http://host:port` or
+/// `https://host:port`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeAddr {
     /// `host:port`, as shown in messages.
     pub authority: String,
-}
-
-impl NodeAddr {
-    /// The URI tonic connects to.
-    pub fn uri(&self) -> String {
-        format!("http://{}", self.authority)
-    }
+    /// What the scheme asked for: `Some(true)` TLS (`https://`),
+    /// `Some(false)` plaintext (`http://`), `None` (no scheme): whatever the
+    /// credentials say.
+    pub tls: Option<bool>,
 }
 
 impl fmt::Display for NodeAddr {
@@ -45,13 +54,15 @@ impl fmt::Display for NodeAddr {
     }
 }
 
-/// Parses `--addr`: `host:port` or `http://host:port` (an IPv6 host in
-/// brackets). TLS is not served, so `https://` is refused rather than
-/// failing later with a confusing handshake error.
+/// Parses `--addr`: `host:port`, `http://host:port` or `https://host:port`
+/// (an IPv6 host in brackets). Whether TLS is spoken is up to the
+/// credentials; a scheme that contradicts them is refused when the command
+/// runs.
 pub fn parse_addr(text: &str) -> Result<NodeAddr, String> {
-    let authority = match text.split_once("://") {
-        None => text,
-        Some(("http", rest)) => rest,
+    let (authority, tls) = match text.split_once("://") {
+        None => (text, None),
+        Some(("http", rest)) => (rest, Some(false)),
+        Some(("https", rest)) => (rest, Some(true)),
         Some((scheme, _)) => return Err(format!("scheme {scheme}:// is not supported; use host:port")),
     };
     let authority = authority.strip_suffix('/').unwrap_or(authority);
@@ -72,17 +83,155 @@ pub fn parse_addr(text: &str) -> Result<NodeAddr, String> {
     match port.parse::<u16>() {
         Ok(p) if p > 0 => Ok(NodeAddr {
             authority: authority.to_string(),
+            tls,
         }),
         _ => Err(format!("{text:?}: port must be 1-65535")),
     }
 }
 
-/// The node a client command talks to.
-#[derive(Debug, Args)]
+/// The node a client command talks to, and how it proves itself.
+#[derive(Debug, Default, Args)]
 pub struct Target {
-    /// Any node of the region: host:port or http://host:port.
-    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    /// Any node of the region: host:port (or http://, https://) [default
+    /// with --cluster: the first node it lists for us-east].
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr, required_unless_present = "cluster")]
+    pub addr: Option<NodeAddr>,
+    /// The cluster's cluster.json (as `reservoir up` writes it in its DIR):
+    /// TLS trusting its CA, and the API key of --role.
+    #[arg(long, value_name = "FILE")]
+    pub cluster: Option<PathBuf>,
+    /// Whose key to take from --cluster [default: shop; admin for stock,
+    /// audit and status].
+    #[arg(long, value_name = "ROLE", value_parser = ["shop", "admin", "observer"], requires = "cluster")]
+    pub role: Option<String>,
+    /// The cluster's CA certificate (PEM): speak TLS, trusting it [default:
+    /// $RESERVOIR_CA_FILE, or the CA --cluster names].
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// A file holding the API key to send [default: $RESERVOIR_TOKEN (the
+    /// key itself), or the key --cluster names for --role].
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// Where a client command connects and what it presents there.
+#[derive(Debug)]
+pub struct Connection {
+    /// The node.
     pub addr: NodeAddr,
+    /// TLS trust and the API key.
+    pub credentials: Credentials,
+}
+
+/// Where the key a command sends came from (for messages).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeySource {
+    TokenFile,
+    Env,
+    Cluster,
+}
+
+impl Target {
+    /// The node and credentials these flags (and the environment, `env`:
+    /// a lookup, so tests need not set the process's) say, for a command
+    /// whose role is `default_role` unless `--role` says otherwise.
+    pub fn resolve(
+        &self,
+        default_role: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Connection, ClientError> {
+        let setup = ClientError::Setup;
+        let role = self.role.as_deref().unwrap_or(default_role);
+        let cluster = match &self.cluster {
+            Some(path) => Some((
+                ClusterFile::load(path).map_err(|e| setup(format!("--cluster {e}")))?,
+                path.as_path(),
+            )),
+            None => None,
+        };
+        let addr = match (&self.addr, &cluster) {
+            (Some(addr), _) => addr.clone(),
+            (None, Some((file, path))) => first_node(file).ok_or_else(|| {
+                setup(format!(
+                    "--cluster {}: it lists no node; give --addr",
+                    path.display()
+                ))
+            })?,
+            (None, None) => return Err(setup("give --addr ADDR (or --cluster FILE)".into())),
+        };
+        let dir_of = |path: &Path| path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        // The CA: the flag, the environment, cluster.json.
+        let ca_file = match (&self.ca_file, env(CA_FILE_ENV), &cluster) {
+            (Some(f), _, _) => Some(f.clone()),
+            (None, Some(f), _) if !f.is_empty() => Some(PathBuf::from(f)),
+            (None, _, Some((file, path))) => file.tls.as_ref().map(|t| dir_of(path).join(&t.ca_file)),
+            _ => None,
+        };
+        // The key: the flag, the environment, cluster.json's key of `role`.
+        let (api_key, source) = match (&self.token_file, env(TOKEN_ENV), &cluster) {
+            (Some(f), _, _) => (Some(read_key(f).map_err(setup)?), Some(KeySource::TokenFile)),
+            (None, Some(key), _) if !key.trim().is_empty() => {
+                (Some(key.trim().to_string()), Some(KeySource::Env))
+            }
+            (None, _, Some((file, path))) => match file.credentials.get(role) {
+                Some(key_file) => (
+                    Some(read_key(&dir_of(path).join(key_file)).map_err(setup)?),
+                    Some(KeySource::Cluster),
+                ),
+                None if file.tls.is_some() => {
+                    return Err(setup(format!(
+                        "--cluster {}: it names no key for role {role}; give --token-file FILE or set {TOKEN_ENV}",
+                        path.display()
+                    )));
+                }
+                None => (None, None),
+            },
+            _ => (None, None),
+        };
+        let tls = ca_file.is_some();
+        if let Some(source) = source
+            && !tls
+        {
+            let from = match source {
+                KeySource::TokenFile => "--token-file".to_string(),
+                KeySource::Env => format!("${TOKEN_ENV}"),
+                KeySource::Cluster => "--cluster".to_string(),
+            };
+            return Err(setup(format!(
+                "refusing to send the API key (from {from}) to {addr} without TLS: give the cluster's CA \
+                 (--ca-file FILE, ${CA_FILE_ENV} or --cluster FILE); a cluster started with --insecure takes no key"
+            )));
+        }
+        match addr.tls {
+            Some(true) if !tls => {
+                return Err(setup(format!(
+                    "https://{addr} asks for TLS but no CA is given: --ca-file FILE, ${CA_FILE_ENV} or --cluster FILE"
+                )));
+            }
+            Some(false) if tls => {
+                return Err(setup(format!(
+                    "http://{addr} asks for plaintext but the credentials speak TLS; write {addr} or https://{addr}"
+                )));
+            }
+            _ => {}
+        }
+        let credentials = Credentials::new(ca_file.as_deref(), api_key).map_err(setup)?;
+        Ok(Connection { addr, credentials })
+    }
+}
+
+/// The node a command goes to when only `--cluster` is given: the first
+/// endpoint of the home region, else the first node.
+fn first_node(file: &ClusterFile) -> Option<NodeAddr> {
+    let addr = file
+        .region_endpoints(reservoir_client::HOME_REGION)
+        .first()
+        .map(|(_, addr)| *addr)
+        .or_else(|| file.nodes.first().map(|n| n.grpc))?;
+    Some(NodeAddr {
+        authority: addr.to_string(),
+        tls: None,
+    })
 }
 
 /// The client commands, one gRPC call each.
@@ -194,8 +343,8 @@ pub enum ClientCommand {
 }
 
 impl ClientCommand {
-    /// The node the command talks to.
-    pub fn target(&self) -> &NodeAddr {
+    /// The node the command talks to, and how.
+    pub fn target(&self) -> &Target {
         match self {
             ClientCommand::Reserve { target, .. }
             | ClientCommand::Release { target, .. }
@@ -205,7 +354,19 @@ impl ClientCommand {
             | ClientCommand::Availability { target, .. }
             | ClientCommand::Stock { target, .. }
             | ClientCommand::Audit { target }
-            | ClientCommand::Status { target } => &target.addr,
+            | ClientCommand::Status { target } => target,
+        }
+    }
+
+    /// The role whose key the command takes from `--cluster` unless
+    /// `--role` says otherwise: `admin` for the Admin calls, `shop` for the
+    /// Inventory ones.
+    pub fn default_role(&self) -> &'static str {
+        match self {
+            ClientCommand::Stock { .. } | ClientCommand::Audit { .. } | ClientCommand::Status { .. } => {
+                "admin"
+            }
+            _ => "shop",
         }
     }
 }
@@ -213,6 +374,9 @@ impl ClientCommand {
 /// Why a client command failed. Its `Display` is the one line printed.
 #[derive(Debug)]
 pub enum ClientError {
+    /// The flags, the environment or the files they name do not say how
+    /// to reach the node (a missing file, a key without TLS, ...).
+    Setup(String),
     /// No connection to the node.
     Connect {
         /// The node.
@@ -229,6 +393,7 @@ pub enum ClientError {
 impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            ClientError::Setup(message) => write!(f, "error: {}", message.replace(['\n', '\r'], " ")),
             ClientError::Connect { addr, message } => {
                 write!(f, "error: cannot connect to {addr}: {message}")
             }
@@ -236,7 +401,14 @@ impl fmt::Display for ClientError {
                 let reason = reason_or_code(status);
                 // One line, whatever the server put in its message.
                 let message = status.message().replace(['\n', '\r'], " ");
-                write!(f, "error: {reason}: {message}")
+                write!(f, "error: {reason}: {message}")?;
+                match reason_of(status).as_deref() {
+                    Some("MISSING_CREDENTIALS") => {
+                        f.write_str(" (give --cluster FILE, or --ca-file FILE and --token-file FILE)")
+                    }
+                    Some("ROLE_NOT_ALLOWED") => f.write_str(" (another key: --role, --token-file)"),
+                    _ => Ok(()),
+                }
             }
             ClientError::Malformed(what) => write!(f, "error: MALFORMED_RESPONSE: {what}"),
         }
@@ -266,7 +438,35 @@ fn now_ms() -> u64 {
 
 /// Runs one client command; returns the text to print on success.
 pub async fn run(command: ClientCommand) -> Result<String, ClientError> {
-    let channel = connect(command.target()).await?;
+    let connection = command
+        .target()
+        .resolve(command.default_role(), |name| std::env::var(name).ok())?;
+    let channel = connect(&connection).await?;
+    let tls = connection.credentials.is_tls();
+    call(command, channel).await.map_err(|e| match e {
+        ClientError::Status(status) => ClientError::Status(explained(status, tls)),
+        other => other,
+    })
+}
+
+/// A transport failure's status (no Reservoir reason, only "transport
+/// error") with its root cause and what it suggests about TLS.
+fn explained(status: Status, tls: bool) -> Status {
+    if reason_of(&status).is_some()
+        || !matches!(status.code(), tonic::Code::Unknown | tonic::Code::Unavailable)
+    {
+        return status;
+    }
+    let Some(source) = std::error::Error::source(&status) else {
+        return status;
+    };
+    let cause = root_cause(source);
+    let hint = connect_hint(&cause, tls);
+    Status::new(status.code(), format!("{}: {cause}{hint}", status.message()))
+}
+
+/// Sends the command's call on `channel`.
+async fn call(command: ClientCommand, channel: ClientChannel) -> Result<String, ClientError> {
     let mut inventory = InventoryClient::new(channel.clone());
     let reservation = |r: Option<v1::Reservation>| {
         r.map(|r| format_reservation(&r))
@@ -436,18 +636,50 @@ pub fn format_status(s: &v1::ClusterStatus) -> String {
     out.trim_end().to_string()
 }
 
-/// Connects to a node, failing with the root cause (e.g. "Connection
-/// refused") rather than tonic's generic "transport error".
-pub async fn connect(addr: &NodeAddr) -> Result<Channel, ClientError> {
+/// Connects to a node (the TLS handshake included), failing with the root
+/// cause (e.g. "Connection refused") rather than tonic's generic "transport
+/// error", and a hint when TLS or plaintext looks like the wrong choice.
+pub async fn connect(connection: &Connection) -> Result<ClientChannel, ClientError> {
+    let Connection { addr, credentials } = connection;
     let failed = |message: String| ClientError::Connect {
         addr: addr.clone(),
         message,
     };
-    let endpoint = reservoir_client::connect::endpoint(&addr.uri())
+    let endpoint = credentials
+        .endpoint(&addr.authority)
         .map_err(failed)?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT);
-    endpoint.connect().await.map_err(|e| failed(root_cause(&e)))
+    match endpoint.connect().await {
+        Ok(channel) => Ok(credentials.wrap(channel)),
+        Err(e) => {
+            let cause = root_cause(&e);
+            let hint = connect_hint(&cause, credentials.is_tls());
+            Err(failed(format!("{cause}{hint}")))
+        }
+    }
+}
+
+/// What a failed connection's cause suggests about TLS: a plaintext client
+/// at a TLS node sees the connection closed; a TLS client at a plaintext
+/// node, a corrupt record; a CA the node's certificate does not chain to,
+/// an unknown issuer.
+fn connect_hint(cause: &str, tls: bool) -> &'static str {
+    let lower = cause.to_ascii_lowercase();
+    if lower.contains("refused") || lower.contains("timed out") {
+        ""
+    } else if !tls {
+        " (if the cluster uses TLS, give its CA: --cluster FILE or --ca-file FILE)"
+    } else if lower.contains("unknownissuer")
+        || lower.contains("unknown issuer")
+        || lower.contains("certificate")
+    {
+        " (is --ca-file the CA of this cluster?)"
+    } else if lower.contains("corrupt") || lower.contains("invalidcontenttype") {
+        " (the node speaks plaintext: a cluster started with --insecure takes no --ca-file)"
+    } else {
+        ""
+    }
 }
 
 /// The innermost error of a chain: the one that says what actually happened.
@@ -620,23 +852,31 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
-    /// Both address forms parse to the same node; bad ones are refused with a reason.
+    /// The address forms parse to the same node, the scheme remembered; bad ones are refused with a reason.
     #[test]
     fn addr_forms() {
         let plain = parse_addr("127.0.0.1:7001").unwrap();
-        assert_eq!(plain.authority, "127.0.0.1:7001");
-        assert_eq!(plain.uri(), "http://127.0.0.1:7001");
-        assert_eq!(parse_addr("http://127.0.0.1:7001").unwrap(), plain);
-        assert_eq!(parse_addr("http://127.0.0.1:7001/").unwrap(), plain);
-        assert_eq!(parse_addr("localhost:80").unwrap().uri(), "http://localhost:80");
-        assert_eq!(parse_addr("[::1]:7001").unwrap().uri(), "http://[::1]:7001");
+        assert_eq!((plain.authority.as_str(), plain.tls), ("127.0.0.1:7001", None));
+        let http = parse_addr("http://127.0.0.1:7001").unwrap();
+        assert_eq!(
+            (http.authority.as_str(), http.tls),
+            ("127.0.0.1:7001", Some(false))
+        );
+        assert_eq!(parse_addr("http://127.0.0.1:7001/").unwrap(), http);
+        let https = parse_addr("https://127.0.0.1:7001").unwrap();
+        assert_eq!(
+            (https.authority.as_str(), https.tls),
+            ("127.0.0.1:7001", Some(true))
+        );
+        assert_eq!(parse_addr("localhost:80").unwrap().authority, "localhost:80");
+        assert_eq!(parse_addr("[::1]:7001").unwrap().authority, "[::1]:7001");
         for bad in [
             "127.0.0.1",
             ":7001",
             "127.0.0.1:0",
             "127.0.0.1:70000",
             "127.0.0.1:x",
-            "https://127.0.0.1:7001",
+            "ftp://127.0.0.1:7001",
             "http://127.0.0.1:7001/path",
             "::1:7001",
             "",
@@ -676,6 +916,112 @@ mod tests {
             line,
             "error: cannot connect to 127.0.0.1:1: Connection refused (os error 111)"
         );
+    }
+
+    /// A scratch directory holding a `cluster.json` like `up` writes: a CA
+    /// file and a key per role when `secure`, none when not.
+    fn cluster_dir(name: &str, secure: bool) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("reservoir-cli-creds-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("credentials")).unwrap();
+        let (tls, credentials) = if secure {
+            std::fs::write(dir.join("ca.pem"), "not checked until a handshake").unwrap();
+            for role in ["shop", "admin"] {
+                std::fs::write(
+                    dir.join(format!("credentials/{role}.key")),
+                    format!("{role}.secret\n"),
+                )
+                .unwrap();
+            }
+            (
+                r#""tls": {"ca_file": "ca.pem"}, "credentials": {"shop": "credentials/shop.key", "admin": "credentials/admin.key"},"#,
+                "",
+            )
+        } else {
+            ("", "")
+        };
+        let json = format!(
+            r#"{{{tls}{credentials} "nodes": [{{"id": 2, "region": "eu-west", "grpc": "127.0.0.1:7102"}}, {{"id": 1, "region": "us-east", "grpc": "127.0.0.1:7101"}}]}}"#
+        );
+        std::fs::write(dir.join("cluster.json"), json).unwrap();
+        dir
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    /// `--cluster` alone: TLS with its CA, the key of the command's role, the first us-east node.
+    #[test]
+    fn credentials_from_a_cluster_file() {
+        let dir = cluster_dir("secure", true);
+        let target = Target {
+            cluster: Some(dir.join("cluster.json")),
+            ..Target::default()
+        };
+        let c = target.resolve("admin", no_env).unwrap();
+        assert_eq!(c.addr.authority, "127.0.0.1:7101");
+        assert!(c.credentials.is_tls());
+        // A role the file has no key for is refused, naming the way out.
+        let observer = Target {
+            role: Some("observer".into()),
+            ..target
+        };
+        let e = observer.resolve("shop", no_env).unwrap_err().to_string();
+        assert!(e.contains("role observer") && e.contains("--token-file"), "{e}");
+        // ... unless a key is given.
+        let env = |name: &str| (name == TOKEN_ENV).then(|| "k.secret".to_string());
+        assert!(observer.resolve("shop", env).unwrap().credentials.is_tls());
+        // An explicit plaintext address contradicts the CA.
+        let http = Target {
+            addr: Some(parse_addr("http://127.0.0.1:7101").unwrap()),
+            ..observer
+        };
+        let e = http.resolve("shop", env).unwrap_err().to_string();
+        assert!(e.contains("plaintext"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An insecure cluster's file, or no flags at all: plaintext, no key; a key without TLS is refused.
+    #[test]
+    fn plaintext_sends_no_key() {
+        let dir = cluster_dir("insecure", false);
+        let target = Target {
+            cluster: Some(dir.join("cluster.json")),
+            ..Target::default()
+        };
+        assert!(!target.resolve("shop", no_env).unwrap().credentials.is_tls());
+        let bare = Target {
+            addr: Some(parse_addr("127.0.0.1:7101").unwrap()),
+            ..Target::default()
+        };
+        assert!(!bare.resolve("shop", no_env).unwrap().credentials.is_tls());
+        let env = |name: &str| (name == TOKEN_ENV).then(|| "k.secret".to_string());
+        let e = bare.resolve("shop", env).unwrap_err().to_string();
+        assert!(
+            e.starts_with("error: refusing to send the API key (from $RESERVOIR_TOKEN)"),
+            "{e}"
+        );
+        let e = Target {
+            addr: Some(parse_addr("https://127.0.0.1:7101").unwrap()),
+            ..Target::default()
+        }
+        .resolve("shop", no_env)
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no CA"), "{e}");
+        let e = Target {
+            cluster: Some(dir.join("missing.json")),
+            ..Target::default()
+        }
+        .resolve("shop", no_env)
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("error: --cluster ") && e.contains("missing.json"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Times print as UTC calendar dates, including leap days.

@@ -6,7 +6,9 @@
 #   scripts/bench-ab.sh BASE_BINARY NEW_BINARY [OUT_DIR]
 # Needs the release load tester: cargo build --release -p reservoir-loadtest
 # Prints each run's summary; the reports land in OUT_DIR/TAG-N/. Leaves no
-# process behind (bench-scenarios.sh stops each region).
+# process behind (bench-scenarios.sh stops each region). Both binaries run
+# secure regions unless INSECURE=1 (passed on to bench-scenarios.sh; a binary
+# older than `up --insecure` cannot run then).
 set -euo pipefail
 base=$1
 new=$2

@@ -15,6 +15,10 @@
 # RESERVOIR_BIN=PATH runs the nodes from another build (a before/after
 # comparison with the same load tester). RUNS=N (Reservoir targets) runs the
 # scenario N times in a row on the same cluster, into OUT_DIR/NAME/run-1..N.
+# The cluster is secure (TLS, API keys), as `up` makes it by default; the
+# load tester takes its CA, keys and control token from its cluster.json.
+# INSECURE=1 starts it with `up --insecure` instead (plaintext, no keys), to
+# measure what security costs.
 set -euo pipefail
 out=$1 scenario=$2 target=$3
 shift 3
@@ -32,14 +36,16 @@ case $target in
     ;;
   tokens | single-writer | global-consensus | tokens-take_half | region)
     dir=$(mktemp -d /tmp/reservoir-bench-XXXXXX)
+    security=()
+    [ "${INSECURE:-0}" = 1 ] && security=(--insecure)
     if [ "$target" = region ]; then
-      "$node_bin" up --standalone --dir "$dir" > "$out/$name/up.log" 2>&1 &
+      "$node_bin" up --standalone --dir "$dir" ${security[@]+"${security[@]}"} > "$out/$name/up.log" 2>&1 &
     else
       arch=${target%-take_half}
       policy=proportional
       [ "$target" = tokens-take_half ] && policy=take_half
       "$node_bin" up --dir "$dir" --architecture "$arch" --policy "$policy" --wan aws --no-demo \
-        > "$out/$name/up.log" 2>&1 &
+        ${security[@]+"${security[@]}"} > "$out/$name/up.log" 2>&1 &
     fi
     up=$!
     trap 'kill -TERM $up 2>/dev/null; wait $up 2>/dev/null; rm -rf "$dir"' EXIT

@@ -72,7 +72,12 @@ impl InventoryService {
         forwarded: bool,
         req: v1::ReserveRequest,
     ) -> Result<v1::ReserveResponse, Status> {
-        let validated = edge::reserve_op(req.clone()).map_err(|r| to_status(&r))?;
+        let validated = edge::reserve_op(
+            req.clone(),
+            edge::ANONYMOUS_OWNER,
+            crate::server::clock::reservation_nonce(),
+        )
+        .map_err(|r| to_status(&r))?;
         let lines: Vec<Line> = match &validated.op {
             RegionOp::Reserve { lines, .. } => lines.clone(),
             _ => Vec::new(),
@@ -146,7 +151,7 @@ impl InventoryService {
         forwarded: bool,
         req: v1::ReleaseRequest,
     ) -> Result<v1::ReleaseResponse, Status> {
-        let op = edge::release_op(self.node.region(), req.clone());
+        let op = edge::release_op(self.node.region(), req.clone(), edge::ANONYMOUS_OWNER);
         let forward = |mut c: InventoryClient<Channel>| async move {
             Ok(c.release(forwarding(req)).await?.into_inner().reservation)
         };
@@ -159,7 +164,7 @@ impl InventoryService {
         forwarded: bool,
         req: v1::ConfirmRequest,
     ) -> Result<v1::ConfirmResponse, Status> {
-        let op = edge::confirm_op(self.node.region(), req.clone());
+        let op = edge::confirm_op(self.node.region(), req.clone(), edge::ANONYMOUS_OWNER);
         let forward = |mut c: InventoryClient<Channel>| async move {
             Ok(c.confirm(forwarding(req)).await?.into_inner().reservation)
         };
@@ -172,7 +177,7 @@ impl InventoryService {
         forwarded: bool,
         req: v1::ExtendRequest,
     ) -> Result<v1::ExtendResponse, Status> {
-        let op = edge::extend_op(self.node.region(), req.clone());
+        let op = edge::extend_op(self.node.region(), req.clone(), edge::ANONYMOUS_OWNER);
         let forward = |mut c: InventoryClient<Channel>| async move {
             Ok(c.extend(forwarding(req)).await?.into_inner().reservation)
         };
@@ -186,7 +191,11 @@ impl InventoryService {
         req: v1::GetReservationRequest,
     ) -> Result<v1::Reservation, Status> {
         let id = edge::get_reservation_id(self.node.region(), &req).map_err(|r| to_status(&r))?;
-        match self.node.read_current(forwarded, |s| s.reservation(id)).await? {
+        match self
+            .node
+            .read_current(forwarded, |s| s.reservation_of(id, edge::ANONYMOUS_OWNER))
+            .await?
+        {
             Route::Applied(Some(r)) => Ok(edge::reservation_to_proto(self.node.region(), r)),
             Route::Applied(None) => Err(to_status(&Rejection::ReservationNotFound {
                 id: req.reservation_id.clone(),

@@ -51,6 +51,14 @@ async fn main() {
         .open_group(GROUP, RegionState::new(GROUP))
         .expect("open group");
     let sku = |k: u64| format!("lt1-000000-{:05}", k % SKUS);
+    // Ids spread over the key space as a leader's random nonces spread them
+    // (splitmix64 of the reserve's number).
+    let nonce = |i: u64| {
+        let mut z = i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
 
     let membership = Entry {
         log_id: log_id(1),
@@ -76,10 +84,12 @@ async fn main() {
         let commands = (i..(i + BATCH).min(n))
             .map(|i| {
                 command(RegionOp::Reserve {
+                    owner: "shop".into(),
                     request_id: format!("{i:08x}-0000-4000-8000-000000000000"),
                     lines: vec![Line::new(sku(i * 7919), 1)],
                     ttl_ms: 0,
                     allow_partial: false,
+                    nonce: nonce(i),
                 })
             })
             .collect();

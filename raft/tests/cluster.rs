@@ -40,6 +40,8 @@ const POLL: Duration = Duration::from_millis(10);
 const NOW_MS: u64 = 1_000;
 /// The one SKU of every test.
 const SKU: &str = "sku-a";
+/// The owner of every reservation.
+const OWNER: &str = "shop";
 /// Units of stock each test starts with.
 const STOCK: u64 = 10_000;
 /// Snapshot chunks small enough that even a test's snapshot takes many.
@@ -347,6 +349,7 @@ impl Cluster {
     async fn confirm(&mut self, among: &[NodeId], id: ReservationId, order_id: &str) {
         let op = RegionOp::Confirm {
             id,
+            owner: OWNER.to_owned(),
             order_id: order_id.to_owned(),
             lines: Vec::new(),
         };
@@ -368,7 +371,11 @@ impl Cluster {
 
     /// Releases reservation `id` through the leader among `among`.
     async fn release(&mut self, among: &[NodeId], id: ReservationId) {
-        match self.propose(among, command(RegionOp::Release { id })).await {
+        let op = RegionOp::Release {
+            id,
+            owner: OWNER.to_owned(),
+        };
+        match self.propose(among, command(op)).await {
             RegionApplied::Reservation(r) => {
                 assert_eq!(r.state, ReservationState::Released, "{r:?}");
                 self.book.reservations.insert(id, r);
@@ -426,12 +433,19 @@ impl Cluster {
     }
 }
 
+/// A reserve by [`OWNER`]. Its nonce, which a leader would draw at random,
+/// is a hash of the request id here: distinct ids, distinct nonces, and a
+/// retried proposal carries the same one.
 fn reserve_op(request_id: &str, quantity: u64) -> RegionOp {
     RegionOp::Reserve {
+        owner: OWNER.to_owned(),
         request_id: request_id.to_owned(),
         lines: vec![Line::new(SKU, quantity)],
         ttl_ms: 0,
         allow_partial: false,
+        nonce: request_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h: u64, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        }),
     }
 }
 

@@ -22,14 +22,28 @@ fn stocked() -> RegionState {
     s
 }
 
+/// The owner of every reservation.
+const OWNER: &str = "shop";
+
+/// The `i`th proposer nonce: splitmix64, so ids are spread over the key
+/// space like the random ones a leader draws (not in insertion order).
+fn nonce(i: u64) -> u64 {
+    let mut z = i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 fn reserve_cmd(i: u64, now_ms: u64, ttl_ms: u64) -> RegionCommand {
     RegionCommand {
         now_ms,
         op: RegionOp::Reserve {
+            owner: OWNER.into(),
             request_id: format!("req-{i:012}"),
             lines: vec![Line::new("hot-sku-1", 1)],
             ttl_ms,
             allow_partial: false,
+            nonce: nonce(i),
         },
     }
 }
@@ -73,6 +87,7 @@ fn bench(c: &mut Criterion) {
                     now_ms: 3,
                     op: RegionOp::Confirm {
                         id,
+                        owner: OWNER.into(),
                         order_id: format!("order-{}", id.0),
                         lines: Vec::new(),
                     },
@@ -94,7 +109,10 @@ fn bench(c: &mut Criterion) {
                 .iter()
                 .map(|&id| RegionCommand {
                     now_ms: 3,
-                    op: RegionOp::Release { id },
+                    op: RegionOp::Release {
+                        id,
+                        owner: OWNER.into(),
+                    },
                 })
                 .collect();
             let start = Instant::now();

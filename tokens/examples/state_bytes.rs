@@ -1,8 +1,10 @@
 //! Bytes of memory one item of a region's state costs: a live hold, an
 //! ended (released) reservation, and a confirmed sale waiting in the outbox,
 //! each with the request id that made it (36 bytes, a UUID's length), over a
-//! catalog of 1,000 SKUs. Counted by a counting global allocator: the heap
-//! bytes the state holds after N items, minus before, over N.
+//! catalog of 1,000 SKUs, all of one owner, with ids spread over the key
+//! space as a leader's random nonces spread them. Counted by a counting
+//! global allocator: the heap bytes the state holds after N items, minus
+//! before, over N.
 //!
 //! Run: `cargo run --release -p reservoir-tokens --example state_bytes -- 1000000`
 #![allow(unsafe_code)] // a counting global allocator
@@ -41,6 +43,18 @@ const SKUS: u64 = 1_000;
 /// Logical time of every command (nothing expires or is pruned).
 const NOW_MS: u64 = 1_700_000_000_000;
 
+/// The owner of every reservation.
+const OWNER: &str = "shop";
+
+/// The `i`th reservation's nonce, and so its id: splitmix64, a bijection, so
+/// distinct `i` give distinct ids spread like random ones.
+fn nonce(i: u64) -> u64 {
+    let mut z = i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 fn sku(k: u64) -> String {
     format!("lt1-000000-{:05}", k % SKUS)
 }
@@ -69,10 +83,12 @@ fn stocked() -> RegionState {
 fn reserve(state: &mut RegionState, n: u64) {
     for i in 0..n {
         let op = RegionOp::Reserve {
+            owner: OWNER.into(),
             request_id: format!("{i:08x}-0000-4000-8000-000000000000"),
             lines: vec![Line::new(sku(i * 7919), 1)],
             ttl_ms: 0,
             allow_partial: false,
+            nonce: nonce(i),
         };
         apply(state, op);
     }
@@ -96,11 +112,14 @@ fn main() {
         "live hold:             {:6.0} bytes each ({n} holds)",
         (held - base) as f64 / n as f64
     );
-    for id in 1..=n {
+    // Each id is its nonce (a nonce of 0 would have been probed, and its
+    // release would panic here as not found).
+    for i in 0..n {
         apply(
             &mut state,
             RegionOp::Release {
-                id: ReservationId(id),
+                id: ReservationId(nonce(i)),
+                owner: OWNER.into(),
             },
         );
     }
@@ -114,10 +133,11 @@ fn main() {
     let mut state = stocked();
     let base = bytes();
     reserve(&mut state, n);
-    for id in 1..=n {
+    for i in 0..n {
         let op = RegionOp::Confirm {
-            id: ReservationId(id),
-            order_id: format!("order-{id:030}"),
+            id: ReservationId(nonce(i)),
+            owner: OWNER.into(),
+            order_id: format!("order-{i:030}"),
             lines: Vec::new(),
         };
         apply(&mut state, op);

@@ -51,6 +51,8 @@ pub enum Field {
     TransferId,
     /// a region's retention settings
     Retention,
+    /// `owner`: the principal a reservation belongs to
+    Owner,
 }
 
 impl Field {
@@ -71,6 +73,7 @@ impl Field {
             Field::Entries => "INVALID_ENTRIES",
             Field::TransferId => "INVALID_TRANSFER_ID",
             Field::Retention => "INVALID_RETENTION",
+            Field::Owner => "INVALID_OWNER",
         }
     }
 }
@@ -97,7 +100,8 @@ pub enum Rejection {
         /// Units available at the time.
         available: Units,
     },
-    /// No such reservation (never existed, another region's, or pruned).
+    /// No such reservation (never existed, another region's, pruned, or
+    /// another owner's: a caller cannot tell those apart).
     #[error("reservation {id} not found")]
     ReservationNotFound {
         /// The public id asked for.
@@ -178,6 +182,13 @@ pub enum Rejection {
         /// What differs.
         detail: String,
     },
+    /// The region remembers [`crate::limits::OWNERS_MAX`] owners and a
+    /// reserve came from a new one.
+    #[error("{owners} owners known to this region, the limit")]
+    TooManyOwners {
+        /// How many owners the region knows.
+        owners: usize,
+    },
     /// A settlement batch does not start right after the ledger's watermark.
     #[error("settlement from {region} skips: watermark {watermark}, batch starts at {first}")]
     SettlementGap {
@@ -222,6 +233,7 @@ impl Rejection {
             Rejection::TransferNotFound { .. } => "TRANSFER_NOT_FOUND",
             Rejection::TransferInFlight { .. } => "TRANSFER_IN_FLIGHT",
             Rejection::TransfersFull { .. } => "TRANSFERS_FULL",
+            Rejection::TooManyOwners { .. } => "TOO_MANY_OWNERS",
             Rejection::TransferMismatch { .. } => "TRANSFER_MISMATCH",
             Rejection::SettlementGap { .. } => "SETTLEMENT_GAP",
             Rejection::SettlementAhead { .. } => "SETTLEMENT_AHEAD",
@@ -242,6 +254,7 @@ impl Rejection {
             | Rejection::InsufficientPool { .. }
             | Rejection::TransferInFlight { .. }
             | Rejection::TransfersFull { .. }
+            | Rejection::TooManyOwners { .. }
             | Rejection::SettlementGap { .. }
             | Rejection::SettlementAhead { .. } => ErrorKind::FailedPrecondition,
         }
@@ -288,6 +301,7 @@ impl Rejection {
                 vec![("region", region.clone()), ("sku", sku.clone())]
             }
             Rejection::TransfersFull { in_flight } => vec![("in_flight", in_flight.to_string())],
+            Rejection::TooManyOwners { owners } => vec![("owners", owners.to_string())],
             Rejection::SettlementGap {
                 region,
                 watermark,

@@ -19,8 +19,15 @@
 //! Invariants:
 //! - No I/O, no clock, no async, no randomness. Every command carries the
 //!   proposer's `now_ms`, and a state keeps `clock = max(clock, now_ms)`, so
-//!   a leader with a slow clock cannot move time backwards. Ids come from
-//!   counters in the state.
+//!   a leader with a slow clock cannot move time backwards. A reservation's
+//!   id is the 64-bit nonce its proposer drew and put in the command (probed
+//!   deterministically past ids in use): drawn at random, one client cannot
+//!   guess another's. Other ids
+//!   (transfers, outbox sequence numbers) come from counters in the state.
+//! - Every reservation belongs to its owner (the principal that reserved
+//!   it). Release, confirm, extend and the API's read name their owner, and
+//!   another owner's reservation is refused exactly as a missing one
+//!   (`RESERVATION_NOT_FOUND`). Request ids are remembered per owner.
 //! - Two replicas that apply the same commands are equal and serialize to the
 //!   same bytes (ordered maps only).
 //! - Every table is a persistent map or vector (`imbl`), so a whole state
@@ -31,7 +38,8 @@
 //!   that made it) are pruned by age (logical time) and count, as the
 //!   region's replicated [`Retention`] says, and stock-adjustment ids after
 //!   10 minutes, a bounded amount per command; live holds and unsettled
-//!   sales are bounded by the stock itself. A reserve's request id lives as
+//!   sales are bounded by the stock itself, owners by
+//!   [`limits::OWNERS_MAX`] (never forgotten). A reserve's request id lives as
 //!   long as its reservation.
 //! - Every transfer and settlement step is idempotent by its id or sequence
 //!   number, so retries never count a unit twice.

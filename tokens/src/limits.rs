@@ -3,7 +3,7 @@
 //! so that a command that slipped past the edge still changes nothing.
 
 use crate::error::{Field, Rejection};
-use crate::types::{Line, Millis};
+use crate::types::{Line, Millis, ReservationId};
 use std::collections::BTreeSet;
 
 /// Longest `request_id`, in bytes.
@@ -14,8 +14,15 @@ pub const ORDER_ID_BYTES_MAX: usize = 128;
 pub const SKU_BYTES_MAX: usize = 64;
 /// Longest region name, in bytes.
 pub const REGION_BYTES_MAX: usize = 32;
-/// Longest public reservation id, in bytes (a region name, a dash, 20 digits).
-pub const RESERVATION_ID_BYTES_MAX: usize = REGION_BYTES_MAX + 1 + 20;
+/// Longest public reservation id, in bytes (a region name, a dash, 16 hex
+/// digits).
+pub const RESERVATION_ID_BYTES_MAX: usize = REGION_BYTES_MAX + 1 + ReservationId::HEX_DIGITS;
+/// Longest owner (principal name), in bytes.
+pub const OWNER_BYTES_MAX: usize = 128;
+/// Most distinct owners a region remembers. Owners are numbered in the
+/// state so that a record keeps a number, not a name; a reserve by a new
+/// owner past this many is `TOO_MANY_OWNERS`. Owners are never forgotten.
+pub const OWNERS_MAX: usize = 65_536;
 /// Most lines in one reservation.
 pub const LINES_PER_RESERVATION_MAX: usize = 64;
 /// Most units of one line.
@@ -94,6 +101,24 @@ pub fn check_order_id(s: &str) -> Result<(), Rejection> {
 /// names a reservation of this region is the state machine's business.
 pub fn check_reservation_id(s: &str) -> Result<(), Rejection> {
     check_id(s, RESERVATION_ID_BYTES_MAX, Field::ReservationId)
+}
+
+/// An owner (the principal a reservation belongs to): 1–128 bytes of
+/// `[A-Za-z0-9._:@-]`.
+pub fn check_owner(s: &str) -> Result<(), Rejection> {
+    if s.is_empty() || s.len() > OWNER_BYTES_MAX {
+        return Err(Rejection::invalid(
+            Field::Owner,
+            format!("must be 1-{OWNER_BYTES_MAX} bytes, got {}", s.len()),
+        ));
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-'))
+    {
+        return Err(Rejection::invalid(Field::Owner, "must match [A-Za-z0-9._:@-]+"));
+    }
+    Ok(())
 }
 
 /// A SKU: 1–64 bytes of `[A-Za-z0-9._:-]`.
@@ -283,6 +308,25 @@ mod tests {
         assert_eq!(reason(check_sku("")), "INVALID_SKU");
         assert_eq!(reason(check_sku("a b")), "INVALID_SKU");
         assert_eq!(reason(check_sku("a/b")), "INVALID_SKU");
+    }
+
+    /// Owners accept 1–128 bytes of [A-Za-z0-9._:@-] and nothing else.
+    #[test]
+    fn owners_are_bounded_and_restricted() {
+        assert_eq!(reason(check_owner("anonymous")), "OK");
+        assert_eq!(reason(check_owner("svc:shop-1.eu_west@example.com")), "OK");
+        assert_eq!(reason(check_owner(&"o".repeat(OWNER_BYTES_MAX))), "OK");
+        assert_eq!(
+            reason(check_owner(&"o".repeat(OWNER_BYTES_MAX + 1))),
+            "INVALID_OWNER"
+        );
+        for bad in ["", "a b", "a/b", "a\nb", "caf\u{e9}", "a\u{0}", "a,b", "a#b"] {
+            assert_eq!(reason(check_owner(bad)), "INVALID_OWNER", "{bad:?}");
+        }
+        assert_eq!(
+            check_owner("a b").unwrap_err().kind(),
+            crate::error::ErrorKind::InvalidArgument
+        );
     }
 
     /// Quantities are 1 to 1,000,000.

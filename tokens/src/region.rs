@@ -1,5 +1,14 @@
 //! `RegionState`: one region's buckets, holds, expiry, idempotency table,
-//! outbox and applied transfers. Replicated by the region's Raft group.
+//! owners, outbox and applied transfers. Replicated by the region's Raft
+//! group.
+//!
+//! Every reservation belongs to the owner (principal) that reserved it:
+//! release, confirm and extend name their owner, and a reservation of
+//! another owner is refused exactly as one that does not exist
+//! (`RESERVATION_NOT_FOUND`, the same message), so nobody can learn whether
+//! someone else's id exists. Request ids are remembered per owner. A new
+//! reservation's id is the 64-bit nonce the proposer drew (probed upwards
+//! past ids in use, and past 0, so every replica picks the same).
 
 use crate::error::{Field, Rejection};
 use crate::limits::{self, *};
@@ -71,6 +80,8 @@ impl ReservationState {
 pub struct Reservation {
     /// Its number in this region.
     pub id: ReservationId,
+    /// The principal it belongs to.
+    pub owner: Owner,
     /// Held units (`Held`, `Released`, `Expired`) or sold units (`Confirmed`, `Settled`).
     pub lines: Vec<Line>,
     /// Where it is in its life.
@@ -118,7 +129,9 @@ pub struct AppliedTransfer {
 pub enum RegionOp {
     /// Hold tokens for every line, or none (with `allow_partial`, what there is).
     Reserve {
-        /// Idempotency key.
+        /// Who reserves; the reservation belongs to them.
+        owner: Owner,
+        /// Idempotency key, remembered per owner.
         request_id: RequestId,
         /// What to hold.
         lines: Vec<Line>,
@@ -126,16 +139,25 @@ pub enum RegionOp {
         ttl_ms: Millis,
         /// Take what is available of each line.
         allow_partial: bool,
+        /// 64 random bits drawn by the proposer (outside the state machine)
+        /// and carried in the log: the new reservation's id, or, if that is
+        /// 0 or taken, the next free one above it (wrapping). A retry that
+        /// finds its request id remembered ignores it.
+        nonce: u64,
     },
     /// Give a hold's tokens back.
     Release {
         /// Which reservation.
         id: ReservationId,
+        /// Who asks; another owner's reservation is not found.
+        owner: Owner,
     },
     /// Turn a hold into a sale.
     Confirm {
         /// Which reservation.
         id: ReservationId,
+        /// Who asks; another owner's reservation is not found.
+        owner: Owner,
         /// The shop's order.
         order_id: OrderId,
         /// Empty: everything held. Otherwise at most these quantities.
@@ -145,6 +167,8 @@ pub enum RegionOp {
     Extend {
         /// Which reservation.
         id: ReservationId,
+        /// Who asks; another owner's reservation is not found.
+        owner: Owner,
         /// New hold time from now; 0 means [`TTL_DEFAULT_MS`].
         ttl_ms: Millis,
     },
@@ -300,6 +324,12 @@ type SkuIx = u32;
 /// [`QUANTITY_MAX`], so it fits in 32 bits).
 type RecordLine = (SkuIx, u32);
 
+/// An owner's number in one region: its position in the owner table, given
+/// in the order the region first saw it (so every replica gives the same
+/// numbers). Records name owners by number, not by string; there are at
+/// most [`OWNERS_MAX`].
+type OwnerIx = u32;
+
 /// What the state keeps of one reservation: the compact form of
 /// [`Reservation`], with the request id that made it (remembered exactly as
 /// long as the reservation). Shared between the live state and a snapshot
@@ -308,6 +338,8 @@ type RecordLine = (SkuIx, u32);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Record {
     state: ReservationState,
+    /// The owner's number (4 bytes, in what was padding beside `state`).
+    owner: OwnerIx,
     /// Held lines, or sold lines once confirmed; one or two lines are kept
     /// inline, without a heap allocation.
     lines: SmallVec<[RecordLine; 2]>,
@@ -316,7 +348,7 @@ struct Record {
     /// 0 while live.
     ended_at_ms: Millis,
     order_id: Option<Box<str>>,
-    /// The reserve's idempotency key.
+    /// The reserve's idempotency key (remembered per owner).
     request_id: Box<str>,
     /// The reserve's fingerprint, to tell a retry from a reuse of the key.
     fingerprint: u64,
@@ -339,14 +371,17 @@ pub struct RegionState {
     buckets: Vector<(Sku, Bucket)>,
     sku_ix: OrdMap<Sku, SkuIx>,
     reservations: OrdMap<ReservationId, Arc<Record>>,
-    next_reservation: u64,
+    /// Owners by number; `owner_ix` maps names to numbers. Never shrinks:
+    /// at most [`OWNERS_MAX`].
+    owners: Vector<Arc<str>>,
+    owner_ix: OrdMap<Arc<str>, OwnerIx>,
     /// Live holds by expiry, oldest first.
     expiry: OrdSet<(Millis, ReservationId)>,
     /// Ended reservations by end time, for pruning.
     ended: Vector<(Millis, ReservationId)>,
-    /// Reservations by the hash of their request id (FNV-1a); a lookup
-    /// compares the full id kept in the record, so a hash collision costs a
-    /// comparison, never a wrong answer.
+    /// Reservations by the hash of their owner's number and request id
+    /// (FNV-1a); a lookup compares the owner and the full id kept in the
+    /// record, so a hash collision costs a comparison, never a wrong answer.
     requests: OrdSet<(u64, ReservationId)>,
     adjustments: RequestMemory<Sku>,
     /// Unsettled sales by sequence number: the reservation and the time of
@@ -369,7 +404,8 @@ impl RegionState {
             buckets: Vector::new(),
             sku_ix: OrdMap::new(),
             reservations: OrdMap::new(),
-            next_reservation: 1,
+            owners: Vector::new(),
+            owner_ix: OrdMap::new(),
             expiry: OrdSet::new(),
             ended: Vector::new(),
             requests: OrdSet::new(),
@@ -387,14 +423,21 @@ impl RegionState {
         self.clock_ms = self.clock_ms.max(cmd.now_ms);
         let outcome = match cmd.op {
             RegionOp::Reserve {
+                owner,
                 request_id,
                 lines,
                 ttl_ms,
                 allow_partial,
-            } => self.reserve(request_id, lines, ttl_ms, allow_partial),
-            RegionOp::Release { id } => self.release(id),
-            RegionOp::Confirm { id, order_id, lines } => self.confirm(id, order_id, lines),
-            RegionOp::Extend { id, ttl_ms } => self.extend(id, ttl_ms),
+                nonce,
+            } => self.reserve(owner, request_id, lines, ttl_ms, allow_partial, nonce),
+            RegionOp::Release { id, owner } => self.release(id, &owner),
+            RegionOp::Confirm {
+                id,
+                owner,
+                order_id,
+                lines,
+            } => self.confirm(id, &owner, order_id, lines),
+            RegionOp::Extend { id, owner, ttl_ms } => self.extend(id, &owner, ttl_ms),
             RegionOp::Expire => Ok(self.expire()),
             RegionOp::Grant {
                 transfer_id,
@@ -420,22 +463,60 @@ impl RegionState {
         outcome
     }
 
-    /// The reservation a remembered request id made, if any.
-    fn remembered(&self, request_id: &str) -> Option<(ReservationId, &Record)> {
-        let hash = request_hash(request_id);
+    /// The reservation that owner number `owner` made with a remembered
+    /// request id, if any. Another owner's use of the same request id is not
+    /// this owner's.
+    fn remembered(&self, owner: OwnerIx, request_id: &str) -> Option<(ReservationId, &Record)> {
+        let hash = request_hash(owner, request_id);
         self.requests
             .range((hash, ReservationId(0))..=(hash, ReservationId(u64::MAX)))
             .filter_map(|&(_, id)| self.reservations.get(&id).map(|r| (id, r.as_ref())))
-            .find(|(_, r)| &*r.request_id == request_id)
+            .find(|(_, r)| r.owner == owner && &*r.request_id == request_id)
+    }
+
+    /// The id a new reservation gets from the proposer's `nonce`: the nonce
+    /// itself, or, if that is 0 or in use, the next free number above it
+    /// (wrapping past `u64::MAX` to 1). Deterministic, so every replica
+    /// picks the same; with random nonces a probe past the first is rare.
+    fn free_id(&self, nonce: u64) -> ReservationId {
+        let mut n = nonce;
+        // Fewer than 2^64 - 1 reservations are kept, so this ends.
+        while n == 0 || self.reservations.contains_key(&ReservationId(n)) {
+            n = n.wrapping_add(1);
+        }
+        ReservationId(n)
+    }
+
+    /// The number of `owner`, numbering it first if the region has not seen
+    /// it. The caller checked there is room ([`OWNERS_MAX`]).
+    fn owner_ix_or_new(&mut self, owner: &str) -> OwnerIx {
+        if let Some(&ix) = self.owner_ix.get(owner) {
+            return ix;
+        }
+        assert!(self.owners.len() < OWNERS_MAX, "owner table full");
+        let ix = OwnerIx::try_from(self.owners.len()).expect("OWNERS_MAX fits in 32 bits");
+        let name: Arc<str> = Arc::from(owner);
+        self.owners.push_back(name.clone());
+        self.owner_ix.insert(name, ix);
+        ix
+    }
+
+    fn owner_name(&self, ix: OwnerIx) -> &str {
+        self.owners
+            .get(ix as usize)
+            .expect("an owner number names an owner")
     }
 
     fn reserve(
         &mut self,
+        owner: Owner,
         request_id: RequestId,
         lines: Vec<Line>,
         ttl_ms: Millis,
         allow_partial: bool,
+        nonce: u64,
     ) -> RegionOutcome {
+        limits::check_owner(&owner)?;
         limits::check_request_id(&request_id)?;
         limits::check_lines(&lines)?;
         let ttl_ms = limits::effective_ttl_ms(ttl_ms)?;
@@ -444,11 +525,22 @@ impl RegionState {
             .u64(ttl_ms)
             .u64(u64::from(allow_partial))
             .finish();
-        if let Some((id, seen)) = self.remembered(&request_id) {
-            if seen.fingerprint != fingerprint {
-                return Err(Rejection::RequestIdReused { request_id });
+        let known_owner = self.owner_ix.get(owner.as_str()).copied();
+        match known_owner {
+            Some(ix) => {
+                if let Some((id, seen)) = self.remembered(ix, &request_id) {
+                    if seen.fingerprint != fingerprint {
+                        return Err(Rejection::RequestIdReused { request_id });
+                    }
+                    return Ok(RegionApplied::Reservation(self.materialize(id, seen)));
+                }
             }
-            return Ok(RegionApplied::Reservation(self.materialize(id, seen)));
+            None if self.owners.len() >= OWNERS_MAX => {
+                return Err(Rejection::TooManyOwners {
+                    owners: self.owners.len(),
+                });
+            }
+            None => {}
         }
 
         // Decide what to take before touching anything: all or nothing.
@@ -490,11 +582,12 @@ impl RegionState {
             bucket.held += take;
             held.push((ix, record_quantity(take)));
         }
-        let id = ReservationId(self.next_reservation);
-        self.next_reservation += 1;
+        let owner = self.owner_ix_or_new(&owner);
+        let id = self.free_id(nonce);
         let expires_at_ms = self.clock_ms.saturating_add(ttl_ms);
         let record = Record {
             state: ReservationState::Held,
+            owner,
             lines: held,
             created_at_ms: self.clock_ms,
             expires_at_ms,
@@ -505,15 +598,17 @@ impl RegionState {
         };
         let reservation = self.materialize(id, &record);
         self.expiry.insert((expires_at_ms, id));
-        self.requests.insert((request_hash(&record.request_id), id));
+        self.requests
+            .insert((request_hash(owner, &record.request_id), id));
         self.reservations.insert(id, Arc::new(record));
         Ok(RegionApplied::Reservation(reservation))
     }
 
-    fn release(&mut self, id: ReservationId) -> RegionOutcome {
+    fn release(&mut self, id: ReservationId, owner: &str) -> RegionOutcome {
+        limits::check_owner(owner)?;
         let clock_ms = self.clock_ms;
         let public = id.display(&self.region);
-        let r = self.record(id)?;
+        let r = self.record_of(id, owner)?;
         match r.state {
             ReservationState::Held => {
                 // A hold past its expiry is expired, swept or not.
@@ -537,12 +632,19 @@ impl RegionState {
         }
     }
 
-    fn confirm(&mut self, id: ReservationId, order_id: OrderId, lines: Vec<Line>) -> RegionOutcome {
+    fn confirm(
+        &mut self,
+        id: ReservationId,
+        owner: &str,
+        order_id: OrderId,
+        lines: Vec<Line>,
+    ) -> RegionOutcome {
+        limits::check_owner(owner)?;
         limits::check_order_id(&order_id)?;
         limits::check_confirm_lines(&lines)?;
         let clock_ms = self.clock_ms;
         let public = id.display(&self.region);
-        let r = self.record(id)?;
+        let r = self.record_of(id, owner)?;
         match r.state {
             ReservationState::Held if clock_ms >= r.expires_at_ms => {
                 return Err(Rejection::ReservationExpired { id: public });
@@ -615,11 +717,12 @@ impl RegionState {
         Ok(RegionApplied::Reservation(self.materialize(id, &r)))
     }
 
-    fn extend(&mut self, id: ReservationId, ttl_ms: Millis) -> RegionOutcome {
+    fn extend(&mut self, id: ReservationId, owner: &str, ttl_ms: Millis) -> RegionOutcome {
+        limits::check_owner(owner)?;
         let ttl_ms = limits::effective_ttl_ms(ttl_ms)?;
         let clock_ms = self.clock_ms;
         let public = id.display(&self.region);
-        let r = self.record(id)?;
+        let r = self.record_of(id, owner)?;
         match r.state {
             ReservationState::Held if clock_ms < r.expires_at_ms => {
                 let old = r.expires_at_ms;
@@ -869,13 +972,24 @@ impl RegionState {
         self.ended.push_back((clock_ms, id));
     }
 
-    fn record(&self, id: ReservationId) -> Result<Arc<Record>, Rejection> {
-        match self.reservations.get(&id) {
+    /// The record of reservation `id` if it belongs to `owner`. One that
+    /// does not exist and one of another owner are refused alike, with the
+    /// same rejection and message, so a caller learns nothing about ids that
+    /// are not theirs.
+    fn record_of(&self, id: ReservationId, owner: &str) -> Result<Arc<Record>, Rejection> {
+        match self.owned(id, owner) {
             Some(r) => Ok(r.clone()),
             None => Err(Rejection::ReservationNotFound {
                 id: id.display(&self.region),
             }),
         }
+    }
+
+    /// Reservation `id`'s record, if it exists and belongs to `owner`.
+    fn owned(&self, id: ReservationId, owner: &str) -> Option<&Arc<Record>> {
+        let r = self.reservations.get(&id)?;
+        let ix = *self.owner_ix.get(owner)?;
+        (r.owner == ix).then_some(r)
     }
 
     /// The record of a known reservation, to change (copied first if a
@@ -916,6 +1030,7 @@ impl RegionState {
     fn materialize(&self, id: ReservationId, r: &Record) -> Reservation {
         Reservation {
             id,
+            owner: self.owner_name(r.owner).to_string(),
             lines: r
                 .lines
                 .iter()
@@ -946,7 +1061,7 @@ impl RegionState {
             }
             self.ended.pop_front();
             if let Some(r) = self.reservations.remove(&id) {
-                self.requests.remove(&(request_hash(&r.request_id), id));
+                self.requests.remove(&(request_hash(r.owner, &r.request_id), id));
             }
         }
     }
@@ -973,7 +1088,17 @@ impl RegionState {
         parse_reservation_id(&self.region, public)
     }
 
-    /// A reservation by number, if it is known (not pruned).
+    /// A reservation by number, if it is known (not pruned) and belongs to
+    /// `owner`: `None` both for an id that does not exist and for another
+    /// owner's, so an answer tells a caller nothing about others' ids. The
+    /// read for the API.
+    pub fn reservation_of(&self, id: ReservationId, owner: &str) -> Option<Reservation> {
+        self.owned(id, owner).map(|r| self.materialize(id, r))
+    }
+
+    /// A reservation by number, if it is known (not pruned), whoever owns
+    /// it: for audits, tests and operators, never for a client's request
+    /// (see [`Self::reservation_of`]).
     pub fn reservation(&self, id: ReservationId) -> Option<Reservation> {
         self.reservations.get(&id).map(|r| self.materialize(id, r))
     }
@@ -1067,12 +1192,22 @@ impl RegionState {
     pub fn remembered_requests(&self) -> usize {
         self.requests.len()
     }
+
+    /// Number of owners the region has numbered (at most [`OWNERS_MAX`];
+    /// never shrinks).
+    pub fn owners_known(&self) -> usize {
+        self.owners.len()
+    }
 }
 
-/// The hash a request id is indexed by (FNV-1a: fixed, so every replica
-/// computes the same).
-fn request_hash(request_id: &str) -> u64 {
-    Fnv::new().bytes(request_id.as_bytes()).finish()
+/// The hash a request id is indexed by, with its owner's number, so that
+/// two owners' uses of one request id are told apart (FNV-1a: fixed, so
+/// every replica computes the same).
+fn request_hash(owner: OwnerIx, request_id: &str) -> u64 {
+    Fnv::new()
+        .u64(u64::from(owner))
+        .bytes(request_id.as_bytes())
+        .finish()
 }
 
 /// A validated quantity in a record's 32 bits.
@@ -1081,7 +1216,7 @@ fn record_quantity(quantity: Units) -> u32 {
         .unwrap_or_else(|_| panic!("quantity {quantity} over {QUANTITY_MAX} reached a record"))
 }
 
-/// Parses a public reservation id (`us-east-000042`) for `region`:
+/// Parses a public reservation id (`us-east-00c0ffee5eed1234`) for `region`:
 /// malformed is `INVALID_RESERVATION_ID`; well formed but of another region
 /// is `RESERVATION_NOT_FOUND`, since this region holds no such reservation
 /// and the client must not take it for bad input.
@@ -1094,7 +1229,7 @@ pub fn parse_reservation_id(region: &str, public: &str) -> Result<ReservationId,
         }),
         None => Err(Rejection::invalid(
             Field::ReservationId,
-            format!("{public:?} is not of the form <region>-<number>"),
+            format!("{public:?} is not of the form <region>-<16 lowercase hex digits>"),
         )),
     }
 }
@@ -1105,5 +1240,92 @@ impl crate::StateMachine for RegionState {
 
     fn apply(&mut self, cmd: RegionCommand) -> RegionOutcome {
         RegionState::apply(self, cmd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reserve(owner: &str, request_id: &str, nonce: u64) -> RegionCommand {
+        RegionCommand {
+            now_ms: 1_000,
+            op: RegionOp::Reserve {
+                owner: owner.into(),
+                request_id: request_id.into(),
+                lines: vec![Line::new("a", 1)],
+                ttl_ms: 0,
+                allow_partial: false,
+                nonce,
+            },
+        }
+    }
+
+    fn stocked() -> RegionState {
+        let mut r = RegionState::new("us-east");
+        let op = RegionOp::AdjustStock {
+            request_id: "stock".into(),
+            sku: "a".into(),
+            delta: 100,
+        };
+        r.apply(RegionCommand { now_ms: 1_000, op }).expect("stocked");
+        r
+    }
+
+    /// The owner's number sits in what was padding: a record is no bigger
+    /// than before owners (96 bytes on 64-bit targets).
+    #[test]
+    fn record_stays_small() {
+        assert!(
+            std::mem::size_of::<Record>() <= 96,
+            "Record is {} bytes",
+            std::mem::size_of::<Record>()
+        );
+    }
+
+    /// With OWNERS_MAX owners known, a new owner's reserve is
+    /// TOO_MANY_OWNERS and changes nothing; known owners still reserve.
+    #[test]
+    fn owner_table_is_bounded() {
+        let mut r = stocked();
+        r.apply(reserve("alice", "req-1", 7)).expect("alice reserves");
+        // Fill the table directly: OWNERS_MAX reserves would be slow here.
+        for i in r.owners.len()..OWNERS_MAX {
+            r.owner_ix_or_new(&format!("owner-{i}"));
+        }
+        assert_eq!(r.owners_known(), OWNERS_MAX);
+        let before = r.clone();
+        let err = r.apply(reserve("bob", "req-1", 8)).expect_err("no room for bob");
+        assert_eq!(err.reason(), "TOO_MANY_OWNERS");
+        assert_eq!(err.kind(), crate::ErrorKind::FailedPrecondition);
+        assert_eq!(err.metadata(), vec![("owners", OWNERS_MAX.to_string())]);
+        assert_eq!(r, before, "a refused reserve numbers no owner");
+        let got = r.apply(reserve("alice", "req-2", 9)).expect("alice again");
+        let RegionApplied::Reservation(got) = got else {
+            panic!("{got:?}")
+        };
+        assert_eq!((got.id, got.owner.as_str()), (ReservationId(9), "alice"));
+        let got = r.apply(reserve("owner-9", "req-1", 10)).expect("a known owner");
+        assert!(matches!(got, RegionApplied::Reservation(ref x) if x.owner == "owner-9"));
+        assert_eq!(r.owners_known(), OWNERS_MAX);
+    }
+
+    /// Probing skips 0 and ids in use, and wraps past u64::MAX.
+    #[test]
+    fn free_id_probes_upwards_and_wraps() {
+        let mut r = stocked();
+        let id = |out: RegionOutcome| match out {
+            Ok(RegionApplied::Reservation(x)) => x.id,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(id(r.apply(reserve("o", "r1", 0))), ReservationId(1));
+        assert_eq!(id(r.apply(reserve("o", "r2", u64::MAX))), ReservationId(u64::MAX));
+        assert_eq!(id(r.apply(reserve("o", "r3", u64::MAX))), ReservationId(2));
+        assert_eq!(
+            id(r.apply(reserve("o", "r4", u64::MAX - 1))),
+            ReservationId(u64::MAX - 1)
+        );
+        assert_eq!(id(r.apply(reserve("o", "r5", u64::MAX - 1))), ReservationId(3));
+        assert_eq!(id(r.apply(reserve("o", "r6", 0))), ReservationId(4));
     }
 }

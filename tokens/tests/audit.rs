@@ -10,6 +10,8 @@ use reservoir_tokens::{
 
 const T0: Millis = 1_700_000_000_000;
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
+/// The owner of every reservation here.
+const OWNER: &str = "shop";
 
 /// A ledger and three regions, driven step by step like the rebalancer and
 /// the reconciler would, with a clock that ticks once per command.
@@ -151,10 +153,16 @@ impl Cluster {
         ttl_ms: Millis,
     ) -> ReservationId {
         let op = RegionOp::Reserve {
+            owner: OWNER.into(),
             request_id: request_id.into(),
             lines: lines.iter().map(|&(s, q)| Line::new(s, q)).collect(),
             ttl_ms,
             allow_partial: false,
+            // Any nonce will do (the id comes back in the answer); this one
+            // differs between request ids.
+            nonce: request_id
+                .bytes()
+                .fold(0x5eed, |h, b| h.rotate_left(8) ^ u64::from(b)),
         };
         match self.region(i, op) {
             RegionApplied::Reservation(r) => r.id,
@@ -167,6 +175,7 @@ impl Cluster {
             i,
             RegionOp::Confirm {
                 id,
+                owner: OWNER.into(),
                 order_id: order_id.into(),
                 lines: Vec::new(),
             },
@@ -236,7 +245,13 @@ fn full_flow_balances_at_every_step() {
     let r5 = c.reserve(1, "req-5", &[("b", 30)], 60_000);
     c.confirm(0, r1, "order-1");
     c.confirm(0, r2, "order-2");
-    c.region(1, RegionOp::Release { id: r3 });
+    c.region(
+        1,
+        RegionOp::Release {
+            id: r3,
+            owner: OWNER.into(),
+        },
+    );
     c.confirm(1, r5, "order-5");
     // Ap-south's hold expires; it had every token of `a` there.
     c.now_ms += 1_000;
@@ -554,16 +569,19 @@ fn standalone_region_balances() {
     step(
         &mut r,
         RegionOp::Reserve {
+            owner: OWNER.into(),
             request_id: "req-1".into(),
             lines: vec![Line::new("a", 4)],
             ttl_ms: 0,
             allow_partial: false,
+            nonce: 1,
         },
     );
     step(
         &mut r,
         RegionOp::Confirm {
             id: ReservationId(1),
+            owner: OWNER.into(),
             order_id: "order-1".into(),
             lines: Vec::new(),
         },

@@ -2,6 +2,11 @@
 //! extend / expire / grant / revoke / settle across a ledger and three
 //! regions, checked after every step against a small reference model and the
 //! conservation audit.
+//!
+//! Reserves come from three owners, with nonces that often collide (small
+//! numbers, 0, numbers near `u64::MAX`) as well as random ones; releases,
+//! confirms and extends sometimes come from a stranger, who must find
+//! nothing and change nothing.
 
 use proptest::prelude::*;
 use reservoir_tokens::audit;
@@ -10,6 +15,11 @@ use std::collections::BTreeMap;
 
 const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
 const SKUS: [&str; 3] = ["hot", "warm", "cold"];
+/// Owners that reserve.
+const OWNERS: [&str; 3] = ["alice", "bob", "carol"];
+/// Who may try someone else's reservation: the owners, and one that never
+/// reserves.
+const STRANGERS: [&str; 4] = ["alice", "bob", "carol", "mallory"];
 
 /// One random step; small integers are resolved against the current state.
 #[derive(Clone, Debug)]
@@ -37,6 +47,8 @@ enum Step {
     },
     Reserve {
         region: usize,
+        owner: usize,
+        nonce: u64,
         lines: Vec<(usize, u64)>,
         partial: bool,
         ttl_ms: u64,
@@ -47,15 +59,18 @@ enum Step {
         pick: usize,
         order: u8,
         partial: bool,
+        stranger: Option<usize>,
     },
     Release {
         region: usize,
         pick: usize,
+        stranger: Option<usize>,
     },
     Extend {
         region: usize,
         pick: usize,
         ttl_ms: u64,
+        stranger: Option<usize>,
     },
     Tick {
         ms: u64,
@@ -68,20 +83,36 @@ enum Step {
     },
 }
 
+/// A proposer's nonce: mostly from a handful of numbers (so ids collide and
+/// are probed), 0, numbers at the top (so the probe wraps), or random.
+fn nonce() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        4 => 0u64..6,
+        1 => (u64::MAX - 2)..=u64::MAX,
+        2 => any::<u64>(),
+    ]
+}
+
+/// Now and then, someone other than the hold's owner asks.
+fn stranger() -> impl Strategy<Value = Option<usize>> {
+    prop::option::weighted(0.2, 0..STRANGERS.len())
+}
+
 fn step() -> impl Strategy<Value = Step> {
     let region = 0..REGIONS.len();
     let sku = 0..SKUS.len();
+    let owner = 0..OWNERS.len();
     prop_oneof![
         2 => (sku.clone(), -20i64..60).prop_map(|(sku, d)| Step::Stock { sku, delta: if d == 0 { 1 } else { d } }),
         3 => (region.clone(), sku.clone(), 1u64..40).prop_map(|(region, sku, units)| Step::BeginGrant { region, sku, units }),
         1 => (region.clone(), sku.clone(), 1u64..40).prop_map(|(region, sku, units)| Step::BeginRevoke { region, sku, units }),
         3 => (any::<usize>(), any::<bool>()).prop_map(|(pick, twice)| Step::Deliver { pick, twice }),
         3 => any::<usize>().prop_map(|pick| Step::Complete { pick }),
-        8 => (region.clone(), prop::collection::vec((sku.clone(), 1u64..8), 1..4), any::<bool>(), prop_oneof![Just(0u64), 1u64..200], prop::bool::weighted(0.15))
-            .prop_map(|(region, lines, partial, ttl_ms, reuse)| Step::Reserve { region, lines, partial, ttl_ms, reuse }),
-        4 => (region.clone(), any::<usize>(), 0u8..3, any::<bool>()).prop_map(|(region, pick, order, partial)| Step::Confirm { region, pick, order, partial }),
-        2 => (region.clone(), any::<usize>()).prop_map(|(region, pick)| Step::Release { region, pick }),
-        1 => (region.clone(), any::<usize>(), 1u64..300).prop_map(|(region, pick, ttl_ms)| Step::Extend { region, pick, ttl_ms }),
+        8 => (region.clone(), owner, nonce(), prop::collection::vec((sku.clone(), 1u64..8), 1..4), any::<bool>(), prop_oneof![Just(0u64), 1u64..200], prop::bool::weighted(0.15))
+            .prop_map(|(region, owner, nonce, lines, partial, ttl_ms, reuse)| Step::Reserve { region, owner, nonce, lines, partial, ttl_ms, reuse }),
+        4 => (region.clone(), any::<usize>(), 0u8..3, any::<bool>(), stranger()).prop_map(|(region, pick, order, partial, stranger)| Step::Confirm { region, pick, order, partial, stranger }),
+        2 => (region.clone(), any::<usize>(), stranger()).prop_map(|(region, pick, stranger)| Step::Release { region, pick, stranger }),
+        1 => (region.clone(), any::<usize>(), 1u64..300, stranger()).prop_map(|(region, pick, ttl_ms, stranger)| Step::Extend { region, pick, ttl_ms, stranger }),
         2 => (1u64..150).prop_map(|ms| Step::Tick { ms }),
         2 => region.clone().prop_map(|region| Step::Settle { region }),
         2 => region.prop_map(|region| Step::Ack { region }),
@@ -103,8 +134,31 @@ struct ModelRegion {
     confirmed: BTreeMap<&'static str, u64>,
     /// id → (lines, state, expires_at_ms, order)
     holds: BTreeMap<u64, ModelHold>,
-    next_id: u64,
-    requests: BTreeMap<String, ModelRequest>,
+    /// id → its owner (an index into [`OWNERS`])
+    owners: BTreeMap<u64, usize>,
+    /// (owner, request id) → the request
+    requests: BTreeMap<(usize, String), ModelRequest>,
+}
+
+impl ModelRegion {
+    /// The id a reserve with `nonce` gets: the nonce, or the next number
+    /// above it (wrapping, never 0) that no kept reservation has. Nothing is
+    /// pruned within a test's logical time, so the model's holds are the
+    /// region's reservations.
+    fn id_for(&self, nonce: u64) -> u64 {
+        let mut id = nonce;
+        while id == 0 || self.holds.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        id
+    }
+
+    /// The name `stranger` picks among [`STRANGERS`] other than `id`'s owner.
+    fn stranger(&self, id: u64, stranger: usize) -> &'static str {
+        let owner = OWNERS[self.owners[&id]];
+        let others: Vec<&'static str> = STRANGERS.iter().copied().filter(|s| *s != owner).collect();
+        others[stranger % others.len()]
+    }
 }
 
 fn sku_name(s: &str) -> &'static str {
@@ -130,19 +184,45 @@ impl World {
             now_ms: 1_000,
             ledger: LedgerState::new(),
             regions: REGIONS.iter().map(|r| RegionState::new(*r)).collect(),
-            models: REGIONS
-                .iter()
-                .map(|_| ModelRegion {
-                    next_id: 1,
-                    ..ModelRegion::default()
-                })
-                .collect(),
+            models: REGIONS.iter().map(|_| ModelRegion::default()).collect(),
             in_flight: Vec::new(),
             log: REGIONS.iter().map(|_| Vec::new()).collect(),
             ledger_log: Vec::new(),
             next_request: 0,
             last_request: REGIONS.iter().map(|_| None).collect(),
         }
+    }
+
+    /// Who asks about hold `id`: its owner, or the stranger picked.
+    fn asker(&self, region: usize, id: u64, stranger: Option<usize>) -> (&'static str, bool) {
+        let m = &self.models[region];
+        match stranger {
+            Some(s) => (m.stranger(id, s), true),
+            None => (OWNERS[m.owners[&id]], false),
+        }
+    }
+
+    /// A stranger's command on hold `id`: refused as not found, as if the
+    /// hold did not exist, and the region unchanged but for its clock.
+    fn refused_to_stranger(&mut self, region: usize, id: u64, op: RegionOp) {
+        let mut before = self.regions[region].clone();
+        let out = self.region(region, op);
+        assert_eq!(
+            out,
+            Err(Rejection::ReservationNotFound {
+                id: ReservationId(id).display(REGIONS[region])
+            }),
+            "a stranger's command on {id}"
+        );
+        // Bring the copy's clock along with a no-op, then compare.
+        let now_ms = self.now_ms;
+        before
+            .apply(RegionCommand {
+                now_ms,
+                op: RegionOp::Settled { up_to_seq: 0 },
+            })
+            .expect("no-op");
+        assert_eq!(before, self.regions[region], "a stranger changed {id}");
     }
 
     fn region(&mut self, r: usize, op: RegionOp) -> RegionOutcome {
@@ -281,25 +361,35 @@ impl World {
             }
             Step::Reserve {
                 region,
+                owner,
+                nonce,
                 lines,
                 partial,
                 ttl_ms,
                 reuse,
-            } => self.reserve(region, lines, partial, ttl_ms, reuse),
+            } => self.reserve(region, owner, nonce, lines, partial, ttl_ms, reuse),
             Step::Confirm {
                 region,
                 pick,
                 order,
                 partial,
-            } => self.confirm(region, pick, order, partial),
-            Step::Release { region, pick } => {
+                stranger,
+            } => self.confirm(region, pick, order, partial, stranger),
+            Step::Release {
+                region,
+                pick,
+                stranger,
+            } => {
                 let Some(id) = self.pick(region, pick) else { return };
-                let out = self.region(
-                    region,
-                    RegionOp::Release {
-                        id: ReservationId(id),
-                    },
-                );
+                let (owner, is_stranger) = self.asker(region, id, stranger);
+                let op = RegionOp::Release {
+                    id: ReservationId(id),
+                    owner: owner.into(),
+                };
+                if is_stranger {
+                    return self.refused_to_stranger(region, id, op);
+                }
+                let out = self.region(region, op);
                 let now = self.now_ms;
                 let m = &mut self.models[region];
                 let (lines, state, expires, _) = m.holds.get_mut(&id).expect("picked");
@@ -320,15 +410,23 @@ impl World {
                     _ => assert_eq!(out.unwrap_err().reason(), "RESERVATION_CONFIRMED"),
                 }
             }
-            Step::Extend { region, pick, ttl_ms } => {
+            Step::Extend {
+                region,
+                pick,
+                ttl_ms,
+                stranger,
+            } => {
                 let Some(id) = self.pick(region, pick) else { return };
-                let out = self.region(
-                    region,
-                    RegionOp::Extend {
-                        id: ReservationId(id),
-                        ttl_ms,
-                    },
-                );
+                let (owner, is_stranger) = self.asker(region, id, stranger);
+                let op = RegionOp::Extend {
+                    id: ReservationId(id),
+                    owner: owner.into(),
+                    ttl_ms,
+                };
+                if is_stranger {
+                    return self.refused_to_stranger(region, id, op);
+                }
+                let out = self.region(region, op);
                 let now = self.now_ms;
                 let (_, state, expires, _) = self.models[region].holds.get_mut(&id).expect("picked");
                 match *state {
@@ -446,7 +544,20 @@ impl World {
         holds.keys().nth(pick % holds.len()).copied()
     }
 
-    fn reserve(&mut self, region: usize, lines: Vec<(usize, u64)>, partial: bool, ttl_ms: u64, reuse: bool) {
+    /// A reserve by `owner`. With `reuse`, the region's last request again
+    /// (same request id and cart), now by `owner`: a retry when the owner is
+    /// the same, a new reservation of `owner`'s when not.
+    #[allow(clippy::too_many_arguments)]
+    fn reserve(
+        &mut self,
+        region: usize,
+        owner: usize,
+        nonce: u64,
+        lines: Vec<(usize, u64)>,
+        partial: bool,
+        ttl_ms: u64,
+        reuse: bool,
+    ) {
         // Distinct SKUs only (the edge refuses duplicates; tested elsewhere).
         let mut seen = Vec::new();
         let lines: Vec<(usize, u64)> = lines
@@ -469,15 +580,18 @@ impl World {
         let out = self.region(
             region,
             RegionOp::Reserve {
+                owner: OWNERS[owner].into(),
                 request_id: request_id.clone(),
                 lines: op_lines,
                 ttl_ms,
                 allow_partial: partial,
+                nonce,
             },
         );
         let now = self.now_ms;
         let m = &mut self.models[region];
-        if let Some(&(_, _, _, id)) = m.requests.get(&request_id) {
+        let key = (owner, request_id.clone());
+        if let Some(&(_, _, _, id)) = m.requests.get(&key) {
             let Ok(RegionApplied::Reservation(r)) = out else {
                 panic!("replay: {out:?}")
             };
@@ -486,6 +600,7 @@ impl World {
                 ReservationId(id),
                 "a replay returns the original reservation"
             );
+            assert_eq!(r.owner, OWNERS[owner]);
             return;
         }
         let take: Vec<u64> = lines
@@ -506,9 +621,9 @@ impl World {
         match out {
             Ok(RegionApplied::Reservation(r)) => {
                 assert!(ok, "model refuses {lines:?} with {:?}", m.available);
-                let id = m.next_id;
-                m.next_id += 1;
-                assert_eq!(r.id, ReservationId(id));
+                let id = m.id_for(nonce);
+                assert_eq!(r.id, ReservationId(id), "the id for nonce {nonce}");
+                assert_eq!(r.owner, OWNERS[owner]);
                 let ttl = if ttl_ms == 0 {
                     limits::TTL_DEFAULT_MS
                 } else {
@@ -526,8 +641,8 @@ impl World {
                 assert_eq!(real, held);
                 m.holds
                     .insert(id, (held, ReservationState::Held, now + ttl, None));
-                m.requests
-                    .insert(request_id.clone(), (lines.clone(), partial, ttl_ms, id));
+                m.owners.insert(id, owner);
+                m.requests.insert(key, (lines.clone(), partial, ttl_ms, id));
                 self.last_request[region] = Some((request_id, lines, partial, ttl_ms));
             }
             Err(e) => {
@@ -542,8 +657,9 @@ impl World {
         }
     }
 
-    fn confirm(&mut self, region: usize, pick: usize, order: u8, partial: bool) {
+    fn confirm(&mut self, region: usize, pick: usize, order: u8, partial: bool, stranger: Option<usize>) {
         let Some(id) = self.pick(region, pick) else { return };
+        let (owner, is_stranger) = self.asker(region, id, stranger);
         let order_id = format!("order-{order}");
         let held_lines = self.models[region].holds[&id].0.clone();
         let lines: Vec<Line> = if partial {
@@ -555,14 +671,16 @@ impl World {
         } else {
             Vec::new()
         };
-        let out = self.region(
-            region,
-            RegionOp::Confirm {
-                id: ReservationId(id),
-                order_id: order_id.clone(),
-                lines: lines.clone(),
-            },
-        );
+        let op = RegionOp::Confirm {
+            id: ReservationId(id),
+            owner: owner.into(),
+            order_id: order_id.clone(),
+            lines: lines.clone(),
+        };
+        if is_stranger {
+            return self.refused_to_stranger(region, id, op);
+        }
+        let out = self.region(region, op);
         let now = self.now_ms;
         let m = &mut self.models[region];
         let (hl, state, expires, ord) = m.holds.get_mut(&id).expect("picked");
@@ -653,11 +771,17 @@ impl World {
             confirmed.sort();
             assert_eq!(outboxed, confirmed, "{}: outbox vs confirmed", REGIONS[r]);
             for (id, (_, state, _, _)) in &model.holds {
+                let owner = OWNERS[model.owners[id]];
                 let x = real
-                    .reservation(ReservationId(*id))
+                    .reservation_of(ReservationId(*id), owner)
                     .expect("kept within retention");
                 assert_eq!(x.state, *state, "{} reservation {id}", REGIONS[r]);
+                assert_eq!(x.owner, owner);
+                for other in STRANGERS.iter().filter(|s| **s != owner) {
+                    assert_eq!(real.reservation_of(ReservationId(*id), other), None);
+                }
             }
+            assert_eq!(real.reservations_kept(), model.holds.len());
         }
     }
 }
@@ -689,6 +813,7 @@ proptest! {
                 let _ = replica.apply(cmd.clone());
             }
             prop_assert_eq!(serde_json::to_vec(&replica).unwrap(), serde_json::to_vec(&w.regions[r]).unwrap());
+            prop_assert_eq!(bincode::serialize(&replica).unwrap(), bincode::serialize(&w.regions[r]).unwrap());
         }
         let mut ledger = LedgerState::new();
         for cmd in &w.ledger_log {

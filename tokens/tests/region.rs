@@ -4,11 +4,15 @@
 //! balance (`books_drift() == 0`), so every step of every test is audited.
 //! Refusals are checked with [`refused`], which asserts that the command
 //! changed nothing but the logical clock.
+//!
+//! Holds belong to [`OWNER`] unless a test says otherwise ([`by`]), and a
+//! test reserve draws its nonce from its request id ([`nonce_of`]: `req-7`
+//! asks for id 7), so tests can name holds by number.
 
 use reservoir_tokens::limits::{
     self, ENDED_RESERVATIONS_LIMIT, ENDED_RESERVATIONS_MIN, EXPIRE_PER_COMMAND_MAX,
-    LINES_PER_RESERVATION_MAX, ORDER_ID_BYTES_MAX, PRUNE_PER_COMMAND_MAX, QUANTITY_MAX, REQUEST_ID_BYTES_MAX,
-    REQUEST_RETENTION_MS, RESERVATION_RETENTION_MS, RESERVATION_RETENTION_MS_LIMIT,
+    LINES_PER_RESERVATION_MAX, ORDER_ID_BYTES_MAX, OWNER_BYTES_MAX, PRUNE_PER_COMMAND_MAX, QUANTITY_MAX,
+    REQUEST_ID_BYTES_MAX, REQUEST_RETENTION_MS, RESERVATION_RETENTION_MS, RESERVATION_RETENTION_MS_LIMIT,
     RESERVATION_RETENTION_MS_MIN, SKU_BYTES_MAX, STOCK_DELTA_MAX, TRANSFER_UNITS_MAX, TTL_DEFAULT_MS,
     TTL_MAX_MS,
 };
@@ -19,6 +23,10 @@ use reservoir_tokens::{
 use serde_json::Value;
 
 const REGION: &str = "us-east";
+/// The owner of every hold a test makes, unless it says otherwise.
+const OWNER: &str = "alice";
+/// Another principal, who must not see or touch [`OWNER`]'s holds.
+const OTHER: &str = "bob";
 /// A start time far from zero, so that times in assertions are not confused
 /// with durations.
 const T0: Millis = 1_700_000_000_000;
@@ -95,33 +103,54 @@ fn lines(spec: &[(&str, Units)]) -> Vec<Line> {
     spec.iter().map(|&(sku, q)| Line::new(sku, q)).collect()
 }
 
+/// The nonce a test reserve draws: the number after the request id's last
+/// dash (`req-7` → 7), or, for ids without one, a fixed number far from the
+/// small ones. A real proposer draws 64 random bits.
+fn nonce_of(request_id: &str) -> u64 {
+    request_id
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(1 << 40)
+}
+
+/// The public id of reservation number `id` in [`REGION`].
+fn public(id: u64) -> String {
+    ReservationId(id).display(REGION)
+}
+
 fn reserve(request_id: &str, spec: &[(&str, Units)], ttl_ms: Millis) -> RegionOp {
     RegionOp::Reserve {
+        owner: OWNER.into(),
         request_id: request_id.into(),
         lines: lines(spec),
         ttl_ms,
         allow_partial: false,
+        nonce: nonce_of(request_id),
     }
 }
 
 fn reserve_partial(request_id: &str, spec: &[(&str, Units)], ttl_ms: Millis) -> RegionOp {
     RegionOp::Reserve {
+        owner: OWNER.into(),
         request_id: request_id.into(),
         lines: lines(spec),
         ttl_ms,
         allow_partial: true,
+        nonce: nonce_of(request_id),
     }
 }
 
 fn release(id: u64) -> RegionOp {
     RegionOp::Release {
         id: ReservationId(id),
+        owner: OWNER.into(),
     }
 }
 
 fn confirm(id: u64, order_id: &str) -> RegionOp {
     RegionOp::Confirm {
         id: ReservationId(id),
+        owner: OWNER.into(),
         order_id: order_id.into(),
         lines: Vec::new(),
     }
@@ -130,6 +159,7 @@ fn confirm(id: u64, order_id: &str) -> RegionOp {
 fn confirm_lines(id: u64, order_id: &str, spec: &[(&str, Units)]) -> RegionOp {
     RegionOp::Confirm {
         id: ReservationId(id),
+        owner: OWNER.into(),
         order_id: order_id.into(),
         lines: lines(spec),
     }
@@ -138,8 +168,30 @@ fn confirm_lines(id: u64, order_id: &str, spec: &[(&str, Units)]) -> RegionOp {
 fn extend(id: u64, ttl_ms: Millis) -> RegionOp {
     RegionOp::Extend {
         id: ReservationId(id),
+        owner: OWNER.into(),
         ttl_ms,
     }
+}
+
+/// `op` (a reserve, release, confirm or extend) on behalf of `owner`.
+fn by(owner: &str, mut op: RegionOp) -> RegionOp {
+    match &mut op {
+        RegionOp::Reserve { owner: o, .. }
+        | RegionOp::Release { owner: o, .. }
+        | RegionOp::Confirm { owner: o, .. }
+        | RegionOp::Extend { owner: o, .. } => *o = owner.into(),
+        other => panic!("{other:?} has no owner"),
+    }
+    op
+}
+
+/// A reserve `op` drawing `nonce` instead of its request id's.
+fn with_nonce(nonce: u64, mut op: RegionOp) -> RegionOp {
+    match &mut op {
+        RegionOp::Reserve { nonce: n, .. } => *n = nonce,
+        other => panic!("{other:?} has no nonce"),
+    }
+    op
 }
 
 fn grant(transfer_id: u64, sku: &str, units: Units, done_below: u64) -> RegionOp {
@@ -239,6 +291,7 @@ fn reserve_holds_every_line() {
         reserve("req-1", &[("a", 3), ("b", 5)], 60_000),
     ));
     assert_eq!(got.id, ReservationId(1));
+    assert_eq!(got.owner, OWNER);
     assert_eq!(got.lines, lines(&[("a", 3), ("b", 5)]));
     assert_eq!(got.state, ReservationState::Held);
     assert_eq!(got.created_at_ms, T0 + 10);
@@ -248,23 +301,69 @@ fn reserve_holds_every_line() {
     assert_eq!(levels(&r, "a"), (7, 3, 0));
     assert_eq!(levels(&r, "b"), (0, 5, 0));
     assert_eq!(r.reservation(ReservationId(1)), Some(got.clone()));
+    assert_eq!(r.reservation_of(ReservationId(1), OWNER), Some(got.clone()));
     assert_eq!(r.holds(), 1);
     assert_eq!(r.next_expiry_ms(), Some(T0 + 10 + 60_000));
     assert_eq!(r.remembered_requests(), 1);
 }
 
-/// Ids come from a counter from 1 (`us-east-000001`); a refused reserve uses up no id.
+/// A new reservation's id is the proposer's nonce (`us-east-` and 16 hex
+/// digits); a taken one, or 0, is probed upwards to the next free number;
+/// a refused reserve takes no id.
 #[test]
-fn reserve_ids_come_from_a_counter() {
-    let mut r = stocked(&[("a", 3)]);
-    let first = res(apply(&mut r, T0, reserve("req-1", &[("a", 1)], 0)));
-    refused(&mut r, reserve("req-x", &[("a", 5)], 0), "INSUFFICIENT_STOCK");
-    let second = res(apply(&mut r, T0, reserve("req-2", &[("a", 1)], 0)));
-    let third = res(apply(&mut r, T0, reserve("req-3", &[("a", 1)], 0)));
-    assert_eq!(first.id.display(REGION), "us-east-000001");
-    assert_eq!(second.id.display(REGION), "us-east-000002");
-    assert_eq!(third.id.display(REGION), "us-east-000003");
-    assert_eq!(r.parse_reservation_id("us-east-000002"), Ok(ReservationId(2)));
+fn reserve_ids_come_from_the_nonce() {
+    let mut r = stocked(&[("a", 10)]);
+    let nonce = 0x9e37_79b9_7f4a_7c15;
+    let first = res(apply(
+        &mut r,
+        T0,
+        with_nonce(nonce, reserve("req-1", &[("a", 1)], 0)),
+    ));
+    assert_eq!(first.id, ReservationId(nonce));
+    assert_eq!(first.id.display(REGION), "us-east-9e3779b97f4a7c15");
+    assert_eq!(
+        r.parse_reservation_id("us-east-9e3779b97f4a7c15"),
+        Ok(ReservationId(nonce))
+    );
+    // Refused: takes nothing, so the same nonce is still free after it.
+    refused(
+        &mut r,
+        with_nonce(nonce + 1, reserve("req-x", &[("a", 50)], 0)),
+        "INSUFFICIENT_STOCK",
+    );
+    // The same nonce again: the next free number.
+    let second = res(apply(
+        &mut r,
+        T0,
+        with_nonce(nonce, reserve("req-2", &[("a", 1)], 0)),
+    ));
+    assert_eq!(second.id, ReservationId(nonce + 1));
+    let third = res(apply(
+        &mut r,
+        T0,
+        with_nonce(nonce, reserve("req-3", &[("a", 1)], 0)),
+    ));
+    assert_eq!(third.id, ReservationId(nonce + 2));
+    // 0 is never an id; u64::MAX is, and the probe wraps past it to 1.
+    let zero = res(apply(&mut r, T0, with_nonce(0, reserve("req-4", &[("a", 1)], 0))));
+    assert_eq!(zero.id, ReservationId(1));
+    let max = res(apply(
+        &mut r,
+        T0,
+        with_nonce(u64::MAX, reserve("req-5", &[("a", 1)], 0)),
+    ));
+    assert_eq!(max.id, ReservationId(u64::MAX));
+    assert_eq!(max.id.display(REGION), "us-east-ffffffffffffffff");
+    let wrapped = res(apply(
+        &mut r,
+        T0,
+        with_nonce(u64::MAX, reserve("req-6", &[("a", 1)], 0)),
+    ));
+    assert_eq!(wrapped.id, ReservationId(2));
+    assert_eq!(r.holds(), 6);
+    for x in [first, second, third, zero, max, wrapped] {
+        assert_eq!(r.reservation_of(x.id, OWNER), Some(x));
+    }
 }
 
 /// A reserve with one short line holds nothing and names that line, requested and available.
@@ -366,11 +465,18 @@ fn reserve_retry_returns_the_original() {
         reserve("req-1", &[("a", 2), ("b", 3)], TTL_DEFAULT_MS),
     )));
     assert_eq!(explicit, first);
+    // A retry is a new proposal with a new nonce: still the original.
+    let renonced = res(Ok(replayed(
+        &mut r,
+        with_nonce(77, reserve("req-1", &[("a", 2), ("b", 3)], 0)),
+    )));
+    assert_eq!(renonced, first);
     assert_eq!(levels(&r, "a"), (8, 2, 0));
     assert_eq!(levels(&r, "b"), (7, 3, 0));
     assert_eq!(r.holds(), 1);
     let next = res(apply(&mut r, T0, reserve("req-2", &[("a", 1)], 0)));
-    assert_eq!(next.id, ReservationId(2), "retries use no ids");
+    assert_eq!(next.id, ReservationId(2), "retries take no ids");
+    assert_eq!(r.reservation(ReservationId(77)), None);
 }
 
 /// A retried reserve of a since-released hold returns it released and holds nothing again.
@@ -429,10 +535,12 @@ fn reserve_input_limits() {
     let mut r = stocked(&[("a", QUANTITY_MAX + 100), ("b", 10)]);
     let many = |n: usize| (0..n).map(|i| Line::new(format!("s{i}"), 1)).collect::<Vec<_>>();
     let with_lines = |l: Vec<Line>| RegionOp::Reserve {
+        owner: OWNER.into(),
         request_id: "req".into(),
         lines: l,
         ttl_ms: 0,
         allow_partial: false,
+        nonce: 1,
     };
     let long_sku = "s".repeat(SKU_BYTES_MAX + 1);
     let mut dup_many = many(20);
@@ -484,10 +592,12 @@ fn reserve_input_limits() {
         &mut r,
         T0,
         RegionOp::Reserve {
+            owner: OWNER.into(),
             request_id: "req-64".into(),
             lines: full,
             ttl_ms: 0,
             allow_partial: true,
+            nonce: 64,
         },
     ));
     assert_eq!(got.lines, lines(&[("b", 1)]));
@@ -539,7 +649,7 @@ fn release_of_confirmed_is_refused() {
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition);
     assert_eq!(
         meta(&err),
-        kv(&[("reservation_id", "us-east-000001"), ("order_id", "order-1")])
+        kv(&[("reservation_id", &public(1)), ("order_id", "order-1")])
     );
     assert_eq!(levels(&r, "a"), (6, 0, 4));
     assert_eq!(
@@ -571,7 +681,7 @@ fn release_unknown_is_not_found() {
     let mut r = stocked(&[("a", 10)]);
     let err = refused(&mut r, release(42), "RESERVATION_NOT_FOUND");
     assert_eq!(err.kind(), ErrorKind::NotFound);
-    assert_eq!(meta(&err), kv(&[("reservation_id", "us-east-000042")]));
+    assert_eq!(meta(&err), kv(&[("reservation_id", &public(42))]));
 }
 
 // ----- Confirm -----
@@ -625,7 +735,7 @@ fn confirm_expiry_is_exact() {
     // `refused` applies one ms after the clock: exactly T0 + 1000.
     let err = refused(&mut r, confirm(2, "order-2"), "RESERVATION_EXPIRED");
     assert_eq!(r.clock_ms(), T0 + 1_000);
-    assert_eq!(meta(&err), kv(&[("reservation_id", "us-east-000002")]));
+    assert_eq!(meta(&err), kv(&[("reservation_id", &public(2))]));
     assert_eq!(state_of(&r, 2), ReservationState::Held, "no sweep ran");
     assert_eq!(levels(&r, "a"), (7, 2, 1));
     assert_eq!(r.last_outbox_seq(), 1);
@@ -653,7 +763,7 @@ fn confirm_is_idempotent_by_order() {
     let err = refused(&mut r, confirm(1, "order-2"), "RESERVATION_CONFIRMED");
     assert_eq!(
         meta(&err),
-        kv(&[("reservation_id", "us-east-000001"), ("order_id", "order-1")])
+        kv(&[("reservation_id", &public(1)), ("order_id", "order-1")])
     );
 
     assert_eq!(
@@ -673,7 +783,7 @@ fn confirm_of_ended_or_unknown_is_refused() {
     res(apply(&mut r, T0, reserve("req-1", &[("a", 4)], 1_000)));
     res(apply(&mut r, T0, release(1)));
     let err = refused(&mut r, confirm(1, "order-1"), "RESERVATION_RELEASED");
-    assert_eq!(meta(&err), kv(&[("reservation_id", "us-east-000001")]));
+    assert_eq!(meta(&err), kv(&[("reservation_id", &public(1))]));
     res(apply(&mut r, T0, reserve("req-2", &[("a", 4)], 1_000)));
     assert_eq!(expired(apply(&mut r, T0 + 2_000, RegionOp::Expire)), (1, false));
     assert_eq!(state_of(&r, 2), ReservationState::Expired);
@@ -760,6 +870,7 @@ fn confirm_input_limits() {
         (
             RegionOp::Confirm {
                 id: ReservationId(1),
+                owner: OWNER.into(),
                 order_id: "order-1".into(),
                 lines: many,
             },
@@ -816,7 +927,7 @@ fn extend_errors() {
     let err = refused(&mut r, extend(3, 1_000), "RESERVATION_CONFIRMED");
     assert_eq!(
         meta(&err),
-        kv(&[("reservation_id", "us-east-000003"), ("order_id", "order-3")])
+        kv(&[("reservation_id", &public(3)), ("order_id", "order-3")])
     );
     refused(&mut r, extend(99, 1_000), "RESERVATION_NOT_FOUND");
     // Hold 1 expires at T0 + 1000: one ms before, it can be extended...
@@ -1318,10 +1429,17 @@ fn ended_reservations_are_forgotten_after_retention() {
     // Forgetting reservations changes no bucket.
     assert_eq!(levels(&r, "a"), (9, 0, 0));
     assert_eq!(r.bucket("a").expect("bucket").settled, 1);
-    // Ids are never reused.
+    // A forgotten id is free again: a nonce that names it gets it, as a
+    // new hold (random nonces make that vanishingly rare).
     let now = r.clock_ms();
-    let got = res(apply(&mut r, now, reserve("req-4", &[("a", 1)], 0)));
-    assert_eq!(got.id, ReservationId(4));
+    let got = res(apply(
+        &mut r,
+        now,
+        with_nonce(2, reserve("req-4", &[("a", 1)], 0)),
+    ));
+    assert_eq!(got.id, ReservationId(2));
+    assert_eq!(got.state, ReservationState::Held);
+    assert_eq!(got.created_at_ms, now);
 }
 
 /// Pruning forgets at most PRUNE_PER_COMMAND_MAX items per command and catches up after.
@@ -1391,8 +1509,13 @@ fn request_ids_live_as_long_as_their_reservation() {
     assert_eq!(r.remembered_requests(), 0);
     assert!(r.reservation(ReservationId(1)).is_none());
     let now = r.clock_ms();
-    let got = res(apply(&mut r, now, reserve("req-1", &[("a", 2)], 0)));
+    let got = res(apply(
+        &mut r,
+        now,
+        with_nonce(2, reserve("req-1", &[("a", 2)], 0)),
+    ));
     assert_eq!(got.id, ReservationId(2), "a forgotten id is a new request");
+    assert_eq!(got.lines, lines(&[("a", 2)]));
     assert_eq!(levels(&r, "a"), (19, 2, 0));
 }
 
@@ -1487,6 +1610,157 @@ fn live_holds_and_unsettled_sales_are_never_pruned() {
     assert_eq!(levels(&r, "a"), (8, 0, 0));
 }
 
+// ----- Owners -----
+
+/// Another owner's release, confirm and extend of a hold are refused exactly
+/// as for an id that does not exist (same reason, same message, nothing
+/// about the owner) and change nothing; the owner's own then work.
+#[test]
+fn another_owners_hold_is_not_found() {
+    let mut r = stocked(&[("a", 10)]);
+    let mine = res(apply(&mut r, T0, reserve("req-1", &[("a", 4)], 60_000)));
+    // What anyone gets for a number that is nobody's.
+    let missing = refused(&mut r, release(99), "RESERVATION_NOT_FOUND");
+    assert_eq!(
+        missing.to_string(),
+        format!("reservation {} not found", public(99))
+    );
+
+    // Bob is known to the region (he has a hold of his own); carol is not.
+    res(apply(
+        &mut r,
+        T0,
+        by(OTHER, reserve("req-2", &[("a", 1)], 60_000)),
+    ));
+    for stranger in [OTHER, "carol"] {
+        for op in [
+            release(1),
+            confirm(1, "order-1"),
+            confirm_lines(1, "order-1", &[("a", 1)]),
+            extend(1, 1_000),
+        ] {
+            let err = refused(&mut r, by(stranger, op), "RESERVATION_NOT_FOUND");
+            assert_eq!(err, Rejection::ReservationNotFound { id: public(1) });
+            assert_eq!(err.kind(), ErrorKind::NotFound);
+            assert_eq!(err.to_string(), format!("reservation {} not found", public(1)));
+            assert_eq!(meta(&err), kv(&[("reservation_id", &public(1))]));
+            assert!(!err.to_string().contains(OWNER) && !err.to_string().contains(stranger));
+        }
+        assert_eq!(r.reservation_of(ReservationId(1), stranger), None);
+    }
+    assert_eq!(levels(&r, "a"), (5, 5, 0));
+    assert_eq!(r.reservation_of(ReservationId(1), OWNER), Some(mine.clone()));
+    assert_eq!(r.reservation(ReservationId(1)), Some(mine));
+
+    // The owner confirms fine; the sale stays hers alone.
+    let sold = res(apply(&mut r, T0 + 10, confirm(1, "order-1")));
+    assert_eq!(sold.state, ReservationState::Confirmed);
+    assert_eq!(sold.owner, OWNER);
+    assert_eq!(levels(&r, "a"), (5, 1, 4));
+    // A stranger learns nothing from a confirmed hold either: not
+    // RESERVATION_CONFIRMED, not an idempotent replay of her order.
+    refused(&mut r, by(OTHER, release(1)), "RESERVATION_NOT_FOUND");
+    refused(&mut r, by(OTHER, confirm(1, "order-1")), "RESERVATION_NOT_FOUND");
+    refused(&mut r, by(OTHER, extend(1, 1_000)), "RESERVATION_NOT_FOUND");
+    // Nor from a released one, while the owner's release replays.
+    res(apply(&mut r, T0 + 20, by(OTHER, release(2))));
+    refused(&mut r, release(2), "RESERVATION_NOT_FOUND");
+    refused(&mut r, confirm(2, "order-2"), "RESERVATION_NOT_FOUND");
+    res(Ok(replayed(&mut r, by(OTHER, release(2)))));
+}
+
+/// Request ids are remembered per owner: another owner's reserve under the
+/// same request id is a new reservation of their own, never the first
+/// owner's, and REQUEST_ID_REUSED only ever compares within one owner.
+#[test]
+fn request_ids_are_per_owner() {
+    let mut r = stocked(&[("a", 10)]);
+    let alices = res(apply(&mut r, T0, reserve("req-1", &[("a", 2)], 0)));
+    // Bob, same request id, another cart: not a reuse, a new hold.
+    let bobs = res(apply(
+        &mut r,
+        T0,
+        by(OTHER, with_nonce(50, reserve("req-1", &[("a", 3)], 0))),
+    ));
+    assert_eq!((bobs.id, bobs.owner.as_str()), (ReservationId(50), OTHER));
+    // Carol, same request id and exactly Alice's cart: still her own.
+    let carols = res(apply(
+        &mut r,
+        T0,
+        by("carol", with_nonce(60, reserve("req-1", &[("a", 2)], 0))),
+    ));
+    assert_eq!((carols.id, carols.owner.as_str()), (ReservationId(60), "carol"));
+    assert_eq!(levels(&r, "a"), (3, 7, 0));
+    assert_eq!(r.remembered_requests(), 3);
+
+    // Each owner's retry finds their own reservation, whatever the nonce.
+    for (owner, mine, cart) in [(OWNER, &alices, 2), (OTHER, &bobs, 3), ("carol", &carols, 2)] {
+        let again = res(Ok(replayed(
+            &mut r,
+            by(owner, with_nonce(99, reserve("req-1", &[("a", cart)], 0))),
+        )));
+        assert_eq!(&again, mine, "{owner}'s retry");
+    }
+    // A reuse is judged against the owner's own request only: Bob's cart
+    // under Alice's name, and Alice's under Bob's, are reuses.
+    refused(&mut r, reserve("req-1", &[("a", 3)], 0), "REQUEST_ID_REUSED");
+    refused(
+        &mut r,
+        by(OTHER, reserve("req-1", &[("a", 2)], 0)),
+        "REQUEST_ID_REUSED",
+    );
+
+    // Once Alice's reservation is forgotten, Bob's is still remembered,
+    // and Alice's request id is free for a new reserve of hers.
+    let released_at = r.clock_ms();
+    res(apply(&mut r, released_at, release(1)));
+    let later = released_at + RESERVATION_RETENTION_MS;
+    apply(&mut r, later, RegionOp::Expire).expect("expire");
+    assert!(r.reservation(ReservationId(1)).is_none());
+    assert_eq!(r.remembered_requests(), 2);
+    res(Ok(replayed(&mut r, by(OTHER, reserve("req-1", &[("a", 3)], 0)))));
+    let fresh = res(apply(
+        &mut r,
+        later,
+        with_nonce(70, reserve("req-1", &[("a", 3)], 0)),
+    ));
+    assert_eq!((fresh.id, fresh.owner.as_str()), (ReservationId(70), OWNER));
+}
+
+/// An owner is 1–128 bytes of [A-Za-z0-9._:@-]; a bad one is INVALID_OWNER
+/// on every command that names one, and changes nothing.
+#[test]
+fn owner_input_limits() {
+    let mut r = stocked(&[("a", 10)]);
+    res(apply(&mut r, T0, reserve("req-1", &[("a", 1)], 0)));
+    let long = "o".repeat(OWNER_BYTES_MAX + 1);
+    for bad in ["", long.as_str(), "a b", "a/b", "caf\u{e9}", "a\nb"] {
+        for op in [
+            reserve("req-2", &[("a", 1)], 0),
+            release(1),
+            confirm(1, "order-1"),
+            extend(1, 0),
+        ] {
+            let err = refused(&mut r, by(bad, op), "INVALID_OWNER");
+            assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        }
+    }
+    assert_eq!(r.owners_known(), 1);
+    let max = "o".repeat(OWNER_BYTES_MAX);
+    let got = res(apply(&mut r, T0, by(&max, reserve("req-2", &[("a", 1)], 0))));
+    assert_eq!(got.owner, max);
+    let got = res(apply(
+        &mut r,
+        T0,
+        by("svc:shop-1.eu_west@example.com", reserve("req-3", &[("a", 1)], 0)),
+    ));
+    res(apply(&mut r, T0, by(&got.owner, confirm(3, "order-3"))));
+    assert_eq!(r.owners_known(), 3);
+    // Owners are numbered once: more holds add none.
+    res(apply(&mut r, T0, reserve("req-4", &[("a", 1)], 0)));
+    assert_eq!(r.owners_known(), 3);
+}
+
 // ----- Reads and determinism -----
 
 /// Public ids parse only for this region; others are not found, malformed ones are invalid.
@@ -1494,12 +1768,27 @@ fn live_holds_and_unsettled_sales_are_never_pruned() {
 fn parse_reservation_id_checks_the_region() {
     let r = RegionState::new(REGION);
     assert_eq!(r.region(), REGION);
-    assert_eq!(r.parse_reservation_id("us-east-000042"), Ok(ReservationId(42)));
+    assert_eq!(r.parse_reservation_id(&public(42)), Ok(ReservationId(42)));
     assert_eq!(
-        r.parse_reservation_id("eu-west-000042").map_err(|e| e.reason()),
+        r.parse_reservation_id("us-east-000000000000002a"),
+        Ok(ReservationId(42))
+    );
+    assert_eq!(
+        r.parse_reservation_id("eu-west-000000000000002a")
+            .map_err(|e| e.reason()),
         Err("RESERVATION_NOT_FOUND")
     );
-    for bad in ["", "us-east", "us-east-", "us-east-12x", &"x".repeat(100)] {
+    for bad in [
+        "",
+        "us-east",
+        "us-east-",
+        "us-east-12x",
+        // The counter's old form, and 16 digits in upper case.
+        "us-east-000042",
+        "us-east-000000000000002A",
+        "us-east-0000000000000002a",
+        &"x".repeat(100),
+    ] {
         assert_eq!(
             r.parse_reservation_id(bad).map_err(|e| e.reason()),
             Err("INVALID_RESERVATION_ID"),
@@ -1508,15 +1797,25 @@ fn parse_reservation_id_checks_the_region() {
     }
 }
 
-/// Two replicas applying the same commands are equal and serialize to the same bytes.
+/// Two replicas applying the same commands, colliding nonces and several
+/// owners among them, are equal and serialize to the same bytes (JSON, and
+/// the bincode of snapshots and the log).
 #[test]
 fn replicas_are_byte_for_byte_equal() {
+    let n = 0xdead_beef_0000_0001;
     let ops = vec![
         (T0, grant(1, "a", 10, 0)),
-        (T0 + 1, reserve("req-1", &[("a", 3)], 100)),
+        (T0 + 1, with_nonce(n, reserve("req-1", &[("a", 3)], 100))),
         (T0 + 2, reserve("req-2", &[("a", 30)], 100)),
-        (T0 + 3, confirm(1, "order-1")),
+        (
+            T0 + 3,
+            by(OTHER, with_nonce(n, reserve("req-1", &[("a", 1)], 100))),
+        ),
+        (T0 + 3, with_nonce(n + 1, reserve("req-9", &[("a", 1)], 100))),
+        (T0 + 3, by(OTHER, release(n))),
+        (T0 + 3, confirm(n, "order-1")),
         (T0 + 4, reserve("req-3", &[("a", 2)], 100)),
+        (T0 + 4, by(OTHER, confirm(n + 1, "order-x"))),
         (T0 + 1, adjust("adj-1", "b", 7)),
         (T0 + 500, RegionOp::Expire),
         (T0 + 501, RegionOp::Settled { up_to_seq: 1 }),
@@ -1534,7 +1833,22 @@ fn replicas_are_byte_for_byte_equal() {
         serde_json::to_string(&one).expect("serializes"),
         serde_json::to_string(&two).expect("serializes")
     );
-    assert_eq!(levels(&one, "a"), (3, 0, 0));
+    assert_eq!(
+        bincode::serialize(&one).expect("serializes"),
+        bincode::serialize(&two).expect("serializes")
+    );
+    // The colliding nonce was probed alike: Alice has n, Bob n + 1 (his
+    // reserve came second), Alice's next (nonce n + 1, taken by then) n + 2.
+    let owner_of = |id: u64| one.reservation(ReservationId(id)).map(|x| x.owner);
+    assert_eq!(owner_of(n).as_deref(), Some(OWNER));
+    assert_eq!(owner_of(n + 1).as_deref(), Some(OTHER));
+    assert_eq!(owner_of(n + 2).as_deref(), Some(OWNER));
+    // A state read back from its bytes is the same state.
+    let bytes = bincode::serialize(&one).expect("serializes");
+    let back: RegionState = bincode::deserialize(&bytes).expect("deserializes");
+    assert_eq!(back, one);
+    // 10 granted; 3 sold and settled, Bob's 1 sold, 4 revoked.
+    assert_eq!(levels(&one, "a"), (2, 0, 1));
     assert_eq!(levels(&one, "b"), (7, 0, 0));
     assert_eq!(one.bucket("a").expect("bucket").settled, 3);
     // The validators the edge uses are the ones apply uses.

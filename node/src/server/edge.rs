@@ -18,6 +18,7 @@ use reservoir_tokens::{
     Line, Millis, RegionOp, Rejection, RequestId, Reservation, ReservationId, ReservationState, Sku, limits,
 };
 
+
 // ----- proto → domain -----
 
 /// A validated `ReserveRequest`: the command for the region group, and how
@@ -64,13 +65,15 @@ impl StockAdjustment {
     }
 }
 
-/// Validates a `ReserveRequest`: request_id, 1–64 lines with distinct valid
-/// SKUs and quantities, ttl_ms and max_wait_ms.
+/// Validates a `ReserveRequest` by `owner`: the owner, request_id, 1–64
+/// lines with distinct valid SKUs and quantities, ttl_ms and max_wait_ms.
+/// `nonce` is the proposer's 64 random bits, the new reservation's id.
 ///
 /// The op carries the effective TTL rather than 0, so the log never depends on
 /// the default: replaying it under a binary with another default (a rolling
 /// upgrade) cannot make replicas diverge.
-pub fn reserve_op(req: v1::ReserveRequest) -> Result<ValidatedReserve, Rejection> {
+pub fn reserve_op(req: v1::ReserveRequest, owner: &str, nonce: u64) -> Result<ValidatedReserve, Rejection> {
+    limits::check_owner(owner)?;
     limits::check_request_id(&req.request_id)?;
     let lines = lines_from_proto(req.lines);
     limits::check_lines(&lines)?;
@@ -78,41 +81,54 @@ pub fn reserve_op(req: v1::ReserveRequest) -> Result<ValidatedReserve, Rejection
     limits::check_max_wait_ms(req.max_wait_ms)?;
     Ok(ValidatedReserve {
         op: RegionOp::Reserve {
+            owner: owner.to_string(),
             request_id: req.request_id,
             lines,
             ttl_ms,
             allow_partial: req.allow_partial,
+            nonce,
         },
         max_wait_ms: req.max_wait_ms,
     })
 }
 
-/// Validates a `ReleaseRequest` for the node's `region`.
-pub fn release_op(region: &str, req: v1::ReleaseRequest) -> Result<RegionOp, Rejection> {
+/// Validates a `ReleaseRequest` by `owner` for the node's `region`.
+pub fn release_op(region: &str, req: v1::ReleaseRequest, owner: &str) -> Result<RegionOp, Rejection> {
     let id = reservation_id(region, &req.reservation_id)?;
-    Ok(RegionOp::Release { id })
+    limits::check_owner(owner)?;
+    Ok(RegionOp::Release {
+        id,
+        owner: owner.to_string(),
+    })
 }
 
-/// Validates a `ConfirmRequest` for the node's `region`: the reservation id,
-/// the order id, and 0–64 lines (none means everything held).
-pub fn confirm_op(region: &str, req: v1::ConfirmRequest) -> Result<RegionOp, Rejection> {
+/// Validates a `ConfirmRequest` by `owner` for the node's `region`: the
+/// reservation id, the order id, and 0–64 lines (none means everything held).
+pub fn confirm_op(region: &str, req: v1::ConfirmRequest, owner: &str) -> Result<RegionOp, Rejection> {
     let id = reservation_id(region, &req.reservation_id)?;
+    limits::check_owner(owner)?;
     limits::check_order_id(&req.order_id)?;
     let lines = lines_from_proto(req.lines);
     limits::check_confirm_lines(&lines)?;
     Ok(RegionOp::Confirm {
         id,
+        owner: owner.to_string(),
         order_id: req.order_id,
         lines,
     })
 }
 
-/// Validates an `ExtendRequest` for the node's `region`. The op carries the
-/// effective TTL, for the reason given at [`reserve_op`].
-pub fn extend_op(region: &str, req: v1::ExtendRequest) -> Result<RegionOp, Rejection> {
+/// Validates an `ExtendRequest` by `owner` for the node's `region`. The op
+/// carries the effective TTL, for the reason given at [`reserve_op`].
+pub fn extend_op(region: &str, req: v1::ExtendRequest, owner: &str) -> Result<RegionOp, Rejection> {
     let id = reservation_id(region, &req.reservation_id)?;
+    limits::check_owner(owner)?;
     let ttl_ms = limits::effective_ttl_ms(req.ttl_ms)?;
-    Ok(RegionOp::Extend { id, ttl_ms })
+    Ok(RegionOp::Extend {
+        id,
+        owner: owner.to_string(),
+        ttl_ms,
+    })
 }
 
 /// Validates a `GetReservationRequest` for the node's `region`.
@@ -236,6 +252,8 @@ mod tests {
     use tonic::Code;
 
     const REGION: &str = "us-east";
+    const OWNER: &str = "anonymous";
+    const NONCE: u64 = 0x00c0_ffee_5eed_1234;
 
     /// The code and reason a client would see for a refused conversion.
     fn refusal<T: std::fmt::Debug>(r: Result<T, Rejection>) -> (Code, String) {
@@ -292,15 +310,17 @@ mod tests {
         let mut req = reserve_req("r-1", vec![line("A", 2), line("B", 1)]);
         req.allow_partial = true;
         req.max_wait_ms = 250;
-        let got = reserve_op(req).expect("valid");
+        let got = reserve_op(req, "svc:shop@eu", 42).expect("valid");
         assert_eq!(
             got,
             ValidatedReserve {
                 op: RegionOp::Reserve {
+                    owner: "svc:shop@eu".into(),
                     request_id: "r-1".into(),
                     lines: vec![Line::new("A", 2), Line::new("B", 1)],
                     ttl_ms: TTL_DEFAULT_MS,
                     allow_partial: true,
+                    nonce: 42,
                 },
                 max_wait_ms: 250,
             }
@@ -311,12 +331,12 @@ mod tests {
     #[test]
     fn request_id_limit() {
         let ok = "x".repeat(REQUEST_ID_BYTES_MAX);
-        assert!(reserve_op(reserve_req(&ok, vec![line("A", 1)])).is_ok());
+        assert!(reserve_op(reserve_req(&ok, vec![line("A", 1)]), OWNER, NONCE).is_ok());
         assert!(adjust_stock(adjust_req(&ok, "A", 1)).is_ok());
         let long = "x".repeat(REQUEST_ID_BYTES_MAX + 1);
         for bad in ["", long.as_str(), "a\nb", "caf\u{e9}", "\u{7f}"] {
             assert_eq!(
-                refusal(reserve_op(reserve_req(bad, vec![line("A", 1)]))),
+                refusal(reserve_op(reserve_req(bad, vec![line("A", 1)]), OWNER, NONCE)),
                 invalid("INVALID_REQUEST_ID"),
                 "reserve request_id {bad:?}"
             );
@@ -332,11 +352,22 @@ mod tests {
     #[test]
     fn order_id_limit() {
         let ok = "o".repeat(ORDER_ID_BYTES_MAX);
-        assert!(confirm_op(REGION, confirm_req("us-east-000001", &ok, vec![])).is_ok());
+        assert!(
+            confirm_op(
+                REGION,
+                confirm_req("us-east-0000000000000001", &ok, vec![]),
+                OWNER
+            )
+            .is_ok()
+        );
         let long = "o".repeat(ORDER_ID_BYTES_MAX + 1);
         for bad in ["", long.as_str(), "o\t1", "\u{2603}"] {
             assert_eq!(
-                refusal(confirm_op(REGION, confirm_req("us-east-000001", bad, vec![]))),
+                refusal(confirm_op(
+                    REGION,
+                    confirm_req("us-east-0000000000000001", bad, vec![]),
+                    OWNER
+                )),
                 invalid("INVALID_ORDER_ID"),
                 "order_id {bad:?}"
             );
@@ -347,7 +378,14 @@ mod tests {
     #[test]
     fn sku_limit() {
         let ok = "S".repeat(SKU_BYTES_MAX);
-        assert!(reserve_op(reserve_req("r", vec![line(&ok, 1), line("a.B_c:d-9", 1)])).is_ok());
+        assert!(
+            reserve_op(
+                reserve_req("r", vec![line(&ok, 1), line("a.B_c:d-9", 1)]),
+                OWNER,
+                NONCE
+            )
+            .is_ok()
+        );
         assert_eq!(
             availability_sku(v1::GetAvailabilityRequest { sku: ok.clone() }),
             Ok(ok.clone())
@@ -356,14 +394,15 @@ mod tests {
         for bad in ["", long.as_str(), "a b", "a/b", "\u{e9}"] {
             let why = format!("sku {bad:?}");
             assert_eq!(
-                refusal(reserve_op(reserve_req("r", vec![line(bad, 1)]))),
+                refusal(reserve_op(reserve_req("r", vec![line(bad, 1)]), OWNER, NONCE)),
                 invalid("INVALID_SKU"),
                 "{why}"
             );
             assert_eq!(
                 refusal(confirm_op(
                     REGION,
-                    confirm_req("us-east-1", "o", vec![line(bad, 1)])
+                    confirm_req("us-east-0000000000000001", "o", vec![line(bad, 1)]),
+                    OWNER
                 )),
                 invalid("INVALID_SKU"),
                 "{why}"
@@ -385,39 +424,56 @@ mod tests {
     #[test]
     fn lines_limit() {
         let max = LINES_PER_RESERVATION_MAX;
-        assert!(reserve_op(reserve_req("r", distinct_lines(max))).is_ok());
+        assert!(reserve_op(reserve_req("r", distinct_lines(max)), OWNER, NONCE).is_ok());
         assert_eq!(
-            refusal(reserve_op(reserve_req("r", vec![]))),
+            refusal(reserve_op(reserve_req("r", vec![]), OWNER, NONCE)),
             invalid("INVALID_LINES")
         );
         assert_eq!(
-            refusal(reserve_op(reserve_req("r", distinct_lines(max + 1)))),
+            refusal(reserve_op(
+                reserve_req("r", distinct_lines(max + 1)),
+                OWNER,
+                NONCE
+            )),
             invalid("INVALID_LINES")
         );
         assert_eq!(
-            refusal(reserve_op(reserve_req("r", vec![line("A", 1), line("A", 2)]))),
+            refusal(reserve_op(
+                reserve_req("r", vec![line("A", 1), line("A", 2)]),
+                OWNER,
+                NONCE
+            )),
             invalid("INVALID_LINES")
         );
         // Past the validator's linear-scan size, duplicates are still found.
         let mut many = distinct_lines(30);
         many.push(line("sku-7", 1));
         assert_eq!(
-            refusal(reserve_op(reserve_req("r", many))),
+            refusal(reserve_op(reserve_req("r", many), OWNER, NONCE)),
             invalid("INVALID_LINES")
         );
 
-        assert!(confirm_op(REGION, confirm_req("us-east-1", "o", distinct_lines(max))).is_ok());
+        assert!(
+            confirm_op(
+                REGION,
+                confirm_req("us-east-0000000000000001", "o", distinct_lines(max)),
+                OWNER
+            )
+            .is_ok()
+        );
         assert_eq!(
             refusal(confirm_op(
                 REGION,
-                confirm_req("us-east-1", "o", distinct_lines(max + 1))
+                confirm_req("us-east-0000000000000001", "o", distinct_lines(max + 1)),
+                OWNER
             )),
             invalid("INVALID_LINES")
         );
         assert_eq!(
             refusal(confirm_op(
                 REGION,
-                confirm_req("us-east-1", "o", vec![line("A", 1), line("A", 1)])
+                confirm_req("us-east-0000000000000001", "o", vec![line("A", 1), line("A", 1)]),
+                OWNER
             )),
             invalid("INVALID_LINES")
         );
@@ -426,18 +482,19 @@ mod tests {
     /// A line's quantity is 1–1,000,000, in reserve and confirm lines.
     #[test]
     fn quantity_limit() {
-        assert!(reserve_op(reserve_req("r", vec![line("A", 1)])).is_ok());
-        assert!(reserve_op(reserve_req("r", vec![line("A", QUANTITY_MAX)])).is_ok());
+        assert!(reserve_op(reserve_req("r", vec![line("A", 1)]), OWNER, NONCE).is_ok());
+        assert!(reserve_op(reserve_req("r", vec![line("A", QUANTITY_MAX)]), OWNER, NONCE).is_ok());
         for bad in [0, QUANTITY_MAX + 1, u64::MAX] {
             assert_eq!(
-                refusal(reserve_op(reserve_req("r", vec![line("A", bad)]))),
+                refusal(reserve_op(reserve_req("r", vec![line("A", bad)]), OWNER, NONCE)),
                 invalid("INVALID_QUANTITY"),
                 "reserve quantity {bad}"
             );
             assert_eq!(
                 refusal(confirm_op(
                     REGION,
-                    confirm_req("us-east-1", "o", vec![line("A", bad)])
+                    confirm_req("us-east-0000000000000001", "o", vec![line("A", bad)]),
+                    OWNER
                 )),
                 invalid("INVALID_QUANTITY"),
                 "confirm quantity {bad}"
@@ -451,7 +508,7 @@ mod tests {
         let ttl_of = |ttl_ms| {
             let mut req = reserve_req("r", vec![line("A", 1)]);
             req.ttl_ms = ttl_ms;
-            reserve_op(req).map(|v| match v.op {
+            reserve_op(req, OWNER, NONCE).map(|v| match v.op {
                 RegionOp::Reserve { ttl_ms, .. } => ttl_ms,
                 other => panic!("reserve_op gave {other:?}"),
             })
@@ -465,15 +522,17 @@ mod tests {
             extend_op(
                 REGION,
                 v1::ExtendRequest {
-                    reservation_id: "us-east-000007".into(),
+                    reservation_id: "us-east-0000000000000007".into(),
                     ttl_ms,
                 },
+                OWNER,
             )
         };
         assert_eq!(
             extend(0),
             Ok(RegionOp::Extend {
                 id: ReservationId(7),
+                owner: OWNER.into(),
                 ttl_ms: TTL_DEFAULT_MS
             })
         );
@@ -481,6 +540,7 @@ mod tests {
             extend(TTL_MAX_MS),
             Ok(RegionOp::Extend {
                 id: ReservationId(7),
+                owner: OWNER.into(),
                 ttl_ms: TTL_MAX_MS
             })
         );
@@ -493,7 +553,7 @@ mod tests {
         let wait = |max_wait_ms| {
             let mut req = reserve_req("r", vec![line("A", 1)]);
             req.max_wait_ms = max_wait_ms;
-            reserve_op(req).map(|v| v.max_wait_ms)
+            reserve_op(req, OWNER, NONCE).map(|v| v.max_wait_ms)
         };
         assert_eq!(wait(0), Ok(0));
         assert_eq!(wait(MAX_WAIT_MS_MAX), Ok(MAX_WAIT_MS_MAX));
@@ -506,6 +566,9 @@ mod tests {
     fn reservation_id_malformed() {
         let long = format!("us-east-{}", "1".repeat(RESERVATION_ID_BYTES_MAX));
         for bad in [
+            // The old counter form, and 16 hex digits in upper case.
+            "us-east-000042",
+            "us-east-000000000000002A",
             "",
             "us-east",
             "us-east-",
@@ -523,13 +586,14 @@ mod tests {
                     REGION,
                     v1::ReleaseRequest {
                         reservation_id: id.clone()
-                    }
+                    },
+                    OWNER
                 )),
                 expected,
                 "{why}"
             );
             assert_eq!(
-                refusal(confirm_op(REGION, confirm_req(bad, "o", vec![]))),
+                refusal(confirm_op(REGION, confirm_req(bad, "o", vec![]), OWNER)),
                 expected,
                 "{why}"
             );
@@ -539,7 +603,8 @@ mod tests {
                     v1::ExtendRequest {
                         reservation_id: id.clone(),
                         ttl_ms: 0
-                    }
+                    },
+                    OWNER
                 )),
                 expected,
                 "{why}"
@@ -558,23 +623,74 @@ mod tests {
     /// A well-formed id of another region is RESERVATION_NOT_FOUND; one of ours parses.
     #[test]
     fn reservation_id_of_another_region() {
-        assert_eq!(reservation_id(REGION, "us-east-000042"), Ok(ReservationId(42)));
+        assert_eq!(
+            reservation_id(REGION, "us-east-000000000000002a"),
+            Ok(ReservationId(42))
+        );
         assert_eq!(
             release_op(
                 REGION,
                 v1::ReleaseRequest {
-                    reservation_id: "us-east-9".into()
-                }
+                    reservation_id: "us-east-0000000000000009".into()
+                },
+                OWNER
             ),
-            Ok(RegionOp::Release { id: ReservationId(9) })
+            Ok(RegionOp::Release {
+                id: ReservationId(9),
+                owner: OWNER.into()
+            })
         );
-        for other in ["eu-west-000042", "us-000042", "us-east-1-000042"] {
+        for other in [
+            "eu-west-000000000000002a",
+            "us-000000000000002a",
+            "us-east-1-000000000000002a",
+        ] {
             assert_eq!(
                 refusal(reservation_id(REGION, other)),
                 (Code::NotFound, "RESERVATION_NOT_FOUND".to_string()),
                 "reservation id {other:?}"
             );
         }
+    }
+
+    /// The owner is 1–128 bytes of [A-Za-z0-9._:@-], on every call that takes one.
+    #[test]
+    fn owner_limit() {
+        let id = "us-east-0000000000000001";
+        let long = "o".repeat(OWNER_BYTES_MAX + 1);
+        for bad in ["", long.as_str(), "a b", "a/b", "\u{e9}"] {
+            let why = format!("owner {bad:?}");
+            let expected = invalid("INVALID_OWNER");
+            let reserve = reserve_op(reserve_req("r", vec![line("A", 1)]), bad, NONCE);
+            assert_eq!(refusal(reserve), expected, "{why}");
+            let release = release_op(
+                REGION,
+                v1::ReleaseRequest {
+                    reservation_id: id.into(),
+                },
+                bad,
+            );
+            assert_eq!(refusal(release), expected, "{why}");
+            let confirm = confirm_op(REGION, confirm_req(id, "o", vec![]), bad);
+            assert_eq!(refusal(confirm), expected, "{why}");
+            let extend = extend_op(
+                REGION,
+                v1::ExtendRequest {
+                    reservation_id: id.into(),
+                    ttl_ms: 0,
+                },
+                bad,
+            );
+            assert_eq!(refusal(extend), expected, "{why}");
+        }
+        assert!(
+            reserve_op(
+                reserve_req("r", vec![line("A", 1)]),
+                &"o".repeat(OWNER_BYTES_MAX),
+                NONCE
+            )
+            .is_ok()
+        );
     }
 
     /// A stock delta is non-zero with magnitude at most 10^9.
@@ -613,18 +729,25 @@ mod tests {
         assert_eq!(
             confirm_op(
                 REGION,
-                confirm_req("us-east-000003", "order-9", vec![line("A", 1)])
+                confirm_req("us-east-0000000000000003", "order-9", vec![line("A", 1)]),
+                OWNER
             ),
             Ok(RegionOp::Confirm {
                 id: ReservationId(3),
+                owner: OWNER.into(),
                 order_id: "order-9".into(),
                 lines: vec![Line::new("A", 1)],
             })
         );
         assert_eq!(
-            confirm_op(REGION, confirm_req("us-east-000003", "order-9", vec![])),
+            confirm_op(
+                REGION,
+                confirm_req("us-east-0000000000000003", "order-9", vec![]),
+                OWNER
+            ),
             Ok(RegionOp::Confirm {
                 id: ReservationId(3),
+                owner: OWNER.into(),
                 order_id: "order-9".into(),
                 lines: vec![],
             })
@@ -636,6 +759,7 @@ mod tests {
     fn reservation_converts() {
         let held = Reservation {
             id: ReservationId(42),
+            owner: OWNER.into(),
             lines: vec![Line::new("A", 2), Line::new("B", 1)],
             state: ReservationState::Held,
             created_at_ms: 1_000,
@@ -646,7 +770,7 @@ mod tests {
         assert_eq!(
             reservation_to_proto(REGION, held.clone()),
             v1::Reservation {
-                reservation_id: "us-east-000042".into(),
+                reservation_id: "us-east-000000000000002a".into(),
                 region: REGION.into(),
                 lines: vec![line("A", 2), line("B", 1)],
                 state: v1::ReservationState::Held as i32,

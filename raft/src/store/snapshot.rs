@@ -6,11 +6,15 @@
 //! | bytes | what |
 //! |---|---|
 //! | 8 | magic `RSVSNAP1` |
-//! | 4 | format version (1), little-endian |
+//! | 4 | format version (2), little-endian |
 //! | 4 | length of the metadata, little-endian |
 //! | … | the [`SnapshotMeta`], bincode |
 //! | … | the [`AppliedState`], bincode, streamed |
 //! | 4 | CRC-32 of every byte before it, little-endian |
+//!
+//! The version changes whenever the encoding of the state does: version 2
+//! is the state with reservation owners and nonce-drawn reservation ids. A
+//! file of another version is refused, never misread.
 //!
 //! It is written to a `.tmp` file (synced every [`SNAPSHOT_SYNC_BYTES`], so
 //! the disk never has a whole snapshot's dirty pages to write at once),
@@ -40,8 +44,9 @@ use crate::config::{SNAPSHOT_BYTES_MAX, SnapshotMeta};
 
 /// First bytes of every snapshot file.
 const MAGIC: &[u8; 8] = b"RSVSNAP1";
-/// The file format written and read.
-const FORMAT_VERSION: u32 = 1;
+/// The file format written and read. Bumped whenever the encoding of the
+/// state changes (2: reservations with owners, ids from nonces).
+const FORMAT_VERSION: u32 = 2;
 /// Largest encoded metadata (a log id, a membership of a few nodes, an id).
 const META_BYTES_MAX: u32 = 64 * 1024;
 /// While a snapshot is written, its file is synced after every this many
@@ -352,7 +357,8 @@ fn read_header(reader: &mut impl Read, path: &Path) -> Result<SnapshotMeta, Stor
     let version = u32::from_le_bytes(word);
     if version != FORMAT_VERSION {
         return Err(StoreError::Corrupt(format!(
-            "{}: snapshot format {version}, this build reads {FORMAT_VERSION}",
+            "{}: snapshot format {version}, this build reads {FORMAT_VERSION}; it was written by \
+             another build: start this node on a fresh data directory",
             path.display()
         )));
     }
@@ -515,5 +521,30 @@ mod tests {
         assert!(file_name(9, 100) < file_name(10, 1));
         assert_eq!(parse_name("00000000000000000042-x.snap"), None);
         assert_eq!(parse_name("00000000000000000042-00000000000000000007.tmp"), None);
+    }
+
+    /// A header of this build reads back; one of another format version
+    /// (such as 1, before reservation owners) is refused with an error that
+    /// names both versions, rather than misread.
+    #[test]
+    fn other_format_versions_are_refused() {
+        let meta = SnapshotMeta::default();
+        let mut bytes = Vec::new();
+        write_header(&mut bytes, &meta).expect("header");
+        let path = Path::new("00000000000000000001-00000000000000000001.snap");
+        assert_eq!(read_header(&mut bytes.as_slice(), path).expect("reads"), meta);
+        for version in [1u32, FORMAT_VERSION + 1] {
+            bytes[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&version.to_le_bytes());
+            match read_header(&mut bytes.as_slice(), path) {
+                Err(StoreError::Corrupt(why)) => assert!(
+                    why.contains(&format!(
+                        "snapshot format {version}, this build reads {FORMAT_VERSION}"
+                    )),
+                    "{why}"
+                ),
+                other => panic!("format {version} read as {other:?}"),
+            }
+        }
+        assert_eq!(FORMAT_VERSION, 2);
     }
 }

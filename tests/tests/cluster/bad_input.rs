@@ -252,9 +252,12 @@ async fn refuse_every_limit(
         String::new(),
         "garbage".into(),
         "us-east-".into(),
+        // The old counter form; and 16 hex digits, but upper case.
+        "us-east-000001".into(),
+        "us-east-000000000000002A".into(),
         "r".repeat(RESERVATION_ID_BYTES_MAX + 1),
     ];
-    let elsewhere = "eu-west-000001".to_string();
+    let elsewhere = "eu-west-0000000000000001".to_string();
     for (bad, expected) in malformed
         .iter()
         .map(|b| (b, invalid("INVALID_RESERVATION_ID")))

@@ -74,7 +74,12 @@ impl InventoryService {
         caller: &Caller,
         req: v1::ReserveRequest,
     ) -> Result<v1::ReserveResponse, Status> {
-        let validated = edge::reserve_op(req.clone()).map_err(|r| to_status(&r))?;
+        let validated = edge::reserve_op(
+            req.clone(),
+            &caller.principal,
+            crate::server::clock::reservation_nonce(),
+        )
+        .map_err(|r| to_status(&r))?;
         let lines: Vec<Line> = match &validated.op {
             RegionOp::Reserve { lines, .. } => lines.clone(),
             _ => Vec::new(),
@@ -149,7 +154,7 @@ impl InventoryService {
         caller: &Caller,
         req: v1::ReleaseRequest,
     ) -> Result<v1::ReleaseResponse, Status> {
-        let op = edge::release_op(self.node.region(), req.clone());
+        let op = edge::release_op(self.node.region(), req.clone(), &caller.principal);
         let forward = |mut c: InventoryClient<Channel>| async move {
             Ok(c.release(forwarding(req, caller)).await?.into_inner().reservation)
         };
@@ -162,7 +167,7 @@ impl InventoryService {
         caller: &Caller,
         req: v1::ConfirmRequest,
     ) -> Result<v1::ConfirmResponse, Status> {
-        let op = edge::confirm_op(self.node.region(), req.clone());
+        let op = edge::confirm_op(self.node.region(), req.clone(), &caller.principal);
         let forward = |mut c: InventoryClient<Channel>| async move {
             Ok(c.confirm(forwarding(req, caller)).await?.into_inner().reservation)
         };
@@ -175,7 +180,7 @@ impl InventoryService {
         caller: &Caller,
         req: v1::ExtendRequest,
     ) -> Result<v1::ExtendResponse, Status> {
-        let op = edge::extend_op(self.node.region(), req.clone());
+        let op = edge::extend_op(self.node.region(), req.clone(), &caller.principal);
         let forward = |mut c: InventoryClient<Channel>| async move {
             Ok(c.extend(forwarding(req, caller)).await?.into_inner().reservation)
         };
@@ -189,7 +194,12 @@ impl InventoryService {
         req: v1::GetReservationRequest,
     ) -> Result<v1::Reservation, Status> {
         let id = edge::get_reservation_id(self.node.region(), &req).map_err(|r| to_status(&r))?;
-        match self.node.read_current(caller.forwarded, |s| s.reservation(id)).await? {
+        let owner = caller.principal.as_str();
+        match self
+            .node
+            .read_current(caller.forwarded, |s| s.reservation_of(id, owner))
+            .await?
+        {
             Route::Applied(Some(r)) => Ok(edge::reservation_to_proto(self.node.region(), r)),
             Route::Applied(None) => Err(to_status(&Rejection::ReservationNotFound {
                 id: req.reservation_id.clone(),

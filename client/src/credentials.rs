@@ -148,7 +148,9 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for ClientChannel 
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         if let Some(value) = &self.authorization {
-            request.headers_mut().insert(http::header::AUTHORIZATION, value.clone());
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, value.clone());
         }
         tower_service::Service::call(&mut self.inner, request)
     }

@@ -260,7 +260,9 @@ mod tests {
     async fn post_sends_json() {
         let (addr, request) = serve_once(answer("200 OK", "[]")).await;
         let json = r#"{"region":"eu-west"}"#;
-        let (code, body) = post_json(addr, "/links/partition", json, Some("t"), TIMEOUT).await.unwrap();
+        let (code, body) = post_json(addr, "/links/partition", json, Some("t"), TIMEOUT)
+            .await
+            .unwrap();
         assert_eq!((code, body.as_str()), (200, "[]"));
         let request = request.await.unwrap();
         let lower = request.to_ascii_lowercase();
@@ -276,7 +278,10 @@ mod tests {
         assert!(request.ends_with(&format!("\r\n\r\n{json}")), "{request:?}");
 
         let (addr, request) = serve_once(answer("200 OK", "[]")).await;
-        assert_eq!(post_json(addr, "/links/heal", "", None, TIMEOUT).await.unwrap().0, 200);
+        assert_eq!(
+            post_json(addr, "/links/heal", "", None, TIMEOUT).await.unwrap().0,
+            200
+        );
         assert!(request.await.unwrap().ends_with("\r\n\r\n"));
     }
 

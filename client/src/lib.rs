@@ -36,8 +36,8 @@ pub mod text;
 
 pub use channels::Channels;
 pub use cluster_file::{ClusterEndpoint, ClusterFile, ClusterFileError, ClusterNode, LedgerInfo, TlsInfo};
-pub use credentials::{ClientChannel, Credentials};
 pub use connect::{Retried, Rotation, is_retryable, retry};
+pub use credentials::{ClientChannel, Credentials};
 pub use errors::{error_info, reason_of, reason_or_code};
 pub use http::HttpError;
 pub use regions::{HOME_REGION, REGIONS};

@@ -74,7 +74,11 @@ impl Up {
             if let Ok(Some(status)) = up.child.try_wait() {
                 panic!("up exited with {status}: {}", up.log());
             }
-            assert!(Instant::now() < deadline, "up not ready in {UP_DEADLINE:?}: {}", up.log());
+            assert!(
+                Instant::now() < deadline,
+                "up not ready in {UP_DEADLINE:?}: {}",
+                up.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -88,15 +92,25 @@ impl Up {
     }
 
     fn credentials(&self, role: &str) -> Credentials {
-        Credentials::for_cluster(&self.file, &self.cluster_json(), role).expect("credentials from cluster.json")
+        Credentials::for_cluster(&self.file, &self.cluster_json(), role)
+            .expect("credentials from cluster.json")
     }
 
     fn ca(&self) -> Vec<u8> {
-        std::fs::read(self.dir.join(&self.file.tls.as_ref().expect("a secure cluster").ca_file)).unwrap()
+        std::fs::read(
+            self.dir
+                .join(&self.file.tls.as_ref().expect("a secure cluster").ca_file),
+        )
+        .unwrap()
     }
 
     fn node_ids(&self, region: &str) -> Vec<u64> {
-        self.file.nodes.iter().filter(|n| n.region == region).map(|n| n.id).collect()
+        self.file
+            .nodes
+            .iter()
+            .filter(|n| n.region == region)
+            .map(|n| n.id)
+            .collect()
     }
 
     fn grpc(&self, id: u64) -> String {
@@ -108,7 +122,11 @@ impl Up {
     }
 
     fn node(&self, id: u64) -> &reservoir_client::ClusterNode {
-        self.file.nodes.iter().find(|n| n.id == id).expect("a node of the cluster")
+        self.file
+            .nodes
+            .iter()
+            .find(|n| n.id == id)
+            .expect("a node of the cluster")
     }
 
     /// A node's identity files (certificate, key) in DIR.
@@ -122,14 +140,19 @@ impl Up {
 
     async fn status(&self, id: u64) -> NodeStatus {
         let http = self.node(id).http.expect("up writes http addresses");
-        let (code, body) = reservoir_client::http::get(http, "/status", CALL_TIMEOUT).await.unwrap();
+        let (code, body) = reservoir_client::http::get(http, "/status", CALL_TIMEOUT)
+            .await
+            .unwrap();
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     }
 
     async fn metrics(&self, id: u64) -> String {
         let http = self.node(id).http.expect("up writes http addresses");
-        reservoir_client::http::get(http, "/metrics", CALL_TIMEOUT).await.unwrap().1
+        reservoir_client::http::get(http, "/metrics", CALL_TIMEOUT)
+            .await
+            .unwrap()
+            .1
     }
 }
 
@@ -212,7 +235,11 @@ async fn client_plane_checks_who_calls_and_what_they_may_do() {
     let up = Up::start("client-plane", &["--standalone"]);
     let ids = up.node_ids("us-east");
     let any = up.grpc(ids[0]);
-    let (admin, shop, observer) = (up.credentials("admin"), up.credentials("shop"), up.credentials("observer"));
+    let (admin, shop, observer) = (
+        up.credentials("admin"),
+        up.credentials("shop"),
+        up.credentials("observer"),
+    );
     let sku = "SEC-1";
     let stock = AdminClient::new(admin.channel(&any).unwrap());
     settled(|| {
@@ -242,7 +269,11 @@ async fn client_plane_checks_who_calls_and_what_they_may_do() {
     ] {
         let mut c = InventoryClient::new(creds.channel(&any).unwrap());
         let answer = c.reserve(reserve_request("r-anon", sku, 1)).await;
-        assert_eq!(refused(answer), (Code::Unauthenticated, expected.to_string()), "{who}");
+        assert_eq!(
+            refused(answer),
+            (Code::Unauthenticated, expected.to_string()),
+            "{who}"
+        );
         let mut a = AdminClient::new(creds.channel(&any).unwrap());
         let answer = a
             .adjust_stock(v1::AdjustStockRequest {
@@ -262,7 +293,10 @@ async fn client_plane_checks_who_calls_and_what_they_may_do() {
             delta: 1_000,
         })
         .await;
-    assert_eq!(refused(answer), (Code::PermissionDenied, "ROLE_NOT_ALLOWED".into()));
+    assert_eq!(
+        refused(answer),
+        (Code::PermissionDenied, "ROLE_NOT_ALLOWED".into())
+    );
     assert_eq!(
         refused(as_shop.audit(v1::AuditRequest {}).await),
         (Code::PermissionDenied, "ROLE_NOT_ALLOWED".into())
@@ -273,10 +307,19 @@ async fn client_plane_checks_who_calls_and_what_they_may_do() {
         (Code::PermissionDenied, "ROLE_NOT_ALLOWED".into())
     );
     // Plaintext to the TLS client listener does not get an answer.
-    let plain = Credentials::plaintext().with_api_key(Some(std::fs::read_to_string(up.dir.join("credentials/admin.key")).unwrap().trim().to_string()));
+    let plain = Credentials::plaintext().with_api_key(Some(
+        std::fs::read_to_string(up.dir.join("credentials/admin.key"))
+            .unwrap()
+            .trim()
+            .to_string(),
+    ));
     let mut c = InventoryClient::new(plain.channel(&any).unwrap());
     assert!(c.reserve(reserve_request("r-plain", sku, 1)).await.is_err());
-    assert_eq!(available(&shop, &any, sku).await, 10, "no refused call changed the books");
+    assert_eq!(
+        available(&shop, &any, sku).await,
+        10,
+        "no refused call changed the books"
+    );
 
     // Reservations belong to their principal: the admin (another
     // principal) cannot touch the shop's hold, nor learn it exists.
@@ -363,7 +406,9 @@ async fn client_plane_checks_who_calls_and_what_they_may_do() {
     }
     let follower = up.grpc(follower.expect("a 3-node region has a follower"));
     let mut request = tonic::Request::new(reserve_request("cart-spoof", sku, 1));
-    request.metadata_mut().insert("x-reservoir-forwarded", "1".parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("x-reservoir-forwarded", "1".parse().unwrap());
     request
         .metadata_mut()
         .insert("x-reservoir-principal", "dev-admin".parse().unwrap());
@@ -380,7 +425,11 @@ async fn client_plane_checks_who_calls_and_what_they_may_do() {
             reservation_id: spoofed.reservation_id.clone(),
         })
         .await;
-    assert_eq!(refused(answer), not_found, "the hold is the caller's, not the named principal's");
+    assert_eq!(
+        refused(answer),
+        not_found,
+        "the hold is the caller's, not the named principal's"
+    );
     mine.get_reservation(v1::GetReservationRequest {
         reservation_id: spoofed.reservation_id,
     })
@@ -420,7 +469,11 @@ async fn client_plane_checks_who_calls_and_what_they_may_do() {
     let mut a = AdminClient::new(admin.channel(&any).unwrap());
     let audit = a.audit(v1::AuditRequest {}).await.expect("audit").into_inner();
     assert!(audit.balanced, "{audit:#?}");
-    let sheet = audit.skus.iter().find(|s| s.sku == sku).expect("the SKU is audited");
+    let sheet = audit
+        .skus
+        .iter()
+        .find(|s| s.sku == sku)
+        .expect("the SKU is audited");
     assert_eq!((sheet.stocked_total, sheet.drift), (10, 0), "{sheet:#?}");
 }
 
@@ -450,7 +503,9 @@ fn foreign_identity(id: u64, region: &str) -> Identity {
     let issuer = Issuer::new(ca, ca_key);
     let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
     params.subject_alt_names.push(SanType::URI(
-        reservoir_node::server::security::node_uri(id, region).try_into().unwrap(),
+        reservoir_node::server::security::node_uri(id, region)
+            .try_into()
+            .unwrap(),
     ));
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &issuer).unwrap();
@@ -471,7 +526,10 @@ fn control_message(region: &str, forwarded: bool, call: &RegionCall) -> ControlM
 /// unauthenticated connections is dropped before the node spends on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_plane_takes_only_what_each_node_may_send() {
-    let up = Up::start("peer-plane", &["--nodes-per-region", "1", "--wan", "none", "--no-demo"]);
+    let up = Up::start(
+        "peer-plane",
+        &["--nodes-per-region", "1", "--wan", "none", "--no-demo"],
+    );
     let (east, west) = (up.node_ids("us-east")[0], up.node_ids("eu-west")[0]);
     let ca = up.ca();
     let admin = up.credentials("admin");
@@ -502,7 +560,10 @@ async fn peer_plane_takes_only_what_each_node_may_send() {
     // No certificate, a certificate from another CA: the handshake fails.
     for (who, identity) in [
         ("no certificate", None),
-        ("another CA's certificate", Some(foreign_identity(west, "eu-west"))),
+        (
+            "another CA's certificate",
+            Some(foreign_identity(west, "eu-west")),
+        ),
     ] {
         let mut c = ControlClient::new(peer_channel(up.peer(east), &ca, identity));
         let answer = c.region(control_message("us-east", false, &grant)).await;
@@ -517,7 +578,12 @@ async fn peer_plane_takes_only_what_each_node_may_send() {
         .unwrap()
         .timeout(CALL_TIMEOUT)
         .connect_lazy();
-    assert!(ControlClient::new(plain).region(control_message("us-east", false, &grant)).await.is_err());
+    assert!(
+        ControlClient::new(plain)
+            .region(control_message("us-east", false, &grant))
+            .await
+            .is_err()
+    );
 
     // A real eu-west node may not send what only the ledger, or us-east's
     // own nodes, may send.
@@ -528,7 +594,11 @@ async fn peer_plane_takes_only_what_each_node_may_send() {
         ("a grant", control_message("us-east", false, &grant)),
         (
             "a settlement",
-            control_message("us-east", false, &RegionCall::Apply(RegionOp::Settled { up_to_seq: 1 << 40 })),
+            control_message(
+                "us-east",
+                false,
+                &RegionCall::Apply(RegionOp::Settled { up_to_seq: 1 << 40 }),
+            ),
         ),
         ("a forwarded grant", control_message("us-east", true, &grant)),
     ] {
@@ -596,12 +666,20 @@ async fn peer_plane_takes_only_what_each_node_may_send() {
     let junk = vec![0x16u8; 1024 * 1024];
     let mut sent = 0usize;
     for _ in 0..64 {
-        match tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncWriteExt::write_all(&mut s, &junk)).await {
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncWriteExt::write_all(&mut s, &junk),
+        )
+        .await
+        {
             Ok(Ok(())) => sent += junk.len(),
             _ => break,
         }
     }
-    assert!(sent < 64 * 1024 * 1024, "the node stopped reading an unauthenticated connection");
+    assert!(
+        sent < 64 * 1024 * 1024,
+        "the node stopped reading an unauthenticated connection"
+    );
     let rss_after = up.status(east).await.rss_bytes.unwrap_or(0);
     assert!(
         rss_after < rss_before + 32 * 1024 * 1024,
@@ -620,7 +698,13 @@ async fn peer_plane_takes_only_what_each_node_may_send() {
     .expect("audit")
     .into_inner();
     assert!(audit.balanced, "{audit:#?}");
-    assert!(audit.skus.iter().all(|s| s.drift == 0 && s.ledger_drift == 0), "{audit:#?}");
+    assert!(
+        audit.skus.iter().all(|s| s.drift == 0 && s.ledger_drift == 0),
+        "{audit:#?}"
+    );
     assert!(audit.skus.iter().all(|s| s.sku != forged), "{audit:#?}");
-    let _ = a.get_status(v1::GetStatusRequest {}).await.expect("the cluster still serves");
+    let _ = a
+        .get_status(v1::GetStatusRequest {})
+        .await
+        .expect("the cluster still serves");
 }

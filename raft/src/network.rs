@@ -795,8 +795,7 @@ impl Wire for TonicWire {
 /// given the call's extensions (where the TLS layer keeps the caller's
 /// certificate), the group it is for, and the node it says it is from.
 /// An `Err` is the status the caller receives.
-pub type Authorize =
-    Arc<dyn Fn(&tonic::Extensions, &str, NodeId) -> Result<(), tonic::Status> + Send + Sync>;
+pub type Authorize = Arc<dyn Fn(&tonic::Extensions, &str, NodeId) -> Result<(), tonic::Status> + Send + Sync>;
 
 /// The tonic service that feeds a node's [`Router`].
 pub struct RaftService {

@@ -57,7 +57,9 @@ impl Digest {
             };
             let skus: BTreeMap<Sku, Figure> = skus
                 .into_iter()
-                .filter(|(_, f)| f.marker.0 <= applied && f.marker.1 <= now_ms.saturating_add(GOSSIP_AHEAD_MAX_MS))
+                .filter(|(_, f)| {
+                    f.marker.0 <= applied && f.marker.1 <= now_ms.saturating_add(GOSSIP_AHEAD_MAX_MS)
+                })
                 .take(GOSSIP_SKUS_MAX)
                 .collect();
             kept.insert(name.to_string(), skus);
@@ -68,12 +70,18 @@ impl Digest {
         }
     }
 
-    /// Merges another digest in (commutative, associative, idempotent).
+    /// Merges another digest in (commutative, associative, idempotent),
+    /// keeping at most [`GOSSIP_SKUS_MAX`] SKUs per region: past it, SKUs
+    /// not yet known are not added.
     pub fn merge(&mut self, other: Digest) {
         for (region, skus) in other.figures {
             let mine = self.figures.entry(region).or_default();
             for (sku, figure) in skus {
-                mine.entry(sku).or_default().merge(figure);
+                if let Some(known) = mine.get_mut(&sku) {
+                    known.merge(figure);
+                } else if mine.len() < GOSSIP_SKUS_MAX {
+                    mine.insert(sku, figure);
+                }
             }
         }
     }
@@ -184,5 +192,62 @@ mod tests {
         assert_eq!(e.by_region.get("us-east"), Some(&42));
         assert_eq!(e.total, 42);
         assert_eq!(e.staleness_ms, 0);
+    }
+
+    /// A sender speaks only for its own region (and the pool, from a ledger
+    /// node); a figure marked after the sender's applied index, or far ahead
+    /// of the receiver's clock, is dropped.
+    #[test]
+    fn a_sender_speaks_only_for_itself() {
+        let v = AvailabilityView::new();
+        v.publish(
+            "eu-west",
+            7,
+            1_000,
+            [("hot".to_string(), 5), ("cold".to_string(), 1)],
+        );
+        v.publish("us-east", 9, 1_000, [("hot".to_string(), 1_000_000)]);
+        v.publish(POOL, 3, 1_000, [("hot".to_string(), 1_000_000)]);
+        let mut d = v.digest();
+        d.applied.insert("eu-west".into(), 7);
+        d.applied.insert("us-east".into(), 9);
+        d.applied.insert(POOL.into(), 3);
+        // A forged marker that would win for good, and one from the future.
+        let forged = d.figures.get_mut("eu-west").unwrap();
+        forged.get_mut("hot").unwrap().update(999, (u64::MAX, 1_000));
+        forged
+            .get_mut("cold")
+            .unwrap()
+            .update(999, (7, 1_000 + GOSSIP_AHEAD_MAX_MS + 1));
+        let kept = d.only_from("eu-west", false, 1_000);
+        assert_eq!(kept.figures.keys().collect::<Vec<_>>(), vec!["eu-west"]);
+        assert!(kept.figures["eu-west"].is_empty(), "{kept:?}");
+        let mut d = v.digest();
+        d.applied.insert("eu-west".into(), 7);
+        let kept = d.only_from("eu-west", true, 1_000);
+        assert_eq!(kept.figures["eu-west"].len(), 2);
+        assert!(
+            !kept.figures.contains_key(POOL),
+            "no applied index for the pool: nothing of it"
+        );
+    }
+
+    /// The view keeps at most GOSSIP_SKUS_MAX SKUs of one region.
+    #[test]
+    fn skus_per_region_are_bounded() {
+        let mut d = Digest::default();
+        let many = (0..GOSSIP_SKUS_MAX + 10).map(|i| {
+            (
+                format!("s{i}"),
+                Figure {
+                    val: 1,
+                    marker: (1, 1),
+                },
+            )
+        });
+        d.figures.insert("eu-west".into(), many.collect());
+        let v = AvailabilityView::new();
+        v.merge(d);
+        assert_eq!(v.digest().figures["eu-west"].len(), GOSSIP_SKUS_MAX);
     }
 }

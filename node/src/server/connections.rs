@@ -49,7 +49,11 @@ impl Drop for OpenGuard {
 /// The accepted connections of `listener`, TCP_NODELAY set, at most
 /// `per_address` open at once from one remote address. Accepting stops
 /// when the stream is dropped (the server shut down).
-pub fn limited(listener: TcpListener, per_address: usize, plane: &'static str) -> ReceiverStream<io::Result<Counted>> {
+pub fn limited(
+    listener: TcpListener,
+    per_address: usize,
+    plane: &'static str,
+) -> ReceiverStream<io::Result<Counted>> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         let counts: OpenCounts = Arc::default();
@@ -102,7 +106,11 @@ impl Connected for Counted {
 }
 
 impl AsyncRead for Counted {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -152,13 +160,19 @@ mod tests {
         // The third is closed by the server: the client reads EOF.
         let mut c = TcpStream::connect(addr).await.unwrap();
         let mut buf = [0u8; 1];
-        let read = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut c, &mut buf))
-            .await
-            .expect("the refused connection is closed");
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut c, &mut buf),
+        )
+        .await
+        .expect("the refused connection is closed");
         assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
         drop(first);
         let _d = TcpStream::connect(addr).await.unwrap();
         let fourth = tokio::time::timeout(Duration::from_secs(5), incoming.next()).await;
-        assert!(matches!(fourth, Ok(Some(Ok(_)))), "a freed slot takes the next connection");
+        assert!(
+            matches!(fourth, Ok(Some(Ok(_)))),
+            "a freed slot takes the next connection"
+        );
     }
 }

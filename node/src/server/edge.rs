@@ -18,7 +18,6 @@ use reservoir_tokens::{
     Line, Millis, RegionOp, Rejection, RequestId, Reservation, ReservationId, ReservationState, Sku, limits,
 };
 
-
 // ----- proto → domain -----
 
 /// A validated `ReserveRequest`: the command for the region group, and how

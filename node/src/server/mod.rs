@@ -355,23 +355,25 @@ fn raft_authorizer(node: Arc<Node>) -> Option<reservoir_raft::network::Authorize
     if node.peer_policy().is_insecure() {
         return None;
     }
-    Some(Arc::new(move |extensions: &tonic::Extensions, group: &str, from: u64| {
-        let policy = node.peer_policy();
-        let caller = policy.caller(extensions)?;
-        let ledger = group == LEDGER_GROUP;
-        let voters = policy.group_voters(ledger);
-        let member = caller.as_ref().is_some_and(|c| c.id == from) && voters.contains(&from);
-        if member && (ledger || group == node.region()) {
-            Ok(())
-        } else {
-            let who = caller.map_or_else(|| "?".to_string(), |c| format!("node {} ({})", c.id, c.region));
-            Err(crate::server::security::peers::refused(
-                tonic::Code::PermissionDenied,
-                "PEER_NOT_ALLOWED",
-                format!("{who} may not send Raft messages as node {from} of group {group}"),
-            ))
-        }
-    }))
+    Some(Arc::new(
+        move |extensions: &tonic::Extensions, group: &str, from: u64| {
+            let policy = node.peer_policy();
+            let caller = policy.caller(extensions)?;
+            let ledger = group == LEDGER_GROUP;
+            let voters = policy.group_voters(ledger);
+            let member = caller.as_ref().is_some_and(|c| c.id == from) && voters.contains(&from);
+            if member && (ledger || group == node.region()) {
+                Ok(())
+            } else {
+                let who = caller.map_or_else(|| "?".to_string(), |c| format!("node {} ({})", c.id, c.region));
+                Err(crate::server::security::peers::refused(
+                    tonic::Code::PermissionDenied,
+                    "PEER_NOT_ALLOWED",
+                    format!("{who} may not send Raft messages as node {from} of group {group}"),
+                ))
+            }
+        },
+    ))
 }
 
 /// The policy a node's config gives: its region group's voters, the
@@ -384,7 +386,11 @@ fn peer_policy(config: &NodeConfig) -> PeerPolicy {
         &config.ledger_nodes
     };
     let ledger = ledger_list.iter().map(|p| p.id).collect();
-    let mut known: BTreeMap<u64, String> = config.peers.iter().map(|p| (p.id, config.region.clone())).collect();
+    let mut known: BTreeMap<u64, String> = config
+        .peers
+        .iter()
+        .map(|p| (p.id, config.region.clone()))
+        .collect();
     for r in &config.regions {
         for p in &r.nodes {
             known.insert(p.id, r.name.clone());
@@ -460,7 +466,9 @@ async fn gossip_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
                     let theirs = if node.peer_policy().is_insecure() {
                         theirs
                     } else {
-                        let ledger_there = node.control().region_hosts(region, node.peer_policy().group_voters(true));
+                        let ledger_there = node
+                            .control()
+                            .region_hosts(region, node.peer_policy().group_voters(true));
                         theirs.only_from(region, ledger_there, node.now_ms())
                     };
                     node.availability().merge(theirs);

@@ -44,13 +44,13 @@ use tokio::sync::{Mutex, watch};
 use crate::server::config::{NodeConfig, Peer, PolicyName, RaftTuning, RebalanceConfig, RegionPeers};
 use crate::server::security::clients::{ApiKey, Role};
 use crate::up::secrets;
-use reservoir_client::Credentials;
 use crate::up::wan::{self, Link, Wan, WanProfile};
 use crate::up::{
     ClusterEndpoint, ClusterFile, ClusterNode, LedgerInfo, NodeProcess, PlannedNode, ShutdownSignals,
     UpError, cluster_dir, config_path, existing_node_ids, free_ports, reap, send_signal, spawn_node,
     start_nodes, stop_all, write_atomically,
 };
+use reservoir_client::Credentials;
 
 /// Nodes per region when `--nodes-per-region` is not given.
 pub const NODES_PER_REGION_DEFAULT: u64 = 3;
@@ -428,7 +428,8 @@ impl Layout {
             Architecture::SingleWriter => 0,
             _ => regions.len() * (regions.len() - 1) * n as usize,
         };
-        let ports = free_ports(crate::up::PORTS_PER_NODE * total + proxies).map_err(UpError::io("finding free ports"))?;
+        let ports = free_ports(crate::up::PORTS_PER_NODE * total + proxies)
+            .map_err(UpError::io("finding free ports"))?;
         let mut next_port = ports.into_iter().map(loopback);
         let mut next = move || next_port.next().expect("enough ports");
         let mut nodes: BTreeMap<&'static str, Vec<NodeAddrs>> = BTreeMap::new();
@@ -878,7 +879,10 @@ fn control_routes(cluster: Arc<Cluster>) -> axum::Router {
         .route(control_api::HEAL, post(heal))
         .route(control_api::KILL, post(kill))
         .route(control_api::RESTART, post(restart))
-        .layer(axum::middleware::from_fn_with_state(cluster.clone(), control_guard))
+        .layer(axum::middleware::from_fn_with_state(
+            cluster.clone(),
+            control_guard,
+        ))
         .with_state(cluster)
 }
 
@@ -910,7 +914,11 @@ async fn control_guard(
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json")));
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
     if request.method() == axum::http::Method::POST && !json {
         return (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

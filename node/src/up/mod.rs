@@ -260,7 +260,9 @@ pub fn prepare_configs(
     }
     let ports = match base_port {
         Some(base) => fixed_ports(base, n)?,
-        None => free_ports(PORTS_PER_NODE * n as usize).map_err(UpError::io("picking free loopback ports"))?,
+        None => {
+            free_ports(PORTS_PER_NODE * n as usize).map_err(UpError::io("picking free loopback ports"))?
+        }
     };
     let api_keys = if insecure {
         None
@@ -353,7 +355,12 @@ pub const PORTS_PER_NODE: usize = 3;
 /// `ports[3(i-1)+2]` for HTTP, its data in `DIR/node-{i}/data`, and the Raft
 /// tuning `raft`; every node lists every node as a voter. With `api_keys`,
 /// TLS from DIR's development CA and those keys; without, insecure.
-fn fresh_configs(dir: &Path, ports: &[u16], raft: &RaftTuning, api_keys: Option<Vec<ApiKey>>) -> Vec<PlannedNode> {
+fn fresh_configs(
+    dir: &Path,
+    ports: &[u16],
+    raft: &RaftTuning,
+    api_keys: Option<Vec<ApiKey>>,
+) -> Vec<PlannedNode> {
     assert!(
         ports.len().is_multiple_of(PORTS_PER_NODE),
         "{} ports for nodes that need {PORTS_PER_NODE} each",
@@ -405,7 +412,9 @@ fn fixed_ports(base: u16, n: u64) -> Result<Vec<u16>, UpError> {
             "--base-port {base}: {n} nodes need ports {base}-{last}, which must lie in 1-65535"
         )));
     }
-    Ok((0..(PORTS_PER_NODE as u64 * n) as u16).map(|i| base + i).collect())
+    Ok((0..(PORTS_PER_NODE as u64 * n) as u16)
+        .map(|i| base + i)
+        .collect())
 }
 
 /// `count` distinct free loopback ports: all bound at once to 127.0.0.1:0
@@ -767,7 +776,10 @@ pub(crate) fn cluster_node(n: &NodeProcess) -> ClusterNode {
 /// CA and key files unless the nodes run insecure.
 pub(crate) fn trust_of<'a>(
     mut configs: impl Iterator<Item = &'a NodeConfig>,
-) -> (Option<reservoir_client::TlsInfo>, std::collections::BTreeMap<String, PathBuf>) {
+) -> (
+    Option<reservoir_client::TlsInfo>,
+    std::collections::BTreeMap<String, PathBuf>,
+) {
     if configs.any(|c| !c.insecure) {
         let (tls, credentials) = secrets::cluster_trust();
         (Some(tls), credentials)
@@ -866,7 +878,11 @@ mod tests {
             "second run reuses the configs, ignoring --base-port"
         );
         assert_eq!(prepare_configs(&dir, Some(3), None, None, true).unwrap(), first);
-        assert!(prepare_configs(&dir, Some(5), None, None, true).unwrap_err().is_usage());
+        assert!(
+            prepare_configs(&dir, Some(5), None, None, true)
+                .unwrap_err()
+                .is_usage()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -21,8 +21,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use reservoir_client::TlsInfo;
 
@@ -52,7 +52,12 @@ pub fn tls_files(dir: &Path, id: u64) -> TlsFiles {
 pub fn cluster_trust() -> (TlsInfo, BTreeMap<String, PathBuf>) {
     let credentials = Role::ALL
         .iter()
-        .map(|r| (r.name().to_string(), Path::new(CREDENTIALS_DIR).join(format!("{}.key", r.name()))))
+        .map(|r| {
+            (
+                r.name().to_string(),
+                Path::new(CREDENTIALS_DIR).join(format!("{}.key", r.name())),
+            )
+        })
         .collect();
     (
         TlsInfo {
@@ -75,11 +80,14 @@ pub fn make(dir: &Path, nodes: &[(u64, String)]) -> Result<Vec<ApiKey>, UpError>
     let ca_params = ca_params();
     let (ca_pem_path, ca_key_path) = (tls.join("ca.pem"), tls.join("ca.key"));
     let ca_key = if ca_key_path.exists() {
-        let pem = std::fs::read_to_string(&ca_key_path).map_err(UpError::io(format!("reading {}", ca_key_path.display())))?;
+        let pem = std::fs::read_to_string(&ca_key_path)
+            .map_err(UpError::io(format!("reading {}", ca_key_path.display())))?;
         KeyPair::from_pem(&pem).map_err(fail("the development CA's key"))?
     } else {
         let key = KeyPair::generate().map_err(fail("making the development CA's key"))?;
-        let cert = ca_params.self_signed(&key).map_err(fail("making the development CA"))?;
+        let cert = ca_params
+            .self_signed(&key)
+            .map_err(fail("making the development CA"))?;
         write_private(&ca_key_path, key.serialize_pem().as_bytes())?;
         write_public(&ca_pem_path, cert.pem().as_bytes())?;
         key
@@ -99,10 +107,18 @@ pub fn make(dir: &Path, nodes: &[(u64, String)]) -> Result<Vec<ApiKey>, UpError>
             .try_into()
             .map_err(fail("node identity URI"))?;
         params.subject_alt_names.push(SanType::URI(uri));
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         let key = KeyPair::generate().map_err(fail("making a node key"))?;
-        let cert = params.signed_by(&key, &issuer).map_err(fail("signing a node certificate"))?;
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(fail("signing a node certificate"))?;
         write_private(&files.key_file, key.serialize_pem().as_bytes())?;
         write_public(&files.cert_file, cert.pem().as_bytes())?;
     }

@@ -169,11 +169,15 @@ pub fn check_principal(name: &str) -> Result<(), String> {
 pub fn check_key_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= KEY_ID_BYTES_MAX
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
     if ok {
         Ok(())
     } else {
-        Err(format!("key id {id:?} must be 1-{KEY_ID_BYTES_MAX} bytes of [A-Za-z0-9_-]"))
+        Err(format!(
+            "key id {id:?} must be 1-{KEY_ID_BYTES_MAX} bytes of [A-Za-z0-9_-]"
+        ))
     }
 }
 
@@ -230,7 +234,8 @@ impl Refusal {
     /// The status the caller receives; counted in
     /// `reservoir_refused_total{plane="client"}`.
     pub fn to_status(&self) -> Status {
-        metrics::counter!("reservoir_refused_total", "plane" => "client", "reason" => self.reason()).increment(1);
+        metrics::counter!("reservoir_refused_total", "plane" => "client", "reason" => self.reason())
+            .increment(1);
         match self {
             Refusal::MissingCredentials => status_with_info(
                 Code::Unauthenticated,
@@ -248,7 +253,10 @@ impl Refusal {
                 Code::PermissionDenied,
                 format!("role {} may not {}", role.name(), permission.name()),
                 self.reason(),
-                vec![("role", role.name().into()), ("permission", permission.name().into())],
+                vec![
+                    ("role", role.name().into()),
+                    ("permission", permission.name().into()),
+                ],
             ),
             Refusal::Busy => status_with_info(
                 Code::Unavailable,
@@ -333,7 +341,13 @@ impl Authenticator {
             role: entry.role,
         };
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        if self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(&digest) == Some(&entry.id) {
+        if self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&digest)
+            == Some(&entry.id)
+        {
             return Ok(principal);
         }
         let _turn = tokio::time::timeout(VERIFY_WAIT, self.verifying.clone().acquire_owned())
@@ -342,8 +356,11 @@ impl Authenticator {
             .map_err(|_| Refusal::Busy)?;
         let (hash, candidate) = (entry.hash.clone(), key.to_string());
         let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
-                .is_ok_and(|h| Argon2::default().verify_password(candidate.as_bytes(), &h).is_ok())
+            PasswordHash::new(&hash).is_ok_and(|h| {
+                Argon2::default()
+                    .verify_password(candidate.as_bytes(), &h)
+                    .is_ok()
+            })
         })
         .await
         .unwrap_or(false);
@@ -387,16 +404,36 @@ mod tests {
         let auth = Authenticator::new(&[entry]);
         for _ in 0..2 {
             let p = auth.authenticate(&request_with(Some(&key))).await.unwrap();
-            assert_eq!(p, Principal { name: "web-shop".into(), role: Role::Shop });
+            assert_eq!(
+                p,
+                Principal {
+                    name: "web-shop".into(),
+                    role: Role::Shop
+                }
+            );
         }
         let wrong = format!("{}0", &key[..key.len() - 1]);
-        let wrong = if wrong == key { format!("{}1", &key[..key.len() - 1]) } else { wrong };
-        assert_eq!(auth.authenticate(&request_with(Some(&wrong))).await, Err(Refusal::InvalidCredentials));
+        let wrong = if wrong == key {
+            format!("{}1", &key[..key.len() - 1])
+        } else {
+            wrong
+        };
+        assert_eq!(
+            auth.authenticate(&request_with(Some(&wrong))).await,
+            Err(Refusal::InvalidCredentials)
+        );
         let other = key.replacen("shop.", "admin.", 1);
-        assert_eq!(auth.authenticate(&request_with(Some(&other))).await, Err(Refusal::InvalidCredentials));
-        assert_eq!(auth.authenticate(&request_with(None)).await, Err(Refusal::MissingCredentials));
+        assert_eq!(
+            auth.authenticate(&request_with(Some(&other))).await,
+            Err(Refusal::InvalidCredentials)
+        );
+        assert_eq!(
+            auth.authenticate(&request_with(None)).await,
+            Err(Refusal::MissingCredentials)
+        );
         let mut r = Request::new(());
-        r.metadata_mut().insert("authorization", format!("Basic {key}").parse().unwrap());
+        r.metadata_mut()
+            .insert("authorization", format!("Basic {key}").parse().unwrap());
         assert_eq!(auth.authenticate(&r).await, Err(Refusal::InvalidCredentials));
     }
 
@@ -404,11 +441,29 @@ mod tests {
     #[test]
     fn roles_allow_what_they_say() {
         use Permission::*;
-        let all = [Write, ReadReservation, ReadAvailability, ReadStatus, AdjustStock, Audit];
-        let allowed = |role: Role| all.iter().filter(|p| role.allows(**p)).copied().collect::<Vec<_>>();
+        let all = [
+            Write,
+            ReadReservation,
+            ReadAvailability,
+            ReadStatus,
+            AdjustStock,
+            Audit,
+        ];
+        let allowed = |role: Role| {
+            all.iter()
+                .filter(|p| role.allows(**p))
+                .copied()
+                .collect::<Vec<_>>()
+        };
         assert_eq!(allowed(Role::Admin), all.to_vec());
-        assert_eq!(allowed(Role::Shop), vec![Write, ReadReservation, ReadAvailability]);
-        assert_eq!(allowed(Role::Observer), vec![ReadReservation, ReadAvailability, ReadStatus]);
+        assert_eq!(
+            allowed(Role::Shop),
+            vec![Write, ReadReservation, ReadAvailability]
+        );
+        assert_eq!(
+            allowed(Role::Observer),
+            vec![ReadReservation, ReadAvailability, ReadStatus]
+        );
     }
 
     /// Config entries with a bad id, principal or hash are refused.

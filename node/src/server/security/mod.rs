@@ -28,9 +28,9 @@ use std::time::Duration;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
-use serde::{Deserialize, Serialize};
 pub use clients::{Authenticator, Permission, Principal, Role};
 pub use peers::{PeerNode, PeerPolicy};
+use serde::{Deserialize, Serialize};
 
 /// The URI prefix of every Reservoir identity.
 pub const IDENTITY_PREFIX: &str = "spiffe://reservoir/";

@@ -6,9 +6,9 @@
 //! |---|---|
 //! | Raft (`AppendEntries`, `Vote`, `SnapshotChunk`) for a group | that group's voters, as themselves |
 //! | region `Apply` (grant, revoke, settled), `Report` | the ledger's nodes |
-//! | region `Gossip` | any node; only its own region's figures (and the pool, from a ledger node) are taken |
+//! | region `Gossip` | any node the config names; only its own region's figures (and the pool, from a ledger node) are taken |
 //! | ledger `TopUp` for region R | R's nodes |
-//! | ledger `Apply` (`AdjustStock` only), `Summary`, `Audit` | any node (it checked its client's role) |
+//! | ledger `Apply` (`AdjustStock` only), `Summary`, `Audit` | any node the config names (it checked its client's role) |
 //! | a forwarded call (client or control) | nodes of the same group |
 //!
 //! A refusal is `UNAUTHENTICATED` / `PEER_NOT_AUTHENTICATED` (no node
@@ -40,7 +40,7 @@ pub enum Senders<'a> {
     Ledger,
     /// A node of this region.
     Region(&'a str),
-    /// Any node of the cluster.
+    /// Any node this node's config names (with the region it gives it).
     AnyNode,
 }
 
@@ -131,7 +131,7 @@ impl PeerPolicy {
             Senders::Group => self.group.contains(&node.id),
             Senders::Ledger => self.ledger.contains(&node.id),
             Senders::Region(region) => node.region == region,
-            Senders::AnyNode => true,
+            Senders::AnyNode => self.known.contains_key(&node.id),
         };
         if allowed {
             Ok(())
@@ -182,12 +182,18 @@ mod tests {
         assert!(p.require(Some(&east), Senders::Group, "x").is_ok());
         assert!(p.require(Some(&east), Senders::Ledger, "x").is_ok());
         assert_eq!(
-            p.require(Some(&west), Senders::Ledger, "a grant").unwrap_err().code(),
+            p.require(Some(&west), Senders::Ledger, "a grant")
+                .unwrap_err()
+                .code(),
             Code::PermissionDenied
         );
         assert!(p.require(Some(&west), Senders::Region("eu-west"), "x").is_ok());
         assert!(p.require(Some(&west), Senders::Region("us-east"), "x").is_err());
         assert!(p.require(Some(&west), Senders::AnyNode, "x").is_ok());
+        assert!(
+            p.require(Some(&node(9, "mars")), Senders::AnyNode, "x").is_err(),
+            "a node the config does not name is no node of this cluster"
+        );
         assert_eq!(
             p.require(None, Senders::AnyNode, "x").unwrap_err().code(),
             Code::Unauthenticated
@@ -200,7 +206,13 @@ mod tests {
     fn no_certificate_is_unauthenticated() {
         let status = policy().caller(&tonic::Extensions::new()).unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated);
-        assert_eq!(reservoir_client::reason_of(&status).as_deref(), Some("PEER_NOT_AUTHENTICATED"));
-        assert_eq!(PeerPolicy::insecure().caller(&tonic::Extensions::new()).unwrap(), None);
+        assert_eq!(
+            reservoir_client::reason_of(&status).as_deref(),
+            Some("PEER_NOT_AUTHENTICATED")
+        );
+        assert_eq!(
+            PeerPolicy::insecure().caller(&tonic::Extensions::new()).unwrap(),
+            None
+        );
     }
 }

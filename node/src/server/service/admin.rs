@@ -53,7 +53,11 @@ impl AdminService {
                 ))),
             };
         }
-        match self.node.write(adjustment.into_region_op(), caller.forwarded).await? {
+        match self
+            .node
+            .write(adjustment.into_region_op(), caller.forwarded)
+            .await?
+        {
             Route::Applied(RegionApplied::Stock {
                 sku,
                 stocked_total,

@@ -38,7 +38,12 @@ impl ControlService {
     }
 
     /// Whether `from` may send `call` (a region call for this node's region).
-    fn check_region_call(&self, from: Option<&PeerNode>, forwarded: bool, call: &RegionCall) -> Result<(), Status> {
+    fn check_region_call(
+        &self,
+        from: Option<&PeerNode>,
+        forwarded: bool,
+        call: &RegionCall,
+    ) -> Result<(), Status> {
         let policy = self.node.peer_policy();
         if forwarded {
             return policy.require(from, Senders::Group, "a forwarded control call");
@@ -46,7 +51,10 @@ impl ControlService {
         match call {
             RegionCall::Apply(op) => {
                 use reservoir_tokens::RegionOp;
-                if !matches!(op, RegionOp::Grant { .. } | RegionOp::Revoke { .. } | RegionOp::Settled { .. }) {
+                if !matches!(
+                    op,
+                    RegionOp::Grant { .. } | RegionOp::Revoke { .. } | RegionOp::Settled { .. }
+                ) {
                     return Err(crate::server::security::peers::refused(
                         tonic::Code::PermissionDenied,
                         "PEER_NOT_ALLOWED",
@@ -61,7 +69,12 @@ impl ControlService {
     }
 
     /// Whether `from` may send `call` to the ledger.
-    fn check_ledger_call(&self, from: Option<&PeerNode>, forwarded: bool, call: &LedgerCall) -> Result<(), Status> {
+    fn check_ledger_call(
+        &self,
+        from: Option<&PeerNode>,
+        forwarded: bool,
+        call: &LedgerCall,
+    ) -> Result<(), Status> {
         let policy = self.node.peer_policy();
         if forwarded {
             return policy.require(from, Senders::Ledger, "a forwarded ledger call");
@@ -77,8 +90,12 @@ impl ControlService {
                 }
                 policy.require(from, Senders::AnyNode, "a stock adjustment")
             }
-            LedgerCall::TopUp { region, .. } => policy.require(from, Senders::Region(region), "a top-up request"),
-            LedgerCall::Summary | LedgerCall::Audit => policy.require(from, Senders::AnyNode, "a ledger read"),
+            LedgerCall::TopUp { region, .. } => {
+                policy.require(from, Senders::Region(region), "a top-up request")
+            }
+            LedgerCall::Summary | LedgerCall::Audit => {
+                policy.require(from, Senders::AnyNode, "a ledger read")
+            }
         }
     }
 

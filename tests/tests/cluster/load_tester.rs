@@ -3,12 +3,16 @@
 //! node per region, no WAN latency. The load tester stocks its catalog,
 //! spikes one region while the hot SKUs sell out, and reconciles with the
 //! ledger: oversell 0, the audit balanced, every confirmed unit settled
-//! once; its server sampler read every node about once a second.
+//! once; its server sampler read every node about once a second. And its
+//! closed loop against a region started with `up --insecure`, reached
+//! without credentials.
 
 use reservoir_loadtest::app::{self, AppOptions};
 use reservoir_loadtest::scenario::{BuiltIn, Scenario};
 use reservoir_loadtest::target::TargetKind;
-use reservoir_tests::{Cluster, ClusterOptions, SETTLE_DEADLINE, assert_balanced, one_at_a_time};
+use reservoir_tests::{
+    Cluster, ClusterOptions, SETTLE_DEADLINE, assert_balanced, balanced_sheets, one_at_a_time,
+};
 
 /// A seconds-long black-friday against one node per region: no oversell, a
 /// balanced audit, and settled units equal to the units seen confirmed.
@@ -66,4 +70,40 @@ async fn black_friday_against_a_cluster() {
     );
     // The harness's own audit agrees once settlement is done.
     assert_balanced(&cluster.settled_audit(SETTLE_DEADLINE).await);
+}
+
+/// A region started with `up --insecure` (plaintext, no keys): the load
+/// tester's closed loop and the harness reach it without credentials, and
+/// the books balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_against_an_insecure_region() {
+    let _serial = one_at_a_time().await;
+    let region = Cluster::start(ClusterOptions {
+        insecure: true,
+        ..ClusterOptions::standalone()
+    })
+    .await;
+    let text = include_str!("../../../loadtest/scenarios/throughput.toml");
+    let mut scenario = Scenario::from_toml(text).unwrap_or_else(|e| panic!("throughput.toml: {e}"));
+    scenario.duration_s = 3.0;
+    scenario.clients_per_region = 4;
+    scenario.inflight_max = 4;
+    let report = app::run(AppOptions {
+        scenario,
+        target: TargetKind::Reservoir,
+        cluster: Some(region.dir().join("cluster.json")),
+        seed: 7,
+        connections_per_region: 1,
+        progress: false,
+        stop_rx: None,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("load test failed: {e}"));
+    eprintln!("{}", report.summary());
+    let t = &report.totals;
+    assert!(t.requests > 0, "no request sent");
+    assert!(t.errors.is_empty(), "errors: {:?}", t.errors);
+    assert_eq!(t.oversell_units, 0, "oversold");
+    assert!(t.audit_balanced, "audit not balanced: {:?}", report.server_notes);
+    balanced_sheets(&region.audit().await);
 }

@@ -76,8 +76,9 @@ pub struct UpArgs {
     /// Three regions: the rebalancer's policy, `proportional` or `take_half`.
     #[arg(long, value_name = "POLICY", value_enum, default_value = "proportional")]
     pub policy: crate::server::config::PolicyName,
-    /// Node i listens on gRPC BASE+2(i-1) and HTTP BASE+2(i-1)+1 [default:
-    /// free ports]. Only used when DIR holds no configs yet.
+    /// Node i listens for clients on BASE+3(i-1), for peers on BASE+3(i-1)+1
+    /// and for HTTP on BASE+3(i-1)+2 [default: free ports]. Only used when
+    /// DIR holds no configs yet.
     #[arg(long, value_name = "PORT")]
     pub base_port: Option<u16>,
     /// Each node's `raft.proposal_queue_max` [default: 4096]. Only used when

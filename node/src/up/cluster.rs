@@ -160,6 +160,8 @@ struct Cluster {
     control: SocketAddr,
     /// The control API's token (`DIR/control.token`).
     control_token: String,
+    /// How `up` itself calls the nodes (the admin key).
+    admin: Credentials,
 }
 
 /// Runs the three-region cluster until Ctrl-C / SIGTERM. Run it on a
@@ -240,6 +242,7 @@ pub async fn run(options: ClusterOptions) -> Result<(), UpError> {
         dir: dir.clone(),
         control,
         control_token,
+        admin: credentials,
     });
     write_cluster_file(&cluster).await?;
     print_endpoints(&cluster, &options).await;
@@ -795,7 +798,7 @@ async fn supervise(
             }
             _ = status.tick() => {
                 if let Some(addr) = home {
-                    println!("{}", status_line(addr, &cluster.wan).await);
+                    println!("{}", status_line(addr, &cluster.admin, &cluster.wan).await);
                 }
             }
         }
@@ -803,7 +806,7 @@ async fn supervise(
 }
 
 /// One line: leaders, ledger leader, tokens per SKU, cut links.
-async fn status_line(addr: SocketAddr, wan: &Wan) -> String {
+async fn status_line(addr: SocketAddr, admin: &Credentials, wan: &Wan) -> String {
     use reservoir_proto::v1::GetStatusRequest;
     use reservoir_proto::v1::admin_client::AdminClient;
     let cut: Vec<String> = wan
@@ -812,9 +815,7 @@ async fn status_line(addr: SocketAddr, wan: &Wan) -> String {
         .map(|l| format!("{}-{}", l.regions.0, l.regions.1))
         .collect();
     let fetch = async {
-        let mut c = AdminClient::connect(format!("http://{addr}"))
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut c = AdminClient::new(admin.channel(&addr.to_string())?);
         c.get_status(GetStatusRequest {})
             .await
             .map(|r| r.into_inner())

@@ -12,6 +12,7 @@
 # SCENARIO is a built-in name or a TOML file. The report lands in
 # OUT_DIR/SCENARIO-TARGET/ (report.json, report.html, summary.txt).
 # Uses the release binaries: cargo build --release -p reservoir-node -p reservoir-loadtest
+# RESERVOIR_RELEASE_DIR=DIR takes both binaries from another target dir.
 # RESERVOIR_BIN=PATH runs the nodes from another build (a before/after
 # comparison with the same load tester). RUNS=N (Reservoir targets) runs the
 # scenario N times in a row on the same cluster, into OUT_DIR/NAME/run-1..N.
@@ -23,7 +24,7 @@ set -euo pipefail
 out=$1 scenario=$2 target=$3
 shift 3
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin=$root/target/release
+bin=${RESERVOIR_RELEASE_DIR:-$root/target/release}
 node_bin=${RESERVOIR_BIN:-$bin/reservoir}
 name=$(basename "$scenario" .toml)-$target
 mkdir -p "$out/$name"

@@ -306,6 +306,41 @@ async fn client_plane_checks_who_calls_and_what_they_may_do() {
         refused(as_observer.reserve(reserve_request("r-obs", sku, 1)).await),
         (Code::PermissionDenied, "ROLE_NOT_ALLOWED".into())
     );
+    // A client certificate from the cluster's CA naming a shop principal
+    // is a credential too; the same certificate cannot pass for an admin.
+    let (cert, key) = reservoir_node::up::secrets::client_certificate(
+        &up.dir,
+        reservoir_node::server::security::Role::Shop,
+        "cert-shop",
+    )
+    .unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(up.ca()))
+        .identity(Identity::from_pem(cert, key));
+    let by_cert = Endpoint::from_shared(format!("https://{any}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .timeout(CALL_TIMEOUT)
+        .connect_lazy();
+    let mut c = InventoryClient::new(by_cert.clone());
+    let held_by_cert = c
+        .reserve(reserve_request("r-cert", sku, 1))
+        .await
+        .expect("a shop certificate reserves")
+        .into_inner()
+        .reservation
+        .unwrap();
+    c.release(v1::ReleaseRequest {
+        reservation_id: held_by_cert.reservation_id,
+    })
+    .await
+    .expect("and releases its own hold");
+    let answer = AdminClient::new(by_cert).audit(v1::AuditRequest {}).await;
+    assert_eq!(
+        refused(answer),
+        (Code::PermissionDenied, "ROLE_NOT_ALLOWED".into())
+    );
     // Plaintext to the TLS client listener does not get an answer.
     let plain = Credentials::plaintext().with_api_key(Some(
         std::fs::read_to_string(up.dir.join("credentials/admin.key"))

@@ -11,6 +11,9 @@
 //! - `control.token`: the token the control API asks for (made for every
 //!   three-region cluster, `--insecure` or not).
 //!
+//! [`client_certificate`] issues a client certificate from the same CA (a
+//! client may present one instead of an API key).
+//!
 //! Private keys and tokens are written with mode 0600. A DIR reused by a
 //! later `up` keeps its files (and its configs name them). This CA is for a
 //! machine's loopback: a real deployment brings its own (docs/architecture.md).
@@ -123,6 +126,31 @@ pub fn make(dir: &Path, nodes: &[(u64, String)]) -> Result<Vec<ApiKey>, UpError>
         write_public(&files.cert_file, cert.pem().as_bytes())?;
     }
     api_keys(dir)
+}
+
+/// A client certificate from DIR's development CA for `principal` with
+/// `role` (PEM certificate and key): a client may present it on the client
+/// plane instead of an API key.
+pub fn client_certificate(dir: &Path, role: Role, principal: &str) -> Result<(String, String), String> {
+    crate::server::security::clients::check_principal(principal)?;
+    let ca_key_path = dir.join(TLS_DIR).join("ca.key");
+    let pem = std::fs::read_to_string(&ca_key_path).map_err(|e| format!("{}: {e}", ca_key_path.display()))?;
+    let ca_key = KeyPair::from_pem(&pem).map_err(|e| format!("{}: {e}", ca_key_path.display()))?;
+    let issuer = Issuer::new(ca_params(), ca_key);
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(
+        DnType::CommonName,
+        format!("reservoir client {principal} ({})", role.name()),
+    );
+    let uri = crate::server::security::client_uri(role, principal)
+        .try_into()
+        .map_err(|e: rcgen::Error| e.to_string())?;
+    params.subject_alt_names.push(SanType::URI(uri));
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = params.signed_by(&key, &issuer).map_err(|e| e.to_string())?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 /// The development CA's parameters (the same each time, so a reused key

@@ -341,7 +341,13 @@ impl Authenticator {
             role: entry.role,
         };
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        let known = || self.verified.lock().unwrap_or_else(|e| e.into_inner()).get(&digest) == Some(&entry.id);
+        let known = || {
+            self.verified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&digest)
+                == Some(&entry.id)
+        };
         if known() {
             return Ok(principal);
         }

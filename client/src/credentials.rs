@@ -43,6 +43,11 @@ impl Credentials {
         let ca_pem = ca_file.map(|f| read_bounded(f, "CA file")).transpose()?;
         if let Some(key) = &api_key {
             bearer(key)?;
+            if ca_pem.is_none() {
+                return Err(format!(
+                    "an API key is sent only over TLS: give the cluster's CA (--ca-file, {CA_FILE_ENV}, or cluster.json's tls)"
+                ));
+            }
         }
         Ok(Credentials { ca_pem, api_key })
     }
@@ -73,11 +78,12 @@ impl Credentials {
         Credentials::new(ca_file.as_deref(), api_key)
     }
 
-    /// The same trust with another key.
+    /// The same trust with another key (none over plaintext: a key is sent
+    /// only over TLS).
     pub fn with_api_key(&self, api_key: Option<String>) -> Credentials {
         Credentials {
             ca_pem: self.ca_pem.clone(),
-            api_key,
+            api_key: api_key.filter(|_| self.ca_pem.is_some()),
         }
     }
 

@@ -408,10 +408,12 @@ impl<SM: GroupMachine> GroupEndpoint for RaftEndpoint<SM> {
             match kind {
                 RpcKind::AppendEntries => {
                     let rpc: AppendEntriesRequest<GroupConfig<SM>> = decode(&payload)?;
+                    speaks_for_itself(&rpc.vote, from)?;
                     encode(&self.raft.append_entries(rpc).await)
                 }
                 RpcKind::Vote => {
                     let rpc: VoteRequest<NodeId> = decode(&payload)?;
+                    speaks_for_itself(&rpc.vote, from)?;
                     encode(&self.raft.vote(rpc).await)
                 }
                 RpcKind::SnapshotChunk => {
@@ -425,6 +427,7 @@ impl<SM: GroupMachine> GroupEndpoint for RaftEndpoint<SM> {
                         return encode(&ChunkReply::Ok(None));
                     };
                     let (vote, meta) = chunk.last.expect("the last chunk carries its vote and metadata");
+                    speaks_for_itself(&vote, from)?;
                     let path = file.path().to_path_buf();
                     let snapshot = Snapshot {
                         meta,
@@ -442,6 +445,18 @@ impl<SM: GroupMachine> GroupEndpoint for RaftEndpoint<SM> {
                 }
             }
         })
+    }
+}
+
+/// Refuses a message whose vote (the leader's in AppendEntries and a
+/// snapshot, the candidate's in Vote) names another node than its sender:
+/// a voter speaks only for itself.
+fn speaks_for_itself(vote: &Vote, from: NodeId) -> Result<(), WireError> {
+    match vote.leader_id().voted_for() {
+        Some(id) if id == from => Ok(()),
+        other => Err(WireError::Refused(format!(
+            "a message from node {from} carries the vote of {other:?}"
+        ))),
     }
 }
 
@@ -906,6 +921,15 @@ mod tests {
 
     fn files_in(dir: &std::path::Path) -> usize {
         std::fs::read_dir(dir).expect("incoming dir").count()
+    }
+
+    /// A message's vote must name its sender.
+    #[test]
+    fn a_voter_speaks_only_for_itself() {
+        let vote = Vote::new(3, 2);
+        assert!(speaks_for_itself(&vote, 2).is_ok());
+        assert!(speaks_for_itself(&vote, 1).is_err());
+        assert!(speaks_for_itself(&Vote::default(), 1).is_err());
     }
 
     /// A snapshot arrives in order, chunk by chunk, into one file that

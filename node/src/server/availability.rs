@@ -42,8 +42,9 @@ pub struct Digest {
 impl Digest {
     /// What a sender of `region` may speak for: that region's figures, and
     /// the pool's if it is a ledger node (`ledger`); of those, at most
-    /// [`GOSSIP_SKUS_MAX`] per region, none marked after the sender's
-    /// applied index or more than [`GOSSIP_AHEAD_MAX_MS`] after `now_ms`.
+    /// [`GOSSIP_SKUS_MAX`] per region with valid SKU names, none marked
+    /// after the applied index the sender states or more than
+    /// [`GOSSIP_AHEAD_MAX_MS`] after `now_ms`.
     /// The rest is dropped, so a node can neither speak for another region
     /// nor plant a marker that wins for good.
     pub fn only_from(mut self, region: &str, ledger: bool, now_ms: Millis) -> Digest {
@@ -57,8 +58,10 @@ impl Digest {
             };
             let skus: BTreeMap<Sku, Figure> = skus
                 .into_iter()
-                .filter(|(_, f)| {
-                    f.marker.0 <= applied && f.marker.1 <= now_ms.saturating_add(GOSSIP_AHEAD_MAX_MS)
+                .filter(|(sku, f)| {
+                    reservoir_tokens::limits::check_sku(sku).is_ok()
+                        && f.marker.0 <= applied
+                        && f.marker.1 <= now_ms.saturating_add(GOSSIP_AHEAD_MAX_MS)
                 })
                 .take(GOSSIP_SKUS_MAX)
                 .collect();
@@ -151,7 +154,7 @@ impl AvailabilityView {
             }
         }
         by_region.insert(region.to_string(), local);
-        let total = by_region.values().sum();
+        let total = by_region.values().fold(0u64, |a, b| a.saturating_add(*b));
         Estimate {
             by_region,
             total,

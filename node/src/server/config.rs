@@ -478,6 +478,22 @@ impl NodeConfig {
                 format!("must include this node ({})", self.node_id),
             ));
         }
+        // A node id names one node, in one region: the peer plane trusts a
+        // caller by the id and region its certificate names.
+        let mut region_of: std::collections::BTreeMap<u64, &str> =
+            self.peers.iter().map(|p| (p.id, self.region.as_str())).collect();
+        for r in &self.regions {
+            for p in &r.nodes {
+                if let Some(other) = region_of.insert(p.id, &r.name)
+                    && other != r.name
+                {
+                    return Err((
+                        "regions",
+                        format!("node {} is listed in {other} and in {}", p.id, r.name),
+                    ));
+                }
+            }
+        }
         for r in &self.regions {
             reservoir_tokens::limits::check_region(&r.name).map_err(|e| ("regions", e.to_string()))?;
             if r.name == self.region {
@@ -610,6 +626,39 @@ mod tests {
         assert_eq!(
             field(|c| c.retention.ended_ms = reservoir_tokens::limits::RESERVATION_RETENTION_MS_LIMIT + 1),
             "retention"
+        );
+    }
+
+    /// One node id under two regions is refused: the peer plane trusts a
+    /// caller by the id and region its certificate names.
+    #[test]
+    fn a_node_id_lives_in_one_region() {
+        let mut c = good();
+        c.standalone = false;
+        c.ledger_nodes = vec![c.peers[0].clone()];
+        let node = |id: u64, port: u16| Peer {
+            id,
+            peer: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        c.regions = vec![
+            RegionPeers {
+                name: "eu-west".into(),
+                nodes: vec![node(4, 9104)],
+            },
+            RegionPeers {
+                name: "ap-south".into(),
+                nodes: vec![node(5, 9105)],
+            },
+        ];
+        c.validate().unwrap();
+        c.regions[1].nodes.push(node(4, 9106));
+        assert_eq!(c.validate().unwrap_err().0, "regions");
+        c.regions[1].nodes.pop();
+        c.regions[0].nodes.push(node(2, 9102));
+        assert_eq!(
+            c.validate().unwrap_err().0,
+            "regions",
+            "node 2 is in this node's region"
         );
     }
 

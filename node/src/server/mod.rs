@@ -69,6 +69,7 @@ use crate::server::config::{NodeConfig, Peer};
 use crate::server::control::{ControlClient, RegionCall, RegionReply};
 use crate::server::ledger::LedgerHost;
 use crate::server::node::Node;
+use crate::server::security::clients::AuthenticateLayer;
 use crate::server::security::{PeerPolicy, Tls};
 use crate::server::service::{AdminService, ControlService, InventoryService, Plane};
 
@@ -83,14 +84,22 @@ pub const LEDGER_GROUP: &str = "ledger";
 /// How long shutdown waits for in-flight calls before closing anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Most concurrent streams (calls) on one client-plane connection.
-pub const CLIENT_STREAMS_PER_CONNECTION: u32 = 1_024;
+pub const CLIENT_STREAMS_PER_CONNECTION: u32 = 256;
+/// The longest a client call may run on a node (a reserve may wait 5 s for
+/// a top-up and 6 s for a forward); then it is cancelled.
+pub const CALL_TIMEOUT_MAX: Duration = Duration::from_secs(30);
+/// HTTP/2 pings on both listeners, so a silent connection is closed.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a ping may go unanswered before its connection is closed.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most concurrent streams on one peer-plane connection (a node keeps one
 /// connection per peer and sends Raft, control and forwarded calls on it).
 pub const PEER_STREAMS_PER_CONNECTION: u32 = 4_096;
 /// Most open peer-plane connections from one remote address.
 pub const PEER_CONNECTIONS_PER_ADDRESS: usize = 64;
-/// Most open client-plane connections from one remote address.
-pub const CLIENT_CONNECTIONS_PER_ADDRESS: usize = 4_096;
+/// Most open client-plane connections from one remote address (a load
+/// balancer in front of the nodes is one address: raise it there).
+pub const CLIENT_CONNECTIONS_PER_ADDRESS: usize = 256;
 /// Largest header block a caller may send (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`).
 pub const HEADER_LIST_BYTES_MAX: u32 = 16 * 1024;
 
@@ -118,7 +127,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
 
     // TLS material (none in insecure mode), read before anything starts.
     let tls = match &config.tls {
-        Some(files) if !config.insecure => Some(Tls::load(files)?),
+        Some(files) if !config.insecure => Some(Tls::load(files, config.node_id, &config.region)?),
         _ => None,
     };
     let peer_policy = if config.insecure {
@@ -223,13 +232,19 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
             .max_decoding_message_size(MESSAGE_BYTES_MAX);
         let mut builder = tonic::transport::Server::builder()
             .max_concurrent_streams(CLIENT_STREAMS_PER_CONNECTION)
-            .http2_max_header_list_size(HEADER_LIST_BYTES_MAX);
+            .http2_max_header_list_size(HEADER_LIST_BYTES_MAX)
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+            .timeout(CALL_TIMEOUT_MAX);
         if let Some(tls) = &tls {
             builder = builder
                 .tls_config(tls.client_server())
                 .map_err(|e| format!("client plane TLS: {e}"))?;
         }
-        let router = builder.add_service(inventory).add_service(admin);
+        let router = builder
+            .layer(AuthenticateLayer::new(node.authenticator_arc()))
+            .add_service(inventory)
+            .add_service(admin);
         let incoming = grpc_incoming(grpc_listener, CLIENT_CONNECTIONS_PER_ADDRESS, "client");
         let mut rx = shutdown_rx.clone();
         tokio::spawn(async move {
@@ -250,7 +265,9 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         let authorize = raft_authorizer(node.clone());
         let mut builder = tonic::transport::Server::builder()
             .max_concurrent_streams(PEER_STREAMS_PER_CONNECTION)
-            .http2_max_header_list_size(HEADER_LIST_BYTES_MAX);
+            .http2_max_header_list_size(HEADER_LIST_BYTES_MAX)
+            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
         if let Some(tls) = &tls {
             builder = builder
                 .tls_config(tls.peer_server())

@@ -49,7 +49,7 @@ pub struct Node {
     peers: Arc<Channels>,
     control: Arc<ControlClient>,
     ledger: Option<Arc<LedgerHost>>,
-    authenticator: Authenticator,
+    authenticator: Arc<Authenticator>,
     peer_policy: PeerPolicy,
     demand: DemandMeter,
     availability: AvailabilityView,
@@ -105,11 +105,11 @@ impl Node {
         peer_policy: PeerPolicy,
     ) -> Node {
         let horizon_ms = config.rebalance.horizon_ms;
-        let authenticator = if config.insecure {
+        let authenticator = Arc::new(if config.insecure {
             Authenticator::insecure()
         } else {
             Authenticator::new(&config.api_keys)
-        };
+        });
         Node {
             config,
             group,
@@ -128,6 +128,11 @@ impl Node {
     /// Checks the client plane's callers.
     pub fn authenticator(&self) -> &Authenticator {
         &self.authenticator
+    }
+
+    /// The same, shared (for the client listener's layer).
+    pub fn authenticator_arc(&self) -> Arc<Authenticator> {
+        self.authenticator.clone()
     }
 
     /// What each peer may send.

@@ -31,7 +31,7 @@ use reservoir_client::TlsInfo;
 
 use super::UpError;
 use crate::server::security::clients::{ApiKey, Role, new_api_key};
-use crate::server::security::{TlsFiles, node_uri};
+use crate::server::security::{CertIdentity, PeerNode, TlsFiles, node_uri, pem_identity};
 
 /// DIR's folder of certificates and keys.
 pub const TLS_DIR: &str = "tls";
@@ -98,7 +98,14 @@ pub fn make(dir: &Path, nodes: &[(u64, String)]) -> Result<Vec<ApiKey>, UpError>
     let issuer = Issuer::new(ca_params, ca_key);
     for (id, region) in nodes {
         let files = tls_files(dir, *id);
-        if files.cert_file.exists() && files.key_file.exists() {
+        let fits = std::fs::read(&files.cert_file)
+            .ok()
+            .and_then(|pem| pem_identity(&pem))
+            == Some(CertIdentity::Node(PeerNode {
+                id: *id,
+                region: region.clone(),
+            }));
+        if fits && files.key_file.exists() {
             continue;
         }
         let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])

@@ -8,7 +8,10 @@
 //! SHA-256 (at most [`VERIFIED_MAX`] keys), and at most
 //! [`VERIFYING_MAX`] hashes are checked at once; a caller waiting longer
 //! than [`VERIFY_WAIT`] for its turn gets `UNAVAILABLE` / `OVERLOADED`.
-//! Wrong and unknown keys get the same answer, `INVALID_CREDENTIALS`.
+//! Wrong and unknown keys get the same answer, `INVALID_CREDENTIALS` (key
+//! ids are not secret: a wrong secret for a known id costs a check, an
+//! unknown id none). The client listener authenticates in a layer
+//! ([`AuthenticateLayer`]), from the headers, before a call's body is read.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -297,9 +300,13 @@ impl Authenticator {
     }
 
     /// Who is calling, if they may do `permission`; else the refusal's
-    /// status (nothing has run).
+    /// status (nothing has run). The principal [`Authenticate`] found is
+    /// used when there is one.
     pub async fn check<T>(&self, request: &Request<T>, permission: Permission) -> Result<Principal, Status> {
-        let principal = self.authenticate(request).await.map_err(|r| r.to_status())?;
+        let principal = match request.extensions().get::<Principal>() {
+            Some(p) => p.clone(),
+            None => self.authenticate(request).await.map_err(|r| r.to_status())?,
+        };
         if !principal.role.allows(permission) {
             return Err(Refusal::RoleNotAllowed {
                 role: principal.role,
@@ -312,13 +319,24 @@ impl Authenticator {
 
     /// Who is calling: an API key if one is sent, else a client certificate.
     pub async fn authenticate<T>(&self, request: &Request<T>) -> Result<Principal, Refusal> {
+        self.authenticate_parts(request.metadata().as_ref(), request.extensions())
+            .await
+    }
+
+    /// [`Authenticator::authenticate`] from a request's headers and
+    /// extensions (where the TLS layer keeps the client's certificate).
+    pub async fn authenticate_parts(
+        &self,
+        headers: &http::HeaderMap,
+        extensions: &http::Extensions,
+    ) -> Result<Principal, Refusal> {
         let Some(keys) = &self.keys else {
             return Ok(Principal {
                 name: INSECURE_PRINCIPAL.into(),
                 role: Role::Admin,
             });
         };
-        if let Some(value) = request.metadata().get("authorization") {
+        if let Some(value) = headers.get(http::header::AUTHORIZATION) {
             let key = value
                 .to_str()
                 .ok()
@@ -327,7 +345,7 @@ impl Authenticator {
                 .ok_or(Refusal::InvalidCredentials)?;
             return self.verify_key(keys, key).await;
         }
-        match super::caller_identity(request.extensions()) {
+        match super::caller_identity(extensions) {
             Some(CertIdentity::Client(principal)) => Ok(principal),
             _ => Err(Refusal::MissingCredentials),
         }
@@ -351,7 +369,7 @@ impl Authenticator {
         if known() {
             return Ok(principal);
         }
-        let _turn = tokio::time::timeout(VERIFY_WAIT, self.verifying.clone().acquire_owned())
+        let turn = tokio::time::timeout(VERIFY_WAIT, self.verifying.clone().acquire_owned())
             .await
             .map_err(|_| Refusal::Busy)?
             .map_err(|_| Refusal::Busy)?;
@@ -361,7 +379,10 @@ impl Authenticator {
             return Ok(principal);
         }
         let (hash, candidate) = (entry.hash.clone(), key.to_string());
+        // The turn moves into the check: a caller that gives up (a reset
+        // stream drops this future) does not free it while the hash runs.
         let ok = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             PasswordHash::new(&hash).is_ok_and(|h| {
                 Argon2::default()
                     .verify_password(candidate.as_bytes(), &h)
@@ -379,6 +400,77 @@ impl Authenticator {
         }
         verified.insert(digest, entry.id.clone());
         Ok(principal)
+    }
+}
+
+/// The client listener's layer: authenticates every call from its headers
+/// (and TLS certificate) before the service reads a byte of its body; a
+/// refused call is answered at once, and an accepted one carries its
+/// [`Principal`] in the request's extensions, where the services take it.
+#[derive(Clone)]
+pub struct AuthenticateLayer {
+    authenticator: Arc<Authenticator>,
+}
+
+impl AuthenticateLayer {
+    /// A layer checking callers with `authenticator`.
+    pub fn new(authenticator: Arc<Authenticator>) -> AuthenticateLayer {
+        AuthenticateLayer { authenticator }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for AuthenticateLayer {
+    type Service = Authenticate<S>;
+
+    fn layer(&self, inner: S) -> Authenticate<S> {
+        Authenticate {
+            inner,
+            authenticator: self.authenticator.clone(),
+        }
+    }
+}
+
+/// The service [`AuthenticateLayer`] makes.
+#[derive(Clone)]
+pub struct Authenticate<S> {
+    inner: S,
+    authenticator: Arc<Authenticator>,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for Authenticate<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The clone that was made ready is the one that serves this call.
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let authenticator = self.authenticator.clone();
+        Box::pin(async move {
+            match authenticator
+                .authenticate_parts(request.headers(), request.extensions())
+                .await
+            {
+                Ok(principal) => {
+                    request.extensions_mut().insert(principal);
+                    inner.call(request).await
+                }
+                Err(refusal) => Ok(refusal.to_status().into_http()),
+            }
+        })
     }
 }
 

@@ -96,6 +96,12 @@ pub fn identity_of(der: &[u8]) -> Option<CertIdentity> {
     })
 }
 
+/// The identity in the first certificate of a PEM file.
+pub fn pem_identity(pem: &[u8]) -> Option<CertIdentity> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem).ok()?;
+    identity_of(&pem.contents)
+}
+
 /// The identity of the caller of a request (its extensions), from the leaf
 /// of the certificate chain it presented in the TLS handshake.
 pub fn caller_identity(extensions: &tonic::Extensions) -> Option<CertIdentity> {
@@ -126,11 +132,25 @@ pub struct Tls {
 }
 
 impl Tls {
-    /// Reads the files named in the config's `[tls]` section.
-    pub fn load(files: &TlsFiles) -> Result<Tls, String> {
+    /// Reads the files named in the config's `[tls]` section, and checks
+    /// that the certificate names this node (`id` in `region`): peers would
+    /// refuse it otherwise.
+    pub fn load(files: &TlsFiles, id: u64, region: &str) -> Result<Tls, String> {
         let ca = read_pem(&files.ca_file, "tls.ca_file")?;
         let cert = read_pem(&files.cert_file, "tls.cert_file")?;
         let key = read_pem(&files.key_file, "tls.key_file")?;
+        let named = pem_identity(&cert);
+        let me = CertIdentity::Node(PeerNode {
+            id,
+            region: region.to_string(),
+        });
+        if named.as_ref() != Some(&me) {
+            return Err(format!(
+                "tls.cert_file {}: names {named:?}, not node {id} of {region} ({})",
+                files.cert_file.display(),
+                node_uri(id, region)
+            ));
+        }
         Ok(Tls {
             ca: Certificate::from_pem(ca),
             identity: Identity::from_pem(cert, key),

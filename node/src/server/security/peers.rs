@@ -40,7 +40,8 @@ pub enum Senders<'a> {
     Ledger,
     /// A node of this region.
     Region(&'a str),
-    /// Any node this node's config names (with the region it gives it).
+    /// Any node this node's config names (every caller that gets past
+    /// [`PeerPolicy::caller`] is one).
     AnyNode,
 }
 
@@ -88,15 +89,17 @@ impl PeerPolicy {
     }
 
     /// The calling node, from its certificate; `None` in insecure mode.
-    /// A caller without a node certificate, or one whose certificate names
-    /// a region other than the one this node's config gives it, is refused.
+    /// A caller without a node certificate, one the config does not name,
+    /// or one whose certificate names a region other than the one this
+    /// node's config gives it, is refused.
     pub fn caller(&self, extensions: &tonic::Extensions) -> Result<Option<PeerNode>, Status> {
         if self.insecure {
             return Ok(None);
         }
         match super::caller_identity(extensions) {
             Some(CertIdentity::Node(node)) => match self.known.get(&node.id) {
-                Some(region) if *region != node.region => Err(refused(
+                Some(region) if *region == node.region => Ok(Some(node)),
+                Some(region) => Err(refused(
                     Code::Unauthenticated,
                     "PEER_NOT_AUTHENTICATED",
                     format!(
@@ -104,7 +107,14 @@ impl PeerPolicy {
                         node.id, node.region
                     ),
                 )),
-                _ => Ok(Some(node)),
+                None => Err(refused(
+                    Code::PermissionDenied,
+                    "PEER_NOT_ALLOWED",
+                    format!(
+                        "node {} ({}) is not a node this node's config names",
+                        node.id, node.region
+                    ),
+                )),
             },
             _ => Err(refused(
                 Code::Unauthenticated,

@@ -4,8 +4,8 @@
 //! The messages and the client are in [`crate::server::control`].
 //!
 //! Served on the peer plane only. Each call is checked against what its
-//! sender may send ([`crate::server::security::peers`]) before it is
-//! decoded further than its kind: grants, revokes, settlements and reports
+//! sender may send ([`crate::server::security::peers`]) once decoded
+//! (bounded by the control message limit) and before it runs: grants, revokes, settlements and reports
 //! only from the ledger's nodes; a top-up only from the region it is for;
 //! gossip from any node, keeping only what the sender speaks for; a
 //! forwarded call only from a node of the same group.
@@ -45,24 +45,26 @@ impl ControlService {
         call: &RegionCall,
     ) -> Result<(), Status> {
         let policy = self.node.peer_policy();
+        // Only grants, revokes and settlements are applied through the
+        // control plane, forwarded or not.
+        if let RegionCall::Apply(op) = call {
+            use reservoir_tokens::RegionOp;
+            if !matches!(
+                op,
+                RegionOp::Grant { .. } | RegionOp::Revoke { .. } | RegionOp::Settled { .. }
+            ) {
+                return Err(crate::server::security::peers::refused(
+                    tonic::Code::PermissionDenied,
+                    "PEER_NOT_ALLOWED",
+                    "the control plane applies only grants, revokes and settlements".into(),
+                ));
+            }
+        }
         if forwarded {
             return policy.require(from, Senders::Group, "a forwarded control call");
         }
         match call {
-            RegionCall::Apply(op) => {
-                use reservoir_tokens::RegionOp;
-                if !matches!(
-                    op,
-                    RegionOp::Grant { .. } | RegionOp::Revoke { .. } | RegionOp::Settled { .. }
-                ) {
-                    return Err(crate::server::security::peers::refused(
-                        tonic::Code::PermissionDenied,
-                        "PEER_NOT_ALLOWED",
-                        "the control plane applies only grants, revokes and settlements".into(),
-                    ));
-                }
-                policy.require(from, Senders::Ledger, "a grant, revoke or settlement")
-            }
+            RegionCall::Apply(_) => policy.require(from, Senders::Ledger, "a grant, revoke or settlement"),
             RegionCall::Report(_) => policy.require(from, Senders::Ledger, "a report request"),
             RegionCall::Gossip(_) => policy.require(from, Senders::AnyNode, "gossip"),
         }
@@ -76,20 +78,21 @@ impl ControlService {
         call: &LedgerCall,
     ) -> Result<(), Status> {
         let policy = self.node.peer_policy();
+        // Only stock adjustments are applied through the control plane.
+        if let LedgerCall::Apply(op) = call
+            && !matches!(op, reservoir_tokens::LedgerOp::AdjustStock { .. })
+        {
+            return Err(crate::server::security::peers::refused(
+                tonic::Code::PermissionDenied,
+                "PEER_NOT_ALLOWED",
+                "the control plane applies only stock adjustments to the ledger".into(),
+            ));
+        }
         if forwarded {
             return policy.require(from, Senders::Ledger, "a forwarded ledger call");
         }
         match call {
-            LedgerCall::Apply(op) => {
-                if !matches!(op, reservoir_tokens::LedgerOp::AdjustStock { .. }) {
-                    return Err(crate::server::security::peers::refused(
-                        tonic::Code::PermissionDenied,
-                        "PEER_NOT_ALLOWED",
-                        "the control plane applies only stock adjustments to the ledger".into(),
-                    ));
-                }
-                policy.require(from, Senders::AnyNode, "a stock adjustment")
-            }
+            LedgerCall::Apply(_) => policy.require(from, Senders::AnyNode, "a stock adjustment"),
             LedgerCall::TopUp { region, .. } => {
                 policy.require(from, Senders::Region(region), "a top-up request")
             }

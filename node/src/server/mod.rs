@@ -230,21 +230,15 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
             .max_decoding_message_size(MESSAGE_BYTES_MAX);
         let admin = AdminServer::new(AdminService::new(node.clone(), Plane::Client))
             .max_decoding_message_size(MESSAGE_BYTES_MAX);
-        let mut builder = tonic::transport::Server::builder()
-            .max_concurrent_streams(CLIENT_STREAMS_PER_CONNECTION)
-            .http2_max_header_list_size(HEADER_LIST_BYTES_MAX)
-            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-            .timeout(CALL_TIMEOUT_MAX);
-        if let Some(tls) = &tls {
-            builder = builder
-                .tls_config(tls.client_server())
-                .map_err(|e| format!("client plane TLS: {e}"))?;
-        }
-        let router = builder
-            .layer(AuthenticateLayer::new(node.authenticator_arc()))
-            .add_service(inventory)
-            .add_service(admin);
+        let router = grpc_server(
+            CLIENT_STREAMS_PER_CONNECTION,
+            tls.as_ref().map(Tls::client_server),
+            "client",
+        )?
+        .timeout(CALL_TIMEOUT_MAX)
+        .layer(AuthenticateLayer::new(node.authenticator_arc()))
+        .add_service(inventory)
+        .add_service(admin);
         let incoming = grpc_incoming(grpc_listener, CLIENT_CONNECTIONS_PER_ADDRESS, "client");
         let mut rx = shutdown_rx.clone();
         tokio::spawn(async move {
@@ -263,21 +257,15 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         let admin = AdminServer::new(AdminService::new(node.clone(), Plane::Peer))
             .max_decoding_message_size(MESSAGE_BYTES_MAX);
         let authorize = raft_authorizer(node.clone());
-        let mut builder = tonic::transport::Server::builder()
-            .max_concurrent_streams(PEER_STREAMS_PER_CONNECTION)
-            .http2_max_header_list_size(HEADER_LIST_BYTES_MAX)
-            .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
-        if let Some(tls) = &tls {
-            builder = builder
-                .tls_config(tls.peer_server())
-                .map_err(|e| format!("peer plane TLS: {e}"))?;
-        }
-        let router = builder
-            .add_service(RaftService::server(router, authorize))
-            .add_service(ControlService::server(node.clone()))
-            .add_service(inventory)
-            .add_service(admin);
+        let router = grpc_server(
+            PEER_STREAMS_PER_CONNECTION,
+            tls.as_ref().map(Tls::peer_server),
+            "peer",
+        )?
+        .add_service(RaftService::server(router, authorize))
+        .add_service(ControlService::server(node.clone()))
+        .add_service(inventory)
+        .add_service(admin);
         let incoming = grpc_incoming(peer_listener, PEER_CONNECTIONS_PER_ADDRESS, "peer");
         let mut rx = shutdown_rx.clone();
         tokio::spawn(async move {
@@ -343,6 +331,26 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
     storage.flush().await.map_err(|e| format!("final flush: {e}"))?;
     eprintln!("node {}: stopped", config.node_id);
     Ok(())
+}
+
+/// A gRPC server with the bounds both listeners share (header size, pings)
+/// and `streams` calls per connection; TLS with `tls` unless insecure.
+fn grpc_server(
+    streams: u32,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    plane: &str,
+) -> Result<tonic::transport::Server, String> {
+    let builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(streams)
+        .http2_max_header_list_size(HEADER_LIST_BYTES_MAX)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+    match tls {
+        Some(tls) => builder
+            .tls_config(tls)
+            .map_err(|e| format!("{plane} plane TLS: {e}")),
+        None => Ok(builder),
+    }
 }
 
 async fn bind(addr: SocketAddr, field: &str) -> Result<tokio::net::TcpListener, String> {

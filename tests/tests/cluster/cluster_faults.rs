@@ -61,6 +61,18 @@ async fn partitioned_region_keeps_selling_and_books_balance_after_heal() {
     let progress: Vec<(&str, &Progress)> = shoppers.iter().map(|(r, s)| (*r, &*s.progress)).collect();
     wait_acks(&progress, &caps, ACKS_PER_PHASE, "before the partition").await;
 
+    // The control API acts only for a caller with its token and the JSON
+    // content type (a web page in a browser can send neither): a partition
+    // without the token, and a heal without the content type, change nothing.
+    let body = r#"{"region":"ap-south"}"#;
+    let (code, _) =
+        reservoir_tests::http_post(cluster.control(), "/links/partition", body, None, CONTROL_TIMEOUT)
+            .await
+            .expect("the control API answers");
+    assert_eq!(code, 401, "a partition without the token");
+    assert_eq!(control_without_json(&cluster, "/links/partition").await, 415);
+    assert!(cluster.links().await.iter().all(|l| !l.cut), "nothing was cut");
+
     cluster.partition_region("ap-south").await;
     let cut_at = Instant::now();
     wait_acks(&progress, &caps, ACKS_PER_PHASE, "during the partition").await;
@@ -247,6 +259,37 @@ async fn ledger_leader_killed_under_load() {
 /// Adds [`STOCKER_UNITS`] of `moving` every [`STOCKER_PACING`] until told to
 /// stop, each request retried (same request id) until acknowledged; returns
 /// how many were sent, every one of them acknowledged.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The status of a control-API POST with the token but no content type.
+async fn control_without_json(cluster: &Cluster, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let file = cluster
+        .file()
+        .control_token_file
+        .clone()
+        .expect("up names its control token");
+    let token = std::fs::read_to_string(cluster.dir().join(file)).expect("the control token");
+    let mut stream = tokio::net::TcpStream::connect(cluster.control())
+        .await
+        .expect("control API");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: control\r\nauthorization: Bearer {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        token.trim()
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut answer = String::new();
+    tokio::time::timeout(CONTROL_TIMEOUT, stream.read_to_string(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
 async fn stocker(nodes: Rotation, stop: Arc<AtomicBool>) -> u64 {
     let mut sent = 0;
     while sent < STOCKER_REQUESTS_MAX && !stop.load(Ordering::SeqCst) {

@@ -216,6 +216,30 @@ where
     }
 }
 
+/// The services a node's reflection lists.
+async fn listed_services(channel: reservoir_client::ClientChannel) -> Result<Vec<String>, Status> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::once(request))
+        .await?
+        .into_inner();
+    match answers.message().await?.and_then(|a| a.message_response) {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            Ok(list.service.into_iter().map(|s| s.name).collect())
+        }
+        other => Err(Status::internal(format!(
+            "unexpected reflection answer {other:?}"
+        ))),
+    }
+}
+
 async fn available(shop: &Credentials, addr: &str, sku: &str) -> u64 {
     let mut client = InventoryClient::new(shop.channel(addr).unwrap());
     client
@@ -284,6 +308,38 @@ async fn client_plane_checks_who_calls_and_what_they_may_do() {
             .await;
         assert_eq!(refused(answer).0, Code::Unauthenticated, "{who}");
     }
+    // The standard health check needs no key; reflection lists the public
+    // API, and only to a caller with a key.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(nobody.channel(&any).unwrap());
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "reservoir.v1.Inventory".into(),
+        })
+        .await
+        .expect("health without a key")
+        .into_inner();
+    assert_eq!(
+        serving.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    assert_eq!(
+        listed_services(nobody.channel(&any).unwrap())
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    let services = listed_services(shop.channel(&any).unwrap())
+        .await
+        .expect("reflection with a key");
+    for name in [
+        "reservoir.v1.Inventory",
+        "reservoir.v1.Admin",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(services.iter().any(|s| s == name), "{name} in {services:?}");
+    }
+    assert!(!services.iter().any(|s| s.contains("internal")), "{services:?}");
     // The wrong role: PERMISSION_DENIED.
     let mut as_shop = AdminClient::new(shop.channel(&any).unwrap());
     let answer = as_shop

@@ -12,6 +12,10 @@
 //! Caveats: conversions between these messages and the domain types of
 //! `reservoir-tokens` live in the node, at the edge, where input is validated.
 
+/// The encoded `FileDescriptorSet` of `reservoir.v1`, for gRPC server
+/// reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/reservoir_descriptor.bin"));
+
 /// The `google.rpc.ErrorInfo` domain of every error Reservoir returns.
 pub const ERROR_DOMAIN: &str = "reservoir";
 

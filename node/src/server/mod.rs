@@ -27,7 +27,7 @@
 //! below `service` imports it.
 //!
 //! Two gRPC listeners: the client plane on `grpc_addr` (`Inventory`,
-//! `Admin`) and the peer plane on `peer_addr` (Raft, `Control`, and
+//! `Admin`, `grpc.health.v1.Health`, server reflection) and the peer plane on `peer_addr` (Raft, `Control`, and
 //! `Inventory`/`Admin` for calls forwarded to a leader). Each has its own
 //! bounds: message size per service (64 KiB for client calls, Raft's and
 //! the control plane's own limits), concurrent streams per connection,
@@ -224,12 +224,24 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    // The client plane: Inventory and Admin for authenticated clients.
+    // The standard gRPC health service (asked without credentials):
+    // serving while the node runs, not serving once it drains.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<InventoryServer<InventoryService>>().await;
+    health.set_serving::<AdminServer<AdminService>>().await;
+
+    // The client plane: Inventory and Admin for authenticated clients, with
+    // gRPC health and reflection.
     let grpc = {
         let inventory = InventoryServer::new(InventoryService::new(node.clone(), Plane::Client))
             .max_decoding_message_size(MESSAGE_BYTES_MAX);
         let admin = AdminServer::new(AdminService::new(node.clone(), Plane::Client))
             .max_decoding_message_size(MESSAGE_BYTES_MAX);
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(reservoir_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| format!("gRPC reflection: {e}"))?;
         let router = grpc_server(
             CLIENT_STREAMS_PER_CONNECTION,
             tls.as_ref().map(Tls::client_server),
@@ -238,7 +250,9 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         .timeout(CALL_TIMEOUT_MAX)
         .layer(AuthenticateLayer::new(node.authenticator_arc()))
         .add_service(inventory)
-        .add_service(admin);
+        .add_service(admin)
+        .add_service(health_service)
+        .add_service(reflection);
         let incoming = grpc_incoming(grpc_listener, CLIENT_CONNECTIONS_PER_ADDRESS, "client");
         let mut rx = shutdown_rx.clone();
         tokio::spawn(async move {
@@ -308,6 +322,10 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
 
     wait_for_signal().await;
     eprintln!("node {}: shutting down", config.node_id);
+    health
+        .set_not_serving::<InventoryServer<InventoryService>>()
+        .await;
+    health.set_not_serving::<AdminServer<AdminService>>().await;
     let _ = shutdown_tx.send(true);
     // In-flight calls finish (their proposals commit or fail) before the
     // servers return; bounded so a stuck call cannot hold the process.

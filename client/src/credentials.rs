@@ -78,15 +78,6 @@ impl Credentials {
         Credentials::new(ca_file.as_deref(), api_key)
     }
 
-    /// The same trust with another key (none over plaintext: a key is sent
-    /// only over TLS).
-    pub fn with_api_key(&self, api_key: Option<String>) -> Credentials {
-        Credentials {
-            ca_pem: self.ca_pem.clone(),
-            api_key: api_key.filter(|_| self.ca_pem.is_some()),
-        }
-    }
-
     /// True when calls use TLS.
     pub fn is_tls(&self) -> bool {
         self.ca_pem.is_some()
@@ -169,7 +160,9 @@ fn bearer(key: &str) -> Result<HeaderValue, String> {
     Ok(value)
 }
 
-fn read_bounded(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+/// Reads a file of at most [`CREDENTIAL_FILE_BYTES_MAX`] bytes (a CA, a
+/// certificate, a key); errors name `what` and the path.
+pub fn read_bounded(path: &Path, what: &str) -> Result<Vec<u8>, String> {
     let fail = |e: String| format!("{what} {}: {e}", path.display());
     let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
     if meta.len() > CREDENTIAL_FILE_BYTES_MAX {

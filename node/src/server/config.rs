@@ -90,8 +90,8 @@ pub struct NodeConfig {
 /// reservations, and with each the request id that made it. The region
 /// leader writes these settings into the replicated state when they differ
 /// from it, so every replica prunes alike. Memory: an ended reservation
-/// costs about 235 bytes (`cargo run --release -p reservoir-tokens --example
-/// state_bytes`), so the default bound, 1,000,000, is about 235 MB per node.
+/// costs about 222 bytes (`cargo run --release -p reservoir-tokens --example
+/// state_bytes`), so the default bound, 1,000,000, is about 222 MB per node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {

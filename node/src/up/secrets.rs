@@ -30,7 +30,7 @@ use rcgen::{
 use reservoir_client::TlsInfo;
 
 use super::UpError;
-use crate::server::security::clients::{ApiKey, Role, new_api_key};
+use crate::server::security::clients::{ApiKey, Role, hash_api_key, new_api_key};
 use crate::server::security::{CertIdentity, PeerNode, TlsFiles, node_uri, pem_identity};
 
 /// DIR's folder of certificates and keys.
@@ -182,7 +182,7 @@ fn api_keys(dir: &Path) -> Result<Vec<ApiKey>, UpError> {
         let path = creds.join(format!("{}.key", role.name()));
         let hash = if path.exists() {
             let key = reservoir_client::credentials::read_key(&path).map_err(UpError::Usage)?;
-            hash_key(&key)?
+            hash_api_key(&key).map_err(UpError::Usage)?
         } else {
             let (key, hash) = new_api_key(role.name()).map_err(UpError::Usage)?;
             write_private(&path, format!("{key}\n").as_bytes())?;
@@ -196,18 +196,6 @@ fn api_keys(dir: &Path) -> Result<Vec<ApiKey>, UpError> {
         });
     }
     Ok(keys)
-}
-
-/// An Argon2id hash of `key`, for a config.
-fn hash_key(key: &str) -> Result<String, UpError> {
-    use argon2::PasswordHasher;
-    use argon2::password_hash::SaltString;
-    use argon2::password_hash::rand_core::OsRng;
-    let salt = SaltString::generate(&mut OsRng);
-    argon2::Argon2::default()
-        .hash_password(key.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| UpError::Usage(format!("hashing an API key: {e}")))
 }
 
 /// The control API's token, from DIR (made if DIR has none).

@@ -8,6 +8,7 @@
 //! without credentials.
 
 use reservoir_loadtest::app::{self, AppOptions};
+use reservoir_loadtest::report::Report;
 use reservoir_loadtest::scenario::{BuiltIn, Scenario};
 use reservoir_loadtest::target::TargetKind;
 use reservoir_tests::{
@@ -26,18 +27,7 @@ async fn black_friday_against_a_cluster() {
     scenario.catalog.skus = 30;
     scenario.sessions.hold_ttl_ms = 1_500;
     scenario.sessions.think_ms = 50;
-    let report = app::run(AppOptions {
-        scenario,
-        target: TargetKind::Reservoir,
-        cluster: Some(cluster.dir().join("cluster.json")),
-        seed: 5,
-        connections_per_region: 1,
-        progress: false,
-        stop_rx: None,
-    })
-    .await
-    .unwrap_or_else(|e| panic!("load test failed: {e}"));
-    eprintln!("{}", report.summary());
+    let report = load(&cluster, scenario, 5).await;
     let t = &report.totals;
     assert_eq!(t.oversell_units, 0, "oversold");
     assert!(t.audit_balanced, "audit not balanced: {:?}", report.server_notes);
@@ -88,11 +78,23 @@ async fn closed_loop_against_an_insecure_region() {
     scenario.duration_s = 3.0;
     scenario.clients_per_region = 4;
     scenario.inflight_max = 4;
+    let report = load(&region, scenario, 7).await;
+    let t = &report.totals;
+    assert!(t.requests > 0, "no request sent");
+    assert!(t.errors.is_empty(), "errors: {:?}", t.errors);
+    assert_eq!(t.oversell_units, 0, "oversold");
+    assert!(t.audit_balanced, "audit not balanced: {:?}", report.server_notes);
+    balanced_sheets(&region.audit().await);
+}
+
+/// Runs `scenario` with `seed` against `cluster` (one connection per
+/// region, no progress output) and prints its summary.
+async fn load(cluster: &Cluster, scenario: Scenario, seed: u64) -> Report {
     let report = app::run(AppOptions {
         scenario,
         target: TargetKind::Reservoir,
-        cluster: Some(region.dir().join("cluster.json")),
-        seed: 7,
+        cluster: Some(cluster.dir().join("cluster.json")),
+        seed,
         connections_per_region: 1,
         progress: false,
         stop_rx: None,
@@ -100,10 +102,5 @@ async fn closed_loop_against_an_insecure_region() {
     .await
     .unwrap_or_else(|e| panic!("load test failed: {e}"));
     eprintln!("{}", report.summary());
-    let t = &report.totals;
-    assert!(t.requests > 0, "no request sent");
-    assert!(t.errors.is_empty(), "errors: {:?}", t.errors);
-    assert_eq!(t.oversell_units, 0, "oversold");
-    assert!(t.audit_balanced, "audit not balanced: {:?}", report.server_notes);
-    balanced_sheets(&region.audit().await);
+    report
 }

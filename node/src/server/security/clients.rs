@@ -188,19 +188,26 @@ pub fn check_key_id(id: &str) -> Result<(), String> {
 
 /// Makes a new API key with id `id` and its Argon2id hash (for the config).
 pub fn new_api_key(id: &str) -> Result<(String, String), String> {
-    use argon2::PasswordHasher;
-    use argon2::password_hash::SaltString;
     use argon2::password_hash::rand_core::{OsRng, RngCore};
     check_key_id(id)?;
     let mut secret = [0u8; 32];
     OsRng.fill_bytes(&mut secret);
     let key = format!("{id}.{}", hex(&secret));
-    let salt = SaltString::generate(&mut OsRng);
-    let hash = Argon2::default()
-        .hash_password(key.as_bytes(), &salt)
-        .map_err(|e| format!("hashing key {id}: {e}"))?
-        .to_string();
+    let hash = hash_api_key(&key)?;
     Ok((key, hash))
+}
+
+/// An Argon2id hash of `key` with a fresh salt, as a PHC string (what a
+/// config's `[[api_keys]] hash` holds).
+pub fn hash_api_key(key: &str) -> Result<String, String> {
+    use argon2::PasswordHasher;
+    use argon2::password_hash::SaltString;
+    use argon2::password_hash::rand_core::OsRng;
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(key.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| format!("hashing an API key: {e}"))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -36,8 +36,6 @@ use serde::{Deserialize, Serialize};
 pub const IDENTITY_PREFIX: &str = "spiffe://reservoir/";
 /// How long a TLS handshake may take before the connection is dropped.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest PEM file read (a CA, a certificate chain or a key).
-pub const PEM_BYTES_MAX: u64 = 1024 * 1024;
 
 /// What a certificate says its holder is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,16 +184,12 @@ impl Tls {
     }
 }
 
-/// Reads a PEM file of at most [`PEM_BYTES_MAX`] bytes.
+/// Reads a PEM file, bounded as every credential file is
+/// ([`reservoir_client::credentials::CREDENTIAL_FILE_BYTES_MAX`]).
 fn read_pem(path: &Path, field: &str) -> Result<Vec<u8>, String> {
-    let fail = |e: String| format!("{field} {}: {e}", path.display());
-    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
-    if meta.len() > PEM_BYTES_MAX {
-        return Err(fail(format!("larger than {PEM_BYTES_MAX} bytes")));
-    }
-    let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let bytes = reservoir_client::credentials::read_bounded(path, field)?;
     if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
-        return Err(fail("not a PEM file".into()));
+        return Err(format!("{field} {}: not a PEM file", path.display()));
     }
     Ok(bytes)
 }

@@ -243,9 +243,9 @@ pub struct RaftTuning {
 impl Default for RaftTuning {
     fn default() -> Self {
         RaftTuning {
-            heartbeat_ms: 100,
-            election_timeout_min_ms: 400,
-            election_timeout_max_ms: 1000,
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 150,
+            election_timeout_max_ms: 300,
             proposal_queue_max: 4096,
             batches_in_flight: reservoir_raft::group::BATCHES_IN_FLIGHT_MAX,
             snapshot_logs: reservoir_raft::group::SNAPSHOT_LOGS_DEFAULT,

@@ -27,11 +27,19 @@ use crate::server::status::{NodeError, status_with_info, to_status};
 
 /// How long a write may wait for its commit before the caller is told to
 /// retry (with the same `request_id`: the outcome is unknown).
-pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a call waits for an election when the group has no leader.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a call waits for an election when the group has no leader. A
+/// call forwarded to this node never waits: the forwarder's client retries.
 pub const LEADER_WAIT: Duration = Duration::from_secs(2);
-/// Timeout of a forwarded call to the leader.
-pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(6);
+/// The longest a leader may take to answer a forwarded call: a reserve may
+/// commit, wait up to `max_wait_ms` for a top-up and commit again.
+pub const LEADER_ANSWER_MAX: Duration =
+    Duration::from_millis(2 * COMMIT_TIMEOUT.as_millis() as u64 + reservoir_tokens::limits::MAX_WAIT_MS_MAX);
+/// Timeout of a forwarded call to the leader: longer than the leader's own
+/// bound ([`LEADER_ANSWER_MAX`]), so a slow leader's own answer (e.g.
+/// `NO_LEADER` after its commit timeout) reaches the client rather than a
+/// forwarding timeout; if it fires anyway the client reads `NO_LEADER`.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_millis(LEADER_ANSWER_MAX.as_millis() as u64 + 1_000);
 /// The metadata key that marks a forwarded call (trusted on the peer plane
 /// only).
 pub const FORWARDED_HEADER: &str = "x-reservoir-forwarded";
@@ -247,11 +255,13 @@ impl Node {
 
     /// Proposes `op` stamped with this node's clock. A follower answers
     /// `Leader(addr)` (unless the call was already forwarded); with no leader
-    /// known it waits up to [`LEADER_WAIT`] for an election first.
+    /// known it waits up to [`LEADER_WAIT`] for an election first (not for a
+    /// forwarded call: that one is answered `NO_LEADER` at once and its
+    /// client retries).
     pub async fn write(&self, op: RegionOp, forwarded: bool) -> Result<Route<RegionApplied>, WriteError> {
         // With no leader known (an election), wait for one before proposing,
         // rather than propose, fail, and propose a copy again.
-        if !self.group.is_leader() && self.group.leader().is_none() {
+        if !forwarded && !self.group.is_leader() && self.group.leader().is_none() {
             self.group.wait_for_leader(LEADER_WAIT).await;
         }
         let cmd = RegionCommand {
@@ -302,7 +312,7 @@ impl Node {
                 }) if !forwarded => {
                     return Ok(Route::Leader(addr));
                 }
-                Err(ProposeError::NotLeader { leader: None }) if !waited => {
+                Err(ProposeError::NotLeader { leader: None }) if !waited && !forwarded => {
                     waited = true;
                     self.group.wait_for_leader(LEADER_WAIT).await;
                 }
@@ -321,7 +331,16 @@ impl Node {
         Ok(AdminClient::new(self.channel(addr)?))
     }
 
+    /// The channel to the leader at `addr`; a failure to make one means
+    /// the leader cannot be reached (`NO_LEADER`: nothing was sent).
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
-        self.peers.get(addr).map_err(Status::internal)
+        self.peers.get(addr).map_err(|e| {
+            status_with_info(
+                Code::Unavailable,
+                format!("leader at {addr} unreachable: {e}"),
+                "NO_LEADER",
+                vec![("group", self.region().to_string())],
+            )
+        })
     }
 }

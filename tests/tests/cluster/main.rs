@@ -7,6 +7,7 @@ mod architectures;
 mod bad_input;
 mod cluster_faults;
 mod cluster_flows;
+mod leader_crash;
 mod load_tester;
 mod region_faults;
 mod region_restart;

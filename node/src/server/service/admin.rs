@@ -9,7 +9,9 @@ use reservoir_tokens::RegionApplied;
 use reservoir_tokens::audit;
 use tonic::{Request, Response, Status};
 
-use super::{Caller, Plane, forwarding, leader_answer, recorded, unexpected};
+use super::{
+    Caller, Plane, forward_failed, forwarding, leader_answer, recorded, unexpected, unexpected_reply,
+};
 use crate::server::control::{LedgerCall, LedgerReply};
 use crate::server::edge;
 use crate::server::node::{FORWARD_TIMEOUT, Node, Route};
@@ -37,7 +39,13 @@ impl AdminService {
         if !self.node.config().standalone {
             // Stock enters the ledger's pool; the rebalancer distributes it.
             let call = LedgerCall::Apply(adjustment.into_ledger_op());
-            return match self.node.control().ledger(&call, FORWARD_TIMEOUT).await? {
+            return match self
+                .node
+                .control()
+                .ledger(&call, FORWARD_TIMEOUT)
+                .await
+                .map_err(forward_failed)?
+            {
                 LedgerReply::Applied(Ok(reservoir_tokens::LedgerApplied::Stock {
                     sku,
                     stocked_total,
@@ -48,9 +56,7 @@ impl AdminService {
                     available: pool,
                 }),
                 LedgerReply::Applied(Err(rejection)) => Err(to_status(&rejection)),
-                other => Err(Status::internal(format!(
-                    "adjust_stock: unexpected ledger reply {other:?}"
-                ))),
+                other => Err(unexpected_reply("adjust_stock", &other)),
             };
         }
         match self
@@ -87,14 +93,11 @@ impl AdminService {
             .node
             .control()
             .ledger(&LedgerCall::Summary, FORWARD_TIMEOUT)
-            .await?
+            .await
+            .map_err(forward_failed)?
         {
             LedgerReply::Summary(s) => *s,
-            other => {
-                return Err(Status::internal(format!(
-                    "status: unexpected ledger reply {other:?}"
-                )));
-            }
+            other => return Err(unexpected_reply("status", &other)),
         };
         let own = self.node.group().status();
         let mut names: Vec<String> = self.node.control().regions().map(str::to_string).collect();
@@ -229,12 +232,11 @@ impl AdminService {
                 .node
                 .control()
                 .ledger(&LedgerCall::Audit, FORWARD_TIMEOUT)
-                .await?
+                .await
+                .map_err(forward_failed)?
             {
                 LedgerReply::Audit(sheet) => Ok(edge::audit_report(&sheet, self.node.now_ms())),
-                other => Err(Status::internal(format!(
-                    "audit: unexpected ledger reply {other:?}"
-                ))),
+                other => Err(unexpected_reply("audit", &other)),
             };
         }
         // Audit the current state: on the leader, after a read index.

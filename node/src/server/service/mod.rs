@@ -118,22 +118,44 @@ pub(super) fn forwarding<T>(message: T, caller: &Caller) -> Request<T> {
     request
 }
 
-/// A forwarded call's failure to connect means the leader moved or died.
+/// A forwarded call that failed without a Reservoir reason failed in
+/// transport: the leader could not be reached, died, or its connection was
+/// reset mid-call (tonic reports that as `UNKNOWN`, `INTERNAL` or
+/// `CANCELLED`, from h2 or the socket). Whether the leader applied it is
+/// unknown, which the contract answers `UNAVAILABLE` / `NO_LEADER`: retry
+/// with the same request id. An answer the leader gave (it carries a reason)
+/// passes through unchanged.
 pub(super) fn forward_failed(status: Status) -> Status {
-    if status.code() == Code::Unavailable && reservoir_client::reason_of(&status).is_none() {
-        status_with_info(
-            Code::Unavailable,
-            format!("leader unreachable: {}", status.message()),
-            "NO_LEADER",
-            vec![],
-        )
-    } else {
-        status
+    if reservoir_client::reason_of(&status).is_some() {
+        return status;
     }
+    status_with_info(
+        Code::Unavailable,
+        format!(
+            "the leader did not answer ({:?}: {}); the outcome is unknown: retry with the same request",
+            status.code(),
+            status.message()
+        ),
+        "NO_LEADER",
+        vec![],
+    )
 }
 
+/// A command applied with an outcome of another kind: a bug, not a fault
+/// (`INTERNAL` / `INTERNAL_ERROR`).
 pub(super) fn unexpected(what: &str, applied: RegionApplied) -> Status {
-    Status::internal(format!("{what}: unexpected outcome {applied:?}"))
+    unexpected_reply(what, &applied)
+}
+
+/// An answer of the wrong kind from the state machine or the ledger: a bug,
+/// not a fault (`INTERNAL` / `INTERNAL_ERROR`).
+pub(super) fn unexpected_reply(what: &str, reply: &impl std::fmt::Debug) -> Status {
+    status_with_info(
+        Code::Internal,
+        format!("{what}: unexpected outcome {reply:?}"),
+        "INTERNAL_ERROR",
+        vec![],
+    )
 }
 
 /// Runs a call, records its count and latency by RPC and outcome, and wraps
@@ -161,13 +183,21 @@ fn record<T>(rpc: &'static str, started: Instant, result: &Result<T, Status>) {
         .record(started.elapsed().as_secs_f64());
 }
 
-/// Waits for a call forwarded to the leader, at most [`FORWARD_TIMEOUT`]; a
-/// leader that cannot be reached is reported as `NO_LEADER`.
+/// Waits for a call forwarded to the leader, at most [`FORWARD_TIMEOUT`]
+/// (longer than the leader's own bound); a leader that cannot be reached,
+/// breaks the call or does not answer in time is reported as `NO_LEADER`
+/// (the outcome is unknown).
 pub(super) async fn leader_answer<T>(call: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
     match tokio::time::timeout(FORWARD_TIMEOUT, call).await {
         Ok(result) => result.map_err(forward_failed),
-        Err(_) => Err(Status::cancelled(format!(
-            "the leader did not answer a forwarded call within {FORWARD_TIMEOUT:?}"
-        ))),
+        Err(_) => Err(status_with_info(
+            Code::Unavailable,
+            format!(
+                "the leader did not answer a forwarded call within {FORWARD_TIMEOUT:?}; the outcome is \
+                 unknown: retry with the same request"
+            ),
+            "NO_LEADER",
+            vec![],
+        )),
     }
 }

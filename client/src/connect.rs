@@ -24,8 +24,10 @@ use crate::errors::reason_of;
 /// How long a client waits for the TCP connection to a node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a call may take unless the program sets its own: longer than
-/// the longest `max_wait_ms` a reserve may ask for (5 s) plus a forward.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// the longest a node may take to answer, a wait for an election (2 s) and
+/// a forwarded call (at most 12 s: two commits of 3 s and the longest
+/// `max_wait_ms`, 5 s, plus a margin).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// The pause between two attempts of a retried call.
 pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
 

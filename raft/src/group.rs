@@ -402,6 +402,13 @@ impl<SM: GroupMachine> Group<SM> {
         m.state == ServerState::Leader
     }
 
+    /// The term this node leads in, if it is the group's leader.
+    pub fn leader_term(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        (m.state == ServerState::Leader).then_some(m.current_term)
+    }
+
     /// The leader's id and address, if known.
     pub fn leader(&self) -> Option<(NodeId, String)> {
         let m = self.raft.metrics();

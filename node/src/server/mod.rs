@@ -222,6 +222,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         peer_policy,
     ));
 
+    tokio::spawn(node.clone().observe_time());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     // The standard gRPC health service (asked without credentials):

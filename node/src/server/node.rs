@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::server::availability::AvailabilityView;
-use crate::server::clock::Clock;
+use crate::server::clock::{Clock, GroupClock, OBSERVE_INTERVAL};
 use crate::server::config::NodeConfig;
 use crate::server::control::{ControlClient, LedgerCall};
 use crate::server::demand::DemandMeter;
@@ -53,7 +53,8 @@ pub const PRINCIPAL_HEADER: &str = "x-reservoir-principal";
 pub struct Node {
     config: NodeConfig,
     group: Arc<Group<RegionState>>,
-    clock: Arc<dyn Clock>,
+    /// The region group's bounded logical time on this node.
+    time: GroupClock,
     peers: Arc<Channels>,
     control: Arc<ControlClient>,
     ledger: Option<Arc<LedgerHost>>,
@@ -118,10 +119,12 @@ impl Node {
         } else {
             Authenticator::new(&config.api_keys)
         });
+        let applied_ms = group.read(|s| s.clock_ms()).unwrap_or(0);
+        let time = GroupClock::new(config.region.clone(), clock, applied_ms);
         Node {
             config,
             group,
-            clock,
+            time,
             peers,
             control,
             ledger,
@@ -240,9 +243,31 @@ impl Node {
         &self.group
     }
 
-    /// The wall clock, as the leader stamps it on commands.
+    /// The region group's time on this node: on the leader, the bounded
+    /// stamp it puts on the commands it proposes; on a follower, its
+    /// estimate of the group's time (see [`crate::server::clock`]).
     pub fn now_ms(&self) -> u64 {
-        self.clock.now_ms()
+        let applied_ms = self.group.read(|s| s.clock_ms()).unwrap_or(0);
+        if let Some(term) = self.group.leader_term() {
+            self.time.stamp_ms(term, applied_ms)
+        } else {
+            self.time.observe(applied_ms);
+            self.time.estimate_ms()
+        }
+    }
+
+    /// Observes the region group's applied logical clock every
+    /// [`OBSERVE_INTERVAL`], so that this node's estimate of the group's
+    /// time is fresh when it becomes leader. Runs until the process ends.
+    pub async fn observe_time(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(OBSERVE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            if let Ok(applied_ms) = self.group.read(|s| s.clock_ms()) {
+                self.time.observe(applied_ms);
+            }
+        }
     }
 
     /// `NO_LEADER` for this region's group.

@@ -600,7 +600,7 @@ impl Cluster {
     pub async fn kill(&mut self, id: u64) {
         assert!(!self.down.contains(&id), "node {id} is already down");
         let pid = self.node(id).pid();
-        if self.control.is_some() {
+        if self.control.is_some() && !self.restarted.contains_key(&id) {
             self.control_post(&control_api::kill_path(id), "").await;
             assert!(!alive(pid), "node {id} (pid {pid}) outlived its kill");
             self.down.insert(id);
@@ -650,9 +650,22 @@ impl Cluster {
     /// and `cluster.json` is re-read for its new pid), else from its `cmd`
     /// in `cluster.json`, as a child of the test logging to its usual log.
     pub async fn restart(&mut self, id: u64) {
+        self.restart_with(id, &[]).await
+    }
+
+    /// Restarts a killed node as the test's own child, from its `cmd` in
+    /// `cluster.json`, with `env` added to its environment (e.g. libfaketime
+    /// to skew its clock), and waits for its `/readyz`. Later kills of it
+    /// are by signal.
+    pub async fn restart_with_env(&mut self, id: u64, env: &[(&str, &str)]) {
+        assert!(!env.is_empty(), "no environment to add");
+        self.restart_with(id, env).await
+    }
+
+    async fn restart_with(&mut self, id: u64, env: &[(&str, &str)]) {
         assert!(self.down.contains(&id), "node {id} is not down");
         let old_pid = self.node(id).pid();
-        let pid = if self.control.is_some() {
+        let pid = if self.control.is_some() && env.is_empty() {
             self.control_post(&control_api::restart_path(id), "").await;
             // `up` rewrites cluster.json with the new pid before it answers.
             let json = self.dir().join("cluster.json");
@@ -663,7 +676,7 @@ impl Cluster {
         } else {
             let node = self.node(id);
             let mut command = Command::new(&node.cmd[0]);
-            command.args(&node.cmd[1..]);
+            command.args(&node.cmd[1..]).envs(env.iter().copied());
             let log = self.dir().join(format!("node-{id}.log"));
             let child = spawn_logged(command, &log).expect("the node's cmd starts");
             let pid = child.id();

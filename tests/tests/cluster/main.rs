@@ -5,6 +5,7 @@
 
 mod architectures;
 mod bad_input;
+mod clock_skew;
 mod cluster_faults;
 mod cluster_flows;
 mod leader_crash;

@@ -113,11 +113,14 @@ async fn leader_sigkills_leave_no_answer_unclassified() {
         let leader = region.region_leader(HOME_REGION).await;
         region.kill(leader).await;
         let killed_ms = started.elapsed().as_millis() as u64;
+        let elected = new_leader(&region, leader).await;
         let first = wait_for_ack_after(&shared, killed_ms).await;
         let failover = Duration::from_millis(first - killed_ms);
         eprintln!(
-            "kill {}/{kills}: node {leader}; a reserve acknowledged {failover:?} later",
-            k + 1
+            "kill {}/{kills}: node {leader}; node {} leads {:?} after; a reserve acknowledged {failover:?} after",
+            k + 1,
+            elected.0,
+            elected.1
         );
         failovers.push(failover);
         region.restart(leader).await;
@@ -259,6 +262,24 @@ async fn wait_for_ack_after(shared: &Shared, after_ms: u64) -> u64 {
             Instant::now() < give_up,
             "no reserve acknowledged within {PROGRESS_DEADLINE:?} of the kill"
         );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The node that leads after `old` was killed, as the survivors' `/status`
+/// says, and how long after the kill it said so (for the log only).
+async fn new_leader(region: &Cluster, old: u64) -> (u64, Duration) {
+    let killed = Instant::now();
+    loop {
+        for id in region.live_ids() {
+            if let Ok(status) = region.status(id).await
+                && status.role == reservoir_tests::Role::Leader
+                && status.node_id != old
+            {
+                return (id, killed.elapsed());
+            }
+        }
+        assert!(killed.elapsed() < PROGRESS_DEADLINE, "no new leader");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

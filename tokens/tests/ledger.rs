@@ -345,15 +345,29 @@ fn adjustment_ids_are_bounded_and_never_forgotten_early() {
     let err = apply(&mut l, T0 + 1, adjust("one-more", "b", 1)).expect_err("full");
     assert_eq!(err.reason(), "ADJUSTMENT_IDS_FULL");
     assert_eq!(err.kind(), ErrorKind::ResourceExhausted);
-    assert_eq!(err.metadata(), kv(&[("remembered", &ADJUSTMENT_IDS_MAX.to_string())]));
+    assert_eq!(
+        err.metadata(),
+        kv(&[("remembered", &ADJUSTMENT_IDS_MAX.to_string())])
+    );
     let err = apply(&mut l, T0 + 1, adjust("first", "z", 2)).expect_err("a reuse");
     assert_eq!(err.reason(), "REQUEST_ID_REUSED");
-    assert_eq!(stock(apply(&mut l, T0 + 1, adjust("adj-2", "a", 1))).1, ADJUSTMENT_IDS_MAX as u64 - 2);
-    assert_eq!((l.skus().clone(), l.transfers().clone()), before, "nothing changed");
+    assert_eq!(
+        stock(apply(&mut l, T0 + 1, adjust("adj-2", "a", 1))).1,
+        ADJUSTMENT_IDS_MAX as u64 - 2
+    );
+    assert_eq!(
+        (l.skus().clone(), l.transfers().clone()),
+        before,
+        "nothing changed"
+    );
     // z's stock left at once; after the window its two ids are forgotten.
     let at = T0 + ADJUSTMENT_WINDOW_MS;
     assert_eq!(stock(apply(&mut l, at, adjust("one-more", "b", 1))).1, 1);
-    assert_eq!(stock(apply(&mut l, at, adjust("first", "z", 2))).1, 2, "forgotten");
+    assert_eq!(
+        stock(apply(&mut l, at, adjust("first", "z", 2))).1,
+        2,
+        "forgotten"
+    );
     let err = apply(&mut l, at, adjust("two-more", "b", 1)).expect_err("full");
     assert_eq!(err.reason(), "ADJUSTMENT_IDS_FULL");
     assert_eq!(books(&l, "a").stocked_total, ADJUSTMENT_IDS_MAX as u64 - 2);

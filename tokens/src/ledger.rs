@@ -206,7 +206,7 @@ impl LedgerState {
         self.clock_ms = self.clock_ms.max(cmd.now_ms);
         // Before the command, so an adjustment finds the room made.
         self.adjustments.prune(self.clock_ms, PRUNE_PER_COMMAND_MAX);
-        let outcome = match cmd.op {
+        match cmd.op {
             LedgerOp::AdjustStock {
                 request_id,
                 sku,
@@ -225,8 +225,7 @@ impl LedgerState {
                 self.complete(TransferKind::Revoke, transfer_id, units)
             }
             LedgerOp::Settle { region, entries } => self.settle(region, entries),
-        };
-        outcome
+        }
     }
 
     fn adjust_stock(&mut self, request_id: RequestId, sku: Sku, delta: i64) -> LedgerOutcome {

@@ -6,7 +6,10 @@
 //! release, confirm and extend name their owner, and a reservation of
 //! another owner is refused exactly as one that does not exist
 //! (`RESERVATION_NOT_FOUND`, the same message), so nobody can learn whether
-//! someone else's id exists. Request ids are remembered per owner. A new
+//! someone else's id exists. Request ids are remembered per owner, in
+//! their reservation's record: while it lives and for at least
+//! `retention.ended_ms` after it ends (a reserve that would need one
+//! forgotten sooner is `RETENTION_FULL`). A new
 //! reservation's id is the 64-bit nonce the proposer drew (probed upwards
 //! past ids in use, and past 0, so every replica picks the same).
 
@@ -273,14 +276,21 @@ pub enum RegionApplied {
 pub type RegionOutcome = Result<RegionApplied, Rejection>;
 
 /// How long a region keeps ended reservations, and with each one the request
-/// id that made it. Part of the replicated state, so every replica prunes
-/// alike; changed by [`RegionOp::SetRetention`].
+/// id that made it: at least `ended_ms` after each ends, never less; the
+/// count is a bound on admission, not a reason to forget. Part of the
+/// replicated state, so every replica prunes alike; changed by
+/// [`RegionOp::SetRetention`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Retention {
     /// Logical time an ended (released, expired, settled) reservation is
     /// kept after it ends.
     pub ended_ms: Millis,
-    /// Most ended reservations kept; past it the oldest are forgotten.
+    /// Most reservations kept that ended within `ended_ms`. None is
+    /// forgotten early to make room: while this many are kept, a new reserve
+    /// is `RETENTION_FULL` (retries of remembered ids are still answered).
+    /// Holds live when it fills may still end, so ended reservations within
+    /// `ended_ms` number at most `ended_max` plus the most reservations
+    /// live at once.
     pub ended_max: u64,
 }
 

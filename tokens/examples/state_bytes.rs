@@ -1,6 +1,8 @@
 //! Bytes of memory one item of a region's state costs: a live hold, an
 //! ended (released) reservation, and a confirmed sale waiting in the outbox,
-//! each with the request id that made it (36 bytes, a UUID's length), over a
+//! each with the request id that made it (36 bytes, a UUID's length), and a
+//! remembered stock-adjustment id (36 bytes; ledger and standalone region
+//! keep the same memory), over a
 //! catalog of 1,000 SKUs, all of one owner, with ids spread over the key
 //! space as a leader's random nonces spread them. Counted by a counting
 //! global allocator: the heap bytes the state holds after N items, minus
@@ -12,7 +14,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use reservoir_tokens::{Line, RegionCommand, RegionOp, RegionState, ReservationId};
+use reservoir_tokens::{
+    LedgerCommand, LedgerOp, LedgerState, Line, RegionCommand, RegionOp, RegionState, ReservationId,
+};
 
 /// Counts the bytes allocated and not yet freed.
 struct Counting;
@@ -146,5 +150,28 @@ fn main() {
     println!(
         "confirmed, in outbox:  {:6.0} bytes each (36-byte order ids)",
         (sold - base) as f64 / n as f64
+    );
+    drop(state);
+
+    // Adjustment ids, at most ADJUSTMENT_IDS_MAX: n adjustments of one unit
+    // each over the catalog, their stock all still there (so none may be
+    // forgotten).
+    let n_adjust = n.min(reservoir_tokens::limits::ADJUSTMENT_IDS_MAX as u64);
+    let mut ledger = LedgerState::new();
+    let base = bytes();
+    for i in 0..n_adjust {
+        let op = LedgerOp::AdjustStock {
+            request_id: format!("{i:08x}-0000-4000-8000-000000000000"),
+            sku: sku(i * 7919),
+            delta: 1,
+        };
+        ledger
+            .apply(LedgerCommand { now_ms: NOW_MS, op })
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let adjusted = bytes();
+    println!(
+        "adjustment id:         {:6.0} bytes each ({n_adjust} remembered, {SKUS} SKUs)",
+        (adjusted - base) as f64 / n_adjust as f64
     );
 }

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 pub enum ErrorKind {
     /// Malformed input. Retrying the same request cannot succeed.
     InvalidArgument,
-    /// Not enough tokens right now.
+    /// Not enough right now: tokens, or room to remember one more request id
+    /// without forgetting one early (`RETENTION_FULL`,
+    /// `ADJUSTMENT_IDS_FULL`). Nothing changed; retrying later may succeed.
     ResourceExhausted,
     /// The named thing does not exist (or was forgotten after retention).
     NotFound,
@@ -189,6 +191,20 @@ pub enum Rejection {
         /// How many owners the region knows.
         owners: usize,
     },
+    /// The region keeps `ended_max` reservations that ended within the
+    /// retention, and a new reserve would need one forgotten early.
+    #[error("{ended} reservations ended within the retention, the limit; retry later")]
+    RetentionFull {
+        /// Reservations kept that ended within the retention.
+        ended: u64,
+    },
+    /// [`crate::limits::ADJUSTMENT_IDS_MAX`] stock-adjustment ids are
+    /// remembered and none may be forgotten yet.
+    #[error("{remembered} stock-adjustment ids remembered, the limit; retry later")]
+    AdjustmentIdsFull {
+        /// Ids remembered.
+        remembered: usize,
+    },
     /// A settlement batch does not start right after the ledger's watermark.
     #[error("settlement from {region} skips: watermark {watermark}, batch starts at {first}")]
     SettlementGap {
@@ -234,6 +250,8 @@ impl Rejection {
             Rejection::TransferInFlight { .. } => "TRANSFER_IN_FLIGHT",
             Rejection::TransfersFull { .. } => "TRANSFERS_FULL",
             Rejection::TooManyOwners { .. } => "TOO_MANY_OWNERS",
+            Rejection::RetentionFull { .. } => "RETENTION_FULL",
+            Rejection::AdjustmentIdsFull { .. } => "ADJUSTMENT_IDS_FULL",
             Rejection::TransferMismatch { .. } => "TRANSFER_MISMATCH",
             Rejection::SettlementGap { .. } => "SETTLEMENT_GAP",
             Rejection::SettlementAhead { .. } => "SETTLEMENT_AHEAD",
@@ -244,7 +262,9 @@ impl Rejection {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Rejection::Invalid { .. } | Rejection::TransferMismatch { .. } => ErrorKind::InvalidArgument,
-            Rejection::InsufficientStock { .. } => ErrorKind::ResourceExhausted,
+            Rejection::InsufficientStock { .. }
+            | Rejection::RetentionFull { .. }
+            | Rejection::AdjustmentIdsFull { .. } => ErrorKind::ResourceExhausted,
             Rejection::ReservationNotFound { .. } | Rejection::TransferNotFound { .. } => ErrorKind::NotFound,
             Rejection::RequestIdReused { .. } => ErrorKind::AlreadyExists,
             Rejection::ReservationExpired { .. }
@@ -302,6 +322,8 @@ impl Rejection {
             }
             Rejection::TransfersFull { in_flight } => vec![("in_flight", in_flight.to_string())],
             Rejection::TooManyOwners { owners } => vec![("owners", owners.to_string())],
+            Rejection::RetentionFull { ended } => vec![("ended", ended.to_string())],
+            Rejection::AdjustmentIdsFull { remembered } => vec![("remembered", remembered.to_string())],
             Rejection::SettlementGap {
                 region,
                 watermark,

@@ -3,7 +3,7 @@
 
 use crate::error::{Field, Rejection};
 use crate::limits::{self, *};
-use crate::memory::RequestMemory;
+use crate::memory::AdjustmentMemory;
 use crate::types::*;
 use imbl::OrdMap;
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,11 @@ pub struct LedgerSku {
     pub pool: Units,
     /// Units sold and settled.
     pub settled_total: Units,
+    /// Units ever removed by negative adjustments. With `stocked_total` it
+    /// gives the units ever in (`stocked_total + removed_total`) and ever
+    /// out (`removed_total + settled_total`), by which the adjustment memory
+    /// tells when an adjustment's stock has left.
+    pub removed_total: Units,
     /// What the ledger believes each region holds: completed grants minus
     /// completed revokes minus settled sales. Signed, because a region may
     /// sell (and settle) tokens of a grant the ledger has not completed yet.
@@ -25,6 +30,16 @@ pub struct LedgerSku {
 }
 
 impl LedgerSku {
+    /// Units ever in: added by adjustments.
+    pub fn in_total(&self) -> Units {
+        self.stocked_total + self.removed_total
+    }
+
+    /// Units ever out: removed by adjustments, or sold and settled.
+    pub fn out_total(&self) -> Units {
+        self.removed_total + self.settled_total
+    }
+
     /// Units in flight to regions for this SKU are kept in the transfer
     /// table; this checks the rest: `stocked = pool + Σ granted + in_flight +
     /// settled`. Returns the difference (zero when balanced).
@@ -169,7 +184,8 @@ pub struct LedgerState {
     next_transfer_id: TransferId,
     /// Per region, the highest outbox sequence number settled.
     watermarks: OrdMap<RegionId, u64>,
-    adjustments: RequestMemory<Sku>,
+    /// Request ids of applied stock adjustments.
+    adjustments: AdjustmentMemory,
 }
 
 impl LedgerState {
@@ -181,14 +197,16 @@ impl LedgerState {
             transfers: OrdMap::new(),
             next_transfer_id: 1,
             watermarks: OrdMap::new(),
-            adjustments: RequestMemory::default(),
+            adjustments: AdjustmentMemory::default(),
         }
     }
 
     /// Applies one command. A rejection changes nothing but the clock.
     pub fn apply(&mut self, cmd: LedgerCommand) -> LedgerOutcome {
         self.clock_ms = self.clock_ms.max(cmd.now_ms);
-        let outcome = match cmd.op {
+        // Before the command, so an adjustment finds the room made.
+        self.adjustments.prune(self.clock_ms, PRUNE_PER_COMMAND_MAX);
+        match cmd.op {
             LedgerOp::AdjustStock {
                 request_id,
                 sku,
@@ -207,14 +225,7 @@ impl LedgerState {
                 self.complete(TransferKind::Revoke, transfer_id, units)
             }
             LedgerOp::Settle { region, entries } => self.settle(region, entries),
-        };
-        self.adjustments.prune(
-            self.clock_ms,
-            REQUEST_RETENTION_MS,
-            REQUEST_IDS_MAX,
-            PRUNE_PER_COMMAND_MAX,
-        );
-        outcome
+        }
     }
 
     fn adjust_stock(&mut self, request_id: RequestId, sku: Sku, delta: i64) -> LedgerOutcome {
@@ -241,9 +252,15 @@ impl LedgerState {
                 .expect("removable > 0 means the SKU is known");
             s.pool -= units;
             s.stocked_total -= units;
+            s.removed_total += units;
         }
+        let s = self.skus.get(&sku).cloned().unwrap_or_default();
         self.adjustments
-            .remember(request_id, fingerprint, sku.clone(), self.clock_ms);
+            .remember(&request_id, fingerprint, &sku, s.in_total(), self.clock_ms);
+        if delta < 0 {
+            let mut budget = PRUNE_PER_COMMAND_MAX;
+            self.adjustments.stock_left(&sku, s.out_total(), &mut budget);
+        }
         Ok(self.stock_figures(sku))
     }
 
@@ -390,11 +407,14 @@ impl LedgerState {
         }
         let applied = fresh.len();
         let mut new_watermark = watermark;
+        let mut budget = PRUNE_PER_COMMAND_MAX;
         for e in fresh {
             for l in &e.lines {
                 let s = self.skus.entry(l.sku.clone()).or_default();
                 s.settled_total += l.quantity;
                 *s.granted.entry(region.clone()).or_default() -= l.quantity as i64;
+                let out_total = s.out_total();
+                self.adjustments.stock_left(&l.sku, out_total, &mut budget);
             }
             new_watermark = e.seq;
         }

@@ -34,13 +34,18 @@
 //!   clones in O(1), sharing structure: a snapshot is such a clone, written
 //!   out while applying goes on.
 //! - A rejected command changes nothing but the logical clock.
-//! - Every table is bounded: ended reservations (each with the request id
-//!   that made it) are pruned by age (logical time) and count, as the
-//!   region's replicated [`Retention`] says, and stock-adjustment ids after
-//!   10 minutes, a bounded amount per command; live holds and unsettled
-//!   sales are bounded by the stock itself, owners by
-//!   [`limits::OWNERS_MAX`] (never forgotten). A reserve's request id lives as
-//!   long as its reservation.
+//! - Every table is bounded, and nothing is forgotten early to stay
+//!   within a bound: a full table refuses new entries instead, with a
+//!   stable reason. A reserve's request id lives in its reservation's
+//!   record: while the reservation lives, and at least `ended_ms` after it
+//!   ends (the region's replicated [`Retention`]); ended reservations are
+//!   pruned by age only, a bounded amount per command, and `ended_max` of
+//!   them within the retention make a new reserve `RETENTION_FULL`. A
+//!   stock adjustment's id is kept at least 10 minutes and until the stock
+//!   of its SKU present right after it has left (first in, first out); at
+//!   [`limits::ADJUSTMENT_IDS_MAX`] a new adjustment is
+//!   `ADJUSTMENT_IDS_FULL`. Live holds and unsettled sales are bounded by the
+//!   stock itself, owners by [`limits::OWNERS_MAX`] (never forgotten).
 //! - Every transfer and settlement step is idempotent by its id or sequence
 //!   number, so retries never count a unit twice.
 //!
@@ -48,7 +53,7 @@
 //! - [`types`]: ids and quantities; [`error`]: [`Rejection`] and its stable
 //!   reasons; [`limits`]: named bounds and input validators;
 //! - [`region`], [`ledger`]: the state machines; [`memory`]: the bounded
-//!   request-id memory of stock adjustments;
+//!   memory of stock-adjustment request ids (kept while their stock lasts);
 //! - [`audit`], [`rebalance`]: the pure functions over them.
 //!
 //! Caveats: the audit needs every region's state; a region that cannot be

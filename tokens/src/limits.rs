@@ -40,15 +40,21 @@ pub const STOCK_DELTA_MAX: u64 = 1_000_000_000;
 /// Largest single transfer.
 pub const TRANSFER_UNITS_MAX: u64 = 1_000_000_000;
 
-/// How long, in logical time, a successful request id is remembered.
-pub const REQUEST_RETENTION_MS: Millis = 10 * 60 * 1000;
-/// Most request ids remembered at once; past it the oldest are forgotten.
-pub const REQUEST_IDS_MAX: usize = 1_000_000;
+/// Shortest time, in logical time, a stock adjustment's request id is
+/// remembered, whatever became of its stock: the window for a client's
+/// retry. After it, the id is kept for as long as the stock of its SKU that
+/// was there right after it ([`crate::memory::AdjustmentMemory`]).
+pub const ADJUSTMENT_WINDOW_MS: Millis = 10 * 60 * 1000;
+/// Most stock-adjustment request ids remembered at once. None is forgotten
+/// early to make room: a new adjustment past this many is
+/// `ADJUSTMENT_IDS_FULL` and changes nothing.
+pub const ADJUSTMENT_IDS_MAX: usize = 1_000_000;
 /// How long, in logical time, a released, expired or settled reservation (and
 /// with it the request id that made it) is kept, by default.
 pub const RESERVATION_RETENTION_MS: Millis = 10 * 60 * 1000;
-/// Most ended reservations kept at once, by default; past it the oldest are
-/// forgotten.
+/// Most reservations a region keeps that ended within the retention, by
+/// default. None is forgotten early to make room: while this many are kept,
+/// a new reserve is `RETENTION_FULL` and changes nothing.
 pub const ENDED_RESERVATIONS_MAX: usize = 1_000_000;
 /// Shortest retention a region may be configured with.
 pub const RESERVATION_RETENTION_MS_MIN: Millis = 60 * 1000;
@@ -58,9 +64,10 @@ pub const RESERVATION_RETENTION_MS_LIMIT: Millis = 24 * 60 * 60 * 1000;
 pub const ENDED_RESERVATIONS_MIN: u64 = 1_000;
 /// Most ended reservations a region may be configured to keep.
 pub const ENDED_RESERVATIONS_LIMIT: u64 = 100_000_000;
-/// Most items (request ids or ended reservations) pruned by one command, so
-/// no single apply stalls; pruning always gets ahead because each command
-/// adds at most one of each.
+/// Most items (adjustment ids or ended reservations) pruned by one command,
+/// so no single apply stalls; pruning gets ahead because most commands add
+/// at most one of each (an `Expire` or `Settled` that ends many is caught up
+/// with by the commands after it).
 pub const PRUNE_PER_COMMAND_MAX: usize = 64;
 /// Most holds one `Expire` command expires.
 pub const EXPIRE_PER_COMMAND_MAX: usize = 4_096;

@@ -6,13 +6,16 @@
 //! release, confirm and extend name their owner, and a reservation of
 //! another owner is refused exactly as one that does not exist
 //! (`RESERVATION_NOT_FOUND`, the same message), so nobody can learn whether
-//! someone else's id exists. Request ids are remembered per owner. A new
+//! someone else's id exists. Request ids are remembered per owner, in
+//! their reservation's record: while it lives and for at least
+//! `retention.ended_ms` after it ends (a reserve that would need one
+//! forgotten sooner is `RETENTION_FULL`). A new
 //! reservation's id is the 64-bit nonce the proposer drew (probed upwards
 //! past ids in use, and past 0, so every replica picks the same).
 
 use crate::error::{Field, Rejection};
 use crate::limits::{self, *};
-use crate::memory::{Fnv, RequestMemory};
+use crate::memory::{AdjustmentMemory, Fnv};
 use crate::types::*;
 use imbl::{OrdMap, OrdSet, Vector};
 use serde::{Deserialize, Serialize};
@@ -273,14 +276,21 @@ pub enum RegionApplied {
 pub type RegionOutcome = Result<RegionApplied, Rejection>;
 
 /// How long a region keeps ended reservations, and with each one the request
-/// id that made it. Part of the replicated state, so every replica prunes
-/// alike; changed by [`RegionOp::SetRetention`].
+/// id that made it: at least `ended_ms` after each ends, never less; the
+/// count is a bound on admission, not a reason to forget. Part of the
+/// replicated state, so every replica prunes alike; changed by
+/// [`RegionOp::SetRetention`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Retention {
     /// Logical time an ended (released, expired, settled) reservation is
     /// kept after it ends.
     pub ended_ms: Millis,
-    /// Most ended reservations kept; past it the oldest are forgotten.
+    /// Most reservations kept that ended within `ended_ms`. None is
+    /// forgotten early to make room: while this many are kept, a new reserve
+    /// is `RETENTION_FULL` (retries of remembered ids are still answered).
+    /// Holds live when it fills may still end, so ended reservations within
+    /// `ended_ms` number at most `ended_max` plus the most reservations
+    /// live at once.
     pub ended_max: u64,
 }
 
@@ -383,7 +393,8 @@ pub struct RegionState {
     /// (FNV-1a); a lookup compares the owner and the full id kept in the
     /// record, so a hash collision costs a comparison, never a wrong answer.
     requests: OrdSet<(u64, ReservationId)>,
-    adjustments: RequestMemory<Sku>,
+    /// Request ids of applied stock adjustments (standalone mode).
+    adjustments: AdjustmentMemory,
     /// Unsettled sales by sequence number: the reservation and the time of
     /// the confirm (its lines and order are in the record).
     outbox: OrdMap<u64, (ReservationId, Millis)>,
@@ -409,7 +420,7 @@ impl RegionState {
             expiry: OrdSet::new(),
             ended: Vector::new(),
             requests: OrdSet::new(),
-            adjustments: RequestMemory::default(),
+            adjustments: AdjustmentMemory::default(),
             outbox: OrdMap::new(),
             next_outbox_seq: 1,
             settled_up_to: 0,
@@ -421,6 +432,8 @@ impl RegionState {
     /// Applies one command. A rejection changes nothing but the clock.
     pub fn apply(&mut self, cmd: RegionCommand) -> RegionOutcome {
         self.clock_ms = self.clock_ms.max(cmd.now_ms);
+        // Before the command, so an adjustment finds the room made.
+        self.adjustments.prune(self.clock_ms, PRUNE_PER_COMMAND_MAX);
         let outcome = match cmd.op {
             RegionOp::Reserve {
                 owner,
@@ -541,6 +554,12 @@ impl RegionState {
                 });
             }
             None => {}
+        }
+        // Room for this reservation's record (and request id) once it ends,
+        // without forgetting another's before its retention has passed.
+        let ended = self.ended_within_retention();
+        if ended >= self.retention.ended_max {
+            return Err(Rejection::RetentionFull { ended });
         }
 
         // Decide what to take before touching anything: all or nothing.
@@ -825,6 +844,8 @@ impl RegionState {
                     let take = asked.min(bucket.available);
                     bucket.available -= take;
                     bucket.returned += take;
+                    let mut budget = PRUNE_PER_COMMAND_MAX;
+                    self.stock_left(ix, &mut budget);
                     take
                 }
                 None => 0,
@@ -852,6 +873,7 @@ impl RegionState {
             return Err(Rejection::SettlementAhead { up_to_seq, last_seq });
         }
         let mut reservations = 0;
+        let mut budget = PRUNE_PER_COMMAND_MAX;
         while let Some(&(seq, (id, _))) = self.outbox.get_min() {
             if seq > up_to_seq {
                 break;
@@ -873,6 +895,7 @@ impl RegionState {
                 );
                 bucket.confirmed -= quantity;
                 bucket.settled += quantity;
+                self.stock_left(ix, &mut budget);
             }
             let clock_ms = self.clock_ms;
             let r = self.record_mut(id);
@@ -915,8 +938,14 @@ impl RegionState {
             bucket.available -= units;
             bucket.returned += units;
         }
+        let ix = self.bucket_ix_or_new(&sku);
+        let received = self.bucket_mut(ix).received;
         self.adjustments
-            .remember(request_id, fingerprint, sku.clone(), self.clock_ms);
+            .remember(&request_id, fingerprint, &sku, received, self.clock_ms);
+        if delta < 0 {
+            let mut budget = PRUNE_PER_COMMAND_MAX;
+            self.stock_left(ix, &mut budget);
+        }
         Ok(self.stock_figures(sku))
     }
 
@@ -1044,19 +1073,45 @@ impl RegionState {
         }
     }
 
-    /// Forgets old adjustment request ids and ended reservations (with their
-    /// request ids), a bounded amount per command.
+    /// Ended reservations kept that ended less than `retention.ended_ms`
+    /// ago (the rest are due to be pruned). `ended` is sorted by end time, so
+    /// a binary search finds them.
+    fn ended_within_retention(&self) -> u64 {
+        let (now, keep_ms) = (self.clock_ms, self.retention.ended_ms);
+        let due = self
+            .ended
+            .binary_search_by(|&(at_ms, _)| {
+                if at_ms.saturating_add(keep_ms) <= now {
+                    std::cmp::Ordering::Less
+                } else {
+                    std::cmp::Ordering::Greater
+                }
+            })
+            .unwrap_or_else(|at| at);
+        (self.ended.len() - due) as u64
+    }
+
+    /// Units of SKU number `ix` left (given back, or sold and settled): the
+    /// adjustment memory learns which adjustments' stock is now gone.
+    fn stock_left(&mut self, ix: SkuIx, budget: &mut usize) {
+        let (sku, b) = self
+            .buckets
+            .get(ix as usize)
+            .expect("a SKU number names a bucket");
+        self.adjustments.stock_left(sku, bucket_out_total(b), budget);
+    }
+
+    /// Forgets ended reservations (with their request ids) whose retention
+    /// has passed, a bounded amount per command. Only by age: the count bound
+    /// (`retention.ended_max`) refuses new reserves instead of forgetting
+    /// early (`RETENTION_FULL`).
     fn prune(&mut self) {
         let now = self.clock_ms;
-        self.adjustments
-            .prune(now, REQUEST_RETENTION_MS, REQUEST_IDS_MAX, PRUNE_PER_COMMAND_MAX);
         for _ in 0..PRUNE_PER_COMMAND_MAX {
             let Some(&(at_ms, id)) = self.ended.front() else {
                 break;
             };
-            if at_ms.saturating_add(self.retention.ended_ms) > now
-                && self.ended.len() as u64 <= self.retention.ended_max
-            {
+            if at_ms.saturating_add(self.retention.ended_ms) > now {
                 break;
             }
             self.ended.pop_front();
@@ -1208,6 +1263,12 @@ fn request_hash(owner: OwnerIx, request_id: &str) -> u64 {
         .u64(u64::from(owner))
         .bytes(request_id.as_bytes())
         .finish()
+}
+
+/// A bucket's units ever out: given back (removed, revoked) or sold and
+/// settled. Its units ever in are `received`.
+fn bucket_out_total(b: &Bucket) -> Units {
+    b.returned + b.settled
 }
 
 /// A validated quantity in a record's 32 bits.

@@ -7,8 +7,8 @@
 
 use reservoir_tokens::ledger::LedgerSku;
 use reservoir_tokens::limits::{
-    REQUEST_ID_BYTES_MAX, REQUEST_RETENTION_MS, SETTLE_BATCH_MAX, STOCK_DELTA_MAX, TRANSFER_UNITS_MAX,
-    TRANSFERS_IN_FLIGHT_MAX,
+    ADJUSTMENT_IDS_MAX, ADJUSTMENT_WINDOW_MS, REQUEST_ID_BYTES_MAX, SETTLE_BATCH_MAX, STOCK_DELTA_MAX,
+    TRANSFER_UNITS_MAX, TRANSFERS_IN_FLIGHT_MAX,
 };
 use reservoir_tokens::{
     ErrorKind, LedgerApplied, LedgerCommand, LedgerOp, LedgerOutcome, LedgerState, Line, Millis, Rejection,
@@ -293,21 +293,84 @@ fn adjust_stock_input_limits() {
     );
 }
 
-/// Adjustment request ids are forgotten after REQUEST_RETENTION_MS of logical time.
+/// Issue 12: an AdjustStock retried 11 minutes later, after many other
+/// adjustments, is not applied twice while the stock it added is there;
+/// once that stock has left (first in, first out) and the window has
+/// passed, its id is forgotten and the same id is a new adjustment.
 #[test]
-fn adjust_request_ids_are_forgotten_after_retention() {
+fn adjust_stock_retried_late_is_not_applied_twice() {
+    const ELEVEN_MIN: Millis = 11 * 60 * 1000;
     let mut l = LedgerState::new();
-    apply(&mut l, T0, adjust("adj-1", "a", 10)).expect("adjust");
-    apply(&mut l, T0 + REQUEST_RETENTION_MS - 10, adjust("adj-2", "a", 1)).expect("adjust");
-    refused(&mut l, adjust("adj-1", "a", 5), "REQUEST_ID_REUSED");
-    // Any command moves the clock and prunes; use a harmless refusal.
-    apply(&mut l, T0 + REQUEST_RETENTION_MS, complete_grant(99)).expect_err("no such transfer");
+    assert_eq!(stock(apply(&mut l, T0, adjust("adj-1", "a", 10))).1, 10);
+    for i in 0..2_000u64 {
+        let sku = if i % 2 == 0 { "a" } else { "b" };
+        apply(&mut l, T0 + 1 + i * 301, adjust(&format!("other-{i}"), sku, 1)).expect("adjust");
+    }
+    assert!(l.clock_ms() > T0 + ADJUSTMENT_WINDOW_MS);
+    apply(&mut l, T0 + ELEVEN_MIN, complete_grant(99)).expect_err("no such transfer");
+    let out = stock(Ok(replayed(&mut l, adjust("adj-1", "a", 10))));
+    assert_eq!(out, ("a".into(), 1_010, 1_010), "the figures, not applied again");
+    refused(&mut l, adjust("adj-1", "a", 11), "REQUEST_ID_REUSED");
+
+    // Ten units leave (removed): adj-1's stock is gone, and it is forgotten.
+    apply(&mut l, T0 + ELEVEN_MIN, adjust("remove-1", "a", -10)).expect("remove");
+    assert_eq!(books(&l, "a").removed_total, 10);
     assert_eq!(
-        stock(apply(&mut l, T0 + REQUEST_RETENTION_MS, adjust("adj-1", "a", 5))).1,
-        16
+        stock(apply(&mut l, T0 + ELEVEN_MIN, adjust("adj-1", "a", 11))),
+        ("a".into(), 1_011, 1_011),
+        "forgotten: a new adjustment"
     );
-    // adj-2 is still remembered.
-    refused(&mut l, adjust("adj-2", "a", 2), "REQUEST_ID_REUSED");
+    // other-0 (11 units in right after it) still has its unit in stock, and
+    // remove-1 (1,010 in) has all of them.
+    refused(&mut l, adjust("other-0", "a", 2), "REQUEST_ID_REUSED");
+    refused(&mut l, adjust("remove-1", "a", -9), "REQUEST_ID_REUSED");
+}
+
+/// ADJUSTMENT_IDS_MAX ids remembered, none of which may be forgotten: a new
+/// adjustment is ADJUSTMENT_IDS_FULL and changes nothing, a retry is still
+/// answered, and ids whose stock left make room once their window passes.
+#[test]
+fn adjustment_ids_are_bounded_and_never_forgotten_early() {
+    let mut l = LedgerState::new();
+    apply(&mut l, T0, adjust("first", "z", 1)).expect("adjust");
+    apply(&mut l, T0, adjust("z-out", "z", -1)).expect("adjust");
+    for i in 2..ADJUSTMENT_IDS_MAX {
+        // Without the per-step books check of `apply`: a million steps.
+        let op = adjust(&format!("adj-{i}"), "a", 1);
+        l.apply(LedgerCommand { now_ms: T0, op }).expect("adjust");
+    }
+    // A million entries: compare the figures that could change, not the
+    // whole state as JSON (as `refused` does).
+    let before = (l.skus().clone(), l.transfers().clone());
+    let err = apply(&mut l, T0 + 1, adjust("one-more", "b", 1)).expect_err("full");
+    assert_eq!(err.reason(), "ADJUSTMENT_IDS_FULL");
+    assert_eq!(err.kind(), ErrorKind::ResourceExhausted);
+    assert_eq!(
+        err.metadata(),
+        kv(&[("remembered", &ADJUSTMENT_IDS_MAX.to_string())])
+    );
+    let err = apply(&mut l, T0 + 1, adjust("first", "z", 2)).expect_err("a reuse");
+    assert_eq!(err.reason(), "REQUEST_ID_REUSED");
+    assert_eq!(
+        stock(apply(&mut l, T0 + 1, adjust("adj-2", "a", 1))).1,
+        ADJUSTMENT_IDS_MAX as u64 - 2
+    );
+    assert_eq!(
+        (l.skus().clone(), l.transfers().clone()),
+        before,
+        "nothing changed"
+    );
+    // z's stock left at once; after the window its two ids are forgotten.
+    let at = T0 + ADJUSTMENT_WINDOW_MS;
+    assert_eq!(stock(apply(&mut l, at, adjust("one-more", "b", 1))).1, 1);
+    assert_eq!(
+        stock(apply(&mut l, at, adjust("first", "z", 2))).1,
+        2,
+        "forgotten"
+    );
+    let err = apply(&mut l, at, adjust("two-more", "b", 1)).expect_err("full");
+    assert_eq!(err.reason(), "ADJUSTMENT_IDS_FULL");
+    assert_eq!(books(&l, "a").stocked_total, ADJUSTMENT_IDS_MAX as u64 - 2);
 }
 
 // ----- BeginGrant -----

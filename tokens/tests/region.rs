@@ -10,9 +10,9 @@
 //! asks for id 7), so tests can name holds by number.
 
 use reservoir_tokens::limits::{
-    self, ENDED_RESERVATIONS_LIMIT, ENDED_RESERVATIONS_MIN, EXPIRE_PER_COMMAND_MAX,
+    self, ADJUSTMENT_WINDOW_MS, ENDED_RESERVATIONS_LIMIT, ENDED_RESERVATIONS_MIN, EXPIRE_PER_COMMAND_MAX,
     LINES_PER_RESERVATION_MAX, ORDER_ID_BYTES_MAX, OWNER_BYTES_MAX, PRUNE_PER_COMMAND_MAX, QUANTITY_MAX,
-    REQUEST_ID_BYTES_MAX, REQUEST_RETENTION_MS, RESERVATION_RETENTION_MS, RESERVATION_RETENTION_MS_LIMIT,
+    REQUEST_ID_BYTES_MAX, RESERVATION_RETENTION_MS, RESERVATION_RETENTION_MS_LIMIT,
     RESERVATION_RETENTION_MS_MIN, SKU_BYTES_MAX, STOCK_DELTA_MAX, TRANSFER_UNITS_MAX, TTL_DEFAULT_MS,
     TTL_MAX_MS,
 };
@@ -83,6 +83,11 @@ fn replayed(r: &mut RegionState, op: RegionOp) -> RegionApplied {
 fn refused_at(r: &mut RegionState, now_ms: Millis, op: RegionOp, reason: &str) {
     let err = apply(r, now_ms, op).expect_err("refused");
     assert_eq!(err.reason(), reason, "{err}");
+}
+
+/// A command at `now_ms`.
+fn cmd(now_ms: Millis, op: RegionOp) -> RegionCommand {
+    RegionCommand { now_ms, op }
 }
 
 /// Unwraps a reservation outcome.
@@ -1453,7 +1458,7 @@ fn pruning_is_bounded_per_command() {
     }
     assert_eq!(r.reservations().count() as u64, n);
     assert_eq!(r.remembered_requests() as u64, n);
-    let later = T0 + RESERVATION_RETENTION_MS.max(REQUEST_RETENTION_MS);
+    let later = T0 + RESERVATION_RETENTION_MS;
     apply(&mut r, later, RegionOp::Expire).expect("expire");
     assert_eq!(r.reservations().count() as u64, n - PRUNE_PER_COMMAND_MAX as u64);
     assert_eq!(r.remembered_requests() as u64, n - PRUNE_PER_COMMAND_MAX as u64);
@@ -1466,28 +1471,15 @@ fn pruning_is_bounded_per_command() {
 }
 
 /// A reserve's request id is remembered as long as its reservation: while
-/// the hold lives (however long), and for the retention after it ends;
-/// adjustment ids are forgotten after REQUEST_RETENTION_MS.
+/// the hold lives (however long), and for the retention after it ends.
 #[test]
 fn request_ids_live_as_long_as_their_reservation() {
     let mut r = stocked(&[("a", 10)]);
     res(apply(&mut r, T0, reserve("req-1", &[("a", 1)], TTL_MAX_MS)));
-    apply(&mut r, T0, adjust("adj-1", "a", 5)).expect("adjust");
     assert_eq!(r.remembered_requests(), 1);
 
-    // Refusals apply one ms after the clock, and pruning runs after a
-    // command: stay clear of the boundary.
-    apply(&mut r, T0 + REQUEST_RETENTION_MS - 10, RegionOp::Expire).expect("expire");
-    refused(&mut r, adjust("adj-1", "a", 6), "REQUEST_ID_REUSED");
-    apply(&mut r, T0 + REQUEST_RETENTION_MS, RegionOp::Expire).expect("expire");
-    let now = r.clock_ms();
-    assert_eq!(
-        stock(apply(&mut r, now, adjust("adj-1", "a", 6))).1,
-        21,
-        "a forgotten adjustment id is new"
-    );
-
-    // The hold lives on past REQUEST_RETENTION_MS, and so does its id.
+    // The hold lives on past the retention, and so does its id.
+    apply(&mut r, T0 + 2 * RESERVATION_RETENTION_MS, RegionOp::Expire).expect("expire");
     assert_eq!(state_of(&r, 1), ReservationState::Held);
     assert_eq!(r.remembered_requests(), 1);
     refused(&mut r, reserve("req-1", &[("a", 2)], 0), "REQUEST_ID_REUSED");
@@ -1496,6 +1488,8 @@ fn request_ids_live_as_long_as_their_reservation() {
     assert_eq!(again.id, ReservationId(1), "a retry finds the live hold");
 
     // Once the hold ends, its id is kept for the retention, then forgotten.
+    // Refusals apply one ms after the clock, and pruning runs after a
+    // command: stay clear of the boundary.
     let released_at = r.clock_ms() + 1;
     res(apply(&mut r, released_at, release(1)));
     apply(
@@ -1516,7 +1510,184 @@ fn request_ids_live_as_long_as_their_reservation() {
     ));
     assert_eq!(got.id, ReservationId(2), "a forgotten id is a new request");
     assert_eq!(got.lines, lines(&[("a", 2)]));
-    assert_eq!(levels(&r, "a"), (19, 2, 0));
+    assert_eq!(levels(&r, "a"), (8, 2, 0));
+}
+
+/// Issue 12: a retry of a request id 11 minutes (logical) after the reserve,
+/// after 1,000,001 later reserves, finds its reservation, whether the hold
+/// is still live (1 h TTL) or was released 9 minutes before the retry. The
+/// later holds are all released after it, so more than `ended_max` (1,000,000)
+/// reservations end within the retention: none is forgotten early for that.
+#[test]
+fn retry_after_eleven_minutes_and_a_million_reserves_finds_the_reservation() {
+    const LATER: u64 = 1_000_001;
+    const MIN: Millis = 60 * 1000;
+    assert_eq!(RegionState::new(REGION).retention().ended_max, 1_000_000);
+    let mut r = stocked(&[("a", 10), ("b", LATER)]);
+    let live = res(apply(&mut r, T0, reserve("live-1", &[("a", 1)], 60 * MIN)));
+    let ended = res(apply(&mut r, T0, reserve("ended-2", &[("a", 2)], 60 * MIN)));
+    // Without the per-step books check of `apply`: two million steps.
+    for i in 0..LATER {
+        let now = T0 + 1 + i * (9 * MIN) / LATER;
+        if now >= T0 + 2 * MIN && r.reservation(ended.id).expect("kept").state == ReservationState::Held {
+            res(r.apply(cmd(now, release(ended.id.0))));
+        }
+        let op = with_nonce(1_000 + i, reserve(&format!("later-{i}"), &[("b", 1)], 0));
+        res(r.apply(cmd(now, op)));
+    }
+    for i in 0..LATER {
+        res(r.apply(cmd(T0 + 10 * MIN, release(1_000 + i))));
+    }
+    assert_books(&r);
+    assert!(r.ended_kept() as u64 > LATER, "{} ended", r.ended_kept());
+    let at = T0 + 11 * MIN;
+    let again = res(apply(&mut r, at, reserve("live-1", &[("a", 1)], 60 * MIN)));
+    assert_eq!(again, live, "the live hold, unchanged");
+    let again = res(apply(&mut r, at, reserve("ended-2", &[("a", 2)], 60 * MIN)));
+    assert_eq!((again.id, again.state), (ended.id, ReservationState::Released));
+    assert_eq!(levels(&r, "a"), (9, 1, 0), "nothing reserved twice");
+}
+
+/// The retention's count bound never forgets early: while `ended_max`
+/// reservations ended within the retention are kept, a new reserve is
+/// RETENTION_FULL (resource exhausted, nothing changed), retries of
+/// remembered ids are still answered, and once the oldest age out of the
+/// retention new reserves are taken again.
+#[test]
+fn retention_count_refuses_new_reserves_rather_than_forget() {
+    let mut r = stocked(&[("a", 10)]);
+    let short = Retention {
+        ended_ms: RESERVATION_RETENTION_MS_MIN,
+        ended_max: ENDED_RESERVATIONS_MIN,
+    };
+    apply(&mut r, T0, RegionOp::SetRetention { retention: short }).expect("set");
+    for i in 1..=ENDED_RESERVATIONS_MIN {
+        res(apply(
+            &mut r,
+            T0 + i,
+            reserve(&format!("req-{i}"), &[("a", 1)], 0),
+        ));
+        res(apply(&mut r, T0 + i, release(i)));
+    }
+    assert_eq!(r.ended_kept() as u64, ENDED_RESERVATIONS_MIN);
+    let err = refused(&mut r, reserve("req-new", &[("a", 1)], 0), "RETENTION_FULL");
+    assert_eq!(err.kind(), ErrorKind::ResourceExhausted);
+    assert_eq!(
+        err.metadata(),
+        vec![("ended", ENDED_RESERVATIONS_MIN.to_string())]
+    );
+    // The oldest is still remembered: its retry is answered, not refused.
+    let again = res(Ok(replayed(&mut r, reserve("req-1", &[("a", 1)], 0))));
+    assert_eq!(
+        (again.id, again.state),
+        (ReservationId(1), ReservationState::Released)
+    );
+
+    // A minute after the first ended, it may be forgotten: there is room.
+    let got = res(apply(
+        &mut r,
+        T0 + 1 + RESERVATION_RETENTION_MS_MIN,
+        reserve("req-new", &[("a", 1)], 0),
+    ));
+    assert_eq!(got.state, ReservationState::Held);
+    assert!(r.reservation(ReservationId(1)).is_none(), "aged out, pruned");
+    assert!(
+        r.reservation(ReservationId(2)).is_some(),
+        "still within its minute"
+    );
+}
+
+/// Issue 12: a confirm retried after settlement, with the same order id,
+/// answers with the settled sale, even after more than `ended_max` other
+/// reservations ended since; another order id is refused as before. Past
+/// the retention after settlement, the record is forgotten and the retry is
+/// RESERVATION_NOT_FOUND.
+#[test]
+fn confirm_retried_after_settlement_answers_the_sale() {
+    let n = ENDED_RESERVATIONS_MIN;
+    let mut r = stocked(&[("a", n + 10)]);
+    let short = Retention {
+        ended_ms: RESERVATION_RETENTION_MS_MIN,
+        ended_max: n,
+    };
+    apply(&mut r, T0, RegionOp::SetRetention { retention: short }).expect("set");
+    // Holds taken first, so that they may all end after the sale settles.
+    for i in 1..=n {
+        res(apply(&mut r, T0, reserve(&format!("req-{i}"), &[("a", 1)], 0)));
+    }
+    let sold = res(apply(
+        &mut r,
+        T0,
+        reserve(&format!("req-{}", n + 1), &[("a", 2)], 0),
+    ));
+    let confirmed = res(apply(&mut r, T0, confirm(n + 1, "order-1")));
+    assert_eq!(
+        settled(apply(&mut r, T0 + 1, RegionOp::Settled { up_to_seq: 1 })),
+        1
+    );
+    for i in 1..=n {
+        res(apply(&mut r, T0 + 2, release(i)));
+    }
+    assert_eq!(
+        r.ended_kept() as u64,
+        n + 1,
+        "ended_max plus the holds live when it filled"
+    );
+
+    let again = res(Ok(replayed(&mut r, confirm(n + 1, "order-1"))));
+    assert_eq!(again.id, sold.id);
+    assert_eq!(again.state, ReservationState::Settled);
+    assert_eq!(
+        (again.lines.clone(), again.order_id.clone()),
+        (confirmed.lines, confirmed.order_id)
+    );
+    refused(&mut r, confirm(n + 1, "order-2"), "RESERVATION_CONFIRMED");
+    assert_eq!(r.last_outbox_seq(), 1);
+
+    // Forgotten a retention after it settled: not found, like any unknown id.
+    let later = T0 + 2 + RESERVATION_RETENTION_MS_MIN;
+    while r.ended_kept() > 0 {
+        apply(&mut r, later, RegionOp::Expire).expect("expire");
+    }
+    refused(&mut r, confirm(n + 1, "order-1"), "RESERVATION_NOT_FOUND");
+    assert_eq!(r.bucket("a").expect("bucket").settled, 2);
+}
+
+/// Issue 12: a standalone region's AdjustStock retried 11 minutes later,
+/// after many other adjustments, is not applied twice while the stock it
+/// added is there; once that stock has left (removed, or sold and settled)
+/// and the window has passed, its id is forgotten.
+#[test]
+fn adjust_stock_retried_late_is_not_applied_twice() {
+    const ELEVEN_MIN: Millis = 11 * 60 * 1000;
+    let mut r = RegionState::new(REGION);
+    assert_eq!(stock(apply(&mut r, T0, adjust("adj-1", "a", 10))).1, 10);
+    for i in 0..2_000u64 {
+        let sku = if i % 2 == 0 { "a" } else { "b" };
+        apply(&mut r, T0 + 1 + i * 301, adjust(&format!("other-{i}"), sku, 1)).expect("adjust");
+    }
+    assert!(r.clock_ms() > T0 + ADJUSTMENT_WINDOW_MS);
+    let before = r.bucket("a").expect("bucket").clone();
+    let out = stock(Ok(replayed(&mut r, adjust("adj-1", "a", 10))));
+    assert_eq!(out, ("a".into(), 1_010, 1_010), "the figures, not applied again");
+    apply(&mut r, T0 + ELEVEN_MIN, RegionOp::Expire).expect("expire");
+    stock(Ok(replayed(&mut r, adjust("adj-1", "a", 10))));
+    assert_eq!(r.bucket("a"), Some(&before));
+    refused(&mut r, adjust("adj-1", "a", 11), "REQUEST_ID_REUSED");
+
+    // The first ten units of a leave (sold and settled; first in, first
+    // out): adj-1's stock is gone and its window long past, so it is
+    // forgotten, and the same id is a new adjustment.
+    res(apply(&mut r, T0 + ELEVEN_MIN, reserve("req-1", &[("a", 10)], 0)));
+    res(apply(&mut r, T0 + ELEVEN_MIN, confirm(1, "order-1")));
+    apply(&mut r, T0 + ELEVEN_MIN, RegionOp::Settled { up_to_seq: 1 }).expect("settle");
+    assert_eq!(
+        stock(apply(&mut r, T0 + ELEVEN_MIN, adjust("adj-1", "a", 11))),
+        ("a".into(), 1_021, 1_011),
+        "forgotten: a new adjustment"
+    );
+    // other-0 (11 units in right after it) still has its unit in stock.
+    refused(&mut r, adjust("other-0", "a", 2), "REQUEST_ID_REUSED");
 }
 
 /// A region's retention is replicated state: SetRetention changes how long
@@ -1531,16 +1702,15 @@ fn retention_is_set_by_command() {
     };
     apply(&mut r, T0, RegionOp::SetRetention { retention: short }).expect("set");
     assert_eq!(r.retention(), short);
-    let n = ENDED_RESERVATIONS_MIN + 2;
+    let n = ENDED_RESERVATIONS_MIN;
     for i in 1..=n {
         res(apply(&mut r, T0, reserve(&format!("req-{i}"), &[("a", 1)], 0)));
         res(apply(&mut r, T0, release(i)));
     }
-    // At most ENDED_RESERVATIONS_MIN ended reservations are kept: the oldest
-    // went first.
+    // ENDED_RESERVATIONS_MIN ended reservations are kept: the next reserve
+    // is refused rather than one forgotten early.
     assert_eq!(r.ended_kept() as u64, ENDED_RESERVATIONS_MIN);
-    assert!(r.reservation(ReservationId(2)).is_none());
-    assert!(r.reservation(ReservationId(3)).is_some());
+    refused(&mut r, reserve("req-more", &[("a", 1)], 0), "RETENTION_FULL");
     // Pruning takes at most PRUNE_PER_COMMAND_MAX per command.
     let later = T0 + RESERVATION_RETENTION_MS_MIN;
     while r.ended_kept() > 0 {
@@ -1582,7 +1752,7 @@ fn live_holds_and_unsettled_sales_are_never_pruned() {
     res(apply(&mut r, T0, reserve("req-1", &[("a", 1)], TTL_MAX_MS)));
     res(apply(&mut r, T0, reserve("req-2", &[("a", 2)], 0)));
     res(apply(&mut r, T0, confirm(2, "order-2")));
-    let step = RESERVATION_RETENTION_MS.max(REQUEST_RETENTION_MS);
+    let step = RESERVATION_RETENTION_MS;
     let mut now = T0;
     while now + step < T0 + TTL_MAX_MS {
         now += step;

@@ -12,8 +12,8 @@
 //! | … | the [`AppliedState`], bincode, streamed |
 //! | 4 | CRC-32 of every byte before it, little-endian |
 //!
-//! The version changes whenever the encoding of the state does: version 2
-//! is the state with reservation owners and nonce-drawn reservation ids. A
+//! The version changes whenever the encoding of the state does: version 3
+//! is the state with owners, nonce ids and per-SKU adjustment ids. A
 //! file of another version is refused, never misread.
 //!
 //! It is written to a `.tmp` file (synced every [`SNAPSHOT_SYNC_BYTES`], so
@@ -45,8 +45,8 @@ use crate::config::{SNAPSHOT_BYTES_MAX, SnapshotMeta};
 /// First bytes of every snapshot file.
 const MAGIC: &[u8; 8] = b"RSVSNAP1";
 /// The file format written and read. Bumped whenever the encoding of the
-/// state changes (2: reservations with owners, ids from nonces).
-const FORMAT_VERSION: u32 = 2;
+/// state changes (2: owners, nonce ids; 3: per-SKU adjustment ids).
+const FORMAT_VERSION: u32 = 3;
 /// Largest encoded metadata (a log id, a membership of a few nodes, an id).
 const META_BYTES_MAX: u32 = 64 * 1024;
 /// While a snapshot is written, its file is synced after every this many
@@ -545,6 +545,6 @@ mod tests {
                 other => panic!("format {version} read as {other:?}"),
             }
         }
-        assert_eq!(FORMAT_VERSION, 2);
+        assert_eq!(FORMAT_VERSION, 3);
     }
 }

@@ -1522,8 +1522,14 @@ fn request_ids_live_as_long_as_their_reservation() {
 fn retry_after_eleven_minutes_and_a_million_reserves_finds_the_reservation() {
     const LATER: u64 = 1_000_001;
     const MIN: Millis = 60 * 1000;
-    assert_eq!(RegionState::new(REGION).retention().ended_max, 1_000_000);
     let mut r = stocked(&[("a", 10), ("b", LATER)]);
+    // Ten minutes and a million: the 1,000,001 later reserves are more than
+    // the count, and the retry comes nine minutes after the hold ended.
+    let retention = Retention {
+        ended_ms: 10 * MIN,
+        ended_max: 1_000_000,
+    };
+    apply(&mut r, T0, RegionOp::SetRetention { retention }).expect("set");
     let live = res(apply(&mut r, T0, reserve("live-1", &[("a", 1)], 60 * MIN)));
     let ended = res(apply(&mut r, T0, reserve("ended-2", &[("a", 2)], 60 * MIN)));
     // Without the per-step books check of `apply`: two million steps.

@@ -91,13 +91,17 @@ pub struct NodeConfig {
 /// leader writes these settings into the replicated state when they differ
 /// from it, so every replica prunes alike. Memory: an ended reservation
 /// costs about 222 bytes (`cargo run --release -p reservoir-tokens --example
-/// state_bytes`), so the default bound, 1,000,000, is about 222 MB per node.
+/// state_bytes`), so the default bound, 5,000,000, is at most about 1.1 GB
+/// per node; with the default 5 minutes it fills only when more than 16,667
+/// reservations end per second, sustained (then new reserves are
+/// `RETENTION_FULL` until the oldest age out).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
     /// Logical time an ended reservation is kept after it ends.
     pub ended_ms: u64,
-    /// Most ended reservations kept; past it the oldest are forgotten.
+    /// Most ended reservations kept within `ended_ms`; past it new reserves
+    /// are refused (`RETENTION_FULL`), none is forgotten early.
     pub ended_max: u64,
 }
 

@@ -78,7 +78,7 @@ pub use config::{
     Batch, ENTRY_BYTES_MAX, GroupConfig, GroupMachine, GroupRaft, LogId, Node, NodeId, Payload, Runtime,
     SNAPSHOT_BYTES_MAX, SnapshotMeta, StorageError, StoredMembership, Vote,
 };
-pub use group::{Group, GroupError, GroupOptions, GroupStatus, ProposeError, Role};
+pub use group::{CommitStall, Group, GroupError, GroupOptions, GroupStatus, ProposeError, Role};
 pub use network::{RaftEndpoint, RaftService, Router, SnapshotChunk, TonicWire, Wire};
 pub use store::{
     AppliedState, GroupStores, LogStore, NodeStorage, SnapshotBuilder, SnapshotFile, SnapshotStats,

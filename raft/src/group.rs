@@ -655,11 +655,11 @@ impl Health {
         }
         let timed_out = record.last_timeout?;
         let ago = now.saturating_duration_since(timed_out);
-        (ago <= bound * 2 && record.last_commit.is_none_or(|c| c < timed_out)).then(|| {
+        (ago <= bound * 2 && record.last_commit.is_none_or(|c| c < timed_out)).then_some(
             CommitStall::TimedOut {
                 ago_ms: ago.as_millis() as u64,
-            }
-        })
+            },
+        )
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HealthRecord> {
@@ -892,6 +892,43 @@ fn metrics_batch(commands: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch waiting past half the bound, or a timeout with no commit
+    /// after it, is a stall; a stall ends when the batch leaves, when a
+    /// batch commits, or two bounds after the timeout.
+    #[test]
+    fn commit_stalls_are_reported_and_end() {
+        let bound = Duration::from_secs(4);
+        let health = Health::default();
+        let t0 = Instant::now();
+        assert_eq!(health.stall(t0, bound), None);
+        let writing = health.begin();
+        assert_eq!(health.stall(t0 + Duration::from_secs(1), bound), None);
+        assert!(matches!(
+            health.stall(t0 + Duration::from_secs(3), bound),
+            Some(CommitStall::BatchWaiting { waited_ms }) if waited_ms >= 2_000
+        ));
+        drop(writing);
+        assert_eq!(health.stall(t0 + Duration::from_secs(3), bound), None);
+
+        health.timed_out();
+        let t1 = Instant::now();
+        assert!(matches!(
+            health.stall(t1 + Duration::from_secs(1), bound),
+            Some(CommitStall::TimedOut { .. })
+        ));
+        assert_eq!(
+            health.stall(t1 + Duration::from_secs(9), bound),
+            None,
+            "forgotten after two bounds"
+        );
+        health.committed();
+        assert_eq!(
+            health.stall(t1 + Duration::from_secs(1), bound),
+            None,
+            "a commit ends it"
+        );
+    }
 
     /// Each voter gets its own slice of the election range, and the slices
     /// do not overlap.

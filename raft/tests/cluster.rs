@@ -896,6 +896,12 @@ async fn deposed_leader_caught_up_by_snapshot_answers_and_commits_again() {
         .status()
         .last_log_index
         .expect("the old leader has a log");
+    // Cut off, it cannot commit, and says so (what `/readyz` reports).
+    let deadline = Instant::now() + WAIT;
+    while cluster.group(old).commit_stall().is_none() {
+        assert!(Instant::now() < deadline, "the cut-off leader reports no stall");
+        tokio::time::sleep(POLL).await;
+    }
 
     // The majority elects a new leader, which commits the batch its
     // followers hold: a retry with the same request id finds the hold.
@@ -944,6 +950,8 @@ async fn deposed_leader_caught_up_by_snapshot_answers_and_commits_again() {
     // Leading again, it commits through its one write slot.
     cluster.lead(old).await;
     cluster.reserve(&[old], "after-the-wedge", 1).await;
+    let stall = cluster.group(old).commit_stall();
+    assert_eq!(stall, None, "a leader that commits reports a stall");
     cluster.wait_converged(&NODES).await;
     cluster.shutdown().await;
 }

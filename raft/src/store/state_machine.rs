@@ -476,6 +476,8 @@ impl<SM: GroupMachine> SnapshotBuilder<SM> {
     /// its previous snapshot and all the log after it, and goes on
     /// committing; the schedule tries again later (see
     /// [`SnapshotStatsHandle::retry_at`]).
+    // openraft's own error type, as `build_snapshot` returns it.
+    #[allow(clippy::result_large_err)]
     fn skipped(
         &self,
         meta: &SnapshotMeta,
@@ -541,4 +543,31 @@ fn check_meta<SM>(meta: &SnapshotMeta, state: &AppliedState<SM>) -> Result<(), S
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After a failed build the next waits 10 s, doubling with each failure
+    /// in a row up to its cap; a success clears it.
+    #[test]
+    fn failed_builds_back_off() {
+        let stats = SnapshotStatsHandle::default();
+        assert_eq!(stats.retry_at(), None);
+        let waits: Vec<Duration> = (0..10)
+            .map(|_| {
+                stats.failed();
+                let failed_at = stats.lock().failed_at.expect("recorded");
+                stats.retry_at().expect("a retry time") - failed_at
+            })
+            .collect();
+        assert_eq!(waits[0], SNAPSHOT_RETRY_AFTER_FAILURE);
+        assert_eq!(waits[1], 2 * SNAPSHOT_RETRY_AFTER_FAILURE);
+        assert_eq!(waits[9], SNAPSHOT_RETRY_AFTER_FAILURE_MAX);
+        assert_eq!(stats.failures(), 10);
+        stats.succeeded();
+        assert_eq!(stats.retry_at(), None);
+        assert_eq!(stats.failures(), 10, "failures are counted for good");
+    }
 }

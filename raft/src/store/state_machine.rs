@@ -468,8 +468,8 @@ impl<SM: GroupMachine> SnapshotBuilder<SM> {
     ///
     /// openraft 0.9 stops the whole group on any error from
     /// `build_snapshot`: `RaftCore::handle_notify` unwraps the state
-    /// machine's result with `?` and returns the `StorageError` from its main
-    /// loop. A snapshot it already has, on the other hand, it takes as
+    /// machine's result with `?`, which turns the `StorageError` into a
+    /// `Fatal` that ends the core's main loop. A snapshot it already has, on the other hand, it takes as
     /// nothing new (`Engine::finish_building_snapshot`: `update_snapshot`
     /// refuses a snapshot not past its own, and nothing is purged), and it
     /// uses only the metadata of what a build returns. So the group keeps

@@ -2,8 +2,8 @@
 //! network, a proposer that group-commits client commands, and reads.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
@@ -30,6 +30,9 @@ pub const BATCH_BYTES_MAX: u64 = 4 * 1024 * 1024;
 pub const BATCHES_IN_FLIGHT_MAX: usize = 4;
 /// Most log entries in one replication message.
 pub const REPLICATION_ENTRIES_MAX: u64 = 32;
+/// How long a proposal, a batch's write and a linearizable read may take by
+/// default before they give up with [`ProposeError::Timeout`].
+pub const PROPOSE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 
 /// Why a proposal or a linearizable read did not happen.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +54,16 @@ pub enum ProposeError {
     /// The group has stopped (shutdown or a fatal storage error).
     #[error("raft group stopped: {0}")]
     Stopped(String),
+    /// No outcome within the group's bound ([`GroupOptions::propose_timeout_ms`]):
+    /// the command may or may not commit. openraft 0.9 answers a write only
+    /// when its entry is applied or truncated here, and a node brought up to
+    /// date by a snapshot does neither (see [`Group::propose`]). Retry with
+    /// the same request id.
+    #[error("no outcome within {waited_ms} ms: the command may or may not commit")]
+    Timeout {
+        /// How long the caller waited.
+        waited_ms: u64,
+    },
 }
 
 impl ProposeError {
@@ -97,6 +110,11 @@ pub struct GroupOptions {
     /// [`SNAPSHOT_CHUNK_BYTES_DEFAULT`], at most
     /// [`crate::network::SNAPSHOT_CHUNK_BYTES_MAX`]).
     pub snapshot_chunk_bytes: usize,
+    /// The bound of every wait on consensus (default
+    /// [`PROPOSE_TIMEOUT_MS_DEFAULT`]): a [`Group::propose`] call, a
+    /// batch's write (its slot is free again when it fires), and a
+    /// [`Group::read_linearizable`].
+    pub propose_timeout_ms: u64,
 }
 
 /// Log entries between a node's snapshots. Building one no longer holds up
@@ -127,6 +145,7 @@ impl GroupOptions {
             proposal_queue_max: PROPOSAL_QUEUE_MAX,
             batches_in_flight: BATCHES_IN_FLIGHT_MAX,
             snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES_DEFAULT,
+            propose_timeout_ms: PROPOSE_TIMEOUT_MS_DEFAULT,
         }
     }
 }
@@ -181,6 +200,10 @@ pub struct Group<SM: GroupMachine> {
     /// ones need not check it (a log truncated below it could otherwise
     /// make every read commit an empty batch).
     start_covered: std::sync::atomic::AtomicBool,
+    /// See [`GroupOptions::propose_timeout_ms`].
+    propose_timeout: Duration,
+    /// What the proposer has seen of its commits lately.
+    health: Health,
 }
 
 impl<SM: GroupMachine> Group<SM> {
@@ -276,14 +299,22 @@ impl<SM: GroupMachine> Group<SM> {
             raft.clone(),
             options.snapshot_logs,
             snapshot_offset(&options),
+            snapshot_stats.clone(),
         ));
         let queue_max = options.proposal_queue_max.max(1);
         let (proposals_tx, proposals_rx) = mpsc::channel(queue_max);
+        let propose_timeout = Duration::from_millis(options.propose_timeout_ms.max(1));
+        let health = Health::default();
         tokio::spawn(propose_loop(
             raft.clone(),
             proposals_rx,
-            options.batches_in_flight.max(1),
-            addresses.clone(),
+            Proposer {
+                group: group.clone(),
+                slots: options.batches_in_flight.max(1),
+                timeout: propose_timeout,
+                addresses: addresses.clone(),
+                health: health.clone(),
+            },
         ));
         Ok(Group {
             name: group,
@@ -297,6 +328,8 @@ impl<SM: GroupMachine> Group<SM> {
             snapshot_stats,
             log_end_at_start,
             start_covered: std::sync::atomic::AtomicBool::new(false),
+            propose_timeout,
+            health,
         })
     }
 
@@ -310,9 +343,22 @@ impl<SM: GroupMachine> Group<SM> {
         &self.raft
     }
 
-    /// Proposes one command and waits for its outcome. Fails at once with
+    /// Proposes one command and waits for its outcome, at most the group's
+    /// bound ([`GroupOptions::propose_timeout_ms`]). Fails at once with
     /// `Overloaded` when the queue is full, and with `NotLeader` when this
-    /// node is not the leader.
+    /// node is not the leader; with `Timeout` (outcome unknown) when the
+    /// bound passes first.
+    ///
+    /// The bound is needed: openraft 0.9 answers a `client_write` only once
+    /// its entry is applied on this node, or truncated from its log
+    /// (`RaftCore::handle_apply_result`, and `Command::DeleteConflictLog`,
+    /// which answers `ForwardToLeader`). A leader cut off after its followers
+    /// stored a batch, whose log the new leader then snapshots and purges
+    /// past, is brought up to date by that snapshot: its entry is neither
+    /// applied here nor truncated (`FollowingHandler::install_full_snapshot`
+    /// truncates only on a conflicting log id), and the write is never
+    /// answered. The batch's own write is bounded the same way, so its slot
+    /// comes back (the late answer, if any, is dropped).
     pub async fn propose(&self, command: SM::Command) -> Result<SM::Outcome, ProposeError> {
         if !self.is_leader() {
             return Err(ProposeError::NotLeader {
@@ -327,8 +373,21 @@ impl<SM: GroupMachine> Group<SM> {
                 return Err(ProposeError::Stopped("proposer stopped".into()));
             }
         }
-        rx.await
-            .unwrap_or_else(|_| Err(ProposeError::Stopped("proposer dropped the proposal".into())))
+        let started = Instant::now();
+        match tokio::time::timeout(self.propose_timeout, rx).await {
+            Ok(answer) => {
+                answer.unwrap_or_else(|_| Err(ProposeError::Stopped("proposer dropped the proposal".into())))
+            }
+            Err(_) => {
+                // The proposer skips a proposal whose caller has gone, if
+                // it has not taken it into a batch yet.
+                metrics::counter!("reservoir_raft_propose_timeouts_total", "group" => self.name.clone())
+                    .increment(1);
+                Err(ProposeError::Timeout {
+                    waited_ms: started.elapsed().as_millis() as u64,
+                })
+            }
+        }
     }
 
     /// Reads the state this node has applied (may lag the leader).
@@ -354,7 +413,25 @@ impl<SM: GroupMachine> Group<SM> {
     /// an empty batch is committed first, which commits and applies
     /// everything before it. That happens once per start and once per term
     /// at most.
+    ///
+    /// Bounded like [`Group::propose`]: `Timeout` when the read index or the
+    /// empty batch takes longer than the group's bound.
     pub async fn read_linearizable<R>(&self, f: impl FnOnce(&SM) -> R) -> Result<R, ProposeError> {
+        let started = Instant::now();
+        match tokio::time::timeout(self.propose_timeout, self.read_linearizable_unbounded(f)).await {
+            Ok(read) => read,
+            Err(_) => {
+                self.health.timed_out();
+                metrics::counter!("reservoir_raft_read_timeouts_total", "group" => self.name.clone())
+                    .increment(1);
+                Err(ProposeError::Timeout {
+                    waited_ms: started.elapsed().as_millis() as u64,
+                })
+            }
+        }
+    }
+
+    async fn read_linearizable_unbounded<R>(&self, f: impl FnOnce(&SM) -> R) -> Result<R, ProposeError> {
         let read_log_id = self.read_index().await?;
         let term = self.raft.metrics().borrow().current_term;
         let older_term = read_log_id.map(|id| id.leader_id.term) != Some(term);
@@ -482,6 +559,119 @@ impl<SM: GroupMachine> Group<SM> {
     pub fn queue_max(&self) -> usize {
         self.queue_max
     }
+
+    /// The bound of every wait on consensus in this group.
+    pub fn propose_timeout(&self) -> Duration {
+        self.propose_timeout
+    }
+
+    /// Snapshot builds that failed on this node since it started (each one
+    /// skipped: the group kept its previous snapshot).
+    pub fn snapshot_failures(&self) -> u64 {
+        self.snapshot_stats.failures()
+    }
+
+    /// Why this node cannot commit through this group now, if it cannot:
+    /// a batch has waited for its commit longer than half the group's bound,
+    /// or a batch or linearizable read timed out within the last two bounds
+    /// and no batch has committed since. What `/readyz` reports; one short
+    /// lock, no I/O.
+    pub fn commit_stall(&self) -> Option<CommitStall> {
+        self.health.stall(Instant::now(), self.propose_timeout)
+    }
+}
+
+/// Why a node cannot commit through a group (see [`Group::commit_stall`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommitStall {
+    /// The oldest batch being written has waited this long.
+    #[error("a batch has waited {waited_ms} ms for its commit")]
+    BatchWaiting {
+        /// How long it has waited.
+        waited_ms: u64,
+    },
+    /// A batch or a linearizable read timed out this long ago, and no batch
+    /// has committed since.
+    #[error("a proposal timed out {ago_ms} ms ago and none has committed since")]
+    TimedOut {
+        /// How long ago.
+        ago_ms: u64,
+    },
+}
+
+/// What the proposer has seen of its own commits lately: the batches being
+/// written and when each began, when a batch last committed and when a wait
+/// last timed out. Shared by the proposer's tasks and the group; every lock
+/// is held for a few assignments.
+#[derive(Clone, Default)]
+struct Health(Arc<Mutex<HealthRecord>>);
+
+#[derive(Default)]
+struct HealthRecord {
+    /// Start of each batch being written, by batch number (at most the
+    /// group's write slots).
+    in_flight: BTreeMap<u64, Instant>,
+    next_batch: u64,
+    last_commit: Option<Instant>,
+    last_timeout: Option<Instant>,
+}
+
+/// A batch being written; it leaves the record when dropped, however its
+/// task ends.
+struct InFlight {
+    health: Health,
+    batch: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.health.lock().in_flight.remove(&self.batch);
+    }
+}
+
+impl Health {
+    fn begin(&self) -> InFlight {
+        let mut record = self.lock();
+        let batch = record.next_batch;
+        record.next_batch += 1;
+        record.in_flight.insert(batch, Instant::now());
+        InFlight {
+            health: self.clone(),
+            batch,
+        }
+    }
+
+    fn committed(&self) {
+        self.lock().last_commit = Some(Instant::now());
+    }
+
+    fn timed_out(&self) {
+        self.lock().last_timeout = Some(Instant::now());
+    }
+
+    /// See [`Group::commit_stall`].
+    fn stall(&self, now: Instant, bound: Duration) -> Option<CommitStall> {
+        let record = self.lock();
+        if let Some(started) = record.in_flight.values().min() {
+            let waited = now.saturating_duration_since(*started);
+            if waited > bound / 2 {
+                return Some(CommitStall::BatchWaiting {
+                    waited_ms: waited.as_millis() as u64,
+                });
+            }
+        }
+        let timed_out = record.last_timeout?;
+        let ago = now.saturating_duration_since(timed_out);
+        (ago <= bound * 2 && record.last_commit.is_none_or(|c| c < timed_out)).then_some(
+            CommitStall::TimedOut {
+                ago_ms: ago.as_millis() as u64,
+            },
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HealthRecord> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// This node's own slice of the election timeout range.
@@ -533,8 +723,14 @@ pub fn snapshot_due(applied: u64, snapshot: Option<u64>, interval: u64, offset: 
 
 /// Asks openraft for a snapshot whenever this node's schedule says one is
 /// due, until the group shuts down. openraft ignores the request while a
-/// build is running.
-async fn snapshot_trigger<SM: GroupMachine>(raft: GroupRaft<SM>, interval: u64, offset: u64) {
+/// build is running. After a failed build it waits as `stats` says
+/// ([`SnapshotStatsHandle::retry_at`]).
+async fn snapshot_trigger<SM: GroupMachine>(
+    raft: GroupRaft<SM>,
+    interval: u64,
+    offset: u64,
+    stats: SnapshotStatsHandle,
+) {
     let mut tick = tokio::time::interval(SNAPSHOT_CHECK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -552,21 +748,40 @@ async fn snapshot_trigger<SM: GroupMachine>(raft: GroupRaft<SM>, interval: u64, 
             return;
         }
         let Some(applied) = applied else { continue };
+        if stats.retry_at().is_some_and(|at| Instant::now() < at) {
+            continue;
+        }
         if snapshot_due(applied, snapshot, interval, offset) && raft.trigger().snapshot().await.is_err() {
             return;
         }
     }
 }
 
+/// How the proposer of one group works.
+struct Proposer {
+    /// The group id (metrics, log lines).
+    group: String,
+    /// Most batches being written at once.
+    slots: usize,
+    /// The bound of one batch's write.
+    timeout: Duration,
+    addresses: Arc<BTreeMap<NodeId, String>>,
+    health: Health,
+}
+
 /// Drains the proposal queue into batches, each one log entry, with at most
-/// `slots` being written at a time.
+/// `slots` being written at a time. A batch's write is bounded by the
+/// group's timeout: when it fires, every caller still waiting gets
+/// `Timeout` (outcome unknown) and the slot is free again; openraft may
+/// still answer the write later, into a dropped channel. A proposal whose
+/// caller has already given up is not proposed.
 async fn propose_loop<SM: GroupMachine>(
     raft: GroupRaft<SM>,
     mut rx: mpsc::Receiver<Proposal<SM>>,
-    slots: usize,
-    addresses: Arc<BTreeMap<NodeId, String>>,
+    proposer: Proposer,
 ) {
-    let in_flight = Arc::new(Semaphore::new(slots));
+    let proposer = Arc::new(proposer);
+    let in_flight = Arc::new(Semaphore::new(proposer.slots));
     let mut carry: Option<Proposal<SM>> = None;
     loop {
         // Wait for a write slot first: while every slot is busy, proposals
@@ -574,17 +789,23 @@ async fn propose_loop<SM: GroupMachine>(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let first = match carry.take() {
-            Some(p) => p,
-            None => match rx.recv().await {
+        let first = loop {
+            let next = match carry.take() {
                 Some(p) => p,
-                None => return,
-            },
+                None => match rx.recv().await {
+                    Some(p) => p,
+                    None => return,
+                },
+            };
+            if !next.reply.is_closed() {
+                break next;
+            }
         };
         let mut bytes = estimate(&first.command);
         let mut batch = vec![first];
         while batch.len() < BATCH_COMMANDS_MAX {
             match rx.try_recv() {
+                Ok(p) if p.reply.is_closed() => {}
                 Ok(p) => {
                     let size = estimate(&p.command);
                     if bytes + size > BATCH_BYTES_MAX {
@@ -598,22 +819,42 @@ async fn propose_loop<SM: GroupMachine>(
             }
         }
         let raft = raft.clone();
-        let addresses = addresses.clone();
+        let proposer = proposer.clone();
         tokio::spawn(async move {
             let (commands, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.command, p.reply)).unzip();
             metrics_batch(commands.len());
-            match raft.client_write(Batch::new(commands)).await {
-                Ok(response) => {
+            let writing = proposer.health.begin();
+            let written =
+                tokio::time::timeout(proposer.timeout, raft.client_write(Batch::new(commands))).await;
+            drop(writing);
+            match written {
+                Ok(Ok(response)) => {
+                    proposer.health.committed();
                     debug_assert_eq!(response.data.len(), replies.len(), "one outcome per command");
                     for (reply, outcome) in replies.into_iter().zip(response.data) {
                         let _ = reply.send(Ok(outcome));
                     }
                 }
-                Err(e) => {
-                    let error = write_error(&addresses, e);
+                Ok(Err(e)) => {
+                    let error = write_error(&proposer.addresses, e);
                     for reply in replies {
                         let _ = reply.send(Err(error.clone()));
+                    }
+                }
+                Err(_) => {
+                    proposer.health.timed_out();
+                    metrics::counter!("reservoir_raft_batch_timeouts_total", "group" => proposer.group.clone())
+                        .increment(1);
+                    let waited_ms = proposer.timeout.as_millis() as u64;
+                    eprintln!(
+                        "warning: group {}: a batch of {} commands got no outcome within {waited_ms} ms; its \
+                         callers are told the outcome is unknown and its write slot is free again",
+                        proposer.group,
+                        replies.len()
+                    );
+                    for reply in replies {
+                        let _ = reply.send(Err(ProposeError::Timeout { waited_ms }));
                     }
                 }
             }
@@ -658,6 +899,43 @@ fn metrics_batch(commands: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A batch waiting past half the bound, or a timeout with no commit
+    /// after it, is a stall; a stall ends when the batch leaves, when a
+    /// batch commits, or two bounds after the timeout.
+    #[test]
+    fn commit_stalls_are_reported_and_end() {
+        let bound = Duration::from_secs(4);
+        let health = Health::default();
+        let t0 = Instant::now();
+        assert_eq!(health.stall(t0, bound), None);
+        let writing = health.begin();
+        assert_eq!(health.stall(t0 + Duration::from_secs(1), bound), None);
+        assert!(matches!(
+            health.stall(t0 + Duration::from_secs(3), bound),
+            Some(CommitStall::BatchWaiting { waited_ms }) if waited_ms >= 2_000
+        ));
+        drop(writing);
+        assert_eq!(health.stall(t0 + Duration::from_secs(3), bound), None);
+
+        health.timed_out();
+        let t1 = Instant::now();
+        assert!(matches!(
+            health.stall(t1 + Duration::from_secs(1), bound),
+            Some(CommitStall::TimedOut { .. })
+        ));
+        assert_eq!(
+            health.stall(t1 + Duration::from_secs(9), bound),
+            None,
+            "forgotten after two bounds"
+        );
+        health.committed();
+        assert_eq!(
+            health.stall(t1 + Duration::from_secs(1), bound),
+            None,
+            "a commit ends it"
+        );
+    }
 
     /// Each voter gets its own slice of the election range, and the slices
     /// do not overlap.

@@ -34,6 +34,16 @@
 //!   of its own at a lower priority, beside sled, never into it. Each voter
 //!   of a group builds at its own offset of the schedule. A snapshot
 //!   travels to a follower in bounded chunks, written to a file there.
+//! - A failed snapshot build (over its size cap, a full disk) never stops
+//!   the group: it is skipped, the previous snapshot and the log after it
+//!   are kept, and the schedule tries again later (openraft 0.9 would stop
+//!   on the error).
+//! - No wait on consensus is unbounded: a proposal, each batch's write and a
+//!   linearizable read give up after the group's bound with
+//!   [`ProposeError::Timeout`] (outcome unknown), and the batch's write slot
+//!   comes back (openraft 0.9 never answers a write whose entry reached this
+//!   node only inside a snapshot). [`Group::commit_stall`] says when a group
+//!   cannot commit on this node.
 //! - Only [`config`] names the async runtime; a simulation runtime replaces
 //!   it there.
 //!
@@ -78,7 +88,7 @@ pub use config::{
     Batch, ENTRY_BYTES_MAX, GroupConfig, GroupMachine, GroupRaft, LogId, Node, NodeId, Payload, Runtime,
     SNAPSHOT_BYTES_MAX, SnapshotMeta, StorageError, StoredMembership, Vote,
 };
-pub use group::{Group, GroupError, GroupOptions, GroupStatus, ProposeError, Role};
+pub use group::{CommitStall, Group, GroupError, GroupOptions, GroupStatus, ProposeError, Role};
 pub use network::{RaftEndpoint, RaftService, Router, SnapshotChunk, TonicWire, Wire};
 pub use store::{
     AppliedState, GroupStores, LogStore, NodeStorage, SnapshotBuilder, SnapshotFile, SnapshotStats,

@@ -886,7 +886,8 @@ mod tests {
 
     /// A real snapshot file of a small region state, and its bytes.
     fn snapshot_file(dir: &std::path::Path) -> (SnapshotMeta, Vec<u8>) {
-        let snapshots = SnapshotDir::open(&dir.join("built")).expect("snapshot dir");
+        let snapshots =
+            SnapshotDir::open(&dir.join("built"), crate::SNAPSHOT_BYTES_MAX).expect("snapshot dir");
         let log_id = openraft::testing::log_id(1, 1, 7);
         let meta = SnapshotMeta {
             last_log_id: Some(log_id),

@@ -10,14 +10,17 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use reservoir_raft::network::{BoxFuture, RpcKind, WireError, WireMessage};
+use openraft::EntryPayload;
+use openraft::raft::AppendEntriesRequest;
+use reservoir_raft::network::{BoxFuture, RpcKind, WireError, WireMessage, decode};
 use reservoir_raft::testing::LocalNet;
 use reservoir_raft::{
-    Group, GroupOptions, GroupStatus, NodeId, NodeStorage, ProposeError, Role, Router, Wire,
+    Group, GroupConfig, GroupOptions, GroupStatus, NodeId, NodeStorage, ProposeError, Role, Router,
+    SNAPSHOT_BYTES_MAX, Wire,
 };
 use reservoir_tokens::audit::balance_standalone;
 use reservoir_tokens::{
@@ -58,11 +61,27 @@ fn command(op: RegionOp) -> RegionCommand {
 }
 
 /// The in-process network, counting the messages that got a reply by kind
-/// and addressee (to tell a catch-up by snapshot from one by log).
+/// and addressee (to tell a catch-up by snapshot from one by log), with a
+/// trap that cuts a leader off right after its followers stored a batch.
 #[derive(Clone, Default)]
 struct CountingNet {
     net: LocalNet,
     delivered: Arc<Mutex<BTreeMap<(RpcKind, NodeId), u64>>>,
+    trap: Arc<Mutex<Option<Trap>>>,
+}
+
+/// Cuts `leader` off once both its followers have stored the batch that
+/// carries the reserve `request_id`: every AppendEntries still reaches the
+/// followers, but from the first one carrying that batch on the leader
+/// hears no reply (so it never learns the batch committed), and once both
+/// followers have stored it the leader is isolated.
+struct Trap {
+    leader: NodeId,
+    request_id: String,
+    /// Followers that have stored the batch.
+    stored: BTreeSet<NodeId>,
+    /// The leader has been isolated.
+    sprung: bool,
 }
 
 impl CountingNet {
@@ -70,6 +89,56 @@ impl CountingNet {
     fn delivered(&self, kind: RpcKind, to: NodeId) -> u64 {
         let delivered = self.delivered.lock().unwrap_or_else(PoisonError::into_inner);
         delivered.get(&(kind, to)).copied().unwrap_or(0)
+    }
+
+    /// Sets a [`Trap`] for the batch of `leader` carrying reserve `request_id`.
+    fn trap_batch(&self, leader: NodeId, request_id: &str) {
+        *self.trap.lock().unwrap_or_else(PoisonError::into_inner) = Some(Trap {
+            leader,
+            request_id: request_id.to_owned(),
+            stored: BTreeSet::new(),
+            sprung: false,
+        });
+    }
+
+    /// Whether the trap has isolated its leader.
+    fn trap_sprung(&self) -> bool {
+        let trap = self.trap.lock().unwrap_or_else(PoisonError::into_inner);
+        trap.as_ref().is_some_and(|t| t.sprung)
+    }
+
+    /// For an AppendEntries from the trapped leader: whether it carries the
+    /// trapped batch. `None` for any other message.
+    fn trapped(&self, message: &WireMessage) -> Option<bool> {
+        let trap = self.trap.lock().unwrap_or_else(PoisonError::into_inner);
+        let trap = trap.as_ref().filter(|t| t.leader == message.from && !t.sprung)?;
+        if message.kind != RpcKind::AppendEntries {
+            return None;
+        }
+        let request: AppendEntriesRequest<GroupConfig<RegionState>> =
+            decode(&message.payload).expect("an AppendEntries decodes");
+        Some(request.entries.iter().any(|entry| match &entry.payload {
+            EntryPayload::Normal(batch) => batch.commands.iter().any(
+                |c| matches!(&c.op, RegionOp::Reserve { request_id, .. } if *request_id == trap.request_id),
+            ),
+            _ => false,
+        }))
+    }
+
+    /// After a trapped message was delivered (or not): whether its reply
+    /// must be dropped. Isolates the leader once both followers stored the
+    /// batch.
+    fn after_trapped(&self, to: NodeId, carried: bool, delivered: bool) -> bool {
+        let mut trap = self.trap.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(trap) = trap.as_mut() else { return false };
+        if carried && delivered {
+            trap.stored.insert(to);
+        }
+        if trap.stored.len() == NODES.len() - 1 && !trap.sprung {
+            trap.sprung = true;
+            self.net.isolate(trap.leader);
+        }
+        !trap.stored.is_empty()
     }
 }
 
@@ -81,12 +150,18 @@ impl Wire for CountingNet {
         message: WireMessage,
     ) -> BoxFuture<'_, Result<Vec<u8>, WireError>> {
         let kind = message.kind;
+        let trapped = self.trapped(&message);
         let reply = self.net.call(to, addr, message);
         Box::pin(async move {
             let reply = reply.await;
             if reply.is_ok() {
                 let mut delivered = self.delivered.lock().unwrap_or_else(PoisonError::into_inner);
                 *delivered.entry((kind, to)).or_default() += 1;
+            }
+            if let Some(carried) = trapped
+                && self.after_trapped(to, carried, reply.is_ok())
+            {
+                return Err(WireError::Unreachable("trapped: the reply is lost".into()));
             }
             reply
         })
@@ -184,11 +259,19 @@ struct Cluster {
     dirs: BTreeMap<NodeId, TempDir>,
     nodes: BTreeMap<NodeId, RunningNode>,
     book: Book,
+    /// The cap on every node's snapshot files.
+    snapshot_bytes_max: u64,
 }
 
 impl Cluster {
     /// Starts three fresh nodes with test timing, changed by `tweak`.
     async fn start(tweak: impl FnOnce(&mut GroupOptions)) -> Cluster {
+        Cluster::start_capped(tweak, SNAPSHOT_BYTES_MAX).await
+    }
+
+    /// [`Cluster::start`], with every node's snapshots capped at
+    /// `snapshot_bytes_max` bytes.
+    async fn start_capped(tweak: impl FnOnce(&mut GroupOptions), snapshot_bytes_max: u64) -> Cluster {
         let members = NODES.iter().map(|&id| (id, addr(id))).collect();
         let mut options = GroupOptions::new(common::GROUP, 0, members);
         options.heartbeat_ms = 50;
@@ -204,6 +287,7 @@ impl Cluster {
                 .collect(),
             nodes: BTreeMap::new(),
             book: Book::default(),
+            snapshot_bytes_max,
         };
         // Node 1 initializes the group: start it last, so its first
         // election finds its peers listening.
@@ -216,7 +300,7 @@ impl Cluster {
     /// Starts (or restarts) node `id` on its data directory.
     async fn start_node(&mut self, id: NodeId) {
         assert!(!self.nodes.contains_key(&id), "node {id} is already running");
-        let (storage, stores) = common::reopen(self.dirs[&id].path()).await;
+        let (storage, stores) = common::reopen_capped(self.dirs[&id].path(), self.snapshot_bytes_max).await;
         let router = Router::new(id);
         self.net.net.attach(router.clone());
         let mut options = self.options.clone();
@@ -285,6 +369,23 @@ impl Cluster {
                 "no leader agreed on among {among:?} within {within:?}: {statuses:#?}"
             );
             tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Makes node `id` the leader of all three: while another leads, cuts
+    /// that one off until the rest elect a leader among themselves, then
+    /// heals (the staggered election timeouts favour the smallest id).
+    async fn lead(&self, id: NodeId) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let leader = self.wait_for_leader(&NODES, WAIT).await;
+            if leader == id {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {id} did not come to lead");
+            self.net.net.isolate(leader);
+            self.wait_for_leader(&others(leader), WAIT).await;
+            self.net.net.heal();
         }
     }
 
@@ -553,7 +654,9 @@ async fn leader_crash_elects_new_leader_without_losing_writes() {
 /// it could not commit, and all three replicas are identical.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_leader_steps_down_and_converges() {
-    let mut cluster = Cluster::start(|_| {}).await;
+    // A bound on proposals longer than the whole test: the stale proposal
+    // must be answered by the truncation of its entry, not by the bound.
+    let mut cluster = Cluster::start(|options| options.propose_timeout_ms = 60_000).await;
     let old = cluster.wait_for_leader(&NODES, WAIT).await;
     cluster.add_stock(&NODES, "stock-1", STOCK).await;
     let mut ids = Vec::new();
@@ -756,5 +859,147 @@ async fn lagging_follower_catches_up_by_snapshot_in_chunks() {
 
     cluster.reserve(&NODES, "r64", 1).await;
     cluster.wait_converged(&NODES).await;
+    cluster.shutdown().await;
+}
+
+/// The wedge of a deposed leader: cut off right after its followers stored a
+/// batch, it is later brought up to date by a snapshot of a log purged past
+/// that batch, so openraft 0.9 never answers its write (the entry is neither
+/// applied nor truncated there). Its caller still gets an answer, its only
+/// write slot comes back, and it commits again once it leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deposed_leader_caught_up_by_snapshot_answers_and_commits_again() {
+    let mut cluster = Cluster::start(|options| {
+        options.snapshot_logs = 10;
+        options.snapshot_logs_to_keep = 2;
+        // One write slot: a slot that never came back would stop every
+        // later proposal on this node.
+        options.batches_in_flight = 1;
+        options.propose_timeout_ms = 2_000;
+    })
+    .await;
+    let old = cluster.wait_for_leader(&NODES, WAIT).await;
+    cluster.add_stock(&NODES, "stock-1", STOCK).await;
+    cluster.reserve(&NODES, "r1", 1).await;
+    cluster.wait_converged(&NODES).await;
+
+    cluster.net.trap_batch(old, "wedged");
+    let old_group = cluster.group(old).clone();
+    let wedged = tokio::spawn(async move { old_group.propose(command(reserve_op("wedged", 7))).await });
+    let deadline = Instant::now() + WAIT;
+    while !cluster.net.trap_sprung() {
+        assert!(Instant::now() < deadline, "the followers never stored the batch");
+        tokio::time::sleep(POLL).await;
+    }
+    let wedged_index = cluster
+        .group(old)
+        .status()
+        .last_log_index
+        .expect("the old leader has a log");
+    // Cut off, it cannot commit, and says so (what `/readyz` reports).
+    let deadline = Instant::now() + WAIT;
+    while cluster.group(old).commit_stall().is_none() {
+        assert!(Instant::now() < deadline, "the cut-off leader reports no stall");
+        tokio::time::sleep(POLL).await;
+    }
+
+    // The majority elects a new leader, which commits the batch its
+    // followers hold: a retry with the same request id finds the hold.
+    let majority = others(old);
+    let new = cluster.wait_for_leader(&majority, WAIT).await;
+    assert_ne!(new, old);
+    cluster.reserve(&majority, "wedged", 7).await;
+    // It snapshots and purges its log past the batch, so the old leader can
+    // only be brought back by a snapshot.
+    let deadline = Instant::now() + WAIT;
+    let mut i = 2;
+    loop {
+        cluster.reserve(&majority, &format!("r{i}"), 1).await;
+        i += 1;
+        let leader = cluster.wait_for_leader(&majority, WAIT).await;
+        if cluster.purged_index(leader).is_some_and(|p| p > wedged_index) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leader {leader} did not purge past {wedged_index}: {:?}",
+            cluster.group(leader).status()
+        );
+    }
+
+    cluster.net.net.heal();
+    cluster.wait_for_leader(&NODES, WAIT).await;
+    cluster.wait_converged(&NODES).await;
+    let caught_up = cluster.group(old).status();
+    assert!(
+        caught_up.snapshots.installed >= 1 && caught_up.snapshot_index > Some(wedged_index),
+        "the old leader was not brought back by a snapshot: {caught_up:?}"
+    );
+    // Its caller has an answer: the outcome is unknown (the entry is in the
+    // log of the group, but this node never applied it), or the hold.
+    let answer = tokio::time::timeout(WAIT, wedged)
+        .await
+        .expect("the deposed leader's proposal was never answered")
+        .expect("proposal task");
+    match answer {
+        Err(ProposeError::Timeout { .. } | ProposeError::NotLeader { .. }) => {}
+        Ok(Ok(RegionApplied::Reservation(r))) => assert_eq!(cluster.book.reservations.get(&r.id), Some(&r)),
+        other => panic!("the wedged proposal was answered {other:?}"),
+    }
+
+    // Leading again, it commits through its one write slot.
+    cluster.lead(old).await;
+    cluster.reserve(&[old], "after-the-wedge", 1).await;
+    let stall = cluster.group(old).commit_stall();
+    assert_eq!(stall, None, "a leader that commits reports a stall");
+    cluster.wait_converged(&NODES).await;
+    cluster.shutdown().await;
+}
+
+/// A snapshot build that fails (here: every node's snapshots are capped far
+/// below the size of any snapshot) does not stop the group: the build is
+/// skipped, nothing is purged, and the group goes on committing and
+/// converging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_snapshot_builds_are_skipped_and_the_group_commits() {
+    /// Smaller than a snapshot file's header.
+    const SNAPSHOT_CAP_BYTES: u64 = 64;
+    let mut cluster = Cluster::start_capped(|options| options.snapshot_logs = 5, SNAPSHOT_CAP_BYTES).await;
+    cluster.wait_for_leader(&NODES, WAIT).await;
+    cluster.add_stock(&NODES, "stock-1", STOCK).await;
+    let mut ids = Vec::new();
+    let mut i = 1;
+    let deadline = Instant::now() + WAIT;
+    // Every node has tried a snapshot, and failed.
+    while NODES.iter().any(|&id| cluster.group(id).snapshot_failures() == 0) {
+        assert!(
+            Instant::now() < deadline,
+            "not every node tried a snapshot: {:?}",
+            cluster.statuses(&NODES)
+        );
+        ids.push(cluster.reserve(&NODES, &format!("r{i}"), 1).await);
+        i += 1;
+    }
+    for _ in 0..10 {
+        ids.push(cluster.reserve(&NODES, &format!("r{i}"), 1).await);
+        i += 1;
+    }
+    cluster.confirm(&NODES, ids[0], "order-1").await;
+    cluster.wait_converged(&NODES).await;
+    for status in cluster.statuses(&NODES) {
+        assert_ne!(status.role, Role::Shutdown, "{status:?}");
+        assert_eq!(
+            status.snapshot_index, None,
+            "a snapshot over the cap was kept: {status:?}"
+        );
+        assert_eq!(status.snapshots.built, 0, "{status:?}");
+    }
+    for id in NODES {
+        assert_eq!(
+            cluster.purged_index(id),
+            None,
+            "node {id} purged its log without a snapshot"
+        );
+    }
     cluster.shutdown().await;
 }

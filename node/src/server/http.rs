@@ -65,7 +65,11 @@ pub fn router(node: Arc<Node>, metrics: PrometheusHandle) -> Router {
 }
 
 /// Ready when the region group (and, on a ledger host, the ledger group)
-/// has a leader.
+/// has a leader and can commit: not a leader whose quorum has been silent
+/// for [`QUORUM_ACK_STALE_MS`], and no commit stall on this node
+/// ([`reservoir_raft::Group::commit_stall`]: a batch waiting past half the
+/// proposal bound, or a proposal or read timed out lately with no commit
+/// since).
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     let status = s.node.group().status();
     let Some(leader) = status.leader else {
@@ -84,6 +88,18 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: leader without a quorum\n".to_string(),
+        );
+    }
+    if let Some(stall) = s.node.group().commit_stall() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: cannot commit: {stall}\n"),
+        );
+    }
+    if let Some(stall) = s.node.ledger().and_then(|l| l.group().commit_stall()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the ledger cannot commit: {stall}\n"),
         );
     }
     match s.node.ledger().map(|l| l.group().status().leader) {

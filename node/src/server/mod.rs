@@ -59,9 +59,11 @@ use std::time::Duration;
 use reservoir_client::Channels;
 use reservoir_proto::v1::admin_server::AdminServer;
 use reservoir_proto::v1::inventory_server::InventoryServer;
-use reservoir_raft::{Group, GroupOptions, NodeStorage, RaftService, Router, StorageOptions, TonicWire};
+use reservoir_raft::{
+    Group, GroupOptions, NodeStorage, ProposeError, RaftService, Router, StorageOptions, TonicWire,
+};
 use reservoir_tokens::limits::MESSAGE_BYTES_MAX;
-use reservoir_tokens::{LedgerState, RegionApplied, RegionCommand, RegionOp, RegionState};
+use reservoir_tokens::{LedgerState, RegionApplied, RegionCommand, RegionOp, RegionOutcome, RegionState};
 use tokio::sync::watch;
 
 use crate::server::clock::{Clock, SystemClock};
@@ -77,6 +79,10 @@ use crate::server::service::{AdminService, ControlService, InventoryService, Pla
 pub const EXPIRE_TICK: Duration = Duration::from_millis(100);
 /// How long the leader waits before writing its retention settings again.
 pub const RETENTION_RETRY: Duration = Duration::from_secs(5);
+/// How much longer than the group's own bound ([`Group::propose_timeout`])
+/// a background task (expiry, retention) waits for one proposal: the group
+/// answers `Timeout` within its bound, so this fires only if that failed.
+pub const BACKGROUND_PROPOSE_MARGIN: Duration = Duration::from_secs(1);
 /// How often regions exchange availability figures.
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(500);
 /// The ledger's Raft group id.
@@ -549,7 +555,7 @@ async fn expire_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
                 now_ms: node.now_ms(),
                 op: RegionOp::SetRetention { retention: wanted },
             };
-            if let Ok(Err(e)) = group.propose(cmd).await {
+            if let Ok(Err(e)) = propose_bounded(group, cmd, "retention").await {
                 eprintln!("warning: retention {wanted:?} refused: {e}");
             }
         }
@@ -566,7 +572,7 @@ async fn expire_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
                 now_ms: node.now_ms(),
                 op: RegionOp::Expire,
             };
-            match group.propose(cmd).await {
+            match propose_bounded(group, cmd, "expire").await {
                 Ok(Ok(RegionApplied::Expired { count, more_due })) => {
                     metrics::counter!("reservoir_expired_total").increment(count as u64);
                     if !more_due {
@@ -581,4 +587,27 @@ async fn expire_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
             }
         }
     }
+}
+
+/// Proposes a background task's command, waiting at most the group's bound
+/// plus [`BACKGROUND_PROPOSE_MARGIN`]. A timeout (the group's own, or this
+/// one) is reported: a log line and `reservoir_background_propose_timeouts_total`
+/// with the task's name; the task goes on at its next tick.
+async fn propose_bounded(
+    group: &Group<RegionState>,
+    cmd: RegionCommand,
+    task: &'static str,
+) -> Result<RegionOutcome, ProposeError> {
+    let bound = group.propose_timeout() + BACKGROUND_PROPOSE_MARGIN;
+    let result = match tokio::time::timeout(bound, group.propose(cmd)).await {
+        Ok(result) => result,
+        Err(_) => Err(ProposeError::Timeout {
+            waited_ms: bound.as_millis() as u64,
+        }),
+    };
+    if let Err(e @ ProposeError::Timeout { .. }) = &result {
+        metrics::counter!("reservoir_background_propose_timeouts_total", "task" => task).increment(1);
+        eprintln!("warning: {task}: {e}; trying again at the next tick");
+    }
+    result
 }

@@ -8,6 +8,7 @@
 //! node can fail at: no leader, a full queue.
 
 use reservoir_proto::ERROR_DOMAIN;
+use reservoir_raft::ProposeError;
 use reservoir_tokens::{ErrorKind, Rejection};
 use std::collections::HashMap;
 use tonic::{Code, Status};
@@ -89,6 +90,28 @@ impl NodeError {
             NodeError::Rejected(r) => return to_status(r),
         };
         status_with_info(Code::Unavailable, self.to_string(), self.reason(), metadata)
+    }
+}
+
+impl NodeError {
+    /// A failed proposal or linearizable read in `group` (whose proposal
+    /// queue holds `queue_max`) as the node's error. A full queue is
+    /// `OVERLOADED`; every other failure, a [`ProposeError::Timeout`] whose
+    /// outcome is unknown included, is `NO_LEADER`: UNAVAILABLE, retry with
+    /// the same request id.
+    pub fn from_propose(group: &str, queue_max: usize, error: &ProposeError) -> NodeError {
+        match error {
+            ProposeError::Overloaded => NodeError::Overloaded {
+                queue: "proposals",
+                max: queue_max,
+            },
+            ProposeError::NotLeader { .. }
+            | ProposeError::NoQuorum(_)
+            | ProposeError::Stopped(_)
+            | ProposeError::Timeout { .. } => NodeError::NoLeader {
+                group: group.to_string(),
+            },
+        }
     }
 }
 
@@ -258,6 +281,19 @@ mod tests {
         .to_status();
         let info = error_info(&status).expect("ErrorInfo");
         assert_eq!(info.metadata.get("max").map(String::as_str), Some("1024"));
+    }
+
+    /// A proposal that timed out (outcome unknown) is UNAVAILABLE /
+    /// NO_LEADER, retryable; a full queue stays OVERLOADED.
+    #[test]
+    fn propose_timeout_is_no_leader() {
+        let timeout = NodeError::from_propose("us-east", 8, &ProposeError::Timeout { waited_ms: 5_000 });
+        assert!(timeout.is_retryable());
+        let status = over_the_wire(timeout.to_status());
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(reason_of(&status).as_deref(), Some("NO_LEADER"));
+        let full = NodeError::from_propose("us-east", 8, &ProposeError::Overloaded);
+        assert_eq!(full.reason(), "OVERLOADED");
     }
 
     /// A rejection wrapped in NodeError is not retryable and maps exactly as to_status does.

@@ -36,12 +36,13 @@ pub use self::flusher::FLUSH_QUEUE_MAX;
 pub use self::log::{LogStore, PURGE_BATCH_ENTRIES, READ_BYTES_MAX};
 pub use self::snapshot::{SNAPSHOT_SYNC_BYTES, SnapshotFile};
 pub use self::state_machine::{
-    AppliedState, InstallGuard, InstallMarker, SnapshotBuilder, SnapshotStats, SnapshotStatsHandle,
-    StateMachineStore, StateReader,
+    AppliedState, InstallGuard, InstallMarker, SNAPSHOT_RETRY_AFTER_FAILURE,
+    SNAPSHOT_RETRY_AFTER_FAILURE_MAX, SnapshotBuilder, SnapshotStats, SnapshotStatsHandle, StateMachineStore,
+    StateReader,
 };
 
 use self::flusher::Flusher;
-use crate::config::{GroupMachine, LogId};
+use crate::config::{GroupMachine, LogId, SNAPSHOT_BYTES_MAX};
 
 /// Longest group id, in bytes.
 pub const GROUP_ID_BYTES_MAX: usize = 64;
@@ -106,6 +107,11 @@ pub struct StorageOptions {
     pub path: PathBuf,
     /// Upper bound of sled's page cache, in bytes.
     pub cache_bytes: u64,
+    /// Largest snapshot file a build may write (default and ceiling
+    /// [`SNAPSHOT_BYTES_MAX`]). A build that would exceed it fails; the
+    /// group keeps its previous snapshot and goes on committing (see
+    /// [`SnapshotBuilder`]).
+    pub snapshot_bytes_max: u64,
 }
 
 impl StorageOptions {
@@ -114,6 +120,7 @@ impl StorageOptions {
         StorageOptions {
             path: path.into(),
             cache_bytes: CACHE_BYTES_DEFAULT,
+            snapshot_bytes_max: SNAPSHOT_BYTES_MAX,
         }
     }
 }
@@ -125,6 +132,8 @@ pub struct NodeStorage {
     db: sled::Db,
     flusher: Flusher,
     path: PathBuf,
+    /// See [`StorageOptions::snapshot_bytes_max`].
+    snapshot_bytes_max: u64,
     /// Groups whose stores are currently open, so that no group is opened
     /// twice (two log stores on one tree would interleave their writes).
     open_groups: Arc<Mutex<BTreeSet<String>>>,
@@ -151,6 +160,7 @@ impl NodeStorage {
             db,
             flusher,
             path: options.path.clone(),
+            snapshot_bytes_max: options.snapshot_bytes_max,
             open_groups: Arc::new(Mutex::new(BTreeSet::new())),
         })
     }
@@ -199,7 +209,7 @@ impl NodeStorage {
             self.db.open_tree(tree_name(group, "meta"))?,
         )?;
         let snapshot_dir = self.path.join(SNAPSHOTS_DIR).join(group);
-        let state_machine = StateMachineStore::open(shared, snapshot_dir, initial)?;
+        let state_machine = StateMachineStore::open(shared, snapshot_dir, self.snapshot_bytes_max, initial)?;
         Ok(GroupStores { log, state_machine })
     }
 

@@ -134,12 +134,17 @@ pub(crate) struct SnapshotDir {
     current: Arc<Mutex<Option<(SnapshotMeta, SnapshotFile)>>>,
     /// The last sequence number used in a file name.
     seq: Arc<AtomicU64>,
+    /// Largest snapshot file this node writes (at most
+    /// [`SNAPSHOT_BYTES_MAX`]); a build that would exceed it fails.
+    bytes_max: u64,
 }
 
 impl SnapshotDir {
     /// Opens (creating it if missing) the directory, removes what a crash
-    /// left half written, and finds the newest snapshot. Blocking.
-    pub(crate) fn open(dir: &Path) -> Result<SnapshotDir, StoreError> {
+    /// left half written, and finds the newest snapshot. Snapshots written
+    /// through it are refused past `bytes_max` bytes (capped at
+    /// [`SNAPSHOT_BYTES_MAX`]). Blocking.
+    pub(crate) fn open(dir: &Path, bytes_max: u64) -> Result<SnapshotDir, StoreError> {
         fs::create_dir_all(dir.join(INCOMING_DIR))?;
         let mut newest: Option<(u64, u64, PathBuf)> = None;
         let mut seq_max = 0;
@@ -170,6 +175,7 @@ impl SnapshotDir {
             dir: dir.to_path_buf(),
             current: Arc::new(Mutex::new(current)),
             seq: Arc::new(AtomicU64::new(seq_max)),
+            bytes_max: bytes_max.min(SNAPSHOT_BYTES_MAX),
         })
     }
 
@@ -181,6 +187,20 @@ impl SnapshotDir {
     /// The newest snapshot.
     pub(crate) fn current(&self) -> Option<(SnapshotMeta, SnapshotFile)> {
         self.lock().clone()
+    }
+
+    /// An empty snapshot file, already unlinked (nothing is left behind):
+    /// a handle for openraft's calls that need one without content.
+    pub(crate) fn empty_file(&self) -> io::Result<SnapshotFile> {
+        let path = self
+            .incoming_dir()
+            .join(format!("empty-{}.part", self.next_seq()));
+        File::create(&path)?;
+        let file = SnapshotFile::open(&path);
+        let removed = fs::remove_file(&path);
+        let file = file?;
+        removed?;
+        Ok(file)
     }
 
     /// Where snapshots received from a leader are written.
@@ -202,7 +222,7 @@ impl SnapshotDir {
         let final_path = self.dir.join(file_name(index, seq));
         let tmp_path = final_path.with_extension(&TMP_SUFFIX[1..]);
         let file = OpenOptions::new().write(true).create_new(true).open(&tmp_path)?;
-        let mut out = SyncingWriter::new(file);
+        let mut out = SyncingWriter::new(file, self.bytes_max);
         let written = (|| -> Result<(), StoreError> {
             {
                 let mut buffered = BufWriter::with_capacity(IO_BUFFER_BYTES, &mut out);
@@ -439,22 +459,25 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// A file writer that keeps a CRC-32 of what it wrote, syncs the file every
-/// [`SNAPSHOT_SYNC_BYTES`], and on [`finish`](SyncingWriter::finish)
-/// appends the checksum and syncs.
+/// [`SNAPSHOT_SYNC_BYTES`], refuses to grow the file past its limit, and on
+/// [`finish`](SyncingWriter::finish) appends the checksum and syncs.
 struct SyncingWriter {
     file: File,
     hasher: crc32fast::Hasher,
     written: u64,
     unsynced: u64,
+    /// Largest file, checksum included.
+    bytes_max: u64,
 }
 
 impl SyncingWriter {
-    fn new(file: File) -> SyncingWriter {
+    fn new(file: File, bytes_max: u64) -> SyncingWriter {
         SyncingWriter {
             file,
             hasher: crc32fast::Hasher::new(),
             written: 0,
             unsynced: 0,
+            bytes_max,
         }
     }
 
@@ -469,9 +492,10 @@ impl Write for SyncingWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // Leaves room for the checksum: a file over the limit is refused
         // when read.
-        if self.written + buf.len() as u64 + 4 > SNAPSHOT_BYTES_MAX {
+        if self.written + buf.len() as u64 + 4 > self.bytes_max {
             return Err(io::Error::other(format!(
-                "snapshot over its limit of {SNAPSHOT_BYTES_MAX} bytes"
+                "snapshot over its limit of {} bytes",
+                self.bytes_max
             )));
         }
         let n = self.file.write(buf)?;

@@ -17,7 +17,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{Entry, EntryPayload, RaftSnapshotBuilder, StorageIOError};
@@ -43,21 +43,72 @@ pub struct AppliedState<SM> {
 /// shows, in the client crate's schema.
 pub use reservoir_client::SnapshotStats;
 
-/// A shared, cheap handle to a group's [`SnapshotStats`].
+/// A shared, cheap handle to a group's [`SnapshotStats`], and to the record
+/// of its failed builds.
 #[derive(Clone, Default)]
-pub struct SnapshotStatsHandle(Arc<Mutex<SnapshotStats>>);
+pub struct SnapshotStatsHandle(Arc<Mutex<StatsRecord>>);
+
+#[derive(Default)]
+struct StatsRecord {
+    stats: SnapshotStats,
+    /// Builds that failed since the store opened.
+    failures: u64,
+    /// Builds that failed since the last one that succeeded.
+    failures_in_a_row: u32,
+    /// When the last build failed.
+    failed_at: Option<Instant>,
+}
+
+/// How long a group waits before it builds again after a failed build; each
+/// further failure in a row doubles it, up to
+/// [`SNAPSHOT_RETRY_AFTER_FAILURE_MAX`]. A build that failed (over its size
+/// cap, a full disk) usually fails again, and each try costs a pass over the
+/// whole state.
+pub const SNAPSHOT_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(10);
+/// Longest wait between builds after failures in a row.
+pub const SNAPSHOT_RETRY_AFTER_FAILURE_MAX: Duration = Duration::from_secs(600);
 
 impl SnapshotStatsHandle {
     /// The figures now.
     pub fn get(&self) -> SnapshotStats {
-        self.lock().clone()
+        self.lock().stats.clone()
+    }
+
+    /// Builds that failed since the store opened.
+    pub fn failures(&self) -> u64 {
+        self.lock().failures
+    }
+
+    /// When the next build may start after failed ones (`None` when the
+    /// last build succeeded, or none failed).
+    pub fn retry_at(&self) -> Option<Instant> {
+        let record = self.lock();
+        let failed_at = record.failed_at?;
+        let doublings = record.failures_in_a_row.saturating_sub(1).min(16);
+        let wait = SNAPSHOT_RETRY_AFTER_FAILURE
+            .saturating_mul(1 << doublings)
+            .min(SNAPSHOT_RETRY_AFTER_FAILURE_MAX);
+        Some(failed_at + wait)
     }
 
     fn update(&self, f: impl FnOnce(&mut SnapshotStats)) {
-        f(&mut self.lock());
+        f(&mut self.lock().stats);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, SnapshotStats> {
+    fn failed(&self) {
+        let mut record = self.lock();
+        record.failures += 1;
+        record.failures_in_a_row = record.failures_in_a_row.saturating_add(1);
+        record.failed_at = Some(Instant::now());
+    }
+
+    fn succeeded(&self) {
+        let mut record = self.lock();
+        record.failures_in_a_row = 0;
+        record.failed_at = None;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatsRecord> {
         // Every critical section is a few assignments.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -138,9 +189,10 @@ impl<SM: GroupMachine> StateMachineStore<SM> {
     pub(crate) fn open(
         shared: Arc<GroupShared>,
         snapshot_dir: PathBuf,
+        snapshot_bytes_max: u64,
         initial: SM,
     ) -> Result<StateMachineStore<SM>, StoreError> {
-        let snapshots = SnapshotDir::open(&snapshot_dir)?;
+        let snapshots = SnapshotDir::open(&snapshot_dir, snapshot_bytes_max)?;
         let stats = SnapshotStatsHandle::default();
         let state = match snapshots.current() {
             Some((meta, file)) => {
@@ -263,15 +315,10 @@ impl<SM: GroupMachine> RaftStateMachine<GroupConfig<SM>> for StateMachineStore<S
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
         // The node's network receives snapshots itself (in chunks, into the
         // incoming directory); this is for callers of openraft's own API,
-        // which replace the handle with the snapshot they got. An empty,
-        // already unlinked file: nothing is left behind.
-        let path = self
+        // which replace the handle with the snapshot they got.
+        let file = self
             .snapshots
-            .incoming_dir()
-            .join(format!("begin-{}.part", self.snapshots.next_seq()));
-        let file = std::fs::File::create(&path)
-            .and_then(|_| SnapshotFile::open(&path))
-            .and_then(|file| std::fs::remove_file(&path).map(|_| file))
+            .empty_file()
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
         Ok(Box::new(file))
     }
@@ -386,7 +433,11 @@ impl<SM: GroupMachine> RaftSnapshotBuilder<GroupConfig<SM>> for SnapshotBuilder<
             Err(e) => Err(StoreError::Io(e)),
         };
         self.stats.update(|s| s.building = false);
-        let file = written.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let file = match written {
+            Ok(file) => file,
+            Err(e) => return self.skipped(&meta, e),
+        };
+        self.stats.succeeded();
         self.shared.snapshot_durable(meta.last_log_id);
         let build_ms = started.elapsed().as_millis() as u64;
         let pause_us = self.pause_us;
@@ -405,6 +456,53 @@ impl<SM: GroupMachine> RaftSnapshotBuilder<GroupConfig<SM>> for SnapshotBuilder<
             .set(file.bytes() as f64);
         Ok(Snapshot {
             meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+impl<SM: GroupMachine> SnapshotBuilder<SM> {
+    /// A build that failed (over its size cap, a full disk, an I/O error):
+    /// logged, counted, and answered with the newest snapshot this node
+    /// already has, or, with none, an empty one that covers nothing.
+    ///
+    /// openraft 0.9 stops the whole group on any error from
+    /// `build_snapshot`: `RaftCore::handle_notify` unwraps the state
+    /// machine's result with `?`, which turns the `StorageError` into a
+    /// `Fatal` that ends the core's main loop. A snapshot it already has, on the other hand, it takes as
+    /// nothing new (`Engine::finish_building_snapshot`: `update_snapshot`
+    /// refuses a snapshot not past its own, and nothing is purged), and it
+    /// uses only the metadata of what a build returns. So the group keeps
+    /// its previous snapshot and all the log after it, and goes on
+    /// committing; the schedule tries again later (see
+    /// [`SnapshotStatsHandle::retry_at`]).
+    // openraft's own error type, as `build_snapshot` returns it.
+    #[allow(clippy::result_large_err)]
+    fn skipped(
+        &self,
+        meta: &SnapshotMeta,
+        error: StoreError,
+    ) -> Result<Snapshot<GroupConfig<SM>>, StorageError> {
+        eprintln!(
+            "warning: group {}: snapshot up to {:?} not built, keeping the previous one: {error}",
+            self.shared.group,
+            meta.last_log_id.map(|id| id.index)
+        );
+        metrics::counter!("reservoir_raft_snapshot_failures_total", "group" => self.shared.group.clone())
+            .increment(1);
+        self.stats.failed();
+        if let Some((meta, file)) = self.snapshots.current() {
+            return Ok(Snapshot {
+                meta,
+                snapshot: Box::new(file),
+            });
+        }
+        let file = self
+            .snapshots
+            .empty_file()
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        Ok(Snapshot {
+            meta: SnapshotMeta::default(),
             snapshot: Box::new(file),
         })
     }
@@ -445,4 +543,31 @@ fn check_meta<SM>(meta: &SnapshotMeta, state: &AppliedState<SM>) -> Result<(), S
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After a failed build the next waits 10 s, doubling with each failure
+    /// in a row up to its cap; a success clears it.
+    #[test]
+    fn failed_builds_back_off() {
+        let stats = SnapshotStatsHandle::default();
+        assert_eq!(stats.retry_at(), None);
+        let waits: Vec<Duration> = (0..10)
+            .map(|_| {
+                stats.failed();
+                let failed_at = stats.lock().failed_at.expect("recorded");
+                stats.retry_at().expect("a retry time") - failed_at
+            })
+            .collect();
+        assert_eq!(waits[0], SNAPSHOT_RETRY_AFTER_FAILURE);
+        assert_eq!(waits[1], 2 * SNAPSHOT_RETRY_AFTER_FAILURE);
+        assert_eq!(waits[9], SNAPSHOT_RETRY_AFTER_FAILURE_MAX);
+        assert_eq!(stats.failures(), 10);
+        stats.succeeded();
+        assert_eq!(stats.retry_at(), None);
+        assert_eq!(stats.failures(), 10, "failures are counted for good");
+    }
 }

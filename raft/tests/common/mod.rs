@@ -36,9 +36,17 @@ const REOPEN_POLL: Duration = Duration::from_millis(10);
 /// state machine worker and replication tasks drop their store handles a
 /// little later, and sled holds a file lock until the last one is gone.
 pub async fn reopen(dir: &Path) -> (NodeStorage, GroupStores<RegionState>) {
+    reopen_capped(dir, reservoir_raft::SNAPSHOT_BYTES_MAX).await
+}
+
+/// [`reopen`], with snapshots this node builds capped at
+/// `snapshot_bytes_max` bytes.
+pub async fn reopen_capped(dir: &Path, snapshot_bytes_max: u64) -> (NodeStorage, GroupStores<RegionState>) {
     let started = Instant::now();
+    let mut options = StorageOptions::new(dir);
+    options.snapshot_bytes_max = snapshot_bytes_max;
     loop {
-        let opened = NodeStorage::open(&StorageOptions::new(dir))
+        let opened = NodeStorage::open(&options)
             .and_then(|storage| Ok((storage.open_group(GROUP, RegionState::new(GROUP))?, storage)));
         match opened {
             Ok((stores, storage)) => return (storage, stores),

@@ -17,7 +17,7 @@ use reservoir_tokens::audit::RegionBooks;
 use reservoir_tokens::ledger::LedgerSku;
 use reservoir_tokens::{
     AppliedTransfer, Bucket, LedgerOp, LedgerOutcome, Millis, NodeId, OutboxEntry, RegionId, RegionOp,
-    RegionOutcome, Sku, Transfer, TransferId, Units,
+    RegionOutcome, RegionState, Sku, Transfer, TransferId, Units,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -37,8 +37,22 @@ pub mod pb {
     tonic::include_proto!("reservoir.internal.v1");
 }
 
-/// Largest control message (a report carries at most a settlement batch).
+/// Largest control message (a report carries at most one settlement page).
 pub const CONTROL_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Most encoded bytes of outbox entries in one report, and so in one
+/// settlement page (the ledger's `Settle` command carries the same entries
+/// without their reservation and order ids, so it is smaller). Far under
+/// [`CONTROL_MESSAGE_BYTES_MAX`] and under a Raft batch's byte bound
+/// (`reservoir_raft::group::BATCH_BYTES_MAX`, 4 MiB): a page of the longest
+/// carts (64 lines of 64-byte SKUs, a 128-byte order id; about 5.3 KB an
+/// entry) holds about 190 entries, a page of one-line carts the whole
+/// [`SETTLE_BATCH_MAX`](reservoir_tokens::limits::SETTLE_BATCH_MAX).
+pub const REPORT_OUTBOX_BYTES_MAX: usize = 1024 * 1024;
+
+/// Bytes of a report kept free beside its measured parts, for the reply's
+/// own framing (the enum tag, the gRPC message around the payload).
+pub const REPORT_MARGIN_BYTES: usize = 64 * 1024;
 
 /// A call for a region group.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -59,8 +73,16 @@ pub struct ReportRequest {
     pub outbox_after: Option<u64>,
     /// At most this many outbox entries.
     pub outbox_max: usize,
+    /// At most this many encoded bytes of outbox entries (the region also
+    /// keeps the whole report under [`CONTROL_MESSAGE_BYTES_MAX`]).
+    pub outbox_bytes_max: usize,
     /// Transfers to report on, if the region applied them.
     pub transfers: Vec<TransferId>,
+    /// For the audit: the ledger's settlement watermark for this region.
+    /// The region answers the units per SKU of its outbox entries after its
+    /// own acknowledged watermark up to this one (settled at the ledger, not
+    /// yet acknowledged here), so the audit needs no outbox entries.
+    pub unacked_up_to: Option<u64>,
 }
 
 /// A region's answer to a control call.
@@ -87,8 +109,12 @@ pub struct RegionReport {
     pub buckets: BTreeMap<Sku, Bucket>,
     /// Units requested per SKU over the demand horizon (met or not).
     pub demand: BTreeMap<Sku, Units>,
-    /// Outbox entries asked for, oldest first.
+    /// Outbox entries asked for, oldest first: consecutive, at most
+    /// `outbox_max` of them and at most `outbox_bytes_max` encoded bytes.
     pub outbox: Vec<OutboxEntry>,
+    /// True when the outbox holds entries after the last one in `outbox`
+    /// (the page was full): the ledger asks again after settling this page.
+    pub outbox_more: bool,
     /// The last outbox sequence number written.
     pub last_outbox_seq: u64,
     /// The outbox sequence number the ledger acknowledged.
@@ -97,6 +123,98 @@ pub struct RegionReport {
     pub oldest_unsettled_ms: Option<Millis>,
     /// The asked-about transfers the region applied.
     pub transfers: BTreeMap<TransferId, AppliedTransfer>,
+    /// The `unacked_up_to` asked for, if any, that `unacked` is summed to.
+    pub unacked_up_to: Option<u64>,
+    /// Units per SKU of outbox entries after `settled_up_to` up to
+    /// `unacked_up_to`.
+    pub unacked: BTreeMap<Sku, Units>,
+}
+
+/// What a region needs to build a [`RegionReport`] besides its state.
+#[derive(Clone, Debug)]
+pub struct ReportContext {
+    /// The region.
+    pub region: RegionId,
+    /// This node (the leader answering).
+    pub leader_id: NodeId,
+    /// Units requested per SKU over the demand horizon.
+    pub demand: BTreeMap<Sku, Units>,
+}
+
+/// Builds a region's report from its state, as `request` asks: the outbox
+/// page is filled entry by entry, measured with the control encoder, until
+/// `outbox_max` entries, `outbox_bytes_max` bytes, or what is left of
+/// [`CONTROL_MESSAGE_BYTES_MAX`] after the rest of the report (and
+/// [`REPORT_MARGIN_BYTES`]) is reached; `outbox_more` says whether entries
+/// were left out.
+pub fn build_report(s: &RegionState, context: &ReportContext, request: &ReportRequest) -> RegionReport {
+    let settled_up_to = s.settled_up_to();
+    let after = request.outbox_after.unwrap_or(settled_up_to).max(settled_up_to);
+    let mut unacked: BTreeMap<Sku, Units> = BTreeMap::new();
+    if let Some(up_to) = request.unacked_up_to {
+        for entry in s.outbox_after(settled_up_to).take_while(|e| e.seq <= up_to) {
+            for line in &entry.lines {
+                let units = unacked.entry(line.sku.clone()).or_default();
+                *units = units.saturating_add(line.quantity);
+            }
+        }
+    }
+    let mut report = RegionReport {
+        region: context.region.clone(),
+        leader_id: context.leader_id,
+        clock_ms: s.clock_ms(),
+        buckets: s.buckets().map(|(sku, b)| (sku.clone(), b.clone())).collect(),
+        demand: context.demand.clone(),
+        outbox: Vec::new(),
+        outbox_more: false,
+        last_outbox_seq: s.last_outbox_seq(),
+        settled_up_to,
+        oldest_unsettled_ms: s.outbox_after(settled_up_to).next().map(|e| e.confirmed_at_ms),
+        transfers: request
+            .transfers
+            .iter()
+            .filter_map(|id| s.transfer(*id).map(|t| (*id, t.clone())))
+            .collect(),
+        unacked_up_to: request.unacked_up_to,
+        unacked,
+    };
+    let rest = encoded_len(&RegionReply::Report(report.clone()));
+    let room = CONTROL_MESSAGE_BYTES_MAX.saturating_sub(rest.saturating_add(REPORT_MARGIN_BYTES));
+    let (outbox, more) = outbox_page(
+        s.outbox_after(after),
+        request.outbox_max,
+        request.outbox_bytes_max.min(room),
+    );
+    report.outbox = outbox;
+    report.outbox_more = more;
+    report
+}
+
+/// Takes entries from `entries` (oldest first) while they number at most
+/// `count_max` and their encoded sizes add up to at most `bytes_max`;
+/// returns them and whether any entry was left.
+pub fn outbox_page(
+    entries: impl Iterator<Item = OutboxEntry>,
+    count_max: usize,
+    bytes_max: usize,
+) -> (Vec<OutboxEntry>, bool) {
+    let mut page = Vec::new();
+    let mut bytes = 0usize;
+    for entry in entries {
+        let size = encoded_len(&entry);
+        if page.len() >= count_max || bytes.saturating_add(size) > bytes_max {
+            return (page, true);
+        }
+        bytes += size;
+        page.push(entry);
+    }
+    (page, false)
+}
+
+/// The encoded size of a control payload, as [`encode`] would write it.
+pub fn encoded_len<T: Serialize>(value: &T) -> usize {
+    // A value `encode` cannot encode counts as too large for any page.
+    bincode::serialized_size(value).map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))
 }
 
 impl RegionBooks for RegionReport {
@@ -117,6 +235,12 @@ impl RegionBooks for RegionReport {
     }
 
     fn settled_unacked(&self, sku: &str, watermark: u64) -> Units {
+        // The region's own sum when it was asked for this watermark (the
+        // audit asks for it, and no outbox entries); else what the outbox
+        // page holds.
+        if self.unacked_up_to == Some(watermark) {
+            return self.unacked.get(sku).copied().unwrap_or(0);
+        }
         self.outbox
             .iter()
             .filter(|e| e.seq > self.settled_up_to && e.seq <= watermark)
@@ -173,6 +297,10 @@ pub struct LedgerSummary {
     pub region_leaders: BTreeMap<RegionId, NodeId>,
     /// Regions the last round could not reach.
     pub unreachable: Vec<RegionId>,
+    /// Regions whose part of the last round failed (unreachable ones too),
+    /// with the failed step's stable reason (`report`, `transfer`,
+    /// `settle`, `settled_ack`, `begin`); the others went on.
+    pub failing: BTreeMap<RegionId, String>,
     /// Per region: (unsettled outbox entries, age of the oldest in ms).
     pub settlement_lag: BTreeMap<RegionId, (u64, u64)>,
     /// The last audit, when it ran (ms since the epoch).

@@ -479,3 +479,183 @@ impl ControlClient {
         reply.map(tonic::Response::into_inner)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::ledger::settle_entries;
+    use reservoir_tokens::limits::{
+        LINES_PER_RESERVATION_MAX, ORDER_ID_BYTES_MAX, SETTLE_BATCH_MAX, SKU_BYTES_MAX,
+    };
+    use reservoir_tokens::{LedgerApplied, LedgerCommand, LedgerState, Line, RegionApplied, RegionCommand};
+
+    const REGION: &str = "ap-south";
+    const NOW_MS: Millis = 1_700_000_000_000;
+
+    /// The longest SKU there may be, numbered.
+    fn long_sku(i: usize) -> Sku {
+        let head = format!("sku-{i:02}-");
+        format!("{head}{}", "x".repeat(SKU_BYTES_MAX - head.len()))
+    }
+
+    fn region_apply(s: &mut RegionState, op: RegionOp) -> RegionApplied {
+        s.apply(RegionCommand { now_ms: NOW_MS, op })
+            .unwrap_or_else(|r| panic!("region refused: {r}"))
+    }
+
+    fn ledger_apply(l: &mut LedgerState, op: LedgerOp) -> LedgerApplied {
+        l.apply(LedgerCommand { now_ms: NOW_MS, op })
+            .unwrap_or_else(|r| panic!("ledger refused: {r}"))
+    }
+
+    /// A region and a ledger that granted it `units` of each SKU, both real
+    /// state machines.
+    fn granted(skus: &[Sku], units: Units) -> (RegionState, LedgerState) {
+        let mut region = RegionState::new(REGION);
+        let mut ledger = LedgerState::default();
+        for sku in skus {
+            ledger_apply(
+                &mut ledger,
+                LedgerOp::AdjustStock {
+                    request_id: format!("stock-{sku}"),
+                    sku: sku.clone(),
+                    delta: units as i64,
+                },
+            );
+            let LedgerApplied::Begun(t) = ledger_apply(
+                &mut ledger,
+                LedgerOp::BeginGrant {
+                    region: REGION.into(),
+                    sku: sku.clone(),
+                    units,
+                },
+            ) else {
+                panic!("no grant begun")
+            };
+            region_apply(
+                &mut region,
+                RegionOp::Grant {
+                    transfer_id: t.id,
+                    sku: sku.clone(),
+                    units,
+                    done_below: ledger.done_below(REGION),
+                },
+            );
+            ledger_apply(&mut ledger, LedgerOp::CompleteGrant { transfer_id: t.id });
+        }
+        (region, ledger)
+    }
+
+    /// An outbox of the longest carts (most lines, longest SKUs and order ids) that would not fit one control message is reported in pages under the limit, and settling page by page settles every sale once, without gaps.
+    #[test]
+    fn a_report_over_the_message_limit_is_split_and_every_page_settles() {
+        let skus: Vec<Sku> = (0..LINES_PER_RESERVATION_MAX).map(long_sku).collect();
+        let carts = SETTLE_BATCH_MAX as u64;
+        let (mut region, mut ledger) = granted(&skus, carts);
+        for n in 0..carts {
+            let RegionApplied::Reservation(r) = region_apply(
+                &mut region,
+                RegionOp::Reserve {
+                    owner: "shop".into(),
+                    request_id: format!("cart-{n}"),
+                    lines: skus.iter().map(|sku| Line::new(sku.clone(), 1)).collect(),
+                    ttl_ms: 0,
+                    allow_partial: false,
+                    nonce: n + 1,
+                },
+            ) else {
+                panic!("no reservation")
+            };
+            let order_id = format!("order-{n:08}-{}", "o".repeat(ORDER_ID_BYTES_MAX - 15));
+            assert_eq!(order_id.len(), ORDER_ID_BYTES_MAX);
+            region_apply(
+                &mut region,
+                RegionOp::Confirm {
+                    id: r.id,
+                    owner: "shop".into(),
+                    order_id,
+                    lines: Vec::new(),
+                },
+            );
+        }
+        // The whole outbox, as one report asked for the ledger's batch of
+        // 4,096 entries used to carry it, does not fit one control message.
+        let unpaged: Vec<OutboxEntry> = region.outbox_after(0).take(SETTLE_BATCH_MAX).collect();
+        let unpaged_bytes = encoded_len(&unpaged);
+        assert!(
+            unpaged_bytes > CONTROL_MESSAGE_BYTES_MAX,
+            "the scenario must exceed the limit: {unpaged_bytes} bytes"
+        );
+
+        let context = ReportContext {
+            region: REGION.into(),
+            leader_id: 1,
+            demand: BTreeMap::new(),
+        };
+        let mut pages = 0;
+        loop {
+            let watermark = ledger.watermark(REGION);
+            let request = ReportRequest {
+                outbox_after: Some(watermark),
+                outbox_max: SETTLE_BATCH_MAX,
+                outbox_bytes_max: REPORT_OUTBOX_BYTES_MAX,
+                transfers: Vec::new(),
+                unacked_up_to: None,
+            };
+            let report = build_report(&region, &context, &request);
+            let reply = encode(&RegionReply::Report(report.clone())).expect("a report encodes");
+            assert!(
+                reply.len() <= CONTROL_MESSAGE_BYTES_MAX,
+                "page {pages}: a {}-byte report over the {CONTROL_MESSAGE_BYTES_MAX}-byte limit",
+                reply.len()
+            );
+            assert!(
+                encoded_len(&report.outbox) <= REPORT_OUTBOX_BYTES_MAX + 8,
+                "page {pages}: outbox of {} bytes",
+                encoded_len(&report.outbox)
+            );
+            let decoded: RegionReply = decode(&reply).expect("the ledger host decodes it");
+            let RegionReply::Report(report) = decoded else {
+                panic!("not a report")
+            };
+            let entries = settle_entries(&report, watermark);
+            if entries.is_empty() {
+                assert!(!report.outbox_more, "an empty page says there is more");
+                break;
+            }
+            assert_eq!(
+                entries[0].seq,
+                watermark + 1,
+                "page {pages} starts after the watermark"
+            );
+            assert_eq!(
+                report.outbox_more,
+                entries.last().map(|e| e.seq) < Some(region.last_outbox_seq()),
+                "page {pages}: outbox_more says whether entries were left"
+            );
+            let settle = LedgerOp::Settle {
+                region: REGION.into(),
+                entries,
+            };
+            assert!(
+                encoded_len(&settle) <= REPORT_OUTBOX_BYTES_MAX,
+                "page {pages}: Settle too large"
+            );
+            let LedgerApplied::Settled { watermark: up_to, .. } = ledger_apply(&mut ledger, settle) else {
+                panic!("not settled")
+            };
+            region_apply(&mut region, RegionOp::Settled { up_to_seq: up_to });
+            pages += 1;
+            assert!(pages <= carts, "pages never end");
+        }
+        assert!(pages > 1, "the outbox came in one page");
+        eprintln!("{carts} carts of {unpaged_bytes} encoded bytes settled in {pages} pages");
+        assert_eq!(ledger.watermark(REGION), carts, "every sale settled");
+        assert_eq!(region.settled_up_to(), carts, "every sale acknowledged");
+        for sku in &skus {
+            assert_eq!(ledger.skus()[sku].settled_total, carts, "{sku}");
+            let bucket = region.bucket(sku).expect("a bucket");
+            assert_eq!((bucket.confirmed, bucket.settled), (0, carts), "{sku}");
+        }
+    }
+}

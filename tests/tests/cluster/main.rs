@@ -9,4 +9,5 @@ mod cluster_faults;
 mod cluster_flows;
 mod load_tester;
 mod region_faults;
+mod region_isolation;
 mod region_restart;

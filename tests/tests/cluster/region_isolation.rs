@@ -1,0 +1,305 @@
+//! One region in trouble does not stall the others (docs/architecture.md,
+//! "The ledger leader's loop"): eu-west's node is configured to take one
+//! proposal at a time and queue one more, then flooded with reserves, so its
+//! proposal queue is full nearly always and the ledger's grant to it keeps
+//! failing with `OVERLOADED`, while its reports (reads) still answer. With
+//! that grant in flight, ap-south's confirmed sales must still settle and a
+//! top-up must still reach it; once the flood stops, the books balance.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use reservoir_client::reason_of;
+use reservoir_proto::v1;
+use reservoir_proto::v1::admin_client::AdminClient;
+use reservoir_proto::v1::inventory_client::InventoryClient;
+use reservoir_tests::{
+    Cluster, ClusterOptions, POLL_INTERVAL, REBALANCE_DEADLINE, RETRY_DEADLINE, Rotation, SETTLE_DEADLINE,
+    UpNode, assert_balanced, confirm, http_get, line, one_at_a_time, refusal, reserve, reserve_request,
+    retry, sku_sheet,
+};
+use tonic::Code;
+
+/// Concurrent reserve loops against eu-west's node.
+const FLOOD_TASKS: usize = 24;
+/// How long a flooded hold lives (expiry also goes through the queue).
+const FLOOD_TTL_MS: u64 = 2_000;
+/// Longest the flood runs, whatever happens.
+const FLOOD_MAX: Duration = Duration::from_secs(150);
+/// Units of `hot` each stock request of the stocker adds, so the ledger
+/// keeps having grants for eu-west to begin.
+const STOCKER_UNITS: i64 = 2;
+/// The stocker's pause between two requests.
+const STOCKER_PACING: Duration = Duration::from_millis(250);
+/// Sales ap-south confirms while eu-west is saturated, one at a time, each
+/// of which must settle within [`CHECK_DEADLINE`].
+const CHECKS: usize = 4;
+/// How long a sale or a top-up in a healthy region may wait: a few rounds
+/// (a round starts every 250 ms).
+const CHECK_DEADLINE: Duration = Duration::from_secs(5);
+/// How long the flood has to put a grant for eu-west in flight.
+const SATURATE_DEADLINE: Duration = Duration::from_secs(40);
+
+/// A saturated eu-west (queue full) with a grant to it in flight: ap-south still gets its sales settled and a top-up, and after the flood the audit balances with zero drift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saturated_region_does_not_stall_settlement_or_top_ups_elsewhere() {
+    let _serial = one_at_a_time().await;
+    let started = Instant::now();
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    let eu = cluster.ids_in("eu-west")[0];
+    cluster.kill(eu).await;
+    saturable_config(&cluster.dir().join(format!("node-{eu}.toml")));
+    cluster.restart(eu).await;
+
+    for (sku, stock) in [("hot", 60u64), ("south", 300), ("topped", 30)] {
+        cluster.add_stock(sku, stock as i64).await;
+        cluster
+            .wait_available(sku, REBALANCE_DEADLINE, "every unit in a region", |a| {
+                a.iter().all(|&n| n > 0) && a.iter().sum::<u64>() == stock
+            })
+            .await;
+    }
+
+    // Saturate eu-west, and keep stock of `hot` arriving so the ledger
+    // keeps having grants for it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let overloaded = Arc::new(AtomicU64::new(0));
+    let flood: Vec<_> = (0..FLOOD_TASKS)
+        .map(|i| tokio::spawn(flood(cluster.inventory(eu), i, stop.clone(), overloaded.clone())))
+        .collect();
+    let stocker = tokio::spawn(stocker(cluster.admin_rotation(), stop.clone()));
+    let give_up = Instant::now() + SATURATE_DEADLINE;
+    loop {
+        let in_flight = sku_sheet(&cluster.audit().await, "hot").in_flight_grants;
+        let refused = overloaded.load(Ordering::SeqCst);
+        if in_flight > 0 && refused > 0 {
+            eprintln!(
+                "eu-west saturated ({refused} reserves refused OVERLOADED), {in_flight} units of hot granted to it in flight"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "no grant for eu-west in flight while flooded within {SATURATE_DEADLINE:?} ({refused} OVERLOADED)"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    let saturated_at = Instant::now();
+
+    // ap-south's sales settle, one after another.
+    let ap_south = cluster.rotation_in("ap-south", 0);
+    for n in 0..CHECKS {
+        let held = reserve(
+            &ap_south,
+            &reserve_request(format!("south-{n}"), vec![line("south", 1)]),
+            RETRY_DEADLINE,
+        )
+        .await
+        .result
+        .expect("ap-south reserves");
+        confirm(
+            &ap_south,
+            &held.reservation_id,
+            &format!("order-south-{n}"),
+            RETRY_DEADLINE,
+        )
+        .await
+        .result
+        .expect("ap-south confirms");
+        let sold_at = Instant::now();
+        let status = wait_settled(&cluster, "ap-south", CHECK_DEADLINE).await;
+        eprintln!(
+            "ap-south sale {n} settled in {:?} (outbox {} settled {}), {} OVERLOADED so far",
+            sold_at.elapsed(),
+            status.outbox_last_seq,
+            status.settled_up_to,
+            overloaded.load(Ordering::SeqCst)
+        );
+    }
+
+    // A top-up reaches ap-south: it sells out of `topped`, is refused (and
+    // so asks the ledger for more), and new stock arrives at the pool.
+    let left = cluster.available_in("ap-south", "topped").await;
+    let held = reserve(
+        &ap_south,
+        &reserve_request("topped-all", vec![line("topped", left)]),
+        RETRY_DEADLINE,
+    )
+    .await
+    .result
+    .expect("ap-south reserves what it has");
+    confirm(
+        &ap_south,
+        &held.reservation_id,
+        "order-topped-all",
+        RETRY_DEADLINE,
+    )
+    .await
+    .result
+    .expect("ap-south confirms");
+    let more = reserve_request("topped-more", vec![line("topped", 1)]);
+    let (code, reason) = refusal(reserve(&ap_south, &more, RETRY_DEADLINE).await.result);
+    assert_eq!(
+        (code, reason.as_deref()),
+        (Code::ResourceExhausted, Some("INSUFFICIENT_STOCK")),
+        "ap-south is out of topped"
+    );
+    cluster.add_stock("topped", 30).await;
+    let asked_at = Instant::now();
+    let give_up = asked_at + CHECK_DEADLINE;
+    loop {
+        let available = cluster.available_in("ap-south", "topped").await;
+        if available > 0 {
+            eprintln!(
+                "top-up of {available} reached ap-south in {:?}",
+                asked_at.elapsed()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "no top-up reached ap-south within {CHECK_DEADLINE:?} while eu-west is saturated: {:?}",
+            cluster.cluster_status().await
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+
+    // eu-west was failing all along, and the ledger says so per region.
+    let refused = overloaded.load(Ordering::SeqCst);
+    let leader = cluster.ledger_leader().await;
+    let (code, metrics) = http_get(cluster.node(leader).http(), "/metrics")
+        .await
+        .expect("the ledger leader's metrics");
+    assert_eq!(code, 200);
+    let failures: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("reservoir_round_region_failures_total{") && l.contains("region=\"eu-west\"")
+        })
+        .collect();
+    assert!(
+        !failures.is_empty(),
+        "the ledger counted no failure for eu-west:\n{metrics}"
+    );
+    eprintln!(
+        "saturated for {:?}, {refused} reserves refused OVERLOADED; ledger: {failures:?}",
+        saturated_at.elapsed()
+    );
+
+    // The flood ends; eu-west catches up and the books balance.
+    stop.store(true, Ordering::SeqCst);
+    for task in flood {
+        task.await.expect("a flood task ends");
+    }
+    stocker.await.expect("the stocker ends");
+    let report = cluster.settled_audit(SETTLE_DEADLINE).await;
+    for sku in ["hot", "south", "topped"] {
+        let sheet = sku_sheet(&report, sku);
+        assert_eq!((sheet.drift, sheet.ledger_drift), (0, 0), "{sheet:?}");
+    }
+    assert_eq!(
+        sku_sheet(&report, "south").settled_total,
+        CHECKS as u64,
+        "{report:?}"
+    );
+    cluster.wait_no_settlement_lag(SETTLE_DEADLINE).await;
+    assert_balanced(&cluster.audit().await);
+    eprintln!("test took {:?}", started.elapsed());
+}
+
+/// Rewrites a node's config so that it proposes one batch at a time and
+/// queues one proposal more.
+fn saturable_config(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut replaced = 0;
+    let edited: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let key = l.split('=').next().unwrap_or("").trim();
+            if key == "proposal_queue_max" || key == "batches_in_flight" {
+                replaced += 1;
+                format!("{key} = 1")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    assert_eq!(replaced, 2, "both raft bounds in {}:\n{text}", path.display());
+    std::fs::write(path, edited.join("\n") + "\n").unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// Reserves one unit of `hot` again and again (short holds, released at
+/// once when taken), counting the `OVERLOADED` refusals, until told to stop.
+async fn flood(
+    mut client: InventoryClient<reservoir_client::ClientChannel>,
+    task: usize,
+    stop: Arc<AtomicBool>,
+    overloaded: Arc<AtomicU64>,
+) {
+    let until = Instant::now() + FLOOD_MAX;
+    let mut n = 0u64;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+        n += 1;
+        let mut request = reserve_request(format!("flood-{task}-{n}"), vec![line("hot", 1)]);
+        request.ttl_ms = FLOOD_TTL_MS;
+        match client.reserve(request).await {
+            Ok(answer) => {
+                if let Some(r) = answer.into_inner().reservation {
+                    let release = v1::ReleaseRequest {
+                        reservation_id: r.reservation_id,
+                    };
+                    let _ = client.release(release).await;
+                }
+            }
+            Err(status) if reason_of(&status).as_deref() == Some("OVERLOADED") => {
+                overloaded.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(_) => tokio::time::sleep(POLL_INTERVAL / 10).await,
+        }
+    }
+}
+
+/// Adds [`STOCKER_UNITS`] of `hot` every [`STOCKER_PACING`] until told to
+/// stop (each request retried with its id until acknowledged).
+async fn stocker(nodes: Rotation, stop: Arc<AtomicBool>) {
+    let until = Instant::now() + FLOOD_MAX;
+    let mut sent = 0u64;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+        let request = v1::AdjustStockRequest {
+            request_id: format!("hot-stocker-{sent}"),
+            sku: "hot".into(),
+            delta: STOCKER_UNITS,
+        };
+        retry(&nodes, RETRY_DEADLINE, |channel| {
+            let request = request.clone();
+            async move { AdminClient::new(channel).adjust_stock(request).await }
+        })
+        .await
+        .result
+        .unwrap_or_else(|s| panic!("{}: not acknowledged: {s:?}", request.request_id));
+        sent += 1;
+        tokio::time::sleep(STOCKER_PACING).await;
+    }
+}
+
+/// Polls `region`'s leader until its outbox is acknowledged to the end
+/// (every confirmed sale settled at the ledger), and returns that status.
+async fn wait_settled(cluster: &Cluster, region: &str, deadline: Duration) -> reservoir_tests::NodeStatus {
+    let give_up = Instant::now() + deadline;
+    loop {
+        let status = cluster.region_status(region).await;
+        if status.settled_up_to >= status.outbox_last_seq {
+            return status;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "{region}'s sales not settled within {deadline:?} (outbox {}, settled {}): {:?}",
+            status.outbox_last_seq,
+            status.settled_up_to,
+            cluster.cluster_status().await.settlement_lag
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}

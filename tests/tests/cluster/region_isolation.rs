@@ -1,10 +1,16 @@
 //! One region in trouble does not stall the others (docs/architecture.md,
 //! "The ledger leader's loop"): eu-west's node is configured to take one
-//! proposal at a time and queue one more, then flooded with reserves, so its
-//! proposal queue is full nearly always and the ledger's grant to it keeps
-//! failing with `OVERLOADED`, while its reports (reads) still answer. With
-//! that grant in flight, ap-south's confirmed sales must still settle and a
-//! top-up must still reach it; once the flood stops, the books balance.
+//! proposal at a time and queue one more, then flooded with reserves of
+//! several SKUs, so its proposal queue is full most of the time and the
+//! ledger's grants to it (one per SKU) keep failing with `OVERLOADED`, while
+//! its reports (reads) still answer. With those grants in flight, ap-south's
+//! confirmed sales must still settle and a top-up must still reach it; once
+//! the flood stops, the books balance.
+//!
+//! A queue of one is not full at every instant: a single grant gets through
+//! about every other try. A round that needed every grant to eu-west to go
+//! through (as rounds did before they were isolated per region) almost
+//! never does with six of them in flight at once.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,11 +30,16 @@ use tonic::Code;
 
 /// Concurrent reserve loops against eu-west's node.
 const FLOOD_TASKS: usize = 24;
+/// The SKUs eu-west is flooded with (each reserve holds one of each), so the
+/// ledger has one grant per SKU for it.
+const HOT: [&str; 6] = ["hot-0", "hot-1", "hot-2", "hot-3", "hot-4", "hot-5"];
+/// Grants for eu-west in flight at once before ap-south is watched.
+const GRANTS_IN_FLIGHT_MIN: u64 = 4;
 /// How long a flooded hold lives (expiry also goes through the queue).
 const FLOOD_TTL_MS: u64 = 2_000;
 /// Longest the flood runs, whatever happens.
 const FLOOD_MAX: Duration = Duration::from_secs(150);
-/// Units of `hot` each stock request of the stocker adds, so the ledger
+/// Units of each hot SKU each round of the stocker adds, so the ledger
 /// keeps having grants for eu-west to begin.
 const STOCKER_UNITS: i64 = 2;
 /// The stocker's pause between two requests.
@@ -53,7 +64,11 @@ async fn saturated_region_does_not_stall_settlement_or_top_ups_elsewhere() {
     saturable_config(&cluster.dir().join(format!("node-{eu}.toml")));
     cluster.restart(eu).await;
 
-    for (sku, stock) in [("hot", 60u64), ("south", 300), ("topped", 30)] {
+    let stocks = HOT
+        .iter()
+        .map(|&sku| (sku, 60u64))
+        .chain([("south", 300), ("topped", 30)]);
+    for (sku, stock) in stocks {
         cluster.add_stock(sku, stock as i64).await;
         cluster
             .wait_available(sku, REBALANCE_DEADLINE, "every unit in a region", |a| {
@@ -62,8 +77,8 @@ async fn saturated_region_does_not_stall_settlement_or_top_ups_elsewhere() {
             .await;
     }
 
-    // Saturate eu-west, and keep stock of `hot` arriving so the ledger
-    // keeps having grants for it.
+    // Saturate eu-west, and keep stock of the hot SKUs arriving so the
+    // ledger keeps having grants for it.
     let stop = Arc::new(AtomicBool::new(false));
     let overloaded = Arc::new(AtomicU64::new(0));
     let flood: Vec<_> = (0..FLOOD_TASKS)
@@ -72,17 +87,22 @@ async fn saturated_region_does_not_stall_settlement_or_top_ups_elsewhere() {
     let stocker = tokio::spawn(stocker(cluster.admin_rotation(), stop.clone()));
     let give_up = Instant::now() + SATURATE_DEADLINE;
     loop {
-        let in_flight = sku_sheet(&cluster.audit().await, "hot").in_flight_grants;
+        let report = cluster.audit().await;
+        let in_flight = HOT
+            .iter()
+            .filter(|&&sku| sku_sheet(&report, sku).in_flight_grants > 0)
+            .count() as u64;
         let refused = overloaded.load(Ordering::SeqCst);
-        if in_flight > 0 && refused > 0 {
+        if in_flight >= GRANTS_IN_FLIGHT_MIN && refused > 0 {
             eprintln!(
-                "eu-west saturated ({refused} reserves refused OVERLOADED), {in_flight} units of hot granted to it in flight"
+                "eu-west saturated ({refused} reserves refused OVERLOADED), grants of {in_flight} SKUs to it in flight"
             );
             break;
         }
         assert!(
             Instant::now() < give_up,
-            "no grant for eu-west in flight while flooded within {SATURATE_DEADLINE:?} ({refused} OVERLOADED)"
+            "not {GRANTS_IN_FLIGHT_MIN} grants for eu-west in flight while flooded within {SATURATE_DEADLINE:?} \
+             ({in_flight} in flight, {refused} OVERLOADED)"
         );
         tokio::time::sleep(POLL_INTERVAL).await;
     }
@@ -195,7 +215,7 @@ async fn saturated_region_does_not_stall_settlement_or_top_ups_elsewhere() {
     }
     stocker.await.expect("the stocker ends");
     let report = cluster.settled_audit(SETTLE_DEADLINE).await;
-    for sku in ["hot", "south", "topped"] {
+    for sku in HOT.iter().copied().chain(["south", "topped"]) {
         let sheet = sku_sheet(&report, sku);
         assert_eq!((sheet.drift, sheet.ledger_drift), (0, 0), "{sheet:?}");
     }
@@ -230,8 +250,9 @@ fn saturable_config(path: &Path) {
     std::fs::write(path, edited.join("\n") + "\n").unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
-/// Reserves one unit of `hot` again and again (short holds, released at
-/// once when taken), counting the `OVERLOADED` refusals, until told to stop.
+/// Reserves one unit of every hot SKU again and again (short holds,
+/// released at once when taken), counting the `OVERLOADED` refusals, until
+/// told to stop.
 async fn flood(
     mut client: InventoryClient<reservoir_client::ClientChannel>,
     task: usize,
@@ -242,7 +263,8 @@ async fn flood(
     let mut n = 0u64;
     while !stop.load(Ordering::SeqCst) && Instant::now() < until {
         n += 1;
-        let mut request = reserve_request(format!("flood-{task}-{n}"), vec![line("hot", 1)]);
+        let lines = HOT.iter().map(|sku| line(sku, 1)).collect();
+        let mut request = reserve_request(format!("flood-{task}-{n}"), lines);
         request.ttl_ms = FLOOD_TTL_MS;
         match client.reserve(request).await {
             Ok(answer) => {
@@ -261,24 +283,26 @@ async fn flood(
     }
 }
 
-/// Adds [`STOCKER_UNITS`] of `hot` every [`STOCKER_PACING`] until told to
-/// stop (each request retried with its id until acknowledged).
+/// Adds [`STOCKER_UNITS`] of every hot SKU every [`STOCKER_PACING`] until
+/// told to stop (each request retried with its id until acknowledged).
 async fn stocker(nodes: Rotation, stop: Arc<AtomicBool>) {
     let until = Instant::now() + FLOOD_MAX;
     let mut sent = 0u64;
     while !stop.load(Ordering::SeqCst) && Instant::now() < until {
-        let request = v1::AdjustStockRequest {
-            request_id: format!("hot-stocker-{sent}"),
-            sku: "hot".into(),
-            delta: STOCKER_UNITS,
-        };
-        retry(&nodes, RETRY_DEADLINE, |channel| {
-            let request = request.clone();
-            async move { AdminClient::new(channel).adjust_stock(request).await }
-        })
-        .await
-        .result
-        .unwrap_or_else(|s| panic!("{}: not acknowledged: {s:?}", request.request_id));
+        for sku in HOT {
+            let request = v1::AdjustStockRequest {
+                request_id: format!("stocker-{sku}-{sent}"),
+                sku: sku.into(),
+                delta: STOCKER_UNITS,
+            };
+            retry(&nodes, RETRY_DEADLINE, |channel| {
+                let request = request.clone();
+                async move { AdminClient::new(channel).adjust_stock(request).await }
+            })
+            .await
+            .result
+            .unwrap_or_else(|s| panic!("{}: not acknowledged: {s:?}", request.request_id));
+        }
         sent += 1;
         tokio::time::sleep(STOCKER_PACING).await;
     }

@@ -107,6 +107,8 @@ async fn saturated_region_does_not_stall_settlement_or_top_ups_elsewhere() {
         tokio::time::sleep(POLL_INTERVAL).await;
     }
     let saturated_at = Instant::now();
+    let ledger = cluster.ledger_leader().await;
+    let rounds_stopped = metric_sum(&cluster, ledger, "reservoir_rebalance_rounds_failed_total", "").await;
 
     // ap-south's sales settle, one after another.
     let ap_south = cluster.rotation_in("ap-south", 0);
@@ -186,27 +188,28 @@ async fn saturated_region_does_not_stall_settlement_or_top_ups_elsewhere() {
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 
-    // eu-west was failing all along, and the ledger says so per region.
+    // eu-west was failing all along: the ledger counted it against eu-west
+    // alone, and stopped no round for everyone because of it.
     let refused = overloaded.load(Ordering::SeqCst);
-    let leader = cluster.ledger_leader().await;
-    let (code, metrics) = http_get(cluster.node(leader).http(), "/metrics")
-        .await
-        .expect("the ledger leader's metrics");
-    assert_eq!(code, 200);
-    let failures: Vec<&str> = metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("reservoir_round_region_failures_total{") && l.contains("region=\"eu-west\"")
-        })
-        .collect();
-    assert!(
-        !failures.is_empty(),
-        "the ledger counted no failure for eu-west:\n{metrics}"
-    );
+    let eu_failures = metric_sum(
+        &cluster,
+        ledger,
+        "reservoir_round_region_failures_total",
+        "region=\"eu-west\"",
+    )
+    .await;
+    let stopped =
+        metric_sum(&cluster, ledger, "reservoir_rebalance_rounds_failed_total", "").await - rounds_stopped;
     eprintln!(
-        "saturated for {:?}, {refused} reserves refused OVERLOADED; ledger: {failures:?}",
+        "saturated for {:?}, {refused} reserves refused OVERLOADED; the ledger counted {eu_failures} failures \
+         for eu-west and stopped {stopped} rounds",
         saturated_at.elapsed()
     );
+    assert_eq!(
+        stopped, 0.0,
+        "rounds were stopped for every region while eu-west failed"
+    );
+    assert!(eu_failures > 0.0, "the ledger counted no failure for eu-west");
 
     // The flood ends; eu-west catches up and the books balance.
     stop.store(true, Ordering::SeqCst);
@@ -306,6 +309,22 @@ async fn stocker(nodes: Rotation, stop: Arc<AtomicBool>) {
         sent += 1;
         tokio::time::sleep(STOCKER_PACING).await;
     }
+}
+
+/// The sum of a metric's samples on node `id` (`/metrics`) whose labels
+/// contain `labels`; 0 when it has none.
+async fn metric_sum(cluster: &Cluster, id: u64, name: &str, labels: &str) -> f64 {
+    let (code, text) = http_get(cluster.node(id).http(), "/metrics")
+        .await
+        .unwrap_or_else(|e| panic!("node {id}'s metrics: {e:?}"));
+    assert_eq!(code, 200, "node {id}'s metrics");
+    text.lines()
+        .filter(|l| {
+            let (series, _) = l.split_once(' ').unwrap_or((l, ""));
+            (series == name || series.starts_with(&format!("{name}{{"))) && series.contains(labels)
+        })
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .fold(0.0, |sum, v| sum + v)
 }
 
 /// Polls `region`'s leader until its outbox is acknowledged to the end

@@ -7,6 +7,10 @@
 //! confirmed sales must still settle and a top-up must still reach it; once
 //! the flood stops, the books balance.
 //!
+//! And a region whose outbox would not fit one control message (ap-south,
+//! cut off while it confirms thousands of the longest carts) is settled in
+//! pages once it is back.
+//!
 //! A queue of one is not full at every instant: a single grant gets through
 //! about every other try. A round that needed every grant to eu-west to go
 //! through (as rounds did before they were isolated per region) almost
@@ -26,6 +30,7 @@ use reservoir_tests::{
     UpNode, assert_balanced, confirm, http_get, line, one_at_a_time, refusal, reserve, reserve_request,
     retry, sku_sheet,
 };
+use reservoir_tokens::limits::{LINES_PER_RESERVATION_MAX, ORDER_ID_BYTES_MAX, SKU_BYTES_MAX};
 use tonic::Code;
 
 /// Concurrent reserve loops against eu-west's node.
@@ -52,6 +57,109 @@ const CHECKS: usize = 4;
 const CHECK_DEADLINE: Duration = Duration::from_secs(5);
 /// How long the flood has to put a grant for eu-west in flight.
 const SATURATE_DEADLINE: Duration = Duration::from_secs(40);
+
+/// Carts of the longest kind ap-south confirms while cut off from the
+/// ledger: about 5.3 KB an outbox entry, so over 17 MB of outbox, more than
+/// the control message limit (16 MiB) in one report.
+const LONG_CARTS: u64 = 3_300;
+/// Concurrent reserve-and-confirm loops in ap-south.
+const CART_TASKS: u64 = 16;
+/// How long the long carts may take to be sold (debug build, two cores).
+const CARTS_DEADLINE: Duration = Duration::from_secs(240);
+
+/// A region whose outbox would exceed the control message limit in one report (thousands of the longest carts confirmed while cut off from the ledger) is settled page by page after healing: every sale settled once, the audit balanced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_over_the_message_limit_settles_in_pages() {
+    let _serial = one_at_a_time().await;
+    let started = Instant::now();
+    let cluster = Cluster::start(ClusterOptions::default()).await;
+    let skus: Vec<String> = (0..LINES_PER_RESERVATION_MAX).map(long_sku).collect();
+    // Without demand the stock is shared among the regions: three regions'
+    // worth, so ap-south holds a unit of every SKU for every cart.
+    for sku in &skus {
+        cluster.add_stock(sku, (3 * LONG_CARTS) as i64).await;
+    }
+    let give_up = Instant::now() + REBALANCE_DEADLINE * 3;
+    loop {
+        let status = cluster.region_status("ap-south").await;
+        let short = skus
+            .iter()
+            .filter(|sku| status.buckets.get(*sku).map_or(0, |b| b.available) < LONG_CARTS)
+            .count();
+        if short == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "ap-south holds fewer than {LONG_CARTS} of {short} SKUs: {:?}",
+            status.buckets
+        );
+        tokio::time::sleep(POLL_INTERVAL * 4).await;
+    }
+    eprintln!("stock in place after {:?}", started.elapsed());
+
+    cluster.partition_region("ap-south").await;
+    let selling = Instant::now();
+    let tasks: Vec<_> = (0..CART_TASKS)
+        .map(|task| {
+            let nodes = cluster.rotation_in("ap-south", task as usize);
+            let skus = skus.clone();
+            tokio::spawn(async move {
+                let mut n = task;
+                while n < LONG_CARTS {
+                    assert!(selling.elapsed() < CARTS_DEADLINE, "the long carts took too long");
+                    let lines = skus.iter().map(|sku| line(sku, 1)).collect();
+                    let held = reserve(
+                        &nodes,
+                        &reserve_request(format!("long-{n}"), lines),
+                        RETRY_DEADLINE,
+                    )
+                    .await
+                    .result
+                    .unwrap_or_else(|s| panic!("long cart {n}: {s:?}"));
+                    let order = format!("order-{n:08}-");
+                    let order = format!("{order}{}", "o".repeat(ORDER_ID_BYTES_MAX - order.len()));
+                    confirm(&nodes, &held.reservation_id, &order, RETRY_DEADLINE)
+                        .await
+                        .result
+                        .unwrap_or_else(|s| panic!("long cart {n}: {s:?}"));
+                    n += CART_TASKS;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("a cart task");
+    }
+    let status = cluster.region_status("ap-south").await;
+    assert_eq!(
+        status.outbox_last_seq - status.settled_up_to,
+        LONG_CARTS,
+        "every long cart waits in ap-south's outbox"
+    );
+    eprintln!("{LONG_CARTS} long carts confirmed in {:?}", selling.elapsed());
+
+    cluster.heal().await;
+    let healed = Instant::now();
+    let status = wait_settled(&cluster, "ap-south", SETTLE_DEADLINE).await;
+    eprintln!(
+        "ap-south's outbox of {} settled {:?} after healing",
+        status.outbox_last_seq,
+        healed.elapsed()
+    );
+    let report = cluster.settled_audit(SETTLE_DEADLINE).await;
+    for sku in &skus {
+        assert_eq!(sku_sheet(&report, sku).settled_total, LONG_CARTS, "{sku}");
+    }
+    cluster.wait_no_settlement_lag(SETTLE_DEADLINE).await;
+    eprintln!("test took {:?}", started.elapsed());
+}
+
+/// The longest SKU there may be, numbered.
+fn long_sku(i: usize) -> String {
+    let head = format!("long-{i:02}-");
+    format!("{head}{}", "x".repeat(SKU_BYTES_MAX - head.len()))
+}
 
 /// A saturated eu-west (queue full) with a grant to it in flight: ap-south still gets its sales settled and a top-up, and after the flood the audit balances with zero drift.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ use reservoir_tokens::audit::RegionBooks;
 use reservoir_tokens::ledger::LedgerSku;
 use reservoir_tokens::{
     AppliedTransfer, Bucket, LedgerOp, LedgerOutcome, Millis, NodeId, OutboxEntry, RegionId, RegionOp,
-    RegionOutcome, RegionState, Sku, Transfer, TransferId, Units,
+    RegionOutcome, RegionState, SettleEntry, Sku, Transfer, TransferId, Units,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -209,6 +209,19 @@ pub fn outbox_page(
         page.push(entry);
     }
     (page, false)
+}
+
+/// The `Settle` entries of a page: its outbox entries after the ledger's
+/// `watermark`, in order.
+pub fn settle_entries(page: &RegionReport, watermark: u64) -> Vec<SettleEntry> {
+    page.outbox
+        .iter()
+        .filter(|e| e.seq > watermark)
+        .map(|e| SettleEntry {
+            seq: e.seq,
+            lines: e.lines.clone(),
+        })
+        .collect()
 }
 
 /// The encoded size of a control payload, as [`encode`] would write it.
@@ -483,7 +496,6 @@ impl ControlClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::ledger::settle_entries;
     use reservoir_tokens::limits::{
         LINES_PER_RESERVATION_MAX, ORDER_ID_BYTES_MAX, SETTLE_BATCH_MAX, SKU_BYTES_MAX,
     };

@@ -30,8 +30,8 @@ use reservoir_tokens::audit::{self, BalanceSheet};
 use reservoir_tokens::limits::SETTLE_BATCH_MAX;
 use reservoir_tokens::rebalance::{self, Policy, RegionView, SkuView};
 use reservoir_tokens::{
-    LedgerApplied, LedgerCommand, LedgerOp, LedgerState, Millis, RegionApplied, RegionId, RegionOp,
-    SettleEntry, Transfer, TransferKind,
+    LedgerApplied, LedgerCommand, LedgerOp, LedgerState, Millis, RegionApplied, RegionId, RegionOp, Transfer,
+    TransferKind,
 };
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -40,7 +40,7 @@ use crate::server::clock::Clock;
 use crate::server::config::RebalanceConfig;
 use crate::server::control::{
     ControlClient, LedgerSummary, REPORT_OUTBOX_BYTES_MAX, RegionCall, RegionReply, RegionReport,
-    ReportRequest,
+    ReportRequest, settle_entries,
 };
 
 /// How long one region call of a round may take.
@@ -690,19 +690,6 @@ fn outbox_request(watermark: u64, transfers: Vec<reservoir_tokens::TransferId>) 
         transfers,
         unacked_up_to: None,
     }
-}
-
-/// The `Settle` entries of a page: its outbox entries after the ledger's
-/// `watermark`, in order.
-pub fn settle_entries(page: &RegionReport, watermark: u64) -> Vec<SettleEntry> {
-    page.outbox
-        .iter()
-        .filter(|e| e.seq > watermark)
-        .map(|e| SettleEntry {
-            seq: e.seq,
-            lines: e.lines.clone(),
-        })
-        .collect()
 }
 
 /// (unsettled outbox entries, age of the oldest in ms) of a region whose

@@ -46,7 +46,7 @@ pub const CONTROL_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// [`CONTROL_MESSAGE_BYTES_MAX`] and under a Raft batch's byte bound
 /// (`reservoir_raft::group::BATCH_BYTES_MAX`, 4 MiB): a page of the longest
 /// carts (64 lines of 64-byte SKUs, a 128-byte order id; about 5.3 KB an
-/// entry) holds about 190 entries, a page of one-line carts the whole
+/// entry) holds about 195 entries, a page of one-line carts the whole
 /// [`SETTLE_BATCH_MAX`](reservoir_tokens::limits::SETTLE_BATCH_MAX).
 pub const REPORT_OUTBOX_BYTES_MAX: usize = 1024 * 1024;
 

@@ -656,6 +656,28 @@ mod tests {
             let LedgerApplied::Settled { watermark: up_to, .. } = ledger_apply(&mut ledger, settle) else {
                 panic!("not settled")
             };
+            if pages == 0 {
+                // An audit between the ledger's Settle and the region's
+                // acknowledgement asks for no outbox entries: the region's
+                // sum of the settled, unacknowledged units balances the books.
+                let audit_request = ReportRequest {
+                    outbox_after: None,
+                    outbox_max: 0,
+                    outbox_bytes_max: 0,
+                    transfers: Vec::new(),
+                    unacked_up_to: Some(up_to),
+                };
+                let audit_report = build_report(&region, &context, &audit_request);
+                assert!(audit_report.outbox.is_empty() && audit_report.outbox_more);
+                let sheet = reservoir_tokens::audit::balance(&ledger, &[&audit_report]);
+                assert!(sheet.balanced(), "{sheet:?}");
+                let unacked = audit_report.unacked.values().copied().collect::<Vec<_>>();
+                assert_eq!(
+                    unacked,
+                    vec![up_to; skus.len()],
+                    "one unit of every SKU per settled cart"
+                );
+            }
             region_apply(&mut region, RegionOp::Settled { up_to_seq: up_to });
             pages += 1;
             assert!(pages <= carts, "pages never end");

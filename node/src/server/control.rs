@@ -178,7 +178,8 @@ pub fn build_report(s: &RegionState, context: &ReportContext, request: &ReportRe
         unacked_up_to: request.unacked_up_to,
         unacked,
     };
-    let rest = encoded_len(&RegionReply::Report(report.clone()));
+    // The reply's enum tag and framing are within REPORT_MARGIN_BYTES.
+    let rest = encoded_len(&report);
     let room = CONTROL_MESSAGE_BYTES_MAX.saturating_sub(rest.saturating_add(REPORT_MARGIN_BYTES));
     let (outbox, more) = outbox_page(
         s.outbox_after(after),

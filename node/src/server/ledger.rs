@@ -4,11 +4,22 @@
 //!
 //! A round: read the ledger (linearizable) → ask every region for a report
 //! (concurrently, bounded by a timeout; a region that does not answer is
-//! unreachable and left out) → finish transfers left in flight → settle each
-//! region's outbox into the ledger, then acknowledge it to the region → plan
-//! and run new transfers (ledger intent → region apply → ledger complete) →
+//! unreachable and left out) → per region, concurrently: finish its transfers
+//! left in flight, then settle its outbox into the ledger page by page, each
+//! page acknowledged to the region before the next is asked for → plan and
+//! run new transfers (ledger intent → region apply → ledger complete) →
 //! audit when due. Every step is idempotent, so a round cut short by a crash
 //! or a lost leadership is simply resumed by the next leader.
+//!
+//! Rounds are isolated per region: every await on a region call or a ledger
+//! proposal is bounded ([`REGION_CALL_TIMEOUT`], [`LEDGER_COMMIT_TIMEOUT`]),
+//! and a failure in one region's part of a round (an overloaded or cut-off
+//! region, a timed-out proposal about it) is counted for that region
+//! (`reservoir_round_region_failures_total{region, reason}`), logged when
+//! it starts and ends, and leaves that region out of this round's plan; the
+//! other regions are settled and topped up as usual. Only losing the
+//! ledger (its leadership, or a linearizable read of it) ends a round for
+//! everyone.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -16,23 +27,123 @@ use std::time::Duration;
 
 use reservoir_raft::{Group, ProposeError};
 use reservoir_tokens::audit::{self, BalanceSheet};
+use reservoir_tokens::limits::SETTLE_BATCH_MAX;
 use reservoir_tokens::rebalance::{self, Policy, RegionView, SkuView};
 use reservoir_tokens::{
-    LedgerApplied, LedgerCommand, LedgerOp, LedgerState, Millis, RegionApplied, RegionId, RegionOp,
-    SettleEntry, Transfer, TransferKind,
+    LedgerApplied, LedgerCommand, LedgerOp, LedgerState, Millis, RegionApplied, RegionId, RegionOp, Transfer,
+    TransferKind,
 };
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 
 use crate::server::clock::Clock;
 use crate::server::config::RebalanceConfig;
 use crate::server::control::{
-    ControlClient, LedgerSummary, RegionCall, RegionReply, RegionReport, ReportRequest,
+    ControlClient, LedgerSummary, REPORT_OUTBOX_BYTES_MAX, RegionCall, RegionReply, RegionReport,
+    ReportRequest, settle_entries,
 };
 
 /// How long one region call of a round may take.
 pub const REGION_CALL_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one ledger proposal may take.
+/// How long one ledger proposal (or linearizable read) may take.
 pub const LEDGER_COMMIT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most settlement pages one round settles for one region; the rest waits
+/// for the next round.
+pub const SETTLE_PAGES_PER_ROUND_MAX: usize = 16;
+/// How long one round may go on settling one region: no page is begun
+/// after it (a page begun may take a proposal and two region calls more).
+pub const SETTLE_BUDGET: Duration = Duration::from_secs(5);
+/// How long a round may go on beginning new transfers: no transfer is
+/// begun after it, and the plan's rest waits for the next round.
+pub const ROUND_BUDGET: Duration = Duration::from_secs(10);
+
+/// The step of a region's part of a round that failed; its `reason()` is the
+/// stable `reason` label of `reservoir_round_region_failures_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The region sent no report (or no next settlement page).
+    Report,
+    /// Carrying out a transfer: the region's apply, or the ledger's complete.
+    Transfer,
+    /// Settling a page into the ledger.
+    Settle,
+    /// Acknowledging a settled page to the region.
+    SettledAck,
+    /// Beginning a transfer at the ledger.
+    Begin,
+}
+
+impl Step {
+    /// The stable reason, as a metric label and in logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Step::Report => "report",
+            Step::Transfer => "transfer",
+            Step::Settle => "settle",
+            Step::SettledAck => "settled_ack",
+            Step::Begin => "begin",
+        }
+    }
+}
+
+/// Why a ledger proposal made by the round did not happen.
+#[derive(Debug)]
+enum LedgerError {
+    /// This node no longer leads the ledger.
+    NotLeader,
+    /// The ledger refused the command (an answer: nothing changed).
+    Refused(String),
+    /// No answer in time, or the group failed.
+    Failed(String),
+}
+
+impl std::fmt::Display for LedgerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LedgerError::NotLeader => write!(f, "lost ledger leadership"),
+            LedgerError::Refused(e) => write!(f, "ledger refused: {e}"),
+            LedgerError::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Why one region's part of a round stopped.
+#[derive(Debug)]
+enum Failure {
+    /// This node no longer leads the ledger: the whole round ends.
+    NotLeader,
+    /// A step for this region failed: the region is left for this round.
+    Region {
+        /// The step.
+        step: Step,
+        /// What went wrong, for the log.
+        detail: String,
+    },
+}
+
+impl Failure {
+    fn region(step: Step, detail: impl Into<String>) -> Failure {
+        Failure::Region {
+            step,
+            detail: detail.into(),
+        }
+    }
+
+    fn ledger(step: Step, e: LedgerError) -> Failure {
+        match e {
+            LedgerError::NotLeader => Failure::NotLeader,
+            other => Failure::region(step, other.to_string()),
+        }
+    }
+}
+
+/// What settling one region in a round came to.
+struct Settled {
+    /// (unsettled outbox entries, age of the oldest in ms) after the round.
+    lag: (u64, u64),
+    /// The first failure, if any.
+    failure: Option<Failure>,
+}
 
 /// The ledger group on this node, and the leader-only loop.
 pub struct LedgerHost {
@@ -46,6 +157,10 @@ pub struct LedgerHost {
     /// Held by a round and by an audit: an audit never sees a transfer or a
     /// settlement of ours half done.
     busy: tokio::sync::Mutex<()>,
+    /// Regions whose part of the last round failed, with the step's reason:
+    /// a region is logged when it starts failing (or fails at another step)
+    /// and when it recovers, not every round.
+    failing: Mutex<BTreeMap<RegionId, &'static str>>,
 }
 
 impl LedgerHost {
@@ -66,6 +181,7 @@ impl LedgerHost {
             wake: Notify::new(),
             summary: Mutex::default(),
             busy: tokio::sync::Mutex::new(()),
+            failing: Mutex::default(),
         })
     }
 
@@ -128,9 +244,9 @@ impl LedgerHost {
         }
     }
 
-    async fn propose(&self, op: LedgerOp) -> Result<LedgerApplied, String> {
+    async fn propose(&self, op: LedgerOp) -> Result<LedgerApplied, LedgerError> {
         if !self.group.is_leader() {
-            return Err("lost ledger leadership".into());
+            return Err(LedgerError::NotLeader);
         }
         let cmd = LedgerCommand {
             now_ms: self.clock.now_ms(),
@@ -138,26 +254,31 @@ impl LedgerHost {
         };
         match tokio::time::timeout(LEDGER_COMMIT_TIMEOUT, self.group.propose(cmd)).await {
             Ok(Ok(Ok(applied))) => Ok(applied),
-            Ok(Ok(Err(rejection))) => Err(format!("ledger refused: {rejection}")),
-            Ok(Err(ProposeError::NotLeader { .. })) => Err("lost ledger leadership".into()),
-            Ok(Err(e)) => Err(format!("ledger: {e}")),
-            Err(_) => Err("ledger commit timed out".into()),
+            Ok(Ok(Err(rejection))) => Err(LedgerError::Refused(rejection.to_string())),
+            Ok(Err(ProposeError::NotLeader { .. })) => Err(LedgerError::NotLeader),
+            Ok(Err(e)) => Err(LedgerError::Failed(format!("ledger: {e}"))),
+            Err(_) => Err(LedgerError::Failed(format!(
+                "ledger commit timed out after {LEDGER_COMMIT_TIMEOUT:?}"
+            ))),
         }
     }
 
     async fn ledger_now(&self) -> Result<LedgerState, String> {
-        self.group
-            .read_linearizable(|l| l.clone())
-            .await
-            .map_err(|e| format!("ledger read: {e}"))
+        match tokio::time::timeout(LEDGER_COMMIT_TIMEOUT, self.group.read_linearizable(|l| l.clone())).await {
+            Ok(Ok(ledger)) => Ok(ledger),
+            Ok(Err(e)) => Err(format!("ledger read: {e}")),
+            Err(_) => Err(format!("ledger read timed out after {LEDGER_COMMIT_TIMEOUT:?}")),
+        }
     }
 
-    /// Reports from every region, concurrently; `None` for unreachable ones.
+    /// Reports from every region, concurrently; an error for a region that
+    /// did not answer. For the audit, no outbox entries but the units settled
+    /// at the ledger and not yet acknowledged to the region.
     async fn reports(
         &self,
         ledger: &LedgerState,
         for_audit: bool,
-    ) -> BTreeMap<RegionId, Option<RegionReport>> {
+    ) -> BTreeMap<RegionId, Result<RegionReport, String>> {
         let regions: Vec<String> = self.control.regions().map(str::to_string).collect();
         let calls = regions.iter().map(|region| {
             let transfers = ledger
@@ -166,75 +287,111 @@ impl LedgerHost {
                 .filter(|t| &t.region == region)
                 .map(|t| t.id)
                 .collect::<Vec<_>>();
-            let request = ReportRequest {
-                outbox_after: if for_audit {
-                    None
-                } else {
-                    Some(ledger.watermark(region))
-                },
-                outbox_max: reservoir_tokens::limits::SETTLE_BATCH_MAX,
-                transfers,
-            };
-            async move {
-                let reply = self
-                    .control
-                    .region(region, &RegionCall::Report(request), REGION_CALL_TIMEOUT)
-                    .await;
-                match reply {
-                    Ok(RegionReply::Report(r)) => Some(r),
-                    _ => None,
+            let request = if for_audit {
+                ReportRequest {
+                    outbox_after: None,
+                    outbox_max: 0,
+                    outbox_bytes_max: 0,
+                    transfers,
+                    unacked_up_to: Some(ledger.watermark(region)),
                 }
-            }
+            } else {
+                outbox_request(ledger.watermark(region), transfers)
+            };
+            async move { self.report(region, request).await }
         });
         let answers = futures_join_all(calls).await;
         regions.into_iter().zip(answers).collect()
     }
 
+    /// One region's report.
+    async fn report(&self, region: &str, request: ReportRequest) -> Result<RegionReport, String> {
+        match self
+            .control
+            .region(region, &RegionCall::Report(request), REGION_CALL_TIMEOUT)
+            .await
+        {
+            Ok(RegionReply::Report(r)) => Ok(r),
+            Ok(other) => Err(format!("report: region answered {other:?}")),
+            Err(status) => Err(format!("report: {}", status.message())),
+        }
+    }
+
+    /// Notes how a region's part of this round went: counts and (on a
+    /// change) logs a failure, logs a recovery.
+    fn note(&self, region: &str, failure: Option<(Step, &str)>) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        match failure {
+            Some((step, detail)) => {
+                metrics::counter!(
+                    "reservoir_round_region_failures_total",
+                    "region" => region.to_string(),
+                    "reason" => step.reason()
+                )
+                .increment(1);
+                metrics::gauge!("reservoir_round_region_failing", "region" => region.to_string()).set(1.0);
+                if failing.insert(region.to_string(), step.reason()) != Some(step.reason()) {
+                    eprintln!(
+                        "ledger: {region} left out of this round ({}): {detail}; the other regions go on",
+                        step.reason()
+                    );
+                }
+            }
+            None => {
+                metrics::gauge!("reservoir_round_region_failing", "region" => region.to_string()).set(0.0);
+                if let Some(reason) = failing.remove(region) {
+                    eprintln!("ledger: {region} back in the round (was failing at {reason})");
+                }
+            }
+        }
+    }
+
     /// One rebalance + reconcile round.
     async fn round(&self) -> Result<(), String> {
+        let started = Instant::now();
         let ledger = self.ledger_now().await?;
         let reports = self.reports(&ledger, false).await;
         let unreachable: Vec<RegionId> = reports
             .iter()
-            .filter(|(_, r)| r.is_none())
+            .filter(|(_, r)| r.is_err())
             .map(|(name, _)| name.clone())
             .collect();
-
-        // Transfers left in flight (by a crash, a timeout, an old leader).
-        let pending: Vec<Transfer> = ledger
-            .transfers()
-            .values()
-            .filter(|t| reports.get(&t.region).is_some_and(Option::is_some))
-            .cloned()
-            .collect();
-        let finishing = pending
+        let mut failures: BTreeMap<RegionId, (Step, String)> = reports
             .iter()
-            .map(|t| self.carry_out(t.clone(), ledger.done_below(&t.region)));
-        for result in futures_join_all(finishing).await {
-            result?;
-        }
+            .filter_map(|(name, r)| {
+                r.as_ref()
+                    .err()
+                    .map(|e| (name.clone(), (Step::Report, e.clone())))
+            })
+            .collect();
 
-        // Settlement: outbox → ledger → acknowledgement.
+        // Per region, concurrently: transfers left in flight (by a crash, a
+        // timeout, an old leader), then settlement page by page. One region
+        // failing does not hold up the others.
+        let work = reports.iter().filter_map(|(region, report)| {
+            let report = report.as_ref().ok()?;
+            let ledger = &ledger;
+            Some(async move { (region.clone(), self.reconcile(region, report, ledger).await) })
+        });
         let mut lag = BTreeMap::new();
-        for (region, report) in &reports {
-            let Some(report) = report else { continue };
-            self.settle(region, report, ledger.watermark(region)).await?;
-            let now = self.clock.now_ms();
-            let unsettled = report.last_outbox_seq.saturating_sub(report.settled_up_to);
-            lag.insert(
-                region.clone(),
-                (
-                    unsettled,
-                    report.oldest_unsettled_ms.map_or(0, |t| now.saturating_sub(t)),
-                ),
-            );
+        for (region, settled) in futures_join_all(work).await {
+            lag.insert(region.clone(), settled.lag);
             metrics::gauge!("reservoir_settlement_lag_entries", "region" => region.clone())
-                .set(unsettled as f64);
+                .set(settled.lag.0 as f64);
+            match settled.failure {
+                Some(Failure::NotLeader) => return Err("lost ledger leadership".into()),
+                Some(Failure::Region { step, detail }) => {
+                    failures.insert(region, (step, detail));
+                }
+                None => {}
+            }
         }
 
-        // New transfers, from a fresh view of the ledger.
+        // New transfers, from a fresh view of the ledger; a region that
+        // failed this round is left out of the plan, as an unreachable one
+        // is, so no pool tokens are sent where they would only wait in flight.
         let ledger = self.ledger_now().await?;
-        let plan = rebalance::plan(&self.views(&ledger, &reports), &self.policy);
+        let plan = rebalance::plan(&self.views(&ledger, &reports, &failures), &self.policy);
         let begun = plan.into_iter().filter(|p| {
             !ledger
                 .transfers()
@@ -243,6 +400,13 @@ impl LedgerHost {
         });
         let mut runs = Vec::new();
         for p in begun {
+            if started.elapsed() >= ROUND_BUDGET {
+                eprintln!("ledger: round budget of {ROUND_BUDGET:?} spent; the rest of the plan waits");
+                break;
+            }
+            if failures.contains_key(&p.region) {
+                continue;
+            }
             let op = match p.kind {
                 TransferKind::Grant => LedgerOp::BeginGrant {
                     region: p.region.clone(),
@@ -260,35 +424,120 @@ impl LedgerHost {
                     metrics::counter!("reservoir_transfers_total", "kind" => format!("{:?}", t.kind).to_lowercase())
                         .increment(1);
                     let done_below = ledger.done_below(&t.region);
-                    runs.push(self.carry_out(t, done_below));
+                    let region = t.region.clone();
+                    runs.push(async move { (region, self.carry_out(t, done_below).await) });
                 }
-                Ok(other) => return Err(format!("begin transfer: unexpected {other:?}")),
-                Err(e) if e.contains("refused") => eprintln!("ledger: transfer not begun: {e}"),
-                Err(e) => return Err(e),
+                Ok(other) => {
+                    failures.insert(p.region.clone(), (Step::Begin, format!("unexpected {other:?}")));
+                }
+                Err(LedgerError::NotLeader) => return Err("lost ledger leadership".into()),
+                Err(LedgerError::Refused(e)) => eprintln!("ledger: transfer not begun: {e}"),
+                Err(e) => {
+                    failures.insert(p.region.clone(), (Step::Begin, e.to_string()));
+                }
             }
         }
-        for result in futures_join_all(runs).await {
-            result?;
+        for (region, result) in futures_join_all(runs).await {
+            match result {
+                Ok(()) => {}
+                Err(Failure::NotLeader) => return Err("lost ledger leadership".into()),
+                Err(Failure::Region { step, detail }) => {
+                    failures.entry(region).or_insert((step, detail));
+                }
+            }
         }
 
+        for region in reports.keys() {
+            self.note(
+                region,
+                failures
+                    .get(region)
+                    .map(|(step, detail)| (*step, detail.as_str())),
+            );
+        }
         let mut summary = self.summary.lock().unwrap_or_else(|e| e.into_inner());
         summary.regions = reports
             .iter()
-            .filter_map(|(name, r)| r.as_ref().map(|r| (name.clone(), r.buckets.clone())))
+            .filter_map(|(name, r)| r.as_ref().ok().map(|r| (name.clone(), r.buckets.clone())))
             .collect();
         summary.region_leaders = reports
             .iter()
-            .filter_map(|(name, r)| r.as_ref().map(|r| (name.clone(), r.leader_id)))
+            .filter_map(|(name, r)| r.as_ref().ok().map(|r| (name.clone(), r.leader_id)))
             .collect();
         summary.unreachable = unreachable;
         summary.settlement_lag = lag;
+        summary.failing = failures
+            .into_iter()
+            .map(|(region, (step, _))| (region, step.reason().to_string()))
+            .collect();
         Ok(())
+    }
+
+    /// One region's part of a round: its transfers left in flight, then its
+    /// outbox settled page by page (at most [`SETTLE_PAGES_PER_ROUND_MAX`]
+    /// pages, none begun after [`SETTLE_BUDGET`]). A failed transfer does
+    /// not keep the region's sales from settling.
+    async fn reconcile(&self, region: &str, report: &RegionReport, ledger: &LedgerState) -> Settled {
+        let pending = ledger
+            .transfers()
+            .values()
+            .filter(|t| t.region == region)
+            .map(|t| self.carry_out(t.clone(), ledger.done_below(region)));
+        let mut failure = None;
+        for result in futures_join_all(pending).await {
+            if let Err(e) = result {
+                failure.get_or_insert(e);
+            }
+        }
+        if matches!(failure, Some(Failure::NotLeader)) {
+            return Settled {
+                lag: lag_of(report, report.settled_up_to, self.clock.now_ms()),
+                failure,
+            };
+        }
+
+        let deadline = Instant::now() + SETTLE_BUDGET;
+        let mut watermark = ledger.watermark(region);
+        let mut next: Option<RegionReport> = None;
+        let mut pages = 0;
+        loop {
+            let page = next.as_ref().unwrap_or(report);
+            let acked = match self.settle(region, page, watermark).await {
+                Ok(up_to) => up_to,
+                Err(e) => {
+                    let acked = page.settled_up_to;
+                    return Settled {
+                        lag: lag_of(page, acked, self.clock.now_ms()),
+                        failure: failure.or(Some(e)),
+                    };
+                }
+            };
+            watermark = acked;
+            pages += 1;
+            if !page.outbox_more || pages >= SETTLE_PAGES_PER_ROUND_MAX || Instant::now() >= deadline {
+                return Settled {
+                    lag: lag_of(page, acked, self.clock.now_ms()),
+                    failure,
+                };
+            }
+            let request = outbox_request(watermark, Vec::new());
+            match self.report(region, request).await {
+                Ok(r) => next = Some(r),
+                Err(e) => {
+                    return Settled {
+                        lag: lag_of(page, acked, self.clock.now_ms()),
+                        failure: failure.or(Some(Failure::region(Step::Report, e))),
+                    };
+                }
+            }
+        }
     }
 
     fn views(
         &self,
         ledger: &LedgerState,
-        reports: &BTreeMap<RegionId, Option<RegionReport>>,
+        reports: &BTreeMap<RegionId, Result<RegionReport, String>>,
+        failures: &BTreeMap<RegionId, (Step, String)>,
     ) -> Vec<SkuView> {
         ledger
             .skus()
@@ -302,14 +551,16 @@ impl LedgerHost {
                         region: region.clone(),
                         available: report
                             .as_ref()
+                            .ok()
                             .and_then(|r| r.buckets.get(sku))
                             .map_or(0, |b| b.available),
                         demand: report
                             .as_ref()
+                            .ok()
                             .and_then(|r| r.demand.get(sku))
                             .copied()
                             .unwrap_or(0),
-                        reachable: report.is_some(),
+                        reachable: report.is_ok() && !failures.contains_key(region),
                     })
                     .collect(),
             })
@@ -318,7 +569,7 @@ impl LedgerHost {
 
     /// Steps 2 and 3 of a transfer: the region applies it (idempotent by id),
     /// then the ledger completes it with what the region actually moved.
-    async fn carry_out(&self, t: Transfer, done_below: u64) -> Result<(), String> {
+    async fn carry_out(&self, t: Transfer, done_below: u64) -> Result<(), Failure> {
         let op = match t.kind {
             TransferKind::Grant => RegionOp::Grant {
                 transfer_id: t.id,
@@ -337,10 +588,20 @@ impl LedgerHost {
             .control
             .region(&t.region, &RegionCall::Apply(op), REGION_CALL_TIMEOUT)
             .await
-            .map_err(|s| format!("transfer {} to {}: {}", t.id, t.region, s.message()))?;
+            .map_err(|s| {
+                Failure::region(
+                    Step::Transfer,
+                    format!("transfer {} to {}: {}", t.id, t.region, s.message()),
+                )
+            })?;
         let units = match reply {
             RegionReply::Applied(Ok(RegionApplied::Transfer { units, .. })) => units,
-            other => return Err(format!("transfer {}: region answered {other:?}", t.id)),
+            other => {
+                return Err(Failure::region(
+                    Step::Transfer,
+                    format!("transfer {}: region answered {other:?}", t.id),
+                ));
+            }
         };
         let complete = match t.kind {
             TransferKind::Grant => LedgerOp::CompleteGrant { transfer_id: t.id },
@@ -349,45 +610,53 @@ impl LedgerHost {
                 units,
             },
         };
-        self.propose(complete).await.map(|_| ())
+        self.propose(complete)
+            .await
+            .map(|_| ())
+            .map_err(|e| Failure::ledger(Step::Transfer, e))
     }
 
-    /// Settles a region's reported outbox into the ledger, then acknowledges
-    /// up to the ledger's watermark to the region.
-    async fn settle(&self, region: &str, report: &RegionReport, watermark: u64) -> Result<(), String> {
-        let entries: Vec<SettleEntry> = report
-            .outbox
-            .iter()
-            .filter(|e| e.seq > watermark)
-            .map(|e| SettleEntry {
-                seq: e.seq,
-                lines: e.lines.clone(),
-            })
-            .collect();
+    /// Settles one page of a region's outbox into the ledger (the entries of
+    /// `page` after `watermark`), then acknowledges up to the ledger's
+    /// watermark to the region; returns that watermark.
+    async fn settle(&self, region: &str, page: &RegionReport, watermark: u64) -> Result<u64, Failure> {
+        let entries = settle_entries(page, watermark);
         let mut up_to = watermark;
         if !entries.is_empty() {
             let n = entries.len();
-            match self
+            let settled = self
                 .propose(LedgerOp::Settle {
                     region: region.to_string(),
                     entries,
                 })
-                .await?
-            {
+                .await
+                .map_err(|e| Failure::ledger(Step::Settle, e))?;
+            match settled {
                 LedgerApplied::Settled { watermark, .. } => up_to = watermark,
-                other => return Err(format!("settle: unexpected {other:?}")),
+                other => return Err(Failure::region(Step::Settle, format!("unexpected {other:?}"))),
             }
             metrics::counter!("reservoir_settled_entries_total", "region" => region.to_string())
                 .increment(n as u64);
         }
-        if report.settled_up_to < up_to {
+        if page.settled_up_to < up_to {
             let call = RegionCall::Apply(RegionOp::Settled { up_to_seq: up_to });
-            self.control
-                .region(region, &call, REGION_CALL_TIMEOUT)
-                .await
-                .map_err(|s| format!("settled ack to {region}: {}", s.message()))?;
+            match self.control.region(region, &call, REGION_CALL_TIMEOUT).await {
+                Ok(RegionReply::Applied(Ok(_))) => {}
+                Ok(other) => {
+                    return Err(Failure::region(
+                        Step::SettledAck,
+                        format!("settled ack to {region}: region answered {other:?}"),
+                    ));
+                }
+                Err(s) => {
+                    return Err(Failure::region(
+                        Step::SettledAck,
+                        format!("settled ack to {region}: {}", s.message()),
+                    ));
+                }
+            }
         }
-        Ok(())
+        Ok(up_to)
     }
 
     /// The conservation audit over the ledger and every region's report.
@@ -398,7 +667,7 @@ impl LedgerHost {
         let _busy = self.busy.lock().await;
         let ledger = self.ledger_now().await?;
         let reports = self.reports(&ledger, true).await;
-        let available: Vec<&RegionReport> = reports.values().filter_map(Option::as_ref).collect();
+        let available: Vec<&RegionReport> = reports.values().filter_map(|r| r.as_ref().ok()).collect();
         let sheet = audit::balance(&ledger, &available);
         metrics::gauge!("reservoir_audit_drift_units").set(sheet.total_drift() as f64);
         metrics::gauge!("reservoir_audit_balanced").set(if sheet.balanced() { 1.0 } else { 0.0 });
@@ -410,6 +679,39 @@ impl LedgerHost {
             Some((self.clock.now_ms(), sheet.clone()));
         Ok(sheet)
     }
+}
+
+/// A round's report request: the outbox after `watermark`, one page of it.
+fn outbox_request(watermark: u64, transfers: Vec<reservoir_tokens::TransferId>) -> ReportRequest {
+    ReportRequest {
+        outbox_after: Some(watermark),
+        outbox_max: SETTLE_BATCH_MAX,
+        outbox_bytes_max: REPORT_OUTBOX_BYTES_MAX,
+        transfers,
+        unacked_up_to: None,
+    }
+}
+
+/// (unsettled outbox entries, age of the oldest in ms) of a region whose
+/// outbox is acknowledged up to `acked`, as its last report shows it.
+fn lag_of(report: &RegionReport, acked: u64, now_ms: Millis) -> (u64, u64) {
+    let unsettled = report
+        .last_outbox_seq
+        .saturating_sub(acked.max(report.settled_up_to));
+    if unsettled == 0 {
+        return (0, 0);
+    }
+    // The oldest entry not acknowledged: in the page; or, when the page was
+    // acknowledged whole, after it and not seen yet, confirmed no earlier
+    // than the page's last entry, whose age is then an upper bound.
+    let oldest = report
+        .outbox
+        .iter()
+        .find(|e| e.seq > acked)
+        .or(report.outbox.last())
+        .map(|e| e.confirmed_at_ms)
+        .or(report.oldest_unsettled_ms);
+    (unsettled, oldest.map_or(0, |t| now_ms.saturating_sub(t)))
 }
 
 /// Runs futures concurrently and collects their outputs in order.

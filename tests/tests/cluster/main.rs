@@ -11,4 +11,5 @@ mod cluster_flows;
 mod leader_crash;
 mod load_tester;
 mod region_faults;
+mod region_isolation;
 mod region_restart;

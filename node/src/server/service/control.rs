@@ -10,7 +10,6 @@
 //! gossip from any node, keeping only what the sender speaks for; a
 //! forwarded call only from a node of the same group.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tonic::Status;
@@ -18,7 +17,8 @@ use tonic::Status;
 use crate::server::control::pb::control_server::{Control, ControlServer};
 use crate::server::control::pb::{ControlMessage, ControlReply};
 use crate::server::control::{
-    CONTROL_MESSAGE_BYTES_MAX, LedgerCall, LedgerReply, RegionCall, RegionReply, RegionReport, decode, encode,
+    CONTROL_MESSAGE_BYTES_MAX, LedgerCall, LedgerReply, RegionCall, RegionReply, ReportContext, build_report,
+    decode, encode,
 };
 use crate::server::node::{COMMIT_TIMEOUT, FORWARD_TIMEOUT, LEADER_WAIT, Node, Route, WriteError};
 use crate::server::security::PeerNode;
@@ -136,41 +136,16 @@ impl ControlService {
                 Err(WriteError::Unavailable(status)) => return Err(status),
             },
             RegionCall::Report(request) => {
-                let demand = node.demand().demand(node.now_ms());
-                let region = node.region().to_string();
-                let leader_id = node.config().node_id;
+                let context = ReportContext {
+                    region: node.region().to_string(),
+                    leader_id: node.config().node_id,
+                    demand: node.demand().demand(node.now_ms()),
+                };
                 let read = node
-                    .read_current(forwarded, move |s| {
-                        let after = request
-                            .outbox_after
-                            .unwrap_or(s.settled_up_to())
-                            .max(s.settled_up_to());
-                        RegionReport {
-                            region: region.clone(),
-                            leader_id,
-                            clock_ms: s.clock_ms(),
-                            buckets: s.buckets().map(|(sku, b)| (sku.clone(), b.clone())).collect(),
-                            demand: BTreeMap::new(),
-                            outbox: s.outbox_after(after).take(request.outbox_max).collect(),
-                            last_outbox_seq: s.last_outbox_seq(),
-                            settled_up_to: s.settled_up_to(),
-                            oldest_unsettled_ms: s
-                                .outbox_after(s.settled_up_to())
-                                .next()
-                                .map(|e| e.confirmed_at_ms),
-                            transfers: request
-                                .transfers
-                                .iter()
-                                .filter_map(|id| s.transfer(*id).map(|t| (*id, t.clone())))
-                                .collect(),
-                        }
-                    })
+                    .read_current(forwarded, move |s| build_report(s, &context, &request))
                     .await?;
                 match read {
-                    Route::Applied(mut report) => {
-                        report.demand = demand;
-                        RegionReply::Report(report)
-                    }
+                    Route::Applied(report) => RegionReply::Report(report),
                     Route::Leader(addr) => return self.forward(&addr, message, false).await,
                 }
             }

@@ -186,6 +186,42 @@ impl GroupClock {
     }
 }
 
+/// The time of `group` on this node, from `time`: the bounded stamp if this
+/// node leads it, else the estimate. `applied` reads the state's logical
+/// clock.
+pub fn group_now<SM: reservoir_raft::GroupMachine>(
+    time: &GroupClock,
+    group: &reservoir_raft::Group<SM>,
+    applied: impl FnOnce(&SM) -> u64,
+) -> u64 {
+    let applied_ms = group.read(applied).unwrap_or(0);
+    match group.leader_term() {
+        Some(term) => time.stamp_ms(term, applied_ms),
+        None => {
+            time.observe(applied_ms);
+            time.estimate_ms()
+        }
+    }
+}
+
+/// Observes `group`'s applied logical clock into `time` every
+/// [`OBSERVE_INTERVAL`], so the estimate is fresh when this node becomes
+/// its leader. Runs until the process ends.
+pub async fn observe_forever<SM: reservoir_raft::GroupMachine>(
+    time: Arc<GroupClock>,
+    group: Arc<reservoir_raft::Group<SM>>,
+    applied: impl Fn(&SM) -> u64 + Send + 'static,
+) {
+    let mut tick = tokio::time::interval(OBSERVE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        if let Ok(applied_ms) = group.read(&applied) {
+            time.observe(applied_ms);
+        }
+    }
+}
+
 /// 64 random bits for a reserve's nonce, the new reservation's id (see
 /// `RegionOp::Reserve`): drawn here, outside the state machine, by the node
 /// that proposes the command, and carried in the log, so every replica

@@ -36,7 +36,7 @@ use reservoir_tokens::{
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::server::clock::Clock;
+use crate::server::clock::{self, Clock, GroupClock};
 use crate::server::config::RebalanceConfig;
 use crate::server::control::{
     ControlClient, LedgerSummary, REPORT_OUTBOX_BYTES_MAX, RegionCall, RegionReply, RegionReport,
@@ -149,7 +149,8 @@ struct Settled {
 pub struct LedgerHost {
     group: Arc<Group<LedgerState>>,
     control: Arc<ControlClient>,
-    clock: Arc<dyn Clock>,
+    /// The ledger group's bounded logical time on this node.
+    time: Arc<GroupClock>,
     config: RebalanceConfig,
     policy: Policy,
     wake: Notify,
@@ -163,6 +164,9 @@ pub struct LedgerHost {
     failing: Mutex<BTreeMap<RegionId, &'static str>>,
 }
 
+/// The `group` label of the ledger's clock metrics.
+const LEDGER_GROUP_CLOCK: &str = "ledger";
+
 impl LedgerHost {
     /// A host over a started ledger group.
     pub fn new(
@@ -172,10 +176,17 @@ impl LedgerHost {
         config: RebalanceConfig,
     ) -> Result<LedgerHost, String> {
         let policy = config.policy();
+        let applied_ms = group.read(LedgerState::clock_ms).unwrap_or(0);
+        let time = Arc::new(GroupClock::new(LEDGER_GROUP_CLOCK, clock, applied_ms));
+        tokio::spawn(clock::observe_forever(
+            time.clone(),
+            group.clone(),
+            LedgerState::clock_ms,
+        ));
         Ok(LedgerHost {
             group,
             control,
-            clock,
+            time,
             config,
             policy,
             wake: Notify::new(),
@@ -183,6 +194,12 @@ impl LedgerHost {
             busy: tokio::sync::Mutex::new(()),
             failing: Mutex::default(),
         })
+    }
+
+    /// The ledger group's time on this node: the bounded stamp on its
+    /// leader (see [`crate::server::clock`]).
+    fn now_ms(&self) -> u64 {
+        clock::group_now(&self.time, &self.group, LedgerState::clock_ms)
     }
 
     /// The ledger group.
@@ -234,7 +251,7 @@ impl LedgerHost {
                 eprintln!("ledger: round stopped: {e}");
                 continue;
             }
-            let now = self.clock.now_ms();
+            let now = self.now_ms();
             if now.saturating_sub(last_audit_ms) >= audit_every {
                 last_audit_ms = now;
                 if let Err(e) = self.audit().await {
@@ -249,7 +266,7 @@ impl LedgerHost {
             return Err(LedgerError::NotLeader);
         }
         let cmd = LedgerCommand {
-            now_ms: self.clock.now_ms(),
+            now_ms: self.now_ms(),
             op,
         };
         match tokio::time::timeout(LEDGER_COMMIT_TIMEOUT, self.group.propose(cmd)).await {
@@ -491,7 +508,7 @@ impl LedgerHost {
         }
         if matches!(failure, Some(Failure::NotLeader)) {
             return Settled {
-                lag: lag_of(report, report.settled_up_to, self.clock.now_ms()),
+                lag: lag_of(report, report.settled_up_to, self.now_ms()),
                 failure,
             };
         }
@@ -507,7 +524,7 @@ impl LedgerHost {
                 Err(e) => {
                     let acked = page.settled_up_to;
                     return Settled {
-                        lag: lag_of(page, acked, self.clock.now_ms()),
+                        lag: lag_of(page, acked, self.now_ms()),
                         failure: failure.or(Some(e)),
                     };
                 }
@@ -516,7 +533,7 @@ impl LedgerHost {
             pages += 1;
             if !page.outbox_more || pages >= SETTLE_PAGES_PER_ROUND_MAX || Instant::now() >= deadline {
                 return Settled {
-                    lag: lag_of(page, acked, self.clock.now_ms()),
+                    lag: lag_of(page, acked, self.now_ms()),
                     failure,
                 };
             }
@@ -525,7 +542,7 @@ impl LedgerHost {
                 Ok(r) => next = Some(r),
                 Err(e) => {
                     return Settled {
-                        lag: lag_of(page, acked, self.clock.now_ms()),
+                        lag: lag_of(page, acked, self.now_ms()),
                         failure: failure.or(Some(Failure::region(Step::Report, e))),
                     };
                 }
@@ -676,7 +693,7 @@ impl LedgerHost {
             eprintln!("ledger: AUDIT DRIFT {sheet:?}");
         }
         self.summary.lock().unwrap_or_else(|e| e.into_inner()).last_audit =
-            Some((self.clock.now_ms(), sheet.clone()));
+            Some((self.now_ms(), sheet.clone()));
         Ok(sheet)
     }
 }

@@ -228,7 +228,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         peer_policy,
     ));
 
-    tokio::spawn(node.clone().observe_time());
+    tokio::spawn(node.observe_time());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     // The standard gRPC health service (asked without credentials):

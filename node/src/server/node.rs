@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::server::availability::AvailabilityView;
-use crate::server::clock::{Clock, GroupClock, OBSERVE_INTERVAL};
+use crate::server::clock::{self, Clock, GroupClock};
 use crate::server::config::NodeConfig;
 use crate::server::control::{ControlClient, LedgerCall};
 use crate::server::demand::DemandMeter;
@@ -54,7 +54,7 @@ pub struct Node {
     config: NodeConfig,
     group: Arc<Group<RegionState>>,
     /// The region group's bounded logical time on this node.
-    time: GroupClock,
+    time: Arc<GroupClock>,
     peers: Arc<Channels>,
     control: Arc<ControlClient>,
     ledger: Option<Arc<LedgerHost>>,
@@ -120,7 +120,7 @@ impl Node {
             Authenticator::new(&config.api_keys)
         });
         let applied_ms = group.read(|s| s.clock_ms()).unwrap_or(0);
-        let time = GroupClock::new(config.region.clone(), clock, applied_ms);
+        let time = Arc::new(GroupClock::new(config.region.clone(), clock, applied_ms));
         Node {
             config,
             group,
@@ -247,27 +247,13 @@ impl Node {
     /// stamp it puts on the commands it proposes; on a follower, its
     /// estimate of the group's time (see [`crate::server::clock`]).
     pub fn now_ms(&self) -> u64 {
-        let applied_ms = self.group.read(|s| s.clock_ms()).unwrap_or(0);
-        if let Some(term) = self.group.leader_term() {
-            self.time.stamp_ms(term, applied_ms)
-        } else {
-            self.time.observe(applied_ms);
-            self.time.estimate_ms()
-        }
+        clock::group_now(&self.time, &self.group, RegionState::clock_ms)
     }
 
-    /// Observes the region group's applied logical clock every
-    /// [`OBSERVE_INTERVAL`], so that this node's estimate of the group's
-    /// time is fresh when it becomes leader. Runs until the process ends.
-    pub async fn observe_time(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(OBSERVE_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tick.tick().await;
-            if let Ok(applied_ms) = self.group.read(|s| s.clock_ms()) {
-                self.time.observe(applied_ms);
-            }
-        }
+    /// Keeps this node's estimate of the region group's time fresh (see
+    /// [`clock::observe_forever`]).
+    pub fn observe_time(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        clock::observe_forever(self.time.clone(), self.group.clone(), RegionState::clock_ms)
     }
 
     /// `NO_LEADER` for this region's group.

@@ -954,7 +954,7 @@ mod tests {
         // A node that is not a member, or a one-node group, keeps the range.
         assert_eq!(slice(9), (400, 1_000));
         let one = GroupOptions::new("g", 1, [(1, "n1".to_string())].into_iter().collect());
-        assert_eq!(staggered_election_timeout(&one), (400, 1_000));
+        assert_eq!(staggered_election_timeout(&one), (150, 300));
     }
 
     /// The voters of a group snapshot at different indexes, each once per

@@ -573,7 +573,28 @@ impl Config {
             options.create_new(true);
         }
 
-        self.try_lock(options.open(&self.db_path())?)
+        let file = self.try_lock(options.open(&self.db_path())?)?;
+
+        // Reservoir patch (PATCHES.md, 3): the data file, `conf` and
+        // `blobs/` may have just been created, and a file whose directory
+        // entry is not on the disk is lost with it on power loss, however
+        // well its contents were synced. Syncing them once at open (cheap,
+        // and every later name change syncs its own directory) makes every
+        // later sync of the data file count.
+        if !self.temporary {
+            let path = self.get_path();
+            sync_dir(&path.join("blobs"))?;
+            sync_dir(&path)?;
+            if let Some(parent) = path.parent() {
+                sync_dir(if parent.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    parent
+                })?;
+            }
+        }
+
+        Ok(file)
     }
 
     fn try_lock(&self, file: File) -> Result<File> {
@@ -678,6 +699,11 @@ impl Config {
         io_fail!(self, "write_config crc");
         f.write_all(&crc_arr)?;
         io_fail!(self, "write_config post");
+        // Reservoir patch (PATCHES.md, 3): `conf` is written once, at
+        // creation; `open_file` syncs its directory entry afterwards.
+        if !self.temporary {
+            f.sync_all()?;
+        }
         Ok(())
     }
 
@@ -853,6 +879,21 @@ impl RunningConfig {
         }
 
         Ok(snap_dir.read_dir()?.filter_map(filter).collect())
+    }
+}
+
+/// Reservoir patch (PATCHES.md): makes the names in directory `dir` (files
+/// created, renamed or removed in it) durable, with `fsync` on the
+/// directory. A no-op where directories cannot be opened as files.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
     }
 }
 

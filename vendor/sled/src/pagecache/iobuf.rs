@@ -729,31 +729,14 @@ impl IoBufs {
             let f = &self.config.file;
             pwrite_all(f, data, log_offset)?;
             if !self.config.temporary {
-                #[cfg(target_os = "linux")]
-                {
-                    use std::os::unix::io::AsRawFd;
-                    let ret = unsafe {
-                        libc::sync_file_range(
-                            f.as_raw_fd(),
-                            i64::try_from(log_offset).unwrap(),
-                            i64::try_from(total_len).unwrap(),
-                            libc::SYNC_FILE_RANGE_WAIT_BEFORE
-                                | libc::SYNC_FILE_RANGE_WRITE
-                                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-                        )
-                    };
-                    if ret < 0 {
-                        let err = std::io::Error::last_os_error();
-                        if let Some(libc::ENOSYS) = err.raw_os_error() {
-                            f.sync_all()?;
-                        } else {
-                            return Err(err.into());
-                        }
-                    }
-                }
-
-                #[cfg(not(target_os = "linux"))]
-                f.sync_all()?;
+                // Reservoir patch (PATCHES.md, 1): sled 0.34 used
+                // `sync_file_range` here on Linux, which writes the pages
+                // back but neither flushes the device's volatile write cache
+                // nor the file's size: a buffer counted as stable (and an
+                // acknowledged `flush()`, and the reuse of a segment whose
+                // pages were relocated into it) could be lost on power loss.
+                // `fdatasync` does both, so "stable" means on the disk.
+                f.sync_data()?;
             }
         }
         io_fail!(self, "buffer write post");

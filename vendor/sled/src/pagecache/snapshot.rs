@@ -563,6 +563,14 @@ fn write_snapshot(config: &RunningConfig, snapshot: &Snapshot) -> Result<()> {
 
     trace!("renamed snapshot to {}", path_2.to_string_lossy());
 
+    // Reservoir patch (PATCHES.md, 4): sled 0.34 removed the old snapshot
+    // right after the rename, neither of them synced in the directory: a
+    // power loss could leave neither name on the disk. The new name is
+    // made durable before the old file goes.
+    if !config.temporary {
+        crate::config::sync_dir(&config.get_path())?;
+    }
+
     // clean up any old snapshots
     let candidates = config.get_snapshot_files()?;
     for path in candidates {

@@ -12,14 +12,14 @@
 //! workspace builds sled 0.34.7 patched (`vendor/sled/PATCHES.md`) to
 //! `fdatasync` its data file (`db`) where it used `sync_file_range`, so
 //! every flush ends with an `fdatasync` that also flushes the device's
-//! write cache. An entry over sled's blob threshold (131,052 encoded
-//! bytes) goes to its own file under `blobs/`, which sled `fdatasync`s, and
+//! write cache. An entry over sled's blob threshold (a logged item of
+//! over 131,052 bytes: an encoded entry of about 128 KiB) goes to its own file under `blobs/`, which sled `fdatasync`s, and
 //! `fsync`s `blobs/`, when `append` writes it, before the flush that
 //! acknowledges it. `raft/tests/fsync.rs` checks each of these syscalls
 //! under strace.
 //!
 //! `purge` records the purged id and returns; a background task deletes the
-//! entries up to it in batches of [`PURGE_BATCH_ENTRIES`], one every
+//! entries up to it [`PURGE_BATCH_ENTRIES`] at a time, a step every
 //! [`PURGE_PAUSE`]. While a snapshot from a leader is being installed the
 //! purge goes no further than the newest durable snapshot (see
 //! [`super::PurgeLimit`]): the rest is recorded and deleted by the

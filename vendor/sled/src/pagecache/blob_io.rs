@@ -94,10 +94,10 @@ pub(crate) fn write_blob<T: Serialize>(
     // Reservoir patch (PATCHES.md, 2): sled 0.34 never synced a blob file
     // or the `blobs/` directory, while the log record pointing at the blob
     // is synced with the next flush: after a power loss an acknowledged
-    // value over the blob threshold (segment_size / 4 - 20 bytes: 131,052
-    // bytes by default) could point at a missing or empty file. The blob is
-    // written before its pointer joins an IO buffer, so syncing it here
-    // orders it before the pointer.
+    // item over the blob threshold (segment_size / 4 - 20 bytes with its
+    // header: 131,052 bytes by default) could point at a missing or empty
+    // file. The blob is written before its pointer joins an IO buffer, so
+    // syncing it here orders it before the pointer.
     if !config.temporary {
         f.sync_data()?;
         if let Some(dir) = path.parent() {

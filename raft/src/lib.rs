@@ -19,12 +19,16 @@
 //!   return, `append` calls back only from the flusher after a flush that
 //!   covers its entries (the durable pattern of openraft's
 //!   `stores/rocksstore-v2`, not the `raft-kv-rocksdb` example, which acks
-//!   first).
+//!   first). A flush ends with `fdatasync` of sled's data file: the
+//!   workspace builds sled patched for it (`vendor/sled/PATCHES.md`), so
+//!   acknowledged means on the disk, not in its volatile cache.
 //! - Flushes run on one dedicated thread per node, never on the async
 //!   executor, and are group-committed: one flush answers every request
 //!   queued before it began, from every group.
-//! - The log never has holes: appends, truncations and purges are each one
-//!   atomic sled batch, and the purge marker is written before the purge.
+//! - The log never has holes: a truncation is one atomic sled batch;
+//!   appends and purge steps write key by key in index order, which sled
+//!   recovers in order (a crash keeps a prefix of them); the purge marker
+//!   is written before the purge.
 //! - `apply` is pure and in memory: it decodes each entry and delegates to
 //!   the `tokens` state machine, one outcome per command, in order. After a
 //!   restart the state comes back from the newest snapshot, and openraft
@@ -61,11 +65,13 @@
 //! - [`testing`]: an in-process network that can cut links.
 //!
 //! Caveats:
-//! - On Linux, sled 0.34 syncs with `sync_file_range`, which does not flush
-//!   a disk's volatile write cache (sled#1351, #1452). A power loss on a disk
-//!   with a volatile cache and no power-loss protection can lose writes that
-//!   were acknowledged. Replication is what protects acknowledged writes
-//!   then: a write is acknowledged only once it is on a quorum.
+//! - sled 0.34 as published syncs with `sync_file_range` on Linux, which
+//!   does not flush a disk's volatile write cache (sled#1351, #1452), and
+//!   never syncs its blob files. The workspace patches it (`vendor/sled`,
+//!   `[patch.crates-io]`): a sled upgrade must carry the patch, and
+//!   `raft/tests/fsync.rs` fails if it is lost. Writes sled makes between
+//!   two flushes are not acknowledged and may be lost or torn by a crash;
+//!   sled's recovery drops them.
 //! - sled's `flush_async` is never used: it can deadlock (sled#1308).
 //! - sled cannot be simulated (it runs its own threads, and dropping a `Db`
 //!   flushes it). The whole-cluster simulation needs an in-memory store

@@ -7,6 +7,13 @@
 //! each drained request in queue order (group commit). Requests that arrive
 //! during a flush wait for the next one.
 //!
+//! A flush returns once the data is on stable storage: the patched sled
+//! (`vendor/sled/PATCHES.md`) writes its IO buffers and `fdatasync`s its
+//! data file, so each group-committed flush costs one `fdatasync` (more
+//! only if the writes queued behind it fill or cross sled's 512 KiB IO
+//! buffer; a blob-sized entry syncs its own file when written), shared by
+//! every request it answers.
+//!
 //! The flush is blocking I/O; it runs here, never on the async executor. sled's
 //! `flush_async` is not used: it can deadlock under concurrency (sled#1308).
 

@@ -6,10 +6,20 @@
 //! the flusher and returns; the flusher calls back after a flush that
 //! covers the entries. `save_committed` and `purge` do not flush: losing
 //! either in a crash is safe (openraft learns the commit index again, and
-//! purging is redone).
+//! purging is redone); they reach the disk with the next flush.
+//!
+//! A flush is on the disk's stable storage, not only in the page cache: the
+//! workspace builds sled 0.34.7 patched (`vendor/sled/PATCHES.md`) to
+//! `fdatasync` its data file (`db`) where it used `sync_file_range`, so
+//! every flush ends with an `fdatasync` that also flushes the device's
+//! write cache. An entry over sled's blob threshold (a logged item of
+//! over 131,052 bytes: an encoded entry of about 128 KiB) goes to its own file under `blobs/`, which sled `fdatasync`s, and
+//! `fsync`s `blobs/`, when `append` writes it, before the flush that
+//! acknowledges it. `raft/tests/fsync.rs` checks each of these syscalls
+//! under strace.
 //!
 //! `purge` records the purged id and returns; a background task deletes the
-//! entries up to it in batches of [`PURGE_BATCH_ENTRIES`], one every
+//! entries up to it [`PURGE_BATCH_ENTRIES`] at a time, a step every
 //! [`PURGE_PAUSE`]. While a snapshot from a leader is being installed the
 //! purge goes no further than the newest durable snapshot (see
 //! [`super::PurgeLimit`]): the rest is recorded and deleted by the
@@ -314,18 +324,22 @@ impl Purger {
 }
 
 /// Removes at most [`PURGE_BATCH_ENTRIES`] entries with index <= `last`,
-/// oldest first; true if more remain.
+/// oldest first; true if more remain. One removal at a time, not a sled
+/// batch: sled recovers writes in order, so a crash keeps the oldest
+/// removals and undoes newer ones, which leaves no hole (and everything
+/// here is at or below the purged id, recorded first and never read); a
+/// batch would make sled write and sync its IO buffer twice more per step.
 fn remove_some_up_to(log: &sled::Tree, last: u64) -> Result<bool, StoreError> {
-    let mut batch = sled::Batch::default();
-    for (removed, key) in log.range(..=index_key(last)).keys().enumerate() {
-        if removed == PURGE_BATCH_ENTRIES {
-            log.apply_batch(batch)?;
-            return Ok(true);
-        }
-        batch.remove(key?);
+    let keys: Vec<sled::IVec> = log
+        .range(..=index_key(last))
+        .keys()
+        .take(PURGE_BATCH_ENTRIES + 1)
+        .collect::<Result<_, _>>()?;
+    let more = keys.len() > PURGE_BATCH_ENTRIES;
+    for key in keys.iter().take(PURGE_BATCH_ENTRIES) {
+        log.remove(key)?;
     }
-    log.apply_batch(batch)?;
-    Ok(false)
+    Ok(more)
 }
 
 impl<SM: GroupMachine> RaftLogReader<GroupConfig<SM>> for LogStore<SM> {
@@ -413,17 +427,21 @@ impl<SM: GroupMachine> RaftLogStorage<GroupConfig<SM>> for LogStore<SM> {
         I: IntoIterator<Item = Entry<GroupConfig<SM>>> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = sled::Batch::default();
+        // One insert per entry, in index order, not one sled batch: sled
+        // recovers its writes in order (a write survives a crash only with
+        // every write before it: sled's `pagecache/segment.rs`), so a crash keeps a prefix of this append
+        // and cannot leave a hole; openraft has not been told it is durable,
+        // so losing the rest is fine. A sled batch would also be atomic, but
+        // each one makes sled write its IO buffer out twice (it rolls the
+        // buffer around its batch manifest), and with sled's syncs real that
+        // is two more `fdatasync`s per append beside the flush's own.
         for entry in entries {
             let bytes = encode(&entry, ENTRY_BYTES_MAX)
                 .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
-            batch.insert(&index_key(entry.log_id.index), bytes);
+            self.log
+                .insert(index_key(entry.log_id.index), bytes)
+                .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
         }
-        // One atomic batch: after a crash either all of this append is there
-        // or none of it, so it cannot leave a hole.
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
         // The entries are readable now. They are durable only once the
         // flusher has flushed; it calls back then, possibly after we return.
         self.shared

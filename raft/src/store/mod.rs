@@ -16,7 +16,18 @@
 //!
 //! Snapshots of group `g` are files in `{path}/raft-snapshots/g/` (see
 //! [`snapshot`]): outside sled, so a snapshot's write never joins the log's
-//! flushes. Data directories of builds that kept snapshots in a sled tree
+//! flushes.
+//!
+//! What is synced when: every `flush` of the database (a vote, a
+//! truncation, the flush that acknowledges an append) ends with an
+//! `fdatasync` of sled's data file, as the workspace builds sled 0.34.7
+//! patched for it (`vendor/sled/PATCHES.md`; stock sled 0.34 only called
+//! `sync_file_range`, which leaves the data in the disk's volatile cache).
+//! A log entry stored as a sled blob is synced with its directory when
+//! written; sled's own files and directories are synced at open. A snapshot
+//! file is synced, renamed into place and its directory synced before it
+//! counts (and before the log before it may be purged); its directories
+//! are synced when opened. Data directories of builds that kept snapshots in a sled tree
 //! (`g/snapshot`) are refused with a clear error: their state format differs.
 
 mod flusher;

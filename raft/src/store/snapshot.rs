@@ -146,6 +146,17 @@ impl SnapshotDir {
     /// [`SNAPSHOT_BYTES_MAX`]). Blocking.
     pub(crate) fn open(dir: &Path, bytes_max: u64) -> Result<SnapshotDir, StoreError> {
         fs::create_dir_all(dir.join(INCOMING_DIR))?;
+        // The directories may have just been created: their names must be
+        // on the disk before a snapshot in them lets the log be purged (a
+        // synced file in a directory whose entry is lost is lost with it).
+        // `dir` is `{storage}/raft-snapshots/{group}`: sync it and its two
+        // parents.
+        sync_dir(dir)?;
+        for parent in dir.ancestors().skip(1).take(2) {
+            if !parent.as_os_str().is_empty() {
+                sync_dir(parent)?;
+            }
+        }
         let mut newest: Option<(u64, u64, PathBuf)> = None;
         let mut seq_max = 0;
         for entry in fs::read_dir(dir)? {

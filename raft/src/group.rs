@@ -265,10 +265,9 @@ impl<SM: GroupMachine> Group<SM> {
                 group: group.clone(),
                 message: e.to_string(),
             })?;
-        router.add(
-            group.clone(),
-            Arc::new(RaftEndpoint::new(raft.clone(), incoming_dir, installs)),
-        );
+        let endpoint = Arc::new(RaftEndpoint::new(raft.clone(), incoming_dir, installs));
+        tokio::spawn(endpoint.clone().campaign_when_leader_silent());
+        router.add(group.clone(), endpoint.clone());
 
         let first = options.members.keys().next().copied();
         let initialized = raft.is_initialized().await.map_err(|e| GroupError::Raft {

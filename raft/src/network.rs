@@ -367,11 +367,24 @@ async fn remove_files(paths: Vec<PathBuf>) {
     .await;
 }
 
+/// How often a follower checks whether its leader has gone silent.
+pub const ELECTION_CHECK_INTERVAL: Duration = Duration::from_millis(20);
+
 /// One group's endpoint: its Raft handle and its snapshot inbox.
 pub struct RaftEndpoint<SM: GroupMachine> {
     raft: GroupRaft<SM>,
     inbox: SnapshotInbox,
     installs: crate::store::InstallMarker,
+    /// When a leader's AppendEntries last arrived, and when this node last
+    /// campaigned because a candidate's log was behind its own (see
+    /// [`RaftEndpoint::campaign_if_ahead`]).
+    heard: Mutex<Heard>,
+}
+
+#[derive(Default)]
+struct Heard {
+    append_at: Option<std::time::Instant>,
+    campaigned_at: Option<std::time::Instant>,
 }
 
 impl<SM: GroupMachine> RaftEndpoint<SM> {
@@ -386,7 +399,86 @@ impl<SM: GroupMachine> RaftEndpoint<SM> {
             raft,
             inbox: SnapshotInbox::new(incoming_dir),
             installs,
+            heard: Mutex::new(Heard::default()),
         }
+    }
+
+    fn heard(&self) -> std::sync::MutexGuard<'_, Heard> {
+        self.heard.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This node's own election timer, beside openraft's: a follower that
+    /// has heard from a leader but nothing for twice its longest election
+    /// timeout (openraft's leader lease plus election timeout) campaigns.
+    /// openraft's timer would wait longer when this node once saw a greater
+    /// log in an earlier election: it remembers that until it campaigns
+    /// again, and adds twice the longest election timeout to every later
+    /// wait (the failovers at 0.9 and 1.2 s). With a candidate behind us
+    /// answered by [`RaftEndpoint::campaign_if_ahead`], the penalty buys
+    /// nothing. Runs until the group shuts down.
+    pub async fn campaign_when_leader_silent(self: Arc<Self>) {
+        let wait = Duration::from_millis(2 * self.raft.config().election_timeout_max);
+        let mut tick = tokio::time::interval(ELECTION_CHECK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let state = self.raft.metrics().borrow().state;
+            match state {
+                openraft::ServerState::Shutdown => return,
+                openraft::ServerState::Follower => {}
+                _ => continue,
+            }
+            let now = std::time::Instant::now();
+            {
+                let mut heard = self.heard();
+                let Some(append_at) = heard.append_at else {
+                    continue;
+                };
+                let since = |at: std::time::Instant| now.duration_since(at) < wait;
+                if since(append_at) || heard.campaigned_at.is_some_and(since) {
+                    continue;
+                }
+                heard.campaigned_at = Some(now);
+            }
+            metrics::counter!("reservoir_raft_campaigns_silent_total").increment(1);
+            let _ = self.raft.trigger().elect().await;
+        }
+    }
+
+    /// After refusing a candidate whose log is behind ours: if no leader has
+    /// sent us anything for a shortest election timeout, campaign now.
+    ///
+    /// openraft 0.9 has no pre-vote. When a leader dies, the first follower
+    /// to time out campaigns whether or not its log is the longest; if it is
+    /// behind, the other survivor refuses it, and that candidate also
+    /// remembers the greater log it saw and from then on waits twice the
+    /// longest election timeout more before every later campaign, until it
+    /// campaigns again. Measured over 50 leader SIGKILLs, failovers bunched
+    /// at 0.9, 1.1 and 1.4 s. The node that refused knows it can win (its
+    /// log is the longer) and that the candidate cannot, so it campaigns at
+    /// once rather than wait out its own timers. Safety does not depend on
+    /// it: any node may start an election at any time.
+    async fn campaign_if_ahead(&self, request: &VoteRequest<NodeId>, response: &VoteResponse<NodeId>) {
+        if response.vote_granted || response.last_log_id <= request.last_log_id {
+            return;
+        }
+        let quiet = Duration::from_millis(self.raft.config().election_timeout_min);
+        let now = std::time::Instant::now();
+        {
+            let mut heard = self.heard();
+            let recently =
+                |at: Option<std::time::Instant>| at.is_some_and(|at| now.duration_since(at) < quiet);
+            if recently(heard.append_at) || recently(heard.campaigned_at) {
+                return;
+            }
+            heard.campaigned_at = Some(now);
+        }
+        let state = self.raft.metrics().borrow().state;
+        if state != openraft::ServerState::Follower {
+            return;
+        }
+        metrics::counter!("reservoir_raft_campaigns_ahead_total").increment(1);
+        let _ = self.raft.trigger().elect().await;
     }
 
     /// Whether `node` is in the group's membership as this node knows it.
@@ -409,12 +501,17 @@ impl<SM: GroupMachine> GroupEndpoint for RaftEndpoint<SM> {
                 RpcKind::AppendEntries => {
                     let rpc: AppendEntriesRequest<GroupConfig<SM>> = decode(&payload)?;
                     speaks_for_itself(&rpc.vote, from)?;
+                    self.heard().append_at = Some(std::time::Instant::now());
                     encode(&self.raft.append_entries(rpc).await)
                 }
                 RpcKind::Vote => {
                     let rpc: VoteRequest<NodeId> = decode(&payload)?;
                     speaks_for_itself(&rpc.vote, from)?;
-                    encode(&self.raft.vote(rpc).await)
+                    let response = self.raft.vote(rpc.clone()).await;
+                    if let Ok(answer) = &response {
+                        self.campaign_if_ahead(&rpc, answer).await;
+                    }
+                    encode(&response)
                 }
                 RpcKind::SnapshotChunk => {
                     if !self.is_member(from) {

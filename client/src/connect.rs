@@ -71,7 +71,7 @@ pub fn is_retryable(status: &Status) -> bool {
         Some(_) => false,
         None => matches!(
             status.code(),
-            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+            Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled | Code::DeadlineExceeded
         ),
     }
 }

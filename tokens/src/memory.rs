@@ -30,8 +30,8 @@ struct Kept {
 ///
 /// An id is forgotten only when both hold: [`ADJUSTMENT_WINDOW_MS`] of
 /// logical time has passed since it was applied, and every unit of its SKU
-/// that was in stock right after it has left (sold and settled, removed, or
-/// revoked; first in, first out). So a retry can never add the stock twice
+/// that was in stock right after it has left (sold, removed, or revoked;
+/// first in, first out; the ledger counts a sale once settled). So a retry can never add the stock twice
 /// while the stock it added is still there. At most [`ADJUSTMENT_IDS_MAX`]
 /// ids are kept: when that many are and a new adjustment comes, it is
 /// refused (`ADJUSTMENT_IDS_FULL`) rather than any id forgotten early.

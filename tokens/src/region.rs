@@ -724,6 +724,11 @@ impl RegionState {
                 sold_lines.push((ix, record_quantity(sold_qty)));
             }
         }
+        // Sold units have left the stock (a standalone region never settles).
+        let mut budget = PRUNE_PER_COMMAND_MAX;
+        for &(ix, _) in &sold_lines {
+            self.stock_left(ix, &mut budget);
+        }
         self.expiry.remove(&(expires_at_ms, id));
         let seq = self.next_outbox_seq;
         self.next_outbox_seq += 1;
@@ -942,10 +947,8 @@ impl RegionState {
         let received = self.bucket_mut(ix).received;
         self.adjustments
             .remember(&request_id, fingerprint, &sku, received, self.clock_ms);
-        if delta < 0 {
-            let mut budget = PRUNE_PER_COMMAND_MAX;
-            self.stock_left(ix, &mut budget);
-        }
+        let mut budget = PRUNE_PER_COMMAND_MAX;
+        self.stock_left(ix, &mut budget);
         Ok(self.stock_figures(sku))
     }
 
@@ -1091,7 +1094,7 @@ impl RegionState {
         (self.ended.len() - due) as u64
     }
 
-    /// Units of SKU number `ix` left (given back, or sold and settled): the
+    /// Units of SKU number `ix` left (given back, or sold): the
     /// adjustment memory learns which adjustments' stock is now gone.
     fn stock_left(&mut self, ix: SkuIx, budget: &mut usize) {
         let (sku, b) = self
@@ -1265,10 +1268,11 @@ fn request_hash(owner: OwnerIx, request_id: &str) -> u64 {
         .finish()
 }
 
-/// A bucket's units ever out: given back (removed, revoked) or sold and
-/// settled. Its units ever in are `received`.
+/// A bucket's units ever out: given back (removed, revoked) or sold
+/// (confirmed, settled or not: a sale is never undone, and a standalone
+/// region never settles). Its units ever in are `received`.
 fn bucket_out_total(b: &Bucket) -> Units {
-    b.returned + b.settled
+    b.returned + b.settled + b.confirmed
 }
 
 /// A validated quantity in a record's 32 bits.

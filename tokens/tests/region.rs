@@ -1696,6 +1696,24 @@ fn adjust_stock_retried_late_is_not_applied_twice() {
     refused(&mut r, adjust("other-0", "a", 2), "REQUEST_ID_REUSED");
 }
 
+/// In a standalone region (which never settles), a restock's id is
+/// forgotten once its units are sold and its window has passed: sales count
+/// as units out, so restock ids do not pile up to `ADJUSTMENT_IDS_FULL`.
+#[test]
+fn standalone_sales_free_restock_ids() {
+    const ELEVEN_MIN: Millis = 11 * 60 * 1000;
+    let mut r = RegionState::new(REGION);
+    stock(apply(&mut r, T0, adjust("restock-1", "a", 10)));
+    res(apply(&mut r, T0 + 1, reserve("req-1", &[("a", 10)], 0)));
+    res(apply(&mut r, T0 + 1, confirm(1, "order-1")));
+    apply(&mut r, T0 + ELEVEN_MIN, RegionOp::Expire).expect("expire");
+    assert_eq!(
+        stock(apply(&mut r, T0 + ELEVEN_MIN, adjust("restock-1", "a", 5))),
+        ("a".into(), 15, 5),
+        "sold out and past its window: the id is free for a new restock"
+    );
+}
+
 /// A region's retention is replicated state: SetRetention changes how long
 /// ended reservations are kept, and settings outside the bounds are refused
 /// and change nothing.

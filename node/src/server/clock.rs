@@ -36,8 +36,10 @@
 //! node that starts estimates from the clock it replayed), so after an
 //! outage of every node of a group its logical clock runs behind the wall
 //! clock by the outage, less `MAX_LEAD_MS` per term; holds do not age while
-//! nobody could serve them. One node's outage costs nothing: the others
-//! keep the estimate.
+//! nobody could serve them. One node's outage costs at most a second: an
+//! idle region's leader moves the logical clock at least every second
+//! (`CLOCK_TICK_MS`), and the others keep the estimate. What is compared
+//! across groups (gossip markers) uses the wall clock, not group time.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -119,13 +121,20 @@ impl GroupClock {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// This node's wall clock, as is.
+    pub fn wall_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
     /// Notes the group's logical clock as applied here (call often: every
-    /// [`OBSERVE_INTERVAL`], and before stamping).
+    /// [`OBSERVE_INTERVAL`], and before stamping). Only a clock ahead of the
+    /// estimate moves it, so the estimate never steps back.
     pub fn observe(&self, applied_ms: u64) {
+        let now = self.clock.monotonic_ms();
         let mut e = self.lock();
-        if applied_ms > e.seen_ms {
+        if applied_ms > e.seen_ms.saturating_add(now.saturating_sub(e.seen_at)) {
             e.seen_ms = applied_ms;
-            e.seen_at = self.clock.monotonic_ms();
+            e.seen_at = now;
         }
     }
 
@@ -147,7 +156,7 @@ impl GroupClock {
         let now = self.clock.monotonic_ms();
         let wall = self.clock.now_ms();
         let mut e = self.lock();
-        if applied_ms > e.seen_ms {
+        if applied_ms > e.seen_ms.saturating_add(now.saturating_sub(e.seen_at)) {
             e.seen_ms = applied_ms;
             e.seen_at = now;
         }
@@ -179,8 +188,9 @@ impl GroupClock {
         drop(e);
         metrics::counter!("reservoir_clock_skew_warnings_total", "group" => self.group.clone()).increment(1);
         eprintln!(
-            "warning: {}: this node's wall clock is {skew} ms off the group's time ({group} ms); \
-             stamps are bounded to {MAX_LEAD_MS} ms ahead of it: check NTP on this host",
+            "warning: {}: this node's wall clock is {skew} ms off the group's time ({group} ms): \
+             either this host's clock is wrong (check NTP) or every node of the group was down for \
+             that long; stamps are bounded to {MAX_LEAD_MS} ms ahead of the group's time",
             self.group
         );
     }

@@ -198,7 +198,7 @@ impl LedgerHost {
 
     /// The ledger group's time on this node: the bounded stamp on its
     /// leader (see [`crate::server::clock`]).
-    fn now_ms(&self) -> u64 {
+    pub fn now_ms(&self) -> u64 {
         clock::group_now(&self.time, &self.group, LedgerState::clock_ms)
     }
 

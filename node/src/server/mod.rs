@@ -77,6 +77,9 @@ use crate::server::service::{AdminService, ControlService, InventoryService, Pla
 
 /// How often the leader checks whether a hold has fallen due.
 pub const EXPIRE_TICK: Duration = Duration::from_millis(100);
+/// The most an idle region's logical clock may lag its leader's time before
+/// the leader moves it (with an `Expire` that expires nothing).
+pub const CLOCK_TICK_MS: u64 = 1_000;
 /// How long the leader waits before writing its retention settings again.
 pub const RETENTION_RETRY: Duration = Duration::from_secs(5);
 /// How much longer than the group's own bound ([`Group::propose_timeout`])
@@ -476,7 +479,9 @@ async fn gossip_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
-        let now = node.now_ms();
+        // Gossip markers are the sender's wall clock: they are compared
+        // across groups, whose logical times may differ (README, time).
+        let now = node.wall_ms();
         let index = node.group().status().applied_index.unwrap_or(0);
         if let Ok(figures) = node.group().read(|s| {
             s.buckets()
@@ -519,7 +524,7 @@ async fn gossip_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
                         let ledger_there = node
                             .control()
                             .region_hosts(region, node.peer_policy().group_voters(true));
-                        theirs.only_from(region, ledger_there, node.now_ms())
+                        theirs.only_from(region, ledger_there, node.wall_ms())
                     };
                     node.availability().merge(theirs);
                 }
@@ -530,8 +535,11 @@ async fn gossip_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
 }
 
 /// On the leader, expires holds as they fall due: checks every
-/// [`EXPIRE_TICK`], and proposes `Expire` only when the earliest hold is due,
-/// so an idle region writes nothing. Replicas never expire on their own clock.
+/// [`EXPIRE_TICK`], and proposes `Expire` when the earliest hold is due, or
+/// when the region's logical clock is [`CLOCK_TICK_MS`] behind the leader's
+/// time (so an idle region writes one small entry a second, and a node that
+/// restarts estimates the group's time from a clock at most that old; see
+/// [`clock`]). Replicas never expire on their own clock.
 /// The leader also writes this node's retention settings into the region's
 /// state when they differ (at most once per [`RETENTION_RETRY`]).
 async fn expire_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
@@ -560,12 +568,18 @@ async fn expire_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
             }
         }
         let now_ms = node.now_ms();
-        let due = group
-            .read(|s| s.next_expiry_ms().is_some_and(|at| at <= now_ms))
-            .unwrap_or(false);
-        if !due {
+        let (due, behind) = group
+            .read(|s| {
+                let due = s.next_expiry_ms().is_some_and(|at| at <= now_ms);
+                (due, now_ms.saturating_sub(s.clock_ms()) >= CLOCK_TICK_MS)
+            })
+            .unwrap_or((false, false));
+        if !due && !behind {
             continue;
         }
+        // An idle region's logical clock moves at least every
+        // CLOCK_TICK_MS (an `Expire` expires nothing then), so a node that
+        // restarts and leads starts from a clock at most that old.
         // Sweep until nothing due is left (each command expires a bounded number).
         loop {
             let cmd = RegionCommand {

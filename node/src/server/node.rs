@@ -250,6 +250,12 @@ impl Node {
         clock::group_now(&self.time, &self.group, RegionState::clock_ms)
     }
 
+    /// This node's wall clock, unbounded: for what is compared across
+    /// groups (gossip markers), never for a command's stamp.
+    pub fn wall_ms(&self) -> u64 {
+        self.time.wall_ms()
+    }
+
     /// Keeps this node's estimate of the region group's time fresh (see
     /// [`clock::observe_forever`]).
     pub fn observe_time(&self) -> impl std::future::Future<Output = ()> + Send + 'static {

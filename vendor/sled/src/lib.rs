@@ -109,6 +109,11 @@ macro_rules! testing_assert {
     };
 }
 
+// Reservoir's patch: the io_uring write path still ends with
+// sync_file_range (not patched to fdatasync); refuse to build it.
+#[cfg(feature = "io_uring")]
+compile_error!("the io_uring path of this patched sled is not synced with fdatasync (vendor/sled/PATCHES.md)");
+
 mod arc;
 mod atomic_shim;
 mod batch;

@@ -121,7 +121,7 @@ impl ControlService {
                     // the pool if it is a ledger node.
                     Some(peer) => {
                         let ledger = node.peer_policy().group_voters(true).contains(&peer.id);
-                        digest.only_from(&peer.region, ledger, node.now_ms())
+                        digest.only_from(&peer.region, ledger, node.wall_ms())
                     }
                     None => digest,
                 };
@@ -202,7 +202,7 @@ impl ControlService {
             },
             LedgerCall::Apply(op) => {
                 let cmd = reservoir_tokens::LedgerCommand {
-                    now_ms: node.now_ms(),
+                    now_ms: host.now_ms(),
                     op,
                 };
                 match tokio::time::timeout(COMMIT_TIMEOUT, group.propose(cmd)).await {

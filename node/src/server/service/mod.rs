@@ -118,15 +118,22 @@ pub(super) fn forwarding<T>(message: T, caller: &Caller) -> Request<T> {
     request
 }
 
-/// A forwarded call that failed without a Reservoir reason failed in
-/// transport: the leader could not be reached, died, or its connection was
-/// reset mid-call (tonic reports that as `UNKNOWN`, `INTERNAL` or
-/// `CANCELLED`, from h2 or the socket). Whether the leader applied it is
+/// A forwarded call that failed without a Reservoir reason, with a code
+/// transport failures take, failed in transport: the leader could not be
+/// reached, died, or its connection was reset mid-call (tonic reports that
+/// as `UNAVAILABLE`, `UNKNOWN`, `INTERNAL`, `CANCELLED` or
+/// `DEADLINE_EXCEEDED`, from h2 or the socket). Other codes without a
+/// reason (e.g. tonic's own `UNIMPLEMENTED` or `RESOURCE_EXHAUSTED` from
+/// a leader of another build) pass through: retrying cannot help. Whether the leader applied it is
 /// unknown, which the contract answers `UNAVAILABLE` / `NO_LEADER`: retry
 /// with the same request id. An answer the leader gave (it carries a reason)
 /// passes through unchanged.
 pub(super) fn forward_failed(status: Status) -> Status {
-    if reservoir_client::reason_of(&status).is_some() {
+    let transport = matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled | Code::DeadlineExceeded
+    );
+    if reservoir_client::reason_of(&status).is_some() || !transport {
         return status;
     }
     status_with_info(

@@ -48,6 +48,12 @@
 //!   comes back (openraft 0.9 never answers a write whose entry reached this
 //!   node only inside a snapshot). [`Group::commit_stall`] says when a group
 //!   cannot commit on this node.
+//! - Failover does not wait on openraft 0.9's timers alone (it has no
+//!   pre-vote): a follower that refuses a candidate whose log is behind its
+//!   own campaigns at once, and each follower campaigns after twice its
+//!   longest election timeout without a leader's message
+//!   ([`RaftEndpoint`]). Elections may start at any time in Raft, so safety
+//!   does not depend on either.
 //! - Only [`config`] names the async runtime; a simulation runtime replaces
 //!   it there.
 //!

@@ -20,7 +20,7 @@
 //! - [`demand`], [`availability`]: the demand meter, and CRDT availability
 //!   gossip;
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/status`;
-//! - [`clock`]: the time seam.
+//! - [`clock`]: the time seam (wall and monotonic clocks) and each group's bounded logical time (`GroupClock`).
 //!
 //! Imports run one way: `service` and `http` → `node` → `ledger` →
 //! `control` → `config` → `security` (its types), `availability`; nothing

@@ -414,7 +414,7 @@ impl<SM: GroupMachine> RaftEndpoint<SM> {
     /// log in an earlier election: it remembers that until it campaigns
     /// again, and adds twice the longest election timeout to every later
     /// wait (the failovers at 0.9 and 1.2 s). With a candidate behind us
-    /// answered by [`RaftEndpoint::campaign_if_ahead`], the penalty buys
+    /// answered at once (`campaign_if_ahead`), the penalty buys
     /// nothing. Runs until the group shuts down.
     pub async fn campaign_when_leader_silent(self: Arc<Self>) {
         let wait = Duration::from_millis(2 * self.raft.config().election_timeout_max);

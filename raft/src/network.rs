@@ -422,26 +422,13 @@ impl<SM: GroupMachine> RaftEndpoint<SM> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
-            let state = self.raft.metrics().borrow().state;
-            match state {
-                openraft::ServerState::Shutdown => return,
-                openraft::ServerState::Follower => {}
-                _ => continue,
+            if self.raft.metrics().borrow().state == openraft::ServerState::Shutdown {
+                return;
             }
-            let now = std::time::Instant::now();
-            {
-                let mut heard = self.heard();
-                let Some(append_at) = heard.append_at else {
-                    continue;
-                };
-                let since = |at: std::time::Instant| now.duration_since(at) < wait;
-                if since(append_at) || heard.campaigned_at.is_some_and(since) {
-                    continue;
-                }
-                heard.campaigned_at = Some(now);
+            // Only once a leader was heard: openraft elects the first one.
+            if self.heard().append_at.is_some() {
+                self.campaign(wait, "leader_silent").await;
             }
-            metrics::counter!("reservoir_raft_campaigns_silent_total").increment(1);
-            let _ = self.raft.trigger().elect().await;
         }
     }
 
@@ -463,6 +450,16 @@ impl<SM: GroupMachine> RaftEndpoint<SM> {
             return;
         }
         let quiet = Duration::from_millis(self.raft.config().election_timeout_min);
+        self.campaign(quiet, "candidate_behind").await;
+    }
+
+    /// Starts an election if this node is a follower that has neither heard
+    /// a leader's AppendEntries nor campaigned itself for `quiet`; counted
+    /// in `reservoir_raft_campaigns_total{reason}`.
+    async fn campaign(&self, quiet: Duration, reason: &'static str) {
+        if self.raft.metrics().borrow().state != openraft::ServerState::Follower {
+            return;
+        }
         let now = std::time::Instant::now();
         {
             let mut heard = self.heard();
@@ -473,11 +470,7 @@ impl<SM: GroupMachine> RaftEndpoint<SM> {
             }
             heard.campaigned_at = Some(now);
         }
-        let state = self.raft.metrics().borrow().state;
-        if state != openraft::ServerState::Follower {
-            return;
-        }
-        metrics::counter!("reservoir_raft_campaigns_ahead_total").increment(1);
+        metrics::counter!("reservoir_raft_campaigns_total", "reason" => reason).increment(1);
         let _ = self.raft.trigger().elect().await;
     }
 

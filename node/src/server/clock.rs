@@ -27,9 +27,10 @@
 //! - The anchor is not moved by the leader's own stamps (that would let a
 //!   fast clock ratchet time forward by `MAX_LEAD_MS` per commit), only by
 //!   a new term.
-//! - The skew, `wall - base` (or `wall - estimate` on a follower), is the
-//!   gauge `reservoir_clock_skew_ms{group}`; beyond `MAX_LEAD_MS` the node
-//!   logs a warning (at most one a minute) and counts it in
+//! - The skew, `wall - base` (or `wall - estimate` on a follower), measured
+//!   every [`OBSERVE_INTERVAL`], is the gauge
+//!   `reservoir_clock_skew_ms{group}`; beyond `MAX_LEAD_MS` the node logs a
+//!   warning (at most one a minute) and counts it in
 //!   `reservoir_clock_skew_warnings_total{group}`.
 //!
 //! What this gives up: time the *whole* group was down does not count (a
@@ -101,6 +102,27 @@ struct Estimate {
     warned_at: Option<u64>,
 }
 
+impl Estimate {
+    /// The group's time at monotonic `now`, as last seen applied.
+    fn estimate(&self, now: u64) -> u64 {
+        self.seen_ms.saturating_add(now.saturating_sub(self.seen_at))
+    }
+
+    /// The leader's base at monotonic `now`: its anchor plus the time since.
+    fn base(&self, now: u64) -> u64 {
+        self.anchor_ms.saturating_add(now.saturating_sub(self.anchor_at))
+    }
+
+    /// A logical clock applied at monotonic `now`: moves the estimate only
+    /// forward.
+    fn observe(&mut self, applied_ms: u64, now: u64) {
+        if applied_ms > self.estimate(now) {
+            self.seen_ms = applied_ms;
+            self.seen_at = now;
+        }
+    }
+}
+
 impl GroupClock {
     /// The clock of `group` over `clock`, starting from the logical time
     /// `applied_ms` the node replayed.
@@ -131,22 +153,14 @@ impl GroupClock {
     /// estimate moves it, so the estimate never steps back.
     pub fn observe(&self, applied_ms: u64) {
         let now = self.clock.monotonic_ms();
-        let mut e = self.lock();
-        if applied_ms > e.seen_ms.saturating_add(now.saturating_sub(e.seen_at)) {
-            e.seen_ms = applied_ms;
-            e.seen_at = now;
-        }
+        self.lock().observe(applied_ms, now);
     }
 
     /// This node's estimate of the group's time: the newest logical clock
     /// seen applied plus the monotonic time since. A follower's "now".
     pub fn estimate_ms(&self) -> u64 {
         let now = self.clock.monotonic_ms();
-        let e = self.lock();
-        let estimate = e.seen_ms.saturating_add(now.saturating_sub(e.seen_at));
-        drop(e);
-        self.skew(self.clock.now_ms(), estimate, now);
-        estimate
+        self.lock().estimate(now)
     }
 
     /// The stamp for a command this node proposes as leader in `term`, with
@@ -156,20 +170,30 @@ impl GroupClock {
         let now = self.clock.monotonic_ms();
         let wall = self.clock.now_ms();
         let mut e = self.lock();
-        if applied_ms > e.seen_ms.saturating_add(now.saturating_sub(e.seen_at)) {
-            e.seen_ms = applied_ms;
-            e.seen_at = now;
-        }
+        e.observe(applied_ms, now);
         if e.term != Some(term) {
-            let estimate = e.seen_ms.saturating_add(now.saturating_sub(e.seen_at));
             e.term = Some(term);
-            e.anchor_ms = estimate.max(applied_ms);
+            e.anchor_ms = e.estimate(now).max(applied_ms);
             e.anchor_at = now;
         }
-        let base = e.anchor_ms.saturating_add(now.saturating_sub(e.anchor_at));
-        drop(e);
-        self.skew(wall, base, now);
+        let base = e.base(now);
         wall.clamp(base, base.saturating_add(MAX_LEAD_MS))
+    }
+
+    /// Reports how far this node's wall clock is from the group's time: its
+    /// base if it leads in `leader_term` (and has stamped in it), else its
+    /// estimate. Called by [`observe_forever`], not on every stamp.
+    pub fn report_skew(&self, leader_term: Option<u64>) {
+        let now = self.clock.monotonic_ms();
+        let wall = self.clock.now_ms();
+        let group = {
+            let e = self.lock();
+            match leader_term {
+                Some(term) if e.term == Some(term) => e.base(now),
+                _ => e.estimate(now),
+            }
+        };
+        self.skew(wall, group, now);
     }
 
     /// Records `wall - group` and warns when it is beyond [`MAX_LEAD_MS`].
@@ -216,7 +240,7 @@ pub fn group_now<SM: reservoir_raft::GroupMachine>(
 
 /// Observes `group`'s applied logical clock into `time` every
 /// [`OBSERVE_INTERVAL`], so the estimate is fresh when this node becomes
-/// its leader. Runs until the process ends.
+/// its leader, and reports the skew. Runs until the process ends.
 pub async fn observe_forever<SM: reservoir_raft::GroupMachine>(
     time: Arc<GroupClock>,
     group: Arc<reservoir_raft::Group<SM>>,
@@ -229,6 +253,7 @@ pub async fn observe_forever<SM: reservoir_raft::GroupMachine>(
         if let Ok(applied_ms) = group.read(&applied) {
             time.observe(applied_ms);
         }
+        time.report_skew(group.leader_term());
     }
 }
 

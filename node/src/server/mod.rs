@@ -82,10 +82,6 @@ pub const EXPIRE_TICK: Duration = Duration::from_millis(100);
 pub const CLOCK_TICK_MS: u64 = 1_000;
 /// How long the leader waits before writing its retention settings again.
 pub const RETENTION_RETRY: Duration = Duration::from_secs(5);
-/// How much longer than the group's own bound ([`Group::propose_timeout`])
-/// a background task (expiry, retention) waits for one proposal: the group
-/// answers `Timeout` within its bound, so this fires only if that failed.
-pub const BACKGROUND_PROPOSE_MARGIN: Duration = Duration::from_secs(1);
 /// How often regions exchange availability figures.
 pub const GOSSIP_INTERVAL: Duration = Duration::from_millis(500);
 /// The ledger's Raft group id.
@@ -603,22 +599,16 @@ async fn expire_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Proposes a background task's command, waiting at most the group's bound
-/// plus [`BACKGROUND_PROPOSE_MARGIN`]. A timeout (the group's own, or this
-/// one) is reported: a log line and `reservoir_background_propose_timeouts_total`
-/// with the task's name; the task goes on at its next tick.
+/// Proposes a background task's command (bounded by the group's own
+/// proposal bound, [`Group::propose_timeout`]). A timeout is reported: a log
+/// line and `reservoir_background_propose_timeouts_total` with the task's
+/// name; the task goes on at its next tick.
 async fn propose_bounded(
     group: &Group<RegionState>,
     cmd: RegionCommand,
     task: &'static str,
 ) -> Result<RegionOutcome, ProposeError> {
-    let bound = group.propose_timeout() + BACKGROUND_PROPOSE_MARGIN;
-    let result = match tokio::time::timeout(bound, group.propose(cmd)).await {
-        Ok(result) => result,
-        Err(_) => Err(ProposeError::Timeout {
-            waited_ms: bound.as_millis() as u64,
-        }),
-    };
+    let result = group.propose(cmd).await;
     if let Err(e @ ProposeError::Timeout { .. }) = &result {
         metrics::counter!("reservoir_background_propose_timeouts_total", "task" => task).increment(1);
         eprintln!("warning: {task}: {e}; trying again at the next tick");

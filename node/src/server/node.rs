@@ -294,14 +294,9 @@ impl Node {
             Ok(Err(ProposeError::NotLeader {
                 leader: Some((_, addr)),
             })) if !forwarded => Ok(Route::Leader(addr)),
-            Ok(Err(ProposeError::Overloaded)) => Err(WriteError::Unavailable(
-                NodeError::Overloaded {
-                    queue: "proposals",
-                    max: self.group.queue_max(),
-                }
-                .to_status(),
+            Ok(Err(e)) => Err(WriteError::Unavailable(
+                NodeError::from_propose(self.region(), self.group.queue_max(), &e).to_status(),
             )),
-            Ok(Err(_)) => Err(WriteError::Unavailable(self.no_leader())),
             Err(_) => Err(WriteError::Unavailable(status_with_info(
                 Code::Unavailable,
                 format!(

@@ -9,9 +9,7 @@ use reservoir_tokens::RegionApplied;
 use reservoir_tokens::audit;
 use tonic::{Request, Response, Status};
 
-use super::{
-    Caller, Plane, forward_failed, forwarding, leader_answer, recorded, unexpected, unexpected_reply,
-};
+use super::{Caller, Plane, forward_failed, forwarding, leader_answer, recorded, unexpected};
 use crate::server::control::{LedgerCall, LedgerReply};
 use crate::server::edge;
 use crate::server::node::{FORWARD_TIMEOUT, Node, Route};
@@ -56,7 +54,7 @@ impl AdminService {
                     available: pool,
                 }),
                 LedgerReply::Applied(Err(rejection)) => Err(to_status(&rejection)),
-                other => Err(unexpected_reply("adjust_stock", &other)),
+                other => Err(unexpected("adjust_stock", &other)),
             };
         }
         match self
@@ -73,7 +71,7 @@ impl AdminService {
                 stocked_total,
                 available,
             }),
-            Route::Applied(other) => Err(unexpected("adjust_stock", other)),
+            Route::Applied(other) => Err(unexpected("adjust_stock", &other)),
             Route::Leader(addr) => {
                 let mut client = self.node.admin(&addr)?;
                 leader_answer(client.adjust_stock(forwarding(req, caller)))
@@ -97,7 +95,7 @@ impl AdminService {
             .map_err(forward_failed)?
         {
             LedgerReply::Summary(s) => *s,
-            other => return Err(unexpected_reply("status", &other)),
+            other => return Err(unexpected("status", &other)),
         };
         let own = self.node.group().status();
         let mut names: Vec<String> = self.node.control().regions().map(str::to_string).collect();
@@ -236,7 +234,7 @@ impl AdminService {
                 .map_err(forward_failed)?
             {
                 LedgerReply::Audit(sheet) => Ok(edge::audit_report(&sheet, self.node.now_ms())),
-                other => Err(unexpected_reply("audit", &other)),
+                other => Err(unexpected("audit", &other)),
             };
         }
         // Audit the current state: on the leader, after a read index.

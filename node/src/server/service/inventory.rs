@@ -117,7 +117,7 @@ impl InventoryService {
                     reservation: self.reservation(r),
                 })
             }
-            Route::Applied(other) => Err(unexpected("reserve", other)),
+            Route::Applied(other) => Err(unexpected("reserve", &other)),
             Route::Leader(addr) => {
                 let mut client = self.node.inventory(&addr)?;
                 leader_answer(client.reserve(forwarding(req, caller)))
@@ -144,7 +144,7 @@ impl InventoryService {
         let op = op.map_err(|r| to_status(&r))?;
         match self.node.write(op, caller.forwarded).await? {
             Route::Applied(RegionApplied::Reservation(r)) => Ok(self.reservation(r)),
-            Route::Applied(other) => Err(unexpected(what, other)),
+            Route::Applied(other) => Err(unexpected(what, &other)),
             Route::Leader(addr) => leader_answer(forward(self.node.inventory(&addr)?)).await,
         }
     }

@@ -21,7 +21,6 @@
 use std::future::Future;
 use std::time::Instant;
 
-use reservoir_tokens::RegionApplied;
 use tonic::{Code, Request, Response, Status};
 
 use crate::server::node::{FORWARD_TIMEOUT, FORWARDED_HEADER, Node, PRINCIPAL_HEADER};
@@ -119,15 +118,14 @@ pub(super) fn forwarding<T>(message: T, caller: &Caller) -> Request<T> {
 }
 
 /// A forwarded call that failed without a Reservoir reason, with a code
-/// transport failures take, failed in transport: the leader could not be
-/// reached, died, or its connection was reset mid-call (tonic reports that
-/// as `UNAVAILABLE`, `UNKNOWN`, `INTERNAL`, `CANCELLED` or
-/// `DEADLINE_EXCEEDED`, from h2 or the socket). Other codes without a
-/// reason (e.g. tonic's own `UNIMPLEMENTED` or `RESOURCE_EXHAUSTED` from
-/// a leader of another build) pass through: retrying cannot help. Whether the leader applied it is
-/// unknown, which the contract answers `UNAVAILABLE` / `NO_LEADER`: retry
-/// with the same request id. An answer the leader gave (it carries a reason)
-/// passes through unchanged.
+/// transport failures take (`UNAVAILABLE`, `UNKNOWN`, `INTERNAL`,
+/// `CANCELLED`, `DEADLINE_EXCEEDED`, from h2 or the socket), failed in
+/// transport: the leader could not be reached, died, or its connection was
+/// reset mid-call. Whether the leader applied it is unknown, which the
+/// contract answers `UNAVAILABLE` / `NO_LEADER`: retry with the same
+/// request id. An answer the leader gave (it carries a reason) passes
+/// through unchanged, and so do other codes without a reason (e.g. tonic's
+/// own `UNIMPLEMENTED` from a leader of another build): retrying cannot help.
 pub(super) fn forward_failed(status: Status) -> Status {
     let transport = matches!(
         status.code(),
@@ -148,15 +146,9 @@ pub(super) fn forward_failed(status: Status) -> Status {
     )
 }
 
-/// A command applied with an outcome of another kind: a bug, not a fault
-/// (`INTERNAL` / `INTERNAL_ERROR`).
-pub(super) fn unexpected(what: &str, applied: RegionApplied) -> Status {
-    unexpected_reply(what, &applied)
-}
-
-/// An answer of the wrong kind from the state machine or the ledger: a bug,
-/// not a fault (`INTERNAL` / `INTERNAL_ERROR`).
-pub(super) fn unexpected_reply(what: &str, reply: &impl std::fmt::Debug) -> Status {
+/// An outcome or reply of the wrong kind from the state machine or the
+/// ledger: a bug, not a fault (`INTERNAL` / `INTERNAL_ERROR`).
+pub(super) fn unexpected(what: &str, reply: &impl std::fmt::Debug) -> Status {
     status_with_info(
         Code::Internal,
         format!("{what}: unexpected outcome {reply:?}"),

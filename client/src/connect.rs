@@ -121,6 +121,11 @@ impl Rotation {
         (i, self.channels[i].clone())
     }
 
+    /// Node `i`'s channel (modulo the number of nodes), current or not.
+    pub fn channel(&self, i: usize) -> ClientChannel {
+        self.channels[i % self.channels.len()].clone()
+    }
+
     /// Makes node `i` current (the leader, once known).
     pub fn follow(&self, i: usize) {
         self.current.store(i % self.channels.len(), Ordering::Relaxed);

@@ -13,7 +13,7 @@ use crate::scenario::Scenario;
 use crate::target::POOL_SIZE_MAX;
 use crate::target::postgres::PostgresTarget;
 use crate::target::redis::{Persistence, RedisTarget};
-use crate::target::reservoir::{ClusterFile, ReservoirTarget, newest_cluster_file};
+use crate::target::reservoir::{CallOptions, ClusterFile, ReservoirTarget, newest_cluster_file};
 use crate::target::{Target, TargetError, TargetKind};
 
 /// Connections per region to a baseline server when not given.
@@ -74,6 +74,8 @@ pub struct AppOptions {
     pub seed: u64,
     /// Connections per region to a baseline server.
     pub connections_per_region: usize,
+    /// How Reservoir's nodes are called (spread, batched).
+    pub calls: CallOptions,
     /// Print a progress line per second.
     pub progress: bool,
     /// Stops the load early when it turns true.
@@ -103,9 +105,14 @@ pub async fn run(options: AppOptions) -> Result<Report, LoadError> {
                 eprintln!("cluster: {}", path.display());
             }
             let file = ClusterFile::load(&path).map_err(crate::target::TargetError::from)?;
-            let target = ReservoirTarget::connect(&file, &path, &options.scenario.regions).await?;
+            let target =
+                ReservoirTarget::connect(&file, &path, &options.scenario.regions, options.calls).await?;
             if let Some(a) = target.architecture() {
                 target_name = format!("reservoir ({a})");
+            }
+            let label = options.calls.label();
+            if !label.is_empty() {
+                target_name = format!("{target_name}, {label}");
             }
             Target::Reservoir(std::sync::Arc::new(target))
         }

@@ -9,6 +9,7 @@ use clap::Parser;
 use reservoir_loadtest::app::{self, AppOptions, CONNECTIONS_PER_REGION_DEFAULT, LoadError};
 use reservoir_loadtest::scenario::{BuiltIn, Scenario};
 use reservoir_loadtest::target::TargetKind;
+use reservoir_loadtest::target::reservoir::{CallOptions, RESERVE_BATCH_MAX};
 
 /// Largest scenario file read.
 const SCENARIO_FILE_BYTES_MAX: u64 = 1024 * 1024;
@@ -50,6 +51,15 @@ struct Args {
     /// holds to expire (they are reported; the audit must still balance).
     #[arg(long)]
     no_wait_for_holds: bool,
+    /// Reservoir only: send each call to the region's nodes in turn (followers
+    /// forward to the leader) instead of to the leader.
+    #[arg(long)]
+    spread: bool,
+    /// Reservoir only: gather the reserves waiting at one moment into
+    /// ReserveBatch calls of up to N (2-256), as an aggregating checkout
+    /// service would; give many --clients to fill them.
+    #[arg(long, value_name = "N")]
+    batch: Option<usize>,
     /// Connections per region to a Redis or PostgreSQL server.
     #[arg(long, default_value_t = CONNECTIONS_PER_REGION_DEFAULT)]
     connections: usize,
@@ -110,8 +120,29 @@ fn scenario(args: &Args) -> Result<Scenario, LoadError> {
     Ok(scenario)
 }
 
+/// How Reservoir's nodes are called, from `--spread` and `--batch`.
+fn calls(args: &Args) -> Result<CallOptions, LoadError> {
+    if (args.spread || args.batch.is_some()) && args.target != TargetKind::Reservoir {
+        return Err(LoadError::Usage(
+            "--spread and --batch apply to --target reservoir only".into(),
+        ));
+    }
+    if let Some(n) = args.batch
+        && !(2..=RESERVE_BATCH_MAX).contains(&n)
+    {
+        return Err(LoadError::Usage(format!(
+            "--batch must be 2-{RESERVE_BATCH_MAX}, got {n}"
+        )));
+    }
+    Ok(CallOptions {
+        spread: args.spread,
+        batch_max: args.batch.unwrap_or(0),
+    })
+}
+
 async fn main_inner(args: Args) -> Result<bool, LoadError> {
     let scenario = scenario(&args)?;
+    let calls = calls(&args)?;
     if args.print_scenario {
         print!("{}", scenario.to_toml().map_err(LoadError::Usage)?);
         return Ok(true);
@@ -152,6 +183,7 @@ async fn main_inner(args: Args) -> Result<bool, LoadError> {
         cluster: args.cluster,
         seed: args.seed,
         connections_per_region: args.connections,
+        calls,
         progress: !args.quiet,
         stop_rx: Some(stop_rx),
     })

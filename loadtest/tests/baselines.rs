@@ -38,6 +38,7 @@ async fn run_or_skip(target: TargetKind, scenario: Scenario) -> Option<Report> {
         cluster: None,
         seed: 7,
         connections_per_region: 4,
+        calls: Default::default(),
         progress: false,
         stop_rx: None,
     })

@@ -175,9 +175,104 @@ pub enum GroupError {
 /// node: the client crate's `/status` schema, which a node shows as is.
 pub use reservoir_client::{GroupView as GroupStatus, Role};
 
-struct Proposal<SM: GroupMachine> {
-    command: SM::Command,
-    reply: oneshot::Sender<Result<SM::Outcome, ProposeError>>,
+/// A caller's command, or its commands that must share one log entry,
+/// with where its outcome goes.
+enum Proposal<SM: GroupMachine> {
+    One {
+        command: SM::Command,
+        reply: oneshot::Sender<Result<SM::Outcome, ProposeError>>,
+    },
+    Many {
+        commands: Vec<SM::Command>,
+        reply: oneshot::Sender<Result<Vec<SM::Outcome>, ProposeError>>,
+    },
+}
+
+impl<SM: GroupMachine> Proposal<SM> {
+    /// Its caller has given up waiting.
+    fn abandoned(&self) -> bool {
+        match self {
+            Proposal::One { reply, .. } => reply.is_closed(),
+            Proposal::Many { reply, .. } => reply.is_closed(),
+        }
+    }
+
+    /// How many commands it adds to a batch.
+    fn len(&self) -> usize {
+        match self {
+            Proposal::One { .. } => 1,
+            Proposal::Many { commands, .. } => commands.len(),
+        }
+    }
+
+    /// The estimated encoded bytes of its commands.
+    fn bytes(&self) -> u64 {
+        match self {
+            Proposal::One { command, .. } => estimate(command),
+            Proposal::Many { commands, .. } => commands.iter().map(estimate).sum(),
+        }
+    }
+
+    /// Moves its commands into `commands`, leaving where its outcome goes.
+    fn split(self, commands: &mut Vec<SM::Command>) -> Reply<SM> {
+        match self {
+            Proposal::One { command, reply } => {
+                commands.push(command);
+                Reply::One(reply)
+            }
+            Proposal::Many {
+                commands: many,
+                reply,
+            } => {
+                let n = many.len();
+                commands.extend(many);
+                Reply::Many(n, reply)
+            }
+        }
+    }
+}
+
+/// Where the outcomes of a proposal's commands go once its batch is written.
+enum Reply<SM: GroupMachine> {
+    One(oneshot::Sender<Result<SM::Outcome, ProposeError>>),
+    Many(usize, oneshot::Sender<Result<Vec<SM::Outcome>, ProposeError>>),
+}
+
+impl<SM: GroupMachine> Reply<SM> {
+    /// Answers with the next outcomes of `outcomes`, one per command.
+    fn send(self, outcomes: &mut impl Iterator<Item = SM::Outcome>) {
+        match self {
+            Reply::One(reply) => {
+                let answer = outcomes
+                    .next()
+                    .ok_or_else(|| ProposeError::Stopped("the batch returned too few outcomes".into()));
+                let _ = reply.send(answer);
+            }
+            Reply::Many(n, reply) => {
+                let mine: Vec<SM::Outcome> = outcomes.take(n).collect();
+                let answer = if mine.len() == n {
+                    Ok(mine)
+                } else {
+                    Err(ProposeError::Stopped(
+                        "the batch returned too few outcomes".into(),
+                    ))
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// Answers with `error`.
+    fn fail(self, error: ProposeError) {
+        match self {
+            Reply::One(reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Reply::Many(_, reply) => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
 }
 
 /// One Raft group on one node.
@@ -359,23 +454,60 @@ impl<SM: GroupMachine> Group<SM> {
     /// answered. The batch's own write is bounded the same way, so its slot
     /// comes back (the late answer, if any, is dropped).
     pub async fn propose(&self, command: SM::Command) -> Result<SM::Outcome, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Proposal::One { command, reply })?;
+        self.answer(rx).await?
+    }
+
+    /// Proposes `commands` in one log entry (one commit for all of them)
+    /// and returns their outcomes in order. As [`Group::propose`] otherwise;
+    /// at most [`BATCH_COMMANDS_MAX`] commands of at most
+    /// [`BATCH_BYTES_MAX`] estimated bytes in all, else `Stopped` at once
+    /// (the caller bounds its batches below both).
+    pub async fn propose_many(&self, commands: Vec<SM::Command>) -> Result<Vec<SM::Outcome>, ProposeError> {
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bytes: u64 = commands.iter().map(estimate).sum();
+        if commands.len() > BATCH_COMMANDS_MAX || bytes > BATCH_BYTES_MAX {
+            return Err(ProposeError::Stopped(format!(
+                "a batch of {} commands ({bytes} bytes) is over one log entry's bounds \
+                 ({BATCH_COMMANDS_MAX} commands, {BATCH_BYTES_MAX} bytes)",
+                commands.len()
+            )));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.submit(Proposal::Many { commands, reply })?;
+        self.answer(rx).await?
+    }
+
+    /// Queues a proposal for the proposer, if this node leads and the queue
+    /// has room.
+    fn submit(&self, proposal: Proposal<SM>) -> Result<(), ProposeError> {
         if !self.is_leader() {
             return Err(ProposeError::NotLeader {
                 leader: self.leader(),
             });
         }
-        let (reply, rx) = oneshot::channel();
-        match self.proposals_tx.try_send(Proposal { command, reply }) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => return Err(ProposeError::Overloaded),
+        match self.proposals_tx.try_send(proposal) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(ProposeError::Overloaded),
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                return Err(ProposeError::Stopped("proposer stopped".into()));
+                Err(ProposeError::Stopped("proposer stopped".into()))
             }
         }
+    }
+
+    /// Waits for a queued proposal's answer, at most the group's bound.
+    async fn answer<T>(
+        &self,
+        rx: oneshot::Receiver<Result<T, ProposeError>>,
+    ) -> Result<Result<T, ProposeError>, ProposeError> {
         let started = Instant::now();
         match tokio::time::timeout(self.propose_timeout, rx).await {
             Ok(answer) => {
-                answer.unwrap_or_else(|_| Err(ProposeError::Stopped("proposer dropped the proposal".into())))
+                Ok(answer
+                    .unwrap_or_else(|_| Err(ProposeError::Stopped("proposer dropped the proposal".into()))))
             }
             Err(_) => {
                 // The proposer skips a proposal whose caller has gone, if
@@ -796,23 +928,29 @@ async fn propose_loop<SM: GroupMachine>(
                     None => return,
                 },
             };
-            if !next.reply.is_closed() {
+            if !next.abandoned() {
                 break next;
             }
         };
-        let mut bytes = estimate(&first.command);
-        let mut batch = vec![first];
-        while batch.len() < BATCH_COMMANDS_MAX {
+        // A proposal's commands stay together: one that would overflow this
+        // batch starts the next one (`propose_many` keeps every proposal
+        // within one batch's bounds).
+        let mut count = first.len();
+        let mut bytes = first.bytes();
+        let mut commands = Vec::with_capacity(count);
+        let mut replies = vec![first.split(&mut commands)];
+        while count < BATCH_COMMANDS_MAX {
             match rx.try_recv() {
-                Ok(p) if p.reply.is_closed() => {}
+                Ok(p) if p.abandoned() => {}
                 Ok(p) => {
-                    let size = estimate(&p.command);
-                    if bytes + size > BATCH_BYTES_MAX {
+                    let size = p.bytes();
+                    if bytes + size > BATCH_BYTES_MAX || count + p.len() > BATCH_COMMANDS_MAX {
                         carry = Some(p);
                         break;
                     }
                     bytes += size;
-                    batch.push(p);
+                    count += p.len();
+                    replies.push(p.split(&mut commands));
                 }
                 Err(_) => break,
             }
@@ -820,8 +958,6 @@ async fn propose_loop<SM: GroupMachine>(
         let raft = raft.clone();
         let proposer = proposer.clone();
         tokio::spawn(async move {
-            let (commands, replies): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|p| (p.command, p.reply)).unzip();
             metrics_batch(commands.len());
             let writing = proposer.health.begin();
             let written =
@@ -830,15 +966,16 @@ async fn propose_loop<SM: GroupMachine>(
             match written {
                 Ok(Ok(response)) => {
                     proposer.health.committed();
-                    debug_assert_eq!(response.data.len(), replies.len(), "one outcome per command");
-                    for (reply, outcome) in replies.into_iter().zip(response.data) {
-                        let _ = reply.send(Ok(outcome));
+                    let mut outcomes = response.data.into_iter();
+                    for reply in replies {
+                        reply.send(&mut outcomes);
                     }
+                    debug_assert!(outcomes.next().is_none(), "one outcome per command");
                 }
                 Ok(Err(e)) => {
                     let error = write_error(&proposer.addresses, e);
                     for reply in replies {
-                        let _ = reply.send(Err(error.clone()));
+                        reply.fail(error.clone());
                     }
                 }
                 Err(_) => {
@@ -847,13 +984,12 @@ async fn propose_loop<SM: GroupMachine>(
                         .increment(1);
                     let waited_ms = proposer.timeout.as_millis() as u64;
                     eprintln!(
-                        "warning: group {}: a batch of {} commands got no outcome within {waited_ms} ms; its \
+                        "warning: group {}: a batch of {count} commands got no outcome within {waited_ms} ms; its \
                          callers are told the outcome is unknown and its write slot is free again",
                         proposer.group,
-                        replies.len()
                     );
                     for reply in replies {
-                        let _ = reply.send(Err(ProposeError::Timeout { waited_ms }));
+                        reply.fail(ProposeError::Timeout { waited_ms });
                     }
                 }
             }

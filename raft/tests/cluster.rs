@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use openraft::EntryPayload;
 use openraft::raft::AppendEntriesRequest;
+use reservoir_raft::group::BATCH_COMMANDS_MAX;
 use reservoir_raft::network::{BoxFuture, RpcKind, WireError, WireMessage, decode};
 use reservoir_raft::testing::LocalNet;
 use reservoir_raft::{
@@ -24,8 +25,8 @@ use reservoir_raft::{
 };
 use reservoir_tokens::audit::balance_standalone;
 use reservoir_tokens::{
-    Line, OutboxEntry, RegionApplied, RegionCommand, RegionOp, RegionState, Reservation, ReservationId,
-    ReservationState,
+    Line, OutboxEntry, RegionApplied, RegionCommand, RegionOp, RegionState, Rejection, Reservation,
+    ReservationId, ReservationState,
 };
 use tempfile::TempDir;
 
@@ -603,6 +604,120 @@ async fn three_nodes_elect_commit_and_redirect() {
         assert_eq!(read, Err(expected), "linearizable read on follower {follower}");
     }
 
+    cluster.wait_converged(&NODES).await;
+    cluster.shutdown().await;
+}
+
+/// Commands proposed together commit in one log entry, each with its own
+/// outcome in order (a refusal among them refuses only itself, a repeated
+/// request id answers the first one's reservation); sets proposed at once
+/// with single commands share batches and each caller still gets its own
+/// outcomes; a set over one entry's bounds is refused whole, and a follower
+/// names the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_proposed_together_commit_in_one_entry_with_their_own_outcomes() {
+    let mut cluster = Cluster::start(|_| {}).await;
+    let leader = cluster.wait_for_leader(&NODES, WAIT).await;
+    cluster.add_stock(&NODES, "stock-1", STOCK).await;
+    let group = cluster.group(leader).clone();
+
+    let before = group.status().applied_index.expect("applied");
+    let ops = [
+        reserve_op("set-1", 3),
+        reserve_op("set-2", STOCK + 1),
+        reserve_op("set-3", 2),
+        reserve_op("set-1", 3),
+    ];
+    let outcomes = group
+        .propose_many(ops.into_iter().map(command).collect())
+        .await
+        .expect("the set committed");
+    assert_eq!(
+        group.status().applied_index,
+        Some(before + 1),
+        "the set is one log entry"
+    );
+    assert_eq!(outcomes.len(), 4, "{outcomes:?}");
+    let held = |o: &Result<RegionApplied, Rejection>| match o {
+        Ok(RegionApplied::Reservation(r)) if r.state == ReservationState::Held => r.clone(),
+        other => panic!("expected a hold, got {other:?}"),
+    };
+    let (first, third, again) = (held(&outcomes[0]), held(&outcomes[2]), held(&outcomes[3]));
+    assert!(
+        matches!(outcomes[1], Err(Rejection::InsufficientStock { .. })),
+        "{:?}",
+        outcomes[1]
+    );
+    assert_eq!(first.lines, vec![Line::new(SKU, 3)]);
+    assert_eq!(third.lines, vec![Line::new(SKU, 2)]);
+    assert_eq!(
+        again, first,
+        "a repeated request id answers the first reservation"
+    );
+    for r in [first, third] {
+        cluster.book.reservations.insert(r.id, r);
+        cluster.book.reserve_requests += 1;
+    }
+
+    // Eight sets of eight and 64 single commands at once: quantity k is
+    // asked for once, so each outcome names the request it answers.
+    let mut tasks = tokio::task::JoinSet::new();
+    for set in 0..8u64 {
+        let group = group.clone();
+        tasks.spawn(async move {
+            let asked: Vec<u64> = (1..=8).map(|i| set * 8 + i).collect();
+            let commands = asked
+                .iter()
+                .map(|&k| command(reserve_op(&format!("many-{k}"), k)))
+                .collect();
+            let outcomes = group.propose_many(commands).await.expect("a set committed");
+            asked.into_iter().zip(outcomes).collect::<Vec<_>>()
+        });
+    }
+    for k in 65..=128u64 {
+        let group = group.clone();
+        tasks.spawn(async move {
+            let outcome = group
+                .propose(command(reserve_op(&format!("one-{k}"), k)))
+                .await
+                .expect("a single command committed");
+            vec![(k, outcome)]
+        });
+    }
+    let mut answered = 0;
+    while let Some(done) = tasks.join_next().await {
+        for (k, outcome) in done.expect("task") {
+            let r = held(&outcome);
+            assert_eq!(r.lines, vec![Line::new(SKU, k)], "the outcome of quantity {k}");
+            cluster.book.reservations.insert(r.id, r);
+            cluster.book.reserve_requests += 1;
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, 128);
+
+    let too_many = (0..=BATCH_COMMANDS_MAX)
+        .map(|i| command(reserve_op(&format!("over-{i}"), 1)))
+        .collect();
+    let at = group.status().applied_index;
+    assert!(
+        matches!(group.propose_many(too_many).await, Err(ProposeError::Stopped(_))),
+        "a set over one entry's bound is refused"
+    );
+    assert_eq!(group.status().applied_index, at, "and nothing of it applied");
+
+    for follower in others(leader) {
+        let refused = cluster
+            .group(follower)
+            .propose_many(vec![command(reserve_op("on-follower", 1))])
+            .await;
+        assert_eq!(
+            refused,
+            Err(ProposeError::NotLeader {
+                leader: Some((leader, addr(leader)))
+            })
+        );
+    }
     cluster.wait_converged(&NODES).await;
     cluster.shutdown().await;
 }

@@ -55,6 +55,8 @@ pub enum Field {
     Retention,
     /// `owner`: the principal a reservation belongs to
     Owner,
+    /// `reserves` of a batch (its count)
+    Reserves,
 }
 
 impl Field {
@@ -76,6 +78,7 @@ impl Field {
             Field::TransferId => "INVALID_TRANSFER_ID",
             Field::Retention => "INVALID_RETENTION",
             Field::Owner => "INVALID_OWNER",
+            Field::Reserves => "INVALID_RESERVES",
         }
     }
 }

@@ -35,6 +35,9 @@ pub const TTL_MAX_MS: Millis = 4 * 60 * 60 * 1000;
 pub const MAX_WAIT_MS_MAX: Millis = 5_000;
 /// Largest encoded request the public API accepts.
 pub const MESSAGE_BYTES_MAX: usize = 64 * 1024;
+/// Most reserves in one `ReserveBatch` call (whose encoded request is
+/// bounded by [`MESSAGE_BYTES_MAX`] too: 256 bytes a reserve on average).
+pub const RESERVE_BATCH_MAX: usize = 256;
 /// Largest magnitude of one stock adjustment.
 pub const STOCK_DELTA_MAX: u64 = 1_000_000_000;
 /// Largest single transfer.
@@ -191,6 +194,17 @@ pub fn check_lines(lines: &[Line]) -> Result<(), Rejection> {
         ));
     }
     check_line_items(lines)
+}
+
+/// The number of reserves in one batch: 1–[`RESERVE_BATCH_MAX`].
+pub fn check_batch_size(reserves: usize) -> Result<(), Rejection> {
+    if reserves == 0 || reserves > RESERVE_BATCH_MAX {
+        return Err(Rejection::invalid(
+            Field::Reserves,
+            format!("a batch must have 1-{RESERVE_BATCH_MAX} reserves, got {reserves}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Lines of a partial confirm: 0–64 of them (0 means everything), distinct

@@ -18,10 +18,19 @@
 //! for Admin calls (`RESERVOIR_TOKEN` / `RESERVOIR_CA_FILE` override them);
 //! the control API's token is read from its `control_token_file`. A cluster
 //! started with `up --insecure` lists none of them: plaintext, no key.
+//!
+//! Two ways of calling can be chosen ([`CallOptions`]): `spread` sends each
+//! call to the region's nodes in turn instead of the leader (followers
+//! forward), and `batch_max` > 1 gathers the reserves waiting at one moment
+//! into `ReserveBatch` calls of up to that many, as a checkout service that
+//! aggregates would (each reserve keeps its request id and gets its own
+//! answer).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use reservoir_client::connect::retry_every;
@@ -30,6 +39,7 @@ use reservoir_client::{ClientChannel, Credentials, Rotation, is_retryable};
 use reservoir_proto::v1;
 use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tonic::Status;
 
 use super::{OpError, ServerSku, ServerView, TargetError, reason};
@@ -111,10 +121,51 @@ fn failed_on(nodes: &Rotation, i: usize, status: &Status) -> OpError {
     e
 }
 
+/// Most reserves in one `ReserveBatch` call (the server's bound).
+pub const RESERVE_BATCH_MAX: usize = 256;
+/// Most `ReserveBatch` calls in flight per region (with `batch_max` > 1).
+pub const BATCHES_IN_FLIGHT: usize = 4;
+/// Most reserves waiting for a batch per region.
+pub const BATCH_QUEUE_MAX: usize = 65_536;
+
+/// How the load tester calls the nodes of a region.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// Each call to the region's nodes in turn, instead of to the leader.
+    pub spread: bool,
+    /// Gather waiting reserves into `ReserveBatch` calls of up to this many
+    /// (0 or 1: one `Reserve` call each).
+    pub batch_max: usize,
+}
+
+impl CallOptions {
+    /// How the report names it: empty for unary calls to the leader.
+    pub fn label(&self) -> String {
+        let mut parts = Vec::new();
+        if self.spread {
+            parts.push("spread".to_string());
+        }
+        if self.batch_max > 1 {
+            parts.push(format!("batches of <= {}", self.batch_max));
+        }
+        parts.join(", ")
+    }
+}
+
+/// A reserve waiting for its batch.
+struct Pending {
+    request: v1::ReserveRequest,
+    reply: oneshot::Sender<Result<String, OpError>>,
+}
+
 /// The adapter.
 pub struct ReservoirTarget {
     /// Per scenario region, its endpoints with the `shop` key.
-    regions: Vec<Rotation>,
+    regions: Vec<Arc<Rotation>>,
+    /// See [`CallOptions::spread`]: the next call's node.
+    spread: Option<AtomicUsize>,
+    /// Per scenario region, the queue of its batcher (with `batch_max` > 1).
+    batchers: Vec<mpsc::Sender<Pending>>,
     /// Every node, home region first, with the `admin` key, for Admin calls.
     admin: Rotation,
     control: Option<String>,
@@ -165,6 +216,7 @@ impl ReservoirTarget {
         file: &ClusterFile,
         path: &Path,
         regions: &[String],
+        calls: CallOptions,
     ) -> Result<ReservoirTarget, TargetError> {
         let shop = credentials(file, path, "shop")?;
         let admin_credentials = credentials(file, path, "admin")?;
@@ -183,7 +235,7 @@ impl ReservoirTarget {
                 .map(|(_, addr)| channel(&shop, *addr))
                 .collect::<Result<_, TargetError>>()?;
             ids_by_region.push(endpoints.iter().map(|(id, _)| *id).collect::<Vec<u64>>());
-            by_region.push(Rotation::new(channels, 0));
+            by_region.push(Arc::new(Rotation::new(channels, 0)));
         }
         let mut admin_nodes: Vec<&ClusterNode> = file.nodes.iter().collect();
         if admin_nodes.is_empty() {
@@ -198,8 +250,22 @@ impl ReservoirTarget {
                 .collect::<Result<_, TargetError>>()?,
             0,
         );
+        let batchers = if calls.batch_max > 1 {
+            by_region
+                .iter()
+                .map(|nodes| {
+                    let (tx, rx) = mpsc::channel(BATCH_QUEUE_MAX);
+                    tokio::spawn(batch_loop(nodes.clone(), rx, calls.batch_max));
+                    tx
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let target = ReservoirTarget {
             regions: by_region,
+            spread: calls.spread.then(|| AtomicUsize::new(0)),
+            batchers,
             admin,
             control: file.control.clone(),
             control_token,
@@ -231,8 +297,16 @@ impl ReservoirTarget {
             .regions
             .get(region)
             .ok_or_else(|| OpError::fatal(reason::SERVER_ERROR, format!("no region {region}")))?;
-        let (i, ch) = nodes.pick();
-        Ok((nodes, i, ch))
+        match &self.spread {
+            Some(turn) => {
+                let i = turn.fetch_add(1, Ordering::Relaxed) % nodes.len();
+                Ok((nodes, i, nodes.channel(i)))
+            }
+            None => {
+                let (i, ch) = nodes.pick();
+                Ok((nodes, i, ch))
+            }
+        }
     }
 
     /// One `Reserve` attempt.
@@ -244,7 +318,6 @@ impl ReservoirTarget {
         ttl_ms: u64,
         max_wait_ms: u64,
     ) -> Result<String, OpError> {
-        let (nodes, i, ch) = self.region(region)?;
         let request = v1::ReserveRequest {
             request_id: request_id.to_string(),
             lines: lines
@@ -258,6 +331,16 @@ impl ReservoirTarget {
             allow_partial: false,
             max_wait_ms,
         };
+        if let Some(batcher) = self.batchers.get(region) {
+            let (reply, answer) = oneshot::channel();
+            batcher
+                .try_send(Pending { request, reply })
+                .map_err(|_| OpError::retryable(reason::UNAVAILABLE, "the batch queue is full"))?;
+            return answer
+                .await
+                .unwrap_or_else(|_| Err(OpError::retryable(reason::UNAVAILABLE, "the batcher stopped")));
+        }
+        let (nodes, i, ch) = self.region(region)?;
         match InventoryClient::new(ch).reserve(request).await {
             Ok(r) => Ok(r
                 .into_inner()
@@ -578,6 +661,86 @@ impl ReservoirTarget {
             waited_s: started.elapsed().as_secs_f64(),
             notes,
         })
+    }
+}
+
+/// A region's batcher: sends the reserves waiting in `rx` as
+/// `ReserveBatch` calls of up to `batch_max`, at most
+/// [`BATCHES_IN_FLIGHT`] at a time (while they are busy, the next batch
+/// grows), each to the region's current node, and answers each reserve with
+/// its own result.
+async fn batch_loop(nodes: Arc<Rotation>, mut rx: mpsc::Receiver<Pending>, batch_max: usize) {
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let batch_max = batch_max.min(RESERVE_BATCH_MAX);
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < batch_max {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let nodes = nodes.clone();
+        tokio::spawn(async move {
+            let (requests, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.request, p.reply)).unzip();
+            let (i, ch) = nodes.pick();
+            let call = InventoryClient::new(ch)
+                .reserve_batch(v1::ReserveBatchRequest { reserves: requests })
+                .await;
+            match call {
+                Ok(response) => {
+                    let results = response.into_inner().results;
+                    if results.len() != replies.len() {
+                        let e = OpError::fatal(
+                            reason::SERVER_ERROR,
+                            format!("{} results for {} reserves", results.len(), replies.len()),
+                        );
+                        for reply in replies {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    } else {
+                        for (reply, result) in replies.into_iter().zip(results) {
+                            let _ = reply.send(batch_result(result));
+                        }
+                    }
+                }
+                Err(status) => {
+                    let e = failed_on(&nodes, i, &status);
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// One reserve's result in a batch: its reservation id, or its error
+/// (retryable when it is UNAVAILABLE, as a unary call's would be).
+fn batch_result(result: v1::ReserveResult) -> Result<String, OpError> {
+    match result.outcome {
+        Some(v1::reserve_result::Outcome::Reservation(r)) => Ok(r.reservation_id),
+        Some(v1::reserve_result::Outcome::Error(e)) => Err(OpError {
+            reason: if e.reason.is_empty() {
+                code_name(tonic::Code::from(e.code)).to_string()
+            } else {
+                e.reason
+            },
+            retryable: e.code == tonic::Code::Unavailable as i32,
+            message: e.message,
+        }),
+        None => Err(OpError::fatal(
+            reason::SERVER_ERROR,
+            "a batch result without an outcome",
+        )),
     }
 }
 

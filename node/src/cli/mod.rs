@@ -261,6 +261,28 @@ pub enum ClientCommand {
         #[arg(long, value_name = "MS", default_value_t = 0)]
         max_wait_ms: u64,
     },
+    /// Many reserves in one call and one commit (Inventory.ReserveBatch):
+    /// one per `--item`, each with its own request id and its own result.
+    ReserveBatch {
+        /// The node.
+        #[command(flatten)]
+        target: Target,
+        /// One reserve of QTY units of SKU; repeat for each reserve (1-256).
+        #[arg(long = "item", value_name = "SKU:QTY", required = true, value_parser = parse_item)]
+        items: Vec<(String, u64)>,
+        /// Hold time in milliseconds [default: the server's, 15 minutes].
+        #[arg(long, value_name = "MS", default_value_t = 0, hide_default_value = true)]
+        ttl_ms: u64,
+        /// Request ids are PREFIX-1, PREFIX-2, ... [default: a fresh unique prefix].
+        #[arg(long, value_name = "PREFIX")]
+        request_id_prefix: Option<String>,
+        /// Take what is available instead of all or nothing.
+        #[arg(long)]
+        allow_partial: bool,
+        /// How long to wait for a top-up when the region runs short.
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        max_wait_ms: u64,
+    },
     /// Give a held reservation back (Inventory.Release).
     Release {
         /// The node.
@@ -347,6 +369,7 @@ impl ClientCommand {
     pub fn target(&self) -> &Target {
         match self {
             ClientCommand::Reserve { target, .. }
+            | ClientCommand::ReserveBatch { target, .. }
             | ClientCommand::Release { target, .. }
             | ClientCommand::Confirm { target, .. }
             | ClientCommand::Extend { target, .. }
@@ -490,6 +513,31 @@ async fn call(command: ClientCommand, channel: ClientChannel) -> Result<String, 
                 max_wait_ms,
             };
             reservation(inventory.reserve(request).await?.into_inner().reservation)
+        }
+        ClientCommand::ReserveBatch {
+            items,
+            ttl_ms,
+            request_id_prefix,
+            allow_partial,
+            max_wait_ms,
+            ..
+        } => {
+            let prefix = request_id_prefix.unwrap_or_else(fresh_request_id);
+            let request = v1::ReserveBatchRequest {
+                reserves: items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (sku, quantity))| v1::ReserveRequest {
+                        request_id: format!("{prefix}-{}", i + 1),
+                        lines: vec![v1::Line { sku, quantity }],
+                        ttl_ms,
+                        allow_partial,
+                        max_wait_ms,
+                    })
+                    .collect(),
+            };
+            let response = inventory.reserve_batch(request).await?.into_inner();
+            Ok(format_batch(&response))
         }
         ClientCommand::Release { id, .. } => {
             let request = v1::ReleaseRequest { reservation_id: id };
@@ -715,6 +763,47 @@ pub fn format_reservation(r: &v1::Reservation) -> String {
         lines.join(", "),
         format_time_ms(r.expires_at_ms),
     )
+}
+
+/// A batch's results, one row per reserve in request order: the
+/// reservation (id, state, lines, expiry) or the error's reason and message.
+pub fn format_batch(r: &v1::ReserveBatchResponse) -> String {
+    let mut rows = vec![row(&["#", "RESULT", "DETAIL"])];
+    for (i, result) in r.results.iter().enumerate() {
+        let (what, detail) = match &result.outcome {
+            Some(v1::reserve_result::Outcome::Reservation(r)) => {
+                let lines: Vec<String> = r
+                    .lines
+                    .iter()
+                    .map(|l| format!("{} x{}", l.sku, l.quantity))
+                    .collect();
+                (
+                    r.reservation_id.clone(),
+                    format!("{} until {}", lines.join(", "), format_time_ms(r.expires_at_ms)),
+                )
+            }
+            Some(v1::reserve_result::Outcome::Error(e)) => (e.reason.clone(), e.message.clone()),
+            None => ("-".to_string(), "no result".to_string()),
+        };
+        rows.push(vec![(i + 1).to_string(), what, detail]);
+    }
+    let ok = r
+        .results
+        .iter()
+        .filter(|x| matches!(x.outcome, Some(v1::reserve_result::Outcome::Reservation(_))))
+        .count();
+    format!("{}{ok} of {} reserved", table(&rows), r.results.len())
+}
+
+/// `SKU:QTY` of `reserve-batch --item`.
+fn parse_item(s: &str) -> Result<(String, u64), String> {
+    let (sku, qty) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} is not SKU:QTY"))?;
+    let qty = qty
+        .parse()
+        .map_err(|_| format!("{qty:?} is not a quantity (a whole number)"))?;
+    Ok((sku.to_string(), qty))
 }
 
 /// An availability answer as a small `key: value` block.

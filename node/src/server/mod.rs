@@ -29,8 +29,8 @@
 //! Two gRPC listeners: the client plane on `grpc_addr` (`Inventory`,
 //! `Admin`, `grpc.health.v1.Health`, server reflection) and the peer plane on `peer_addr` (Raft, `Control`, and
 //! `Inventory`/`Admin` for calls forwarded to a leader). Each has its own
-//! bounds: message size per service (64 KiB for client calls, Raft's and
-//! the control plane's own limits), concurrent streams per connection,
+//! bounds: message size per service (64 KiB for client calls, a
+//! `ReserveBatch` included; Raft's and the control plane's own limits), concurrent streams per connection,
 //! connections per remote address, header size.
 //!
 //! Caveats: messages over 64 KiB

@@ -297,15 +297,59 @@ impl Node {
             Ok(Err(e)) => Err(WriteError::Unavailable(
                 NodeError::from_propose(self.region(), self.group.queue_max(), &e).to_status(),
             )),
-            Err(_) => Err(WriteError::Unavailable(status_with_info(
-                Code::Unavailable,
-                format!(
-                    "no commit within {COMMIT_TIMEOUT:?}; the outcome is unknown: retry with the same request"
-                ),
-                "NO_LEADER",
-                vec![("group", self.region().to_string())],
-            ))),
+            Err(_) => Err(WriteError::Unavailable(self.commit_timeout())),
         }
+    }
+
+    /// Where a call that writes should go: `Some(leader)` when this node
+    /// is a follower that knows the leader and the call was not already
+    /// forwarded; `None` to propose here. With no leader known it waits up
+    /// to [`LEADER_WAIT`] for an election first (not for a forwarded call).
+    pub async fn leader_to_forward_to(&self, forwarded: bool) -> Option<String> {
+        if forwarded || self.group.is_leader() {
+            return None;
+        }
+        if self.group.leader().is_none() {
+            self.group.wait_for_leader(LEADER_WAIT).await;
+        }
+        self.group
+            .leader()
+            .map(|(_, addr)| addr)
+            .filter(|_| !self.group.is_leader())
+    }
+
+    /// Proposes `ops` in one log entry, each stamped with this node's clock,
+    /// and returns each one's outcome in order. Only on the leader (see
+    /// [`Node::leader_to_forward_to`]): a node that is not, or lost the lead
+    /// meanwhile, answers `NO_LEADER` (retry: every op keeps its request
+    /// id). `ops` is within a batch's bound (the caller checks it).
+    pub async fn write_many(
+        &self,
+        ops: Vec<RegionOp>,
+    ) -> Result<Vec<Result<RegionApplied, Rejection>>, Status> {
+        let now_ms = self.now_ms();
+        let commands = ops.into_iter().map(|op| RegionCommand { now_ms, op }).collect();
+        let started = Instant::now();
+        let result = tokio::time::timeout(COMMIT_TIMEOUT, self.group.propose_many(commands)).await;
+        metrics::histogram!("reservoir_raft_commit_seconds").record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(Ok(outcomes)) => Ok(outcomes),
+            Ok(Err(e)) => Err(NodeError::from_propose(self.region(), self.group.queue_max(), &e).to_status()),
+            Err(_) => Err(self.commit_timeout()),
+        }
+    }
+
+    /// `NO_LEADER` after no commit within [`COMMIT_TIMEOUT`]: the outcome is
+    /// unknown.
+    fn commit_timeout(&self) -> Status {
+        status_with_info(
+            Code::Unavailable,
+            format!(
+                "no commit within {COMMIT_TIMEOUT:?}; the outcome is unknown: retry with the same request"
+            ),
+            "NO_LEADER",
+            vec![("group", self.region().to_string())],
+        )
     }
 
     /// A linearizable read on the leader, or where to forward it (unless the

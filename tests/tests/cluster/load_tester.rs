@@ -96,6 +96,7 @@ async fn load(cluster: &Cluster, scenario: Scenario, seed: u64) -> Report {
         cluster: Some(cluster.dir().join("cluster.json")),
         seed,
         connections_per_region: 1,
+        calls: Default::default(),
         progress: false,
         stop_rx: None,
     })

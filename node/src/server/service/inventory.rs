@@ -14,7 +14,9 @@ use super::{Caller, Plane, forwarding, leader_answer, recorded, unexpected};
 use crate::server::edge;
 use crate::server::node::{Node, Route, TOPUP_POLL, WriteError};
 use crate::server::security::Permission;
-use crate::server::status::to_status;
+use crate::server::status::{code, to_status};
+use reservoir_tokens::limits;
+use tonic_types::StatusExt;
 
 /// `reservoir.v1.Inventory` for one region, on one listener.
 pub struct InventoryService {
@@ -124,6 +126,116 @@ impl InventoryService {
                     .await
                     .map(Response::into_inner)
             }
+        }
+    }
+
+    /// Many reserves in one commit: each validated on its own (a bad one gets
+    /// its error, the others go on), all proposed in one log entry, each
+    /// answered with its reservation or its error, in order. Reserves refused
+    /// for want of tokens that may wait (`max_wait_ms`) wait once, as long
+    /// as the longest of them may, for a top-up, and are proposed again
+    /// together. A follower forwards the whole batch to the leader.
+    async fn reserve_batch_inner(
+        &self,
+        caller: &Caller,
+        req: v1::ReserveBatchRequest,
+    ) -> Result<v1::ReserveBatchResponse, Status> {
+        limits::check_batch_size(req.reserves.len()).map_err(|r| to_status(&r))?;
+        if let Some(addr) = self.node.leader_to_forward_to(caller.forwarded).await {
+            let mut client = self.node.inventory(&addr)?;
+            return leader_answer(client.reserve_batch(forwarding(req, caller)))
+                .await
+                .map(Response::into_inner);
+        }
+        let waits = !self.node.config().standalone;
+        let mut results: Vec<Option<v1::ReserveResult>> = vec![None; req.reserves.len()];
+        let mut pending = Vec::with_capacity(req.reserves.len());
+        let mut ops = Vec::with_capacity(req.reserves.len());
+        for (i, reserve) in req.reserves.into_iter().enumerate() {
+            match edge::reserve_op(
+                reserve,
+                &caller.principal,
+                crate::server::clock::reservation_nonce(),
+            ) {
+                Ok(v) => {
+                    let retry = (waits && v.max_wait_ms > 0).then(|| v.op.clone());
+                    pending.push((i, v.max_wait_ms, retry));
+                    ops.push(v.op);
+                }
+                Err(rejection) => results[i] = Some(batch_error(&rejection)),
+            }
+        }
+        let now = self.node.now_ms();
+        for op in &ops {
+            if let RegionOp::Reserve { lines, .. } = op {
+                for line in lines {
+                    self.node.demand().record(&line.sku, line.quantity, now);
+                }
+            }
+        }
+        let mut waiting = Vec::new();
+        // The lines still short (for the wait) and those reserved (for the
+        // low-water check), one entry per SKU.
+        let mut short: Vec<Line> = Vec::new();
+        let mut reserved: Vec<Line> = Vec::new();
+        if !ops.is_empty() {
+            for ((i, max_wait_ms, retry), outcome) in
+                pending.into_iter().zip(self.node.write_many(ops).await?)
+            {
+                if let Err(Rejection::InsufficientStock { sku, .. }) = &outcome {
+                    self.node.request_topup(sku);
+                    if let Some(op) = retry {
+                        if let RegionOp::Reserve { lines, .. } = &op {
+                            add_lines(&mut short, lines);
+                        }
+                        waiting.push((i, max_wait_ms, op));
+                        continue;
+                    }
+                }
+                results[i] = Some(self.batch_result(outcome, &mut reserved));
+            }
+        }
+        if !waiting.is_empty() {
+            metrics::counter!("reservoir_reserves_waited_total").increment(waiting.len() as u64);
+            let wait = waiting.iter().map(|(_, w, _)| *w).max().unwrap_or(0);
+            self.wait_for_tokens(&short, Duration::from_millis(wait)).await;
+            let (slots, ops): (Vec<usize>, Vec<RegionOp>) =
+                waiting.into_iter().map(|(i, _, op)| (i, op)).unzip();
+            for (i, outcome) in slots.into_iter().zip(self.node.write_many(ops).await?) {
+                results[i] = Some(self.batch_result(outcome, &mut reserved));
+            }
+        }
+        self.check_low_water(&reserved);
+        Ok(v1::ReserveBatchResponse {
+            results: results
+                .into_iter()
+                .map(|r| r.ok_or_else(|| unexpected("reserve batch", &"a reserve without a result")))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// One reserve's outcome as its batch result; a reservation's lines are
+    /// added to `reserved`.
+    fn batch_result(
+        &self,
+        outcome: Result<RegionApplied, Rejection>,
+        reserved: &mut Vec<Line>,
+    ) -> v1::ReserveResult {
+        match outcome {
+            Ok(RegionApplied::Reservation(r)) => {
+                add_lines(reserved, &r.lines);
+                v1::ReserveResult {
+                    outcome: Some(v1::reserve_result::Outcome::Reservation(
+                        edge::reservation_to_proto(self.node.region(), r),
+                    )),
+                }
+            }
+            Ok(other) => v1::ReserveResult {
+                outcome: Some(v1::reserve_result::Outcome::Error(status_error(&unexpected(
+                    "reserve", &other,
+                )))),
+            },
+            Err(rejection) => batch_error(&rejection),
         }
     }
 
@@ -250,6 +362,17 @@ impl v1::inventory_server::Inventory for InventoryService {
         .await
     }
 
+    async fn reserve_batch(
+        &self,
+        request: Request<v1::ReserveBatchRequest>,
+    ) -> Result<Response<v1::ReserveBatchResponse>, Status> {
+        recorded("reserve_batch", async {
+            let caller = self.plane.caller(&self.node, &request, Permission::Write).await?;
+            self.reserve_batch_inner(&caller, request.into_inner()).await
+        })
+        .await
+    }
+
     async fn release(
         &self,
         request: Request<v1::ReleaseRequest>,
@@ -308,5 +431,43 @@ impl v1::inventory_server::Inventory for InventoryService {
             self.get_availability_inner(request.into_inner())
         })
         .await
+    }
+}
+
+/// A refused reserve of a batch, as the unary `Reserve` would answer it.
+fn batch_error(rejection: &Rejection) -> v1::ReserveResult {
+    v1::ReserveResult {
+        outcome: Some(v1::reserve_result::Outcome::Error(v1::ReserveError {
+            code: code(rejection.kind()) as i32,
+            reason: rejection.reason().to_string(),
+            message: rejection.to_string(),
+            metadata: rejection
+                .metadata()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        })),
+    }
+}
+
+/// A status as a batch's per-reserve error (its code, ErrorInfo reason and
+/// metadata).
+fn status_error(status: &Status) -> v1::ReserveError {
+    let info = status.get_details_error_info();
+    v1::ReserveError {
+        code: status.code() as i32,
+        reason: info.as_ref().map(|i| i.reason.clone()).unwrap_or_default(),
+        message: status.message().to_string(),
+        metadata: info.map(|i| i.metadata.into_iter().collect()).unwrap_or_default(),
+    }
+}
+
+/// Adds `lines` to `into`, summing the units of a SKU already there.
+fn add_lines(into: &mut Vec<Line>, lines: &[Line]) {
+    for line in lines {
+        match into.iter_mut().find(|l| l.sku == line.sku) {
+            Some(l) => l.quantity = l.quantity.saturating_add(line.quantity),
+            None => into.push(line.clone()),
+        }
     }
 }

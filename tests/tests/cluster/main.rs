@@ -13,3 +13,4 @@ mod load_tester;
 mod region_faults;
 mod region_isolation;
 mod region_restart;
+mod reserve_batch;

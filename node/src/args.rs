@@ -137,6 +137,38 @@ mod tests {
         }
         let cli = Cli::try_parse_from([
             "reservoir",
+            "reserve-batch",
+            "--addr",
+            "h:1",
+            "--item",
+            "S:2",
+            "--item",
+            "a:b:1",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Client(ClientCommand::ReserveBatch {
+                items,
+                request_id_prefix,
+                ..
+            }) => {
+                assert_eq!(items, vec![("S".to_string(), 2), ("a:b".to_string(), 1)]);
+                assert_eq!(request_id_prefix, None);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        for bad in ["S", "S:x", "S:-1"] {
+            assert!(
+                Cli::try_parse_from(["reservoir", "reserve-batch", "--addr", "h:1", "--item", bad]).is_err(),
+                "--item {bad}"
+            );
+        }
+        assert!(
+            Cli::try_parse_from(["reservoir", "reserve-batch", "--addr", "h:1"]).is_err(),
+            "no --item"
+        );
+        let cli = Cli::try_parse_from([
+            "reservoir",
             "stock",
             "--addr",
             "h:1",

@@ -90,7 +90,7 @@ impl Role {
 /// What a call needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Permission {
-    /// Reserve, Release, Confirm, Extend.
+    /// Reserve, ReserveBatch, Release, Confirm, Extend.
     Write,
     /// GetReservation (of the caller's own reservations).
     ReadReservation,

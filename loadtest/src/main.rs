@@ -11,6 +11,13 @@ use reservoir_loadtest::scenario::{BuiltIn, Scenario};
 use reservoir_loadtest::target::TargetKind;
 use reservoir_loadtest::target::reservoir::{CallOptions, RESERVE_BATCH_MAX};
 
+/// mimalloc, as in the node: a closed loop at tens of thousands of
+/// reserves a second makes many small, short-lived allocations per reserve
+/// (sessions, requests, histogram records), and the load tester shares the
+/// machine's cores with what it measures.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Largest scenario file read.
 const SCENARIO_FILE_BYTES_MAX: u64 = 1024 * 1024;
 

@@ -38,7 +38,7 @@ pub use channels::Channels;
 pub use cluster_file::{ClusterEndpoint, ClusterFile, ClusterFileError, ClusterNode, LedgerInfo, TlsInfo};
 pub use connect::{Retried, Rotation, is_retryable, retry};
 pub use credentials::{ClientChannel, Credentials};
-pub use errors::{error_info, reason_of, reason_or_code};
+pub use errors::{LEADER_HINT_HEADER, error_info, leader_hint, reason_of, reason_or_code};
 pub use http::HttpError;
 pub use regions::{HOME_REGION, REGIONS};
 pub use status::{Bucket, GroupView, NodeStatus, Role, SnapshotStats};

@@ -62,6 +62,10 @@ struct Args {
     /// forward to the leader) instead of to the leader.
     #[arg(long)]
     spread: bool,
+    /// Reservoir only: start each region's calls at a follower (not the
+    /// leader) and follow the leader it names in its answers.
+    #[arg(long)]
+    start_at_follower: bool,
     /// Reservoir only: gather the reserves waiting at one moment into
     /// ReserveBatch calls of up to N (2-256), as an aggregating checkout
     /// service would; give many --clients to fill them.
@@ -143,6 +147,7 @@ fn calls(args: &Args) -> Result<CallOptions, LoadError> {
     }
     Ok(CallOptions {
         spread: args.spread,
+        start_at_follower: args.start_at_follower,
         batch_max: args.batch.unwrap_or(0),
     })
 }

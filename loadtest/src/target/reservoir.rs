@@ -5,7 +5,8 @@
 //! cluster region of the same name (its nodes; for `single-writer`, link
 //! emulators in front of the us-east nodes), starting with the group
 //! leader's endpoint when there is one (followers would forward to it) and
-//! moving to the next endpoint after a retryable error. Errors are read from
+//! moving to the next endpoint after a retryable error, or to the leader a
+//! follower names in its answer (`x-reservoir-leader`). Errors are read from
 //! the `google.rpc.ErrorInfo` detail (domain `reservoir`) with
 //! `tonic-types`; a status without one is named by its gRPC code.
 //!
@@ -131,8 +132,13 @@ pub const BATCH_QUEUE_MAX: usize = 65_536;
 /// How the load tester calls the nodes of a region.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CallOptions {
-    /// Each call to the region's nodes in turn, instead of to the leader.
+    /// Each call to the region's nodes in turn, instead of to the leader
+    /// (followers forward; their leader hints are not followed).
     pub spread: bool,
+    /// Start each region's calls at a follower instead of the leader, and
+    /// follow the leader hint of its first answers (as a client that knows
+    /// the nodes but not the leader would).
+    pub start_at_follower: bool,
     /// Gather waiting reserves into `ReserveBatch` calls of up to this many
     /// (0 or 1: one `Reserve` call each).
     pub batch_max: usize,
@@ -144,6 +150,9 @@ impl CallOptions {
         let mut parts = Vec::new();
         if self.spread {
             parts.push("spread".to_string());
+        }
+        if self.start_at_follower {
+            parts.push("started at a follower".to_string());
         }
         if self.batch_max > 1 {
             parts.push(format!("batches of <= {}", self.batch_max));
@@ -158,10 +167,38 @@ struct Pending {
     reply: oneshot::Sender<Result<String, OpError>>,
 }
 
+/// Follows a follower's leader hint (`x-reservoir-leader`): the node it
+/// names becomes the region's current node. True when there was one to
+/// follow. (In spread mode the current node is not used for calls.)
+fn follow_hint(nodes: &Rotation, ids: &[u64], metadata: &tonic::metadata::MetadataMap) -> bool {
+    let Some(leader) = reservoir_client::leader_hint(metadata) else {
+        return false;
+    };
+    match ids.iter().position(|&id| id == leader) {
+        Some(i) => {
+            nodes.follow(i);
+            true
+        }
+        None => false,
+    }
+}
+
+/// As [`failed_on`], but a status naming the leader moves the region to it
+/// rather than to the next node.
+fn failed_on_hinted(nodes: &Rotation, ids: &[u64], i: usize, status: &Status) -> OpError {
+    if follow_hint(nodes, ids, status.metadata()) {
+        return op_error(status);
+    }
+    failed_on(nodes, i, status)
+}
+
 /// The adapter.
 pub struct ReservoirTarget {
     /// Per scenario region, its endpoints with the `shop` key.
     regions: Vec<Arc<Rotation>>,
+    /// Per scenario region, its nodes' ids, in the order of `regions`' (to
+    /// follow a follower's leader hint).
+    ids: Vec<Arc<Vec<u64>>>,
     /// See [`CallOptions::spread`]: the next call's node.
     spread: Option<AtomicUsize>,
     /// Per scenario region, the queue of its batcher (with `batch_max` > 1).
@@ -253,9 +290,15 @@ impl ReservoirTarget {
         let batchers = if calls.batch_max > 1 {
             by_region
                 .iter()
-                .map(|nodes| {
+                .zip(&ids_by_region)
+                .map(|(nodes, ids)| {
                     let (tx, rx) = mpsc::channel(BATCH_QUEUE_MAX);
-                    tokio::spawn(batch_loop(nodes.clone(), rx, calls.batch_max));
+                    tokio::spawn(batch_loop(
+                        nodes.clone(),
+                        Arc::new(ids.clone()),
+                        rx,
+                        calls.batch_max,
+                    ));
                     tx
                 })
                 .collect()
@@ -264,6 +307,7 @@ impl ReservoirTarget {
         };
         let target = ReservoirTarget {
             regions: by_region,
+            ids: ids_by_region.iter().map(|ids| Arc::new(ids.clone())).collect(),
             spread: calls.spread.then(|| AtomicUsize::new(0)),
             batchers,
             admin,
@@ -286,7 +330,7 @@ impl ReservoirTarget {
             };
             let leader = group.map_or(0, |g| g.leader_id);
             if let Some(i) = ids.iter().position(|id| *id == leader) {
-                nodes.follow(i);
+                nodes.follow(if calls.start_at_follower { i + 1 } else { i });
             }
         }
         Ok(target)
@@ -341,13 +385,16 @@ impl ReservoirTarget {
                 .unwrap_or_else(|_| Err(OpError::retryable(reason::UNAVAILABLE, "the batcher stopped")));
         }
         let (nodes, i, ch) = self.region(region)?;
+        let ids = &self.ids[region];
         match InventoryClient::new(ch).reserve(request).await {
-            Ok(r) => Ok(r
-                .into_inner()
-                .reservation
-                .map(|r| r.reservation_id)
-                .unwrap_or_default()),
-            Err(s) => Err(failed_on(nodes, i, &s)),
+            Ok(r) => {
+                follow_hint(nodes, ids, r.metadata());
+                Ok(r.into_inner()
+                    .reservation
+                    .map(|r| r.reservation_id)
+                    .unwrap_or_default())
+            }
+            Err(s) => Err(failed_on_hinted(nodes, ids, i, &s)),
         }
     }
 
@@ -359,11 +406,14 @@ impl ReservoirTarget {
             order_id: order_id.to_string(),
             lines: Vec::new(),
         };
-        InventoryClient::new(ch)
-            .confirm(request)
-            .await
-            .map(|_| ())
-            .map_err(|s| failed_on(nodes, i, &s))
+        let ids = &self.ids[region];
+        match InventoryClient::new(ch).confirm(request).await {
+            Ok(r) => {
+                follow_hint(nodes, ids, r.metadata());
+                Ok(())
+            }
+            Err(s) => Err(failed_on_hinted(nodes, ids, i, &s)),
+        }
     }
 
     /// One `Release` attempt.
@@ -372,11 +422,14 @@ impl ReservoirTarget {
         let request = v1::ReleaseRequest {
             reservation_id: reservation_id.to_string(),
         };
-        InventoryClient::new(ch)
-            .release(request)
-            .await
-            .map(|_| ())
-            .map_err(|s| failed_on(nodes, i, &s))
+        let ids = &self.ids[region];
+        match InventoryClient::new(ch).release(request).await {
+            Ok(r) => {
+                follow_hint(nodes, ids, r.metadata());
+                Ok(())
+            }
+            Err(s) => Err(failed_on_hinted(nodes, ids, i, &s)),
+        }
     }
 
     /// `Admin.GetStatus` from any node that answers.
@@ -669,7 +722,12 @@ impl ReservoirTarget {
 /// [`BATCHES_IN_FLIGHT`] at a time (while they are busy, the next batch
 /// grows), each to the region's current node, and answers each reserve with
 /// its own result.
-async fn batch_loop(nodes: Arc<Rotation>, mut rx: mpsc::Receiver<Pending>, batch_max: usize) {
+async fn batch_loop(
+    nodes: Arc<Rotation>,
+    ids: Arc<Vec<u64>>,
+    mut rx: mpsc::Receiver<Pending>,
+    batch_max: usize,
+) {
     let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     let batch_max = batch_max.min(RESERVE_BATCH_MAX);
     loop {
@@ -686,7 +744,7 @@ async fn batch_loop(nodes: Arc<Rotation>, mut rx: mpsc::Receiver<Pending>, batch
                 Err(_) => break,
             }
         }
-        let nodes = nodes.clone();
+        let (nodes, ids) = (nodes.clone(), ids.clone());
         tokio::spawn(async move {
             let (requests, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.request, p.reply)).unzip();
@@ -696,6 +754,7 @@ async fn batch_loop(nodes: Arc<Rotation>, mut rx: mpsc::Receiver<Pending>, batch
                 .await;
             match call {
                 Ok(response) => {
+                    follow_hint(&nodes, &ids, response.metadata());
                     let results = response.into_inner().results;
                     if results.len() != replies.len() {
                         let e = OpError::fatal(
@@ -712,7 +771,7 @@ async fn batch_loop(nodes: Arc<Rotation>, mut rx: mpsc::Receiver<Pending>, batch
                     }
                 }
                 Err(status) => {
-                    let e = failed_on(&nodes, i, &status);
+                    let e = failed_on_hinted(&nodes, &ids, i, &status);
                     for reply in replies {
                         let _ = reply.send(Err(e.clone()));
                     }

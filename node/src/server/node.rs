@@ -301,6 +301,15 @@ impl Node {
         }
     }
 
+    /// The leader's node id when this node is a follower that knows it
+    /// (the hint its client-plane answers carry).
+    pub fn leader_hint(&self) -> Option<u64> {
+        if self.group.is_leader() {
+            return None;
+        }
+        self.group.leader().map(|(id, _)| id)
+    }
+
     /// Where a call that writes should go: `Some(leader)` when this node
     /// is a follower that knows the leader and the call was not already
     /// forwarded; `None` to propose here. With no leader known it waits up

@@ -2,6 +2,7 @@
 //! batch gets its own answer, in order, sent to the leader or to a follower;
 //! a bad reserve refuses only itself; a retried batch returns the same
 //! reservations; a batch out of bounds is refused whole and changes nothing;
+//! a follower's answer names the leader (`x-reservoir-leader`);
 //! every acknowledged hold reads back and the books balance.
 
 use std::time::Instant;
@@ -66,12 +67,18 @@ async fn each_reserve_of_a_batch_gets_its_own_answer_and_the_books_balance() {
             reserve_request(format!("{tag}-1"), vec![line(SKU, 3)]),
         ];
         let mut inventory = region.inventory(node);
-        let results = inventory
+        let response = inventory
             .reserve_batch(batch(reserves.clone()))
             .await
-            .unwrap_or_else(|s| panic!("a batch to the {tag}: {s:?}"))
-            .into_inner()
-            .results;
+            .unwrap_or_else(|s| panic!("a batch to the {tag}: {s:?}"));
+        // A follower names its leader, so a client can call it next time.
+        let hint = reservoir_client::leader_hint(response.metadata());
+        assert_eq!(
+            hint,
+            (node != leader).then_some(leader),
+            "the leader hint from the {tag}"
+        );
+        let results = response.into_inner().results;
         assert_eq!(results.len(), 5, "one result per reserve: {results:?}");
         let first = reservation(&results[0]).clone();
         assert_eq!(units_of(&first.lines, SKU), 3);

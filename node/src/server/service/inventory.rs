@@ -129,6 +129,34 @@ impl InventoryService {
         }
     }
 
+    /// `answer`, on the client plane of a follower that knows its leader,
+    /// with the leader's node id in [`reservoir_client::LEADER_HINT_HEADER`]
+    /// (OK or not): a client can call the leader next time rather than be
+    /// forwarded.
+    fn hinted<T>(&self, answer: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+        if self.plane != Plane::Client {
+            return answer;
+        }
+        let Some(leader) = self.node.leader_hint() else {
+            return answer;
+        };
+        let hint = tonic::metadata::MetadataValue::from(leader);
+        match answer {
+            Ok(mut response) => {
+                response
+                    .metadata_mut()
+                    .insert(reservoir_client::LEADER_HINT_HEADER, hint);
+                Ok(response)
+            }
+            Err(mut status) => {
+                status
+                    .metadata_mut()
+                    .insert(reservoir_client::LEADER_HINT_HEADER, hint);
+                Err(status)
+            }
+        }
+    }
+
     /// Many reserves in one commit: each validated on its own (a bad one gets
     /// its error, the others go on), all proposed in one log entry, each
     /// answered with its reservation or its error, in order. Reserves refused
@@ -355,82 +383,89 @@ impl v1::inventory_server::Inventory for InventoryService {
         &self,
         request: Request<v1::ReserveRequest>,
     ) -> Result<Response<v1::ReserveResponse>, Status> {
-        recorded("reserve", async {
+        let answer = recorded("reserve", async {
             let caller = self.plane.caller(&self.node, &request, Permission::Write).await?;
             self.reserve_inner(&caller, request.into_inner()).await
         })
-        .await
+        .await;
+        self.hinted(answer)
     }
 
     async fn reserve_batch(
         &self,
         request: Request<v1::ReserveBatchRequest>,
     ) -> Result<Response<v1::ReserveBatchResponse>, Status> {
-        recorded("reserve_batch", async {
+        let answer = recorded("reserve_batch", async {
             let caller = self.plane.caller(&self.node, &request, Permission::Write).await?;
             self.reserve_batch_inner(&caller, request.into_inner()).await
         })
-        .await
+        .await;
+        self.hinted(answer)
     }
 
     async fn release(
         &self,
         request: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
-        recorded("release", async {
+        let answer = recorded("release", async {
             let caller = self.plane.caller(&self.node, &request, Permission::Write).await?;
             self.release_inner(&caller, request.into_inner()).await
         })
-        .await
+        .await;
+        self.hinted(answer)
     }
 
     async fn confirm(
         &self,
         request: Request<v1::ConfirmRequest>,
     ) -> Result<Response<v1::ConfirmResponse>, Status> {
-        recorded("confirm", async {
+        let answer = recorded("confirm", async {
             let caller = self.plane.caller(&self.node, &request, Permission::Write).await?;
             self.confirm_inner(&caller, request.into_inner()).await
         })
-        .await
+        .await;
+        self.hinted(answer)
     }
 
     async fn extend(
         &self,
         request: Request<v1::ExtendRequest>,
     ) -> Result<Response<v1::ExtendResponse>, Status> {
-        recorded("extend", async {
+        let answer = recorded("extend", async {
             let caller = self.plane.caller(&self.node, &request, Permission::Write).await?;
             self.extend_inner(&caller, request.into_inner()).await
         })
-        .await
+        .await;
+        self.hinted(answer)
     }
 
     async fn get_reservation(
         &self,
         request: Request<v1::GetReservationRequest>,
     ) -> Result<Response<v1::Reservation>, Status> {
-        recorded("get_reservation", async {
+        let answer = recorded("get_reservation", async {
             let caller = self
                 .plane
                 .caller(&self.node, &request, Permission::ReadReservation)
                 .await?;
             self.get_reservation_inner(&caller, request.into_inner()).await
         })
-        .await
+        .await;
+        self.hinted(answer)
     }
 
     async fn get_availability(
         &self,
         request: Request<v1::GetAvailabilityRequest>,
     ) -> Result<Response<v1::Availability>, Status> {
-        recorded("get_availability", async {
+        let answer = recorded("get_availability", async {
             self.plane
                 .caller(&self.node, &request, Permission::ReadAvailability)
                 .await?;
             self.get_availability_inner(request.into_inner())
         })
-        .await
+        .await;
+        self.hinted(answer)
     }
 }
 

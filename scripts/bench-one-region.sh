@@ -11,8 +11,10 @@
 #   batched        1,024 clients, reserves gathered into ReserveBatch calls of <= 256
 #   one-client     1 client, calls to the leader
 #   redis          Redis, appendfsync always, Lua check-and-decrement + hold key, 64 clients
+#                  on 64 connections (one each, as in "Throughput of one region")
 #   redis-1        the same, 1 client
 #   postgres       PostgreSQL, synchronous commit, conditional UPDATE + hold row, 64 clients
+#                  on a pool of 16 connections (64 was slower; BENCHMARKS.md)
 #   scripts/bench-one-region.sh OUT_DIR [SECONDS]        (default 15 s a run)
 # then: scripts/bench-one-region.py OUT_DIR
 # Uses the release binaries (cargo build --release -p reservoir-node -p
@@ -40,7 +42,7 @@ for round in $(seq 1 "$rounds"); do
   run "$round" unary-hinted region --clients 64 --start-at-follower
   run "$round" batched region --clients 1024 --batch 256
   run "$round" one-client region --clients 1
-  run "$round" redis redis --clients 64
-  run "$round" redis-1 redis --clients 1
+  run "$round" redis redis --clients 64 --connections 64
+  run "$round" redis-1 redis --clients 1 --connections 1
   run "$round" postgres postgres --clients 64
 done

@@ -27,6 +27,17 @@ pub fn reason_or_code(status: &Status) -> String {
     reason_of(status).unwrap_or_else(|| code_name(status.code()).to_string())
 }
 
+/// The response metadata key in which a follower names its group's leader
+/// (the leader's node id) in every answer on the client plane, so a client
+/// that knows the nodes (e.g. from `cluster.json`) can call the leader
+/// directly next time instead of being forwarded.
+pub const LEADER_HINT_HEADER: &str = "x-reservoir-leader";
+
+/// The leader a follower named in an answer's (or a status's) metadata.
+pub fn leader_hint(metadata: &tonic::metadata::MetadataMap) -> Option<u64> {
+    metadata.get(LEADER_HINT_HEADER)?.to_str().ok()?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,15 +75,4 @@ mod tests {
             "DEADLINE_EXCEEDED"
         );
     }
-}
-
-/// The response metadata key in which a follower names its group's leader
-/// (the leader's node id) in every answer on the client plane, so a client
-/// that knows the nodes (e.g. from `cluster.json`) can call the leader
-/// directly next time instead of being forwarded.
-pub const LEADER_HINT_HEADER: &str = "x-reservoir-leader";
-
-/// The leader a follower named in an answer's (or a status's) metadata.
-pub fn leader_hint(metadata: &tonic::metadata::MetadataMap) -> Option<u64> {
-    metadata.get(LEADER_HINT_HEADER)?.to_str().ok()?.parse().ok()
 }

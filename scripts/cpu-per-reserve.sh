@@ -20,6 +20,8 @@
 # RESERVOIR_BIN=PATH runs the nodes from another build (A/B with the same
 # load tester). OUT=DIR keeps the logs and the report there (default: a
 # temporary folder, printed). Needs curl, jq and bc.
+# BATCHES_IN_FLIGHT=N restarts the region with [raft] batches_in_flight = N
+# in every node config before the load.
 # PERF=leader|follower records that node with `perf record -e cpu-clock` for
 # the window (PERF_ARGS, default `-F 999 -g`) into OUT/perf-ROLE.data; its
 # figures then include perf's own cost: profile, do not compare.
@@ -43,22 +45,46 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$node_bin" up --standalone --dir "$dir" > "$out/up.log" 2>&1 &
-up=$!
-for _ in $(seq 1 300); do [ -f "$dir/cluster.json" ] && break; sleep 0.2; done
-[ -f "$dir/cluster.json" ] || { echo "the region did not start; see $out/up.log" >&2; exit 1; }
+start_region() {
+  "$node_bin" up --standalone --dir "$dir" >> "$out/up.log" 2>&1 &
+  up=$!
+  for _ in $(seq 1 300); do [ -f "$dir/cluster.json" ] && break; sleep 0.2; done
+  [ -f "$dir/cluster.json" ] || { echo "the region did not start; see $out/up.log" >&2; exit 1; }
+}
+start_region
+if [ -n "${BATCHES_IN_FLIGHT:-}" ]; then
+  # The node configs `up` wrote, with another [raft] batches_in_flight;
+  # `up` brings the region back on the same directory with them.
+  kill -TERM "$up" && wait "$up" || true
+  up=
+  sed -i "s/^batches_in_flight = .*/batches_in_flight = $BATCHES_IN_FLIGHT/" "$dir"/node-*.toml
+  grep -q "^batches_in_flight = $BATCHES_IN_FLIGHT\$" "$dir/node-1.toml" ||
+    { echo "no batches_in_flight in $dir/node-1.toml" >&2; exit 1; }
+  rm -f "$dir/cluster.json"
+  start_region
+fi
 
 # id pid http, one node a line.
 mapfile -t nodes < <(jq -r '.nodes[] | "\(.id) \(.pid) \(.http)"' "$dir/cluster.json")
 
-role_of() { curl -sf --max-time 1 "http://$1/status" | jq -r '.role' 2>/dev/null || echo unknown; }
+leader_of() { curl -sf --max-time 1 "http://$1/status" | jq -r '.leader // "none"' 2>/dev/null || echo none; }
 
+# The leader every node names (a restarted region's old leader may still
+# call itself leader for a moment).
 leader_http=
 for _ in $(seq 1 100); do
+  seen=()
   for n in "${nodes[@]}"; do
     read -r _ _ http <<< "$n"
-    if [ "$(role_of "$http")" = leader ]; then leader_http=$http; break 2; fi
+    seen+=("$(leader_of "$http")")
   done
+  if [ "${seen[0]}" != none ] && [ "$(printf '%s\n' "${seen[@]}" | sort -u | wc -l)" = 1 ]; then
+    for n in "${nodes[@]}"; do
+      read -r id _ http <<< "$n"
+      [ "$id" = "${seen[0]}" ] && leader_http=$http
+    done
+    [ -n "$leader_http" ] && break
+  fi
   sleep 0.1
 done
 [ -n "$leader_http" ] || { echo "no leader within 10 s; see $out/up.log" >&2; exit 1; }

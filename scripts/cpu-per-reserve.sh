@@ -19,7 +19,7 @@
 # RESERVOIR_RELEASE_DIR=DIR takes both binaries from another target dir;
 # RESERVOIR_BIN=PATH runs the nodes from another build (A/B with the same
 # load tester). OUT=DIR keeps the logs and the report there (default: a
-# temporary folder, printed). Needs curl, jq and bc.
+# temporary folder, printed), with each node's /metrics at the window's end. Needs curl, jq and bc.
 # BATCHES_IN_FLIGHT=N restarts the region with [raft] batches_in_flight = N
 # in every node config before the load.
 # PERF=leader|follower records that node with `perf record -e cpu-clock` for
@@ -141,6 +141,10 @@ else
   sleep "$window_s"
 fi
 read -r -a after <<< "$(sample)"
+for n in "${nodes[@]}"; do
+  read -r id _ http <<< "$n"
+  curl -sf --max-time 2 "http://$http/metrics" > "$out/metrics-node-$id.txt" || true
+done
 
 wait "$load"
 load=

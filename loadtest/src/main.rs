@@ -131,11 +131,18 @@ fn scenario(args: &Args) -> Result<Scenario, LoadError> {
     Ok(scenario)
 }
 
-/// How Reservoir's nodes are called, from `--spread` and `--batch`.
+/// How Reservoir's nodes are called, from `--spread`, `--start-at-follower`
+/// and `--batch`.
 fn calls(args: &Args) -> Result<CallOptions, LoadError> {
-    if (args.spread || args.batch.is_some()) && args.target != TargetKind::Reservoir {
+    if (args.spread || args.start_at_follower || args.batch.is_some()) && args.target != TargetKind::Reservoir
+    {
         return Err(LoadError::Usage(
-            "--spread and --batch apply to --target reservoir only".into(),
+            "--spread, --start-at-follower and --batch apply to --target reservoir only".into(),
+        ));
+    }
+    if args.spread && (args.start_at_follower || args.batch.is_some()) {
+        return Err(LoadError::Usage(
+            "--spread excludes --start-at-follower and --batch (a batch goes to the current node)".into(),
         ));
     }
     if let Some(n) = args.batch

@@ -64,12 +64,17 @@ pub enum ProposeError {
         /// How long the caller waited.
         waited_ms: u64,
     },
+    /// Commands proposed together ([`Group::propose_many`]) exceed one log
+    /// entry's bounds. Nothing was proposed; the same set will never fit.
+    #[error("too large for one log entry: {0}")]
+    TooLarge(String),
 }
 
 impl ProposeError {
-    /// Every proposal error is safe to retry with an idempotent command.
+    /// True when the same idempotent command may be proposed again: every
+    /// error but [`ProposeError::TooLarge`].
     pub fn is_retryable(&self) -> bool {
-        true
+        !matches!(self, ProposeError::TooLarge(_))
     }
 }
 
@@ -462,17 +467,17 @@ impl<SM: GroupMachine> Group<SM> {
     /// Proposes `commands` in one log entry (one commit for all of them)
     /// and returns their outcomes in order. As [`Group::propose`] otherwise;
     /// at most [`BATCH_COMMANDS_MAX`] commands of at most
-    /// [`BATCH_BYTES_MAX`] estimated bytes in all, else `Stopped` at once
-    /// (the caller bounds its batches below both).
+    /// [`BATCH_BYTES_MAX`] estimated bytes in all, else
+    /// [`ProposeError::TooLarge`] at once.
     pub async fn propose_many(&self, commands: Vec<SM::Command>) -> Result<Vec<SM::Outcome>, ProposeError> {
         if commands.is_empty() {
             return Ok(Vec::new());
         }
         let bytes: u64 = commands.iter().map(estimate).sum();
         if commands.len() > BATCH_COMMANDS_MAX || bytes > BATCH_BYTES_MAX {
-            return Err(ProposeError::Stopped(format!(
-                "a batch of {} commands ({bytes} bytes) is over one log entry's bounds \
-                 ({BATCH_COMMANDS_MAX} commands, {BATCH_BYTES_MAX} bytes)",
+            return Err(ProposeError::TooLarge(format!(
+                "{} commands of {bytes} estimated bytes, over {BATCH_COMMANDS_MAX} commands or \
+                 {BATCH_BYTES_MAX} bytes",
                 commands.len()
             )));
         }

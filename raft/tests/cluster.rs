@@ -701,7 +701,7 @@ async fn commands_proposed_together_commit_in_one_entry_with_their_own_outcomes(
         .collect();
     let at = group.status().applied_index;
     assert!(
-        matches!(group.propose_many(too_many).await, Err(ProposeError::Stopped(_))),
+        matches!(group.propose_many(too_many).await, Err(ProposeError::TooLarge(_))),
         "a set over one entry's bound is refused"
     );
     assert_eq!(group.status().applied_index, at, "and nothing of it applied");

@@ -124,6 +124,9 @@ fn failed_on(nodes: &Rotation, i: usize, status: &Status) -> OpError {
 
 /// Most reserves in one `ReserveBatch` call (the server's bound).
 pub const RESERVE_BATCH_MAX: usize = 256;
+/// Most encoded bytes of the reserves of one `ReserveBatch` (under the
+/// API's 64 KiB message bound, with room for the framing).
+pub const BATCH_BYTES_MAX: usize = 63 * 1024;
 /// Most `ReserveBatch` calls in flight per region (with `batch_max` > 1).
 pub const BATCHES_IN_FLIGHT: usize = 4;
 /// Most reserves waiting for a batch per region.
@@ -183,13 +186,16 @@ fn follow_hint(nodes: &Rotation, ids: &[u64], metadata: &tonic::metadata::Metada
     }
 }
 
-/// As [`failed_on`], but a status naming the leader moves the region to it
-/// rather than to the next node.
+/// As [`failed_on`]; a refusal (not worth retrying elsewhere) that names
+/// the leader moves the region to it. A retryable failure moves on to the
+/// next node even if it names a leader: that leader may be the very node
+/// that just died, named by a follower that has not heard of the election.
 fn failed_on_hinted(nodes: &Rotation, ids: &[u64], i: usize, status: &Status) -> OpError {
-    if follow_hint(nodes, ids, status.metadata()) {
-        return op_error(status);
+    let e = failed_on(nodes, i, status);
+    if !e.retryable {
+        follow_hint(nodes, ids, status.metadata());
     }
-    failed_on(nodes, i, status)
+    e
 }
 
 /// The adapter.
@@ -730,20 +736,38 @@ async fn batch_loop(
 ) {
     let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     let batch_max = batch_max.min(RESERVE_BATCH_MAX);
+    let mut carried: Option<Pending> = None;
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else {
-            return;
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
         };
+        // Bounded by count and by the API's 64 KiB message bound (each
+        // reserve adds its encoding and a few bytes of framing).
+        let mut bytes = reserve_bytes(&first.request);
         let mut batch = vec![first];
+        let mut carry = None;
         while batch.len() < batch_max {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    let size = reserve_bytes(&p.request);
+                    if bytes + size > BATCH_BYTES_MAX {
+                        carry = Some(p);
+                        break;
+                    }
+                    bytes += size;
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }
+        carried = carry;
         let (nodes, ids) = (nodes.clone(), ids.clone());
         tokio::spawn(async move {
             let (requests, replies): (Vec<_>, Vec<_>) =
@@ -780,6 +804,13 @@ async fn batch_loop(
             drop(permit);
         });
     }
+}
+
+/// A reserve's share of a `ReserveBatch` message: its encoding, its field
+/// tag and its length prefix.
+fn reserve_bytes(request: &v1::ReserveRequest) -> usize {
+    use prost::Message;
+    request.encoded_len() + 4
 }
 
 /// One reserve's result in a batch: its reservation id, or its error

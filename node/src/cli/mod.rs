@@ -536,8 +536,9 @@ async fn call(command: ClientCommand, channel: ClientChannel) -> Result<String, 
                     })
                     .collect(),
             };
+            let ids: Vec<String> = request.reserves.iter().map(|r| r.request_id.clone()).collect();
             let response = inventory.reserve_batch(request).await?.into_inner();
-            Ok(format_batch(&response))
+            Ok(format_batch(&ids, &response))
         }
         ClientCommand::Release { id, .. } => {
             let request = v1::ReleaseRequest { reservation_id: id };
@@ -765,10 +766,11 @@ pub fn format_reservation(r: &v1::Reservation) -> String {
     )
 }
 
-/// A batch's results, one row per reserve in request order: the
-/// reservation (id, state, lines, expiry) or the error's reason and message.
-pub fn format_batch(r: &v1::ReserveBatchResponse) -> String {
-    let mut rows = vec![row(&["#", "RESULT", "DETAIL"])];
+/// A batch's results, one row per reserve in request order: its request id
+/// (to retry it with), then the reservation (id, lines, expiry) or the
+/// error's reason and message.
+pub fn format_batch(request_ids: &[String], r: &v1::ReserveBatchResponse) -> String {
+    let mut rows = vec![row(&["#", "REQUEST_ID", "RESULT", "DETAIL"])];
     for (i, result) in r.results.iter().enumerate() {
         let (what, detail) = match &result.outcome {
             Some(v1::reserve_result::Outcome::Reservation(r)) => {
@@ -785,7 +787,8 @@ pub fn format_batch(r: &v1::ReserveBatchResponse) -> String {
             Some(v1::reserve_result::Outcome::Error(e)) => (e.reason.clone(), e.message.clone()),
             None => ("-".to_string(), "no result".to_string()),
         };
-        rows.push(vec![(i + 1).to_string(), what, detail]);
+        let request_id = request_ids.get(i).map_or("-", String::as_str);
+        rows.push(vec![(i + 1).to_string(), request_id.to_string(), what, detail]);
     }
     let ok = r
         .results

@@ -96,7 +96,8 @@ impl NodeError {
 impl NodeError {
     /// A failed proposal or linearizable read in `group` (whose proposal
     /// queue holds `queue_max`) as the node's error. A full queue is
-    /// `OVERLOADED`; every other failure, a [`ProposeError::Timeout`] whose
+    /// `OVERLOADED`; a set of commands too large for one entry is
+    /// `INVALID_RESERVES`; every other failure, a [`ProposeError::Timeout`] whose
     /// outcome is unknown included, is `NO_LEADER`: UNAVAILABLE, retry with
     /// the same request id.
     pub fn from_propose(group: &str, queue_max: usize, error: &ProposeError) -> NodeError {
@@ -111,6 +112,12 @@ impl NodeError {
             | ProposeError::Timeout { .. } => NodeError::NoLeader {
                 group: group.to_string(),
             },
+            // Never retried: the same set will not fit (`ReserveBatch`'s
+            // own bounds keep it from happening).
+            ProposeError::TooLarge(detail) => NodeError::Rejected(Rejection::invalid(
+                reservoir_tokens::Field::Reserves,
+                format!("the batch does not fit in one log entry: {detail}"),
+            )),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reservoir_proto::v1;
 use reservoir_proto::v1::inventory_client::InventoryClient;
-use reservoir_tokens::{Line, RegionApplied, RegionOp, Rejection};
+use reservoir_tokens::{Line, RegionApplied, RegionOp, RegionState, Rejection};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -36,18 +36,20 @@ impl InventoryService {
 
     /// Waits until this region has the tokens for every line, up to `wait`.
     async fn wait_for_tokens(&self, lines: &[Line], wait: Duration) -> bool {
+        self.wait_until(wait, |s| {
+            lines
+                .iter()
+                .all(|l| s.bucket(&l.sku).is_some_and(|b| b.available >= l.quantity))
+        })
+        .await
+    }
+
+    /// Waits until `ready` holds of this node's applied state, up to `wait`;
+    /// whether it did.
+    async fn wait_until(&self, wait: Duration, ready: impl Fn(&RegionState) -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let enough = self
-                .node
-                .group()
-                .read(|s| {
-                    lines
-                        .iter()
-                        .all(|l| s.bucket(&l.sku).is_some_and(|b| b.available >= l.quantity))
-                })
-                .unwrap_or(false);
-            if enough {
+            if self.node.group().read(&ready).unwrap_or(false) {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -160,9 +162,11 @@ impl InventoryService {
     /// Many reserves in one commit: each validated on its own (a bad one gets
     /// its error, the others go on), all proposed in one log entry, each
     /// answered with its reservation or its error, in order. Reserves refused
-    /// for want of tokens that may wait (`max_wait_ms`) wait once, as long
-    /// as the longest of them may, for a top-up, and are proposed again
-    /// together. A follower forwards the whole batch to the leader.
+    /// for want of tokens that may wait (`max_wait_ms`) wait together, once,
+    /// for a top-up (until one of them could be served, or the longest wait
+    /// has passed) and are proposed again together; if no tokens came they
+    /// keep their first answer, and if that second proposal fails only they
+    /// get its error. A follower forwards the whole batch to the leader.
     async fn reserve_batch_inner(
         &self,
         caller: &Caller,
@@ -201,22 +205,23 @@ impl InventoryService {
                 }
             }
         }
-        let mut waiting = Vec::new();
-        // The lines still short (for the wait) and those reserved (for the
-        // low-water check), one entry per SKU.
-        let mut short: Vec<Line> = Vec::new();
+        // Reserves refused for want of tokens that may wait: (index, the
+        // retry, its lines, the first answer if no tokens come).
+        let mut waiting: Vec<(usize, u64, RegionOp, Vec<Line>, Rejection)> = Vec::new();
+        // The lines reserved (for the low-water check), one entry per SKU.
         let mut reserved: Vec<Line> = Vec::new();
         if !ops.is_empty() {
             for ((i, max_wait_ms, retry), outcome) in
                 pending.into_iter().zip(self.node.write_many(ops).await?)
             {
-                if let Err(Rejection::InsufficientStock { sku, .. }) = &outcome {
+                if let Err(rejection @ Rejection::InsufficientStock { sku, .. }) = &outcome {
                     self.node.request_topup(sku);
                     if let Some(op) = retry {
-                        if let RegionOp::Reserve { lines, .. } = &op {
-                            add_lines(&mut short, lines);
-                        }
-                        waiting.push((i, max_wait_ms, op));
+                        let lines = match &op {
+                            RegionOp::Reserve { lines, .. } => lines.clone(),
+                            _ => Vec::new(),
+                        };
+                        waiting.push((i, max_wait_ms, op, lines, rejection.clone()));
                         continue;
                     }
                 }
@@ -225,15 +230,56 @@ impl InventoryService {
         }
         if !waiting.is_empty() {
             metrics::counter!("reservoir_reserves_waited_total").increment(waiting.len() as u64);
-            let wait = waiting.iter().map(|(_, w, _)| *w).max().unwrap_or(0);
-            self.wait_for_tokens(&short, Duration::from_millis(wait)).await;
-            let (slots, ops): (Vec<usize>, Vec<RegionOp>) =
-                waiting.into_iter().map(|(i, _, op)| (i, op)).unzip();
-            for (i, outcome) in slots.into_iter().zip(self.node.write_many(ops).await?) {
-                results[i] = Some(self.batch_result(outcome, &mut reserved));
+            // They wait together: until the tokens of one of them are there,
+            // or the longest of their waits has passed.
+            let wait = waiting.iter().map(|w| w.1).max().unwrap_or(0);
+            let any = |s: &RegionState| {
+                waiting.iter().any(|w| {
+                    w.3.iter()
+                        .all(|l| s.bucket(&l.sku).is_some_and(|b| b.available >= l.quantity))
+                })
+            };
+            if self.wait_until(Duration::from_millis(wait), any).await {
+                let mut slots = Vec::with_capacity(waiting.len());
+                let mut ops = Vec::with_capacity(waiting.len());
+                for (i, _, op, _, _) in waiting {
+                    slots.push(i);
+                    ops.push(op);
+                }
+                // What committed in the first proposal stands whatever this
+                // one comes to: a failure answers only these reserves.
+                match self.node.write_many(ops).await {
+                    Ok(outcomes) => {
+                        for (i, outcome) in slots.into_iter().zip(outcomes) {
+                            results[i] = Some(self.batch_result(outcome, &mut reserved));
+                        }
+                    }
+                    Err(status) => {
+                        for i in slots {
+                            results[i] = Some(v1::ReserveResult {
+                                outcome: Some(v1::reserve_result::Outcome::Error(status_error(&status))),
+                            });
+                        }
+                    }
+                }
+            } else {
+                for (i, _, _, _, rejection) in waiting {
+                    results[i] = Some(batch_error(&rejection));
+                }
             }
         }
         self.check_low_water(&reserved);
+        let mut ok = 0;
+        for result in results.iter().flatten() {
+            match &result.outcome {
+                Some(v1::reserve_result::Outcome::Error(e)) => {
+                    metrics::counter!("reservoir_batch_reserves_total", "outcome" => e.reason.clone())
+                        .increment(1);
+                }
+                _ => ok += 1,
+            }
+        }
+        metrics::counter!("reservoir_batch_reserves_total", "outcome" => "ok").increment(ok);
         Ok(v1::ReserveBatchResponse {
             results: results
                 .into_iter()

@@ -20,7 +20,10 @@
 //! down (no coordinated omission). For saturation throughput only, a
 //! scenario may ask for a closed loop instead (`clients_per_region` > 0):
 //! N clients per region, each starting its next session when its last
-//! reserve is answered; latency is then service time.
+//! reserve is answered; latency is then service time. Against Reservoir
+//! the calls can also be spread over a region's nodes, start at a follower
+//! and follow its leader hint, or be gathered into `ReserveBatch` calls
+//! (`target::reservoir::CallOptions`).
 //!
 //! The `soak` scenario is one region (`reservoir up --standalone`) at
 //! 5,000 reserves/s of one unit over 1,000 SKUs for 10 minutes, every hold

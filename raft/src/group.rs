@@ -189,6 +189,8 @@ enum Proposal<SM: GroupMachine> {
     },
     Many {
         commands: Vec<SM::Command>,
+        /// Their estimated encoded bytes (computed once, by `propose_many`).
+        bytes: u64,
         reply: oneshot::Sender<Result<Vec<SM::Outcome>, ProposeError>>,
     },
 }
@@ -214,7 +216,7 @@ impl<SM: GroupMachine> Proposal<SM> {
     fn bytes(&self) -> u64 {
         match self {
             Proposal::One { command, .. } => estimate(command),
-            Proposal::Many { commands, .. } => commands.iter().map(estimate).sum(),
+            Proposal::Many { bytes, .. } => *bytes,
         }
     }
 
@@ -228,6 +230,7 @@ impl<SM: GroupMachine> Proposal<SM> {
             Proposal::Many {
                 commands: many,
                 reply,
+                ..
             } => {
                 let n = many.len();
                 commands.extend(many);
@@ -482,7 +485,11 @@ impl<SM: GroupMachine> Group<SM> {
             )));
         }
         let (reply, rx) = oneshot::channel();
-        self.submit(Proposal::Many { commands, reply })?;
+        self.submit(Proposal::Many {
+            commands,
+            bytes,
+            reply,
+        })?;
         self.answer(rx).await?
     }
 

@@ -277,7 +277,9 @@ impl ReservoirTarget {
                 .iter()
                 .map(|(_, addr)| channel(&shop, *addr))
                 .collect::<Result<_, TargetError>>()?;
-            ids_by_region.push(endpoints.iter().map(|(id, _)| *id).collect::<Vec<u64>>());
+            ids_by_region.push(Arc::new(
+                endpoints.iter().map(|(id, _)| *id).collect::<Vec<u64>>(),
+            ));
             by_region.push(Arc::new(Rotation::new(channels, 0)));
         }
         let mut admin_nodes: Vec<&ClusterNode> = file.nodes.iter().collect();
@@ -299,12 +301,7 @@ impl ReservoirTarget {
                 .zip(&ids_by_region)
                 .map(|(nodes, ids)| {
                     let (tx, rx) = mpsc::channel(BATCH_QUEUE_MAX);
-                    tokio::spawn(batch_loop(
-                        nodes.clone(),
-                        Arc::new(ids.clone()),
-                        rx,
-                        calls.batch_max,
-                    ));
+                    tokio::spawn(batch_loop(nodes.clone(), ids.clone(), rx, calls.batch_max));
                     tx
                 })
                 .collect()
@@ -313,7 +310,7 @@ impl ReservoirTarget {
         };
         let target = ReservoirTarget {
             regions: by_region,
-            ids: ids_by_region.iter().map(|ids| Arc::new(ids.clone())).collect(),
+            ids: ids_by_region.clone(),
             spread: calls.spread.then(|| AtomicUsize::new(0)),
             batchers,
             admin,

@@ -285,10 +285,7 @@ impl Node {
             now_ms: self.now_ms(),
             op,
         };
-        let started = Instant::now();
-        let result = tokio::time::timeout(COMMIT_TIMEOUT, self.group.propose(cmd)).await;
-        metrics::histogram!("reservoir_raft_commit_seconds").record(started.elapsed().as_secs_f64());
-        match result {
+        match self.commit(self.group.propose(cmd)).await {
             Ok(Ok(Ok(applied))) => Ok(Route::Applied(applied)),
             Ok(Ok(Err(rejection))) => Err(WriteError::Rejected(rejection)),
             Ok(Err(ProposeError::NotLeader {
@@ -297,7 +294,7 @@ impl Node {
             Ok(Err(e)) => Err(WriteError::Unavailable(
                 NodeError::from_propose(self.region(), self.group.queue_max(), &e).to_status(),
             )),
-            Err(_) => Err(WriteError::Unavailable(self.commit_timeout())),
+            Err(timeout) => Err(WriteError::Unavailable(timeout)),
         }
     }
 
@@ -338,27 +335,30 @@ impl Node {
     ) -> Result<Vec<Result<RegionApplied, Rejection>>, Status> {
         let now_ms = self.now_ms();
         let commands = ops.into_iter().map(|op| RegionCommand { now_ms, op }).collect();
-        let started = Instant::now();
-        let result = tokio::time::timeout(COMMIT_TIMEOUT, self.group.propose_many(commands)).await;
-        metrics::histogram!("reservoir_raft_commit_seconds").record(started.elapsed().as_secs_f64());
-        match result {
-            Ok(Ok(outcomes)) => Ok(outcomes),
-            Ok(Err(e)) => Err(NodeError::from_propose(self.region(), self.group.queue_max(), &e).to_status()),
-            Err(_) => Err(self.commit_timeout()),
-        }
+        self.commit(self.group.propose_many(commands))
+            .await?
+            .map_err(|e| NodeError::from_propose(self.region(), self.group.queue_max(), &e).to_status())
     }
 
-    /// `NO_LEADER` after no commit within [`COMMIT_TIMEOUT`]: the outcome is
-    /// unknown.
-    fn commit_timeout(&self) -> Status {
-        status_with_info(
-            Code::Unavailable,
-            format!(
-                "no commit within {COMMIT_TIMEOUT:?}; the outcome is unknown: retry with the same request"
-            ),
-            "NO_LEADER",
-            vec![("group", self.region().to_string())],
-        )
+    /// Waits for `proposal` at most [`COMMIT_TIMEOUT`] and records how long
+    /// it took; no commit in time is `NO_LEADER` (the outcome is unknown).
+    async fn commit<T>(
+        &self,
+        proposal: impl std::future::Future<Output = Result<T, ProposeError>>,
+    ) -> Result<Result<T, ProposeError>, Status> {
+        let started = Instant::now();
+        let result = tokio::time::timeout(COMMIT_TIMEOUT, proposal).await;
+        metrics::histogram!("reservoir_raft_commit_seconds").record(started.elapsed().as_secs_f64());
+        result.map_err(|_| {
+            status_with_info(
+                Code::Unavailable,
+                format!(
+                    "no commit within {COMMIT_TIMEOUT:?}; the outcome is unknown: retry with the same request"
+                ),
+                "NO_LEADER",
+                vec![("group", self.region().to_string())],
+            )
+        })
     }
 
     /// A linearizable read on the leader, or where to forward it (unless the

@@ -36,12 +36,7 @@ impl InventoryService {
 
     /// Waits until this region has the tokens for every line, up to `wait`.
     async fn wait_for_tokens(&self, lines: &[Line], wait: Duration) -> bool {
-        self.wait_until(wait, |s| {
-            lines
-                .iter()
-                .all(|l| s.bucket(&l.sku).is_some_and(|b| b.available >= l.quantity))
-        })
-        .await
+        self.wait_until(wait, |s| has_tokens(s, lines)).await
     }
 
     /// Waits until `ready` holds of this node's applied state, up to `wait`;
@@ -205,9 +200,9 @@ impl InventoryService {
                 }
             }
         }
-        // Reserves refused for want of tokens that may wait: (index, the
-        // retry, its lines, the first answer if no tokens come).
-        let mut waiting: Vec<(usize, u64, RegionOp, Vec<Line>, Rejection)> = Vec::new();
+        // Reserves refused for want of tokens that may wait: (index, its
+        // wait, the retry, the first answer if no tokens come).
+        let mut waiting: Vec<(usize, u64, RegionOp, Rejection)> = Vec::new();
         // The lines reserved (for the low-water check), one entry per SKU.
         let mut reserved: Vec<Line> = Vec::new();
         if !ops.is_empty() {
@@ -217,11 +212,7 @@ impl InventoryService {
                 if let Err(rejection @ Rejection::InsufficientStock { sku, .. }) = &outcome {
                     self.node.request_topup(sku);
                     if let Some(op) = retry {
-                        let lines = match &op {
-                            RegionOp::Reserve { lines, .. } => lines.clone(),
-                            _ => Vec::new(),
-                        };
-                        waiting.push((i, max_wait_ms, op, lines, rejection.clone()));
+                        waiting.push((i, max_wait_ms, op, rejection.clone()));
                         continue;
                     }
                 }
@@ -234,15 +225,15 @@ impl InventoryService {
             // or the longest of their waits has passed.
             let wait = waiting.iter().map(|w| w.1).max().unwrap_or(0);
             let any = |s: &RegionState| {
-                waiting.iter().any(|w| {
-                    w.3.iter()
-                        .all(|l| s.bucket(&l.sku).is_some_and(|b| b.available >= l.quantity))
+                waiting.iter().any(|(_, _, op, _)| match op {
+                    RegionOp::Reserve { lines, .. } => has_tokens(s, lines),
+                    _ => false,
                 })
             };
             if self.wait_until(Duration::from_millis(wait), any).await {
                 let mut slots = Vec::with_capacity(waiting.len());
                 let mut ops = Vec::with_capacity(waiting.len());
-                for (i, _, op, _, _) in waiting {
+                for (i, _, op, _) in waiting {
                     slots.push(i);
                     ops.push(op);
                 }
@@ -263,7 +254,7 @@ impl InventoryService {
                     }
                 }
             } else {
-                for (i, _, _, _, rejection) in waiting {
+                for (i, _, _, rejection) in waiting {
                     results[i] = Some(batch_error(&rejection));
                 }
             }
@@ -541,6 +532,13 @@ fn status_error(status: &Status) -> v1::ReserveError {
         message: status.message().to_string(),
         metadata: info.map(|i| i.metadata.into_iter().collect()).unwrap_or_default(),
     }
+}
+
+/// True when `s` has the tokens for every one of `lines`.
+fn has_tokens(s: &RegionState, lines: &[Line]) -> bool {
+    lines
+        .iter()
+        .all(|l| s.bucket(&l.sku).is_some_and(|b| b.available >= l.quantity))
 }
 
 /// Adds `lines` to `into`, summing the units of a SKU already there.

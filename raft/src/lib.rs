@@ -90,12 +90,14 @@
 //!   decoded); do it at startup. Dropping the last store of a database waits
 //!   for the flusher's current flush.
 
+pub mod admin;
 pub mod config;
 pub mod group;
 pub mod network;
 pub mod store;
 pub mod testing;
 
+pub use admin::{AdminError, MembershipView};
 pub use config::{
     Batch, ENTRY_BYTES_MAX, GroupConfig, GroupMachine, GroupRaft, LogId, Node, NodeId, Payload, Runtime,
     SNAPSHOT_BYTES_MAX, SnapshotMeta, StorageError, StoredMembership, Vote,

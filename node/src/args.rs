@@ -31,6 +31,9 @@ pub enum Command {
     /// Client commands.
     #[command(flatten)]
     Client(crate::cli::ClientCommand),
+    /// Operator commands on a Raft group.
+    #[command(flatten)]
+    Operate(crate::cli::operate::OperateCommand),
 }
 
 /// `reservoir node`.
@@ -205,6 +208,53 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    /// The operator commands parse with their flags; an id is required.
+    #[test]
+    fn operator_commands_parse() {
+        use crate::cli::operate::OperateCommand;
+        let cli = Cli::try_parse_from([
+            "reservoir",
+            "replace-node",
+            "--cluster",
+            "c.json",
+            "--group",
+            "ledger",
+            "--old",
+            "3",
+            "--id",
+            "7",
+            "--address",
+            "node-7.us-east:9001",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Operate(OperateCommand::ReplaceNode {
+                group,
+                old,
+                id,
+                address,
+                timeout_s,
+                ..
+            }) => {
+                assert_eq!((group.group.as_str(), old, id), ("ledger", 3, 7));
+                assert_eq!((address.as_str(), timeout_s), ("node-7.us-east:9001", 300));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["reservoir", "transfer-leader", "--addr", "h:1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Operate(OperateCommand::TransferLeader { to: None, .. })
+        ));
+        for bad in [
+            &["reservoir", "add-node", "--addr", "h:1", "--address", "a:1"][..],
+            &["reservoir", "remove-node", "--addr", "h:1"],
+            &["reservoir", "snapshot"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} should be refused");
+        }
     }
 
     /// The credential flags: `--cluster` stands in for `--addr`, `--role`

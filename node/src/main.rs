@@ -7,7 +7,7 @@
 
 use clap::Parser;
 use reservoir_node::args::{Cli, Command, EXIT_FAILURE, EXIT_USAGE, NodeArgs, UpArgs};
-use reservoir_node::cli::{self, ClientCommand};
+use reservoir_node::cli;
 use reservoir_node::server::{self, config::NodeConfig};
 use reservoir_node::up::{self, cluster};
 use std::path::PathBuf;
@@ -31,7 +31,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Node(args) => node(args),
         Command::Up(args) => up(args),
-        Command::Client(command) => client(command),
+        Command::Client(command) => client(cli::run(command)),
+        Command::Operate(command) => client(cli::operate::run(command)),
     }
 }
 
@@ -131,8 +132,9 @@ fn up(args: UpArgs) -> ExitCode {
     }
 }
 
-/// A client command: one call, its answer on stdout or one error line on stderr.
-fn client(command: ClientCommand) -> ExitCode {
+/// A client or operator command: its answer on stdout or one error line on
+/// stderr.
+fn client(command: impl std::future::Future<Output = Result<String, cli::ClientError>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -140,7 +142,7 @@ fn client(command: ClientCommand) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    match runtime.block_on(cli::run(command)) {
+    match runtime.block_on(command) {
         Ok(text) => {
             println!("{text}");
             ExitCode::SUCCESS

@@ -20,6 +20,9 @@
 //! - [`demand`], [`availability`]: the demand meter, and CRDT availability
 //!   gossip;
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/status`;
+//! - [`operate`]: what the Admin service's operator calls share (which
+//!   group a call names, their bounds and refusals), and the task that
+//!   keeps the peer policy's view of each group's members current;
 //! - [`clock`]: the time seam (wall and monotonic clocks) and each group's bounded logical time (`GroupClock`).
 //!
 //! Imports run one way: `service` and `http` → `node` → `ledger` →
@@ -47,6 +50,7 @@ pub mod edge;
 pub mod http;
 pub mod ledger;
 pub mod node;
+pub mod operate;
 pub mod security;
 pub mod service;
 pub mod status;
@@ -160,6 +164,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
     options.snapshot_logs = config.raft.snapshot_logs;
     options.snapshot_logs_to_keep = config.raft.snapshot_logs_kept;
     options.snapshot_chunk_bytes = config.raft.snapshot_chunk_bytes;
+    options.join = config.join;
 
     // Bind every listener before starting Raft, so a taken port fails fast.
     let grpc_listener = bind(config.grpc_addr, "grpc_addr").await?;
@@ -308,6 +313,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         })
     };
     let expirer = tokio::spawn(expire_loop(node.clone(), shutdown_rx.clone()));
+    tokio::spawn(operate::follow_members(node.clone(), shutdown_rx.clone()));
     let ledger_loop = ledger
         .clone()
         .map(|host| tokio::spawn(host.run(shutdown_rx.clone())));
@@ -409,8 +415,7 @@ fn raft_authorizer(node: Arc<Node>) -> Option<reservoir_raft::network::Authorize
             let policy = node.peer_policy();
             let caller = policy.caller(extensions)?;
             let ledger = group == LEDGER_GROUP;
-            let voters = policy.group_voters(ledger);
-            let member = caller.as_ref().is_some_and(|c| c.id == from) && voters.contains(&from);
+            let member = caller.as_ref().is_some_and(|c| c.id == from) && policy.is_member(ledger, from);
             if member && (ledger || group == node.region()) {
                 Ok(())
             } else {

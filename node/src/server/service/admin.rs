@@ -1,5 +1,6 @@
 //! `reservoir.v1.Admin`: stock adjustments, the cluster's status and the
-//! audit, for operators.
+//! audit, and the operator calls on a Raft group (membership, leadership,
+//! snapshots; see [`crate::server::operate`]), for operators.
 
 use std::sync::Arc;
 
@@ -10,11 +11,14 @@ use reservoir_tokens::audit;
 use tonic::{Request, Response, Status};
 
 use super::{Caller, Plane, forward_failed, forwarding, leader_answer, recorded, unexpected};
+use crate::on_group;
 use crate::server::control::{LedgerCall, LedgerReply};
 use crate::server::edge;
 use crate::server::node::{FORWARD_TIMEOUT, Node, Route};
+use crate::server::operate::{self, ADMIN_ACTION_TIMEOUT};
 use crate::server::security::Permission;
 use crate::server::status::to_status;
+use reservoir_raft::AdminError;
 
 /// `reservoir.v1.Admin` for a region node, on one listener.
 pub struct AdminService {
@@ -254,6 +258,119 @@ impl AdminService {
     }
 }
 
+/// An action that needs the group's leader, answered here or, on a
+/// follower that knows the leader, forwarded to it once.
+enum Led<T> {
+    Answer(T),
+    Forward(String),
+}
+
+fn led<T>(group: &str, caller: &Caller, result: Result<T, AdminError>) -> Result<Led<T>, Status> {
+    match result {
+        Ok(answer) => Ok(Led::Answer(answer)),
+        Err(AdminError::NotLeader {
+            leader: Some((_, addr)),
+        }) if !caller.forwarded => Ok(Led::Forward(addr)),
+        Err(e) => Err(operate::admin_status(group, &e)),
+    }
+}
+
+impl AdminService {
+    async fn get_membership_inner(
+        &self,
+        caller: &Caller,
+        req: v1::GetMembershipRequest,
+    ) -> Result<v1::Membership, Status> {
+        let target = operate::group(&self.node, &req.group)?;
+        let (view, leader) = on_group!(&target, g => (g.membership(), g.leader().filter(|_| !g.is_leader())));
+        // The leader knows each member's progress: ask it, once.
+        match leader {
+            Some((_, addr)) if !caller.forwarded => {
+                let mut client = self.node.admin(&addr)?;
+                match leader_answer(client.get_membership(forwarding(req, caller))).await {
+                    Ok(answer) => Ok(answer.into_inner()),
+                    Err(_) => Ok(operate::membership_message(&view)),
+                }
+            }
+            _ => Ok(operate::membership_message(&view)),
+        }
+    }
+
+    async fn add_learner_inner(
+        &self,
+        caller: &Caller,
+        req: v1::AddLearnerRequest,
+    ) -> Result<v1::Membership, Status> {
+        let target = operate::group(&self.node, &req.group)?;
+        let result =
+            on_group!(&target, g => g.add_learner(req.node_id, &req.address, ADMIN_ACTION_TIMEOUT).await);
+        match led(target.name(), caller, result)? {
+            Led::Answer(view) => Ok(operate::membership_message(&view)),
+            Led::Forward(addr) => {
+                let mut client = self.node.admin(&addr)?;
+                leader_answer(client.add_learner(forwarding(req, caller)))
+                    .await
+                    .map(Response::into_inner)
+            }
+        }
+    }
+
+    async fn change_voters_inner(
+        &self,
+        caller: &Caller,
+        req: v1::ChangeVotersRequest,
+    ) -> Result<v1::Membership, Status> {
+        let (add, remove) = operate::change_ids(&req.add, &req.remove)?;
+        let target = operate::group(&self.node, &req.group)?;
+        let result = on_group!(&target, g => g.change_voters(&add, &remove, ADMIN_ACTION_TIMEOUT).await);
+        match led(target.name(), caller, result)? {
+            Led::Answer(view) => Ok(operate::membership_message(&view)),
+            Led::Forward(addr) => {
+                let mut client = self.node.admin(&addr)?;
+                leader_answer(client.change_voters(forwarding(req, caller)))
+                    .await
+                    .map(Response::into_inner)
+            }
+        }
+    }
+
+    async fn transfer_leader_inner(
+        &self,
+        caller: &Caller,
+        req: v1::TransferLeaderRequest,
+    ) -> Result<v1::TransferLeaderResponse, Status> {
+        let target = operate::group(&self.node, &req.group)?;
+        let to = (req.to != 0).then_some(req.to);
+        let result = on_group!(&target, g => g.transfer_leadership(to, ADMIN_ACTION_TIMEOUT).await);
+        match led(target.name(), caller, result)? {
+            Led::Answer(leader_id) => Ok(v1::TransferLeaderResponse {
+                group: target.name().to_string(),
+                leader_id,
+            }),
+            Led::Forward(addr) => {
+                let mut client = self.node.admin(&addr)?;
+                leader_answer(client.transfer_leader(forwarding(req, caller)))
+                    .await
+                    .map(Response::into_inner)
+            }
+        }
+    }
+
+    async fn trigger_snapshot_inner(
+        &self,
+        req: v1::TriggerSnapshotRequest,
+    ) -> Result<v1::TriggerSnapshotResponse, Status> {
+        let target = operate::group(&self.node, &req.group)?;
+        let index = on_group!(&target, g => g.snapshot_now(ADMIN_ACTION_TIMEOUT).await)
+            .map_err(|e| operate::admin_status(target.name(), &e))?;
+        Ok(v1::TriggerSnapshotResponse {
+            group: target.name().to_string(),
+            node_id: self.node.config().node_id,
+            snapshot_index: index,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl v1::admin_server::Admin for AdminService {
     async fn adjust_stock(
@@ -287,6 +404,75 @@ impl v1::admin_server::Admin for AdminService {
         recorded("audit", async {
             let caller = self.plane.caller(&self.node, &request, Permission::Audit).await?;
             self.audit_inner(&caller).await
+        })
+        .await
+    }
+
+    async fn get_membership(
+        &self,
+        request: Request<v1::GetMembershipRequest>,
+    ) -> Result<Response<v1::Membership>, Status> {
+        recorded("get_membership", async {
+            let caller = self
+                .plane
+                .caller(&self.node, &request, Permission::Operate)
+                .await?;
+            self.get_membership_inner(&caller, request.into_inner()).await
+        })
+        .await
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<v1::AddLearnerRequest>,
+    ) -> Result<Response<v1::Membership>, Status> {
+        recorded("add_learner", async {
+            let caller = self
+                .plane
+                .caller(&self.node, &request, Permission::Operate)
+                .await?;
+            self.add_learner_inner(&caller, request.into_inner()).await
+        })
+        .await
+    }
+
+    async fn change_voters(
+        &self,
+        request: Request<v1::ChangeVotersRequest>,
+    ) -> Result<Response<v1::Membership>, Status> {
+        recorded("change_voters", async {
+            let caller = self
+                .plane
+                .caller(&self.node, &request, Permission::Operate)
+                .await?;
+            self.change_voters_inner(&caller, request.into_inner()).await
+        })
+        .await
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<v1::TransferLeaderRequest>,
+    ) -> Result<Response<v1::TransferLeaderResponse>, Status> {
+        recorded("transfer_leader", async {
+            let caller = self
+                .plane
+                .caller(&self.node, &request, Permission::Operate)
+                .await?;
+            self.transfer_leader_inner(&caller, request.into_inner()).await
+        })
+        .await
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        request: Request<v1::TriggerSnapshotRequest>,
+    ) -> Result<Response<v1::TriggerSnapshotResponse>, Status> {
+        recorded("trigger_snapshot", async {
+            self.plane
+                .caller(&self.node, &request, Permission::Operate)
+                .await?;
+            self.trigger_snapshot_inner(request.into_inner()).await
         })
         .await
     }

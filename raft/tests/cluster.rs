@@ -1570,3 +1570,75 @@ async fn a_snapshot_is_built_on_demand() {
     }
     cluster.shutdown().await;
 }
+
+/// Three empty nodes seeded with one region state (a restore) start with
+/// it: they elect a leader without anyone initializing the group, every
+/// node holds the seeded reservations and books, and the group commits on
+/// top of it. Seeding a node that has data is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_group_starts_from_its_state() {
+    let mut state = RegionState::new(common::GROUP);
+    let stocked = state.apply(command(RegionOp::AdjustStock {
+        request_id: "stock-1".into(),
+        sku: SKU.into(),
+        delta: 100,
+    }));
+    assert!(stocked.is_ok(), "{stocked:?}");
+    let held = match state.apply(command(reserve_op("before-backup", 3))) {
+        Ok(RegionApplied::Reservation(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    let members: BTreeMap<NodeId, String> = NODES.iter().map(|&id| (id, addr(id))).collect();
+    let dirs: Vec<TempDir> = NODES.iter().map(|_| TempDir::new().expect("temp dir")).collect();
+    for dir in &dirs {
+        let storage = NodeStorage::open(&reservoir_raft::StorageOptions::new(dir.path())).expect("open");
+        storage
+            .seed_group(common::GROUP, state.clone(), 4_242, &members)
+            .expect("seed");
+        let again = storage.seed_group(common::GROUP, state.clone(), 4_242, &members);
+        assert!(again.is_err(), "a second seed must be refused");
+    }
+    let net = LocalNet::new();
+    let mut running = Vec::new();
+    for (&id, dir) in NODES.iter().zip(&dirs) {
+        let (storage, stores) = common::reopen(dir.path()).await;
+        let router = Router::new(id);
+        net.attach(router.clone());
+        let options = GroupOptions::new(common::GROUP, id, members.clone());
+        let group = Group::start(options, stores, net.wire(), &router)
+            .await
+            .expect("start");
+        running.push((Arc::new(group), storage, router));
+    }
+    let deadline = Instant::now() + WAIT;
+    let leader = loop {
+        if let Some((group, _, _)) = running.iter().find(|(g, _, _)| g.is_leader()) {
+            break group.clone();
+        }
+        assert!(Instant::now() < deadline, "no leader elected");
+        tokio::time::sleep(POLL).await;
+    };
+    let after = leader
+        .propose(command(reserve_op("after-restore", 2)))
+        .await
+        .expect("commits");
+    assert!(matches!(after, Ok(RegionApplied::Reservation(_))), "{after:?}");
+    for (group, _, _) in &running {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (found, reserved) = group
+                .read(|s| (s.reservation(held.id), s.reservations().count()))
+                .expect("read");
+            if reserved == 2 {
+                assert_eq!(found, Some(held.clone()));
+                assert!(group.status().applied_index > Some(4_242));
+                break;
+            }
+            assert!(Instant::now() < deadline, "a node did not apply past the seed");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    for (group, _, _) in &running {
+        group.shutdown().await;
+    }
+}

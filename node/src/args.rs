@@ -34,6 +34,21 @@ pub enum Command {
     /// Operator commands on a Raft group.
     #[command(flatten)]
     Operate(crate::cli::operate::OperateCommand),
+    /// Seed a node's empty data directory from a backup (`reservoir
+    /// backup`), before its first start; run it on every node of the new
+    /// cluster (or region), then start them.
+    Restore(RestoreArgs),
+}
+
+/// `reservoir restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file.
+    #[arg(long, value_name = "FILE")]
+    pub backup: PathBuf,
+    /// The node's TOML config file (its region, data_dir, peers).
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: PathBuf,
 }
 
 /// `reservoir node`.

@@ -6,7 +6,7 @@
 //! run), 2 usage (bad arguments, a bad config file).
 
 use clap::Parser;
-use reservoir_node::args::{Cli, Command, EXIT_FAILURE, EXIT_USAGE, NodeArgs, UpArgs};
+use reservoir_node::args::{Cli, Command, EXIT_FAILURE, EXIT_USAGE, NodeArgs, RestoreArgs, UpArgs};
 use reservoir_node::cli;
 use reservoir_node::server::{self, config::NodeConfig};
 use reservoir_node::up::{self, cluster};
@@ -33,6 +33,36 @@ fn main() -> ExitCode {
         Command::Up(args) => up(args),
         Command::Client(command) => client(cli::run(command)),
         Command::Operate(command) => client(cli::operate::run(command)),
+        Command::Restore(args) => restore(args),
+    }
+}
+
+/// `reservoir restore --backup FILE --config FILE`: seeds the node's empty
+/// data directory from the backup.
+fn restore(args: RestoreArgs) -> ExitCode {
+    let config = match NodeConfig::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let bytes = match server::backup::read_file(&args.backup) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.backup.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match server::backup::restore(&config, &bytes) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.backup.display());
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 

@@ -566,6 +566,14 @@ impl<SM: GroupMachine> Group<SM> {
             .map_err(|e| ProposeError::Stopped(e.to_string()))
     }
 
+    /// Reads the state this node has applied, with the log index it has
+    /// applied up to (one consistent view: a backup's state and index).
+    pub fn read_indexed<R>(&self, f: impl FnOnce(&SM) -> R) -> Result<(R, Option<u64>), ProposeError> {
+        self.reader
+            .read(|s| (f(&s.machine), s.last_applied.map(|l| l.index)))
+            .map_err(|e| ProposeError::Stopped(e.to_string()))
+    }
+
     /// A linearizable read: on the leader, after confirming leadership with a
     /// quorum (openraft's read index) and applying up to it.
     ///

@@ -10,8 +10,8 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 use crate::{
-    Cluster, ClusterNode, LOG_TAIL_LINES, NODE_READY_DEADLINE, POLL_INTERVAL, http_get, log_tail,
-    reservoir_exe, spawn_logged,
+    Cluster, ClusterNode, LOG_TAIL_LINES, NODE_READY_DEADLINE, POLL_INTERVAL, UpNode, alive, http_get,
+    log_tail, reservoir_exe, spawn_logged,
 };
 
 /// The development CA's subject, as `reservoir up` makes it
@@ -32,10 +32,11 @@ impl Cluster {
         self.dir().join(format!("node-{id}.toml"))
     }
 
-    /// Deletes node `id`'s data directory, as a dead disk would. It must be
-    /// down.
+    /// Deletes node `id`'s data directory, as a dead disk would. Its
+    /// process must be gone.
     pub fn wipe_data(&self, id: u64) {
-        assert!(!self.live_ids().contains(&id), "node {id} is running");
+        let pid = self.node(id).pid();
+        assert!(!alive(pid), "node {id} (pid {pid}) is running");
         let config: toml::Table = std::fs::read_to_string(self.config_path(id))
             .expect("the node's config")
             .parse()
@@ -128,11 +129,16 @@ impl Cluster {
     /// command, with the admin key unless ARGS say `--role`) off the async
     /// threads, and returns its output.
     pub async fn operator(&self, args: &[&str]) -> Output {
+        let cluster = self.dir().join("cluster.json").display().to_string();
+        let mut all = args.to_vec();
+        all.extend(["--cluster", &cluster]);
+        self.reservoir(&all).await
+    }
+
+    /// Runs `reservoir ARGS` off the async threads, and returns its output.
+    pub async fn reservoir(&self, args: &[&str]) -> Output {
         let mut command = Command::new(reservoir_exe());
-        command
-            .args(args)
-            .arg("--cluster")
-            .arg(self.dir().join("cluster.json"));
+        command.args(args);
         let shown = format!("reservoir {}", args.join(" "));
         let output = tokio::task::spawn_blocking(move || command.output())
             .await

@@ -1,6 +1,8 @@
 //! The operator commands (`membership`, `add-node`, `remove-node`,
-//! `replace-node`, `transfer-leader`, `snapshot`): Admin calls on one Raft
-//! group, made with the admin role's key.
+//! `replace-node`, `transfer-leader`, `snapshot`, `backup`): Admin calls,
+//! on one Raft group or the whole cluster, made with the admin role's key.
+//! (`reservoir restore` works offline on a node's data directory:
+//! [`crate::server::backup::restore`].)
 //!
 //! `add-node` and `replace-node` run several calls, each bounded and safe
 //! to repeat: add the new node as a learner, wait (at most `--timeout-s`)
@@ -130,6 +132,17 @@ pub enum OperateCommand {
         #[command(flatten)]
         group: GroupArg,
     },
+    /// Write a consistent backup of the cluster (the ledger and every
+    /// region), or of a standalone region, to a new file (Admin.Backup);
+    /// `reservoir restore` starts a fresh cluster from it.
+    Backup {
+        /// Any node (with a ledger: any node of any region).
+        #[command(flatten)]
+        target: Target,
+        /// The file to write; it must not exist.
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
+    },
 }
 
 impl OperateCommand {
@@ -140,7 +153,8 @@ impl OperateCommand {
             | OperateCommand::RemoveNode { target, .. }
             | OperateCommand::ReplaceNode { target, .. }
             | OperateCommand::TransferLeader { target, .. }
-            | OperateCommand::Snapshot { target, .. } => target,
+            | OperateCommand::Snapshot { target, .. }
+            | OperateCommand::Backup { target, .. } => target,
         }
     }
 }
@@ -240,6 +254,33 @@ async fn call(command: OperateCommand, channel: ClientChannel) -> Result<String,
                 .await?
                 .into_inner();
             Ok(format!("{}: node {} leads", answer.group, answer.leader_id))
+        }
+        OperateCommand::Backup { out, .. } => {
+            use crate::server::backup::{BACKUP_BYTES_MAX, decode, describe};
+            if out.exists() {
+                return Err(ClientError::Setup(format!(
+                    "{} exists; give a new file",
+                    out.display()
+                )));
+            }
+            let mut stream = admin.backup(v1::BackupRequest {}).await?.into_inner();
+            let mut bytes = Vec::new();
+            while let Some(chunk) = stream.message().await? {
+                if bytes.len() + chunk.data.len() > BACKUP_BYTES_MAX {
+                    return Err(ClientError::Malformed("a backup over its size bound"));
+                }
+                bytes.extend_from_slice(&chunk.data);
+            }
+            let (header, _) =
+                decode(&bytes).map_err(|e| ClientError::Setup(format!("the backup received: {e}")))?;
+            write_new(&out, &bytes)
+                .map_err(|e| ClientError::Setup(format!("writing {}: {e}", out.display())))?;
+            Ok(format!(
+                "{} bytes written to {}\n{}",
+                bytes.len(),
+                out.display(),
+                describe(&header)
+            ))
         }
         OperateCommand::Snapshot { group, .. } => {
             let answer = admin
@@ -369,6 +410,17 @@ async fn join(
         }
         tokio::time::sleep(PROGRESS_POLL).await;
     }
+}
+
+/// Writes `bytes` to a new file `path` and syncs it.
+fn write_new(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 fn role_of(view: &v1::Membership, id: u64) -> &str {

@@ -20,6 +20,7 @@
 //! - [`demand`], [`availability`]: the demand meter, and CRDT availability
 //!   gossip;
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/status`;
+//! - [`backup`]: the backup file, and restoring a node from it;
 //! - [`operate`]: what the Admin service's operator calls share (which
 //!   group a call names, their bounds and refusals), and the task that
 //!   keeps the peer policy's view of each group's members current;
@@ -41,6 +42,7 @@
 //! server's decoding limit, not here; the edge sees only decoded messages.
 
 pub mod availability;
+pub mod backup;
 pub mod clock;
 pub mod config;
 mod connections;

@@ -4,6 +4,7 @@
 //! runs, so no two share the machine's cores.
 
 mod architectures;
+mod backup;
 mod bad_input;
 mod clock_skew;
 mod cluster_faults;

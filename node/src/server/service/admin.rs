@@ -356,6 +356,52 @@ impl AdminService {
         }
     }
 
+    /// A backup file: standalone, this region's state read on its leader
+    /// (a follower forwards the call and passes the file on); with a
+    /// ledger, the ledger leader's consistent cut of every group.
+    async fn backup_inner(&self, caller: &Caller) -> Result<Vec<u8>, Status> {
+        use crate::server::backup::{BACKUP_BYTES_MAX, STANDALONE, backup_error, encode};
+        if !self.node.config().standalone {
+            return match self
+                .node
+                .control()
+                .ledger(&LedgerCall::Backup, FORWARD_TIMEOUT)
+                .await
+                .map_err(forward_failed)?
+            {
+                LedgerReply::Backup(bytes) => Ok(bytes),
+                other => Err(unexpected("backup", &other)),
+            };
+        }
+        match self.node.read_current(caller.forwarded, |_| ()).await? {
+            Route::Applied(()) => {
+                let state = self.node.backup_state(BACKUP_BYTES_MAX)?;
+                encode(STANDALONE, self.node.wall_ms(), &[state]).map_err(|e| backup_error(true, e))
+            }
+            Route::Leader(addr) => {
+                let mut client = self.node.admin(&addr)?;
+                leader_answer(async {
+                    let mut stream = client
+                        .backup(forwarding(v1::BackupRequest {}, caller))
+                        .await?
+                        .into_inner();
+                    let mut bytes = Vec::new();
+                    while let Some(chunk) = stream.message().await? {
+                        if bytes.len() + chunk.data.len() > BACKUP_BYTES_MAX {
+                            return Err(backup_error(
+                                true,
+                                format!("a backup over {BACKUP_BYTES_MAX} bytes"),
+                            ));
+                        }
+                        bytes.extend_from_slice(&chunk.data);
+                    }
+                    Ok(bytes)
+                })
+                .await
+            }
+        }
+    }
+
     async fn trigger_snapshot_inner(
         &self,
         req: v1::TriggerSnapshotRequest,
@@ -404,6 +450,27 @@ impl v1::admin_server::Admin for AdminService {
         recorded("audit", async {
             let caller = self.plane.caller(&self.node, &request, Permission::Audit).await?;
             self.audit_inner(&caller).await
+        })
+        .await
+    }
+
+    type BackupStream = tokio_stream::Iter<std::vec::IntoIter<Result<v1::BackupChunk, Status>>>;
+
+    async fn backup(
+        &self,
+        request: Request<v1::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        recorded("backup", async {
+            let caller = self
+                .plane
+                .caller(&self.node, &request, Permission::Operate)
+                .await?;
+            let bytes = self.backup_inner(&caller).await?;
+            let chunks: Vec<Result<v1::BackupChunk, Status>> = bytes
+                .chunks(crate::server::backup::BACKUP_CHUNK_BYTES)
+                .map(|c| Ok(v1::BackupChunk { data: c.to_vec() }))
+                .collect();
+            Ok(tokio_stream::iter(chunks))
         })
         .await
     }

@@ -25,7 +25,9 @@
 //! transfer ids), and a restored ledger leader finishes it as after a
 //! crash; a region never drops outbox entries past the ledger's watermark,
 //! so every unsettled sale is either in the ledger or in the region's
-//! outbox, and settlement, idempotent by sequence number, resumes.
+//! outbox, and settlement, idempotent by sequence number, resumes. The
+//! leader confirms its leadership (same term, a quorum) after reading the
+//! regions, so no other ledger leader ran a round in between.
 //!
 //! Restore (`reservoir restore --backup FILE --config node.toml`, before
 //! the node's first start, on every node of the group): the group's state

@@ -690,6 +690,7 @@ impl LedgerHost {
             CLUSTER, CLUSTER_BACKUP_BYTES_MAX, GroupKind, GroupState, backup_error, encode, encode_state,
         };
         let _busy = self.busy.lock().await;
+        let term = self.group.leader_term();
         self.ledger_now()
             .await
             .map_err(|e| backup_error(false, format!("reading the ledger: {e}")))?;
@@ -730,6 +731,16 @@ impl LedgerHost {
                     ));
                 }
             }
+        }
+        // Still the leader of the same term, confirmed by a quorum after the
+        // regions were read: no other ledger leader can have settled or
+        // transferred anything since the ledger was read.
+        let confirmed = self.ledger_now().await.is_ok() && self.group.leader_term() == term;
+        if term.is_none() || !confirmed {
+            return Err(backup_error(
+                false,
+                "the ledger's leadership changed while the backup was taken; take it again".into(),
+            ));
         }
         let file = encode(CLUSTER, created_at_ms, &groups).map_err(|e| backup_error(true, e))?;
         if file.len() > CLUSTER_BACKUP_BYTES_MAX {

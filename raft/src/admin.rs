@@ -11,9 +11,10 @@
 //! retried action is harmless.
 //!
 //! Leadership transfer: openraft 0.9 has none, so this module does what
-//! the Raft thesis (§3.10) describes. The leader stops taking new batches
-//! (it holds every write slot of its proposer), waits until the target has
-//! every entry of its log, stops its heartbeats, and sends the target a
+//! the Raft thesis (§3.10) describes. Once the target is close behind, the
+//! leader stops taking new batches (it holds every write slot of its
+//! proposer, for at most [`PAUSE_MAX`]), waits until the target has every
+//! entry of its log, stops its heartbeats, and sends the target a
 //! `TimeoutNow` ([`TimeoutNow`]) over the peer plane; the target campaigns
 //! at once. Its log is as long as anyone's, so the old leader grants its
 //! vote (openraft's leader lease on the old leader counts from when it was
@@ -42,6 +43,13 @@ pub const ADDRESS_BYTES_MAX: usize = 256;
 /// How long a membership change waits for members to acknowledge its probe
 /// entry before it counts who answered (see [`Group::change_voters`]).
 pub const PROBE_WAIT: Duration = Duration::from_millis(1_000);
+/// Longest a leadership transfer holds new writes back while the target
+/// takes the leader's last entries (then it gives up, `NOT_CAUGHT_UP`, and
+/// writes go on).
+pub const PAUSE_MAX: Duration = Duration::from_millis(1_000);
+/// How many times a transfer asks its target to campaign (one longest
+/// election timeout apart) before it gives up.
+pub const ELECTION_TRIES: u32 = 3;
 /// How often an action polls the group's metrics while it waits.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -543,9 +551,26 @@ impl<SM: GroupMachine> Group<SM> {
             what: format!("transfer to node {target}: {what}"),
             waited_ms: timeout.as_millis() as u64,
         };
+        // Writes go on while the target comes close; they pause only for
+        // its last entries, and for at most `PAUSE_MAX`.
+        loop {
+            self.require_leader()?;
+            if self
+                .membership()
+                .lag(target)
+                .is_some_and(|lag| lag <= CATCH_UP_LAG_MAX)
+            {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(timed_out("waiting for it to catch up"));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        let pause_until = (Instant::now() + PAUSE_MAX).min(deadline);
         // No new batch from here on: every write slot is ours.
         let _paused = tokio::time::timeout(
-            left(deadline),
+            left(pause_until),
             self.write_slots.clone().acquire_many_owned(self.slots as u32),
         )
         .await
@@ -558,14 +583,20 @@ impl<SM: GroupMachine> Group<SM> {
             if view.lag(target) == Some(0) {
                 break;
             }
-            if Instant::now() >= deadline {
-                return Err(timed_out("waiting for it to catch up"));
+            if Instant::now() >= pause_until {
+                return Err(AdminError::NotCaughtUp {
+                    id: target,
+                    matched: view.matched.get(&target).copied().flatten(),
+                    last: view.last_log_index,
+                });
             }
             tokio::time::sleep(POLL).await;
         }
         self.raft.runtime_config().heartbeat(false);
         let _heartbeats = HeartbeatsOff(&self.raft);
         let again = Duration::from_millis(self.election_timeout_max_ms.max(50) + 50);
+        // Writes stay paused through the election: bounded to a few tries.
+        let deadline = (Instant::now() + ELECTION_TRIES * again).min(deadline);
         loop {
             let (vote, last_log_index, leader, leading) = {
                 let m = self.raft.metrics();

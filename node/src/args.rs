@@ -31,6 +31,41 @@ pub enum Command {
     /// Client commands.
     #[command(flatten)]
     Client(crate::cli::ClientCommand),
+    /// Ask a node's HTTP side whether it is ready (`/readyz`) or alive
+    /// (`/healthz`), for container health checks: exit 0 when it is, 1 when
+    /// it is not or does not answer within 2 s.
+    Probe(ProbeArgs),
+}
+
+/// `reservoir probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The node's HTTP address (its `http_addr`), `host:port`.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7002")]
+    pub http: String,
+    /// `ready` (`/readyz`: the node can commit and serve) or `live`
+    /// (`/healthz`: the process answers).
+    #[arg(long, value_enum, default_value_t = ProbeCheck::Ready)]
+    pub check: ProbeCheck,
+}
+
+/// What `reservoir probe` asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeCheck {
+    /// `/readyz`.
+    Ready,
+    /// `/healthz`.
+    Live,
+}
+
+impl ProbeCheck {
+    /// The HTTP path asked.
+    pub fn path(self) -> &'static str {
+        match self {
+            ProbeCheck::Ready => "/readyz",
+            ProbeCheck::Live => "/healthz",
+        }
+    }
 }
 
 /// `reservoir node`.

@@ -6,7 +6,7 @@
 //! run), 2 usage (bad arguments, a bad config file).
 
 use clap::Parser;
-use reservoir_node::args::{Cli, Command, EXIT_FAILURE, EXIT_USAGE, NodeArgs, UpArgs};
+use reservoir_node::args::{Cli, Command, EXIT_FAILURE, EXIT_USAGE, NodeArgs, ProbeArgs, UpArgs};
 use reservoir_node::cli::{self, ClientCommand};
 use reservoir_node::server::{self, config::NodeConfig};
 use reservoir_node::up::{self, cluster};
@@ -32,6 +32,47 @@ fn main() -> ExitCode {
         Command::Node(args) => node(args),
         Command::Up(args) => up(args),
         Command::Client(command) => client(command),
+        Command::Probe(args) => probe(args),
+    }
+}
+
+/// How long `reservoir probe` waits for the name, the connection and the answer.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `reservoir probe`: asks one node's `/readyz` or `/healthz`; prints the
+/// answer's first line.
+fn probe(args: ProbeArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let asked = runtime.block_on(async {
+        let resolve = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::lookup_host(args.http.as_str()));
+        let addr = match resolve.await {
+            Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| format!("{}: no address", args.http))?,
+            Ok(Err(e)) => return Err(format!("{}: {e}", args.http)),
+            Err(_) => return Err(format!("{}: name not resolved within 2 s", args.http)),
+        };
+        reservoir_client::http::get(addr, args.check.path(), PROBE_TIMEOUT)
+            .await
+            .map_err(|e| format!("{}{}: {e}", args.http, args.check.path()))
+    });
+    match asked {
+        Ok((status, body)) => {
+            println!("{status} {}", body.lines().next().unwrap_or(""));
+            if status == 200 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 

@@ -38,6 +38,10 @@ pub enum Command {
     /// backup`), before its first start; run it on every node of the new
     /// cluster (or region), then start them.
     Restore(RestoreArgs),
+    /// Ask a node's HTTP side whether it is ready (`/readyz`) or alive
+    /// (`/healthz`), for container health checks: exit 0 when it is, 1 when
+    /// it is not or does not answer within 2 s.
+    Probe(ProbeArgs),
 }
 
 /// `reservoir restore`.
@@ -49,6 +53,37 @@ pub struct RestoreArgs {
     /// The node's TOML config file (its region, data_dir, peers).
     #[arg(long, value_name = "FILE.toml")]
     pub config: PathBuf,
+}
+
+/// `reservoir probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The node's HTTP address (its `http_addr`), `host:port`.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7002")]
+    pub http: String,
+    /// `ready` (`/readyz`: the node can commit and serve) or `live`
+    /// (`/healthz`: the process answers).
+    #[arg(long, value_enum, default_value_t = ProbeCheck::Ready)]
+    pub check: ProbeCheck,
+}
+
+/// What `reservoir probe` asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeCheck {
+    /// `/readyz`.
+    Ready,
+    /// `/healthz`.
+    Live,
+}
+
+impl ProbeCheck {
+    /// The HTTP path asked.
+    pub fn path(self) -> &'static str {
+        match self {
+            ProbeCheck::Ready => "/readyz",
+            ProbeCheck::Live => "/healthz",
+        }
+    }
 }
 
 /// `reservoir node`.

@@ -6,7 +6,9 @@
 //! run), 2 usage (bad arguments, a bad config file).
 
 use clap::Parser;
-use reservoir_node::args::{Cli, Command, EXIT_FAILURE, EXIT_USAGE, NodeArgs, RestoreArgs, UpArgs};
+use reservoir_node::args::{
+    Cli, Command, EXIT_FAILURE, EXIT_USAGE, NodeArgs, ProbeArgs, RestoreArgs, UpArgs,
+};
 use reservoir_node::cli;
 use reservoir_node::server::{self, config::NodeConfig};
 use reservoir_node::up::{self, cluster};
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
         Command::Client(command) => client(cli::run(command)),
         Command::Operate(command) => client(cli::operate::run(command)),
         Command::Restore(args) => restore(args),
+        Command::Probe(args) => probe(args),
     }
 }
 
@@ -61,6 +64,46 @@ fn restore(args: RestoreArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {}: {e}", args.backup.display());
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// How long `reservoir probe` waits for the name, the connection and the answer.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `reservoir probe`: asks one node's `/readyz` or `/healthz`; prints the
+/// answer's first line.
+fn probe(args: ProbeArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let asked = runtime.block_on(async {
+        let resolve = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::lookup_host(args.http.as_str()));
+        let addr = match resolve.await {
+            Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| format!("{}: no address", args.http))?,
+            Ok(Err(e)) => return Err(format!("{}: {e}", args.http)),
+            Err(_) => return Err(format!("{}: name not resolved within 2 s", args.http)),
+        };
+        reservoir_client::http::get(addr, args.check.path(), PROBE_TIMEOUT)
+            .await
+            .map_err(|e| format!("{}{}: {e}", args.http, args.check.path()))
+    });
+    match asked {
+        Ok((status, body)) => {
+            println!("{status} {}", body.lines().next().unwrap_or(""));
+            if status == 200 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::from(EXIT_FAILURE)
         }
     }

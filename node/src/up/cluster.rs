@@ -608,7 +608,7 @@ fn endpoints(plan: &[PlannedNode], architecture: Architecture) -> Result<(Vec<Pr
             .or_default()
             .push(ClusterEndpoint {
                 id: p.config.node_id,
-                grpc: p.config.grpc_addr,
+                grpc: p.config.grpc_addr.into(),
             });
     }
     let mut entries = Vec::new();
@@ -626,7 +626,7 @@ fn endpoints(plan: &[PlannedNode], architecture: Architecture) -> Result<(Vec<Pr
                 });
                 out.entry(region.to_string()).or_default().push(ClusterEndpoint {
                     id: p.config.node_id,
-                    grpc: listen,
+                    grpc: listen.into(),
                 });
             }
         }

@@ -764,9 +764,9 @@ pub(crate) fn cluster_node(n: &NodeProcess) -> ClusterNode {
     ClusterNode {
         id: n.id,
         region: n.config.region.clone(),
-        grpc: n.config.grpc_addr,
-        peer: Some(n.config.peer_addr),
-        http: Some(n.config.http_addr),
+        grpc: n.config.grpc_addr.into(),
+        peer: Some(n.config.peer_addr.into()),
+        http: Some(n.config.http_addr.into()),
         pid: Some(n.pid),
         cmd: n.cmd.clone(),
     }

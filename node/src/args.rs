@@ -36,9 +36,13 @@ pub enum Command {
 /// `reservoir node`.
 #[derive(Debug, Args)]
 pub struct NodeArgs {
-    /// The node's TOML config file.
+    /// The node's TOML config file [default: $RESERVOIR_CONFIG; with
+    /// neither, every field comes from the environment]. Any field may be
+    /// set or replaced by a RESERVOIR_<FIELD> variable (RESERVOIR_NODE_ID,
+    /// RESERVOIR_RAFT__HEARTBEAT_MS: `__` nests; lists and tables as TOML
+    /// inline values).
     #[arg(long, value_name = "FILE.toml")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
 }
 
 /// `reservoir up`.

@@ -8,7 +8,7 @@
 use clap::Parser;
 use reservoir_node::args::{Cli, Command, EXIT_FAILURE, EXIT_USAGE, NodeArgs, UpArgs};
 use reservoir_node::cli::{self, ClientCommand};
-use reservoir_node::server::{self, config::NodeConfig};
+use reservoir_node::server::{self, config, config::NodeConfig};
 use reservoir_node::up::{self, cluster};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,7 +37,13 @@ fn main() -> ExitCode {
 
 /// `reservoir node --config FILE`: one node until SIGTERM / Ctrl-C.
 fn node(args: NodeArgs) -> ExitCode {
-    let config = match NodeConfig::load(&args.config) {
+    let env = config::process_env();
+    let path = args.config.clone().or_else(|| {
+        env.iter()
+            .find(|(name, value)| name == config::CONFIG_ENV && !value.is_empty())
+            .map(|(_, value)| PathBuf::from(value))
+    });
+    let config = match NodeConfig::load_with_env(path.as_deref(), env) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("error: {e}");

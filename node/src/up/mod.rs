@@ -372,7 +372,7 @@ fn fresh_configs(
         .clone()
         .map(|id| Peer {
             id,
-            peer: loopback(ports[PORTS_PER_NODE * (id as usize - 1) + 1]),
+            peer: loopback(ports[PORTS_PER_NODE * (id as usize - 1) + 1]).into(),
         })
         .collect();
     ids.map(|id| {
@@ -384,7 +384,9 @@ fn fresh_configs(
                 region: HOME_REGION.to_string(),
                 location: None,
                 grpc_addr: loopback(ports[i]),
+                grpc_advertise: None,
                 peer_addr: loopback(ports[i + 1]),
+                peer_advertise: None,
                 http_addr: loopback(ports[i + 2]),
                 data_dir: dir.join(format!("node-{id}")).join("data"),
                 standalone: true,
@@ -585,7 +587,7 @@ pub(crate) async fn wait_ready(nodes: &mut [NodeProcess], deadline: Duration) ->
                     format!("(pid {}) exited while starting: {status}", node.pid),
                 ));
             }
-            match probe_ready(node.config.http_addr).await {
+            match probe_ready(node.config.http_advertised()).await {
                 Ok(200) => ready[i] = true,
                 Ok(code) => last_probe[i] = format!("/readyz answered {code}"),
                 Err(e) => last_probe[i] = format!("/readyz failed: {e}"),
@@ -614,7 +616,7 @@ fn node_failed(node: &NodeProcess, reason: String) -> UpError {
 
 /// One `/readyz` probe, bounded by [`HTTP_PROBE_TIMEOUT`] and
 /// [`READY_BODY_BYTES_MAX`]: the status code.
-async fn probe_ready(addr: SocketAddr) -> Result<u16, reservoir_client::HttpError> {
+async fn probe_ready(addr: impl Into<reservoir_client::HostPort>) -> Result<u16, reservoir_client::HttpError> {
     let (code, _) =
         reservoir_client::http::get_bounded(addr, "/readyz", HTTP_PROBE_TIMEOUT, READY_BODY_BYTES_MAX)
             .await?;
@@ -764,9 +766,9 @@ pub(crate) fn cluster_node(n: &NodeProcess) -> ClusterNode {
     ClusterNode {
         id: n.id,
         region: n.config.region.clone(),
-        grpc: n.config.grpc_addr.into(),
-        peer: Some(n.config.peer_addr.into()),
-        http: Some(n.config.http_addr.into()),
+        grpc: n.config.grpc_advertised(),
+        peer: Some(n.config.peer_advertised()),
+        http: Some(n.config.http_advertised()),
         pid: Some(n.pid),
         cmd: n.cmd.clone(),
     }
@@ -795,8 +797,8 @@ fn print_endpoints(nodes: &[NodeProcess], cluster_path: &Path) {
         rows.push(vec![
             n.id.to_string(),
             n.pid.to_string(),
-            n.config.grpc_addr.to_string(),
-            n.config.http_addr.to_string(),
+            n.config.grpc_advertised().to_string(),
+            n.config.http_advertised().to_string(),
             n.log_path.display().to_string(),
         ]);
     }

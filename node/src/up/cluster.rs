@@ -348,12 +348,18 @@ fn prepare(dir: &Path, options: &ClusterOptions) -> Result<(Vec<PlannedNode>, bo
             Architecture::GlobalConsensus => GLOBAL_GROUP.to_string(),
             _ => region.to_string(),
         };
-        let nodes: Vec<(u64, String)> = layout
+        let nodes: Vec<secrets::NodeCert> = layout
             .nodes
             .iter()
-            .flat_map(|(region, list)| list.iter().map(move |n| (n.id, group_of(region))))
+            .flat_map(|(region, list)| {
+                list.iter().map(move |n| secrets::NodeCert {
+                    id: n.id,
+                    region: group_of(region),
+                    hosts: Vec::new(),
+                })
+            })
             .collect();
-        Some(secrets::make(dir, &nodes)?)
+        Some(secrets::make(dir, secrets::UP_CA_NAME, &nodes)?.api_keys)
     };
     let configs = match architecture {
         Architecture::Tokens => layout.tokens(dir, &raft, &policy, keys.as_deref()),

@@ -267,8 +267,14 @@ pub fn prepare_configs(
     let api_keys = if insecure {
         None
     } else {
-        let nodes: Vec<(u64, String)> = (1..=n).map(|id| (id, HOME_REGION.to_string())).collect();
-        Some(secrets::make(dir, &nodes)?)
+        let nodes: Vec<secrets::NodeCert> = (1..=n)
+            .map(|id| secrets::NodeCert {
+                id,
+                region: HOME_REGION.to_string(),
+                hosts: Vec::new(),
+            })
+            .collect();
+        Some(secrets::make(dir, secrets::UP_CA_NAME, &nodes)?.api_keys)
     };
     let plan = fresh_configs(dir, &ports, &raft, api_keys);
     for planned in &plan {

@@ -43,6 +43,12 @@ pub struct NodeArgs {
     /// inline values).
     #[arg(long, value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
+    /// Load the config (file and environment), check every field, the TLS
+    /// files and the data directory, print one line and exit: 0 when the
+    /// node could start, 2 (naming the field) when not. Binds no port and
+    /// opens no database.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 /// `reservoir up`.

@@ -35,7 +35,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// `reservoir node --config FILE`: one node until SIGTERM / Ctrl-C.
+/// `reservoir node --config FILE`: one node until SIGTERM / Ctrl-C; with
+/// `--check-config`, the config's check alone.
 fn node(args: NodeArgs) -> ExitCode {
     let env = config::process_env();
     let path = args.config.clone().or_else(|| {
@@ -43,13 +44,37 @@ fn node(args: NodeArgs) -> ExitCode {
             .find(|(name, value)| name == config::CONFIG_ENV && !value.is_empty())
             .map(|(_, value)| PathBuf::from(value))
     });
-    let config = match NodeConfig::load_with_env(path.as_deref(), env) {
+    let config = match NodeConfig::load_with_env(path.as_deref(), env.clone()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if args.check_config {
+        return match server::check::check(&config) {
+            Ok(()) => {
+                println!("{}", server::check::summary(&config));
+                ExitCode::SUCCESS
+            }
+            Err((field, message)) => {
+                // Named as a config error of that field, with the variable
+                // that set it (or its table), if one did.
+                let set_by = [field, field.split('.').next().unwrap_or(field)]
+                    .map(config::env_var)
+                    .into_iter()
+                    .find(|var| env.iter().any(|(name, _)| name == var));
+                let error = config::ConfigError::Field {
+                    path: path.map_or_else(|| "(environment)".to_string(), |p| p.display().to_string()),
+                    field: field.to_string(),
+                    var: set_by,
+                    message,
+                };
+                eprintln!("error: {error}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -4,7 +4,8 @@
 //!
 //! Where things are:
 //! - [`config`]: the node's TOML config file, its environment overrides
-//!   (`RESERVOIR_*`) and its validation;
+//!   (`RESERVOIR_*`) and its validation; [`check`]: what `--check-config`
+//!   checks beyond the fields (TLS files, the data directory);
 //! - [`node`]: what the services share ([`node::Node`]): the region's write
 //!   path, linearizable reads, forwarding clients, top-ups;
 //! - [`service`]: the gRPC services (`Inventory`, `Admin`, and the internal
@@ -39,6 +40,7 @@
 //! server's decoding limit, not here; the edge sees only decoded messages.
 
 pub mod availability;
+pub mod check;
 pub mod clock;
 pub mod config;
 mod connections;

@@ -1,12 +1,12 @@
-//! The `reservoir` command: a node, the local cluster launcher, and a
-//! command-line client (see `reservoir --help`).
+//! The `reservoir` command: a node, the local cluster launcher, the
+//! deployment generator, and a command-line client (see `reservoir --help`).
 //!
 //! Exit codes: 0 success (including a node or `up` stopped by SIGTERM /
 //! Ctrl-C), 1 failure (a refused call, no connection, a node that could not
 //! run), 2 usage (bad arguments, a bad config file).
 
 use clap::Parser;
-use reservoir_node::args::{Cli, Command, EXIT_FAILURE, EXIT_USAGE, NodeArgs, UpArgs};
+use reservoir_node::args::{Cli, Command, DeployCommand, EXIT_FAILURE, EXIT_USAGE, NodeArgs, UpArgs};
 use reservoir_node::cli::{self, ClientCommand};
 use reservoir_node::server::{self, config, config::NodeConfig};
 use reservoir_node::up::{self, cluster};
@@ -31,6 +31,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Node(args) => node(args),
         Command::Up(args) => up(args),
+        Command::Deploy {
+            command: DeployCommand::Init(args),
+        } => deploy_init(args),
         Command::Client(command) => client(command),
     }
 }
@@ -155,6 +158,27 @@ fn up(args: UpArgs) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(if e.is_usage() { EXIT_USAGE } else { EXIT_FAILURE })
+        }
+    }
+}
+
+/// `reservoir deploy init`: a deployment's files, what was made or kept on
+/// stdout.
+fn deploy_init(args: reservoir_node::args::DeployInitArgs) -> ExitCode {
+    let options = reservoir_node::deploy::InitOptions {
+        topology: args.topology,
+        out: args.out,
+    };
+    match reservoir_node::deploy::init(&options) {
+        Ok(report) => {
+            for line in report {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(if e.is_usage() { EXIT_USAGE } else { EXIT_FAILURE })

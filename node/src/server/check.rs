@@ -71,8 +71,8 @@ pub fn check_tls(files: &TlsFiles, id: u64, region: &str, hosts: &[String]) -> R
     let chain = certificates(&files.cert_file, "tls.cert_file")?;
     let cert_error = |what: String| ("tls.cert_file", format!("{}: {what}", files.cert_file.display()));
     let (leaf, intermediates) = chain.split_first().expect("certificates() returns at least one");
-    let key_bytes = reservoir_client::credentials::read_bounded(&files.key_file, "tls.key_file")
-        .map_err(|e| ("tls.key_file", e))?;
+    let key_bytes =
+        reservoir_client::credentials::read_bounded(&files.key_file, "reading").map_err(|e| ("tls.key_file", e))?;
     let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| {
         (
             "tls.key_file",
@@ -140,7 +140,7 @@ pub fn check_tls(files: &TlsFiles, id: u64, region: &str, hosts: &[String]) -> R
 
 /// The certificates of a PEM file (1-[`PEM_CERTIFICATES_MAX`]).
 fn certificates(path: &Path, field: &'static str) -> Result<Vec<CertificateDer<'static>>, CheckError> {
-    let bytes = reservoir_client::credentials::read_bounded(path, field).map_err(|e| (field, e))?;
+    let bytes = reservoir_client::credentials::read_bounded(path, "reading").map_err(|e| (field, e))?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .take(PEM_CERTIFICATES_MAX + 1)
         .collect::<Result<Vec<_>, _>>()

@@ -130,6 +130,12 @@ pub struct UpArgs {
     /// no configs yet.
     #[arg(long)]
     pub insecure: bool,
+    /// `--standalone`: the nodes listen on every interface (0.0.0.0) and
+    /// are reached, by each other and by clients, at HOST:PORT (a DNS name
+    /// or IP of this machine; `localhost` works), which their certificates
+    /// name. Only used when DIR holds no configs yet.
+    #[arg(long, value_name = "HOST")]
+    pub advertise_host: Option<String>,
 }
 
 #[cfg(test)]

@@ -120,6 +120,10 @@ fn up(args: UpArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    if !args.standalone && args.advertise_host.is_some() {
+        eprintln!("error: --advertise-host goes with --standalone (the three-region cluster's links are emulated on loopback)");
+        return ExitCode::from(EXIT_USAGE);
+    }
     if args.standalone
         && (args.architecture != cluster::Architecture::Tokens || args.nodes_per_region.is_some())
     {
@@ -136,6 +140,7 @@ fn up(args: UpArgs) -> ExitCode {
             proposal_queue_max: args.proposal_queue_max,
             exe,
             insecure: args.insecure,
+            advertise_host: args.advertise_host,
         }))
     } else {
         if args.nodes.is_some() || args.base_port.is_some() {

@@ -388,7 +388,7 @@ fn check_config_refuses_a_broken_config_naming_the_field() {
 #[test]
 fn check_config_verifies_the_certificate_names_the_advertised_host() {
     let dir = scratch("check-tls");
-    let plan = reservoir_node::up::prepare_configs(&dir, Some(1), None, None, false).unwrap();
+    let plan = reservoir_node::up::prepare_configs(&dir, Some(1), None, None, false, None).unwrap();
     let config = plan[0].config_path.to_str().unwrap();
     let out = reservoir(&["node", "--config", config, "--check-config"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

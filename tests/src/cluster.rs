@@ -98,6 +98,10 @@ pub struct ClusterOptions {
     pub proposal_queue_max: Option<usize>,
     /// `up --insecure`: plaintext, no API keys (every caller is an admin).
     pub insecure: bool,
+    /// `up --standalone --advertise-host HOST`: the nodes listen on every
+    /// interface and are reached (by each other and by the harness) at
+    /// `HOST:PORT`.
+    pub advertise_host: Option<&'static str>,
 }
 
 impl Default for ClusterOptions {
@@ -111,6 +115,7 @@ impl Default for ClusterOptions {
             policy: None,
             proposal_queue_max: None,
             insecure: false,
+            advertise_host: None,
         }
     }
 }
@@ -162,6 +167,10 @@ impl ClusterOptions {
         }
         if self.insecure {
             command.arg("--insecure");
+        }
+        if let Some(host) = self.advertise_host {
+            assert!(self.standalone, "--advertise-host goes with a standalone region");
+            command.arg("--advertise-host").arg(host);
         }
         command
     }

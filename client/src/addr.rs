@@ -342,7 +342,10 @@ mod tests {
         assert_eq!(ip.resolve().await.unwrap(), vec![ip.socket_addr().unwrap()]);
         let name: HostPort = "localhost:5".parse().unwrap();
         let found = name.resolve().await.unwrap();
-        assert!(found.iter().all(|a| a.ip().is_loopback() && a.port() == 5), "{found:?}");
+        assert!(
+            found.iter().all(|a| a.ip().is_loopback() && a.port() == 5),
+            "{found:?}"
+        );
         let nowhere: HostPort = "no-such-host.invalid:5".parse().unwrap();
         assert!(nowhere.resolve().await.is_err());
     }

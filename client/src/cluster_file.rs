@@ -196,7 +196,10 @@ mod tests {
             f.region_endpoints("eu-west"),
             vec![(4, "eu-west-1:7000".parse().unwrap())]
         );
-        assert_eq!(serde_json::to_value(&f.nodes[0]).unwrap()["http"], "eu-west-1:7002");
+        assert_eq!(
+            serde_json::to_value(&f.nodes[0]).unwrap()["http"],
+            "eu-west-1:7002"
+        );
         let bad = r#"{"nodes":[{"id":4,"region":"eu-west","grpc":"eu_west:7000"}]}"#;
         let e = serde_json::from_str::<ClusterFile>(bad).unwrap_err().to_string();
         assert!(e.contains("eu_west"), "{e}");

@@ -70,7 +70,11 @@ pub enum HttpError {
 
 /// `GET path` from `addr`: the status code and the body (at most
 /// [`RESPONSE_BYTES_MAX`] bytes), all within `timeout`.
-pub async fn get(addr: impl Into<HostPort>, path: &str, timeout: Duration) -> Result<(u16, String), HttpError> {
+pub async fn get(
+    addr: impl Into<HostPort>,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String), HttpError> {
     get_bounded(addr, path, timeout, RESPONSE_BYTES_MAX).await
 }
 
@@ -287,7 +291,10 @@ mod tests {
         let named = HostPort::new("localhost", addr.port()).unwrap();
         assert_eq!(get(&named, "/readyz", TIMEOUT).await.unwrap().0, 200);
         let request = request.await.unwrap().to_ascii_lowercase();
-        assert!(request.contains(&format!("host: localhost:{}", addr.port())), "{request:?}");
+        assert!(
+            request.contains(&format!("host: localhost:{}", addr.port())),
+            "{request:?}"
+        );
         let nowhere: HostPort = "no-such-host.invalid:7002".parse().unwrap();
         let e = get(&nowhere, "/", TIMEOUT).await.unwrap_err();
         assert!(matches!(e, HttpError::Connect { .. }), "{e:?}");

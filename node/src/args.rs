@@ -258,8 +258,16 @@ mod tests {
     /// `--check-config`.
     #[test]
     fn deploy_and_node_parse() {
-        let cli =
-            Cli::try_parse_from(["reservoir", "deploy", "init", "--topology", "t.toml", "--out", "d"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "reservoir",
+            "deploy",
+            "init",
+            "--topology",
+            "t.toml",
+            "--out",
+            "d",
+        ])
+        .unwrap();
         match cli.command {
             Command::Deploy {
                 command: DeployCommand::Init(args),

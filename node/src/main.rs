@@ -121,7 +121,9 @@ fn up(args: UpArgs) -> ExitCode {
         }
     };
     if !args.standalone && args.advertise_host.is_some() {
-        eprintln!("error: --advertise-host goes with --standalone (the three-region cluster's links are emulated on loopback)");
+        eprintln!(
+            "error: --advertise-host goes with --standalone (the three-region cluster's links are emulated on loopback)"
+        );
         return ExitCode::from(EXIT_USAGE);
     }
     if args.standalone

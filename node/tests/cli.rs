@@ -337,7 +337,10 @@ fn check_config_accepts_a_good_config_without_starting() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let line = String::from_utf8_lossy(&out.stdout);
-    assert!(line.starts_with("config OK: node 1 (region us-east), client localhost:7001, "), "{line}");
+    assert!(
+        line.starts_with("config OK: node 1 (region us-east), client localhost:7001, "),
+        "{line}"
+    );
     drop(taken);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -355,10 +358,22 @@ fn check_config_refuses_a_broken_config_naming_the_field() {
     let config = path.to_str().unwrap();
     let under_a_file = dir.join("file").join("data");
     for (env, named) in [
-        (vec![("RESERVOIR_NODE_ID", "0")], "field `node_id` (from the environment, RESERVOIR_NODE_ID)"),
-        (vec![("RESERVOIR_COLOUR", "blue")], "RESERVOIR_COLOUR (from the environment)"),
-        (vec![("RESERVOIR_RAFT__HEARTBEAT_MS", "soon")], "RESERVOIR_RAFT__HEARTBEAT_MS"),
-        (vec![("RESERVOIR_PEER_ADDR", "0.0.0.0:7003")], "field `peer_advertise`"),
+        (
+            vec![("RESERVOIR_NODE_ID", "0")],
+            "field `node_id` (from the environment, RESERVOIR_NODE_ID)",
+        ),
+        (
+            vec![("RESERVOIR_COLOUR", "blue")],
+            "RESERVOIR_COLOUR (from the environment)",
+        ),
+        (
+            vec![("RESERVOIR_RAFT__HEARTBEAT_MS", "soon")],
+            "RESERVOIR_RAFT__HEARTBEAT_MS",
+        ),
+        (
+            vec![("RESERVOIR_PEER_ADDR", "0.0.0.0:7003")],
+            "field `peer_advertise`",
+        ),
         (
             vec![("RESERVOIR_PEERS", r#"[{id = 1, peer = "bad_host:7003"}]"#)],
             "RESERVOIR_PEERS",
@@ -397,11 +412,17 @@ fn check_config_verifies_the_certificate_names_the_advertised_host() {
     let peers = format!("[{{id = 1, peer = \"{elsewhere}\"}}]");
     let out = reservoir_env(
         &["node", "--config", config, "--check-config"],
-        &[("RESERVOIR_PEER_ADVERTISE", &elsewhere), ("RESERVOIR_PEERS", &peers)],
+        &[
+            ("RESERVOIR_PEER_ADVERTISE", &elsewhere),
+            ("RESERVOIR_PEERS", &peers),
+        ],
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("field `tls.cert_file`") && err.contains("elsewhere.example"), "{err}");
+    assert!(
+        err.contains("field `tls.cert_file`") && err.contains("elsewhere.example"),
+        "{err}"
+    );
     let out = reservoir_env(
         &["node", "--config", config, "--check-config"],
         &[("RESERVOIR_TLS__KEY_FILE", "/nonexistent/node.key")],
@@ -462,8 +483,14 @@ fn deploy_init_writes_configs_that_pass_check_config() {
         let check = reservoir(&["node", "--config", config.to_str().unwrap(), "--check-config"]);
         assert_eq!(check.status.code(), Some(0), "node {id}: {}", stderr(&check));
         let line = String::from_utf8_lossy(&check.stdout);
-        assert!(line.starts_with(&format!("config OK: node {id} (region ")), "{line}");
-        assert!(line.contains(":7000, peer ") && line.contains(", http 0.0.0.0:7002"), "{line}");
+        assert!(
+            line.starts_with(&format!("config OK: node {id} (region ")),
+            "{line}"
+        );
+        assert!(
+            line.contains(":7000, peer ") && line.contains(", http 0.0.0.0:7002"),
+            "{line}"
+        );
     }
     let cluster: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("cluster.json")).unwrap()).unwrap();
@@ -473,7 +500,11 @@ fn deploy_init_writes_configs_that_pass_check_config() {
     let again = init();
     assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
     assert!(String::from_utf8_lossy(&again.stdout).starts_with("kept the CA"));
-    assert_eq!(std::fs::read(out.join("tls/ca.pem")).unwrap(), ca, "the CA was replaced");
+    assert_eq!(
+        std::fs::read(out.join("tls/ca.pem")).unwrap(),
+        ca,
+        "the CA was replaced"
+    );
     // A node whose host is not what its certificate names fails the check.
     let moved = reservoir_env(
         &[
@@ -495,6 +526,9 @@ fn deploy_init_writes_configs_that_pass_check_config() {
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
     let err = stderr(&bad);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("regions.nodes.host") && err.contains("eu_west_2"), "{err}");
+    assert!(
+        err.contains("regions.nodes.host") && err.contains("eu_west_2"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -109,12 +109,15 @@ pub fn config_path(out: &Path, id: u64) -> PathBuf {
 pub fn init(options: &InitOptions) -> Result<Vec<String>, DeployError> {
     let topology = Topology::load(&options.topology).map_err(DeployError::Usage)?;
     let out = &options.out;
-    std::fs::create_dir_all(out.join(NODES_DIR))
-        .map_err(DeployError::io(format!("creating {}", out.join(NODES_DIR).display())))?;
+    std::fs::create_dir_all(out.join(NODES_DIR)).map_err(DeployError::io(format!(
+        "creating {}",
+        out.join(NODES_DIR).display()
+    )))?;
     let mut report = Vec::new();
 
     let api_keys = if topology.insecure {
-        report.push("insecure: no CA, no certificates, no API keys (plaintext, every caller an admin)".into());
+        report
+            .push("insecure: no CA, no certificates, no API keys (plaintext, every caller an admin)".into());
         None
     } else {
         let certs: Vec<secrets::NodeCert> = nodes(&topology)
@@ -151,7 +154,9 @@ pub fn init(options: &InitOptions) -> Result<Vec<String>, DeployError> {
         }
         report.push(format!(
             "API keys (one per role): {}",
-            out.join(secrets::CREDENTIALS_DIR).join("{shop,admin,observer}.key").display()
+            out.join(secrets::CREDENTIALS_DIR)
+                .join("{shop,admin,observer}.key")
+                .display()
         ));
         // Each key's principal is its role's name (`up`'s are `dev-` ones).
         let keys = made
@@ -173,7 +178,8 @@ pub fn init(options: &InitOptions) -> Result<Vec<String>, DeployError> {
         })?;
         let path = config_path(out, config.node_id);
         let text = toml::to_string(config).expect("a NodeConfig always serializes to TOML");
-        write_atomically(&path, text.as_bytes()).map_err(DeployError::io(format!("writing {}", path.display())))?;
+        write_atomically(&path, text.as_bytes())
+            .map_err(DeployError::io(format!("writing {}", path.display())))?;
     }
     report.push(format!(
         "wrote {} node configs: {}",
@@ -188,9 +194,11 @@ pub fn init(options: &InitOptions) -> Result<Vec<String>, DeployError> {
     }
 
     let cluster_path = out.join("cluster.json");
-    let mut json = serde_json::to_vec_pretty(&cluster_file(&topology)).expect("a ClusterFile always serializes");
+    let mut json =
+        serde_json::to_vec_pretty(&cluster_file(&topology)).expect("a ClusterFile always serializes");
     json.push(b'\n');
-    write_atomically(&cluster_path, &json).map_err(DeployError::io(format!("writing {}", cluster_path.display())))?;
+    write_atomically(&cluster_path, &json)
+        .map_err(DeployError::io(format!("writing {}", cluster_path.display())))?;
     report.push(format!("wrote {} (for clients)", cluster_path.display()));
     if !topology.insecure {
         report.push(format!(
@@ -323,7 +331,9 @@ fn stale_configs(out: &Path, topology: &Topology) -> Result<Vec<PathBuf>, Deploy
     let ids: Vec<u64> = nodes(topology).map(|(_, n)| n.id).collect();
     let mut stale = Vec::new();
     for entry in std::fs::read_dir(&dir).map_err(DeployError::io(format!("reading {}", dir.display())))? {
-        let path = entry.map_err(DeployError::io(format!("reading {}", dir.display())))?.path();
+        let path = entry
+            .map_err(DeployError::io(format!("reading {}", dir.display())))?
+            .path();
         let id = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -371,23 +381,44 @@ mod tests {
         for (text, field) in [
             (good.replace("home = \"us-east\"\n", ""), "home"),
             (good.replace("home = \"us-east\"", "home = \"mars\""), "home"),
-            (good.replace("home = \"us-east\"", "home = \"us-east\"\nstandalone = true"), "home"),
+            (
+                good.replace("home = \"us-east\"", "home = \"us-east\"\nstandalone = true"),
+                "home",
+            ),
             (good.replace("home = \"us-east\"", "standalone = true"), "regions"),
             (good.replace("id = 5,", "id = 4,"), "regions.nodes.id"),
             (good.replace("id = 5,", "id = 0,"), "regions.nodes.id"),
-            (good.replace("\"eu-west-2\"", "\"eu-west-1\""), "regions.nodes.host"),
-            (good.replace("\"eu-west-2\"", "\"eu_west_2\""), "regions.nodes.host"),
+            (
+                good.replace("\"eu-west-2\"", "\"eu-west-1\""),
+                "regions.nodes.host",
+            ),
+            (
+                good.replace("\"eu-west-2\"", "\"eu_west_2\""),
+                "regions.nodes.host",
+            ),
             (good.replace("\"eu-west-2\"", "\"0.0.0.0\""), "regions.nodes.host"),
             (
                 good.replace("\"eu-west-2\" }", "\"eu-west-2\", names = [\"a b\"] }"),
                 "regions.nodes.names",
             ),
-            (good.replace("name = \"ap-south\"", "name = \"eu-west\""), "regions.name"),
-            (good.replace("name = \"ap-south\"", "name = \"AP South\""), "regions.name"),
+            (
+                good.replace("name = \"ap-south\"", "name = \"eu-west\""),
+                "regions.name",
+            ),
+            (
+                good.replace("name = \"ap-south\"", "name = \"AP South\""),
+                "regions.name",
+            ),
             (good.clone() + "\n[ports]\nclient = 7001\n", "ports"),
             (good.clone() + "\n[ports]\nhttp = 0\n", "ports.http"),
-            (good.replace("home = \"us-east\"", "home = \"us-east\"\ndata_dir = \"data\""), "data_dir"),
-            (good.replace("home = \"us-east\"", "home = \"us-east\"\nsecrets_dir = \"s\""), "secrets_dir"),
+            (
+                good.replace("home = \"us-east\"", "home = \"us-east\"\ndata_dir = \"data\""),
+                "data_dir",
+            ),
+            (
+                good.replace("home = \"us-east\"", "home = \"us-east\"\nsecrets_dir = \"s\""),
+                "secrets_dir",
+            ),
         ] {
             assert_eq!(parse(&text).unwrap_err().0, field, "{text}");
         }
@@ -411,11 +442,15 @@ mod tests {
         let all = configs(&t, Some(&[]));
         assert_eq!(all.len(), 9);
         for c in &all {
-            c.validate().unwrap_or_else(|e| panic!("node {}: {e:?}", c.node_id));
+            c.validate()
+                .unwrap_or_else(|e| panic!("node {}: {e:?}", c.node_id));
             assert_eq!(c.grpc_addr, "0.0.0.0:7000".parse().unwrap());
             assert_eq!(c.http_addr, "0.0.0.0:7002".parse().unwrap());
             assert_eq!(c.peers.len(), 3);
-            assert_eq!(c.ledger_nodes.iter().map(|p| p.id).collect::<Vec<_>>(), vec![1, 2, 3]);
+            assert_eq!(
+                c.ledger_nodes.iter().map(|p| p.id).collect::<Vec<_>>(),
+                vec![1, 2, 3]
+            );
             assert_eq!(c.hosts_ledger(), c.region == "us-east", "node {}", c.node_id);
             assert_eq!(c.regions.len(), 2);
             assert_eq!(c.data_dir, PathBuf::from(topology::DATA_DIR_DEFAULT));
@@ -475,18 +510,31 @@ mod tests {
             assert_eq!(config.api_keys[0].principal, "shop");
             crate::server::check::check(&config).unwrap_or_else(|e| panic!("node {id}: {e:?}"));
         }
-        for file in ["cluster.json", "control.token", "credentials/admin.key", "tls/ca.key"] {
+        for file in [
+            "cluster.json",
+            "control.token",
+            "credentials/admin.key",
+            "tls/ca.key",
+        ] {
             assert!(out.join(file).exists(), "{file}");
         }
         let ca = std::fs::read(out.join("tls/ca.pem")).unwrap();
         let key = std::fs::read(out.join("credentials/shop.key")).unwrap();
         let report = init(&options).unwrap();
         assert!(report[0].starts_with("kept the CA"), "{report:?}");
-        assert!(report.iter().any(|l| l == "kept node certificates: 1, 2, 3, 4, 5, 6, 7, 8, 9"), "{report:?}");
+        assert!(
+            report
+                .iter()
+                .any(|l| l == "kept node certificates: 1, 2, 3, 4, 5, 6, 7, 8, 9"),
+            "{report:?}"
+        );
         assert_eq!(std::fs::read(out.join("tls/ca.pem")).unwrap(), ca);
         assert_eq!(std::fs::read(out.join("credentials/shop.key")).unwrap(), key);
         std::fs::write(config_path(&out, 10), "").unwrap();
         let report = init(&options).unwrap();
-        assert!(report.iter().any(|l| l.contains("node-10.toml is for no node")), "{report:?}");
+        assert!(
+            report.iter().any(|l| l.contains("node-10.toml is for no node")),
+            "{report:?}"
+        );
     }
 }

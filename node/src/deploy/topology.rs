@@ -147,13 +147,20 @@ impl Topology {
             .map_err(|e| format!("topology {shown}: {e}"))?
             .len();
         if len > TOPOLOGY_BYTES_MAX {
-            return Err(format!("topology {shown}: larger than {TOPOLOGY_BYTES_MAX} bytes"));
+            return Err(format!(
+                "topology {shown}: larger than {TOPOLOGY_BYTES_MAX} bytes"
+            ));
         }
         let text = std::fs::read_to_string(path).map_err(|e| format!("topology {shown}: {e}"))?;
         let topology: Topology = toml::from_str(&text).map_err(|e| {
             let line = e
                 .span()
-                .map(|s| format!(" (line {})", text[..s.start.min(text.len())].lines().count().max(1)))
+                .map(|s| {
+                    format!(
+                        " (line {})",
+                        text[..s.start.min(text.len())].lines().count().max(1)
+                    )
+                })
                 .unwrap_or_default();
             format!("topology {shown}: {}{line}", e.message())
         })?;
@@ -186,7 +193,10 @@ impl Topology {
             (None, true) if self.regions.len() != 1 => {
                 return err(
                     "regions",
-                    format!("a standalone deployment is one region, got {}", self.regions.len()),
+                    format!(
+                        "a standalone deployment is one region, got {}",
+                        self.regions.len()
+                    ),
                 );
             }
             _ => {}
@@ -197,7 +207,11 @@ impl Topology {
             }
         }
         let p = self.ports;
-        for (field, port) in [("ports.client", p.client), ("ports.peer", p.peer), ("ports.http", p.http)] {
+        for (field, port) in [
+            ("ports.client", p.client),
+            ("ports.peer", p.peer),
+            ("ports.http", p.http),
+        ] {
             if port == 0 {
                 return err(field, "must be 1-65535".into());
             }
@@ -226,7 +240,10 @@ impl Topology {
             }
             for node in &region.nodes {
                 if node.id == 0 {
-                    return err("regions.nodes.id", format!("region {}: a node id must not be 0", region.name));
+                    return err(
+                        "regions.nodes.id",
+                        format!("region {}: a node id must not be 0", region.name),
+                    );
                 }
                 if !ids.insert(node.id) {
                     return err("regions.nodes.id", format!("node id {} appears twice", node.id));
@@ -255,8 +272,12 @@ impl Topology {
                     );
                 }
                 for name in &node.names {
-                    HostPort::new(name, p.peer)
-                        .map_err(|e| ("regions.nodes.names".to_string(), format!("node {}: {e}", node.id)))?;
+                    HostPort::new(name, p.peer).map_err(|e| {
+                        (
+                            "regions.nodes.names".to_string(),
+                            format!("node {}: {e}", node.id),
+                        )
+                    })?;
                 }
             }
         }

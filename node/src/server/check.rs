@@ -71,20 +71,16 @@ pub fn check_tls(files: &TlsFiles, id: u64, region: &str, hosts: &[String]) -> R
     let chain = certificates(&files.cert_file, "tls.cert_file")?;
     let cert_error = |what: String| ("tls.cert_file", format!("{}: {what}", files.cert_file.display()));
     let (leaf, intermediates) = chain.split_first().expect("certificates() returns at least one");
-    let key_bytes =
-        reservoir_client::credentials::read_bounded(&files.key_file, "reading").map_err(|e| ("tls.key_file", e))?;
+    let key_bytes = reservoir_client::credentials::read_bounded(&files.key_file, "reading")
+        .map_err(|e| ("tls.key_file", e))?;
     let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| {
         (
             "tls.key_file",
             format!("{}: no private key in it ({e})", files.key_file.display()),
         )
     })?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| {
-        (
-            "tls.key_file",
-            format!("{}: {e}", files.key_file.display()),
-        )
-    })?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| ("tls.key_file", format!("{}: {e}", files.key_file.display())))?;
     rustls::sign::CertifiedKey::new(chain.clone(), signing)
         .keys_match()
         .map_err(|e| {
@@ -127,14 +123,12 @@ pub fn check_tls(files: &TlsFiles, id: u64, region: &str, hosts: &[String]) -> R
     let client = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
         .build()
         .map_err(|e| ("tls.ca_file", format!("{}: {e}", files.ca_file.display())))?;
-    client
-        .verify_client_cert(leaf, intermediates, now)
-        .map_err(|e| {
-            cert_error(format!(
-                "not valid as a client certificate (calling peers) from {}: {e}",
-                files.ca_file.display()
-            ))
-        })?;
+    client.verify_client_cert(leaf, intermediates, now).map_err(|e| {
+        cert_error(format!(
+            "not valid as a client certificate (calling peers) from {}: {e}",
+            files.ca_file.display()
+        ))
+    })?;
     Ok(())
 }
 
@@ -151,7 +145,10 @@ fn certificates(path: &Path, field: &'static str) -> Result<Vec<CertificateDer<'
     if certs.len() > PEM_CERTIFICATES_MAX {
         return Err((
             field,
-            format!("{}: more than {PEM_CERTIFICATES_MAX} certificates", path.display()),
+            format!(
+                "{}: more than {PEM_CERTIFICATES_MAX} certificates",
+                path.display()
+            ),
         ));
     }
     Ok(certs)
@@ -269,7 +266,9 @@ mod tls_tests {
         let mut wrong_key = files.clone();
         wrong_key.key_file = secrets::tls_files(dir.path(), 2).key_file;
         assert_eq!(
-            check_tls(&wrong_key, 1, "us-east", &["us-east-1".into()]).unwrap_err().0,
+            check_tls(&wrong_key, 1, "us-east", &["us-east-1".into()])
+                .unwrap_err()
+                .0,
             "tls.key_file"
         );
         let other = tempfile::tempdir().unwrap();
@@ -277,7 +276,9 @@ mod tls_tests {
         let mut wrong_ca = files.clone();
         wrong_ca.ca_file = secrets::tls_files(other.path(), 1).ca_file;
         assert_eq!(
-            check_tls(&wrong_ca, 1, "us-east", &["us-east-1".into()]).unwrap_err().0,
+            check_tls(&wrong_ca, 1, "us-east", &["us-east-1".into()])
+                .unwrap_err()
+                .0,
             "tls.cert_file"
         );
         let mut missing = files.clone();

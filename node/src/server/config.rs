@@ -414,16 +414,21 @@ pub fn process_env() -> Vec<(String, String)> {
 /// (`us-east`, `10.0.0.7:7001`, `/var/lib/reservoir`) is the text itself,
 /// as a string. No field is a float or a date, so those read as text too.
 fn env_value(text: &str) -> toml::Value {
-    let parsed = format!("v = {text}").parse::<toml::Table>().ok().and_then(|mut t| {
-        let v = t.remove("v")?;
-        t.is_empty().then_some(v)
-    });
+    let parsed = format!("v = {text}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| {
+            let v = t.remove("v")?;
+            t.is_empty().then_some(v)
+        });
     match parsed {
-        Some(v @ (toml::Value::Integer(_)
-        | toml::Value::Boolean(_)
-        | toml::Value::String(_)
-        | toml::Value::Array(_)
-        | toml::Value::Table(_))) => v,
+        Some(
+            v @ (toml::Value::Integer(_)
+            | toml::Value::Boolean(_)
+            | toml::Value::String(_)
+            | toml::Value::Array(_)
+            | toml::Value::Table(_)),
+        ) => v,
         _ => toml::Value::String(text.to_string()),
     }
 }
@@ -510,7 +515,10 @@ impl NodeConfig {
     /// The host names (DNS names and IP literals) this node is reached by,
     /// which its certificate must carry: those of its advertised addresses.
     pub fn advertised_hosts(&self) -> Vec<String> {
-        let mut hosts = vec![self.grpc_advertised().host_str(), self.peer_advertised().host_str()];
+        let mut hosts = vec![
+            self.grpc_advertised().host_str(),
+            self.peer_advertised().host_str(),
+        ];
         hosts.dedup();
         hosts
     }
@@ -653,8 +661,18 @@ impl NodeConfig {
             return Err(("peer_addr", "must differ from grpc_addr and http_addr".into()));
         }
         for (field, listen_field, listen, advertise) in [
-            ("grpc_advertise", "grpc_addr", self.grpc_addr, &self.grpc_advertise),
-            ("peer_advertise", "peer_addr", self.peer_addr, &self.peer_advertise),
+            (
+                "grpc_advertise",
+                "grpc_addr",
+                self.grpc_addr,
+                &self.grpc_advertise,
+            ),
+            (
+                "peer_advertise",
+                "peer_addr",
+                self.peer_addr,
+                &self.peer_advertise,
+            ),
         ] {
             match advertise {
                 None if listen.ip().is_unspecified() => {
@@ -837,7 +855,10 @@ fn env_overrides(
     let mut out = Vec::with_capacity(vars.len());
     for (var, text) in vars {
         if text.len() > ENV_VALUE_BYTES_MAX {
-            return Err(refuse(&var, format!("value longer than {ENV_VALUE_BYTES_MAX} bytes")));
+            return Err(refuse(
+                &var,
+                format!("value longer than {ENV_VALUE_BYTES_MAX} bytes"),
+            ));
         }
         let keys: Vec<String> = var[ENV_PREFIX.len()..]
             .split(ENV_NESTING)
@@ -860,7 +881,12 @@ fn check_keys(schema: &toml::Table, keys: &[String]) -> Result<(), String> {
     let mut table = schema;
     for (i, key) in keys.iter().enumerate() {
         let so_far = keys[..=i].join(".");
-        let known = || table.keys().map(|k| env_var(&format!("{}{k}", prefix(&keys[..i])))).collect::<Vec<_>>();
+        let known = || {
+            table
+                .keys()
+                .map(|k| env_var(&format!("{}{k}", prefix(&keys[..i]))))
+                .collect::<Vec<_>>()
+        };
         let Some(value) = table.get(key) else {
             return Err(format!(
                 "no config field `{so_far}` (fields here: {})",
@@ -1236,7 +1262,10 @@ mod tests {
         );
         let (f, message) = field(|c| c.peer_advertise = Some("us-east-9:7001".parse().unwrap()));
         assert_eq!(f, "peers");
-        assert!(message.contains("us-east-9:7001") && message.contains("peer_advertise"), "{message}");
+        assert!(
+            message.contains("us-east-9:7001") && message.contains("peer_advertise"),
+            "{message}"
+        );
         assert_eq!(field(|c| c.grpc_addr.set_port(0)).0, "grpc_addr");
         let mut c = named();
         c.standalone = false;
@@ -1254,7 +1283,10 @@ mod tests {
         text = text.replace("\"us-east-2:7001\"", "\"us_east_2:7001\"");
         let (_dir, path) = write("node.toml", &text);
         let e = NodeConfig::load(&path).unwrap_err().to_string();
-        assert!(e.contains("`peers.peer`") && e.contains("us_east_2") && e.contains("(line "), "{e}");
+        assert!(
+            e.contains("`peers.peer`") && e.contains("us_east_2") && e.contains("(line "),
+            "{e}"
+        );
         let text = toml::to_string(&named())
             .unwrap()
             .replace("\"us-east-1:7000\"", "\"us-east-1:99999\"");
@@ -1274,7 +1306,10 @@ mod tests {
                     [[peers]]\nid = 1\npeer = \"127.0.0.1:9001\"\n";
         let (_dir, path) = write("node.toml", text);
         let c = NodeConfig::load(&path).unwrap();
-        assert_eq!(c.peers[0].peer.socket_addr(), Some("127.0.0.1:9001".parse().unwrap()));
+        assert_eq!(
+            c.peers[0].peer.socket_addr(),
+            Some("127.0.0.1:9001".parse().unwrap())
+        );
         assert_eq!((&c.grpc_advertise, &c.peer_advertise), (&None, &None));
         let again = toml::to_string(&c).unwrap();
         assert!(!again.contains("advertise"), "{again}");
@@ -1317,10 +1352,7 @@ mod tests {
         );
         assert_eq!(c.grpc_advertised().to_string(), "us-east-2:7001");
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/reservoir"));
-        assert_eq!(
-            c.tls.unwrap().ca_file,
-            PathBuf::from("/etc/reservoir/tls/ca.pem")
-        );
+        assert_eq!(c.tls.unwrap().ca_file, PathBuf::from("/etc/reservoir/tls/ca.pem"));
         let c = NodeConfig::load_with_env(
             Some(&path),
             env(&[(
@@ -1379,7 +1411,10 @@ mod tests {
             "{e}"
         );
         let e = refused(&[("RESERVOIR_RAFT__HEARTBEAT", "5")]);
-        assert!(e.contains("RESERVOIR_RAFT__HEARTBEAT") && e.contains("RESERVOIR_RAFT__HEARTBEAT_MS"), "{e}");
+        assert!(
+            e.contains("RESERVOIR_RAFT__HEARTBEAT") && e.contains("RESERVOIR_RAFT__HEARTBEAT_MS"),
+            "{e}"
+        );
         let e = refused(&[("RESERVOIR_PEERS__ID", "5")]);
         assert!(e.contains("is a list"), "{e}");
         let e = refused(&[("RESERVOIR_NODE_ID__X", "5")]);
@@ -1397,7 +1432,10 @@ mod tests {
             "{e}"
         );
         let e = refused(&[("RESERVOIR_GRPC_ADDR", "0.0.0.0:7001")]);
-        assert!(e.contains("field `grpc_advertise`") && e.contains("0.0.0.0:7001"), "{e}");
+        assert!(
+            e.contains("field `grpc_advertise`") && e.contains("0.0.0.0:7001"),
+            "{e}"
+        );
     }
 
     /// Values read as TOML when they are TOML scalars, lists or tables, and
@@ -1410,10 +1448,16 @@ mod tests {
         assert_eq!(env_value("\"us-east\""), Value::String("us-east".into()));
         assert_eq!(env_value("us-east"), Value::String("us-east".into()));
         assert_eq!(env_value("10.0.0.7:7001"), Value::String("10.0.0.7:7001".into()));
-        assert_eq!(env_value("/var/lib/reservoir"), Value::String("/var/lib/reservoir".into()));
+        assert_eq!(
+            env_value("/var/lib/reservoir"),
+            Value::String("/var/lib/reservoir".into())
+        );
         assert_eq!(env_value("inf"), Value::String("inf".into()));
         assert_eq!(env_value("2024-01-01"), Value::String("2024-01-01".into()));
-        assert_eq!(env_value("1\nnode_id = 5"), Value::String("1\nnode_id = 5".into()));
+        assert_eq!(
+            env_value("1\nnode_id = 5"),
+            Value::String("1\nnode_id = 5".into())
+        );
         assert!(matches!(env_value("[1, 2]"), Value::Array(a) if a.len() == 2));
         assert_eq!(env_var("raft.heartbeat_ms"), "RESERVOIR_RAFT__HEARTBEAT_MS");
         assert_eq!(
@@ -1449,8 +1493,14 @@ mod tests {
         }
         for (table, keys) in [
             ("raft", toml::Table::try_from(RaftTuning::default()).unwrap()),
-            ("rebalance", toml::Table::try_from(RebalanceConfig::default()).unwrap()),
-            ("retention", toml::Table::try_from(RetentionConfig::default()).unwrap()),
+            (
+                "rebalance",
+                toml::Table::try_from(RebalanceConfig::default()).unwrap(),
+            ),
+            (
+                "retention",
+                toml::Table::try_from(RetentionConfig::default()).unwrap(),
+            ),
         ] {
             for key in keys.keys() {
                 check_keys(&schema, &[table.to_string(), key.clone()]).unwrap();

@@ -37,8 +37,8 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::{get, post};
-use reservoir_client::{HOME_REGION, HostPort};
 use reservoir_client::control_api::{self, LinkState, PartitionRequest};
+use reservoir_client::{HOME_REGION, HostPort};
 use tokio::sync::{Mutex, watch};
 
 use crate::server::config::{NodeConfig, Peer, PolicyName, RaftTuning, RebalanceConfig, RegionPeers};
@@ -650,7 +650,12 @@ fn endpoints(plan: &[PlannedNode], architecture: Architecture) -> Result<(Vec<Pr
 fn proxies(plan: &[PlannedNode]) -> Result<Vec<Proxy>, UpError> {
     let real: BTreeMap<u64, (&str, HostPort)> = plan
         .iter()
-        .map(|p| (p.config.node_id, (p.config.location(), p.config.peer_advertised())))
+        .map(|p| {
+            (
+                p.config.node_id,
+                (p.config.location(), p.config.peer_advertised()),
+            )
+        })
         .collect();
     let mut out: BTreeMap<SocketAddr, Proxy> = BTreeMap::new();
     for p in plan {
@@ -798,11 +803,7 @@ async fn print_endpoints(cluster: &Cluster, options: &ClusterOptions) {
 
 /// Reports children that exit, prints a one-line status now and then, and
 /// returns the name of the signal that asked `up` to stop.
-async fn supervise(
-    cluster: &Cluster,
-    signals: &mut ShutdownSignals,
-    home: Option<HostPort>,
-) -> &'static str {
+async fn supervise(cluster: &Cluster, signals: &mut ShutdownSignals, home: Option<HostPort>) -> &'static str {
     let mut tick = tokio::time::interval(crate::up::CHILD_POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status = tokio::time::interval(STATUS_EVERY);

@@ -653,7 +653,9 @@ fn node_failed(node: &NodeProcess, reason: String) -> UpError {
 
 /// One `/readyz` probe, bounded by [`HTTP_PROBE_TIMEOUT`] and
 /// [`READY_BODY_BYTES_MAX`]: the status code.
-async fn probe_ready(addr: impl Into<reservoir_client::HostPort>) -> Result<u16, reservoir_client::HttpError> {
+async fn probe_ready(
+    addr: impl Into<reservoir_client::HostPort>,
+) -> Result<u16, reservoir_client::HttpError> {
     let (code, _) =
         reservoir_client::http::get_bounded(addr, "/readyz", HTTP_PROBE_TIMEOUT, READY_BODY_BYTES_MAX)
             .await?;
@@ -916,7 +918,10 @@ mod tests {
             again, first,
             "second run reuses the configs, ignoring --base-port"
         );
-        assert_eq!(prepare_configs(&dir, Some(3), None, None, true, None).unwrap(), first);
+        assert_eq!(
+            prepare_configs(&dir, Some(3), None, None, true, None).unwrap(),
+            first
+        );
         assert!(
             prepare_configs(&dir, Some(5), None, None, true, None)
                 .unwrap_err()
@@ -968,8 +973,14 @@ mod tests {
         for p in &plan {
             let c = &p.config;
             assert!(c.grpc_addr.ip().is_unspecified() && c.peer_addr.ip().is_unspecified());
-            assert_eq!(c.grpc_advertised(), HostPort::new("localhost", c.grpc_addr.port()).unwrap());
-            assert_eq!(c.http_advertised(), HostPort::new("localhost", c.http_addr.port()).unwrap());
+            assert_eq!(
+                c.grpc_advertised(),
+                HostPort::new("localhost", c.grpc_addr.port()).unwrap()
+            );
+            assert_eq!(
+                c.http_advertised(),
+                HostPort::new("localhost", c.http_addr.port()).unwrap()
+            );
             assert!(c.peers.iter().all(|peer| peer.peer.host_str() == "localhost"));
             assert_eq!(&NodeConfig::load(&p.config_path).unwrap(), c);
             crate::server::check::check(c).unwrap();

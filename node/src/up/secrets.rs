@@ -232,8 +232,12 @@ pub fn pem_names(pem: &[u8]) -> Vec<String> {
         .filter_map(|name| match name {
             GeneralName::DNSName(dns) => Some(dns.to_string()),
             GeneralName::IPAddress(bytes) => match bytes.len() {
-                4 => <[u8; 4]>::try_from(*bytes).ok().map(|b| std::net::IpAddr::from(b).to_string()),
-                16 => <[u8; 16]>::try_from(*bytes).ok().map(|b| std::net::IpAddr::from(b).to_string()),
+                4 => <[u8; 4]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| std::net::IpAddr::from(b).to_string()),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| std::net::IpAddr::from(b).to_string()),
                 _ => None,
             },
             _ => None,
@@ -243,7 +247,11 @@ pub fn pem_names(pem: &[u8]) -> Vec<String> {
 
 /// The CA that signs DIR's node certificates: its key, checked against
 /// its certificate, and the certificate's own name.
-fn load_issuer(ca_pem_path: &Path, ca_key_path: &Path, ca_pem: &[u8]) -> Result<Issuer<'static, KeyPair>, UpError> {
+fn load_issuer(
+    ca_pem_path: &Path,
+    ca_key_path: &Path,
+    ca_pem: &[u8],
+) -> Result<Issuer<'static, KeyPair>, UpError> {
     let pem = std::fs::read_to_string(ca_key_path).map_err(|e| {
         UpError::Usage(format!(
             "a node certificate must be made, but the CA's key {} cannot be read ({e}); \
@@ -251,7 +259,8 @@ fn load_issuer(ca_pem_path: &Path, ca_key_path: &Path, ca_pem: &[u8]) -> Result<
             ca_key_path.display()
         ))
     })?;
-    let key = KeyPair::from_pem(&pem).map_err(|e| UpError::Usage(format!("{}: {e}", ca_key_path.display())))?;
+    let key =
+        KeyPair::from_pem(&pem).map_err(|e| UpError::Usage(format!("{}: {e}", ca_key_path.display())))?;
     let bad = |why: &str| UpError::Usage(format!("{}: {why}", ca_pem_path.display()));
     let (_, parsed) = x509_parser::pem::parse_x509_pem(ca_pem).map_err(|_| bad("not a PEM certificate"))?;
     let cert = parsed.parse_x509().map_err(|_| bad("not a certificate"))?;
@@ -380,7 +389,12 @@ mod tests {
     #[test]
     fn a_second_run_keeps_the_ca() {
         let dir = tempfile::tempdir().unwrap();
-        let first = make(dir.path(), "test CA", &[node(1, &["us-east-1"]), node(2, &["us-east-2"])]).unwrap();
+        let first = make(
+            dir.path(),
+            "test CA",
+            &[node(1, &["us-east-1"]), node(2, &["us-east-2"])],
+        )
+        .unwrap();
         assert!(first.ca_made);
         assert_eq!(first.certs_made, vec![1, 2]);
         let ca = std::fs::read(dir.path().join("tls/ca.pem")).unwrap();
@@ -426,6 +440,11 @@ mod tests {
         let e = make(dir.path(), "test CA", &[node(2, &["b"])]).unwrap_err();
         assert!(e.to_string().contains("is not the key of"), "{e}");
         std::fs::write(&key, saved).unwrap();
-        assert_eq!(make(dir.path(), "test CA", &[node(2, &["b"])]).unwrap().certs_made, vec![2]);
+        assert_eq!(
+            make(dir.path(), "test CA", &[node(2, &["b"])])
+                .unwrap()
+                .certs_made,
+            vec![2]
+        );
     }
 }

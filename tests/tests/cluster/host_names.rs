@@ -39,7 +39,10 @@ async fn a_region_reached_by_host_name_commits_and_balances() {
             "grpc_advertise = \"localhost:",
             "peer_advertise = \"localhost:",
         ] {
-            assert!(config.contains(expected), "node {id} lacks {expected:?}:\n{config}");
+            assert!(
+                config.contains(expected),
+                "node {id} lacks {expected:?}:\n{config}"
+            );
         }
         assert!(
             !config.contains("peer = \"127.0.0.1:"),

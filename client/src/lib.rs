@@ -4,8 +4,9 @@
 //! - [`addr`]: [`HostPort`], how a node is reached (`host:port`, a DNS
 //!   name or an IP literal, resolved at each connection attempt, never at
 //!   parse time).
-//! - [`cluster_file`]: the `cluster.json` schema that `reservoir up` writes
-//!   and the load tester, the tests and operators' scripts read.
+//! - [`cluster_file`]: the `cluster.json` schema that `reservoir up` and
+//!   `reservoir deploy init` write and the CLI, the load tester, the tests
+//!   and operators' scripts read (node addresses as `host:port`).
 //! - [`regions`]: the three regions and the home region (where the ledger
 //!   and a standalone region live).
 //! - [`status`]: a node's `GET /status` JSON, written by the node and read

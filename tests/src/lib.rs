@@ -5,7 +5,7 @@
 //! three-region cluster with its ledger, WAN link emulators and control API
 //! (or, `ClusterOptions::architecture`, one of the designs it is compared
 //! with), both as a [`Cluster`] — and talks to it the way a client would:
-//! gRPC on `127.0.0.1` (TLS trusting the cluster's development CA, with the
+//! gRPC on loopback, `127.0.0.1` or `localhost` (TLS trusting the cluster's development CA, with the
 //! API keys `up` made: the `shop` key for every Inventory call, the `admin`
 //! key for Admin calls; plaintext without a key for a cluster started with
 //! `ClusterOptions::insecure`), the nodes' HTTP `/status`, and the control

@@ -45,7 +45,7 @@ pub enum Command {
 pub struct NodeArgs {
     /// The node's TOML config file [default: $RESERVOIR_CONFIG; with
     /// neither, every field comes from the environment]. Any field may be
-    /// set or replaced by a RESERVOIR_<FIELD> variable (RESERVOIR_NODE_ID,
+    /// set or replaced by a `RESERVOIR_<FIELD>` variable (RESERVOIR_NODE_ID,
     /// RESERVOIR_RAFT__HEARTBEAT_MS: `__` nests; lists and tables as TOML
     /// inline values).
     #[arg(long, value_name = "FILE.toml")]

@@ -3,7 +3,9 @@
 //! until shutdown.
 //!
 //! Where things are:
-//! - [`config`]: the node's TOML config file and its validation;
+//! - [`config`]: the node's TOML config file, its environment overrides
+//!   (`RESERVOIR_*`) and its validation; [`check`]: what `--check-config`
+//!   checks beyond the fields (TLS files, the data directory);
 //! - [`node`]: what the services share ([`node::Node`]): the region's write
 //!   path, linearizable reads, forwarding clients, top-ups;
 //! - [`service`]: the gRPC services (`Inventory`, `Admin`, and the internal
@@ -43,6 +45,7 @@
 
 pub mod availability;
 pub mod backup;
+pub mod check;
 pub mod clock;
 pub mod config;
 mod connections;
@@ -321,11 +324,13 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         .map(|host| tokio::spawn(host.run(shutdown_rx.clone())));
     let gossip = (!config.standalone).then(|| tokio::spawn(gossip_loop(node.clone(), shutdown_rx.clone())));
     eprintln!(
-        "reservoir node {} ({}) serving clients on {}, peers on {}, HTTP on {}{}",
+        "reservoir node {} ({}) serving clients on {} (reached at {}), peers on {} (reached at {}), HTTP on {}{}",
         config.node_id,
         config.region,
         config.grpc_addr,
+        config.grpc_advertised(),
         config.peer_addr,
+        config.peer_advertised(),
         config.http_addr,
         if config.insecure {
             " (INSECURE: plaintext, no authentication)"

@@ -4,7 +4,7 @@
 //! session did with it afterwards ([`Fate`]); once the books are read, each
 //! is asked for again (`GetReservation` on its region) and its state must
 //! fit its fate: a confirm answered OK is confirmed or settled, a release
-//! answered OK is released, a hold left alone is held or expired (or, when
+//! answered OK is released (or expired, when its time was up), a hold left alone is held or expired (or, when
 //! a follow-up's outcome is unknown, any state). A reservation the region no
 //! longer knows is lost. Reservoir only: the baselines keep no history.
 //!
@@ -27,8 +27,9 @@ use crate::target::Target;
 pub const FILED_MAX: usize = 2_000_000;
 /// Reads in flight while checking.
 pub const READS_IN_FLIGHT: usize = 32;
-/// Tries of one read that fails with a retryable error.
-pub const READ_TRIES: u32 = 10;
+/// Tries of one read that fails with a retryable error (20 s in all: an
+/// election or two).
+pub const READ_TRIES: u32 = 100;
 /// Pause between those tries.
 pub const READ_RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// Examples of problems kept in the report.
@@ -43,7 +44,8 @@ pub enum Fate {
     Held,
     /// Its confirm was answered OK.
     Confirmed,
-    /// Its release was answered OK.
+    /// Its release was answered OK: released, or expired (a release that
+    /// finds the hold's time already up ends it as expired, and answers OK).
     Released,
     /// Its follow-up's outcome is unknown (retries ran out): any state.
     Unknown,
@@ -56,7 +58,7 @@ impl Fate {
         match self {
             Fate::Held => matches!(state, S::Held | S::Expired),
             Fate::Confirmed => matches!(state, S::Confirmed | S::Settled),
-            Fate::Released => state == S::Released,
+            Fate::Released => matches!(state, S::Released | S::Expired),
             Fate::Unknown => state != S::Unspecified,
         }
     }
@@ -240,7 +242,7 @@ mod tests {
         };
         assert_eq!(allowed(Fate::Held), vec![S::Held, S::Expired]);
         assert_eq!(allowed(Fate::Confirmed), vec![S::Confirmed, S::Settled]);
-        assert_eq!(allowed(Fate::Released), vec![S::Released]);
+        assert_eq!(allowed(Fate::Released), vec![S::Released, S::Expired]);
         assert_eq!(allowed(Fate::Unknown).len(), 5);
     }
 

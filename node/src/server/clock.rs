@@ -33,6 +33,9 @@
 //!   warning (at most one a minute) and counts it in
 //!   `reservoir_clock_skew_warnings_total{group}`.
 //!
+//! A fresh group (no time stamped yet) starts on its first leader's wall
+//! clock, so its logical time reads as Unix time from the start.
+//!
 //! What this gives up: time the *whole* group was down does not count (a
 //! node that starts estimates from the clock it replayed), so after an
 //! outage of every node of a group its logical clock runs behind the wall
@@ -173,7 +176,14 @@ impl GroupClock {
         e.observe(applied_ms, now);
         if e.term != Some(term) {
             e.term = Some(term);
-            e.anchor_ms = e.estimate(now).max(applied_ms);
+            // A group that never had a time (a fresh one: nothing stamped
+            // yet) starts on its first leader's wall clock; every later
+            // term anchors on the group's own time.
+            e.anchor_ms = if e.seen_ms == 0 && applied_ms == 0 {
+                wall
+            } else {
+                e.estimate(now).max(applied_ms)
+            };
             e.anchor_at = now;
         }
         let base = e.base(now);
@@ -458,6 +468,31 @@ mod tests {
             "{}",
             g.state.clock_ms() - start
         );
+    }
+
+    /// A fresh group takes its first leader's wall clock: its logical time
+    /// is Unix time from the first command, not time since the group began
+    /// (which left every node warning of a skew of 56 years).
+    #[test]
+    fn a_fresh_group_starts_on_its_first_leaders_wall_clock() {
+        let walls: Vec<Box<dyn Fn(u64) -> u64 + Send + Sync>> = vec![right(), right(), right()];
+        let real = Arc::new(AtomicU64::new(0));
+        let nodes: Vec<GroupClock> = walls
+            .into_iter()
+            .map(|wall| {
+                let clock = Arc::new(FakeClock {
+                    real: real.clone(),
+                    wall,
+                });
+                GroupClock::new("us-east", clock, 0)
+            })
+            .collect();
+        assert_eq!(nodes[0].stamp_ms(1, 0), START_MS);
+        real.store(2_000, Ordering::SeqCst);
+        assert_eq!(nodes[0].stamp_ms(1, START_MS), START_MS + 2_000);
+        // A new term anchors on the group's time, not a wall clock.
+        nodes[1].observe(START_MS + 2_000);
+        assert_eq!(nodes[1].stamp_ms(2, START_MS + 2_000), START_MS + 2_000);
     }
 
     /// A follower's estimate runs on from what it last saw applied.

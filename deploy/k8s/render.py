@@ -201,7 +201,7 @@ spec:
         - name: config
           configMap: {{name: reservoir-{region}-config}}
         - name: tls
-          secret: {{secretName: reservoir-{region}-tls, defaultMode: 0400}}
+          secret: {{secretName: reservoir-{region}-tls, defaultMode: 0440}}
   volumeClaimTemplates:
     - metadata: {{name: data}}
       spec:

@@ -35,7 +35,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// `reservoir node --config FILE`: one node until SIGTERM / Ctrl-C.
+/// `reservoir node --config FILE`: one node until SIGTERM / Ctrl-C. Until
+/// its config is read, errors are plain `error: ...` lines; from then on
+/// the node logs as `[log]` (or `RUST_LOG`) says.
 fn node(args: NodeArgs) -> ExitCode {
     let config = match NodeConfig::load(&args.config) {
         Ok(config) => config,
@@ -44,17 +46,21 @@ fn node(args: NodeArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if let Err(e) = server::logging::init(&config.log) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            tracing::error!(error = %e, "cannot start the async runtime");
             return ExitCode::from(EXIT_FAILURE);
         }
     };
     match runtime.block_on(server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            tracing::error!(error = %e, "the node could not run");
             ExitCode::from(EXIT_FAILURE)
         }
     }

@@ -689,7 +689,7 @@ impl<SM: GroupMachine> Group<SM> {
     pub async fn shutdown(&self) {
         self.router.remove(&self.name);
         if let Err(e) = self.raft.shutdown().await {
-            eprintln!("warning: raft group {} shutdown: {e}", self.name);
+            tracing::warn!(group = %self.name, error = %e, "raft group shutdown failed");
         }
     }
 
@@ -995,10 +995,12 @@ async fn propose_loop<SM: GroupMachine>(
                     metrics::counter!("reservoir_raft_batch_timeouts_total", "group" => proposer.group.clone())
                         .increment(1);
                     let waited_ms = proposer.timeout.as_millis() as u64;
-                    eprintln!(
-                        "warning: group {}: a batch of {count} commands got no outcome within {waited_ms} ms; its \
-                         callers are told the outcome is unknown and its write slot is free again",
-                        proposer.group,
+                    tracing::warn!(
+                        group = %proposer.group,
+                        commands = count,
+                        waited_ms,
+                        "a batch got no outcome in time; its callers are told the outcome is unknown and its \
+                         write slot is free again"
                     );
                     for reply in replies {
                         reply.fail(ProposeError::Timeout { waited_ms });

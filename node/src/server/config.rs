@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use crate::server::logging::{LogConfig, LogFormat};
 pub use crate::server::security::TlsFiles;
 use crate::server::security::clients::{API_KEYS_MAX, ApiKey};
 
@@ -84,6 +85,9 @@ pub struct NodeConfig {
     /// The API keys clients authenticate with, stored hashed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub api_keys: Vec<ApiKey>,
+    /// How the node logs (`[log]`: `format`, `filter`).
+    #[serde(default)]
+    pub log: LogConfig,
 }
 
 /// How long the region group keeps ended (released, expired, settled)
@@ -418,6 +422,7 @@ impl NodeConfig {
             .to_state()
             .check()
             .map_err(|e| ("retention", e.to_string()))?;
+        self.log.check().map_err(|e| ("log.filter", e))?;
         self.validate_security()?;
         self.validate_cluster()
     }
@@ -570,6 +575,7 @@ mod tests {
                 key_file: "/tmp/node.key".into(),
             }),
             api_keys: Vec::new(),
+            log: LogConfig::default(),
         }
     }
 
@@ -631,6 +637,28 @@ mod tests {
             field(|c| c.retention.ended_ms = reservoir_tokens::limits::RESERVATION_RETENTION_MS_LIMIT + 1),
             "retention"
         );
+        assert_eq!(
+            field(|c| c.log.filter = "info,openraft=loud".into()),
+            "log.filter"
+        );
+    }
+
+    /// A config without `[log]` gets its defaults; with it, what it says.
+    #[test]
+    fn operations_fields_default_and_parse() {
+        let mut c = good();
+        c.log.format = LogFormat::Json;
+        c.log.filter = "debug,sled=warn".into();
+        let text = toml::to_string(&c).unwrap();
+        assert!(
+            text.contains("[log]") && text.contains("format = \"json\""),
+            "{text}"
+        );
+        assert_eq!(toml::from_str::<NodeConfig>(&text).unwrap(), c);
+        let mut bare: toml::Table = toml::from_str(&text).unwrap();
+        assert!(bare.remove("log").is_some(), "[log] in {text}");
+        let defaults: NodeConfig = toml::from_str(&toml::to_string(&bare).unwrap()).unwrap();
+        assert_eq!(defaults.log, LogConfig::default());
     }
 
     /// One node id under two regions is refused: the peer plane trusts a

@@ -20,6 +20,8 @@
 //! - [`demand`], [`availability`]: the demand meter, and CRDT availability
 //!   gossip;
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/status`;
+//! - [`logging`]: the log subscriber (text or JSON, `[log]`, `RUST_LOG`)
+//!   and the per-call log budget;
 //! - [`clock`]: the time seam (wall and monotonic clocks) and each group's bounded logical time (`GroupClock`).
 //!
 //! Imports run one way: `service` and `http` → `node` → `ledger` →
@@ -46,6 +48,7 @@ pub mod demand;
 pub mod edge;
 pub mod http;
 pub mod ledger;
+pub mod logging;
 pub mod node;
 pub mod security;
 pub mod service;
@@ -312,22 +315,21 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         .clone()
         .map(|host| tokio::spawn(host.run(shutdown_rx.clone())));
     let gossip = (!config.standalone).then(|| tokio::spawn(gossip_loop(node.clone(), shutdown_rx.clone())));
-    eprintln!(
-        "reservoir node {} ({}) serving clients on {}, peers on {}, HTTP on {}{}",
-        config.node_id,
-        config.region,
-        config.grpc_addr,
-        config.peer_addr,
-        config.http_addr,
-        if config.insecure {
-            " (INSECURE: plaintext, no authentication)"
-        } else {
-            ""
-        }
+    tracing::info!(
+        node_id = config.node_id,
+        region = %config.region,
+        grpc_addr = %config.grpc_addr,
+        peer_addr = %config.peer_addr,
+        http_addr = %config.http_addr,
+        version = env!("CARGO_PKG_VERSION"),
+        "reservoir node serving clients on grpc_addr, peers on peer_addr, HTTP on http_addr"
     );
+    if config.insecure {
+        tracing::warn!("INSECURE: plaintext, no authentication");
+    }
 
     wait_for_signal().await;
-    eprintln!("node {}: shutting down", config.node_id);
+    tracing::info!(node_id = config.node_id, "shutting down");
     health
         .set_not_serving::<InventoryServer<InventoryService>>()
         .await;
@@ -353,7 +355,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
     }
     node.group().shutdown().await;
     storage.flush().await.map_err(|e| format!("final flush: {e}"))?;
-    eprintln!("node {}: stopped", config.node_id);
+    tracing::info!(node_id = config.node_id, "stopped");
     Ok(())
 }
 
@@ -453,7 +455,7 @@ async fn wait_for_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("warning: cannot listen for SIGTERM: {e}");
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
             let _ = tokio::signal::ctrl_c().await;
             return;
         }
@@ -560,7 +562,7 @@ async fn expire_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
                 op: RegionOp::SetRetention { retention: wanted },
             };
             if let Ok(Err(e)) = propose_bounded(group, cmd, "retention").await {
-                eprintln!("warning: retention {wanted:?} refused: {e}");
+                tracing::warn!(retention = ?wanted, error = %e, "retention setting refused");
             }
         }
         let now_ms = node.now_ms();
@@ -590,7 +592,7 @@ async fn expire_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
                     }
                 }
                 Ok(other) => {
-                    eprintln!("warning: expire sweep: unexpected outcome {other:?}");
+                    tracing::error!(outcome = ?other, "expire sweep: unexpected outcome");
                     break;
                 }
                 Err(_) => break,
@@ -611,7 +613,7 @@ async fn propose_bounded(
     let result = group.propose(cmd).await;
     if let Err(e @ ProposeError::Timeout { .. }) = &result {
         metrics::counter!("reservoir_background_propose_timeouts_total", "task" => task).increment(1);
-        eprintln!("warning: {task}: {e}; trying again at the next tick");
+        tracing::warn!(task, error = %e, "background proposal timed out; trying again at the next tick");
     }
     result
 }

@@ -350,6 +350,13 @@ impl Node {
         let result = tokio::time::timeout(COMMIT_TIMEOUT, proposal).await;
         metrics::histogram!("reservoir_raft_commit_seconds").record(started.elapsed().as_secs_f64());
         result.map_err(|_| {
+            if crate::server::logging::call_line_allowed() {
+                tracing::warn!(
+                    group = %self.region(),
+                    timeout = ?COMMIT_TIMEOUT,
+                    "no commit within the timeout; the outcome is unknown"
+                );
+            }
             status_with_info(
                 Code::Unavailable,
                 format!(
@@ -399,7 +406,11 @@ impl Node {
     /// The channel to the leader at `addr`; a failure to make one means
     /// the leader cannot be reached (`NO_LEADER`: nothing was sent).
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        tracing::Span::current().record("leader", crate::server::logging::bounded(addr));
         self.peers.get(addr).map_err(|e| {
+            if crate::server::logging::call_line_allowed() {
+                tracing::warn!(leader = addr, error = %e, "leader unreachable: no channel to forward on");
+            }
             status_with_info(
                 Code::Unavailable,
                 format!("leader at {addr} unreachable: {e}"),

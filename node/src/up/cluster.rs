@@ -513,6 +513,7 @@ impl Layout {
             insecure: api_keys.is_none(),
             tls: api_keys.is_some().then(|| secrets::tls_files(dir, id)),
             api_keys: api_keys.map(<[ApiKey]>::to_vec).unwrap_or_default(),
+            log: Default::default(),
         }
     }
 

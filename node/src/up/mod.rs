@@ -398,6 +398,7 @@ fn fresh_configs(
                 insecure: api_keys.is_none(),
                 tls: api_keys.is_some().then(|| secrets::tls_files(dir, id)),
                 api_keys: api_keys.clone().unwrap_or_default(),
+                log: Default::default(),
             },
         }
     })

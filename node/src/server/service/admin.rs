@@ -9,7 +9,9 @@ use reservoir_tokens::RegionApplied;
 use reservoir_tokens::audit;
 use tonic::{Request, Response, Status};
 
-use super::{Caller, Plane, forward_failed, forwarding, leader_answer, recorded, unexpected};
+use super::{
+    Caller, Plane, forward_failed, forwarding, leader_answer, note_request_id, recorded, unexpected,
+};
 use crate::server::control::{LedgerCall, LedgerReply};
 use crate::server::edge;
 use crate::server::node::{FORWARD_TIMEOUT, Node, Route};
@@ -260,7 +262,8 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         request: Request<v1::AdjustStockRequest>,
     ) -> Result<Response<v1::AdjustStockResponse>, Status> {
-        recorded("adjust_stock", async {
+        recorded(self.plane, "adjust_stock", async {
+            note_request_id(&request.get_ref().request_id);
             let caller = self
                 .plane
                 .caller(&self.node, &request, Permission::AdjustStock)
@@ -274,7 +277,7 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         request: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::ClusterStatus>, Status> {
-        recorded("get_status", async {
+        recorded(self.plane, "get_status", async {
             self.plane
                 .caller(&self.node, &request, Permission::ReadStatus)
                 .await?;
@@ -284,7 +287,7 @@ impl v1::admin_server::Admin for AdminService {
     }
 
     async fn audit(&self, request: Request<v1::AuditRequest>) -> Result<Response<v1::AuditReport>, Status> {
-        recorded("audit", async {
+        recorded(self.plane, "audit", async {
             let caller = self.plane.caller(&self.node, &request, Permission::Audit).await?;
             self.audit_inner(&caller).await
         })

@@ -10,7 +10,9 @@ use reservoir_tokens::{Line, RegionApplied, RegionOp, RegionState, Rejection};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::{Caller, Plane, forwarding, leader_answer, recorded, unexpected};
+use super::{
+    Caller, Plane, forwarding, leader_answer, note_request_id, note_reservation_id, recorded, unexpected,
+};
 use crate::server::edge;
 use crate::server::node::{Node, Route, TOPUP_POLL, WriteError};
 use crate::server::security::Permission;
@@ -112,9 +114,11 @@ impl InventoryService {
         match outcome? {
             Route::Applied(RegionApplied::Reservation(r)) => {
                 self.check_low_water(&r.lines);
-                Ok(v1::ReserveResponse {
-                    reservation: self.reservation(r),
-                })
+                let reservation = self.reservation(r);
+                if let Some(r) = &reservation {
+                    note_reservation_id(&r.reservation_id);
+                }
+                Ok(v1::ReserveResponse { reservation })
             }
             Route::Applied(other) => Err(unexpected("reserve", &other)),
             Route::Leader(addr) => {
@@ -420,7 +424,8 @@ impl v1::inventory_server::Inventory for InventoryService {
         &self,
         request: Request<v1::ReserveRequest>,
     ) -> Result<Response<v1::ReserveResponse>, Status> {
-        let answer = recorded("reserve", async {
+        let answer = recorded(self.plane, "reserve", async {
+            note_request_id(&request.get_ref().request_id);
             let caller = self.plane.caller(&self.node, &request, Permission::Write).await?;
             self.reserve_inner(&caller, request.into_inner()).await
         })
@@ -432,7 +437,7 @@ impl v1::inventory_server::Inventory for InventoryService {
         &self,
         request: Request<v1::ReserveBatchRequest>,
     ) -> Result<Response<v1::ReserveBatchResponse>, Status> {
-        let answer = recorded("reserve_batch", async {
+        let answer = recorded(self.plane, "reserve_batch", async {
             let caller = self.plane.caller(&self.node, &request, Permission::Write).await?;
             self.reserve_batch_inner(&caller, request.into_inner()).await
         })
@@ -444,7 +449,8 @@ impl v1::inventory_server::Inventory for InventoryService {
         &self,
         request: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
-        let answer = recorded("release", async {
+        let answer = recorded(self.plane, "release", async {
+            note_reservation_id(&request.get_ref().reservation_id);
             let caller = self.plane.caller(&self.node, &request, Permission::Write).await?;
             self.release_inner(&caller, request.into_inner()).await
         })
@@ -456,7 +462,8 @@ impl v1::inventory_server::Inventory for InventoryService {
         &self,
         request: Request<v1::ConfirmRequest>,
     ) -> Result<Response<v1::ConfirmResponse>, Status> {
-        let answer = recorded("confirm", async {
+        let answer = recorded(self.plane, "confirm", async {
+            note_reservation_id(&request.get_ref().reservation_id);
             let caller = self.plane.caller(&self.node, &request, Permission::Write).await?;
             self.confirm_inner(&caller, request.into_inner()).await
         })
@@ -468,7 +475,8 @@ impl v1::inventory_server::Inventory for InventoryService {
         &self,
         request: Request<v1::ExtendRequest>,
     ) -> Result<Response<v1::ExtendResponse>, Status> {
-        let answer = recorded("extend", async {
+        let answer = recorded(self.plane, "extend", async {
+            note_reservation_id(&request.get_ref().reservation_id);
             let caller = self.plane.caller(&self.node, &request, Permission::Write).await?;
             self.extend_inner(&caller, request.into_inner()).await
         })
@@ -480,7 +488,8 @@ impl v1::inventory_server::Inventory for InventoryService {
         &self,
         request: Request<v1::GetReservationRequest>,
     ) -> Result<Response<v1::Reservation>, Status> {
-        let answer = recorded("get_reservation", async {
+        let answer = recorded(self.plane, "get_reservation", async {
+            note_reservation_id(&request.get_ref().reservation_id);
             let caller = self
                 .plane
                 .caller(&self.node, &request, Permission::ReadReservation)
@@ -495,7 +504,7 @@ impl v1::inventory_server::Inventory for InventoryService {
         &self,
         request: Request<v1::GetAvailabilityRequest>,
     ) -> Result<Response<v1::Availability>, Status> {
-        let answer = recorded("get_availability", async {
+        let answer = recorded(self.plane, "get_availability", async {
             self.plane
                 .caller(&self.node, &request, Permission::ReadAvailability)
                 .await?;

@@ -85,9 +85,24 @@ pub struct NodeConfig {
     /// The API keys clients authenticate with, stored hashed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub api_keys: Vec<ApiKey>,
+    /// How long the node stays up after SIGTERM / Ctrl-C while it says it
+    /// is not ready (`/readyz` 503, gRPC health `NOT_SERVING`) and goes on
+    /// serving, so load balancers stop sending it calls first. 0: stop at
+    /// once.
+    #[serde(default = "drain_ms_default")]
+    pub drain_ms: u64,
     /// How the node logs (`[log]`: `format`, `filter`).
     #[serde(default)]
     pub log: LogConfig,
+}
+
+/// Default of `drain_ms`.
+pub const DRAIN_MS_DEFAULT: u64 = 2_000;
+/// Longest drain a config may ask for.
+pub const DRAIN_MS_MAX: u64 = 300_000;
+
+fn drain_ms_default() -> u64 {
+    DRAIN_MS_DEFAULT
 }
 
 /// How long the region group keeps ended (released, expired, settled)
@@ -422,6 +437,12 @@ impl NodeConfig {
             .to_state()
             .check()
             .map_err(|e| ("retention", e.to_string()))?;
+        if self.drain_ms > DRAIN_MS_MAX {
+            return Err((
+                "drain_ms",
+                format!("must be at most {DRAIN_MS_MAX}, got {}", self.drain_ms),
+            ));
+        }
         self.log.check().map_err(|e| ("log.filter", e))?;
         self.validate_security()?;
         self.validate_cluster()
@@ -575,6 +596,7 @@ mod tests {
                 key_file: "/tmp/node.key".into(),
             }),
             api_keys: Vec::new(),
+            drain_ms: DRAIN_MS_DEFAULT,
             log: LogConfig::default(),
         }
     }
@@ -637,16 +659,19 @@ mod tests {
             field(|c| c.retention.ended_ms = reservoir_tokens::limits::RESERVATION_RETENTION_MS_LIMIT + 1),
             "retention"
         );
+        assert_eq!(field(|c| c.drain_ms = DRAIN_MS_MAX + 1), "drain_ms");
         assert_eq!(
             field(|c| c.log.filter = "info,openraft=loud".into()),
             "log.filter"
         );
     }
 
-    /// A config without `[log]` gets its defaults; with it, what it says.
+    /// A config without `drain_ms` and `[log]` gets their defaults; with
+    /// them, what it says.
     #[test]
     fn operations_fields_default_and_parse() {
         let mut c = good();
+        c.drain_ms = 0;
         c.log.format = LogFormat::Json;
         c.log.filter = "debug,sled=warn".into();
         let text = toml::to_string(&c).unwrap();
@@ -656,8 +681,11 @@ mod tests {
         );
         assert_eq!(toml::from_str::<NodeConfig>(&text).unwrap(), c);
         let mut bare: toml::Table = toml::from_str(&text).unwrap();
-        assert!(bare.remove("log").is_some(), "[log] in {text}");
+        for key in ["drain_ms", "log"] {
+            assert!(bare.remove(key).is_some(), "{key} in {text}");
+        }
         let defaults: NodeConfig = toml::from_str(&toml::to_string(&bare).unwrap()).unwrap();
+        assert_eq!(defaults.drain_ms, DRAIN_MS_DEFAULT);
         assert_eq!(defaults.log, LogConfig::default());
     }
 

@@ -1,5 +1,6 @@
-//! The node's HTTP side (axum): `/healthz`, `/readyz`, `/metrics`
-//! (Prometheus text from the `metrics` crate) and `/status` (JSON).
+//! The node's HTTP side (axum): `/healthz` (the process answers),
+//! `/readyz` ([`crate::server::health`]), `/metrics` (Prometheus text from
+//! the `metrics` crate) and `/status` (JSON).
 
 use std::sync::Arc;
 
@@ -10,6 +11,7 @@ use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::server::health::Health;
 use crate::server::node::Node;
 use reservoir_client::status as status_json;
 use reservoir_raft::Role;
@@ -45,74 +47,38 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
     Ok(handle)
 }
 
-/// A leader whose quorum has not acknowledged it for this long is not ready.
-pub const QUORUM_ACK_STALE_MS: u64 = 2_000;
-
 #[derive(Clone)]
 struct AppState {
     node: Arc<Node>,
     metrics: PrometheusHandle,
+    health: Arc<Health>,
 }
 
-/// The HTTP routes of a node.
-pub fn router(node: Arc<Node>, metrics: PrometheusHandle) -> Router {
+/// The HTTP routes of a node: readiness from `health`, metrics rendered
+/// from `metrics`.
+pub fn router(node: Arc<Node>, metrics: PrometheusHandle, health: Arc<Health>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/status", get(status))
-        .with_state(AppState { node, metrics })
+        .with_state(AppState {
+            node,
+            metrics,
+            health,
+        })
 }
 
-/// Ready when the region group (and, on a ledger host, the ledger group)
-/// has a leader and can commit: not a leader whose quorum has been silent
-/// for [`QUORUM_ACK_STALE_MS`], and no commit stall on this node
-/// ([`reservoir_raft::Group::commit_stall`]: a batch waiting past half the
-/// proposal bound, or a proposal or read timed out lately with no commit
-/// since).
+/// 200 when [`Health::check`] finds the node ready, else 503 and why (the
+/// same evaluation gRPC health reports).
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    let status = s.node.group().status();
-    let Some(leader) = status.leader else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no leader\n".to_string(),
-        );
+    let readiness = s.health.check();
+    let code = if readiness.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    // A leader cut off from its followers still believes it leads, and
-    // accepts writes it cannot commit: not ready.
-    if status.role == Role::Leader
-        && status
-            .millis_since_quorum_ack
-            .is_some_and(|ms| ms > QUORUM_ACK_STALE_MS)
-    {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: leader without a quorum\n".to_string(),
-        );
-    }
-    if let Some(stall) = s.node.group().commit_stall() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: cannot commit: {stall}\n"),
-        );
-    }
-    if let Some(stall) = s.node.ledger().and_then(|l| l.group().commit_stall()) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: the ledger cannot commit: {stall}\n"),
-        );
-    }
-    match s.node.ledger().map(|l| l.group().status().leader) {
-        Some(None) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no ledger leader\n".to_string(),
-        ),
-        Some(Some(ledger)) => (
-            StatusCode::OK,
-            format!("ready: leader {leader}, ledger leader {ledger}\n"),
-        ),
-        None => (StatusCode::OK, format!("ready: leader {leader}\n")),
-    }
+    (code, readiness.line())
 }
 
 /// Gauges are sampled at scrape time, then everything is rendered.

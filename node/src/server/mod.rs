@@ -20,11 +20,13 @@
 //! - [`demand`], [`availability`]: the demand meter, and CRDT availability
 //!   gossip;
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/status`;
+//! - [`health`]: readiness, one evaluation for `/readyz` and gRPC health,
+//!   and the drain before a stop;
 //! - [`logging`]: the log subscriber (text or JSON, `[log]`, `RUST_LOG`)
 //!   and the per-call log budget;
 //! - [`clock`]: the time seam (wall and monotonic clocks) and each group's bounded logical time (`GroupClock`).
 //!
-//! Imports run one way: `service` and `http` → `node` → `ledger` →
+//! Imports run one way: `http` → `health` → `service` → `node` → `ledger` →
 //! `control` → `config` → `security` (its types), `availability`; nothing
 //! below `service` imports it.
 //!
@@ -46,6 +48,7 @@ mod connections;
 pub mod control;
 pub mod demand;
 pub mod edge;
+pub mod health;
 pub mod http;
 pub mod ledger;
 pub mod logging;
@@ -72,6 +75,7 @@ use tokio::sync::watch;
 use crate::server::clock::{Clock, SystemClock};
 use crate::server::config::{NodeConfig, Peer};
 use crate::server::control::{ControlClient, RegionCall, RegionReply};
+use crate::server::health::Health;
 use crate::server::ledger::LedgerHost;
 use crate::server::node::Node;
 use crate::server::security::clients::AuthenticateLayer;
@@ -233,11 +237,16 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
     tokio::spawn(node.observe_time());
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    // The standard gRPC health service (asked without credentials):
-    // serving while the node runs, not serving once it drains.
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<InventoryServer<InventoryService>>().await;
-    health.set_serving::<AdminServer<AdminService>>().await;
+    // The standard gRPC health service (asked without credentials): it
+    // follows readiness, so it says NOT_SERVING until the node is ready.
+    let health = Arc::new(Health::new(node.clone()));
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    for service in health::SERVICES {
+        reporter
+            .set_service_status(service, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+    tokio::spawn(health.clone().publish(reporter));
 
     // The client plane: Inventory and Admin for authenticated clients, with
     // gRPC health and reflection.
@@ -300,7 +309,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         })
     };
     let http = {
-        let app = crate::server::http::router(node.clone(), metrics);
+        let app = crate::server::http::router(node.clone(), metrics, health.clone());
         let mut rx = shutdown_rx.clone();
         tokio::spawn(async move {
             axum::serve(http_listener, app)
@@ -322,6 +331,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         peer_addr = %config.peer_addr,
         http_addr = %config.http_addr,
         version = env!("CARGO_PKG_VERSION"),
+        drain_ms = config.drain_ms,
         "reservoir node serving clients on grpc_addr, peers on peer_addr, HTTP on http_addr"
     );
     if config.insecure {
@@ -329,11 +339,19 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
     }
 
     wait_for_signal().await;
+    // Not ready first (`/readyz`, gRPC health), still serving: load
+    // balancers take the node out before it stops accepting calls. A
+    // second signal cuts the drain short.
+    health.start_draining();
+    tracing::info!(
+        drain_ms = config.drain_ms,
+        "draining: not ready, serving calls for drain_ms before shutting down"
+    );
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(config.drain_ms)) => {}
+        _ = wait_for_signal() => tracing::info!("second signal: the drain is cut short"),
+    }
     tracing::info!(node_id = config.node_id, "shutting down");
-    health
-        .set_not_serving::<InventoryServer<InventoryService>>()
-        .await;
-    health.set_not_serving::<AdminServer<AdminService>>().await;
     let _ = shutdown_tx.send(true);
     // In-flight calls finish (their proposals commit or fail) before the
     // servers return; bounded so a stuck call cannot hold the process.

@@ -416,6 +416,7 @@ impl<SM: GroupMachine> Group<SM> {
                 timeout: propose_timeout,
                 addresses: addresses.clone(),
                 health: health.clone(),
+                batch_commands: metrics::histogram!("reservoir_raft_batch_commands", "group" => group.clone()),
             },
         ));
         Ok(Group {
@@ -910,6 +911,8 @@ struct Proposer {
     timeout: Duration,
     addresses: Arc<BTreeMap<NodeId, String>>,
     health: Health,
+    /// `reservoir_raft_batch_commands{group}`: commands per log entry.
+    batch_commands: metrics::Histogram,
 }
 
 /// Drains the proposal queue into batches, each one log entry, with at most
@@ -970,7 +973,7 @@ async fn propose_loop<SM: GroupMachine>(
         let raft = raft.clone();
         let proposer = proposer.clone();
         tokio::spawn(async move {
-            metrics_batch(commands.len());
+            proposer.batch_commands.record(commands.len() as f64);
             let writing = proposer.health.begin();
             let written =
                 tokio::time::timeout(proposer.timeout, raft.client_write(Batch::new(commands))).await;
@@ -1039,10 +1042,6 @@ fn write_error(
 
 fn estimate<T: serde::Serialize>(command: &T) -> u64 {
     bincode::serialized_size(command).unwrap_or(BATCH_BYTES_MAX)
-}
-
-fn metrics_batch(commands: usize) {
-    metrics::histogram!("reservoir_raft_batch_commands").record(commands as f64);
 }
 
 #[cfg(test)]

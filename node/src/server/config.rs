@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 pub use crate::server::logging::{LogConfig, LogFormat};
 pub use crate::server::security::TlsFiles;
 use crate::server::security::clients::{API_KEYS_MAX, ApiKey};
+pub use crate::server::telemetry::MetricsConfig;
 
 /// Most voters in one region group.
 pub const PEERS_MAX: usize = 7;
@@ -94,6 +95,9 @@ pub struct NodeConfig {
     /// How the node logs (`[log]`: `format`, `filter`).
     #[serde(default)]
     pub log: LogConfig,
+    /// What the node's metrics label per SKU (`[metrics]`: `sku_labels`, `skus`).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// Default of `drain_ms`.
@@ -444,6 +448,7 @@ impl NodeConfig {
             ));
         }
         self.log.check().map_err(|e| ("log.filter", e))?;
+        self.metrics.check().map_err(|e| ("metrics", e))?;
         self.validate_security()?;
         self.validate_cluster()
     }
@@ -598,6 +603,7 @@ mod tests {
             api_keys: Vec::new(),
             drain_ms: DRAIN_MS_DEFAULT,
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 
@@ -664,16 +670,19 @@ mod tests {
             field(|c| c.log.filter = "info,openraft=loud".into()),
             "log.filter"
         );
+        assert_eq!(field(|c| c.metrics.sku_labels = usize::MAX), "metrics");
     }
 
-    /// A config without `drain_ms` and `[log]` gets their defaults; with
-    /// them, what it says.
+    /// A config without `drain_ms`, `[log]` and `[metrics]` gets their
+    /// defaults; with them, what it says.
     #[test]
     fn operations_fields_default_and_parse() {
         let mut c = good();
         c.drain_ms = 0;
         c.log.format = LogFormat::Json;
         c.log.filter = "debug,sled=warn".into();
+        c.metrics.sku_labels = 3;
+        c.metrics.skus = vec!["hot".into()];
         let text = toml::to_string(&c).unwrap();
         assert!(
             text.contains("[log]") && text.contains("format = \"json\""),
@@ -681,12 +690,13 @@ mod tests {
         );
         assert_eq!(toml::from_str::<NodeConfig>(&text).unwrap(), c);
         let mut bare: toml::Table = toml::from_str(&text).unwrap();
-        for key in ["drain_ms", "log"] {
+        for key in ["drain_ms", "log", "metrics"] {
             assert!(bare.remove(key).is_some(), "{key} in {text}");
         }
         let defaults: NodeConfig = toml::from_str(&toml::to_string(&bare).unwrap()).unwrap();
         assert_eq!(defaults.drain_ms, DRAIN_MS_DEFAULT);
         assert_eq!(defaults.log, LogConfig::default());
+        assert_eq!(defaults.metrics, MetricsConfig::default());
     }
 
     /// One node id under two regions is refused: the peer plane trusts a

@@ -269,7 +269,11 @@ impl LedgerHost {
             now_ms: self.now_ms(),
             op,
         };
-        match tokio::time::timeout(LEDGER_COMMIT_TIMEOUT, self.group.propose(cmd)).await {
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(LEDGER_COMMIT_TIMEOUT, self.group.propose(cmd)).await;
+        metrics::histogram!("reservoir_raft_commit_seconds", "group" => self.group.name().to_string())
+            .record(started.elapsed().as_secs_f64());
+        match outcome {
             Ok(Ok(Ok(applied))) => Ok(applied),
             Ok(Ok(Err(rejection))) => Err(LedgerError::Refused(rejection.to_string())),
             Ok(Err(ProposeError::NotLeader { .. })) => Err(LedgerError::NotLeader),
@@ -401,6 +405,8 @@ impl LedgerHost {
             lag.insert(region.clone(), settled.lag);
             metrics::gauge!("reservoir_settlement_lag_entries", "region" => region.clone())
                 .set(settled.lag.0 as f64);
+            metrics::gauge!("reservoir_settlement_lag_seconds", "region" => region.clone())
+                .set(settled.lag.1 as f64 / 1_000.0);
             match settled.failure {
                 Some(Failure::NotLeader) => return Err("lost ledger leadership".into()),
                 Some(Failure::Region { step, detail }) => {

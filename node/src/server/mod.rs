@@ -23,7 +23,8 @@
 //! - [`health`]: readiness, one evaluation for `/readyz` and gRPC health,
 //!   and the drain before a stop;
 //! - [`logging`]: the log subscriber (text or JSON, `[log]`, `RUST_LOG`)
-//!   and the per-call log budget;
+//!   and the per-call log budget; [`telemetry`]: the metrics recorder, the
+//!   catalog of every metric, the bound on per-SKU series;
 //! - [`clock`]: the time seam (wall and monotonic clocks) and each group's bounded logical time (`GroupClock`).
 //!
 //! Imports run one way: `http` → `health` → `service` → `node` → `ledger` →
@@ -56,6 +57,7 @@ pub mod node;
 pub mod security;
 pub mod service;
 pub mod status;
+pub mod telemetry;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -117,7 +119,7 @@ pub const HEADER_LIST_BYTES_MAX: u32 = 16 * 1024;
 
 /// Runs a node until SIGTERM / Ctrl-C; returns once it has stopped cleanly.
 pub async fn run(config: NodeConfig) -> Result<(), String> {
-    let metrics = crate::server::http::install_metrics()?;
+    let metrics = telemetry::install()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
     // Storage: one sled database per node, one set of trees per group.
@@ -235,6 +237,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
     ));
 
     tokio::spawn(node.observe_time());
+    telemetry::register(&node);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     // The standard gRPC health service (asked without credentials): it
@@ -330,7 +333,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         grpc_addr = %config.grpc_addr,
         peer_addr = %config.peer_addr,
         http_addr = %config.http_addr,
-        version = env!("CARGO_PKG_VERSION"),
+        version = telemetry::VERSION,
         drain_ms = config.drain_ms,
         "reservoir node serving clients on grpc_addr, peers on peer_addr, HTTP on http_addr"
     );

@@ -516,6 +516,7 @@ impl Layout {
             // Nothing balances load in front of a local cluster: stop at once.
             drain_ms: 0,
             log: Default::default(),
+            metrics: Default::default(),
         }
     }
 

@@ -401,6 +401,7 @@ fn fresh_configs(
                 // Nothing balances load in front of a local region: stop at once.
                 drain_ms: 0,
                 log: Default::default(),
+                metrics: Default::default(),
             },
         }
     })

@@ -90,6 +90,7 @@ impl InventoryService {
             (validated.max_wait_ms > 0 && !self.node.config().standalone).then(|| validated.op.clone());
         let forwarded = caller.forwarded;
         let mut outcome = self.node.write(validated.op, forwarded).await;
+        let mut waited = false;
         if !matches!(outcome, Ok(Route::Leader(_))) {
             // Counted where the reserve is proposed (the leader), once.
             let now = self.node.now_ms();
@@ -103,6 +104,7 @@ impl InventoryService {
             }
             if let Some(op) = retry {
                 metrics::counter!("reservoir_reserves_waited_total").increment(1);
+                waited = true;
                 if self
                     .wait_for_tokens(&lines, Duration::from_millis(validated.max_wait_ms))
                     .await
@@ -110,6 +112,11 @@ impl InventoryService {
                     outcome = self.node.write(op, forwarded).await;
                 }
             }
+        }
+        match &outcome {
+            Ok(Route::Applied(RegionApplied::Reservation(_))) => count_hit(waited),
+            Err(WriteError::Rejected(Rejection::InsufficientStock { .. })) => count_short(1),
+            _ => {}
         }
         match outcome? {
             Route::Applied(RegionApplied::Reservation(r)) => {
@@ -220,6 +227,7 @@ impl InventoryService {
                         continue;
                     }
                 }
+                count_batch_outcome(&outcome, false);
                 results[i] = Some(self.batch_result(outcome, &mut reserved));
             }
         }
@@ -246,6 +254,7 @@ impl InventoryService {
                 match self.node.write_many(ops).await {
                     Ok(outcomes) => {
                         for (i, outcome) in slots.into_iter().zip(outcomes) {
+                            count_batch_outcome(&outcome, true);
                             results[i] = Some(self.batch_result(outcome, &mut reserved));
                         }
                     }
@@ -258,6 +267,7 @@ impl InventoryService {
                     }
                 }
             } else {
+                count_short(waiting.len() as u64);
                 for (i, _, _, rejection) in waiting {
                     results[i] = Some(batch_error(&rejection));
                 }
@@ -512,6 +522,30 @@ impl v1::inventory_server::Inventory for InventoryService {
         })
         .await;
         self.hinted(answer)
+    }
+}
+
+/// Counts a reserve that held tokens in `reservoir_reserve_hits_total`:
+/// `local` when the region had them, `after_topup` when it waited for them.
+fn count_hit(waited: bool) {
+    if waited {
+        metrics::counter!("reservoir_reserve_hits_total", "result" => "after_topup").increment(1);
+    } else {
+        metrics::counter!("reservoir_reserve_hits_total", "result" => "local").increment(1);
+    }
+}
+
+/// Counts `n` reserves refused for want of tokens (`short`).
+fn count_short(n: u64) {
+    metrics::counter!("reservoir_reserve_hits_total", "result" => "short").increment(n);
+}
+
+/// Counts one reserve of a batch by its outcome (after a wait or not).
+fn count_batch_outcome(outcome: &Result<RegionApplied, Rejection>, waited: bool) {
+    match outcome {
+        Ok(RegionApplied::Reservation(_)) => count_hit(waited),
+        Err(Rejection::InsufficientStock { .. }) => count_short(1),
+        _ => {}
     }
 }
 

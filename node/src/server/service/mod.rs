@@ -190,7 +190,7 @@ pub(super) fn unexpected(what: &str, reply: &impl std::fmt::Debug) -> Status {
 }
 
 /// Runs a call on `plane` in its `rpc` span, records its count and latency
-/// by RPC and outcome, logs a failure, and wraps its answer.
+/// by RPC, outcome and plane, logs a failure, and wraps its answer.
 pub(super) async fn recorded<T>(
     plane: Plane,
     rpc: &'static str,
@@ -209,7 +209,7 @@ pub(super) async fn recorded<T>(
     async move {
         let started = Instant::now();
         let result = call.await;
-        record(rpc, started, &result);
+        record(plane, rpc, started, &result);
         result.map(Response::new)
     }
     .instrument(span)
@@ -226,17 +226,19 @@ pub(super) fn note_reservation_id(reservation_id: &str) {
     tracing::Span::current().record("reservation_id", bounded(reservation_id));
 }
 
-/// Records a call's count and latency by RPC and outcome: `ok`, or the
-/// reason a client would read (`reservoir_client::reason_or_code`: the
+/// Records a call's count and latency by RPC, outcome and plane: `ok`, or
+/// the reason a client would read (`reservoir_client::reason_or_code`: the
 /// ErrorInfo reason, else the code's name, e.g. `FAILED_PRECONDITION`); and
 /// logs a failed call, in its span.
-fn record<T>(rpc: &'static str, started: Instant, result: &Result<T, Status>) {
+fn record<T>(plane: Plane, rpc: &'static str, started: Instant, result: &Result<T, Status>) {
     let outcome = match result {
         Ok(_) => "ok".to_string(),
         Err(s) => reservoir_client::reason_or_code(s),
     };
-    metrics::counter!("reservoir_requests_total", "rpc" => rpc, "outcome" => outcome.clone()).increment(1);
-    metrics::histogram!("reservoir_request_seconds", "rpc" => rpc, "outcome" => outcome.clone())
+    let plane = plane.as_str();
+    metrics::counter!("reservoir_requests_total", "rpc" => rpc, "outcome" => outcome.clone(), "plane" => plane)
+        .increment(1);
+    metrics::histogram!("reservoir_request_seconds", "rpc" => rpc, "outcome" => outcome.clone(), "plane" => plane)
         .record(started.elapsed().as_secs_f64());
     if let Err(status) = result {
         log_failure(status, &outcome);

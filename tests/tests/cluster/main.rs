@@ -10,6 +10,7 @@ mod cluster_faults;
 mod cluster_flows;
 mod leader_crash;
 mod load_tester;
+mod observability;
 mod region_faults;
 mod region_isolation;
 mod region_restart;

@@ -346,13 +346,15 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
     // balancers take the node out before it stops accepting calls. A
     // second signal cuts the drain short.
     health.start_draining();
-    tracing::info!(
-        drain_ms = config.drain_ms,
-        "draining: not ready, serving calls for drain_ms before shutting down"
-    );
-    tokio::select! {
-        _ = tokio::time::sleep(Duration::from_millis(config.drain_ms)) => {}
-        _ = wait_for_signal() => tracing::info!("second signal: the drain is cut short"),
+    if config.drain_ms > 0 {
+        tracing::info!(
+            drain_ms = config.drain_ms,
+            "draining: not ready, serving calls for drain_ms before shutting down"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(config.drain_ms)) => {}
+            _ = wait_for_signal() => tracing::info!("second signal: the drain is cut short"),
+        }
     }
     tracing::info!(node_id = config.node_id, "shutting down");
     let _ = shutdown_tx.send(true);

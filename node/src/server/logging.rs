@@ -6,11 +6,11 @@
 //! Every `Inventory` and `Admin` call runs in an `rpc` span (target
 //! [`RPC_TARGET`], level INFO) that names the method, the plane it came in
 //! on, its request id or reservation id, the node that forwarded it and the
-//! leader it was forwarded to, so whatever a call logs carries them. A span
-//! costs about a microsecond and a half per call when it is enabled (a slot
-//! in the registry, its fields formatted once): under 2 % of the ~100 µs of
-//! CPU a leader spends per reserve. `RPC_TARGET=off` in the filter turns the
-//! spans off, when they cost more than they tell.
+//! leader it was forwarded to, so whatever a call logs carries them. An
+//! enabled span costs a slot in the registry and its fields formatted once,
+//! an estimated 1–2 µs per call (not measured), against the ~100 µs of CPU a
+//! leader spends per reserve; `reservoir::rpc=off` in the filter turns the
+//! spans off when they cost more than they tell.
 //!
 //! Lines that calls log (refusals, forward failures, commit timeouts) pass a
 //! budget first ([`call_line_allowed`]): at most

@@ -80,6 +80,8 @@ pub struct AppOptions {
     pub progress: bool,
     /// Stops the load early when it turns true.
     pub stop_rx: Option<watch::Receiver<bool>>,
+    /// Read every acknowledged reservation back after the run (Reservoir).
+    pub check_acknowledged: bool,
 }
 
 /// Runs the scenario against the target and returns the report. Servers the
@@ -131,6 +133,7 @@ pub async fn run(options: AppOptions) -> Result<Report, LoadError> {
         seed: options.seed,
         progress: options.progress,
         stop_rx: options.stop_rx,
+        check_acknowledged: options.check_acknowledged,
     })
     .await;
     target.shutdown().await;

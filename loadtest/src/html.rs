@@ -742,6 +742,7 @@ mod tests {
             seed: 1,
             progress: false,
             stop_rx: None,
+            check_acknowledged: false,
         })
         .await
         .unwrap();

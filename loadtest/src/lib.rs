@@ -111,6 +111,7 @@
 //!   lists; without a ledger (single-writer, global-consensus) confirmed
 //!   units count as settled and local hits are not counted.
 
+pub mod acknowledged;
 pub mod app;
 pub mod expiry;
 pub mod html;

@@ -86,6 +86,12 @@ struct Args {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+    /// Reservoir only: after the run, read every acknowledged reservation
+    /// back and check its state fits what the session did (a confirm
+    /// answered OK is confirmed or settled, ...); any lost or in the wrong
+    /// state fails the run. Up to 2,000,000 are filed.
+    #[arg(long)]
+    check_acknowledged: bool,
 }
 
 fn scenario(args: &Args) -> Result<Scenario, LoadError> {
@@ -205,13 +211,17 @@ async fn main_inner(args: Args) -> Result<bool, LoadError> {
         calls,
         progress: !args.quiet,
         stop_rx: Some(stop_rx),
+        check_acknowledged: args.check_acknowledged,
     })
     .await?;
     print!("{}", report.summary());
     let (json, html) = app::write_outputs(&report, &out)?;
     println!("wrote {} and {}", json.display(), html.display());
     let t = &report.totals;
-    Ok(t.oversell_units == 0 && t.audit_balanced)
+    Ok(t.oversell_units == 0
+        && t.audit_balanced
+        && t.failed_not_retryable.is_empty()
+        && t.acknowledged.as_ref().is_none_or(|a| a.clean()))
 }
 
 #[tokio::main]
@@ -220,7 +230,10 @@ async fn main() -> ExitCode {
     match main_inner(args).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            eprintln!("FAILED: oversell or unbalanced books (see above)");
+            eprintln!(
+                "FAILED: oversell, unbalanced books, a request failed that a retry would not change, \
+                 or an acknowledged reservation lost (see above)"
+            );
             ExitCode::from(1)
         }
         Err(e) => {

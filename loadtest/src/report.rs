@@ -26,6 +26,7 @@ use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 
+use crate::acknowledged::AckReport;
 use crate::metrics::{LatencySummary, OUTCOME_OK, Op, RegionCounters, SecondRow, merge};
 use crate::runner::{Mark, RunOutput};
 use crate::scenario::Scenario;
@@ -163,6 +164,12 @@ pub struct Totals {
     pub retries: u64,
     /// Errors by reason.
     pub errors: BTreeMap<String, u64>,
+    /// Requests that failed with an error a retry would not change, by
+    /// reason, other than the refusals the workload expects (stock ran out,
+    /// a hold expired before its confirm).
+    pub failed_not_retryable: BTreeMap<String, u64>,
+    /// Every acknowledged reservation read back (`--check-acknowledged`).
+    pub acknowledged: Option<AckReport>,
 }
 
 /// One region's reserve latency during one window.
@@ -435,6 +442,8 @@ impl Report {
             dropped,
             retries,
             errors: totals_errors,
+            failed_not_retryable: run.failed_not_retryable.clone(),
+            acknowledged: run.acknowledged.clone(),
         };
         let timeline = run
             .scenario
@@ -596,6 +605,23 @@ impl Report {
             "oversell: {} units in {} SKUs   (stocked {}, demand {}, sold {})",
             t.oversell_units, t.oversell_skus, t.stocked, t.demand, t.sold
         );
+        let failed: u64 = t.failed_not_retryable.values().sum();
+        let _ = writeln!(
+            out,
+            "failed, not retryable (beyond stock and expiry refusals): {failed} {:?}",
+            t.failed_not_retryable
+        );
+        if let Some(a) = &t.acknowledged {
+            let _ = writeln!(
+                out,
+                "acknowledged reservations read back: {} filed, {} found, {} lost, {} in a wrong state, \
+                 {} unread, {} not filed   {:?}",
+                a.filed, a.found, a.lost, a.wrong_state, a.unread, a.not_filed, a.states
+            );
+            for e in &a.examples {
+                let _ = writeln!(out, "  {e}");
+            }
+        }
         let _ = writeln!(
             out,
             "audit balanced: {}   settled caught up: {}   settled = confirmed: {}   (waited {:.1} s)",

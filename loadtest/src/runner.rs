@@ -29,8 +29,8 @@
 //! - count: every region sends at most [`SESSIONS_PER_REGION_MAX`] sessions.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reservoir_client::connect::unix_ms;
@@ -39,8 +39,9 @@ use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::acknowledged::{self, AckReport, Fate};
 use crate::expiry::{self, HOLD_LINES_PENDING_MAX, HoldExpiry};
-use crate::metrics::{Event, OUTCOME_OK, Op, Recorder, RegionStats};
+use crate::metrics::{Event, OUTCOME_OK, OUTCOMES_MAX, Op, Recorder, RegionStats};
 use crate::rng::Rng;
 use crate::scenario::{Scenario, WindowKind};
 use crate::servers::{self, ServerSamples};
@@ -51,6 +52,9 @@ use crate::workload::{Catalog, SessionKind, SessionMix, SessionPlan};
 pub const SESSIONS_LIVE_MAX: usize = 50_000;
 /// Most sessions one region sends in a run.
 pub const SESSIONS_PER_REGION_MAX: u64 = 20_000_000;
+/// Refusals the workload expects (stock runs out, a buyer confirms too
+/// late); any other error a retry would not change is a failure.
+pub const EXPECTED_REFUSALS: [&str; 2] = [reason::INSUFFICIENT_STOCK, reason::RESERVATION_EXPIRED];
 /// Retries of one request after a retryable error.
 pub const RETRIES_MAX: u32 = 3;
 /// Backoff before the first retry; doubles each time.
@@ -163,6 +167,12 @@ pub struct RunOutput {
     /// The target answers reserves from regional tokens (Reservoir's
     /// `tokens` design); the local-hit ratio means nothing otherwise.
     pub local_tokens: bool,
+    /// Every acknowledged reservation read back (`check_acknowledged`,
+    /// Reservoir).
+    pub acknowledged: Option<AckReport>,
+    /// Requests that failed with an error a retry would not change, by
+    /// reason, other than [`EXPECTED_REFUSALS`].
+    pub failed_not_retryable: BTreeMap<String, u64>,
 }
 
 /// Shared by every task of a run.
@@ -180,6 +190,11 @@ struct Ctx {
     expiry_refused: AtomicU64,
     request_prefix: String,
     request_seq: AtomicU64,
+    /// Acknowledged reservations and their fates (`check_acknowledged`).
+    acknowledged: Option<acknowledged::Ledger>,
+    /// Requests that failed with an error a retry would not change, other
+    /// than the refusals the workload expects ([`EXPECTED_REFUSALS`]).
+    failed_not_retryable: Mutex<BTreeMap<String, u64>>,
 }
 
 /// What happened to one request.
@@ -248,6 +263,18 @@ impl Ctx {
             }
         };
         drop(permit);
+        if let Err(e) = &result
+            && !e.retryable
+            && !EXPECTED_REFUSALS.contains(&e.reason.as_str())
+        {
+            let mut failed = self
+                .failed_not_retryable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if failed.len() < OUTCOMES_MAX || failed.contains_key(&e.reason) {
+                *failed.entry(e.reason.clone()).or_insert(0) += 1;
+            }
+        }
         let answered_at = Instant::now();
         let outcome = match &result {
             Ok(_) => OUTCOME_OK,
@@ -263,6 +290,13 @@ impl Ctx {
             result,
             sent_at,
             answered_at,
+        }
+    }
+
+    /// Files an acknowledged reservation's fate (with `check_acknowledged`).
+    fn file(&self, region: usize, reservation_id: &str, fate: Fate) {
+        if let Some(ledger) = &self.acknowledged {
+            ledger.file(region, reservation_id, fate);
         }
     }
 
@@ -376,7 +410,10 @@ async fn session(
     let hold_ends = answered_at + Duration::from_millis(ttl_ms) + EXPIRY_GRACE;
     let follow_up = answered_at + Duration::from_millis(plan.think_ms);
     match plan.kind {
-        SessionKind::Abandon => ctx.forget_hold_at(hold_ends, &lines).await,
+        SessionKind::Abandon => {
+            ctx.file(region, &reservation_id, Fate::Held);
+            ctx.forget_hold_at(hold_ends, &lines).await
+        }
         SessionKind::Confirm => {
             tokio::time::sleep_until(follow_up).await;
             let order_id = format!("o-{request_id}");
@@ -387,6 +424,7 @@ async fn session(
                 .await;
             match sent {
                 Sent::Answered { result: Ok(()), .. } => {
+                    ctx.file(region, &reservation_id, Fate::Confirmed);
                     for (sku, qty) in &lines {
                         if let Some(b) = ctx.book(*sku) {
                             b.confirmed.fetch_add(*qty, Ordering::Relaxed);
@@ -395,6 +433,8 @@ async fn session(
                     ctx.add_held(&lines, -1);
                 }
                 Sent::Answered { result: Err(e), .. } => {
+                    let fate = if e.retryable { Fate::Unknown } else { Fate::Held };
+                    ctx.file(region, &reservation_id, fate);
                     if e.retryable {
                         for (sku, qty) in &lines {
                             if let Some(b) = ctx.book(*sku) {
@@ -406,7 +446,10 @@ async fn session(
                     // when the server expires the hold, if it has not yet.
                     ctx.forget_hold_at(hold_ends, &lines).await;
                 }
-                Sent::Dropped => ctx.forget_hold_at(hold_ends, &lines).await,
+                Sent::Dropped => {
+                    ctx.file(region, &reservation_id, Fate::Held);
+                    ctx.forget_hold_at(hold_ends, &lines).await
+                }
             }
         }
         SessionKind::Release => {
@@ -417,8 +460,19 @@ async fn session(
                 })
                 .await;
             match sent {
-                Sent::Dropped => ctx.forget_hold_at(hold_ends, &lines).await,
-                Sent::Answered { .. } => ctx.add_held(&lines, -1),
+                Sent::Dropped => {
+                    ctx.file(region, &reservation_id, Fate::Held);
+                    ctx.forget_hold_at(hold_ends, &lines).await
+                }
+                Sent::Answered { result, .. } => {
+                    let fate = match result {
+                        Ok(()) => Fate::Released,
+                        Err(e) if e.retryable => Fate::Unknown,
+                        Err(_) => Fate::Held,
+                    };
+                    ctx.file(region, &reservation_id, fate);
+                    ctx.add_held(&lines, -1)
+                }
             }
         }
     }
@@ -665,6 +719,9 @@ pub struct RunOptions {
     /// Ends the load early when it turns true (e.g. on Ctrl-C); the drain,
     /// heal and reconciliation still run.
     pub stop_rx: Option<watch::Receiver<bool>>,
+    /// File every acknowledged reservation and read each back after the
+    /// run (Reservoir; see [`crate::acknowledged`]).
+    pub check_acknowledged: bool,
 }
 
 /// Runs the whole thing: stock, load, drain, reconcile. The target is not
@@ -677,6 +734,7 @@ pub async fn run(options: RunOptions) -> Result<RunOutput, TargetError> {
         seed,
         progress: print_progress,
         stop_rx: external_stop_rx,
+        check_acknowledged,
     } = options;
     scenario.validate().map_err(TargetError::Setup)?;
     let prefix = run_prefix(seed);
@@ -711,6 +769,8 @@ pub async fn run(options: RunOptions) -> Result<RunOutput, TargetError> {
         request_prefix: prefix,
         request_seq: AtomicU64::new(0),
         scenario: scenario.clone(),
+        acknowledged: check_acknowledged.then(acknowledged::Ledger::default),
+        failed_not_retryable: Mutex::new(BTreeMap::new()),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let (bg_stop_tx, bg_stop_rx) = watch::channel(false);
@@ -847,6 +907,17 @@ pub async fn run(options: RunOptions) -> Result<RunOutput, TargetError> {
         .reconcile(&ctx.catalog, &expected, deadline, wait_for_holds)
         .await
         .map_err(|e| e.to_string());
+    let acknowledged = match &ctx.acknowledged {
+        Some(ledger) => {
+            if print_progress {
+                eprintln!("reading every acknowledged reservation back");
+            }
+            ledger.check(&ctx.target).await
+        }
+        None => None,
+    };
+    let failed_not_retryable =
+        std::mem::take(&mut *ctx.failed_not_retryable.lock().unwrap_or_else(|p| p.into_inner()));
 
     let ctx = Arc::try_unwrap(ctx).map_err(|_| {
         TargetError::Setup("internal: a task still holds the run's state after the drain".into())
@@ -867,5 +938,7 @@ pub async fn run(options: RunOptions) -> Result<RunOutput, TargetError> {
         aborted_sessions: aborted,
         notes,
         local_tokens: ctx.target.has_local_tokens(),
+        acknowledged,
+        failed_not_retryable,
     })
 }

@@ -41,6 +41,7 @@ async fn run_or_skip(target: TargetKind, scenario: Scenario) -> Option<Report> {
         calls: Default::default(),
         progress: false,
         stop_rx: None,
+        check_acknowledged: false,
     })
     .await;
     match result {

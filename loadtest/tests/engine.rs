@@ -37,6 +37,7 @@ async fn run(scenario: Scenario, stall: Option<(Duration, Duration)>, seed: u64)
         seed,
         progress: false,
         stop_rx: None,
+        check_acknowledged: false,
     })
     .await
     .expect("run");
@@ -169,6 +170,7 @@ async fn run_output(scenario: Scenario, service: Duration, seed: u64) -> runner:
         seed,
         progress: false,
         stop_rx: None,
+        check_acknowledged: false,
     })
     .await
     .expect("run")

@@ -31,6 +31,59 @@ pub enum Command {
     /// Client commands.
     #[command(flatten)]
     Client(crate::cli::ClientCommand),
+    /// Operator commands on a Raft group.
+    #[command(flatten)]
+    Operate(crate::cli::operate::OperateCommand),
+    /// Seed a node's empty data directory from a backup (`reservoir
+    /// backup`), before its first start; run it on every node of the new
+    /// cluster (or region), then start them.
+    Restore(RestoreArgs),
+    /// Ask a node's HTTP side whether it is ready (`/readyz`) or alive
+    /// (`/healthz`), for container health checks: exit 0 when it is, 1 when
+    /// it is not or does not answer within 2 s.
+    Probe(ProbeArgs),
+}
+
+/// `reservoir restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file.
+    #[arg(long, value_name = "FILE")]
+    pub backup: PathBuf,
+    /// The node's TOML config file (its region, data_dir, peers).
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: PathBuf,
+}
+
+/// `reservoir probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The node's HTTP address (its `http_addr`), `host:port`.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7002")]
+    pub http: String,
+    /// `ready` (`/readyz`: the node can commit and serve) or `live`
+    /// (`/healthz`: the process answers).
+    #[arg(long, value_enum, default_value_t = ProbeCheck::Ready)]
+    pub check: ProbeCheck,
+}
+
+/// What `reservoir probe` asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeCheck {
+    /// `/readyz`.
+    Ready,
+    /// `/healthz`.
+    Live,
+}
+
+impl ProbeCheck {
+    /// The HTTP path asked.
+    pub fn path(self) -> &'static str {
+        match self {
+            ProbeCheck::Ready => "/readyz",
+            ProbeCheck::Live => "/healthz",
+        }
+    }
 }
 
 /// `reservoir node`.
@@ -205,6 +258,53 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    /// The operator commands parse with their flags; an id is required.
+    #[test]
+    fn operator_commands_parse() {
+        use crate::cli::operate::OperateCommand;
+        let cli = Cli::try_parse_from([
+            "reservoir",
+            "replace-node",
+            "--cluster",
+            "c.json",
+            "--group",
+            "ledger",
+            "--old",
+            "3",
+            "--id",
+            "7",
+            "--address",
+            "node-7.us-east:9001",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Operate(OperateCommand::ReplaceNode {
+                group,
+                old,
+                id,
+                address,
+                timeout_s,
+                ..
+            }) => {
+                assert_eq!((group.group.as_str(), old, id), ("ledger", 3, 7));
+                assert_eq!((address.as_str(), timeout_s), ("node-7.us-east:9001", 300));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["reservoir", "transfer-leader", "--addr", "h:1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Operate(OperateCommand::TransferLeader { to: None, .. })
+        ));
+        for bad in [
+            &["reservoir", "add-node", "--addr", "h:1", "--address", "a:1"][..],
+            &["reservoir", "remove-node", "--addr", "h:1"],
+            &["reservoir", "snapshot"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} should be refused");
+        }
     }
 
     /// The credential flags: `--cluster` stands in for `--addr`, `--role`

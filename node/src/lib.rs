@@ -20,9 +20,16 @@
 //!   [`server::config`], and makes a development CA, node certificates and
 //!   API keys for them with [`server::security`]'s types and names.
 //! - [`cli`] — the client commands (`reserve`, `confirm`, `audit`, …): one
-//!   gRPC call each, printing the answer or `error: <REASON>: <message>`.
+//!   gRPC call each, printing the answer or `error: <REASON>: <message>`;
+//!   and the operator commands ([`cli::operate`]: `membership`,
+//!   `add-node`, `remove-node`, `replace-node`, `transfer-leader`,
+//!   `snapshot`, `backup`). `reservoir restore` is offline: it seeds a
+//!   node's empty data directory from a backup
+//!   ([`server::backup::restore`]).
 //!
-//! Dependencies run one way: `args` → `up`, `cli`, `server::config`;
+//! Dependencies run one way: `args` → `up`, `cli`, `server::config`
+//! (and `main.rs` → `server::backup` for `restore`; `cli::operate` reads
+//! backup files with `server::backup`);
 //! `up` → `server::config`, `server::security`; `server` imports neither
 //! `up` nor `cli`. The
 //! closed-loop throughput benchmark is the load tester's (`loadtest/`,

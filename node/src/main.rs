@@ -6,8 +6,10 @@
 //! run), 2 usage (bad arguments, a bad config file).
 
 use clap::Parser;
-use reservoir_node::args::{Cli, Command, EXIT_FAILURE, EXIT_USAGE, NodeArgs, UpArgs};
-use reservoir_node::cli::{self, ClientCommand};
+use reservoir_node::args::{
+    Cli, Command, EXIT_FAILURE, EXIT_USAGE, NodeArgs, ProbeArgs, RestoreArgs, UpArgs,
+};
+use reservoir_node::cli;
 use reservoir_node::server::{self, config::NodeConfig};
 use reservoir_node::up::{self, cluster};
 use std::path::PathBuf;
@@ -31,7 +33,79 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Node(args) => node(args),
         Command::Up(args) => up(args),
-        Command::Client(command) => client(command),
+        Command::Client(command) => client(cli::run(command)),
+        Command::Operate(command) => client(cli::operate::run(command)),
+        Command::Restore(args) => restore(args),
+        Command::Probe(args) => probe(args),
+    }
+}
+
+/// `reservoir restore --backup FILE --config FILE`: seeds the node's empty
+/// data directory from the backup.
+fn restore(args: RestoreArgs) -> ExitCode {
+    let config = match NodeConfig::load(&args.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let bytes = match server::backup::read_file(&args.backup) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.backup.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match server::backup::restore(&config, &bytes) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.backup.display());
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// How long `reservoir probe` waits for the name, the connection and the answer.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `reservoir probe`: asks one node's `/readyz` or `/healthz`; prints the
+/// answer's first line.
+fn probe(args: ProbeArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let asked = runtime.block_on(async {
+        let resolve = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::lookup_host(args.http.as_str()));
+        let addr = match resolve.await {
+            Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| format!("{}: no address", args.http))?,
+            Ok(Err(e)) => return Err(format!("{}: {e}", args.http)),
+            Err(_) => return Err(format!("{}: name not resolved within 2 s", args.http)),
+        };
+        reservoir_client::http::get(addr, args.check.path(), PROBE_TIMEOUT)
+            .await
+            .map_err(|e| format!("{}{}: {e}", args.http, args.check.path()))
+    });
+    match asked {
+        Ok((status, body)) => {
+            println!("{status} {}", body.lines().next().unwrap_or(""));
+            if status == 200 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_FAILURE)
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 
@@ -137,8 +211,9 @@ fn up(args: UpArgs) -> ExitCode {
     }
 }
 
-/// A client command: one call, its answer on stdout or one error line on stderr.
-fn client(command: ClientCommand) -> ExitCode {
+/// A client or operator command: its answer on stdout or one error line on
+/// stderr.
+fn client(command: impl std::future::Future<Output = Result<String, cli::ClientError>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -146,7 +221,7 @@ fn client(command: ClientCommand) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    match runtime.block_on(cli::run(command)) {
+    match runtime.block_on(command) {
         Ok(text) => {
             println!("{text}");
             ExitCode::SUCCESS

@@ -86,7 +86,8 @@ pub struct GroupOptions {
     /// This node.
     pub node_id: NodeId,
     /// The voters (id → gRPC address) the group is initialized with, on its
-    /// very first start, by the member with the smallest id. The addresses
+    /// very first start, by the member with the smallest id (unless it
+    /// [`joins`](GroupOptions::join)). The addresses
     /// are this node's view: it sends to and forwards to a peer at the
     /// address given here, whatever address the initializer stored in the
     /// membership (nodes behind a link emulator reach each other by
@@ -120,6 +121,10 @@ pub struct GroupOptions {
     /// batch's write (its slot is free again when it fires), and a
     /// [`Group::read_linearizable`].
     pub propose_timeout_ms: u64,
+    /// This node joins a running group: it never initializes the group,
+    /// even with an empty log and the smallest id of `members`, and waits
+    /// for the group's leader to add it (see [`crate::admin`]).
+    pub join: bool,
 }
 
 /// Log entries between a node's snapshots. Building one no longer holds up
@@ -151,6 +156,7 @@ impl GroupOptions {
             batches_in_flight: BATCHES_IN_FLIGHT_MAX,
             snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES_DEFAULT,
             propose_timeout_ms: PROPOSE_TIMEOUT_MS_DEFAULT,
+            join: false,
         }
     }
 }
@@ -285,16 +291,27 @@ impl<SM: GroupMachine> Reply<SM> {
 
 /// One Raft group on one node.
 pub struct Group<SM: GroupMachine> {
-    name: String,
-    node_id: NodeId,
-    raft: GroupRaft<SM>,
+    pub(crate) name: String,
+    pub(crate) node_id: NodeId,
+    pub(crate) raft: GroupRaft<SM>,
     reader: StateReader<SM>,
     proposals_tx: mpsc::Sender<Proposal<SM>>,
     queue_max: usize,
     router: Router,
     /// How this node reaches its peers (see [`GroupOptions::members`]).
-    addresses: Arc<BTreeMap<NodeId, String>>,
-    snapshot_stats: SnapshotStatsHandle,
+    pub(crate) addresses: Arc<BTreeMap<NodeId, String>>,
+    /// The wire this group's messages travel on (the leader's
+    /// `TimeoutNow` to a transfer's target, see [`crate::admin`]).
+    pub(crate) wire: Arc<dyn Wire>,
+    /// The proposer's write slots; holding all of them pauses new batches
+    /// (a leadership transfer, see [`crate::admin`]).
+    pub(crate) write_slots: Arc<Semaphore>,
+    /// How many write slots there are.
+    pub(crate) slots: usize,
+    /// The longest election timeout of the group's config (a leader's lease
+    /// on every voter is at most this long).
+    pub(crate) election_timeout_max_ms: u64,
+    pub(crate) snapshot_stats: SnapshotStatsHandle,
     /// The last log index this node had when it started: entries up to it
     /// may have been acknowledged before a crash, so a linearizable read
     /// waits until they are committed (see [`Group::read_linearizable`]).
@@ -355,7 +372,7 @@ impl<SM: GroupMachine> Group<SM> {
         let network = Network::<SM>::new(
             group.clone(),
             options.node_id,
-            wire,
+            wire.clone(),
             addresses.clone(),
             options.snapshot_chunk_bytes,
         );
@@ -377,7 +394,10 @@ impl<SM: GroupMachine> Group<SM> {
             group: group.clone(),
             message: e.to_string(),
         })?;
-        if !initialized && first == Some(options.node_id) {
+        // A joining node never initializes: it waits for the group's leader
+        // to add it. Nor does a node whose log or vote is not empty
+        // (`is_initialized`).
+        if !initialized && !options.join && first == Some(options.node_id) {
             let members: BTreeMap<NodeId, Node> = options
                 .members
                 .iter()
@@ -407,12 +427,14 @@ impl<SM: GroupMachine> Group<SM> {
         let (proposals_tx, proposals_rx) = mpsc::channel(queue_max);
         let propose_timeout = Duration::from_millis(options.propose_timeout_ms.max(1));
         let health = Health::default();
+        let slots = options.batches_in_flight.max(1);
+        let write_slots = Arc::new(Semaphore::new(slots));
         tokio::spawn(propose_loop(
             raft.clone(),
             proposals_rx,
             Proposer {
                 group: group.clone(),
-                slots: options.batches_in_flight.max(1),
+                slots: write_slots.clone(),
                 timeout: propose_timeout,
                 addresses: addresses.clone(),
                 health: health.clone(),
@@ -428,6 +450,10 @@ impl<SM: GroupMachine> Group<SM> {
             queue_max,
             router: router.clone(),
             addresses,
+            wire,
+            write_slots,
+            slots,
+            election_timeout_max_ms: options.election_timeout_max_ms,
             snapshot_stats,
             log_end_at_start,
             start_covered: std::sync::atomic::AtomicBool::new(false),
@@ -538,6 +564,14 @@ impl<SM: GroupMachine> Group<SM> {
     pub fn read<R>(&self, f: impl FnOnce(&SM) -> R) -> Result<R, ProposeError> {
         self.reader
             .read(|s| f(&s.machine))
+            .map_err(|e| ProposeError::Stopped(e.to_string()))
+    }
+
+    /// Reads the state this node has applied, with the log index it has
+    /// applied up to (one consistent view: a backup's state and index).
+    pub fn read_indexed<R>(&self, f: impl FnOnce(&SM) -> R) -> Result<(R, Option<u64>), ProposeError> {
+        self.reader
+            .read(|s| (f(&s.machine), s.last_applied.map(|l| l.index)))
             .map_err(|e| ProposeError::Stopped(e.to_string()))
     }
 
@@ -905,8 +939,9 @@ async fn snapshot_trigger<SM: GroupMachine>(
 struct Proposer {
     /// The group id (metrics, log lines).
     group: String,
-    /// Most batches being written at once.
-    slots: usize,
+    /// Its write slots: a batch is written while it holds one (all of them
+    /// held elsewhere pause the proposer).
+    slots: Arc<Semaphore>,
     /// The bound of one batch's write.
     timeout: Duration,
     addresses: Arc<BTreeMap<NodeId, String>>,
@@ -927,14 +962,8 @@ async fn propose_loop<SM: GroupMachine>(
     proposer: Proposer,
 ) {
     let proposer = Arc::new(proposer);
-    let in_flight = Arc::new(Semaphore::new(proposer.slots));
     let mut carry: Option<Proposal<SM>> = None;
     loop {
-        // Wait for a write slot first: while every slot is busy, proposals
-        // pile up in the queue and the next batch grows (group commit).
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
         let first = loop {
             let next = match carry.take() {
                 Some(p) => p,
@@ -947,6 +976,17 @@ async fn propose_loop<SM: GroupMachine>(
                 break next;
             }
         };
+        // Then a write slot: while every slot is busy (or a leadership
+        // transfer holds them all), proposals pile up in the queue and the
+        // next batch grows (group commit). The first proposal comes before
+        // the slot so that an idle proposer holds no slot.
+        let Ok(permit) = proposer.slots.clone().acquire_owned().await else {
+            return;
+        };
+        if first.abandoned() {
+            drop(permit);
+            continue;
+        }
         // A proposal's commands stay together: one that would overflow this
         // batch starts the next one (`propose_many` keeps every proposal
         // within one batch's bounds).

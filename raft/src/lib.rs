@@ -54,6 +54,14 @@
 //!   longest election timeout without a leader's message
 //!   ([`RaftEndpoint`]). Elections may start at any time in Raft, so safety
 //!   does not depend on either.
+//! - A group is initialized once, by the member with the smallest id on its
+//!   very first start; a node started to join ([`GroupOptions::join`])
+//!   never initializes one, and waits for a leader to add it.
+//! - Operator actions ([`admin`]) run on the leader, are bounded, and check
+//!   before they change anything: a voter is added only once caught up as a
+//!   learner, a replacement is one joint change, no change leaves fewer
+//!   than a majority of voters answering, and a leadership transfer pauses
+//!   new batches until the target holds the whole log.
 //! - Only [`config`] names the async runtime; a simulation runtime replaces
 //!   it there.
 //!
@@ -68,6 +76,9 @@
 //! - [`network`]: the `Wire` seam, [`TonicWire`], [`Router`] and the
 //!   receiving endpoints, chunked snapshot transfer;
 //! - [`group`]: [`Group`], the proposer, reads, the snapshot schedule;
+//! - [`admin`]: operator actions on a group (membership view, add a
+//!   learner, change voters, leadership transfer by `TimeoutNow`, snapshot
+//!   now); [`NodeStorage::seed_group`] seeds an empty group from a backup;
 //! - [`testing`]: an in-process network that can cut links.
 //!
 //! Caveats:
@@ -86,16 +97,23 @@
 //! - A snapshot is the whole state machine (not incremental): writing one
 //!   costs CPU and disk in proportion to the state, on a background thread;
 //!   installing one decodes the whole state.
+//! - openraft 0.9 has no leadership transfer; [`admin`] builds one from
+//!   its parts (write slots, heartbeats off, `trigger().elect()` on the
+//!   target). A transfer may end with another voter leading
+//!   (`TRANSFERRED_ELSEWHERE`) if a third node's election timer fires
+//!   first.
 //! - Opening a database and a group blocks (sled opens files, snapshots are
 //!   decoded); do it at startup. Dropping the last store of a database waits
 //!   for the flusher's current flush.
 
+pub mod admin;
 pub mod config;
 pub mod group;
 pub mod network;
 pub mod store;
 pub mod testing;
 
+pub use admin::{AdminError, MembershipView};
 pub use config::{
     Batch, ENTRY_BYTES_MAX, GroupConfig, GroupMachine, GroupRaft, LogId, Node, NodeId, Payload, Runtime,
     SNAPSHOT_BYTES_MAX, SnapshotMeta, StorageError, StoredMembership, Vote,

@@ -73,6 +73,9 @@ pub enum RpcKind {
     Vote,
     /// One chunk of a snapshot.
     SnapshotChunk,
+    /// A leader asks the addressee to campaign now
+    /// ([`crate::admin::TimeoutNow`]).
+    TimeoutNow,
 }
 
 /// Why a message did not get a reply.
@@ -485,6 +488,13 @@ impl<SM: GroupMachine> RaftEndpoint<SM> {
         let m = m.borrow();
         m.membership_config.membership().get_node(&node).is_some()
     }
+
+    /// Whether this node knows any membership of the group yet.
+    fn knows_members(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().nodes().next().is_some()
+    }
 }
 
 impl<SM: GroupMachine> GroupEndpoint for RaftEndpoint<SM> {
@@ -512,7 +522,11 @@ impl<SM: GroupMachine> GroupEndpoint for RaftEndpoint<SM> {
                     encode(&response)
                 }
                 RpcKind::SnapshotChunk => {
-                    if !self.is_member(from) {
+                    // A node that joins knows no membership until its first
+                    // snapshot or entries arrive: it takes a snapshot from
+                    // whoever the transport let through (a voter of its
+                    // config).
+                    if !self.is_member(from) && self.knows_members() {
                         return Err(WireError::Refused(format!(
                             "snapshot chunk from node {from}, not a member of this group"
                         )));
@@ -537,6 +551,11 @@ impl<SM: GroupMachine> GroupEndpoint for RaftEndpoint<SM> {
                     // Its name is this transfer's alone.
                     remove_files(vec![path]).await;
                     encode(&reply)
+                }
+                RpcKind::TimeoutNow => {
+                    let request: crate::admin::TimeoutNow = decode(&payload)?;
+                    speaks_for_itself(&request.vote, from)?;
+                    encode(&crate::admin::timeout_now(&self.raft, from, &request).await)
                 }
             }
         })
@@ -721,6 +740,7 @@ impl<SM: GroupMachine> Connection<SM> {
                     RpcKind::AppendEntries => openraft::network::RPCTypes::AppendEntries,
                     RpcKind::Vote => openraft::network::RPCTypes::Vote,
                     RpcKind::SnapshotChunk => openraft::network::RPCTypes::InstallSnapshot,
+                    RpcKind::TimeoutNow => openraft::network::RPCTypes::Vote,
                 },
                 id: self.from,
                 target: self.to,
@@ -886,6 +906,7 @@ impl Wire for TonicWire {
                 RpcKind::AppendEntries => client.append_entries(request).await,
                 RpcKind::Vote => client.vote(request).await,
                 RpcKind::SnapshotChunk => client.snapshot_chunk(request).await,
+                RpcKind::TimeoutNow => client.timeout_now(request).await,
             };
             match reply {
                 Ok(r) => Ok(r.into_inner().payload),
@@ -969,6 +990,13 @@ impl pb::raft_server::Raft for RaftService {
         request: tonic::Request<pb::RaftMessage>,
     ) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
         self.handle(RpcKind::SnapshotChunk, request).await
+    }
+
+    async fn timeout_now(
+        &self,
+        request: tonic::Request<pb::RaftMessage>,
+    ) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
+        self.handle(RpcKind::TimeoutNow, request).await
     }
 }
 

@@ -300,12 +300,32 @@ impl Cluster {
 
     /// Starts (or restarts) node `id` on its data directory.
     async fn start_node(&mut self, id: NodeId) {
+        self.start_node_with(id, false).await;
+    }
+
+    /// Starts node `id` for the first time, on a fresh data directory, to
+    /// join the group (it never initializes one: `GroupOptions::join`).
+    async fn start_joining(&mut self, id: NodeId) {
+        assert!(!self.dirs.contains_key(&id), "node {id} had a data directory");
+        self.dirs.insert(id, TempDir::new().expect("temp dir"));
+        self.start_node_with(id, true).await;
+    }
+
+    /// Deletes node `id`'s data (its disk died). It must not be running.
+    fn lose_data(&mut self, id: NodeId) {
+        assert!(!self.nodes.contains_key(&id), "node {id} is running");
+        self.dirs.remove(&id).expect("node had a data directory");
+    }
+
+    async fn start_node_with(&mut self, id: NodeId, join: bool) {
         assert!(!self.nodes.contains_key(&id), "node {id} is already running");
         let (storage, stores) = common::reopen_capped(self.dirs[&id].path(), self.snapshot_bytes_max).await;
         let router = Router::new(id);
         self.net.net.attach(router.clone());
         let mut options = self.options.clone();
         options.node_id = id;
+        options.join = join;
+        options.members.insert(id, addr(id));
         let wire: Arc<dyn Wire> = Arc::new(self.net.clone());
         let group = Group::start(options, stores, wire, &router)
             .await
@@ -329,10 +349,22 @@ impl Cluster {
 
     /// Stops every node.
     async fn shutdown(&mut self) {
-        for id in NODES {
-            if self.nodes.contains_key(&id) {
-                self.crash(id).await;
-            }
+        let running: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in running {
+            self.crash(id).await;
+        }
+    }
+
+    /// The running groups (for a task that proposes on its own).
+    fn groups(&self) -> BTreeMap<NodeId, Arc<Group<RegionState>>> {
+        self.nodes.iter().map(|(id, n)| (*id, n.group.clone())).collect()
+    }
+
+    /// Books reservations a [`Writer`] had acknowledged.
+    fn book_reserves(&mut self, acknowledged: Vec<Reservation>) {
+        for r in acknowledged {
+            assert!(self.book.reservations.insert(r.id, r).is_none(), "booked twice");
+            self.book.reserve_requests += 1;
         }
     }
 
@@ -1117,4 +1149,496 @@ async fn failed_snapshot_builds_are_skipped_and_the_group_commits() {
         );
     }
     cluster.shutdown().await;
+}
+
+/// Pause between a [`Writer`]'s reserves.
+const WRITER_PAUSE: Duration = Duration::from_millis(2);
+
+/// Reserves one unit at a time through whichever of its groups leads, until
+/// stopped, each request id retried until it is acknowledged (a reserve is
+/// idempotent by request id); hands back every acknowledged reservation.
+struct Writer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Reservation>>,
+}
+
+impl Writer {
+    fn start(groups: BTreeMap<NodeId, Arc<Group<RegionState>>>, prefix: &str) -> Writer {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let prefix = prefix.to_owned();
+        let task = tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut i = 0;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let request_id = format!("{prefix}-{i}");
+                let deadline = Instant::now() + WAIT;
+                'retry: loop {
+                    for group in groups.values().filter(|g| g.is_leader()) {
+                        match group.propose(command(reserve_op(&request_id, 1))).await {
+                            Ok(Ok(RegionApplied::Reservation(r))) => {
+                                acknowledged.push(r);
+                                break 'retry;
+                            }
+                            Ok(other) => panic!("{request_id}: {other:?}"),
+                            Err(e) => assert!(e.is_retryable(), "{request_id}: {e}"),
+                        }
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "{request_id} not acknowledged within {WAIT:?}"
+                    );
+                    tokio::time::sleep(POLL).await;
+                }
+                // A steady stream rather than a flood: a learner catches up
+                // while the log grows, as in production.
+                tokio::time::sleep(WRITER_PAUSE).await;
+            }
+            acknowledged
+        });
+        Writer { stop, task }
+    }
+
+    /// Stops and returns what was acknowledged.
+    async fn finish(self) -> Vec<Reservation> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.expect("writer task")
+    }
+}
+
+/// Waits until `id`'s log is at most `lag` entries behind the leader's (the
+/// leader's view), and returns the views seen on the way.
+async fn wait_caught_up(group: &Group<RegionState>, id: NodeId, lag: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let view = group.membership();
+        if view.lag(id).is_some_and(|l| l <= lag) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "node {id} did not catch up: {view:?}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// A node added under writes, to a group whose log was purged, catches up
+/// by a snapshot as a learner, is promoted, and votes: with one of the
+/// three original voters down, the group of four still elects and commits
+/// (three of four, the new node among them). Nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_added_under_writes_catches_up_by_snapshot_and_votes() {
+    let mut cluster = Cluster::start(|options| {
+        options.snapshot_logs = 20;
+        options.snapshot_logs_to_keep = 100;
+    })
+    .await;
+    let leader = cluster.wait_for_leader(&NODES, WAIT).await;
+    cluster.add_stock(&NODES, "stock-1", STOCK).await;
+    let deadline = Instant::now() + WAIT;
+    while cluster.purged_index(leader).is_none() {
+        assert!(Instant::now() < deadline, "the leader purged nothing");
+        cluster
+            .reserve(&NODES, &format!("more-{}", cluster.book.reservations.len()), 1)
+            .await;
+    }
+
+    let writer = Writer::start(cluster.groups(), "w");
+    cluster.start_joining(4).await;
+    let view = cluster
+        .group(leader)
+        .add_learner(4, &addr(4), WAIT)
+        .await
+        .expect("add node 4 as a learner");
+    assert!(view.learners.contains(&4), "{view:?}");
+    // Asking again changes nothing.
+    let again = cluster.group(leader).add_learner(4, &addr(4), WAIT).await;
+    assert_eq!(again.map(|v| v.learners), Ok([4].into()));
+    wait_caught_up(cluster.group(leader), 4, reservoir_raft::admin::CATCH_UP_LAG_MAX).await;
+    let view = cluster
+        .group(leader)
+        .change_voters(&[4].into(), &BTreeSet::new(), WAIT)
+        .await
+        .expect("promote node 4");
+    assert_eq!(view.voters, [1, 2, 3, 4].into());
+    assert!(view.learners.is_empty());
+    let acknowledged = writer.finish().await;
+    assert!(!acknowledged.is_empty(), "the writer wrote nothing");
+    cluster.book_reserves(acknowledged);
+    let all = [1, 2, 3, 4];
+    cluster.wait_for_leader(&all, WAIT).await;
+    cluster.wait_converged(&all).await;
+    let joined = cluster.group(4).status();
+    assert!(
+        joined.snapshots.installed >= 1,
+        "node 4 took no snapshot: {joined:?}"
+    );
+
+    // It votes: with the leader down, three of four must elect, node 4 among them.
+    let leader = cluster.wait_for_leader(&all, WAIT).await;
+    cluster.crash(leader).await;
+    let rest: Vec<NodeId> = all.into_iter().filter(|&id| id != leader).collect();
+    cluster.wait_for_leader(&rest, WAIT).await;
+    cluster.reserve(&rest, "after-crash", 1).await;
+    cluster.wait_converged(&rest).await;
+    cluster.shutdown().await;
+}
+
+/// A fresh node started to join, with an empty data directory and the
+/// smallest id of its members, never initializes a group of its own: it
+/// has no leader and no log until a leader adds it. (Without `join`, the
+/// same node initializes and leads alone.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_never_initializes_a_group() {
+    let net = LocalNet::new();
+    let start = |id: NodeId, join: bool, dir: &TempDir| {
+        let (storage, stores) = common::open(dir.path());
+        let router = Router::new(id);
+        net.attach(router.clone());
+        let mut options = GroupOptions::new(common::GROUP, id, [(id, addr(id)), (9, addr(9))].into());
+        options.join = join;
+        let wire = net.wire();
+        async move {
+            let group = Group::start(options, stores, wire, &router).await.expect("start");
+            (group, storage, router)
+        }
+    };
+    let joining = TempDir::new().expect("temp dir");
+    let (group, _storage, _router) = start(1, true, &joining).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let status = group.status();
+    assert_eq!((status.leader, status.last_log_index), (None, None), "{status:?}");
+    assert!(status.members.is_empty(), "{status:?}");
+    group.shutdown().await;
+
+    let initializing = TempDir::new().expect("temp dir");
+    let (group, _storage, _router) = start(2, false, &initializing).await;
+    let status = group.status();
+    assert!(
+        status.last_log_index.is_some(),
+        "without join it initializes: {status:?}"
+    );
+    group.shutdown().await;
+}
+
+/// Removing a follower leaves the other two voting and committing; bad
+/// requests are refused with their reasons and change nothing: an unknown
+/// id, the leader itself, the last voter, a change that leaves too few
+/// answering voters, a transfer to a learner or to an unknown id, and a
+/// promotion of a node that is not a member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_removed_and_bad_requests_change_nothing() {
+    let mut cluster = Cluster::start(|_| {}).await;
+    let leader = cluster.wait_for_leader(&NODES, WAIT).await;
+    cluster.add_stock(&NODES, "stock-1", STOCK).await;
+    let group = cluster.group(leader).clone();
+    let before = group.membership();
+    let reason = |r: Result<_, reservoir_raft::AdminError>| {
+        r.map(|_: reservoir_raft::MembershipView| ())
+            .unwrap_err()
+            .reason()
+    };
+    assert_eq!(
+        reason(group.change_voters(&BTreeSet::new(), &[9].into(), WAIT).await),
+        "UNKNOWN_NODE"
+    );
+    assert_eq!(
+        reason(group.change_voters(&[9].into(), &BTreeSet::new(), WAIT).await),
+        "UNKNOWN_NODE"
+    );
+    assert_eq!(
+        reason(
+            group
+                .change_voters(&BTreeSet::new(), &[leader].into(), WAIT)
+                .await
+        ),
+        "REMOVES_LEADER"
+    );
+    assert_eq!(
+        reason(group.change_voters(&BTreeSet::new(), &NODES.into(), WAIT).await),
+        "LAST_VOTER"
+    );
+    assert_eq!(
+        reason(group.add_learner(0, "x", WAIT).await),
+        "INVALID_MEMBERSHIP_REQUEST"
+    );
+    assert_eq!(
+        reason(group.add_learner(others(leader)[0], "elsewhere", WAIT).await),
+        "NODE_EXISTS"
+    );
+    let transfer = |r: Result<NodeId, reservoir_raft::AdminError>| r.unwrap_err().reason();
+    assert_eq!(
+        transfer(group.transfer_leadership(Some(9), WAIT).await),
+        "UNKNOWN_NODE"
+    );
+    let follower = others(leader)[0];
+    let not_leader = cluster
+        .group(follower)
+        .change_voters(&BTreeSet::new(), &[leader].into(), WAIT)
+        .await;
+    assert!(
+        matches!(&not_leader, Err(reservoir_raft::AdminError::NotLeader { leader: Some((id, _)) }) if *id == leader),
+        "{not_leader:?}"
+    );
+    // With one follower down, removing the other would leave one of two
+    // voters answering.
+    let (down, other) = (others(leader)[0], others(leader)[1]);
+    cluster.crash(down).await;
+    assert_eq!(
+        reason(group.change_voters(&BTreeSet::new(), &[other].into(), WAIT).await),
+        "QUORUM_AT_RISK"
+    );
+    assert_eq!(
+        group.membership().voters,
+        before.voters,
+        "a refusal changed the voters"
+    );
+    cluster.start_node(down).await;
+    cluster.wait_for_leader(&NODES, WAIT).await;
+
+    // A learner is no transfer target.
+    cluster.start_joining(4).await;
+    group.add_learner(4, &addr(4), WAIT).await.expect("learner 4");
+    assert_eq!(
+        transfer(group.transfer_leadership(Some(4), WAIT).await),
+        "NOT_A_VOTER"
+    );
+    // ... and leaves when removed.
+    let view = group
+        .change_voters(&BTreeSet::new(), &[4].into(), WAIT)
+        .await
+        .expect("remove learner 4");
+    assert!(!view.addresses.contains_key(&4), "{view:?}");
+    cluster.crash(4).await;
+
+    // Remove a follower: the other two commit on their own.
+    let removed = others(leader)[1];
+    let view = group
+        .change_voters(&BTreeSet::new(), &[removed].into(), WAIT)
+        .await
+        .expect("remove a follower");
+    assert_eq!(
+        view.voters,
+        NODES.into_iter().filter(|&id| id != removed).collect()
+    );
+    assert!(!view.addresses.contains_key(&removed));
+    // Asking again: it is no member any more.
+    assert_eq!(
+        reason(
+            group
+                .change_voters(&BTreeSet::new(), &[removed].into(), WAIT)
+                .await
+        ),
+        "UNKNOWN_NODE"
+    );
+    cluster.crash(removed).await;
+    let rest: Vec<NodeId> = others(removed);
+    cluster.reserve(&rest, "after-removal", 1).await;
+    cluster.wait_converged(&rest).await;
+    cluster.shutdown().await;
+}
+
+/// A voter whose disk died is replaced under writes by a new node with a
+/// new id and an empty data directory: it catches up by snapshot as a
+/// learner, and one joint change drops the dead id and promotes it. The old
+/// id is gone, the new one votes, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_is_replaced_by_a_new_id_under_writes() {
+    let mut cluster = Cluster::start(|options| {
+        options.snapshot_logs = 20;
+        options.snapshot_logs_to_keep = 100;
+    })
+    .await;
+    let leader = cluster.wait_for_leader(&NODES, WAIT).await;
+    cluster.add_stock(&NODES, "stock-1", STOCK).await;
+    let dead = others(leader)[0];
+    cluster.crash(dead).await;
+    cluster.lose_data(dead);
+    let live = others(dead);
+    let deadline = Instant::now() + WAIT;
+    let mut i = 0;
+    while cluster.purged_index(leader).is_none() {
+        assert!(Instant::now() < deadline, "the leader purged nothing");
+        i += 1;
+        cluster.reserve(&live, &format!("r{i}"), 1).await;
+    }
+    let writer = Writer::start(cluster.groups(), "w");
+    cluster.start_joining(5).await;
+    let group = cluster.group(leader).clone();
+    group.add_learner(5, &addr(5), WAIT).await.expect("learner 5");
+    wait_caught_up(&group, 5, reservoir_raft::admin::CATCH_UP_LAG_MAX).await;
+    let view = group
+        .change_voters(&[5].into(), &[dead].into(), WAIT)
+        .await
+        .expect("replace the dead node");
+    let voters: BTreeSet<NodeId> = live.iter().copied().chain([5]).collect();
+    assert_eq!(view.voters, voters);
+    assert!(!view.addresses.contains_key(&dead), "{view:?}");
+    cluster.book_reserves(writer.finish().await);
+    let now: Vec<NodeId> = voters.iter().copied().collect();
+    cluster.wait_converged(&now).await;
+    assert!(
+        cluster.group(5).status().snapshots.installed >= 1,
+        "node 5 took no snapshot"
+    );
+    // It votes: with the leader down the other two elect.
+    cluster.crash(leader).await;
+    let rest: Vec<NodeId> = now.iter().copied().filter(|&id| id != leader).collect();
+    cluster.wait_for_leader(&rest, WAIT).await;
+    cluster.reserve(&rest, "after", 1).await;
+    cluster.wait_converged(&rest).await;
+    cluster.shutdown().await;
+}
+
+/// Leadership moves to the voter asked for, under writes, and then to "any
+/// other voter"; the target leads afterwards and nothing acknowledged is
+/// lost. Asking the leader to transfer to itself changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_the_target_under_writes() {
+    let mut cluster = Cluster::start(|_| {}).await;
+    let leader = cluster.wait_for_leader(&NODES, WAIT).await;
+    cluster.add_stock(&NODES, "stock-1", STOCK).await;
+    let writer = Writer::start(cluster.groups(), "w");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        cluster
+            .group(leader)
+            .transfer_leadership(Some(leader), WAIT)
+            .await,
+        Ok(leader)
+    );
+    let target = others(leader)[1];
+    let started = Instant::now();
+    let new = cluster
+        .group(leader)
+        .transfer_leadership(Some(target), WAIT)
+        .await;
+    assert_eq!(new, Ok(target), "transfer from {leader} to {target}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(cluster.wait_for_leader(&NODES, WAIT).await, target);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let next = cluster
+        .group(target)
+        .transfer_leadership(None, WAIT)
+        .await
+        .expect("transfer to any other voter");
+    assert_ne!(next, target);
+    assert_eq!(cluster.wait_for_leader(&NODES, WAIT).await, next);
+    let acknowledged = writer.finish().await;
+    assert!(
+        acknowledged.len() > 5,
+        "the writer wrote {} reserves",
+        acknowledged.len()
+    );
+    cluster.book_reserves(acknowledged);
+    cluster.reserve(&NODES, "after", 1).await;
+    cluster.wait_converged(&NODES).await;
+    cluster.shutdown().await;
+}
+
+/// A snapshot asked for on a follower and on the leader is built at once
+/// and covers what each had applied; asked again, the same one answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_built_on_demand() {
+    let mut cluster = Cluster::start(|_| {}).await;
+    let leader = cluster.wait_for_leader(&NODES, WAIT).await;
+    cluster.add_stock(&NODES, "stock-1", STOCK).await;
+    for i in 1..=5 {
+        cluster.reserve(&NODES, &format!("r{i}"), 1).await;
+    }
+    cluster.wait_converged(&NODES).await;
+    for id in [others(leader)[0], leader] {
+        let group = cluster.group(id);
+        assert_eq!(
+            group.status().snapshot_index,
+            None,
+            "node {id} snapshotted already"
+        );
+        let applied = group.status().applied_index.expect("applied");
+        let index = group.snapshot_now(WAIT).await.expect("snapshot");
+        assert!(
+            index >= applied,
+            "node {id}: snapshot at {index} < applied {applied}"
+        );
+        let status = group.status();
+        assert_eq!(status.snapshot_index, Some(index));
+        assert!(status.snapshots.built >= 1, "{status:?}");
+        assert_eq!(group.snapshot_now(WAIT).await, Ok(index), "asked again");
+    }
+    cluster.shutdown().await;
+}
+
+/// Three empty nodes seeded with one region state (a restore) start with
+/// it: they elect a leader without anyone initializing the group, every
+/// node holds the seeded reservations and books, and the group commits on
+/// top of it. Seeding a node that has data is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_group_starts_from_its_state() {
+    let mut state = RegionState::new(common::GROUP);
+    let stocked = state.apply(command(RegionOp::AdjustStock {
+        request_id: "stock-1".into(),
+        sku: SKU.into(),
+        delta: 100,
+    }));
+    assert!(stocked.is_ok(), "{stocked:?}");
+    let held = match state.apply(command(reserve_op("before-backup", 3))) {
+        Ok(RegionApplied::Reservation(r)) => r,
+        other => panic!("{other:?}"),
+    };
+    let members: BTreeMap<NodeId, String> = NODES.iter().map(|&id| (id, addr(id))).collect();
+    let dirs: Vec<TempDir> = NODES.iter().map(|_| TempDir::new().expect("temp dir")).collect();
+    for dir in &dirs {
+        let storage = NodeStorage::open(&reservoir_raft::StorageOptions::new(dir.path())).expect("open");
+        storage
+            .seed_group(common::GROUP, state.clone(), 4_242, &members)
+            .expect("seed");
+        let again = storage.seed_group(common::GROUP, state.clone(), 4_242, &members);
+        assert!(again.is_err(), "a second seed must be refused");
+    }
+    let net = LocalNet::new();
+    let mut running = Vec::new();
+    for (&id, dir) in NODES.iter().zip(&dirs) {
+        let (storage, stores) = common::reopen(dir.path()).await;
+        let router = Router::new(id);
+        net.attach(router.clone());
+        let options = GroupOptions::new(common::GROUP, id, members.clone());
+        let group = Group::start(options, stores, net.wire(), &router)
+            .await
+            .expect("start");
+        running.push((Arc::new(group), storage, router));
+    }
+    let deadline = Instant::now() + WAIT;
+    let leader = loop {
+        if let Some((group, _, _)) = running.iter().find(|(g, _, _)| g.is_leader()) {
+            break group.clone();
+        }
+        assert!(Instant::now() < deadline, "no leader elected");
+        tokio::time::sleep(POLL).await;
+    };
+    let after = leader
+        .propose(command(reserve_op("after-restore", 2)))
+        .await
+        .expect("commits");
+    assert!(matches!(after, Ok(RegionApplied::Reservation(_))), "{after:?}");
+    for (group, _, _) in &running {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (found, reserved) = group
+                .read(|s| (s.reservation(held.id), s.reservations().count()))
+                .expect("read");
+            if reserved == 2 {
+                assert_eq!(found, Some(held.clone()));
+                assert!(group.status().applied_index > Some(4_242));
+                break;
+            }
+            assert!(Instant::now() < deadline, "a node did not apply past the seed");
+            tokio::time::sleep(POLL).await;
+        }
+    }
+    for (group, _, _) in &running {
+        group.shutdown().await;
+    }
 }

@@ -452,6 +452,15 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no node {id} in {:?}", self.ids()))
     }
 
+    /// Takes on a node the test started itself (`child`, described by
+    /// `node`): it is stopped with the others, and found by id.
+    pub(crate) fn adopt(&mut self, node: ClusterNode, child: Child) {
+        self.file.nodes.retain(|n| n.id != node.id);
+        self.restarted.insert(node.id, child);
+        self.down.remove(&node.id);
+        self.file.nodes.push(node);
+    }
+
     // ----- clients -----
 
     /// What a client with `role` (`shop`, `admin`, `observer`) presents:

@@ -89,6 +89,7 @@ impl UpNode for ClusterNode {
 }
 
 mod cluster;
+mod operate;
 mod shop;
 
 pub use cluster::*;

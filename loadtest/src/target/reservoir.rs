@@ -435,6 +435,34 @@ impl ReservoirTarget {
         }
     }
 
+    /// One `GetReservation` attempt: the reservation's state, or `None`
+    /// when the region does not know it (`RESERVATION_NOT_FOUND`).
+    pub async fn reservation_state(
+        &self,
+        region: usize,
+        reservation_id: &str,
+    ) -> Result<Option<v1::ReservationState>, OpError> {
+        let (nodes, i, ch) = self.region(region)?;
+        let request = v1::GetReservationRequest {
+            reservation_id: reservation_id.to_string(),
+        };
+        let ids = &self.ids[region];
+        match InventoryClient::new(ch).get_reservation(request).await {
+            Ok(r) => {
+                follow_hint(nodes, ids, r.metadata());
+                Ok(Some(r.into_inner().state()))
+            }
+            Err(s) => {
+                let e = failed_on_hinted(nodes, ids, i, &s);
+                if e.reason == reason::RESERVATION_NOT_FOUND {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
     /// `Admin.GetStatus` from any node that answers.
     pub async fn status(&self) -> Result<v1::ClusterStatus, OpError> {
         self.admin_call(|mut c| async move { c.get_status(v1::GetStatusRequest {}).await })

@@ -1,6 +1,8 @@
 //! The client commands of the `reservoir` command (`reserve`, `confirm`,
 //! `release`, `extend`, `get`, `availability`, `stock`, `audit`, `status`):
-//! thin wrappers over one gRPC call each.
+//! thin wrappers over one gRPC call each; and the operator commands on a
+//! Raft group ([`operate`]: `membership`, `add-node`, `remove-node`,
+//! `replace-node`, `transfer-leader`, `snapshot`).
 //!
 //! A client command prints the reservation (or the availability, the stock,
 //! the audit) on stdout, or one line on stderr: `error: <REASON>: <message>`,
@@ -16,6 +18,8 @@
 //! itself). With none of them a command speaks plaintext and sends no key:
 //! a cluster started with `reservoir up --insecure`. A key is never sent
 //! without TLS.
+
+pub mod operate;
 
 use clap::{Args, Subcommand};
 use reservoir_client::credentials::{CA_FILE_ENV, TOKEN_ENV, read_key};
@@ -474,7 +478,7 @@ pub async fn run(command: ClientCommand) -> Result<String, ClientError> {
 
 /// A transport failure's status (no Reservoir reason, only "transport
 /// error") with its root cause and what it suggests about TLS.
-fn explained(status: Status, tls: bool) -> Status {
+pub(crate) fn explained(status: Status, tls: bool) -> Status {
     if reason_of(&status).is_some()
         || !matches!(status.code(), tonic::Code::Unknown | tonic::Code::Unavailable)
     {
@@ -898,7 +902,7 @@ pub fn format_audit(report: &v1::AuditReport) -> String {
     out.trim_end().to_string()
 }
 
-fn row(cells: &[&str]) -> Vec<String> {
+pub(crate) fn row(cells: &[&str]) -> Vec<String> {
     cells.iter().map(|c| c.to_string()).collect()
 }
 

@@ -53,6 +53,13 @@ pub struct NodeConfig {
     /// region directly.
     #[serde(default)]
     pub standalone: bool,
+    /// This node joins groups that already run (a node added to a region,
+    /// or one replacing a node whose disk died): it never initializes a
+    /// group, even with empty data, and waits until an operator adds it
+    /// (`reservoir add-node`). Without it, the node with the smallest id of
+    /// `peers` initializes the group on its very first start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub join: bool,
     /// Every voter of the region group, this node included.
     pub peers: Vec<Peer>,
     /// Raft timing.
@@ -578,6 +585,7 @@ mod tests {
             http_addr: "127.0.0.1:8001".parse().unwrap(),
             data_dir: "/tmp/x".into(),
             standalone: true,
+            join: false,
             peers: vec![
                 Peer {
                     id: 1,

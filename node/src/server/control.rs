@@ -63,6 +63,9 @@ pub enum RegionCall {
     Report(ReportRequest),
     /// Another region's availability counters; answered with ours.
     Gossip(Digest),
+    /// The region's whole state, read linearizably on its leader, for a
+    /// cluster backup (see [`crate::server::backup`]).
+    Backup,
 }
 
 /// What a report should include.
@@ -94,6 +97,8 @@ pub enum RegionReply {
     Report(RegionReport),
     /// The region's availability counters.
     Gossip(Digest),
+    /// The region's state for a backup.
+    Backup(crate::server::backup::GroupState),
 }
 
 /// A region's state as the ledger leader sees it for one round.
@@ -281,6 +286,8 @@ pub enum LedgerCall {
     Summary,
     /// Run the conservation audit now.
     Audit,
+    /// A consistent backup of the ledger and every region, between rounds.
+    Backup,
 }
 
 /// The ledger's answer.
@@ -294,6 +301,8 @@ pub enum LedgerReply {
     Summary(Box<LedgerSummary>),
     /// A fresh audit.
     Audit(Box<reservoir_tokens::audit::BalanceSheet>),
+    /// A backup file (see [`crate::server::backup`]).
+    Backup(Vec<u8>),
 }
 
 /// The ledger's books and the rebalancer's latest view.

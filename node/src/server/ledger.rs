@@ -688,6 +688,85 @@ impl LedgerHost {
         Ok(up_to)
     }
 
+    /// A consistent backup of the ledger and every region (see
+    /// [`crate::server::backup`] for why the cut is consistent): taken
+    /// holding the lock rounds and audits take, so no transfer or
+    /// settlement of this leader's is half done; the ledger read
+    /// linearizably first, then every region on its leader. Fails when a
+    /// region cannot be read (a backup without it could not restore the
+    /// cluster) or the backup is over [`CLUSTER_BACKUP_BYTES_MAX`].
+    ///
+    /// [`CLUSTER_BACKUP_BYTES_MAX`]: crate::server::backup::CLUSTER_BACKUP_BYTES_MAX
+    pub async fn backup(&self, created_at_ms: u64) -> Result<Vec<u8>, tonic::Status> {
+        use crate::server::backup::{
+            CLUSTER, CLUSTER_BACKUP_BYTES_MAX, GroupKind, GroupState, backup_error, encode, encode_state,
+        };
+        let _busy = self.busy.lock().await;
+        let term = self.group.leader_term();
+        self.ledger_now()
+            .await
+            .map_err(|e| backup_error(false, format!("reading the ledger: {e}")))?;
+        let (ledger, index) = self
+            .group
+            .read_indexed(encode_state)
+            .map_err(|e| backup_error(false, format!("reading the ledger: {e}")))?;
+        let ledger = ledger.map_err(|e| backup_error(true, e))?;
+        let mut groups = vec![GroupState {
+            name: crate::server::LEDGER_GROUP.to_string(),
+            kind: GroupKind::Ledger,
+            applied_index: index.unwrap_or(0),
+            state: ledger,
+        }];
+        let regions: Vec<String> = self.control.regions().map(str::to_string).collect();
+        let calls = regions.iter().map(|region| async move {
+            let reply = self
+                .control
+                .region(region, &RegionCall::Backup, REGION_CALL_TIMEOUT)
+                .await;
+            (region.clone(), reply)
+        });
+        for (region, reply) in futures_join_all(calls).await {
+            match reply {
+                Ok(RegionReply::Backup(state)) if state.name == region => groups.push(state),
+                Ok(other) => {
+                    return Err(backup_error(false, format!("region {region} answered {other:?}")));
+                }
+                Err(status)
+                    if reservoir_client::reason_of(&status).as_deref() == Some("BACKUP_TOO_LARGE") =>
+                {
+                    return Err(status);
+                }
+                Err(status) => {
+                    return Err(backup_error(
+                        false,
+                        format!("region {region} could not be read: {}", status.message()),
+                    ));
+                }
+            }
+        }
+        // Still the leader of the same term, confirmed by a quorum after the
+        // regions were read: no other ledger leader can have settled or
+        // transferred anything since the ledger was read.
+        let confirmed = self.ledger_now().await.is_ok() && self.group.leader_term() == term;
+        if term.is_none() || !confirmed {
+            return Err(backup_error(
+                false,
+                "the ledger's leadership changed while the backup was taken; take it again".into(),
+            ));
+        }
+        let file = encode(CLUSTER, created_at_ms, &groups).map_err(|e| backup_error(true, e))?;
+        if file.len() > CLUSTER_BACKUP_BYTES_MAX {
+            return Err(backup_error(
+                true,
+                format!(
+                    "the backup is {} bytes, over {CLUSTER_BACKUP_BYTES_MAX}",
+                    file.len()
+                ),
+            ));
+        }
+        Ok(file)
+    }
+
     /// The conservation audit over the ledger and every region's report.
     /// Runs between rounds on the leader, so no transfer or settlement of
     /// ours is half done; a region's own reserves and confirms do not move

@@ -25,6 +25,10 @@
 //! - [`logging`]: the log subscriber (text or JSON, `[log]`, `RUST_LOG`)
 //!   and the per-call log budget; [`telemetry`]: the metrics recorder, the
 //!   catalog of every metric, the bound on per-SKU series;
+//! - [`backup`]: the backup file, and restoring a node from it;
+//! - [`operate`]: what the Admin service's operator calls share (which
+//!   group a call names, their bounds and refusals), and the task that
+//!   keeps the peer policy's view of each group's members current;
 //! - [`clock`]: the time seam (wall and monotonic clocks) and each group's bounded logical time (`GroupClock`).
 //!
 //! Imports run one way: `http` → `health` → `service` → `node` → `ledger` →
@@ -43,6 +47,7 @@
 //! server's decoding limit, not here; the edge sees only decoded messages.
 
 pub mod availability;
+pub mod backup;
 pub mod clock;
 pub mod config;
 mod connections;
@@ -54,6 +59,7 @@ pub mod http;
 pub mod ledger;
 pub mod logging;
 pub mod node;
+pub mod operate;
 pub mod security;
 pub mod service;
 pub mod status;
@@ -169,6 +175,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
     options.snapshot_logs = config.raft.snapshot_logs;
     options.snapshot_logs_to_keep = config.raft.snapshot_logs_kept;
     options.snapshot_chunk_bytes = config.raft.snapshot_chunk_bytes;
+    options.join = config.join;
 
     // Bind every listener before starting Raft, so a taken port fails fast.
     let grpc_listener = bind(config.grpc_addr, "grpc_addr").await?;
@@ -323,6 +330,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         })
     };
     let expirer = tokio::spawn(expire_loop(node.clone(), shutdown_rx.clone()));
+    tokio::spawn(operate::follow_members(node.clone(), shutdown_rx.clone()));
     let ledger_loop = ledger
         .clone()
         .map(|host| tokio::spawn(host.run(shutdown_rx.clone())));
@@ -434,8 +442,7 @@ fn raft_authorizer(node: Arc<Node>) -> Option<reservoir_raft::network::Authorize
             let policy = node.peer_policy();
             let caller = policy.caller(extensions)?;
             let ledger = group == LEDGER_GROUP;
-            let voters = policy.group_voters(ledger);
-            let member = caller.as_ref().is_some_and(|c| c.id == from) && voters.contains(&from);
+            let member = caller.as_ref().is_some_and(|c| c.id == from) && policy.is_member(ledger, from);
             if member && (ledger || group == node.region()) {
                 Ok(())
             } else {

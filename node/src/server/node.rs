@@ -399,6 +399,34 @@ impl Node {
         }
     }
 
+    /// This region's state as this node has applied it, encoded for a
+    /// backup, with its applied index (call it after a linearizable read,
+    /// on the leader). At most `bytes_max` encoded bytes.
+    pub fn backup_state(&self, bytes_max: usize) -> Result<crate::server::backup::GroupState, Status> {
+        use crate::server::backup::{GroupKind, GroupState, backup_error, encode_state};
+        let (state, index) = self
+            .group
+            .read_indexed(encode_state)
+            .map_err(|e| backup_error(false, format!("reading {}: {e}", self.region())))?;
+        let state = state.map_err(|e| backup_error(true, e))?;
+        if state.len() > bytes_max {
+            return Err(backup_error(
+                true,
+                format!(
+                    "{}'s state is {} bytes, over {bytes_max}",
+                    self.region(),
+                    state.len()
+                ),
+            ));
+        }
+        Ok(GroupState {
+            name: self.region().to_string(),
+            kind: GroupKind::Region,
+            applied_index: index.unwrap_or(0),
+            state,
+        })
+    }
+
     /// An Inventory client to the node at `addr` (the leader, to forward to).
     pub fn inventory(&self, addr: &str) -> Result<InventoryClient<Channel>, Status> {
         Ok(InventoryClient::new(self.channel(addr)?))

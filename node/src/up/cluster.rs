@@ -503,6 +503,7 @@ impl Layout {
             http_addr: node.http,
             data_dir: dir.join(format!("node-{id}")).join("data"),
             standalone: true,
+            join: false,
             peers: Vec::new(),
             raft: raft.clone(),
             ledger_peers: Vec::new(),

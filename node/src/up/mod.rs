@@ -388,6 +388,7 @@ fn fresh_configs(
                 http_addr: loopback(ports[i + 2]),
                 data_dir: dir.join(format!("node-{id}")).join("data"),
                 standalone: true,
+                join: false,
                 peers: peers.clone(),
                 raft: raft.clone(),
                 ledger_peers: Vec::new(),

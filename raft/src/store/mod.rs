@@ -224,6 +224,62 @@ impl NodeStorage {
         Ok(GroupStores { log, state_machine })
     }
 
+    /// Seeds group `group`, which must have no data here at all (no log,
+    /// no vote, no snapshot), with `machine` as a snapshot covering log
+    /// index `index`, whose membership is `voters` (id → address): started
+    /// on it, the node has the state at once, and a group whose voters are
+    /// all seeded alike elects a leader and goes on from there (a restore
+    /// from a backup). The snapshot's log id is of term 0, below any term
+    /// the new group elects in. Returns that log id. Blocking.
+    pub fn seed_group<SM: GroupMachine>(
+        &self,
+        group: &str,
+        machine: SM,
+        index: u64,
+        voters: &std::collections::BTreeMap<crate::config::NodeId, String>,
+    ) -> Result<LogId, StoreError> {
+        validate_group_id(group)?;
+        if voters.is_empty() {
+            return Err(StoreError::Corrupt(format!(
+                "group {group}: a seeded group needs voters"
+            )));
+        }
+        let _lease = GroupLease::take(group, &self.open_groups)?;
+        let log = self.db.open_tree(tree_name(group, "log"))?;
+        let meta = self.db.open_tree(tree_name(group, "meta"))?;
+        let snapshots = snapshot::SnapshotDir::open(
+            &self.path.join(SNAPSHOTS_DIR).join(group),
+            self.snapshot_bytes_max,
+        )?;
+        if !log.is_empty() || !meta.is_empty() || snapshots.current().is_some() {
+            return Err(StoreError::Corrupt(format!(
+                "{}: group {group} already has data here; a restore needs an empty data directory",
+                self.path.display()
+            )));
+        }
+        let log_id = openraft::LogId::new(openraft::CommittedLeaderId::new(0, 0), index);
+        let membership = openraft::Membership::new(
+            vec![voters.keys().copied().collect()],
+            voters
+                .iter()
+                .map(|(id, addr)| (*id, crate::config::Node::new(addr.clone())))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        );
+        let stored = crate::config::StoredMembership::new(Some(log_id), membership);
+        let snapshot_meta = crate::config::SnapshotMeta {
+            last_log_id: Some(log_id),
+            last_membership: stored.clone(),
+            snapshot_id: format!("restored-{index}"),
+        };
+        let state = AppliedState {
+            last_applied: Some(log_id),
+            last_membership: stored,
+            machine,
+        };
+        snapshots.write(snapshots.next_seq(), &snapshot_meta, &state)?;
+        Ok(log_id)
+    }
+
     /// Ids of the groups that have data in this database, in order.
     pub fn stored_groups(&self) -> Vec<String> {
         let suffix = format!("{TREE_NAME_SEPARATOR}meta");

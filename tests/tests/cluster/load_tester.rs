@@ -42,6 +42,19 @@ async fn black_friday_against_a_cluster() {
         report.server_notes
     );
     assert!(t.sold > 0, "nothing sold");
+    assert!(
+        t.failed_not_retryable.is_empty(),
+        "requests failed that a retry would not change: {:?}",
+        t.failed_not_retryable
+    );
+    let acked = t
+        .acknowledged
+        .as_ref()
+        .expect("acknowledged reservations were read back");
+    assert!(
+        acked.filed > 0 && acked.clean(),
+        "acknowledged reservations: {acked:?}"
+    );
     assert!(report.skus.iter().all(|s| s.settled <= s.stocked));
     let spike = &report.windows[0];
     assert!(spike.end_s > spike.start_s, "the spike window is marked");
@@ -82,6 +95,14 @@ async fn closed_loop_against_an_insecure_region() {
     let t = &report.totals;
     assert!(t.requests > 0, "no request sent");
     assert!(t.errors.is_empty(), "errors: {:?}", t.errors);
+    let acked = t
+        .acknowledged
+        .as_ref()
+        .expect("acknowledged reservations were read back");
+    assert!(
+        acked.filed > 0 && acked.clean(),
+        "acknowledged reservations: {acked:?}"
+    );
     assert_eq!(t.oversell_units, 0, "oversold");
     assert!(t.audit_balanced, "audit not balanced: {:?}", report.server_notes);
     balanced_sheets(&region.audit().await);
@@ -99,6 +120,7 @@ async fn load(cluster: &Cluster, scenario: Scenario, seed: u64) -> Report {
         calls: Default::default(),
         progress: false,
         stop_rx: None,
+        check_acknowledged: true,
     })
     .await
     .unwrap_or_else(|e| panic!("load test failed: {e}"));

@@ -4,6 +4,7 @@
 //! runs, so no two share the machine's cores.
 
 mod architectures;
+mod backup;
 mod bad_input;
 mod clock_skew;
 mod cluster_faults;
@@ -11,6 +12,7 @@ mod cluster_flows;
 mod leader_crash;
 mod load_tester;
 mod observability;
+mod operate;
 mod region_faults;
 mod region_isolation;
 mod region_restart;

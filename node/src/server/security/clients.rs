@@ -102,6 +102,8 @@ pub enum Permission {
     AdjustStock,
     /// Audit.
     Audit,
+    /// Operate the cluster: membership, leadership, snapshots, backups.
+    Operate,
 }
 
 impl Permission {
@@ -114,6 +116,7 @@ impl Permission {
             Permission::ReadStatus => "read_status",
             Permission::AdjustStock => "adjust_stock",
             Permission::Audit => "audit",
+            Permission::Operate => "operate",
         }
     }
 }

@@ -11,11 +11,17 @@
 //! | ledger `Apply` (`AdjustStock` only), `Summary`, `Audit` | any node the config names (it checked its client's role) |
 //! | a forwarded call (client or control) | nodes of the same group |
 //!
+//! A group's voters are those the config names and, once an operator adds
+//! nodes, the members its membership names now ([`PeerPolicy::set_members`]).
+//! A node the config does not name is taken when its certificate names a
+//! region the config knows (the cluster's CA vouches for it).
+//!
 //! A refusal is `UNAUTHENTICATED` / `PEER_NOT_AUTHENTICATED` (no node
 //! certificate) or `PERMISSION_DENIED` / `PEER_NOT_ALLOWED`, and is counted
 //! in `reservoir_refused_total{plane="peer"}`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::RwLock;
 
 use tonic::{Code, Status};
 
@@ -52,6 +58,16 @@ pub struct PeerPolicy {
     ledger: BTreeSet<u64>,
     /// Every node this node's config names, and its region.
     known: BTreeMap<u64, String>,
+    /// The members of this node's groups as their memberships say now
+    /// (nodes added or replaced since the config was written).
+    live: RwLock<LiveMembers>,
+}
+
+/// The members of this node's groups, from their memberships.
+#[derive(Default)]
+struct LiveMembers {
+    group: BTreeSet<u64>,
+    ledger: BTreeSet<u64>,
 }
 
 impl PeerPolicy {
@@ -64,6 +80,7 @@ impl PeerPolicy {
             group,
             ledger,
             known,
+            live: RwLock::new(LiveMembers::default()),
         }
     }
 
@@ -74,6 +91,7 @@ impl PeerPolicy {
             group: BTreeSet::new(),
             ledger: BTreeSet::new(),
             known: BTreeMap::new(),
+            live: RwLock::new(LiveMembers::default()),
         }
     }
 
@@ -82,16 +100,46 @@ impl PeerPolicy {
         self.insecure
     }
 
-    /// The voters of the group named `name` on this node: the region
-    /// group's, or the ledger's.
+    /// The voters of the group named `name` on this node as its config
+    /// names them: the region group's, or the ledger's.
     pub fn group_voters(&self, ledger: bool) -> &BTreeSet<u64> {
         if ledger { &self.ledger } else { &self.group }
     }
 
+    /// Records the members of this node's region group (or, `ledger`, of
+    /// the ledger group) as its membership says now: a node added by an
+    /// operator may send what the group's voters may.
+    pub fn set_members(&self, ledger: bool, members: BTreeSet<u64>) {
+        let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
+        if ledger {
+            live.ledger = members;
+        } else {
+            live.group = members;
+        }
+    }
+
+    /// Whether `id` is a member of the region group (or the ledger's): one
+    /// of the config's voters or in the group's membership now.
+    pub fn is_member(&self, ledger: bool, id: u64) -> bool {
+        if self.group_voters(ledger).contains(&id) {
+            return true;
+        }
+        let live = self.live.read().unwrap_or_else(|e| e.into_inner());
+        if ledger {
+            live.ledger.contains(&id)
+        } else {
+            live.group.contains(&id)
+        }
+    }
+
     /// The calling node, from its certificate; `None` in insecure mode.
-    /// A caller without a node certificate, one the config does not name,
-    /// or one whose certificate names a region other than the one this
-    /// node's config gives it, is refused.
+    /// A caller without a node certificate, one whose certificate names a
+    /// region other than the one this node's config gives it, or one the
+    /// config does not name in a region it names none in, is refused. (A
+    /// node the config does not name, of a region it knows, is a node
+    /// added since the config was written: the cluster's CA vouches for
+    /// its id and region, and what it may send is checked by
+    /// [`PeerPolicy::require`].)
     pub fn caller(&self, extensions: &tonic::Extensions) -> Result<Option<PeerNode>, Status> {
         if self.insecure {
             return Ok(None);
@@ -99,6 +147,7 @@ impl PeerPolicy {
         match super::caller_identity(extensions) {
             Some(CertIdentity::Node(node)) => match self.known.get(&node.id) {
                 Some(region) if *region == node.region => Ok(Some(node)),
+                None if self.known.values().any(|r| *r == node.region) => Ok(Some(node)),
                 Some(region) => Err(refused(
                     Code::Unauthenticated,
                     "PEER_NOT_AUTHENTICATED",
@@ -138,10 +187,12 @@ impl PeerPolicy {
             };
         };
         let allowed = match senders {
-            Senders::Group => self.group.contains(&node.id),
-            Senders::Ledger => self.ledger.contains(&node.id),
+            Senders::Group => self.is_member(false, node.id),
+            Senders::Ledger => self.is_member(true, node.id),
             Senders::Region(region) => node.region == region,
-            Senders::AnyNode => self.known.contains_key(&node.id),
+            Senders::AnyNode => {
+                self.known.contains_key(&node.id) || self.known.values().any(|r| *r == node.region)
+            }
         };
         if allowed {
             Ok(())
@@ -212,6 +263,22 @@ mod tests {
             Code::Unauthenticated
         );
         assert!(PeerPolicy::insecure().require(None, Senders::Ledger, "x").is_ok());
+    }
+
+    /// A node added to a group by an operator (not in the config) may send
+    /// what the group's voters may once the membership names it, and no
+    /// sooner; it may send what any node may from the start.
+    #[test]
+    fn members_added_later_are_voters() {
+        let p = policy();
+        let added = node(7, "us-east");
+        assert!(p.require(Some(&added), Senders::Group, "x").is_err());
+        assert!(p.require(Some(&added), Senders::AnyNode, "x").is_ok());
+        p.set_members(false, [1, 2, 7].into());
+        assert!(p.require(Some(&added), Senders::Group, "x").is_ok());
+        assert!(p.require(Some(&added), Senders::Ledger, "x").is_err());
+        p.set_members(true, [1, 2, 7].into());
+        assert!(p.require(Some(&added), Senders::Ledger, "x").is_ok());
     }
 
     /// Without a certificate the caller is not authenticated.

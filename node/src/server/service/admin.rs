@@ -1,5 +1,6 @@
 //! `reservoir.v1.Admin`: stock adjustments, the cluster's status and the
-//! audit, for operators.
+//! audit, and the operator calls on a Raft group (membership, leadership,
+//! snapshots; see [`crate::server::operate`]), for operators.
 
 use std::sync::Arc;
 
@@ -12,11 +13,14 @@ use tonic::{Request, Response, Status};
 use super::{
     Caller, Plane, forward_failed, forwarding, leader_answer, note_request_id, recorded, unexpected,
 };
+use crate::on_group;
 use crate::server::control::{LedgerCall, LedgerReply};
 use crate::server::edge;
 use crate::server::node::{FORWARD_TIMEOUT, Node, Route};
+use crate::server::operate::{self, ADMIN_ACTION_TIMEOUT};
 use crate::server::security::Permission;
 use crate::server::status::to_status;
+use reservoir_raft::AdminError;
 
 /// `reservoir.v1.Admin` for a region node, on one listener.
 pub struct AdminService {
@@ -256,6 +260,165 @@ impl AdminService {
     }
 }
 
+/// An action that needs the group's leader, answered here or, on a
+/// follower that knows the leader, forwarded to it once.
+enum Led<T> {
+    Answer(T),
+    Forward(String),
+}
+
+fn led<T>(group: &str, caller: &Caller, result: Result<T, AdminError>) -> Result<Led<T>, Status> {
+    match result {
+        Ok(answer) => Ok(Led::Answer(answer)),
+        Err(AdminError::NotLeader {
+            leader: Some((_, addr)),
+        }) if !caller.forwarded => Ok(Led::Forward(addr)),
+        Err(e) => Err(operate::admin_status(group, &e)),
+    }
+}
+
+impl AdminService {
+    async fn get_membership_inner(
+        &self,
+        caller: &Caller,
+        req: v1::GetMembershipRequest,
+    ) -> Result<v1::Membership, Status> {
+        let target = operate::group(&self.node, &req.group)?;
+        let (view, leader) = on_group!(&target, g => (g.membership(), g.leader().filter(|_| !g.is_leader())));
+        // The leader knows each member's progress: ask it, once.
+        match leader {
+            Some((_, addr)) if !caller.forwarded => {
+                let mut client = self.node.admin(&addr)?;
+                match leader_answer(client.get_membership(forwarding(req, caller))).await {
+                    Ok(answer) => Ok(answer.into_inner()),
+                    Err(_) => Ok(operate::membership_message(&view)),
+                }
+            }
+            _ => Ok(operate::membership_message(&view)),
+        }
+    }
+
+    async fn add_learner_inner(
+        &self,
+        caller: &Caller,
+        req: v1::AddLearnerRequest,
+    ) -> Result<v1::Membership, Status> {
+        let target = operate::group(&self.node, &req.group)?;
+        let result =
+            on_group!(&target, g => g.add_learner(req.node_id, &req.address, ADMIN_ACTION_TIMEOUT).await);
+        match led(target.name(), caller, result)? {
+            Led::Answer(view) => Ok(operate::membership_message(&view)),
+            Led::Forward(addr) => {
+                let mut client = self.node.admin(&addr)?;
+                leader_answer(client.add_learner(forwarding(req, caller)))
+                    .await
+                    .map(Response::into_inner)
+            }
+        }
+    }
+
+    async fn change_voters_inner(
+        &self,
+        caller: &Caller,
+        req: v1::ChangeVotersRequest,
+    ) -> Result<v1::Membership, Status> {
+        let (add, remove) = operate::change_ids(&req.add, &req.remove)?;
+        let target = operate::group(&self.node, &req.group)?;
+        let result = on_group!(&target, g => g.change_voters(&add, &remove, ADMIN_ACTION_TIMEOUT).await);
+        match led(target.name(), caller, result)? {
+            Led::Answer(view) => Ok(operate::membership_message(&view)),
+            Led::Forward(addr) => {
+                let mut client = self.node.admin(&addr)?;
+                leader_answer(client.change_voters(forwarding(req, caller)))
+                    .await
+                    .map(Response::into_inner)
+            }
+        }
+    }
+
+    async fn transfer_leader_inner(
+        &self,
+        caller: &Caller,
+        req: v1::TransferLeaderRequest,
+    ) -> Result<v1::TransferLeaderResponse, Status> {
+        let target = operate::group(&self.node, &req.group)?;
+        let to = (req.to != 0).then_some(req.to);
+        let result = on_group!(&target, g => g.transfer_leadership(to, ADMIN_ACTION_TIMEOUT).await);
+        match led(target.name(), caller, result)? {
+            Led::Answer(leader_id) => Ok(v1::TransferLeaderResponse {
+                group: target.name().to_string(),
+                leader_id,
+            }),
+            Led::Forward(addr) => {
+                let mut client = self.node.admin(&addr)?;
+                leader_answer(client.transfer_leader(forwarding(req, caller)))
+                    .await
+                    .map(Response::into_inner)
+            }
+        }
+    }
+
+    /// A backup file: standalone, this region's state read on its leader
+    /// (a follower forwards the call and passes the file on); with a
+    /// ledger, the ledger leader's consistent cut of every group.
+    async fn backup_inner(&self, caller: &Caller) -> Result<Vec<u8>, Status> {
+        use crate::server::backup::{BACKUP_BYTES_MAX, STANDALONE, backup_error, encode};
+        if !self.node.config().standalone {
+            return match self
+                .node
+                .control()
+                .ledger(&LedgerCall::Backup, FORWARD_TIMEOUT)
+                .await
+                .map_err(forward_failed)?
+            {
+                LedgerReply::Backup(bytes) => Ok(bytes),
+                other => Err(unexpected("backup", &other)),
+            };
+        }
+        match self.node.read_current(caller.forwarded, |_| ()).await? {
+            Route::Applied(()) => {
+                let state = self.node.backup_state(BACKUP_BYTES_MAX)?;
+                encode(STANDALONE, self.node.wall_ms(), &[state]).map_err(|e| backup_error(true, e))
+            }
+            Route::Leader(addr) => {
+                let mut client = self.node.admin(&addr)?;
+                leader_answer(async {
+                    let mut stream = client
+                        .backup(forwarding(v1::BackupRequest {}, caller))
+                        .await?
+                        .into_inner();
+                    let mut bytes = Vec::new();
+                    while let Some(chunk) = stream.message().await? {
+                        if bytes.len() + chunk.data.len() > BACKUP_BYTES_MAX {
+                            return Err(backup_error(
+                                true,
+                                format!("a backup over {BACKUP_BYTES_MAX} bytes"),
+                            ));
+                        }
+                        bytes.extend_from_slice(&chunk.data);
+                    }
+                    Ok(bytes)
+                })
+                .await
+            }
+        }
+    }
+
+    async fn trigger_snapshot_inner(
+        &self,
+        req: v1::TriggerSnapshotRequest,
+    ) -> Result<v1::TriggerSnapshotResponse, Status> {
+        let target = operate::group(&self.node, &req.group)?;
+        let index = on_group!(&target, g => g.snapshot_now(ADMIN_ACTION_TIMEOUT).await)
+            .map_err(|e| operate::admin_status(target.name(), &e))?;
+        Ok(v1::TriggerSnapshotResponse {
+            group: target.name().to_string(),
+            node_id: self.node.config().node_id,
+            snapshot_index: index,
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl v1::admin_server::Admin for AdminService {
     async fn adjust_stock(
@@ -290,6 +453,96 @@ impl v1::admin_server::Admin for AdminService {
         recorded(self.plane, "audit", async {
             let caller = self.plane.caller(&self.node, &request, Permission::Audit).await?;
             self.audit_inner(&caller).await
+        })
+        .await
+    }
+
+    type BackupStream = tokio_stream::Iter<std::vec::IntoIter<Result<v1::BackupChunk, Status>>>;
+
+    async fn backup(
+        &self,
+        request: Request<v1::BackupRequest>,
+    ) -> Result<Response<Self::BackupStream>, Status> {
+        recorded(self.plane, "backup", async {
+            let caller = self
+                .plane
+                .caller(&self.node, &request, Permission::Operate)
+                .await?;
+            let bytes = self.backup_inner(&caller).await?;
+            let chunks: Vec<Result<v1::BackupChunk, Status>> = bytes
+                .chunks(crate::server::backup::BACKUP_CHUNK_BYTES)
+                .map(|c| Ok(v1::BackupChunk { data: c.to_vec() }))
+                .collect();
+            Ok(tokio_stream::iter(chunks))
+        })
+        .await
+    }
+
+    async fn get_membership(
+        &self,
+        request: Request<v1::GetMembershipRequest>,
+    ) -> Result<Response<v1::Membership>, Status> {
+        recorded(self.plane, "get_membership", async {
+            let caller = self
+                .plane
+                .caller(&self.node, &request, Permission::Operate)
+                .await?;
+            self.get_membership_inner(&caller, request.into_inner()).await
+        })
+        .await
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<v1::AddLearnerRequest>,
+    ) -> Result<Response<v1::Membership>, Status> {
+        recorded(self.plane, "add_learner", async {
+            let caller = self
+                .plane
+                .caller(&self.node, &request, Permission::Operate)
+                .await?;
+            self.add_learner_inner(&caller, request.into_inner()).await
+        })
+        .await
+    }
+
+    async fn change_voters(
+        &self,
+        request: Request<v1::ChangeVotersRequest>,
+    ) -> Result<Response<v1::Membership>, Status> {
+        recorded(self.plane, "change_voters", async {
+            let caller = self
+                .plane
+                .caller(&self.node, &request, Permission::Operate)
+                .await?;
+            self.change_voters_inner(&caller, request.into_inner()).await
+        })
+        .await
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<v1::TransferLeaderRequest>,
+    ) -> Result<Response<v1::TransferLeaderResponse>, Status> {
+        recorded(self.plane, "transfer_leader", async {
+            let caller = self
+                .plane
+                .caller(&self.node, &request, Permission::Operate)
+                .await?;
+            self.transfer_leader_inner(&caller, request.into_inner()).await
+        })
+        .await
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        request: Request<v1::TriggerSnapshotRequest>,
+    ) -> Result<Response<v1::TriggerSnapshotResponse>, Status> {
+        recorded(self.plane, "trigger_snapshot", async {
+            self.plane
+                .caller(&self.node, &request, Permission::Operate)
+                .await?;
+            self.trigger_snapshot_inner(request.into_inner()).await
         })
         .await
     }

@@ -67,6 +67,7 @@ impl ControlService {
             RegionCall::Apply(_) => policy.require(from, Senders::Ledger, "a grant, revoke or settlement"),
             RegionCall::Report(_) => policy.require(from, Senders::Ledger, "a report request"),
             RegionCall::Gossip(_) => policy.require(from, Senders::AnyNode, "gossip"),
+            RegionCall::Backup => policy.require(from, Senders::Ledger, "a backup request"),
         }
     }
 
@@ -96,7 +97,7 @@ impl ControlService {
             LedgerCall::TopUp { region, .. } => {
                 policy.require(from, Senders::Region(region), "a top-up request")
             }
-            LedgerCall::Summary | LedgerCall::Audit => {
+            LedgerCall::Summary | LedgerCall::Audit | LedgerCall::Backup => {
                 policy.require(from, Senders::AnyNode, "a ledger read")
             }
         }
@@ -149,6 +150,12 @@ impl ControlService {
                     Route::Leader(addr) => return self.forward(&addr, message, false).await,
                 }
             }
+            RegionCall::Backup => match node.read_current(forwarded, |_| ()).await? {
+                Route::Applied(()) => {
+                    RegionReply::Backup(node.backup_state(crate::server::backup::CLUSTER_BACKUP_BYTES_MAX)?)
+                }
+                Route::Leader(addr) => return self.forward(&addr, message, false).await,
+            },
         };
         encode(&reply)
     }
@@ -196,6 +203,7 @@ impl ControlService {
                 LedgerReply::TopUpQueued
             }
             LedgerCall::Summary => LedgerReply::Summary(Box::new(host.summary())),
+            LedgerCall::Backup => LedgerReply::Backup(host.backup(node.wall_ms()).await?),
             LedgerCall::Audit => match host.audit().await {
                 Ok(sheet) => LedgerReply::Audit(Box::new(sheet)),
                 Err(e) => return Err(Status::unavailable(format!("audit: {e}"))),

@@ -1,0 +1,328 @@
+#!/usr/bin/env python3
+"""The compose cluster under load and faults (CI runs it through test.sh).
+
+Builds the image, generates the nine nodes' configs and trust, starts the
+compose cluster, runs a Black Friday load with the load tester (a container
+on every region's network), and under that load:
+
+1. `docker kill`s the us-east leader, waits for a new one, starts it again;
+2. cuts eu-west off the WAN network, keeps it off, reconnects it;
+3. replaces ap-south-3 by a node with an empty volume and a new id, which
+   joins through `reservoir admin replace-node` and catches up;
+4. rolls a restart through every node, moving leadership off it first.
+
+Then the load ends and the load tester reads every acknowledged reservation
+back (`--check-acknowledged`), checks no request failed with an error a retry
+would not change, and that the audit balances; an audit through the CLI
+must show zero drift. Everything it starts it stops (unless --keep).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+COMPOSE_FILE = os.path.join(HERE, "docker-compose.yml")
+GENERATED = os.path.join(HERE, "generated")
+TOPOLOGY = os.path.join(HERE, "topology.toml")
+REGIONS = {
+    "us-east": ["us-east-1", "us-east-2", "us-east-3"],
+    "eu-west": ["eu-west-1", "eu-west-2", "eu-west-3"],
+    "ap-south": ["ap-south-1", "ap-south-2", "ap-south-3"],
+}
+HOME = "us-east"
+# The node that test step 3 replaces, and the id its replacement gets.
+REPLACED = "ap-south-3"
+REPLACEMENT_ID = 10
+LOADTEST = "reservoir-loadtest-run"
+START = time.monotonic()
+
+
+def log(msg):
+    print(f"[{time.monotonic() - START:6.1f}s] {msg}", flush=True)
+
+
+def run(cmd, check=True, capture=False, env=None, timeout=600):
+    """Runs a command; with capture, returns its stdout."""
+    shown = " ".join(cmd)
+    if not capture:
+        log(f"$ {shown}")
+    full_env = dict(os.environ, **(env or {}))
+    p = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.PIPE if capture else None,
+        text=True,
+        timeout=timeout,
+    )
+    if check and p.returncode != 0:
+        err = (p.stderr or "").strip() if capture else ""
+        raise SystemExit(f"FAILED: {shown} exited {p.returncode} {err}")
+    return p.stdout if capture else p.returncode
+
+
+class Compose:
+    def __init__(self, project, image):
+        self.project = project
+        self.image = image
+        self.ids = {}
+
+    def env(self):
+        env = {"RESERVOIR_IMAGE": self.image, "COMPOSE_PROJECT_NAME": self.project}
+        for service, node_id in self.ids.items():
+            env["RESERVOIR_ID_" + service.upper().replace("-", "_")] = str(node_id)
+        return env
+
+    def __call__(self, *args, check=True, capture=False, timeout=600):
+        return run(
+            ["docker-compose", "-f", COMPOSE_FILE, "-p", self.project, *args],
+            check=check,
+            capture=capture,
+            env=self.env(),
+            timeout=timeout,
+        )
+
+    def container(self, service):
+        return f"reservoir-{service}"
+
+    def network(self, name):
+        return f"{self.project}_{name}"
+
+    def volume(self, name):
+        return f"{self.project}_{name}"
+
+    def cli(self, *args, check=True):
+        """`reservoir ARGS` in a throwaway container on every network."""
+        return self(
+            "run", "--rm", "--no-deps", "--entrypoint", "/usr/local/bin/reservoir", "loadtest",
+            *args, check=check, capture=True,
+        )
+
+
+def ip_of(container, network):
+    out = run(
+        ["docker", "inspect", "-f", "{{json .NetworkSettings.Networks}}", container],
+        capture=True,
+    )
+    nets = json.loads(out)
+    return nets.get(network, {}).get("IPAddress") or None
+
+
+def http_get(ip, path, timeout=2.0):
+    try:
+        with urllib.request.urlopen(f"http://{ip}:7002{path}", timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except Exception as e:  # refused, reset, timed out: not answering
+        return None, str(e)
+
+
+def node_status(compose, service, region):
+    ip = ip_of(compose.container(service), compose.network(region))
+    if not ip:
+        return None
+    code, body = http_get(ip, "/status")
+    if code != 200:
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def wait_until(what, check, deadline_s):
+    deadline = time.monotonic() + deadline_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise SystemExit(f"FAILED: {what} within {deadline_s} s")
+        time.sleep(0.5)
+
+
+def ready(compose, service, region):
+    ip = ip_of(compose.container(service), compose.network(region))
+    return bool(ip) and http_get(ip, "/readyz")[0] == 200
+
+
+def wait_all_ready(compose, deadline_s=120):
+    def all_ready():
+        return all(ready(compose, s, r) for r, nodes in REGIONS.items() for s in nodes)
+
+    wait_until("every node ready", all_ready, deadline_s)
+    log("every node is ready")
+
+
+def leader_of(compose, region):
+    """The service name of the region group's leader, per its nodes' /status."""
+    for service in REGIONS[region]:
+        st = node_status(compose, service, region)
+        if st and st.get("role") == "leader":
+            return service
+    return None
+
+
+def ledger_leader(compose):
+    for service in REGIONS[HOME]:
+        st = node_status(compose, service, HOME)
+        ledger = (st or {}).get("ledger") or {}
+        if ledger.get("role") == "leader":
+            return service
+    return None
+
+
+def loadtest_running():
+    out = run(["docker", "inspect", "-f", "{{.State.Running}}", LOADTEST], capture=True, check=False)
+    return out.strip() == "true"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default=os.environ.get("RESERVOIR_PROFILE", "debug"),
+                    help="cargo profile of the binaries in the image [debug]")
+    ap.add_argument("--no-build", action="store_true", help="use target/PROFILE's binaries as they are")
+    ap.add_argument("--project", default="reservoir-test", help="compose project name")
+    ap.add_argument("--rate", default="15", help="load tester baseline reserves/s per region")
+    ap.add_argument("--keep", action="store_true", help="leave the cluster running")
+    args = ap.parse_args()
+
+    image = "reservoir:test"
+    compose = Compose(args.project, image)
+    binary = os.path.join(ROOT, "target", args.profile, "reservoir")
+
+    # 1. The image, from this checkout.
+    build = ["deploy/docker/binaries.sh", "--profile", args.profile, "--tag", "reservoir-binaries:test"]
+    if args.no_build:
+        build.append("--no-build")
+    run(build)
+    run(["docker", "build", "-q", "-f", "deploy/Dockerfile", "--build-arg",
+         "BINARIES_IMAGE=reservoir-binaries:test", "-t", image, "deploy"])
+
+    # 2. Configs and trust for the nine nodes and the replacement.
+    subprocess.run(["rm", "-rf", GENERATED], check=True)
+    run([binary, "deploy", "init", "--topology", TOPOLOGY, "--out", GENERATED])
+    for f in sorted(os.listdir(os.path.join(GENERATED, "nodes"))):
+        run([binary, "node", "--check-config", "--config", os.path.join(GENERATED, "nodes", f)])
+    # The containers run as uid 10001; keys stay unreadable to others.
+    if os.geteuid() == 0:
+        run(["chown", "-R", "10001:10001", GENERATED])
+    else:
+        log("not root: making the generated keys readable by all so the containers can read them")
+        run(["chmod", "-R", "a+rX", GENERATED])
+
+    try:
+        scenario(compose, args)
+    finally:
+        if args.keep:
+            log(f"left running (project {args.project}); stop with: "
+                f"docker-compose -f {COMPOSE_FILE} -p {args.project} down -v")
+        else:
+            run(["docker", "rm", "-f", LOADTEST], check=False, capture=True)
+            compose("--profile", "load", "down", "-v", "--remove-orphans", check=False)
+
+
+def scenario(compose, args):
+    compose("down", "-v", "--remove-orphans", check=False)
+    compose("up", "-d")
+    wait_all_ready(compose)
+
+    # The load: Black Friday at a rate a debug build on two cores carries,
+    # running until this script stops it (SIGINT ends the load early; the
+    # tester then drains, reads the books and every acknowledged hold).
+    compose("--profile", "load", "run", "-d", "--name", LOADTEST, "loadtest",
+            "black-friday", "--cluster", "/etc/reservoir/cluster.json",
+            "--duration-s", "900", "--rate", args.rate, "--hold-ttl-ms", "5000",
+            "--check-acknowledged", "--out", "/var/lib/reservoir/report")
+    wait_until("the load to start",
+               lambda: "s/900s]" in run(["docker", "logs", LOADTEST], capture=True, check=False)
+               or not loadtest_running(), 180)
+    if not loadtest_running():
+        run(["docker", "logs", LOADTEST], check=False)
+        raise SystemExit("FAILED: the load tester stopped before the faults")
+    log("load running")
+    time.sleep(5)
+
+    # 1. Kill the us-east leader.
+    old = wait_until("a us-east leader", lambda: leader_of(compose, "us-east"), 30)
+    run(["docker", "kill", compose.container(old)])
+    new = wait_until("a new us-east leader",
+                     lambda: (lambda l: l if l and l != old else None)(leader_of(compose, "us-east")), 30)
+    log(f"us-east leader {old} killed; {new} leads")
+    compose("start", old)
+    wait_all_ready(compose)
+
+    # 2. Cut eu-west off the WAN, and heal it.
+    wan = compose.network("wan")
+    for s in REGIONS["eu-west"]:
+        run(["docker", "network", "disconnect", wan, compose.container(s)])
+    time.sleep(10)
+    served = leader_of(compose, "eu-west")
+    log(f"eu-west cut off the WAN for 10 s; its leader is {served}")
+    if not served:
+        raise SystemExit("FAILED: eu-west has no leader while cut off the WAN")
+    for s in REGIONS["eu-west"]:
+        run(["docker", "network", "connect", "--alias", f"{s}.wan", wan, compose.container(s)])
+    wait_all_ready(compose)
+
+    # 3. Replace ap-south-3 by an empty node with a new id.
+    old_id = (node_status(compose, REPLACED, "ap-south") or {}).get("node_id")
+    compose("rm", "-s", "-f", REPLACED)
+    run(["docker", "volume", "rm", compose.volume(REPLACED)])
+    compose.ids[REPLACED] = REPLACEMENT_ID
+    compose("up", "-d", "--no-deps", REPLACED)
+    out = compose.cli("admin", "replace-node", "--cluster", "/etc/reservoir/cluster.json",
+                      "--region", "ap-south", "--old", str(old_id), "--new", str(REPLACEMENT_ID),
+                      "--peer", f"{REPLACED}.ap-south:7001")
+    log(f"replace-node: {out.strip()}")
+    wait_all_ready(compose)
+
+    # 4. A rolling restart, leadership moved off each node first.
+    for region, services in REGIONS.items():
+        for s in services:
+            st = node_status(compose, s, region) or {}
+            if st.get("role") == "leader":
+                out = compose.cli("admin", "transfer-leader", "--cluster", "/etc/reservoir/cluster.json",
+                                  "--region", region, "--from", str(st.get("node_id")))
+                log(f"transfer-leader off {s}: {out.strip()}")
+            if ledger_leader(compose) == s:
+                out = compose.cli("admin", "transfer-leader", "--cluster", "/etc/reservoir/cluster.json",
+                                  "--group", "ledger", "--from", str(st.get("node_id")))
+                log(f"ledger transfer-leader off {s}: {out.strip()}")
+            compose("restart", "-t", "15", s)
+            wait_all_ready(compose)
+
+    # The end: stop the load, let it drain and check.
+    log("faults done; ending the load")
+    time.sleep(5)
+    run(["docker", "kill", "-s", "INT", LOADTEST])
+    code = run(["docker", "wait", LOADTEST], capture=True, timeout=900).strip()
+    logs = run(["docker", "logs", LOADTEST], capture=True, check=False)
+    print("\n".join(l for l in logs.splitlines() if not l.startswith("[")), flush=True)
+    if code != "0":
+        raise SystemExit(f"FAILED: the load tester exited {code}")
+    audit = compose.cli("audit", "--cluster", "/etc/reservoir/cluster.json")
+    print(audit, flush=True)
+    if "balanced" not in audit.lower() or "drift" in audit.lower() and not drift_zero(audit):
+        raise SystemExit("FAILED: the audit is not balanced with zero drift")
+    log("PASSED: every acknowledged hold found, no request failed unretryably, audit balanced")
+
+
+def drift_zero(audit):
+    for line in audit.splitlines():
+        if "drift" in line.lower():
+            digits = [w for w in line.replace(",", " ").split() if w.lstrip("-").isdigit()]
+            return all(int(d) == 0 for d in digits)
+    return True
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,8 @@
 //! Operating a node as a load balancer, a probe, an operator and Prometheus
-//! see it: gRPC health (asked without a key) follows `/readyz`, server
-//! reflection lists the API, SIGTERM turns a node not ready and keeps it
-//! serving for `drain_ms` before it stops, `[log] format = "json"` writes
+//! see it: gRPC health (asked without a key) follows `/readyz` (that it
+//! needs no key, and reflection, are node/tests/security.rs's), SIGTERM
+//! turns a node not ready and keeps it serving for `drain_ms` before it
+//! stops, `[log] format = "json"` writes
 //! JSON lines whose call spans name the request and the leader a call was
 //! forwarded to, `[metrics] sku_labels` bounds the per-SKU series; and
 //! every metric the Grafana dashboard and the Prometheus rules in `deploy/`
@@ -13,16 +14,12 @@ use std::time::{Duration, Instant};
 
 use reservoir_proto::v1::inventory_client::InventoryClient;
 use reservoir_tests::{
-    CALL_TIMEOUT, Cluster, ClusterOptions, Credentials, HOME_REGION, LEADER_DEADLINE, POLL_INTERVAL, REGIONS,
-    UpNode, balanced_sheets, channel, http_get, line, one_at_a_time, reserve, reserve_request,
+    Cluster, ClusterOptions, Credentials, HOME_REGION, LEADER_DEADLINE, POLL_INTERVAL, REGIONS, UpNode,
+    balanced_sheets, channel, http_get, line, one_at_a_time, reserve, reserve_request,
 };
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
-use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
 /// The names gRPC health answers for: the server, and each client-plane service.
 const HEALTH_NAMES: [&str; 3] = ["", "reservoir.v1.Inventory", "reservoir.v1.Admin"];
@@ -34,7 +31,7 @@ const HEALTH_DEADLINE: Duration = Duration::from_secs(20);
 
 /// gRPC health follows readiness both ways (a node alone, without a quorum,
 /// says NOT_SERVING on every name while `/readyz` says 503, and SERVING again
-/// once its peers are back), reflection lists every service, the JSON log
+/// once its peers are back), the JSON log
 /// and the SKU bound are as configured, and a SIGTERM drains: not ready on
 /// both at once, still serving calls, stopped after `drain_ms`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,21 +43,6 @@ async fn health_follows_readiness_and_a_stop_drains_first() {
     let ids = region.ids();
     for &id in &ids {
         wait_health(&region, id, ServingStatus::Serving).await;
-    }
-
-    // Reflection lists the API, the health service and itself (with a key:
-    // only health is asked without one).
-    let services = list_services(&region, leader).await;
-    for wanted in [
-        "reservoir.v1.Inventory",
-        "reservoir.v1.Admin",
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1.ServerReflection",
-    ] {
-        assert!(
-            services.contains(wanted),
-            "reflection lists {wanted}: {services:?}"
-        );
     }
 
     // The watched node, a follower, restarted with a drain, JSON logs that
@@ -368,34 +350,6 @@ async fn readyz(cluster: &Cluster, id: u64) -> (u16, String) {
     http_get(cluster.node(id).http(), "/readyz")
         .await
         .unwrap_or_else(|e| panic!("node {id}'s /readyz: {e:?}"))
-}
-
-/// The services one node's reflection lists (asked with the `admin` key).
-async fn list_services(cluster: &Cluster, id: u64) -> BTreeSet<String> {
-    let mut client = ServerReflectionClient::new(cluster.admin_channel(id));
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut answers = tokio::time::timeout(
-        CALL_TIMEOUT,
-        client.server_reflection_info(tokio_stream::iter(vec![request])),
-    )
-    .await
-    .expect("reflection answers in time")
-    .expect("reflection answers")
-    .into_inner();
-    let answer = answers
-        .message()
-        .await
-        .expect("a reflection answer")
-        .expect("one reflection answer");
-    match answer.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("reflection answered {other:?}"),
-    }
 }
 
 /// Polls one node's `/metrics` until both stocked SKUs are counted, and

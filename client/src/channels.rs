@@ -6,6 +6,14 @@
 //! HTTP/2 connection per peer, not three. A channel connects lazily on its
 //! first call and reconnects by itself after a failure.
 //!
+//! An address is `host:port` ([`crate::HostPort`]); a DNS name is resolved
+//! by each connection attempt (tonic's connector asks the system resolver
+//! every time it connects), never when the channel is made: a peer whose
+//! name does not resolve yet (its container is still starting) is a call
+//! that fails `UNAVAILABLE` and is retried, and a peer that comes back
+//! under a new IP is found by the next reconnect. With TLS the host is
+//! also the name the peer's certificate must carry.
+//!
 //! The channel carries no per-call timeout: each caller bounds its own calls
 //! (a forwarded client call, a control call, a Raft RPC have different
 //! budgets).
@@ -87,6 +95,50 @@ mod tests {
         channels.get("http://127.0.0.1:2").unwrap();
         channels.get("127.0.0.1:1").unwrap();
         assert_eq!(channels.channels.lock().unwrap().len(), 2);
+    }
+
+    /// A channel to a name is made before anything listens or resolves; its
+    /// calls fail `UNAVAILABLE` (retryable) until a server is there, and
+    /// the same channel then connects, resolving the name again.
+    #[tokio::test]
+    async fn names_connect_when_called_and_reconnect() {
+        use tonic_health::pb::HealthCheckRequest;
+        use tonic_health::pb::health_client::HealthClient;
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let channels = Channels::new();
+        let nowhere = channels.get(&format!("no-such-host.invalid:{port}")).unwrap();
+        let e = HealthClient::new(nowhere)
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap_err();
+        assert!(crate::is_retryable(&e), "{e:?}");
+        let named = channels.get(&format!("localhost:{port}")).unwrap();
+        let check = || async {
+            HealthClient::new(named.clone())
+                .check(HealthCheckRequest::default())
+                .await
+        };
+        let e = check().await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        assert!(crate::is_retryable(&e), "{e:?}");
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match check().await {
+                Ok(_) => break,
+                Err(e) => assert!(std::time::Instant::now() < deadline, "never connected: {e:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[test]

@@ -1,13 +1,19 @@
-//! `cluster.json`: where a cluster's nodes listen, written by `reservoir up`
-//! into its DIR and read by the load tester, the tests and scripts. These
-//! keys are a contract; a hand-written file for a cluster `up` did not start
-//! may leave out what only `up` knows (`http`, `pid`, `cmd`).
+//! `cluster.json`: where a cluster's nodes are reached, written by `reservoir
+//! up` and `reservoir deploy init` into their DIR and read by the CLI, the
+//! load tester, the tests and scripts. These keys are a contract; a
+//! hand-written file for a cluster `up` did not start may leave out what
+//! only `up` knows (`http`, `pid`, `cmd`).
+//!
+//! Every node address is a [`HostPort`] string, `host:port`: an IP literal
+//! (`127.0.0.1:7001`, as `up` writes) or a DNS name (`us-east-1:7000`, as a
+//! deployment's files say), resolved when a client connects.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+use crate::addr::HostPort;
 
 /// Most bytes of `cluster.json` read.
 pub const CLUSTER_FILE_BYTES_MAX: u64 = 4 * 1024 * 1024;
@@ -70,8 +76,8 @@ pub struct LedgerInfo {
 pub struct ClusterEndpoint {
     /// The node behind the address.
     pub id: u64,
-    /// The address, `127.0.0.1:PORT`.
-    pub grpc: SocketAddr,
+    /// The address, `host:port`.
+    pub grpc: HostPort,
 }
 
 /// One node.
@@ -81,15 +87,17 @@ pub struct ClusterNode {
     pub id: u64,
     /// Its region.
     pub region: String,
-    /// Its client-plane gRPC address, `127.0.0.1:PORT`.
-    pub grpc: SocketAddr,
-    /// Its peer-plane address (Raft, control, forwarding: mutual TLS, nodes
-    /// only); `up` always writes it.
+    /// Its client-plane gRPC address (its `grpc_advertise`), `host:port`.
+    pub grpc: HostPort,
+    /// Its peer-plane address (its `peer_advertise`: Raft, control,
+    /// forwarding; mutual TLS, nodes only); `up` and `deploy init` always
+    /// write it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub peer: Option<SocketAddr>,
-    /// Its HTTP address (`/status`, `/metrics`); `up` always writes it.
+    pub peer: Option<HostPort>,
+    /// Its HTTP address (`/status`, `/metrics`); `up` and `deploy init`
+    /// always write it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<SocketAddr>,
+    pub http: Option<HostPort>,
     /// The process `up` started (stale once the node is restarted by hand).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -134,17 +142,17 @@ impl ClusterFile {
 
     /// The addresses a client in `region` uses: its endpoints, or (a
     /// standalone or hand-written file) the region's nodes.
-    pub fn region_endpoints(&self, region: &str) -> Vec<(u64, SocketAddr)> {
+    pub fn region_endpoints(&self, region: &str) -> Vec<(u64, HostPort)> {
         match &self.endpoints {
             Some(all) => all
                 .get(region)
-                .map(|list| list.iter().map(|e| (e.id, e.grpc)).collect())
+                .map(|list| list.iter().map(|e| (e.id, e.grpc.clone())).collect())
                 .unwrap_or_default(),
             None => self
                 .nodes
                 .iter()
                 .filter(|n| n.region == region)
-                .map(|n| (n.id, n.grpc))
+                .map(|n| (n.id, n.grpc.clone()))
                 .collect(),
         }
     }
@@ -174,7 +182,27 @@ mod tests {
         // A hand-written file without them still parses.
         let bare = r#"{"nodes":[{"id":1,"region":"us-east","grpc":"127.0.0.1:5000"}]}"#;
         let f: ClusterFile = serde_json::from_str(bare).unwrap();
-        assert_eq!((f.nodes[0].http, f.nodes[0].pid), (None, None));
+        assert_eq!((&f.nodes[0].http, f.nodes[0].pid), (&None, None));
+    }
+
+    /// Node addresses may be DNS names; a bad one is refused naming it.
+    #[test]
+    fn node_addresses_may_be_names() {
+        let text = r#"{"nodes":[{"id":4,"region":"eu-west","grpc":"eu-west-1:7000",
+            "peer":"eu-west-1:7001","http":"eu-west-1:7002"}]}"#;
+        let f: ClusterFile = serde_json::from_str(text).unwrap();
+        assert_eq!(f.nodes[0].grpc.host_str(), "eu-west-1");
+        assert_eq!(
+            f.region_endpoints("eu-west"),
+            vec![(4, "eu-west-1:7000".parse().unwrap())]
+        );
+        assert_eq!(
+            serde_json::to_value(&f.nodes[0]).unwrap()["http"],
+            "eu-west-1:7002"
+        );
+        let bad = r#"{"nodes":[{"id":4,"region":"eu-west","grpc":"eu_west:7000"}]}"#;
+        let e = serde_json::from_str::<ClusterFile>(bad).unwrap_err().to_string();
+        assert!(e.contains("eu_west"), "{e}");
     }
 
     #[test]

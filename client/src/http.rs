@@ -7,12 +7,15 @@
 //! a bound ([`RESPONSE_BYTES_MAX`] unless the caller names another); a
 //! longer body is refused, not cut.
 //!
-//! Caveats: plain `http://` on a socket address only (no TLS, no names to
-//! resolve, no redirects, no keep-alive); the body must be UTF-8, which is
-//! all Reservoir serves (JSON and plain text).
+//! An address is a [`HostPort`]: a name is resolved on each exchange, and
+//! each address it resolves to is tried in turn until one connects.
+//!
+//! Caveats: plain `http://` only (no TLS, no redirects, no keep-alive); the
+//! body must be UTF-8, which is all Reservoir serves (JSON and plain text).
 
-use std::net::SocketAddr;
 use std::time::Duration;
+
+use crate::addr::HostPort;
 
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Bytes;
@@ -31,7 +34,7 @@ pub enum HttpError {
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         /// The address tried.
-        addr: SocketAddr,
+        addr: HostPort,
         /// What the connect said.
         source: std::io::Error,
     },
@@ -39,7 +42,7 @@ pub enum HttpError {
     #[error("no answer from {addr} within {timeout:?}")]
     Timeout {
         /// The address asked.
-        addr: SocketAddr,
+        addr: HostPort,
         /// The timeout that passed.
         timeout: Duration,
     },
@@ -50,7 +53,7 @@ pub enum HttpError {
     #[error("HTTP exchange with {addr} failed: {source}")]
     Protocol {
         /// The address asked.
-        addr: SocketAddr,
+        addr: HostPort,
         /// What hyper said.
         source: hyper::Error,
     },
@@ -67,17 +70,22 @@ pub enum HttpError {
 
 /// `GET path` from `addr`: the status code and the body (at most
 /// [`RESPONSE_BYTES_MAX`] bytes), all within `timeout`.
-pub async fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String), HttpError> {
+pub async fn get(
+    addr: impl Into<HostPort>,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String), HttpError> {
     get_bounded(addr, path, timeout, RESPONSE_BYTES_MAX).await
 }
 
 /// [`get`] with another bound on the body: at most `body_bytes_max` bytes.
 pub async fn get_bounded(
-    addr: SocketAddr,
+    addr: impl Into<HostPort>,
     path: &str,
     timeout: Duration,
     body_bytes_max: usize,
 ) -> Result<(u16, String), HttpError> {
+    let addr = addr.into();
     let request = Request::get(path)
         .header(header::HOST, addr.to_string())
         .body(Full::new(Bytes::new()))?;
@@ -88,12 +96,13 @@ pub async fn get_bounded(
 /// Bearer {bearer}`: the status code and the response body (at most
 /// [`RESPONSE_BYTES_MAX`] bytes), all within `timeout`.
 pub async fn post_json(
-    addr: SocketAddr,
+    addr: impl Into<HostPort>,
     path: &str,
     json: &str,
     bearer: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, String), HttpError> {
+    let addr = addr.into();
     let mut request = Request::builder()
         .method(Method::POST)
         .uri(path)
@@ -108,11 +117,12 @@ pub async fn post_json(
 
 /// [`get`] with `authorization: Bearer {bearer}`.
 pub async fn get_authorized(
-    addr: SocketAddr,
+    addr: impl Into<HostPort>,
     path: &str,
     bearer: &str,
     timeout: Duration,
 ) -> Result<(u16, String), HttpError> {
+    let addr = addr.into();
     let request = Request::get(path)
         .header(header::HOST, addr.to_string())
         .header(header::AUTHORIZATION, format!("Bearer {bearer}"))
@@ -122,25 +132,29 @@ pub async fn get_authorized(
 
 /// One request on a fresh connection, bounded by `timeout` as a whole.
 async fn exchange(
-    addr: SocketAddr,
+    addr: HostPort,
     request: Request<Full<Bytes>>,
     timeout: Duration,
     body_bytes_max: usize,
 ) -> Result<(u16, String), HttpError> {
-    tokio::time::timeout(timeout, exchange_untimed(addr, request, body_bytes_max))
+    tokio::time::timeout(timeout, exchange_untimed(&addr, request, body_bytes_max))
         .await
         .map_err(|_| HttpError::Timeout { addr, timeout })?
 }
 
 async fn exchange_untimed(
-    addr: SocketAddr,
+    addr: &HostPort,
     request: Request<Full<Bytes>>,
     body_bytes_max: usize,
 ) -> Result<(u16, String), HttpError> {
-    let protocol = |source| HttpError::Protocol { addr, source };
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|source| HttpError::Connect { addr, source })?;
+    let protocol = |source| HttpError::Protocol {
+        addr: addr.clone(),
+        source,
+    };
+    let stream = connect(addr).await.map_err(|source| HttpError::Connect {
+        addr: addr.clone(),
+        source,
+    })?;
     // Small requests and answers: do not wait to fill a segment.
     stream.set_nodelay(true).ok();
     let (mut sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(protocol)?;
@@ -180,9 +194,23 @@ async fn exchange_untimed(
     }
 }
 
+/// A TCP connection to `addr`: its name resolved now, each address it
+/// resolves to tried in turn; the last failure if none connects.
+async fn connect(addr: &HostPort) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for socket in addr.resolve().await? {
+        match TcpStream::connect(socket).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other(format!("{} resolves to no address", addr.host_str()))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
     use tokio::sync::oneshot;
@@ -253,6 +281,24 @@ mod tests {
             get(addr, "/readyz", TIMEOUT).await.unwrap(),
             (503, "not ready".to_string())
         );
+    }
+
+    /// A host name is resolved when the exchange is made (and sent as the
+    /// Host); a name that resolves nowhere is a connect error naming it.
+    #[tokio::test]
+    async fn names_are_resolved_per_exchange() {
+        let (addr, request) = serve_once(answer("200 OK", "ok")).await;
+        let named = HostPort::new("localhost", addr.port()).unwrap();
+        assert_eq!(get(&named, "/readyz", TIMEOUT).await.unwrap().0, 200);
+        let request = request.await.unwrap().to_ascii_lowercase();
+        assert!(
+            request.contains(&format!("host: localhost:{}", addr.port())),
+            "{request:?}"
+        );
+        let nowhere: HostPort = "no-such-host.invalid:7002".parse().unwrap();
+        let e = get(&nowhere, "/", TIMEOUT).await.unwrap_err();
+        assert!(matches!(e, HttpError::Connect { .. }), "{e:?}");
+        assert!(e.to_string().contains("no-such-host.invalid:7002"), "{e}");
     }
 
     /// A POST sends its JSON body with its type and length.

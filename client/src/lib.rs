@@ -1,8 +1,12 @@
 //! reservoir-client: what a program outside the node needs to talk to a
 //! Reservoir cluster, on top of the generated API in `reservoir-proto`.
 //!
-//! - [`cluster_file`]: the `cluster.json` schema that `reservoir up` writes
-//!   and the load tester, the tests and operators' scripts read.
+//! - [`addr`]: [`HostPort`], how a node is reached (`host:port`, a DNS
+//!   name or an IP literal, resolved at each connection attempt, never at
+//!   parse time).
+//! - [`cluster_file`]: the `cluster.json` schema that `reservoir up` and
+//!   `reservoir deploy init` write and the CLI, the load tester, the tests
+//!   and operators' scripts read (node addresses as `host:port`).
 //! - [`regions`]: the three regions and the home region (where the ledger
 //!   and a standalone region live).
 //! - [`status`]: a node's `GET /status` JSON, written by the node and read
@@ -23,6 +27,7 @@
 //! It depends on no other crate of the workspace but `reservoir-proto`, so a
 //! client never links the node.
 
+pub mod addr;
 pub mod channels;
 pub mod cluster_file;
 pub mod connect;
@@ -34,6 +39,7 @@ pub mod regions;
 pub mod status;
 pub mod text;
 
+pub use addr::{BadAddress, Host, HostPort};
 pub use channels::Channels;
 pub use cluster_file::{ClusterEndpoint, ClusterFile, ClusterFileError, ClusterNode, LedgerInfo, TlsInfo};
 pub use connect::{Retried, Rotation, is_retryable, retry};

@@ -18,10 +18,9 @@
 //! events are at most one per node per row.
 
 use std::io::Read as _;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use reservoir_client::Role;
+use reservoir_client::{HostPort, Role};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -56,7 +55,7 @@ pub fn parse_status(body: &[u8]) -> Result<NodeStatus, String> {
 }
 
 /// `GET /status` from `http` within `timeout`.
-pub async fn fetch_status(http: SocketAddr, timeout: Duration) -> Result<NodeStatus, String> {
+pub async fn fetch_status(http: impl Into<HostPort>, timeout: Duration) -> Result<NodeStatus, String> {
     let (code, body) =
         reservoir_client::http::get_bounded(http, "/status", timeout, STATUS_RESPONSE_BYTES_MAX)
             .await
@@ -222,7 +221,7 @@ impl ServerSamples {
                 .map(|n| NodeSeries {
                     id: n.id,
                     region: n.region.clone(),
-                    http: n.http.map(|a| a.to_string()),
+                    http: n.http.as_ref().map(|a| a.to_string()),
                     pid: n.pid,
                     samples: Vec::new(),
                     last_error: None,
@@ -338,7 +337,7 @@ pub async fn sample(
         let t_s = (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
         let mut requests = JoinSet::new();
         for (i, node) in nodes.iter().enumerate() {
-            let http = node.http;
+            let http = node.http.clone();
             requests.spawn(async move {
                 let status = match http {
                     Some(addr) => fetch_status(addr, STATUS_TIMEOUT).await,
@@ -770,8 +769,8 @@ mod tests {
             }
         });
         let mut nodes = vec![node(1, "us-east"), node(2, "us-east")];
-        nodes[0].http = Some(a);
-        nodes[1].http = Some(b);
+        nodes[0].http = Some(a.into());
+        nodes[1].http = Some(b.into());
         let (stop_tx, stop_rx) = watch::channel(false);
         let started = std::time::Instant::now();
         let task = tokio::spawn(sample(nodes, Instant::now(), stop_rx));

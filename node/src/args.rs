@@ -1,6 +1,7 @@
 //! The `reservoir` command's arguments (clap): one subcommand per program
-//! of this crate — `node` ([`crate::server`]), `up` ([`crate::up`]) and the
-//! client commands ([`crate::cli`]) — and the exit codes they share.
+//! of this crate — `node` ([`crate::server`]), `up` ([`crate::up`]),
+//! `deploy` ([`crate::deploy`]) and the client commands ([`crate::cli`]) —
+//! and the exit codes they share.
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -28,6 +29,12 @@ pub enum Command {
     /// Start a local cluster as child processes and keep it running until
     /// Ctrl-C or SIGTERM.
     Up(UpArgs),
+    /// Files for a cluster on real hosts: node configs, TLS, keys.
+    Deploy {
+        /// What to make.
+        #[command(subcommand)]
+        command: DeployCommand,
+    },
     /// Client commands.
     #[command(flatten)]
     Client(crate::cli::ClientCommand),
@@ -89,9 +96,42 @@ impl ProbeCheck {
 /// `reservoir node`.
 #[derive(Debug, Args)]
 pub struct NodeArgs {
-    /// The node's TOML config file.
+    /// The node's TOML config file [default: $RESERVOIR_CONFIG; with
+    /// neither, every field comes from the environment]. Any field may be
+    /// set or replaced by a `RESERVOIR_<FIELD>` variable (RESERVOIR_NODE_ID,
+    /// RESERVOIR_RAFT__HEARTBEAT_MS: `__` nests; lists and tables as TOML
+    /// inline values).
     #[arg(long, value_name = "FILE.toml")]
-    pub config: PathBuf,
+    pub config: Option<PathBuf>,
+    /// Load the config (file and environment), check every field, the TLS
+    /// files and the data directory, print one line and exit: 0 when the
+    /// node could start, 2 (naming the field) when not. Binds no port and
+    /// opens no database.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// `reservoir deploy ...`.
+#[derive(Debug, Subcommand)]
+pub enum DeployCommand {
+    /// Write one config per node, the cluster's CA and node certificates,
+    /// API keys and cluster.json into DIR, from a topology file (regions,
+    /// nodes and their host names, the home region, ports). Run again on
+    /// DIR, it keeps the CA, the certificates and the keys.
+    Init(DeployInitArgs),
+}
+
+/// `reservoir deploy init`.
+#[derive(Debug, Args)]
+pub struct DeployInitArgs {
+    /// The topology (TOML): `home`, `[[regions]]` with `name` and `nodes =
+    /// [{ id, host }]`, optional `[ports]`, `data_dir`, `secrets_dir`,
+    /// `insecure`, `[raft]`, `[rebalance]`, `[retention]`.
+    #[arg(long, value_name = "FILE.toml")]
+    pub topology: PathBuf,
+    /// Where the files go (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 /// `reservoir up`.
@@ -143,6 +183,12 @@ pub struct UpArgs {
     /// no configs yet.
     #[arg(long)]
     pub insecure: bool,
+    /// `--standalone`: the nodes listen on every interface (0.0.0.0) and
+    /// are reached, by each other and by clients, at HOST:PORT (a DNS name
+    /// or IP of this machine; `localhost` works), which their certificates
+    /// name. Only used when DIR holds no configs yet.
+    #[arg(long, value_name = "HOST")]
+    pub advertise_host: Option<String>,
 }
 
 #[cfg(test)]
@@ -305,6 +351,38 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    /// `deploy init` takes a topology and an output folder; `node` takes
+    /// its config from the flag, or none (the environment), and
+    /// `--check-config`.
+    #[test]
+    fn deploy_and_node_parse() {
+        let cli = Cli::try_parse_from([
+            "reservoir",
+            "deploy",
+            "init",
+            "--topology",
+            "t.toml",
+            "--out",
+            "d",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Deploy {
+                command: DeployCommand::Init(args),
+            } => assert_eq!((args.topology, args.out), ("t.toml".into(), "d".into())),
+            other => panic!("parsed as {other:?}"),
+        }
+        assert!(Cli::try_parse_from(["reservoir", "deploy", "init", "--topology", "t.toml"]).is_err());
+        let cli = Cli::try_parse_from(["reservoir", "node", "--check-config"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Node(NodeArgs {
+                config: None,
+                check_config: true
+            })
+        ));
     }
 
     /// The credential flags: `--cluster` stands in for `--addr`, `--role`

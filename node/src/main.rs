@@ -1,5 +1,5 @@
-//! The `reservoir` command: a node, the local cluster launcher, and a
-//! command-line client (see `reservoir --help`).
+//! The `reservoir` command: a node, the local cluster launcher, the
+//! deployment generator, and a command-line client (see `reservoir --help`).
 //!
 //! Exit codes: 0 success (including a node or `up` stopped by SIGTERM /
 //! Ctrl-C), 1 failure (a refused call, no connection, a node that could not
@@ -7,10 +7,10 @@
 
 use clap::Parser;
 use reservoir_node::args::{
-    Cli, Command, EXIT_FAILURE, EXIT_USAGE, NodeArgs, ProbeArgs, RestoreArgs, UpArgs,
+    Cli, Command, DeployCommand, EXIT_FAILURE, EXIT_USAGE, NodeArgs, ProbeArgs, RestoreArgs, UpArgs,
 };
 use reservoir_node::cli;
-use reservoir_node::server::{self, config::NodeConfig};
+use reservoir_node::server::{self, config, config::NodeConfig};
 use reservoir_node::up::{self, cluster};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +33,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Node(args) => node(args),
         Command::Up(args) => up(args),
+        Command::Deploy {
+            command: DeployCommand::Init(args),
+        } => deploy_init(args),
         Command::Client(command) => client(cli::run(command)),
         Command::Operate(command) => client(cli::operate::run(command)),
         Command::Restore(args) => restore(args),
@@ -109,17 +112,48 @@ fn probe(args: ProbeArgs) -> ExitCode {
     }
 }
 
-/// `reservoir node --config FILE`: one node until SIGTERM / Ctrl-C. Until
-/// its config is read, errors are plain `error: ...` lines; from then on
-/// the node logs as `[log]` (or `RUST_LOG`) says.
+/// `reservoir node --config FILE`: one node until SIGTERM / Ctrl-C; with
+/// `--check-config`, the config's check alone. Until its config is read,
+/// errors are plain `error: ...` lines; from then on the node logs as
+/// `[log]` (or `RUST_LOG`) says.
 fn node(args: NodeArgs) -> ExitCode {
-    let config = match NodeConfig::load(&args.config) {
+    let env = config::process_env();
+    let path = args.config.clone().or_else(|| {
+        env.iter()
+            .find(|(name, value)| name == config::CONFIG_ENV && !value.is_empty())
+            .map(|(_, value)| PathBuf::from(value))
+    });
+    let config = match NodeConfig::load_with_env(path.as_deref(), env.clone()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if args.check_config {
+        return match server::check::check(&config) {
+            Ok(()) => {
+                println!("{}", server::check::summary(&config));
+                ExitCode::SUCCESS
+            }
+            Err((field, message)) => {
+                // Named as a config error of that field, with the variable
+                // that set it (or its table), if one did.
+                let set_by = [field, field.split('.').next().unwrap_or(field)]
+                    .map(config::env_var)
+                    .into_iter()
+                    .find(|var| env.iter().any(|(name, _)| name == var));
+                let error = config::ConfigError::Field {
+                    path: path.map_or_else(|| "(environment)".to_string(), |p| p.display().to_string()),
+                    field: field.to_string(),
+                    var: set_by,
+                    message,
+                };
+                eprintln!("error: {error}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        };
+    }
     if let Err(e) = server::logging::init(&config.log) {
         eprintln!("error: {e}");
         return ExitCode::from(EXIT_USAGE);
@@ -166,6 +200,12 @@ fn up(args: UpArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    if !args.standalone && args.advertise_host.is_some() {
+        eprintln!(
+            "error: --advertise-host goes with --standalone (the three-region cluster's links are emulated on loopback)"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
     if args.standalone
         && (args.architecture != cluster::Architecture::Tokens || args.nodes_per_region.is_some())
     {
@@ -182,6 +222,7 @@ fn up(args: UpArgs) -> ExitCode {
             proposal_queue_max: args.proposal_queue_max,
             exe,
             insecure: args.insecure,
+            advertise_host: args.advertise_host,
         }))
     } else {
         if args.nodes.is_some() || args.base_port.is_some() {
@@ -204,6 +245,27 @@ fn up(args: UpArgs) -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(if e.is_usage() { EXIT_USAGE } else { EXIT_FAILURE })
+        }
+    }
+}
+
+/// `reservoir deploy init`: a deployment's files, what was made or kept on
+/// stdout.
+fn deploy_init(args: reservoir_node::args::DeployInitArgs) -> ExitCode {
+    let options = reservoir_node::deploy::InitOptions {
+        topology: args.topology,
+        out: args.out,
+    };
+    match reservoir_node::deploy::init(&options) {
+        Ok(report) => {
+            for line in report {
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(if e.is_usage() { EXIT_USAGE } else { EXIT_FAILURE })

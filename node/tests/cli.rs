@@ -291,3 +291,244 @@ fn up_runs_a_region_and_stops_it_cleanly() {
     stop_region(up, &again);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Runs `reservoir args...` with `env` added to the environment.
+fn reservoir_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(RESERVOIR)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("the reservoir binary runs")
+}
+
+/// `node --check-config` on a good config prints one line and exits 0
+/// without starting: its client port may be taken (nothing binds) and its
+/// data dir is not created (no database opens); the environment and
+/// RESERVOIR_CONFIG apply as they would to a running node.
+#[test]
+fn check_config_accepts_a_good_config_without_starting() {
+    let dir = scratch("check-good");
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let data = dir.join("data");
+    let path = dir.join("node.toml");
+    std::fs::write(
+        &path,
+        config_text(1, &data).replace("127.0.0.1:7001", &format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let out = reservoir(&["node", "--config", path.to_str().unwrap(), "--check-config"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "config OK: node 1 (region us-east), client 127.0.0.1:{port}, peer 127.0.0.1:7003, \
+             http 127.0.0.1:7002 (INSECURE: plaintext, no authentication)\n"
+        )
+    );
+    assert!(!data.exists(), "--check-config made the data dir");
+    let out = reservoir_env(
+        &["node", "--check-config"],
+        &[
+            ("RESERVOIR_CONFIG", path.to_str().unwrap()),
+            ("RESERVOIR_GRPC_ADDR", "0.0.0.0:7001"),
+            ("RESERVOIR_GRPC_ADVERTISE", "localhost:7001"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        line.starts_with("config OK: node 1 (region us-east), client localhost:7001, "),
+        "{line}"
+    );
+    drop(taken);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `node --check-config` on a broken config exits 2 with one line naming
+/// the field (and the variable, when the environment set it): a bad
+/// value, an unknown variable, a listener on 0.0.0.0 with no advertised
+/// address, a data dir that cannot be made.
+#[test]
+fn check_config_refuses_a_broken_config_naming_the_field() {
+    let dir = scratch("check-bad");
+    let path = dir.join("node.toml");
+    std::fs::write(&path, config_text(1, &dir.join("data"))).unwrap();
+    std::fs::write(dir.join("file"), b"x").unwrap();
+    let config = path.to_str().unwrap();
+    let under_a_file = dir.join("file").join("data");
+    for (env, named) in [
+        (
+            vec![("RESERVOIR_NODE_ID", "0")],
+            "field `node_id` (from the environment, RESERVOIR_NODE_ID)",
+        ),
+        (
+            vec![("RESERVOIR_COLOUR", "blue")],
+            "RESERVOIR_COLOUR (from the environment)",
+        ),
+        (
+            vec![("RESERVOIR_RAFT__HEARTBEAT_MS", "soon")],
+            "RESERVOIR_RAFT__HEARTBEAT_MS",
+        ),
+        (
+            vec![("RESERVOIR_PEER_ADDR", "0.0.0.0:7003")],
+            "field `peer_advertise`",
+        ),
+        (
+            vec![("RESERVOIR_PEERS", r#"[{id = 1, peer = "bad_host:7003"}]"#)],
+            "RESERVOIR_PEERS",
+        ),
+        (
+            vec![("RESERVOIR_DATA_DIR", under_a_file.to_str().unwrap())],
+            "field `data_dir` (from the environment, RESERVOIR_DATA_DIR)",
+        ),
+    ] {
+        let out = reservoir_env(&["node", "--config", config, "--check-config"], &env);
+        assert_eq!(out.status.code(), Some(2), "{env:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{env:?}: {err}");
+        assert!(err.contains(named) && err.contains("node.toml"), "{env:?}: {err}");
+        assert!(out.stdout.is_empty(), "{env:?}");
+    }
+    std::fs::write(&path, config_text(1, &dir.join("data")).replace("7002", "0x")).unwrap();
+    let out = reservoir(&["node", "--config", config, "--check-config"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`http_addr`"), "{}", stderr(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `node --check-config` verifies TLS as peers will: `up`'s secure config
+/// passes; advertising a host its certificate does not name, or a missing
+/// key file, is refused naming the `tls` field.
+#[test]
+fn check_config_verifies_the_certificate_names_the_advertised_host() {
+    let dir = scratch("check-tls");
+    let plan = reservoir_node::up::prepare_configs(&dir, Some(1), None, None, false, None).unwrap();
+    let config = plan[0].config_path.to_str().unwrap();
+    let out = reservoir(&["node", "--config", config, "--check-config"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let peer = plan[0].config.peer_addr.port().to_string();
+    let elsewhere = format!("elsewhere.example:{peer}");
+    let peers = format!("[{{id = 1, peer = \"{elsewhere}\"}}]");
+    let out = reservoir_env(
+        &["node", "--config", config, "--check-config"],
+        &[
+            ("RESERVOIR_PEER_ADVERTISE", &elsewhere),
+            ("RESERVOIR_PEERS", &peers),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("field `tls.cert_file`") && err.contains("elsewhere.example"),
+        "{err}"
+    );
+    let out = reservoir_env(
+        &["node", "--config", config, "--check-config"],
+        &[("RESERVOIR_TLS__KEY_FILE", "/nonexistent/node.key")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("field `tls.key_file` (from the environment, RESERVOIR_TLS__KEY_FILE)"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A topology of three regions of three nodes, the ledger in us-east, the
+/// TLS files where `deploy init` writes them (`secrets_dir` = `out`).
+fn topology_text(out: &Path, data: &Path) -> String {
+    let mut text = format!(
+        "home = \"us-east\"\nsecrets_dir = {:?}\ndata_dir = {:?}\n",
+        out.display().to_string(),
+        data.display().to_string()
+    );
+    let mut id = 0;
+    for region in ["us-east", "eu-west", "ap-south"] {
+        text += &format!("\n[[regions]]\nname = \"{region}\"\nnodes = [\n");
+        for i in 1..=3 {
+            id += 1;
+            text += &format!("  {{ id = {id}, host = \"{region}-{i}\" }},\n");
+        }
+        text += "]\n";
+    }
+    text
+}
+
+/// `deploy init` writes a config per node that `node --check-config`
+/// accepts (the certificate names the node's host), cluster.json names the
+/// nodes by host, a second run keeps the CA, and a bad topology exits 2
+/// naming the field.
+#[test]
+fn deploy_init_writes_configs_that_pass_check_config() {
+    let dir = scratch("deploy");
+    let out = dir.join("out");
+    let topology = dir.join("topology.toml");
+    std::fs::write(&topology, topology_text(&out, &dir.join("data"))).unwrap();
+    let init = || {
+        reservoir(&[
+            "deploy",
+            "init",
+            "--topology",
+            topology.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let first = init();
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    for id in 1..=9 {
+        let config = out.join(format!("nodes/node-{id}.toml"));
+        let check = reservoir(&["node", "--config", config.to_str().unwrap(), "--check-config"]);
+        assert_eq!(check.status.code(), Some(0), "node {id}: {}", stderr(&check));
+        let line = String::from_utf8_lossy(&check.stdout);
+        assert!(
+            line.starts_with(&format!("config OK: node {id} (region ")),
+            "{line}"
+        );
+        assert!(
+            line.contains(":7000, peer ") && line.contains(", http 0.0.0.0:7002"),
+            "{line}"
+        );
+    }
+    let cluster: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("cluster.json")).unwrap()).unwrap();
+    assert_eq!(cluster["nodes"][4]["grpc"], "eu-west-2:7000");
+    assert_eq!(cluster["tls"]["ca_file"], "tls/ca.pem");
+    let ca = std::fs::read(out.join("tls/ca.pem")).unwrap();
+    let again = init();
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).starts_with("kept the CA"));
+    assert_eq!(
+        std::fs::read(out.join("tls/ca.pem")).unwrap(),
+        ca,
+        "the CA was replaced"
+    );
+    // A node whose host is not what its certificate names fails the check.
+    let moved = reservoir_env(
+        &[
+            "node",
+            "--config",
+            out.join("nodes/node-2.toml").to_str().unwrap(),
+            "--check-config",
+        ],
+        &[("RESERVOIR_GRPC_ADVERTISE", "us-east-9:7000")],
+    );
+    assert_eq!(moved.status.code(), Some(2), "{}", stderr(&moved));
+    assert!(stderr(&moved).contains("tls.cert_file"), "{}", stderr(&moved));
+    std::fs::write(
+        &topology,
+        topology_text(&out, &dir.join("data")).replace("\"eu-west-2\"", "\"eu_west_2\""),
+    )
+    .unwrap();
+    let bad = init();
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    let err = stderr(&bad);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("regions.nodes.host") && err.contains("eu_west_2"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -118,7 +118,11 @@ impl Up {
     }
 
     fn peer(&self, id: u64) -> SocketAddr {
-        self.node(id).peer.expect("up writes peer addresses")
+        self.node(id)
+            .peer
+            .as_ref()
+            .and_then(reservoir_client::HostPort::socket_addr)
+            .expect("up writes peer addresses, IP literals")
     }
 
     fn node(&self, id: u64) -> &reservoir_client::ClusterNode {
@@ -139,7 +143,7 @@ impl Up {
     }
 
     async fn status(&self, id: u64) -> NodeStatus {
-        let http = self.node(id).http.expect("up writes http addresses");
+        let http = self.node(id).http.clone().expect("up writes http addresses");
         let (code, body) = reservoir_client::http::get(http, "/status", CALL_TIMEOUT)
             .await
             .unwrap();
@@ -148,7 +152,7 @@ impl Up {
     }
 
     async fn metrics(&self, id: u64) -> String {
-        let http = self.node(id).http.expect("up writes http addresses");
+        let http = self.node(id).http.clone().expect("up writes http addresses");
         reservoir_client::http::get(http, "/metrics", CALL_TIMEOUT)
             .await
             .unwrap()

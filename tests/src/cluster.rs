@@ -98,6 +98,10 @@ pub struct ClusterOptions {
     pub proposal_queue_max: Option<usize>,
     /// `up --insecure`: plaintext, no API keys (every caller is an admin).
     pub insecure: bool,
+    /// `up --standalone --advertise-host HOST`: the nodes listen on every
+    /// interface and are reached (by each other and by the harness) at
+    /// `HOST:PORT`.
+    pub advertise_host: Option<&'static str>,
 }
 
 impl Default for ClusterOptions {
@@ -111,6 +115,7 @@ impl Default for ClusterOptions {
             policy: None,
             proposal_queue_max: None,
             insecure: false,
+            advertise_host: None,
         }
     }
 }
@@ -162,6 +167,10 @@ impl ClusterOptions {
         }
         if self.insecure {
             command.arg("--insecure");
+        }
+        if let Some(host) = self.advertise_host {
+            assert!(self.standalone, "--advertise-host goes with a standalone region");
+            command.arg("--advertise-host").arg(host);
         }
         command
     }
@@ -264,9 +273,10 @@ impl Cluster {
         for node in &file.nodes {
             let peer = node
                 .peer
+                .clone()
                 .unwrap_or_else(|| panic!("cluster.json gives node {} no peer address", node.id));
             assert!(
-                node.grpc.ip().is_loopback() && peer.ip().is_loopback() && node.http().ip().is_loopback(),
+                node.grpc.is_loopback() && peer.is_loopback() && node.http().is_loopback(),
                 "{node:?}"
             );
             assert_ne!(
@@ -473,13 +483,13 @@ impl Cluster {
     /// A channel to one node's client plane with the `shop` key, for
     /// Inventory calls (connected lazily, reconnecting after failures).
     pub fn channel(&self, id: u64) -> ClientChannel {
-        channel(&self.shop, self.node(id).grpc)
+        channel(&self.shop, &self.node(id).grpc)
     }
 
     /// A channel to one node's client plane with the `admin` key, for
     /// Admin calls.
     pub fn admin_channel(&self, id: u64) -> ClientChannel {
-        channel(&self.admin, self.node(id).grpc)
+        channel(&self.admin, &self.node(id).grpc)
     }
 
     /// An Inventory client to one node, with the `shop` key.
@@ -503,7 +513,7 @@ impl Cluster {
             .and_then(|e| e.get(region))
             .and_then(|list| list.first())
             .unwrap_or_else(|| panic!("no endpoint for {region} in {:?}", self.file));
-        channel(&self.shop, endpoint.grpc)
+        channel(&self.shop, &endpoint.grpc)
     }
 
     /// Channels to every node with the `shop` key, starting with the
@@ -521,7 +531,7 @@ impl Cluster {
     fn rotation_of(&self, credentials: &Credentials, ids: &[u64], first: usize) -> Rotation {
         let channels = ids
             .iter()
-            .map(|&id| channel(credentials, self.node(id).grpc))
+            .map(|&id| channel(credentials, &self.node(id).grpc))
             .collect();
         Rotation::new(channels, first % ids.len())
     }
@@ -729,7 +739,7 @@ impl Cluster {
         let http = self.node(id).http();
         let give_up = Instant::now() + NODE_READY_DEADLINE;
         loop {
-            if let Ok((200, _)) = http_get(http, "/readyz").await {
+            if let Ok((200, _)) = http_get(&http, "/readyz").await {
                 break;
             }
             // The test's own child is reaped here, so that its exit shows.

@@ -5,7 +5,7 @@
 //! three-region cluster with its ledger, WAN link emulators and control API
 //! (or, `ClusterOptions::architecture`, one of the designs it is compared
 //! with), both as a [`Cluster`] — and talks to it the way a client would:
-//! gRPC on `127.0.0.1` (TLS trusting the cluster's development CA, with the
+//! gRPC on loopback, `127.0.0.1` or `localhost` (TLS trusting the cluster's development CA, with the
 //! API keys `up` made: the `shop` key for every Inventory call, the `admin`
 //! key for Admin calls; plaintext without a key for a cluster started with
 //! `ClusterOptions::insecure`), the nodes' HTTP `/status`, and the control
@@ -55,6 +55,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
+pub use reservoir_client::HostPort;
 use reservoir_client::HttpError;
 pub use reservoir_client::connect::unix_ms;
 use reservoir_client::reason_of;
@@ -74,7 +75,7 @@ pub trait UpNode {
     /// The node's process.
     fn pid(&self) -> u32;
     /// The node's HTTP address.
-    fn http(&self) -> SocketAddr;
+    fn http(&self) -> HostPort;
 }
 
 impl UpNode for ClusterNode {
@@ -82,8 +83,9 @@ impl UpNode for ClusterNode {
         self.pid
             .unwrap_or_else(|| panic!("cluster.json gives node {} no pid", self.id))
     }
-    fn http(&self) -> SocketAddr {
+    fn http(&self) -> HostPort {
         self.http
+            .clone()
             .unwrap_or_else(|| panic!("cluster.json gives node {} no http address", self.id))
     }
 }
@@ -392,10 +394,10 @@ pub fn balanced_sheets(report: &v1::AuditReport) -> BTreeMap<String, SkuSheet> {
 /// `credentials` (TLS trusting the cluster's CA, the API key with every
 /// call; or plaintext without a key): the client settings of
 /// `reservoir_client::connect`, with the harness's timeouts.
-pub fn channel(credentials: &Credentials, addr: SocketAddr) -> ClientChannel {
+pub fn channel(credentials: &Credentials, addr: &HostPort) -> ClientChannel {
     let endpoint = credentials
         .endpoint(&addr.to_string())
-        .expect("a socket address makes a valid URI")
+        .expect("a host:port makes a valid URI")
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT);
     credentials.wrap(endpoint.connect_lazy())
@@ -492,7 +494,7 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 }
 
 /// A bounded HTTP GET ([`HTTP_TIMEOUT`]): the status code and body.
-pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), HttpError> {
+pub async fn http_get(addr: impl Into<HostPort>, path: &str) -> Result<(u16, String), HttpError> {
     reservoir_client::http::get(addr, path, HTTP_TIMEOUT).await
 }
 
@@ -524,7 +526,7 @@ pub async fn http_post(
 }
 
 /// A node's `GET /status`, parsed.
-pub async fn node_status(http: SocketAddr) -> io::Result<NodeStatus> {
+pub async fn node_status(http: impl Into<HostPort>) -> io::Result<NodeStatus> {
     let (code, body) = http_get(http, "/status").await.map_err(io::Error::other)?;
     if code != 200 {
         return Err(io::Error::other(format!("/status answered {code}: {body}")));

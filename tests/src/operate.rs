@@ -113,9 +113,9 @@ impl Cluster {
             ClusterNode {
                 id,
                 region,
-                grpc,
-                peer: Some(peer),
-                http: Some(http),
+                grpc: grpc.into(),
+                peer: Some(peer.into()),
+                http: Some(http.into()),
                 pid: Some(pid),
                 cmd,
             },

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use reservoir_client::connect::retry_every;
 use reservoir_client::control_api::{self, PartitionRequest};
-use reservoir_client::{ClientChannel, Credentials, Rotation, is_retryable};
+use reservoir_client::{ClientChannel, Credentials, HostPort, Rotation, is_retryable};
 use reservoir_proto::v1;
 use reservoir_proto::v1::admin_client::AdminClient;
 use reservoir_proto::v1::inventory_client::InventoryClient;
@@ -224,7 +224,7 @@ pub struct ReservoirTarget {
     nodes: Vec<ClusterNode>,
 }
 
-fn channel(credentials: &Credentials, addr: SocketAddr) -> Result<ClientChannel, TargetError> {
+fn channel(credentials: &Credentials, addr: &HostPort) -> Result<ClientChannel, TargetError> {
     let endpoint = credentials
         .endpoint(&addr.to_string())
         .map_err(TargetError::Setup)?
@@ -275,7 +275,7 @@ impl ReservoirTarget {
             }
             let channels = endpoints
                 .iter()
-                .map(|(_, addr)| channel(&shop, *addr))
+                .map(|(_, addr)| channel(&shop, addr))
                 .collect::<Result<_, TargetError>>()?;
             ids_by_region.push(Arc::new(
                 endpoints.iter().map(|(id, _)| *id).collect::<Vec<u64>>(),
@@ -291,7 +291,7 @@ impl ReservoirTarget {
         let admin = Rotation::new(
             admin_nodes
                 .iter()
-                .map(|n| channel(&admin_credentials, n.grpc))
+                .map(|n| channel(&admin_credentials, &n.grpc))
                 .collect::<Result<_, TargetError>>()?,
             0,
         );

@@ -230,8 +230,8 @@ fn first_node(file: &ClusterFile) -> Option<NodeAddr> {
     let addr = file
         .region_endpoints(reservoir_client::HOME_REGION)
         .first()
-        .map(|(_, addr)| *addr)
-        .or_else(|| file.nodes.first().map(|n| n.grpc))?;
+        .map(|(_, addr)| addr.clone())
+        .or_else(|| file.nodes.first().map(|n| n.grpc.clone()))?;
     Some(NodeAddr {
         authority: addr.to_string(),
         tls: None,

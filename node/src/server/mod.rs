@@ -3,7 +3,9 @@
 //! until shutdown.
 //!
 //! Where things are:
-//! - [`config`]: the node's TOML config file and its validation;
+//! - [`config`]: the node's TOML config file, its environment overrides
+//!   (`RESERVOIR_*`) and its validation; [`check`]: what `--check-config`
+//!   checks beyond the fields (TLS files, the data directory);
 //! - [`node`]: what the services share ([`node::Node`]): the region's write
 //!   path, linearizable reads, forwarding clients, top-ups;
 //! - [`service`]: the gRPC services (`Inventory`, `Admin`, and the internal
@@ -48,6 +50,7 @@
 
 pub mod availability;
 pub mod backup;
+pub mod check;
 pub mod clock;
 pub mod config;
 mod connections;
@@ -339,11 +342,14 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         node_id = config.node_id,
         region = %config.region,
         grpc_addr = %config.grpc_addr,
+        grpc_advertised = %config.grpc_advertised(),
         peer_addr = %config.peer_addr,
+        peer_advertised = %config.peer_advertised(),
         http_addr = %config.http_addr,
         version = telemetry::VERSION,
         drain_ms = config.drain_ms,
-        "reservoir node serving clients on grpc_addr, peers on peer_addr, HTTP on http_addr"
+        "reservoir node serving clients on grpc_addr (reached at grpc_advertised), peers on peer_addr \
+         (reached at peer_advertised), HTTP on http_addr"
     );
     if config.insecure {
         tracing::warn!("INSECURE: plaintext, no authentication");

@@ -37,8 +37,8 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::{get, post};
-use reservoir_client::HOME_REGION;
 use reservoir_client::control_api::{self, LinkState, PartitionRequest};
+use reservoir_client::{HOME_REGION, HostPort};
 use tokio::sync::{Mutex, watch};
 
 use crate::server::config::{NodeConfig, Peer, PolicyName, RaftTuning, RebalanceConfig, RegionPeers};
@@ -181,7 +181,7 @@ pub async fn run(options: ClusterOptions) -> Result<(), UpError> {
     let (entries, endpoints) = endpoints(&plan, options.architecture)?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    for proxy in proxies(&plan).into_iter().chain(entries) {
+    for proxy in proxies(&plan)?.into_iter().chain(entries) {
         let listener = tokio::net::TcpListener::bind(proxy.listen)
             .await
             .map_err(UpError::io(format!("link emulator on {}", proxy.listen)))?;
@@ -207,9 +207,9 @@ pub async fn run(options: ClusterOptions) -> Result<(), UpError> {
     let home = nodes
         .iter()
         .find(|n| n.config.location() == HOME_REGION)
-        .map(|n| n.config.grpc_addr);
+        .map(|n| n.config.grpc_advertised());
     if fresh && options.demo {
-        match home {
+        match &home {
             Some(addr) => match seed_demo(addr, &credentials).await {
                 Ok(()) => println!(
                     "seeded the demo catalog: {}",
@@ -348,12 +348,18 @@ fn prepare(dir: &Path, options: &ClusterOptions) -> Result<(Vec<PlannedNode>, bo
             Architecture::GlobalConsensus => GLOBAL_GROUP.to_string(),
             _ => region.to_string(),
         };
-        let nodes: Vec<(u64, String)> = layout
+        let nodes: Vec<secrets::NodeCert> = layout
             .nodes
             .iter()
-            .flat_map(|(region, list)| list.iter().map(move |n| (n.id, group_of(region))))
+            .flat_map(|(region, list)| {
+                list.iter().map(move |n| secrets::NodeCert {
+                    id: n.id,
+                    region: group_of(region),
+                    hosts: Vec::new(),
+                })
+            })
             .collect();
-        Some(secrets::make(dir, &nodes)?)
+        Some(secrets::make(dir, secrets::UP_CA_NAME, &nodes)?.api_keys)
     };
     let configs = match architecture {
         Architecture::Tokens => layout.tokens(dir, &raft, &policy, keys.as_deref()),
@@ -468,7 +474,7 @@ impl Layout {
             .iter()
             .map(|node| Peer {
                 id: node.id,
-                peer: self.via[&(from, node.id)],
+                peer: self.via[&(from, node.id)].into(),
             })
             .collect()
     }
@@ -478,7 +484,7 @@ impl Layout {
             .iter()
             .map(|node| Peer {
                 id: node.id,
-                peer: node.peer,
+                peer: node.peer.into(),
             })
             .collect()
     }
@@ -499,7 +505,9 @@ impl Layout {
             region: region.to_string(),
             location: None,
             grpc_addr: node.grpc,
+            grpc_advertise: None,
             peer_addr: node.peer,
+            peer_advertise: None,
             http_addr: node.http,
             data_dir: dir.join(format!("node-{id}")).join("data"),
             standalone: true,
@@ -613,7 +621,7 @@ fn endpoints(plan: &[PlannedNode], architecture: Architecture) -> Result<(Vec<Pr
             .or_default()
             .push(ClusterEndpoint {
                 id: p.config.node_id,
-                grpc: p.config.grpc_addr,
+                grpc: p.config.grpc_advertised(),
             });
     }
     let mut entries = Vec::new();
@@ -631,7 +639,7 @@ fn endpoints(plan: &[PlannedNode], architecture: Architecture) -> Result<(Vec<Pr
                 });
                 out.entry(region.to_string()).or_default().push(ClusterEndpoint {
                     id: p.config.node_id,
-                    grpc: listen,
+                    grpc: listen.into(),
                 });
             }
         }
@@ -641,11 +649,18 @@ fn endpoints(plan: &[PlannedNode], architecture: Architecture) -> Result<(Vec<Pr
 
 /// The link emulators the configs call for: every address a node uses for
 /// a node elsewhere (another region's, the ledger's, a global voter in
-/// another region) is a proxy to that node's real peer address.
-fn proxies(plan: &[PlannedNode]) -> Vec<Proxy> {
-    let real: BTreeMap<u64, (&str, SocketAddr)> = plan
+/// another region) is a proxy to that node's real peer address. Those are
+/// loopback IP literals in the configs `up` writes; a name there (a config
+/// edited by hand) is refused, since no emulator can listen on it.
+fn proxies(plan: &[PlannedNode]) -> Result<Vec<Proxy>, UpError> {
+    let real: BTreeMap<u64, (&str, HostPort)> = plan
         .iter()
-        .map(|p| (p.config.node_id, (p.config.location(), p.config.peer_addr)))
+        .map(|p| {
+            (
+                p.config.node_id,
+                (p.config.location(), p.config.peer_advertised()),
+            )
+        })
         .collect();
     let mut out: BTreeMap<SocketAddr, Proxy> = BTreeMap::new();
     for p in plan {
@@ -664,19 +679,31 @@ fn proxies(plan: &[PlannedNode]) -> Vec<Proxy> {
             if *to == from || peer.peer == *target {
                 continue;
             }
-            out.entry(peer.peer).or_insert(Proxy {
-                listen: peer.peer,
-                target: *target,
+            let ip_literal = |addr: &HostPort| {
+                addr.socket_addr().ok_or_else(|| {
+                    UpError::Usage(format!(
+                        "{}: node {} reaches node {} at {addr}, a name: `up` emulates links only between IP addresses",
+                        p.config_path.display(),
+                        p.config.node_id,
+                        peer.id
+                    ))
+                })
+            };
+            let listen = ip_literal(&peer.peer)?;
+            let target = ip_literal(target)?;
+            out.entry(listen).or_insert(Proxy {
+                listen,
+                target,
                 link: (from.to_string(), to.to_string()),
             });
         }
     }
-    out.into_values().collect()
+    Ok(out.into_values().collect())
 }
 
 /// Adds the demo catalog through a home-region node (its Admin forwards to
 /// the ledger), retrying while the ledger elects its first leader.
-async fn seed_demo(addr: SocketAddr, credentials: &Credentials) -> Result<(), String> {
+async fn seed_demo(addr: &HostPort, credentials: &Credentials) -> Result<(), String> {
     use reservoir_proto::v1::AdjustStockRequest;
     use reservoir_proto::v1::admin_client::AdminClient;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -750,8 +777,8 @@ async fn print_endpoints(cluster: &Cluster, options: &ClusterOptions) {
             n.id.to_string(),
             n.config.location().to_string(),
             n.pid.to_string(),
-            n.config.grpc_addr.to_string(),
-            n.config.http_addr.to_string(),
+            n.config.grpc_advertised().to_string(),
+            n.config.http_advertised().to_string(),
             role.into(),
         ]);
     }
@@ -781,11 +808,7 @@ async fn print_endpoints(cluster: &Cluster, options: &ClusterOptions) {
 
 /// Reports children that exit, prints a one-line status now and then, and
 /// returns the name of the signal that asked `up` to stop.
-async fn supervise(
-    cluster: &Cluster,
-    signals: &mut ShutdownSignals,
-    home: Option<SocketAddr>,
-) -> &'static str {
+async fn supervise(cluster: &Cluster, signals: &mut ShutdownSignals, home: Option<HostPort>) -> &'static str {
     let mut tick = tokio::time::interval(crate::up::CHILD_POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status = tokio::time::interval(STATUS_EVERY);
@@ -802,7 +825,7 @@ async fn supervise(
                 }
             }
             _ = status.tick() => {
-                if let Some(addr) = home {
+                if let Some(addr) = &home {
                     println!("{}", status_line(addr, &cluster.admin, &cluster.wan).await);
                 }
             }
@@ -811,7 +834,7 @@ async fn supervise(
 }
 
 /// One line: leaders, ledger leader, tokens per SKU, cut links.
-async fn status_line(addr: SocketAddr, admin: &Credentials, wan: &Wan) -> String {
+async fn status_line(addr: &HostPort, admin: &Credentials, wan: &Wan) -> String {
     use reservoir_proto::v1::GetStatusRequest;
     use reservoir_proto::v1::admin_client::AdminClient;
     let cut: Vec<String> = wan

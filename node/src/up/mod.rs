@@ -5,7 +5,8 @@
 //! its control API, [`wan`] the WAN link emulator between regions.
 //!
 //! `reservoir up --standalone --dir DIR`: one standalone region (`us-east`)
-//! as child processes on loopback ports.
+//! as child processes on loopback ports (or, `--advertise-host HOST`,
+//! listening on every interface and reached at `HOST:PORT`).
 //!
 //! The steps, each a small function below: write (or reuse) one config per
 //! node in DIR → spawn `reservoir node --config DIR/node-{id}.toml` per node,
@@ -27,7 +28,7 @@ pub mod wan;
 
 use crate::server::config::{NodeConfig, PEERS_MAX, PROPOSAL_QUEUE_MAX_LIMIT, Peer, RaftTuning};
 use crate::server::security::clients::ApiKey;
-use reservoir_client::HOME_REGION;
+use reservoir_client::{HOME_REGION, HostPort};
 use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -71,6 +72,9 @@ pub struct UpOptions {
     pub exe: PathBuf,
     /// Fresh configs run without TLS or authentication.
     pub insecure: bool,
+    /// Fresh configs listen on every interface and advertise this host
+    /// (a DNS name or IP of this machine), which their certificates name.
+    pub advertise_host: Option<String>,
 }
 
 /// `DIR/cluster.json`'s schema lives in the client crate: it is what
@@ -174,6 +178,7 @@ pub async fn run(options: UpOptions) -> Result<(), UpError> {
         options.base_port,
         options.proposal_queue_max,
         options.insecure,
+        options.advertise_host.as_deref(),
     )?;
     // cluster.json appears only once this run is ready; an old one would
     // point at processes that are gone.
@@ -213,13 +218,16 @@ pub async fn run(options: UpOptions) -> Result<(), UpError> {
 /// The node configs for DIR: those already there, unchanged, when DIR holds
 /// any `node-{id}.toml`; otherwise fresh ones, written to DIR, with
 /// `proposal_queue_max` (if given) as every node's `raft.proposal_queue_max`,
-/// and TLS and API keys from [`secrets`] unless `insecure`.
+/// TLS and API keys from [`secrets`] unless `insecure`, and with
+/// `advertise_host`, listening on every interface and reached (by peers and
+/// clients alike) at that host.
 pub fn prepare_configs(
     dir: &Path,
     nodes: Option<u64>,
     base_port: Option<u16>,
     proposal_queue_max: Option<usize>,
     insecure: bool,
+    advertise_host: Option<&str>,
 ) -> Result<Vec<PlannedNode>, UpError> {
     let existing = existing_node_ids(dir).map_err(UpError::io(format!("reading {}", dir.display())))?;
     if !existing.is_empty() {
@@ -243,8 +251,21 @@ pub fn prepare_configs(
                 dir.display()
             );
         }
+        if advertise_host.is_some() {
+            eprintln!(
+                "note: --advertise-host ignored; {} already holds node configs",
+                dir.display()
+            );
+        }
         return Ok(plan);
     }
+    let advertise_host = advertise_host
+        .map(|host| {
+            HostPort::new(host, 1)
+                .map(|addr| addr.host_str())
+                .map_err(|e| UpError::Usage(format!("--advertise-host: {e}")))
+        })
+        .transpose()?;
     let n = nodes.unwrap_or(NODES_DEFAULT);
     if n == 0 || n > PEERS_MAX as u64 {
         return Err(UpError::Usage(format!("--nodes must be 1-{PEERS_MAX}, got {n}")));
@@ -267,10 +288,16 @@ pub fn prepare_configs(
     let api_keys = if insecure {
         None
     } else {
-        let nodes: Vec<(u64, String)> = (1..=n).map(|id| (id, HOME_REGION.to_string())).collect();
-        Some(secrets::make(dir, &nodes)?)
+        let nodes: Vec<secrets::NodeCert> = (1..=n)
+            .map(|id| secrets::NodeCert {
+                id,
+                region: HOME_REGION.to_string(),
+                hosts: advertise_host.iter().cloned().collect(),
+            })
+            .collect();
+        Some(secrets::make(dir, secrets::UP_CA_NAME, &nodes)?.api_keys)
     };
-    let plan = fresh_configs(dir, &ports, &raft, api_keys);
+    let plan = fresh_configs(dir, &ports, &raft, api_keys, advertise_host.as_deref());
     for planned in &plan {
         let text = toml::to_string(&planned.config).expect("a NodeConfig always serializes to TOML");
         write_atomically(&planned.config_path, text.as_bytes())
@@ -354,25 +381,35 @@ pub const PORTS_PER_NODE: usize = 3;
 /// `ports[3(i-1)]` for client gRPC, `ports[3(i-1)+1]` for the peer plane and
 /// `ports[3(i-1)+2]` for HTTP, its data in `DIR/node-{i}/data`, and the Raft
 /// tuning `raft`; every node lists every node as a voter. With `api_keys`,
-/// TLS from DIR's development CA and those keys; without, insecure.
+/// TLS from DIR's development CA and those keys; without, insecure. Nodes
+/// listen on loopback and are reached there, or with `advertise_host`,
+/// listen on every interface and are reached at `advertise_host:PORT`.
 fn fresh_configs(
     dir: &Path,
     ports: &[u16],
     raft: &RaftTuning,
     api_keys: Option<Vec<ApiKey>>,
+    advertise_host: Option<&str>,
 ) -> Vec<PlannedNode> {
     assert!(
         ports.len().is_multiple_of(PORTS_PER_NODE),
         "{} ports for nodes that need {PORTS_PER_NODE} each",
         ports.len()
     );
-    let loopback = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let listen = |port: u16| match advertise_host {
+        Some(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+        None => SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+    };
+    let advertise = |port: u16| {
+        advertise_host.map(|host| HostPort::new(host, port).expect("the host was checked, the port is not 0"))
+    };
+    let reach = |port: u16| advertise(port).unwrap_or_else(|| listen(port).into());
     let ids = 1..=(ports.len() / PORTS_PER_NODE) as u64;
     let peers: Vec<Peer> = ids
         .clone()
         .map(|id| Peer {
             id,
-            peer: loopback(ports[PORTS_PER_NODE * (id as usize - 1) + 1]),
+            peer: reach(ports[PORTS_PER_NODE * (id as usize - 1) + 1]),
         })
         .collect();
     ids.map(|id| {
@@ -383,9 +420,11 @@ fn fresh_configs(
                 node_id: id,
                 region: HOME_REGION.to_string(),
                 location: None,
-                grpc_addr: loopback(ports[i]),
-                peer_addr: loopback(ports[i + 1]),
-                http_addr: loopback(ports[i + 2]),
+                grpc_addr: listen(ports[i]),
+                grpc_advertise: advertise(ports[i]),
+                peer_addr: listen(ports[i + 1]),
+                peer_advertise: advertise(ports[i + 1]),
+                http_addr: listen(ports[i + 2]),
                 data_dir: dir.join(format!("node-{id}")).join("data"),
                 standalone: true,
                 join: false,
@@ -590,7 +629,7 @@ pub(crate) async fn wait_ready(nodes: &mut [NodeProcess], deadline: Duration) ->
                     format!("(pid {}) exited while starting: {status}", node.pid),
                 ));
             }
-            match probe_ready(node.config.http_addr).await {
+            match probe_ready(node.config.http_advertised()).await {
                 Ok(200) => ready[i] = true,
                 Ok(code) => last_probe[i] = format!("/readyz answered {code}"),
                 Err(e) => last_probe[i] = format!("/readyz failed: {e}"),
@@ -619,7 +658,9 @@ fn node_failed(node: &NodeProcess, reason: String) -> UpError {
 
 /// One `/readyz` probe, bounded by [`HTTP_PROBE_TIMEOUT`] and
 /// [`READY_BODY_BYTES_MAX`]: the status code.
-async fn probe_ready(addr: SocketAddr) -> Result<u16, reservoir_client::HttpError> {
+async fn probe_ready(
+    addr: impl Into<reservoir_client::HostPort>,
+) -> Result<u16, reservoir_client::HttpError> {
     let (code, _) =
         reservoir_client::http::get_bounded(addr, "/readyz", HTTP_PROBE_TIMEOUT, READY_BODY_BYTES_MAX)
             .await?;
@@ -769,9 +810,9 @@ pub(crate) fn cluster_node(n: &NodeProcess) -> ClusterNode {
     ClusterNode {
         id: n.id,
         region: n.config.region.clone(),
-        grpc: n.config.grpc_addr,
-        peer: Some(n.config.peer_addr),
-        http: Some(n.config.http_addr),
+        grpc: n.config.grpc_advertised(),
+        peer: Some(n.config.peer_advertised()),
+        http: Some(n.config.http_advertised()),
         pid: Some(n.pid),
         cmd: n.cmd.clone(),
     }
@@ -800,8 +841,8 @@ fn print_endpoints(nodes: &[NodeProcess], cluster_path: &Path) {
         rows.push(vec![
             n.id.to_string(),
             n.pid.to_string(),
-            n.config.grpc_addr.to_string(),
-            n.config.http_addr.to_string(),
+            n.config.grpc_advertised().to_string(),
+            n.config.http_advertised().to_string(),
             n.log_path.display().to_string(),
         ]);
     }
@@ -855,7 +896,7 @@ mod tests {
     #[test]
     fn configs_are_generated_then_reused() {
         let dir = scratch("configs");
-        let first = prepare_configs(&dir, None, None, None, true).unwrap();
+        let first = prepare_configs(&dir, None, None, None, true, None).unwrap();
         assert_eq!(first.len(), NODES_DEFAULT as usize);
         let mut addrs = Vec::new();
         for (i, p) in first.iter().enumerate() {
@@ -877,14 +918,17 @@ mod tests {
         addrs.dedup();
         assert_eq!(addrs.len(), 2 * first.len(), "every port distinct");
 
-        let again = prepare_configs(&dir, None, Some(9000), None, true).unwrap();
+        let again = prepare_configs(&dir, None, Some(9000), None, true, None).unwrap();
         assert_eq!(
             again, first,
             "second run reuses the configs, ignoring --base-port"
         );
-        assert_eq!(prepare_configs(&dir, Some(3), None, None, true).unwrap(), first);
+        assert_eq!(
+            prepare_configs(&dir, Some(3), None, None, true, None).unwrap(),
+            first
+        );
         assert!(
-            prepare_configs(&dir, Some(5), None, None, true)
+            prepare_configs(&dir, Some(5), None, None, true, None)
                 .unwrap_err()
                 .is_usage()
         );
@@ -895,7 +939,7 @@ mod tests {
     #[test]
     fn base_port_layout() {
         let dir = scratch("base-port");
-        let plan = prepare_configs(&dir, Some(2), Some(20000), None, false).unwrap();
+        let plan = prepare_configs(&dir, Some(2), Some(20000), None, false, None).unwrap();
         let c = &plan[1].config;
         // A secure region: each node's certificate and key from DIR's CA,
         // one key per role, and configs that load.
@@ -911,15 +955,44 @@ mod tests {
         assert_eq!(fixed_ports(65527, 3).unwrap().last(), Some(&65535));
         let other = scratch("bad-nodes");
         assert!(
-            prepare_configs(&other, Some(0), None, None, true)
+            prepare_configs(&other, Some(0), None, None, true, None)
                 .unwrap_err()
                 .is_usage()
         );
         assert!(
-            prepare_configs(&other, Some(PEERS_MAX as u64 + 1), None, None, true)
+            prepare_configs(&other, Some(PEERS_MAX as u64 + 1), None, None, true, None)
                 .unwrap_err()
                 .is_usage()
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&other).unwrap();
+    }
+
+    /// --advertise-host: fresh configs listen on every interface, advertise
+    /// HOST:PORT and name each other by it, their certificates name it, and
+    /// they pass every check `--check-config` makes; a bad host is refused.
+    #[test]
+    fn advertise_host_in_fresh_configs() {
+        let dir = scratch("advertise");
+        let plan = prepare_configs(&dir, Some(3), None, None, false, Some("localhost")).unwrap();
+        for p in &plan {
+            let c = &p.config;
+            assert!(c.grpc_addr.ip().is_unspecified() && c.peer_addr.ip().is_unspecified());
+            assert_eq!(
+                c.grpc_advertised(),
+                HostPort::new("localhost", c.grpc_addr.port()).unwrap()
+            );
+            assert_eq!(
+                c.http_advertised(),
+                HostPort::new("localhost", c.http_addr.port()).unwrap()
+            );
+            assert!(c.peers.iter().all(|peer| peer.peer.host_str() == "localhost"));
+            assert_eq!(&NodeConfig::load(&p.config_path).unwrap(), c);
+            crate::server::check::check(c).unwrap();
+        }
+        let other = scratch("advertise-bad");
+        let e = prepare_configs(&other, Some(1), None, None, false, Some("no_such host")).unwrap_err();
+        assert!(e.is_usage() && e.to_string().contains("--advertise-host"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
         std::fs::remove_dir_all(&other).unwrap();
     }
@@ -928,21 +1001,21 @@ mod tests {
     #[test]
     fn proposal_queue_max_in_fresh_configs() {
         let dir = scratch("queue-max");
-        let plan = prepare_configs(&dir, None, None, Some(2), true).unwrap();
+        let plan = prepare_configs(&dir, None, None, Some(2), true, None).unwrap();
         for p in &plan {
             assert_eq!(p.config.raft.proposal_queue_max, 2);
             assert_eq!(NodeConfig::load(&p.config_path).unwrap(), p.config);
         }
-        let again = prepare_configs(&dir, None, None, Some(8), true).unwrap();
+        let again = prepare_configs(&dir, None, None, Some(8), true, None).unwrap();
         assert_eq!(again, plan, "a second run reuses the configs, ignoring the flag");
         let other = scratch("queue-max-bad");
         assert!(
-            prepare_configs(&other, None, None, Some(0), true)
+            prepare_configs(&other, None, None, Some(0), true, None)
                 .unwrap_err()
                 .is_usage()
         );
         assert!(
-            prepare_configs(&other, None, None, Some(PROPOSAL_QUEUE_MAX_LIMIT + 1), true)
+            prepare_configs(&other, None, None, Some(PROPOSAL_QUEUE_MAX_LIMIT + 1), true, None)
                 .unwrap_err()
                 .is_usage()
         );
@@ -954,9 +1027,9 @@ mod tests {
     #[test]
     fn inconsistent_configs_are_refused() {
         let dir = scratch("inconsistent");
-        let plan = prepare_configs(&dir, Some(3), None, None, true).unwrap();
+        let plan = prepare_configs(&dir, Some(3), None, None, true, None).unwrap();
         std::fs::remove_file(&plan[2].config_path).unwrap();
-        let e = prepare_configs(&dir, None, None, None, true).unwrap_err();
+        let e = prepare_configs(&dir, None, None, None, true, None).unwrap_err();
         assert!(e.is_usage(), "{e}");
         assert!(e.to_string().contains("node-1.toml"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -1061,7 +1134,7 @@ mod tests {
     /// A NodeProcess running `sh -c script` in place of a node, logging to `DIR/node-{id}.log`.
     fn fake_node(dir: &Path, id: u64, script: &str) -> NodeProcess {
         let ports = free_ports(PORTS_PER_NODE).unwrap();
-        let mut config = fresh_configs(dir, &ports, &RaftTuning::default(), None)
+        let mut config = fresh_configs(dir, &ports, &RaftTuning::default(), None, None)
             .remove(0)
             .config;
         config.node_id = id;

@@ -9,6 +9,7 @@ mod bad_input;
 mod clock_skew;
 mod cluster_faults;
 mod cluster_flows;
+mod host_names;
 mod leader_crash;
 mod load_tester;
 mod observability;

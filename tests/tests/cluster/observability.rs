@@ -151,6 +151,7 @@ async fn health_follows_readiness_and_a_stop_drains_first() {
                 region
                     .node(leader)
                     .peer
+                    .as_ref()
                     .expect("a peer address")
                     .to_string()
                     .as_str()
@@ -318,7 +319,7 @@ async fn wait_health(cluster: &Cluster, id: u64, wanted: ServingStatus) {
         .map(|tls| cluster.dir().join(&tls.ca_file))
         .expect("a secure cluster names its CA");
     let credentials = Credentials::new(Some(&ca), None).expect("the cluster's CA");
-    let mut client = HealthClient::new(channel(&credentials, cluster.node(id).grpc));
+    let mut client = HealthClient::new(channel(&credentials, &cluster.node(id).grpc));
     let give_up = Instant::now() + HEALTH_DEADLINE;
     loop {
         let mut seen = Vec::new();

@@ -55,8 +55,8 @@ for n in json.load(open(sys.argv[1]))["nodes"]:
     print(n["id"], n["pid"], n["http"])
 ' "$dir/cluster.json")
 
-metric() { # HTTP_ADDR NAME: the value of an unlabelled metric line, or 0.
-  curl -s "http://$1/metrics" | awk -v name="$2" '$1 == name { print $2; found = 1 } END { if (!found) print 0 }'
+metric() { # HTTP_ADDR NAME: the sum of the metric's lines (a standalone region's node has one group), or 0.
+  curl -s "http://$1/metrics" | awk -v name="$2" '{ n = $1; sub(/\{.*/, "", n) } n == name { s += $NF; found = 1 } END { print found ? s : 0 }'
 }
 
 # Wait for a leader, then attach strace to every node.

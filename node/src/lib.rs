@@ -11,7 +11,9 @@
 //!   peers, on a second, mutual-TLS listener), hosts the region's Raft group (and, on the home region's nodes,
 //!   the ledger's, with the rebalancer, the reconciler and the audit on its
 //!   leader), and exposes `/metrics`, `/healthz`, `/readyz` and `/status`
-//!   over HTTP. Its module doc maps its files.
+//!   over HTTP; gRPC health follows `/readyz`, and a stop drains first. It
+//!   logs through `tracing` (text or JSON lines on stderr). Its module doc
+//!   maps its files.
 //! - [`up`] — `reservoir up`: a whole local cluster as child processes:
 //!   three regions behind WAN link emulators in one of three designs
 //!   (`--architecture tokens|single-writer|global-consensus`), or one

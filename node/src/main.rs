@@ -113,7 +113,9 @@ fn probe(args: ProbeArgs) -> ExitCode {
 }
 
 /// `reservoir node --config FILE`: one node until SIGTERM / Ctrl-C; with
-/// `--check-config`, the config's check alone.
+/// `--check-config`, the config's check alone. Until its config is read,
+/// errors are plain `error: ...` lines; from then on the node logs as
+/// `[log]` (or `RUST_LOG`) says.
 fn node(args: NodeArgs) -> ExitCode {
     let env = config::process_env();
     let path = args.config.clone().or_else(|| {
@@ -152,17 +154,21 @@ fn node(args: NodeArgs) -> ExitCode {
             }
         };
     }
+    if let Err(e) = server::logging::init(&config.log) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            tracing::error!(error = %e, "cannot start the async runtime");
             return ExitCode::from(EXIT_FAILURE);
         }
     };
     match runtime.block_on(server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            tracing::error!(error = %e, "the node could not run");
             ExitCode::from(EXIT_FAILURE)
         }
     }

@@ -269,7 +269,12 @@ pub(crate) async fn timeout_now<SM: GroupMachine>(
             request.last_log_index
         ));
     }
-    metrics::counter!("reservoir_raft_campaigns_total", "reason" => "timeout_now").increment(1);
+    metrics::counter!(
+        "reservoir_raft_campaigns_total",
+        "group" => raft.config().cluster_name.clone(),
+        "reason" => "timeout_now"
+    )
+    .increment(1);
     raft.trigger().elect().await.map_err(|e| e.to_string())
 }
 

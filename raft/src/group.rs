@@ -438,6 +438,7 @@ impl<SM: GroupMachine> Group<SM> {
                 timeout: propose_timeout,
                 addresses: addresses.clone(),
                 health: health.clone(),
+                batch_commands: metrics::histogram!("reservoir_raft_batch_commands", "group" => group.clone()),
             },
         ));
         Ok(Group {
@@ -723,7 +724,7 @@ impl<SM: GroupMachine> Group<SM> {
     pub async fn shutdown(&self) {
         self.router.remove(&self.name);
         if let Err(e) = self.raft.shutdown().await {
-            eprintln!("warning: raft group {} shutdown: {e}", self.name);
+            tracing::warn!(group = %self.name, error = %e, "raft group shutdown failed");
         }
     }
 
@@ -945,6 +946,8 @@ struct Proposer {
     timeout: Duration,
     addresses: Arc<BTreeMap<NodeId, String>>,
     health: Health,
+    /// `reservoir_raft_batch_commands{group}`: commands per log entry.
+    batch_commands: metrics::Histogram,
 }
 
 /// Drains the proposal queue into batches, each one log entry, with at most
@@ -1010,7 +1013,7 @@ async fn propose_loop<SM: GroupMachine>(
         let raft = raft.clone();
         let proposer = proposer.clone();
         tokio::spawn(async move {
-            metrics_batch(commands.len());
+            proposer.batch_commands.record(commands.len() as f64);
             let writing = proposer.health.begin();
             let written =
                 tokio::time::timeout(proposer.timeout, raft.client_write(Batch::new(commands))).await;
@@ -1035,10 +1038,12 @@ async fn propose_loop<SM: GroupMachine>(
                     metrics::counter!("reservoir_raft_batch_timeouts_total", "group" => proposer.group.clone())
                         .increment(1);
                     let waited_ms = proposer.timeout.as_millis() as u64;
-                    eprintln!(
-                        "warning: group {}: a batch of {count} commands got no outcome within {waited_ms} ms; its \
-                         callers are told the outcome is unknown and its write slot is free again",
-                        proposer.group,
+                    tracing::warn!(
+                        group = %proposer.group,
+                        commands = count,
+                        waited_ms,
+                        "a batch got no outcome in time; its callers are told the outcome is unknown and its \
+                         write slot is free again"
                     );
                     for reply in replies {
                         reply.fail(ProposeError::Timeout { waited_ms });
@@ -1077,10 +1082,6 @@ fn write_error(
 
 fn estimate<T: serde::Serialize>(command: &T) -> u64 {
     bincode::serialized_size(command).unwrap_or(BATCH_BYTES_MAX)
-}
-
-fn metrics_batch(commands: usize) {
-    metrics::histogram!("reservoir_raft_batch_commands").record(commands as f64);
 }
 
 #[cfg(test)]

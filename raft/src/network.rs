@@ -473,7 +473,12 @@ impl<SM: GroupMachine> RaftEndpoint<SM> {
             }
             heard.campaigned_at = Some(now);
         }
-        metrics::counter!("reservoir_raft_campaigns_total", "reason" => reason).increment(1);
+        metrics::counter!(
+            "reservoir_raft_campaigns_total",
+            "group" => self.raft.config().cluster_name.clone(),
+            "reason" => reason
+        )
+        .increment(1);
         let _ = self.raft.trigger().elect().await;
     }
 

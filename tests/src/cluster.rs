@@ -664,6 +664,33 @@ impl Cluster {
         self.down.insert(id);
     }
 
+    /// Sends SIGTERM to one node, a graceful stop (it drains, then exits),
+    /// and returns at once; [`Cluster::wait_stopped`] waits for the exit.
+    pub fn terminate(&self, id: u64) {
+        assert!(!self.down.contains(&id), "node {id} is already down");
+        signal(self.node(id).pid(), libc::SIGTERM, &format!("node {id}"));
+    }
+
+    /// Waits until a node the test signalled has exited, and marks it down;
+    /// its exit status when the test is its parent (a standalone node
+    /// restarted by hand), else `None` (`up` reaps it).
+    pub async fn wait_stopped(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let status = match self.restarted.remove(&id) {
+            Some(mut child) => Some(wait_child(&mut child, STOP_DEADLINE).await),
+            None => {
+                let pid = self.node(id).pid();
+                let give_up = Instant::now() + STOP_DEADLINE;
+                while alive(pid) {
+                    assert!(Instant::now() < give_up, "node {id} (pid {pid}) did not stop");
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                }
+                None
+            }
+        };
+        self.down.insert(id);
+        status
+    }
+
     /// Restarts a killed node and waits for its `/readyz`: through the
     /// control API when there is one (the node becomes `up`'s child again
     /// and `cluster.json` is re-read for its new pid), else from its `cmd`

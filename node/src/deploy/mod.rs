@@ -314,6 +314,12 @@ pub fn configs(topology: &Topology, api_keys: Option<&[ApiKey]>) -> Vec<NodeConf
                 insecure: topology.insecure,
                 tls: api_keys.map(|_| secrets::tls_files(&topology.secrets_dir, node.id)),
                 api_keys: api_keys.map(<[ApiKey]>::to_vec).unwrap_or_default(),
+                // Behind a load balancer or a container platform: drain
+                // before a stop. Logs and per-SKU series as by default
+                // (RESERVOIR_LOG__FORMAT=json etc. change them per node).
+                drain_ms: crate::server::config::DRAIN_MS_DEFAULT,
+                log: Default::default(),
+                metrics: Default::default(),
             }
         })
         .collect()

@@ -221,11 +221,14 @@ impl GroupClock {
         e.warned_at = Some(now);
         drop(e);
         metrics::counter!("reservoir_clock_skew_warnings_total", "group" => self.group.clone()).increment(1);
-        eprintln!(
-            "warning: {}: this node's wall clock is {skew} ms off the group's time ({group} ms): \
-             either this host's clock is wrong (check NTP) or every node of the group was down for \
-             that long; stamps are bounded to {MAX_LEAD_MS} ms ahead of the group's time",
-            self.group
+        tracing::warn!(
+            group = %self.group,
+            skew_ms = skew as i64,
+            group_time_ms = group,
+            lead_max_ms = MAX_LEAD_MS,
+            "this node's wall clock is skew_ms off the group's time: either this host's clock is wrong \
+             (check NTP) or every node of the group was down for that long; stamps are bounded to \
+             lead_max_ms ahead of the group's time"
         );
     }
 }

@@ -18,8 +18,10 @@ use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use crate::server::logging::{LogConfig, LogFormat};
 pub use crate::server::security::TlsFiles;
 use crate::server::security::clients::{API_KEYS_MAX, ApiKey};
+pub use crate::server::telemetry::MetricsConfig;
 
 /// Most voters in one region group.
 pub const PEERS_MAX: usize = 7;
@@ -114,6 +116,27 @@ pub struct NodeConfig {
     /// The API keys clients authenticate with, stored hashed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub api_keys: Vec<ApiKey>,
+    /// How long the node stays up after SIGTERM / Ctrl-C while it says it
+    /// is not ready (`/readyz` 503, gRPC health `NOT_SERVING`) and goes on
+    /// serving, so load balancers stop sending it calls first. 0: stop at
+    /// once.
+    #[serde(default = "drain_ms_default")]
+    pub drain_ms: u64,
+    /// How the node logs (`[log]`: `format`, `filter`).
+    #[serde(default)]
+    pub log: LogConfig,
+    /// What the node's metrics label per SKU (`[metrics]`: `sku_labels`, `skus`).
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// Default of `drain_ms`.
+pub const DRAIN_MS_DEFAULT: u64 = 2_000;
+/// Longest drain a config may ask for.
+pub const DRAIN_MS_MAX: u64 = 300_000;
+
+fn drain_ms_default() -> u64 {
+    DRAIN_MS_DEFAULT
 }
 
 /// How long the region group keeps ended (released, expired, settled)
@@ -304,8 +327,11 @@ pub const CONFIG_ENV: &str = "RESERVOIR_CONFIG";
 /// path, the client's credentials (`reservoir_client::credentials`), and
 /// the tests' and scripts' settings. A node ignores them; any other
 /// `RESERVOIR_*` variable must name a field.
-pub const ENV_NOT_FIELDS: [&str; 9] = [
+pub const ENV_NOT_FIELDS: [&str; 10] = [
     CONFIG_ENV,
+    // The commit a build names in `reservoir_build_info`, read by `cargo
+    // build` (crate::server::telemetry::COMMIT), not by a node.
+    "RESERVOIR_COMMIT",
     reservoir_client::credentials::TOKEN_ENV,
     reservoir_client::credentials::CA_FILE_ENV,
     "RESERVOIR_BIN",
@@ -644,6 +670,14 @@ impl NodeConfig {
             .to_state()
             .check()
             .map_err(|e| ("retention", e.to_string()))?;
+        if self.drain_ms > DRAIN_MS_MAX {
+            return Err((
+                "drain_ms",
+                format!("must be at most {DRAIN_MS_MAX}, got {}", self.drain_ms),
+            ));
+        }
+        self.log.check().map_err(|e| ("log.filter", e))?;
+        self.metrics.check().map_err(|e| ("metrics", e))?;
         self.validate_security()?;
         self.validate_cluster()
     }
@@ -1034,6 +1068,12 @@ fn schema() -> toml::Table {
             role: crate::server::security::Role::Shop,
             hash: "h".into(),
         }],
+        drain_ms: DRAIN_MS_DEFAULT,
+        log: LogConfig::default(),
+        metrics: MetricsConfig {
+            sku_labels: 1,
+            skus: vec!["s".into()],
+        },
     };
     toml::Table::try_from(&example).expect("a NodeConfig serializes to a TOML table")
 }
@@ -1088,6 +1128,9 @@ mod tests {
                 key_file: "/tmp/node.key".into(),
             }),
             api_keys: Vec::new(),
+            drain_ms: DRAIN_MS_DEFAULT,
+            log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 
@@ -1149,6 +1192,38 @@ mod tests {
             field(|c| c.retention.ended_ms = reservoir_tokens::limits::RESERVATION_RETENTION_MS_LIMIT + 1),
             "retention"
         );
+        assert_eq!(field(|c| c.drain_ms = DRAIN_MS_MAX + 1), "drain_ms");
+        assert_eq!(
+            field(|c| c.log.filter = "info,openraft=loud".into()),
+            "log.filter"
+        );
+        assert_eq!(field(|c| c.metrics.sku_labels = usize::MAX), "metrics");
+    }
+
+    /// A config without `drain_ms`, `[log]` and `[metrics]` gets their
+    /// defaults; with them, what it says.
+    #[test]
+    fn operations_fields_default_and_parse() {
+        let mut c = good();
+        c.drain_ms = 0;
+        c.log.format = LogFormat::Json;
+        c.log.filter = "debug,sled=warn".into();
+        c.metrics.sku_labels = 3;
+        c.metrics.skus = vec!["hot".into()];
+        let text = toml::to_string(&c).unwrap();
+        assert!(
+            text.contains("[log]") && text.contains("format = \"json\""),
+            "{text}"
+        );
+        assert_eq!(toml::from_str::<NodeConfig>(&text).unwrap(), c);
+        let mut bare: toml::Table = toml::from_str(&text).unwrap();
+        for key in ["drain_ms", "log", "metrics"] {
+            assert!(bare.remove(key).is_some(), "{key} in {text}");
+        }
+        let defaults: NodeConfig = toml::from_str(&toml::to_string(&bare).unwrap()).unwrap();
+        assert_eq!(defaults.drain_ms, DRAIN_MS_DEFAULT);
+        assert_eq!(defaults.log, LogConfig::default());
+        assert_eq!(defaults.metrics, MetricsConfig::default());
     }
 
     /// One node id under two regions is refused: the peer plane trusts a

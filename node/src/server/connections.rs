@@ -65,7 +65,7 @@ pub fn limited(
             let (stream, remote) = match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    eprintln!("warning: {plane} listener: accept: {e}");
+                    tracing::warn!(plane, error = %e, "listener: accept failed");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
@@ -77,6 +77,9 @@ pub fn limited(
                 if *n >= per_address {
                     drop(c);
                     metrics::counter!("reservoir_connections_refused_total", "plane" => plane).increment(1);
+                    if crate::server::logging::call_line_allowed() {
+                        tracing::warn!(plane, %remote, per_address, "connection refused: too many from one address");
+                    }
                     continue;
                 }
                 *n += 1;

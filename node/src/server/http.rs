@@ -1,5 +1,6 @@
-//! The node's HTTP side (axum): `/healthz`, `/readyz`, `/metrics`
-//! (Prometheus text from the `metrics` crate) and `/status` (JSON).
+//! The node's HTTP side (axum): `/healthz` (the process answers),
+//! `/readyz` ([`crate::server::health`]), `/metrics` (Prometheus text from
+//! the `metrics` crate, [`crate::server::telemetry`]) and `/status` (JSON).
 
 use std::sync::Arc;
 
@@ -8,150 +9,57 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::server::health::Health;
 use crate::server::node::Node;
+use crate::server::telemetry::{self, SkuLabels};
 use reservoir_client::status as status_json;
-use reservoir_raft::Role;
-
-/// How often the metrics recorder folds recorded histogram samples into
-/// its buckets.
-pub const METRICS_UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Installs the process-wide metrics recorder and returns the handle that
-/// renders it, with its upkeep task running on the current runtime.
-///
-/// The recorder keeps every histogram sample until upkeep (or a scrape)
-/// folds it into buckets; without a task doing it, a node that nobody
-/// scrapes grew by every sample it recorded (~0.25 MB/s on a region leader
-/// at 5,000 reserves/s, seen in the soak).
-pub fn install_metrics() -> Result<PrometheusHandle, String> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets(&[
-            0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-        ])
-        .map_err(|e| format!("metrics buckets: {e}"))?
-        .install_recorder()
-        .map_err(|e| format!("metrics recorder: {e}"))?;
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
-    Ok(handle)
-}
-
-/// A leader whose quorum has not acknowledged it for this long is not ready.
-pub const QUORUM_ACK_STALE_MS: u64 = 2_000;
 
 #[derive(Clone)]
 struct AppState {
     node: Arc<Node>,
     metrics: PrometheusHandle,
+    health: Arc<Health>,
+    skus: Arc<SkuLabels>,
 }
 
-/// The HTTP routes of a node.
-pub fn router(node: Arc<Node>, metrics: PrometheusHandle) -> Router {
+/// The HTTP routes of a node: readiness from `health`, metrics rendered
+/// from `metrics`.
+pub fn router(node: Arc<Node>, metrics: PrometheusHandle, health: Arc<Health>) -> Router {
+    let skus = Arc::new(SkuLabels::new(&node.config().metrics));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/status", get(status))
-        .with_state(AppState { node, metrics })
+        .with_state(AppState {
+            node,
+            metrics,
+            health,
+            skus,
+        })
 }
 
-/// Ready when the region group (and, on a ledger host, the ledger group)
-/// has a leader and can commit: not a leader whose quorum has been silent
-/// for [`QUORUM_ACK_STALE_MS`], and no commit stall on this node
-/// ([`reservoir_raft::Group::commit_stall`]: a batch waiting past half the
-/// proposal bound, or a proposal or read timed out lately with no commit
-/// since).
+/// 200 when [`Health::check`] finds the node ready, else 503 and why (the
+/// same evaluation gRPC health reports).
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    let status = s.node.group().status();
-    let Some(leader) = status.leader else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no leader\n".to_string(),
-        );
+    let readiness = s.health.check();
+    let code = if readiness.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    // A leader cut off from its followers still believes it leads, and
-    // accepts writes it cannot commit: not ready.
-    if status.role == Role::Leader
-        && status
-            .millis_since_quorum_ack
-            .is_some_and(|ms| ms > QUORUM_ACK_STALE_MS)
-    {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: leader without a quorum\n".to_string(),
-        );
-    }
-    if let Some(stall) = s.node.group().commit_stall() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: cannot commit: {stall}\n"),
-        );
-    }
-    if let Some(stall) = s.node.ledger().and_then(|l| l.group().commit_stall()) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: the ledger cannot commit: {stall}\n"),
-        );
-    }
-    match s.node.ledger().map(|l| l.group().status().leader) {
-        Some(None) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no ledger leader\n".to_string(),
-        ),
-        Some(Some(ledger)) => (
-            StatusCode::OK,
-            format!("ready: leader {leader}, ledger leader {ledger}\n"),
-        ),
-        None => (StatusCode::OK, format!("ready: leader {leader}\n")),
-    }
+    (code, readiness.line())
 }
 
 /// Gauges are sampled at scrape time, then everything is rendered.
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
-    let group = s.node.group();
-    let status = group.status();
-    metrics::gauge!("reservoir_proposal_queue_depth").set(group.queue_depth() as f64);
-    metrics::gauge!("reservoir_raft_term").set(status.term as f64);
-    metrics::gauge!("reservoir_raft_is_leader").set(if status.role == Role::Leader { 1.0 } else { 0.0 });
-    metrics::gauge!("reservoir_raft_applied_index").set(status.applied_index.unwrap_or(0) as f64);
-    if let Some(rss) = rss_bytes() {
-        metrics::gauge!("reservoir_process_resident_bytes").set(rss as f64);
-    }
-    let _ = group.read(|state| {
-        metrics::gauge!("reservoir_holds").set(state.holds() as f64);
-        metrics::gauge!("reservoir_reservations_kept").set(state.reservations_kept() as f64);
-        metrics::gauge!("reservoir_outbox_entries")
-            .set((state.last_outbox_seq() - state.settled_up_to()) as f64);
-        for (sku, b) in state.buckets() {
-            metrics::gauge!("reservoir_bucket_tokens", "sku" => sku.clone(), "kind" => "available")
-                .set(b.available as f64);
-            metrics::gauge!("reservoir_bucket_tokens", "sku" => sku.clone(), "kind" => "held")
-                .set(b.held as f64);
-            metrics::gauge!("reservoir_bucket_tokens", "sku" => sku.clone(), "kind" => "confirmed")
-                .set(b.confirmed as f64);
-        }
-    });
+    telemetry::sample(&s.node, &s.skus);
     (
         [("content-type", "text/plain; version=0.0.4")],
         s.metrics.render(),
     )
-}
-
-/// This process's resident set size, from `/proc/self/status` (Linux).
-pub fn rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 async fn status(State(s): State<AppState>) -> impl IntoResponse {
@@ -201,7 +109,7 @@ async fn status(State(s): State<AppState>) -> impl IntoResponse {
         settled_up_to,
         buckets,
         snapshots: Some(g.snapshots),
-        rss_bytes: rss_bytes(),
+        rss_bytes: telemetry::rss_bytes(),
         ledger: s.node.ledger().map(|l| l.group().status()),
     })
     .into_response()

@@ -248,14 +248,14 @@ impl LedgerHost {
             };
             if let Err(e) = round {
                 metrics::counter!("reservoir_rebalance_rounds_failed_total").increment(1);
-                eprintln!("ledger: round stopped: {e}");
+                tracing::warn!(error = %e, "ledger: round stopped");
                 continue;
             }
             let now = self.now_ms();
             if now.saturating_sub(last_audit_ms) >= audit_every {
                 last_audit_ms = now;
                 if let Err(e) = self.audit().await {
-                    eprintln!("ledger: audit skipped: {e}");
+                    tracing::warn!(error = %e, "ledger: audit skipped");
                 }
             }
         }
@@ -269,7 +269,11 @@ impl LedgerHost {
             now_ms: self.now_ms(),
             op,
         };
-        match tokio::time::timeout(LEDGER_COMMIT_TIMEOUT, self.group.propose(cmd)).await {
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(LEDGER_COMMIT_TIMEOUT, self.group.propose(cmd)).await;
+        metrics::histogram!("reservoir_raft_commit_seconds", "group" => self.group.name().to_string())
+            .record(started.elapsed().as_secs_f64());
+        match outcome {
             Ok(Ok(Ok(applied))) => Ok(applied),
             Ok(Ok(Err(rejection))) => Err(LedgerError::Refused(rejection.to_string())),
             Ok(Err(ProposeError::NotLeader { .. })) => Err(LedgerError::NotLeader),
@@ -348,16 +352,22 @@ impl LedgerHost {
                 .increment(1);
                 metrics::gauge!("reservoir_round_region_failing", "region" => region.to_string()).set(1.0);
                 if failing.insert(region.to_string(), step.reason()) != Some(step.reason()) {
-                    eprintln!(
-                        "ledger: {region} left out of this round ({}): {detail}; the other regions go on",
-                        step.reason()
+                    tracing::warn!(
+                        region,
+                        reason = step.reason(),
+                        %detail,
+                        "ledger: region left out of this round; the other regions go on"
                     );
                 }
             }
             None => {
                 metrics::gauge!("reservoir_round_region_failing", "region" => region.to_string()).set(0.0);
                 if let Some(reason) = failing.remove(region) {
-                    eprintln!("ledger: {region} back in the round (was failing at {reason})");
+                    tracing::info!(
+                        region,
+                        was_failing_at = reason,
+                        "ledger: region back in the round"
+                    );
                 }
             }
         }
@@ -395,6 +405,8 @@ impl LedgerHost {
             lag.insert(region.clone(), settled.lag);
             metrics::gauge!("reservoir_settlement_lag_entries", "region" => region.clone())
                 .set(settled.lag.0 as f64);
+            metrics::gauge!("reservoir_settlement_lag_seconds", "region" => region.clone())
+                .set(settled.lag.1 as f64 / 1_000.0);
             match settled.failure {
                 Some(Failure::NotLeader) => return Err("lost ledger leadership".into()),
                 Some(Failure::Region { step, detail }) => {
@@ -418,7 +430,7 @@ impl LedgerHost {
         let mut runs = Vec::new();
         for p in begun {
             if started.elapsed() >= ROUND_BUDGET {
-                eprintln!("ledger: round budget of {ROUND_BUDGET:?} spent; the rest of the plan waits");
+                tracing::info!(budget = ?ROUND_BUDGET, "ledger: round budget spent; the rest of the plan waits");
                 break;
             }
             if failures.contains_key(&p.region) {
@@ -448,7 +460,7 @@ impl LedgerHost {
                     failures.insert(p.region.clone(), (Step::Begin, format!("unexpected {other:?}")));
                 }
                 Err(LedgerError::NotLeader) => return Err("lost ledger leadership".into()),
-                Err(LedgerError::Refused(e)) => eprintln!("ledger: transfer not begun: {e}"),
+                Err(LedgerError::Refused(e)) => tracing::warn!(error = %e, "ledger: transfer not begun"),
                 Err(e) => {
                     failures.insert(p.region.clone(), (Step::Begin, e.to_string()));
                 }
@@ -769,7 +781,7 @@ impl LedgerHost {
         metrics::gauge!("reservoir_audit_balanced").set(if sheet.balanced() { 1.0 } else { 0.0 });
         metrics::gauge!("reservoir_audit_missing_regions").set(sheet.missing_regions.len() as f64);
         if sheet.total_drift() != 0 {
-            eprintln!("ledger: AUDIT DRIFT {sheet:?}");
+            tracing::error!(drift_units = sheet.total_drift(), ?sheet, "ledger: AUDIT DRIFT");
         }
         self.summary.lock().unwrap_or_else(|e| e.into_inner()).last_audit =
             Some((self.now_ms(), sheet.clone()));

@@ -22,13 +22,18 @@
 //! - [`demand`], [`availability`]: the demand meter, and CRDT availability
 //!   gossip;
 //! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/status`;
+//! - [`health`]: readiness, one evaluation for `/readyz` and gRPC health,
+//!   and the drain before a stop;
+//! - [`logging`]: the log subscriber (text or JSON, `[log]`, `RUST_LOG`)
+//!   and the per-call log budget; [`telemetry`]: the metrics recorder, the
+//!   catalog of every metric, the bound on per-SKU series;
 //! - [`backup`]: the backup file, and restoring a node from it;
 //! - [`operate`]: what the Admin service's operator calls share (which
 //!   group a call names, their bounds and refusals), and the task that
 //!   keeps the peer policy's view of each group's members current;
 //! - [`clock`]: the time seam (wall and monotonic clocks) and each group's bounded logical time (`GroupClock`).
 //!
-//! Imports run one way: `service` and `http` → `node` → `ledger` →
+//! Imports run one way: `http` → `health` → `service` → `node` → `ledger` →
 //! `control` → `config` → `security` (its types), `availability`; nothing
 //! below `service` imports it.
 //!
@@ -52,13 +57,16 @@ mod connections;
 pub mod control;
 pub mod demand;
 pub mod edge;
+pub mod health;
 pub mod http;
 pub mod ledger;
+pub mod logging;
 pub mod node;
 pub mod operate;
 pub mod security;
 pub mod service;
 pub mod status;
+pub mod telemetry;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -78,6 +86,7 @@ use tokio::sync::watch;
 use crate::server::clock::{Clock, SystemClock};
 use crate::server::config::{NodeConfig, Peer};
 use crate::server::control::{ControlClient, RegionCall, RegionReply};
+use crate::server::health::Health;
 use crate::server::ledger::LedgerHost;
 use crate::server::node::Node;
 use crate::server::security::clients::AuthenticateLayer;
@@ -119,7 +128,7 @@ pub const HEADER_LIST_BYTES_MAX: u32 = 16 * 1024;
 
 /// Runs a node until SIGTERM / Ctrl-C; returns once it has stopped cleanly.
 pub async fn run(config: NodeConfig) -> Result<(), String> {
-    let metrics = crate::server::http::install_metrics()?;
+    let metrics = telemetry::install()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
 
     // Storage: one sled database per node, one set of trees per group.
@@ -238,13 +247,19 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
     ));
 
     tokio::spawn(node.observe_time());
+    telemetry::register(&node);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-    // The standard gRPC health service (asked without credentials):
-    // serving while the node runs, not serving once it drains.
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<InventoryServer<InventoryService>>().await;
-    health.set_serving::<AdminServer<AdminService>>().await;
+    // The standard gRPC health service (asked without credentials): it
+    // follows readiness, so it says NOT_SERVING until the node is ready.
+    let health = Arc::new(Health::new(node.clone()));
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    for service in health::SERVICES {
+        reporter
+            .set_service_status(service, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+    tokio::spawn(health.clone().publish(reporter));
 
     // The client plane: Inventory and Admin for authenticated clients, with
     // gRPC health and reflection.
@@ -307,7 +322,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         })
     };
     let http = {
-        let app = crate::server::http::router(node.clone(), metrics);
+        let app = crate::server::http::router(node.clone(), metrics, health.clone());
         let mut rx = shutdown_rx.clone();
         tokio::spawn(async move {
             axum::serve(http_listener, app)
@@ -323,28 +338,39 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         .clone()
         .map(|host| tokio::spawn(host.run(shutdown_rx.clone())));
     let gossip = (!config.standalone).then(|| tokio::spawn(gossip_loop(node.clone(), shutdown_rx.clone())));
-    eprintln!(
-        "reservoir node {} ({}) serving clients on {} (reached at {}), peers on {} (reached at {}), HTTP on {}{}",
-        config.node_id,
-        config.region,
-        config.grpc_addr,
-        config.grpc_advertised(),
-        config.peer_addr,
-        config.peer_advertised(),
-        config.http_addr,
-        if config.insecure {
-            " (INSECURE: plaintext, no authentication)"
-        } else {
-            ""
-        }
+    tracing::info!(
+        node_id = config.node_id,
+        region = %config.region,
+        grpc_addr = %config.grpc_addr,
+        grpc_advertised = %config.grpc_advertised(),
+        peer_addr = %config.peer_addr,
+        peer_advertised = %config.peer_advertised(),
+        http_addr = %config.http_addr,
+        version = telemetry::VERSION,
+        drain_ms = config.drain_ms,
+        "reservoir node serving clients on grpc_addr (reached at grpc_advertised), peers on peer_addr \
+         (reached at peer_advertised), HTTP on http_addr"
     );
+    if config.insecure {
+        tracing::warn!("INSECURE: plaintext, no authentication");
+    }
 
     wait_for_signal().await;
-    eprintln!("node {}: shutting down", config.node_id);
-    health
-        .set_not_serving::<InventoryServer<InventoryService>>()
-        .await;
-    health.set_not_serving::<AdminServer<AdminService>>().await;
+    // Not ready first (`/readyz`, gRPC health), still serving: load
+    // balancers take the node out before it stops accepting calls. A
+    // second signal cuts the drain short.
+    health.start_draining();
+    if config.drain_ms > 0 {
+        tracing::info!(
+            drain_ms = config.drain_ms,
+            "draining: not ready, serving calls for drain_ms before shutting down"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(config.drain_ms)) => {}
+            _ = wait_for_signal() => tracing::info!("second signal: the drain is cut short"),
+        }
+    }
+    tracing::info!(node_id = config.node_id, "shutting down");
     let _ = shutdown_tx.send(true);
     // In-flight calls finish (their proposals commit or fail) before the
     // servers return; bounded so a stuck call cannot hold the process.
@@ -366,7 +392,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
     }
     node.group().shutdown().await;
     storage.flush().await.map_err(|e| format!("final flush: {e}"))?;
-    eprintln!("node {}: stopped", config.node_id);
+    tracing::info!(node_id = config.node_id, "stopped");
     Ok(())
 }
 
@@ -465,7 +491,7 @@ async fn wait_for_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("warning: cannot listen for SIGTERM: {e}");
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
             let _ = tokio::signal::ctrl_c().await;
             return;
         }
@@ -572,7 +598,7 @@ async fn expire_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
                 op: RegionOp::SetRetention { retention: wanted },
             };
             if let Ok(Err(e)) = propose_bounded(group, cmd, "retention").await {
-                eprintln!("warning: retention {wanted:?} refused: {e}");
+                tracing::warn!(retention = ?wanted, error = %e, "retention setting refused");
             }
         }
         let now_ms = node.now_ms();
@@ -602,7 +628,7 @@ async fn expire_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
                     }
                 }
                 Ok(other) => {
-                    eprintln!("warning: expire sweep: unexpected outcome {other:?}");
+                    tracing::error!(outcome = ?other, "expire sweep: unexpected outcome");
                     break;
                 }
                 Err(_) => break,
@@ -623,7 +649,7 @@ async fn propose_bounded(
     let result = group.propose(cmd).await;
     if let Err(e @ ProposeError::Timeout { .. }) = &result {
         metrics::counter!("reservoir_background_propose_timeouts_total", "task" => task).increment(1);
-        eprintln!("warning: {task}: {e}; trying again at the next tick");
+        tracing::warn!(task, error = %e, "background proposal timed out; trying again at the next tick");
     }
     result
 }

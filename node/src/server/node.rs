@@ -64,6 +64,9 @@ pub struct Node {
     availability: AvailabilityView,
     /// When each SKU last asked the ledger for a top-up (rate limit).
     topups: Mutex<BTreeMap<String, u64>>,
+    /// `reservoir_raft_commit_seconds{group}` of the region group (one
+    /// handle, not a registry lookup per write).
+    commit_seconds: metrics::Histogram,
 }
 
 /// Where a write or a current read ended: done here, or to be forwarded to
@@ -121,6 +124,8 @@ impl Node {
         });
         let applied_ms = group.read(|s| s.clock_ms()).unwrap_or(0);
         let time = Arc::new(GroupClock::new(config.region.clone(), clock, applied_ms));
+        let commit_seconds =
+            metrics::histogram!("reservoir_raft_commit_seconds", "group" => config.region.clone());
         Node {
             config,
             group,
@@ -133,6 +138,7 @@ impl Node {
             demand: DemandMeter::new(horizon_ms),
             availability: AvailabilityView::new(),
             topups: Mutex::new(BTreeMap::new()),
+            commit_seconds,
         }
     }
 
@@ -348,8 +354,15 @@ impl Node {
     ) -> Result<Result<T, ProposeError>, Status> {
         let started = Instant::now();
         let result = tokio::time::timeout(COMMIT_TIMEOUT, proposal).await;
-        metrics::histogram!("reservoir_raft_commit_seconds").record(started.elapsed().as_secs_f64());
+        self.commit_seconds.record(started.elapsed().as_secs_f64());
         result.map_err(|_| {
+            if crate::server::logging::call_line_allowed() {
+                tracing::warn!(
+                    group = %self.region(),
+                    timeout = ?COMMIT_TIMEOUT,
+                    "no commit within the timeout; the outcome is unknown"
+                );
+            }
             status_with_info(
                 Code::Unavailable,
                 format!(
@@ -427,7 +440,11 @@ impl Node {
     /// The channel to the leader at `addr`; a failure to make one means
     /// the leader cannot be reached (`NO_LEADER`: nothing was sent).
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        tracing::Span::current().record("leader", crate::server::logging::bounded(addr));
         self.peers.get(addr).map_err(|e| {
+            if crate::server::logging::call_line_allowed() {
+                tracing::warn!(leader = addr, error = %e, "leader unreachable: no channel to forward on");
+            }
             status_with_info(
                 Code::Unavailable,
                 format!("leader at {addr} unreachable: {e}"),

@@ -522,6 +522,10 @@ impl Layout {
             insecure: api_keys.is_none(),
             tls: api_keys.is_some().then(|| secrets::tls_files(dir, id)),
             api_keys: api_keys.map(<[ApiKey]>::to_vec).unwrap_or_default(),
+            // Nothing balances load in front of a local cluster: stop at once.
+            drain_ms: 0,
+            log: Default::default(),
+            metrics: Default::default(),
         }
     }
 

@@ -438,6 +438,10 @@ fn fresh_configs(
                 insecure: api_keys.is_none(),
                 tls: api_keys.is_some().then(|| secrets::tls_files(dir, id)),
                 api_keys: api_keys.clone().unwrap_or_default(),
+                // Nothing balances load in front of a local region: stop at once.
+                drain_ms: 0,
+                log: Default::default(),
+                metrics: Default::default(),
             },
         }
     })

@@ -483,10 +483,11 @@ impl<SM: GroupMachine> SnapshotBuilder<SM> {
         meta: &SnapshotMeta,
         error: StoreError,
     ) -> Result<Snapshot<GroupConfig<SM>>, StorageError> {
-        eprintln!(
-            "warning: group {}: snapshot up to {:?} not built, keeping the previous one: {error}",
-            self.shared.group,
-            meta.last_log_id.map(|id| id.index)
+        tracing::warn!(
+            group = %self.shared.group,
+            up_to = ?meta.last_log_id.map(|id| id.index),
+            %error,
+            "snapshot not built, keeping the previous one"
         );
         metrics::counter!("reservoir_raft_snapshot_failures_total", "group" => self.shared.group.clone())
             .increment(1);

@@ -12,6 +12,7 @@ mod cluster_flows;
 mod host_names;
 mod leader_crash;
 mod load_tester;
+mod observability;
 mod operate;
 mod region_faults;
 mod region_isolation;

@@ -251,6 +251,9 @@ impl Refusal {
     pub fn to_status(&self) -> Status {
         metrics::counter!("reservoir_refused_total", "plane" => "client", "reason" => self.reason())
             .increment(1);
+        if tracing::enabled!(tracing::Level::DEBUG) && crate::server::logging::call_line_allowed() {
+            tracing::debug!(reason = self.reason(), "client call refused before it ran");
+        }
         match self {
             Refusal::MissingCredentials => status_with_info(
                 Code::Unauthenticated,

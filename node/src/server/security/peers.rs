@@ -209,6 +209,9 @@ impl PeerPolicy {
 /// A peer-plane refusal, counted.
 pub fn refused(code: Code, reason: &'static str, message: String) -> Status {
     metrics::counter!("reservoir_refused_total", "plane" => "peer", "reason" => reason).increment(1);
+    if crate::server::logging::call_line_allowed() {
+        tracing::warn!(reason, detail = %message, "peer-plane message refused");
+    }
     status_with_info(code, message, reason, vec![])
 }
 

@@ -10,7 +10,9 @@ use reservoir_tokens::RegionApplied;
 use reservoir_tokens::audit;
 use tonic::{Request, Response, Status};
 
-use super::{Caller, Plane, forward_failed, forwarding, leader_answer, recorded, unexpected};
+use super::{
+    Caller, Plane, forward_failed, forwarding, leader_answer, note_request_id, recorded, unexpected,
+};
 use crate::on_group;
 use crate::server::control::{LedgerCall, LedgerReply};
 use crate::server::edge;
@@ -423,7 +425,8 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         request: Request<v1::AdjustStockRequest>,
     ) -> Result<Response<v1::AdjustStockResponse>, Status> {
-        recorded("adjust_stock", async {
+        recorded(self.plane, "adjust_stock", async {
+            note_request_id(&request.get_ref().request_id);
             let caller = self
                 .plane
                 .caller(&self.node, &request, Permission::AdjustStock)
@@ -437,7 +440,7 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         request: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::ClusterStatus>, Status> {
-        recorded("get_status", async {
+        recorded(self.plane, "get_status", async {
             self.plane
                 .caller(&self.node, &request, Permission::ReadStatus)
                 .await?;
@@ -447,7 +450,7 @@ impl v1::admin_server::Admin for AdminService {
     }
 
     async fn audit(&self, request: Request<v1::AuditRequest>) -> Result<Response<v1::AuditReport>, Status> {
-        recorded("audit", async {
+        recorded(self.plane, "audit", async {
             let caller = self.plane.caller(&self.node, &request, Permission::Audit).await?;
             self.audit_inner(&caller).await
         })
@@ -460,7 +463,7 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         request: Request<v1::BackupRequest>,
     ) -> Result<Response<Self::BackupStream>, Status> {
-        recorded("backup", async {
+        recorded(self.plane, "backup", async {
             let caller = self
                 .plane
                 .caller(&self.node, &request, Permission::Operate)
@@ -479,7 +482,7 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         request: Request<v1::GetMembershipRequest>,
     ) -> Result<Response<v1::Membership>, Status> {
-        recorded("get_membership", async {
+        recorded(self.plane, "get_membership", async {
             let caller = self
                 .plane
                 .caller(&self.node, &request, Permission::Operate)
@@ -493,7 +496,7 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         request: Request<v1::AddLearnerRequest>,
     ) -> Result<Response<v1::Membership>, Status> {
-        recorded("add_learner", async {
+        recorded(self.plane, "add_learner", async {
             let caller = self
                 .plane
                 .caller(&self.node, &request, Permission::Operate)
@@ -507,7 +510,7 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         request: Request<v1::ChangeVotersRequest>,
     ) -> Result<Response<v1::Membership>, Status> {
-        recorded("change_voters", async {
+        recorded(self.plane, "change_voters", async {
             let caller = self
                 .plane
                 .caller(&self.node, &request, Permission::Operate)
@@ -521,7 +524,7 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         request: Request<v1::TransferLeaderRequest>,
     ) -> Result<Response<v1::TransferLeaderResponse>, Status> {
-        recorded("transfer_leader", async {
+        recorded(self.plane, "transfer_leader", async {
             let caller = self
                 .plane
                 .caller(&self.node, &request, Permission::Operate)
@@ -535,7 +538,7 @@ impl v1::admin_server::Admin for AdminService {
         &self,
         request: Request<v1::TriggerSnapshotRequest>,
     ) -> Result<Response<v1::TriggerSnapshotResponse>, Status> {
-        recorded("trigger_snapshot", async {
+        recorded(self.plane, "trigger_snapshot", async {
             self.plane
                 .caller(&self.node, &request, Permission::Operate)
                 .await?;

@@ -10,7 +10,9 @@ use reservoir_tokens::{Line, RegionApplied, RegionOp, RegionState, Rejection};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use super::{Caller, Plane, forwarding, leader_answer, recorded, unexpected};
+use super::{
+    Caller, Plane, forwarding, leader_answer, note_request_id, note_reservation_id, recorded, unexpected,
+};
 use crate::server::edge;
 use crate::server::node::{Node, Route, TOPUP_POLL, WriteError};
 use crate::server::security::Permission;
@@ -88,6 +90,7 @@ impl InventoryService {
             (validated.max_wait_ms > 0 && !self.node.config().standalone).then(|| validated.op.clone());
         let forwarded = caller.forwarded;
         let mut outcome = self.node.write(validated.op, forwarded).await;
+        let mut waited = false;
         if !matches!(outcome, Ok(Route::Leader(_))) {
             // Counted where the reserve is proposed (the leader), once.
             let now = self.node.now_ms();
@@ -101,6 +104,7 @@ impl InventoryService {
             }
             if let Some(op) = retry {
                 metrics::counter!("reservoir_reserves_waited_total").increment(1);
+                waited = true;
                 if self
                     .wait_for_tokens(&lines, Duration::from_millis(validated.max_wait_ms))
                     .await
@@ -109,12 +113,19 @@ impl InventoryService {
                 }
             }
         }
+        match &outcome {
+            Ok(Route::Applied(RegionApplied::Reservation(_))) => count_hit(waited),
+            Err(WriteError::Rejected(Rejection::InsufficientStock { .. })) => count_short(1),
+            _ => {}
+        }
         match outcome? {
             Route::Applied(RegionApplied::Reservation(r)) => {
                 self.check_low_water(&r.lines);
-                Ok(v1::ReserveResponse {
-                    reservation: self.reservation(r),
-                })
+                let reservation = self.reservation(r);
+                if let Some(r) = &reservation {
+                    note_reservation_id(&r.reservation_id);
+                }
+                Ok(v1::ReserveResponse { reservation })
             }
             Route::Applied(other) => Err(unexpected("reserve", &other)),
             Route::Leader(addr) => {
@@ -216,6 +227,7 @@ impl InventoryService {
                         continue;
                     }
                 }
+                count_batch_outcome(&outcome, false);
                 results[i] = Some(self.batch_result(outcome, &mut reserved));
             }
         }
@@ -242,6 +254,7 @@ impl InventoryService {
                 match self.node.write_many(ops).await {
                     Ok(outcomes) => {
                         for (i, outcome) in slots.into_iter().zip(outcomes) {
+                            count_batch_outcome(&outcome, true);
                             results[i] = Some(self.batch_result(outcome, &mut reserved));
                         }
                     }
@@ -254,6 +267,7 @@ impl InventoryService {
                     }
                 }
             } else {
+                count_short(waiting.len() as u64);
                 for (i, _, _, rejection) in waiting {
                     results[i] = Some(batch_error(&rejection));
                 }
@@ -420,7 +434,8 @@ impl v1::inventory_server::Inventory for InventoryService {
         &self,
         request: Request<v1::ReserveRequest>,
     ) -> Result<Response<v1::ReserveResponse>, Status> {
-        let answer = recorded("reserve", async {
+        let answer = recorded(self.plane, "reserve", async {
+            note_request_id(&request.get_ref().request_id);
             let caller = self.plane.caller(&self.node, &request, Permission::Write).await?;
             self.reserve_inner(&caller, request.into_inner()).await
         })
@@ -432,7 +447,7 @@ impl v1::inventory_server::Inventory for InventoryService {
         &self,
         request: Request<v1::ReserveBatchRequest>,
     ) -> Result<Response<v1::ReserveBatchResponse>, Status> {
-        let answer = recorded("reserve_batch", async {
+        let answer = recorded(self.plane, "reserve_batch", async {
             let caller = self.plane.caller(&self.node, &request, Permission::Write).await?;
             self.reserve_batch_inner(&caller, request.into_inner()).await
         })
@@ -444,7 +459,8 @@ impl v1::inventory_server::Inventory for InventoryService {
         &self,
         request: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
-        let answer = recorded("release", async {
+        let answer = recorded(self.plane, "release", async {
+            note_reservation_id(&request.get_ref().reservation_id);
             let caller = self.plane.caller(&self.node, &request, Permission::Write).await?;
             self.release_inner(&caller, request.into_inner()).await
         })
@@ -456,7 +472,8 @@ impl v1::inventory_server::Inventory for InventoryService {
         &self,
         request: Request<v1::ConfirmRequest>,
     ) -> Result<Response<v1::ConfirmResponse>, Status> {
-        let answer = recorded("confirm", async {
+        let answer = recorded(self.plane, "confirm", async {
+            note_reservation_id(&request.get_ref().reservation_id);
             let caller = self.plane.caller(&self.node, &request, Permission::Write).await?;
             self.confirm_inner(&caller, request.into_inner()).await
         })
@@ -468,7 +485,8 @@ impl v1::inventory_server::Inventory for InventoryService {
         &self,
         request: Request<v1::ExtendRequest>,
     ) -> Result<Response<v1::ExtendResponse>, Status> {
-        let answer = recorded("extend", async {
+        let answer = recorded(self.plane, "extend", async {
+            note_reservation_id(&request.get_ref().reservation_id);
             let caller = self.plane.caller(&self.node, &request, Permission::Write).await?;
             self.extend_inner(&caller, request.into_inner()).await
         })
@@ -480,7 +498,8 @@ impl v1::inventory_server::Inventory for InventoryService {
         &self,
         request: Request<v1::GetReservationRequest>,
     ) -> Result<Response<v1::Reservation>, Status> {
-        let answer = recorded("get_reservation", async {
+        let answer = recorded(self.plane, "get_reservation", async {
+            note_reservation_id(&request.get_ref().reservation_id);
             let caller = self
                 .plane
                 .caller(&self.node, &request, Permission::ReadReservation)
@@ -495,7 +514,7 @@ impl v1::inventory_server::Inventory for InventoryService {
         &self,
         request: Request<v1::GetAvailabilityRequest>,
     ) -> Result<Response<v1::Availability>, Status> {
-        let answer = recorded("get_availability", async {
+        let answer = recorded(self.plane, "get_availability", async {
             self.plane
                 .caller(&self.node, &request, Permission::ReadAvailability)
                 .await?;
@@ -503,6 +522,30 @@ impl v1::inventory_server::Inventory for InventoryService {
         })
         .await;
         self.hinted(answer)
+    }
+}
+
+/// Counts a reserve that held tokens in `reservoir_reserve_hits_total`:
+/// `local` when the region had them, `after_topup` when it waited for them.
+fn count_hit(waited: bool) {
+    if waited {
+        metrics::counter!("reservoir_reserve_hits_total", "result" => "after_topup").increment(1);
+    } else {
+        metrics::counter!("reservoir_reserve_hits_total", "result" => "local").increment(1);
+    }
+}
+
+/// Counts `n` reserves refused for want of tokens (`short`).
+fn count_short(n: u64) {
+    metrics::counter!("reservoir_reserve_hits_total", "result" => "short").increment(n);
+}
+
+/// Counts one reserve of a batch by its outcome (after a wait or not).
+fn count_batch_outcome(outcome: &Result<RegionApplied, Rejection>, waited: bool) {
+    match outcome {
+        Ok(RegionApplied::Reservation(_)) => count_hit(waited),
+        Err(Rejection::InsufficientStock { .. }) => count_short(1),
+        _ => {}
     }
 }
 

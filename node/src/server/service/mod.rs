@@ -15,14 +15,26 @@
 //! ([`crate::server::security::clients`]), and a client-set forwarding mark
 //! means nothing; on the peer plane only calls forwarded by a node of this
 //! group are taken ([`crate::server::security::peers`]). This module holds
-//! what the services share: who the caller is, forwarding, and a count and
-//! latency per call.
+//! what the services share: who the caller is, forwarding, and a count,
+//! latency and span per call.
+//!
+//! Each call runs in an `rpc` span (target
+//! [`RPC_TARGET`](crate::server::logging::RPC_TARGET)): `method`, `plane`
+//! (`client`, or `peer` for a call forwarded to this leader), `from` (the
+//! node that forwarded it), `request_id` or `reservation_id` (as the client
+//! sent it, cut to a bound), and `leader` (the address it was forwarded to,
+//! when this node forwarded it). What the call logs carries them; a call
+//! that fails logs one line at its end (refusals at debug, a failure of the
+//! node at info, a bug at error), within the log budget.
 
 use std::future::Future;
 use std::time::Instant;
 
 use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
+use tracing::field::Empty;
 
+use crate::server::logging::{RPC_TARGET, bounded, call_line_allowed};
 use crate::server::node::{FORWARD_TIMEOUT, FORWARDED_HEADER, Node, PRINCIPAL_HEADER};
 use crate::server::security::peers::{Senders, refused};
 use crate::server::security::{Permission, clients};
@@ -43,6 +55,16 @@ pub enum Plane {
     Client,
     /// The peer listener: calls forwarded by nodes of this group.
     Peer,
+}
+
+impl Plane {
+    /// The plane's name, as a metric label and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Plane::Client => "client",
+            Plane::Peer => "peer",
+        }
+    }
 }
 
 /// Who a call is for, once it may run.
@@ -76,6 +98,9 @@ impl Plane {
             Plane::Peer => {
                 let policy = node.peer_policy();
                 let from = policy.caller(request.extensions())?;
+                if let Some(from) = &from {
+                    tracing::Span::current().record("from", from.id);
+                }
                 policy.require(from.as_ref(), Senders::Group, "a forwarded client call")?;
                 if !request.metadata().contains_key(FORWARDED_HEADER) {
                     return Err(refused(
@@ -134,6 +159,13 @@ pub(super) fn forward_failed(status: Status) -> Status {
     if reservoir_client::reason_of(&status).is_some() || !transport {
         return status;
     }
+    if call_line_allowed() {
+        tracing::warn!(
+            code = ?status.code(),
+            detail = status.message(),
+            "forwarded call failed in transport; the outcome is unknown"
+        );
+    }
     status_with_info(
         Code::Unavailable,
         format!(
@@ -157,29 +189,87 @@ pub(super) fn unexpected(what: &str, reply: &impl std::fmt::Debug) -> Status {
     )
 }
 
-/// Runs a call, records its count and latency by RPC and outcome, and wraps
-/// its answer.
+/// Runs a call on `plane` in its `rpc` span, records its count and latency
+/// by RPC, outcome and plane, logs a failure, and wraps its answer.
 pub(super) async fn recorded<T>(
+    plane: Plane,
     rpc: &'static str,
     call: impl std::future::Future<Output = Result<T, Status>>,
 ) -> Result<Response<T>, Status> {
-    let started = Instant::now();
-    let result = call.await;
-    record(rpc, started, &result);
-    result.map(Response::new)
+    let span = tracing::info_span!(
+        target: RPC_TARGET,
+        "rpc",
+        method = rpc,
+        plane = plane.as_str(),
+        from = Empty,
+        request_id = Empty,
+        reservation_id = Empty,
+        leader = Empty,
+    );
+    async move {
+        let started = Instant::now();
+        let result = call.await;
+        record(plane, rpc, started, &result);
+        result.map(Response::new)
+    }
+    .instrument(span)
+    .await
 }
 
-/// Records a call's count and latency by RPC and outcome: `ok`, or the
-/// reason a client would read (`reservoir_client::reason_or_code`: the
-/// ErrorInfo reason, else the code's name, e.g. `FAILED_PRECONDITION`).
-fn record<T>(rpc: &'static str, started: Instant, result: &Result<T, Status>) {
+/// Notes the request id a call carries on its span.
+pub(super) fn note_request_id(request_id: &str) {
+    tracing::Span::current().record("request_id", bounded(request_id));
+}
+
+/// Notes the reservation a call is about (or made) on its span.
+pub(super) fn note_reservation_id(reservation_id: &str) {
+    tracing::Span::current().record("reservation_id", bounded(reservation_id));
+}
+
+/// Records a call's count and latency by RPC, outcome and plane: `ok`, or
+/// the reason a client would read (`reservoir_client::reason_or_code`: the
+/// ErrorInfo reason, else the code's name, e.g. `FAILED_PRECONDITION`); and
+/// logs a failed call, in its span.
+fn record<T>(plane: Plane, rpc: &'static str, started: Instant, result: &Result<T, Status>) {
     let outcome = match result {
         Ok(_) => "ok".to_string(),
         Err(s) => reservoir_client::reason_or_code(s),
     };
-    metrics::counter!("reservoir_requests_total", "rpc" => rpc, "outcome" => outcome.clone()).increment(1);
-    metrics::histogram!("reservoir_request_seconds", "rpc" => rpc, "outcome" => outcome)
+    let plane = plane.as_str();
+    metrics::counter!("reservoir_requests_total", "rpc" => rpc, "outcome" => outcome.clone(), "plane" => plane)
+        .increment(1);
+    metrics::histogram!("reservoir_request_seconds", "rpc" => rpc, "outcome" => outcome.clone(), "plane" => plane)
         .record(started.elapsed().as_secs_f64());
+    if let Err(status) = result {
+        log_failure(status, &outcome);
+    }
+}
+
+/// One line for a failed call, at the level its kind deserves: a refusal
+/// (the caller's mistake, or an answer such as sold out) at debug; the
+/// node's own failure (no leader, overloaded, timed out: retry) at info;
+/// anything else (a bug) at error. Within the log budget, which a line the
+/// filter drops does not spend.
+fn log_failure(status: &Status, outcome: &str) {
+    let code = status.code();
+    let message = status.message();
+    match code {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
+            if tracing::enabled!(tracing::Level::INFO) && call_line_allowed() {
+                tracing::info!(?code, outcome, detail = message, "call failed: retry");
+            }
+        }
+        Code::Internal | Code::Unknown | Code::DataLoss | Code::Unimplemented => {
+            if call_line_allowed() {
+                tracing::error!(?code, outcome, detail = message, "call failed");
+            }
+        }
+        _ => {
+            if tracing::enabled!(tracing::Level::DEBUG) && call_line_allowed() {
+                tracing::debug!(?code, outcome, detail = message, "call refused");
+            }
+        }
+    }
 }
 
 /// Waits for a call forwarded to the leader, at most [`FORWARD_TIMEOUT`]
@@ -189,14 +279,22 @@ fn record<T>(rpc: &'static str, started: Instant, result: &Result<T, Status>) {
 pub(super) async fn leader_answer<T>(call: impl Future<Output = Result<T, Status>>) -> Result<T, Status> {
     match tokio::time::timeout(FORWARD_TIMEOUT, call).await {
         Ok(result) => result.map_err(forward_failed),
-        Err(_) => Err(status_with_info(
-            Code::Unavailable,
-            format!(
-                "the leader did not answer a forwarded call within {FORWARD_TIMEOUT:?}; the outcome is \
-                 unknown: retry with the same request"
-            ),
-            "NO_LEADER",
-            vec![],
-        )),
+        Err(_) => {
+            if call_line_allowed() {
+                tracing::warn!(
+                    timeout = ?FORWARD_TIMEOUT,
+                    "forwarded call got no answer in time; the outcome is unknown"
+                );
+            }
+            Err(status_with_info(
+                Code::Unavailable,
+                format!(
+                    "the leader did not answer a forwarded call within {FORWARD_TIMEOUT:?}; the outcome is \
+                     unknown: retry with the same request"
+                ),
+                "NO_LEADER",
+                vec![],
+            ))
+        }
     }
 }

@@ -51,8 +51,9 @@ def log(msg):
     print(f"[{time.monotonic() - START:6.1f}s] {msg}", flush=True)
 
 
-def run(cmd, check=True, capture=False, env=None, timeout=600):
-    """Runs a command; with capture, returns its stdout."""
+def run(cmd, check=True, capture=False, env=None, timeout=600, merge=True):
+    """Runs a command; with capture, returns its stdout (and its stderr,
+    with merge; without, stderr goes to ours)."""
     shown = " ".join(cmd)
     if not capture:
         log(f"$ {shown}")
@@ -62,7 +63,7 @@ def run(cmd, check=True, capture=False, env=None, timeout=600):
         cwd=ROOT,
         env=full_env,
         stdout=subprocess.PIPE if capture else None,
-        stderr=subprocess.STDOUT if capture else None,
+        stderr=subprocess.STDOUT if capture and merge else None,
         text=True,
         timeout=timeout,
     )
@@ -84,13 +85,14 @@ class Compose:
             env["RESERVOIR_ID_" + service.upper().replace("-", "_")] = str(node_id)
         return env
 
-    def __call__(self, *args, check=True, capture=False, timeout=600):
+    def __call__(self, *args, check=True, capture=False, timeout=600, merge=True):
         return run(
             ["docker-compose", "-f", COMPOSE_FILE, "-p", self.project, *args],
             check=check,
             capture=capture,
             env=self.env(),
             timeout=timeout,
+            merge=merge,
         )
 
     def container(self, service):
@@ -106,7 +108,7 @@ class Compose:
         """`reservoir ARGS` in a throwaway container on every network."""
         return self(
             "run", "--rm", "--no-deps", "--entrypoint", "/usr/local/bin/reservoir", "loadtest",
-            *args, check=check, capture=True,
+            *args, check=check, capture=True, merge=False,
         )
 
 

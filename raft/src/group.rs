@@ -33,6 +33,11 @@ pub const REPLICATION_ENTRIES_MAX: u64 = 32;
 /// How long a proposal, a batch's write and a linearizable read may take by
 /// default before they give up with [`ProposeError::Timeout`].
 pub const PROPOSE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Tries of a linearizable read's leadership check that found too few
+/// replies in time (see `Group::read_index`).
+pub const READ_QUORUM_TRIES: u32 = 20;
+/// Pause between those tries.
+pub const READ_QUORUM_RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// Why a proposal or a linearizable read did not happen.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -635,18 +640,40 @@ impl<SM: GroupMachine> Group<SM> {
 
     /// openraft's read index: confirms leadership with a quorum and waits
     /// until this node has applied up to the returned log id.
+    ///
+    /// openraft 0.9.25 confirms leadership with one heartbeat to each
+    /// follower and gives each reply one heartbeat interval (50 ms by
+    /// default), with no second try: on a loaded host a follower that
+    /// answers in 60 ms fails the read though the group is healthy (seen
+    /// in the compose cluster: a ledger leader whose every read failed while
+    /// replication kept acknowledging). So a read that found too few
+    /// replies asks again, up to [`READ_QUORUM_TRIES`] times (the caller's
+    /// bound, `propose_timeout`, still holds); a leader that really lost
+    /// its quorum is answered by a later `ForwardToLeader` or the bound.
     async fn read_index(&self) -> Result<Option<openraft::LogId<NodeId>>, ProposeError> {
-        match self.raft.ensure_linearizable().await {
-            Ok(read_log_id) => Ok(read_log_id),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(fwd))) => {
-                Err(ProposeError::NotLeader {
-                    leader: self.leader_of(&fwd),
-                })
-            }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                Err(ProposeError::NoQuorum(e.to_string()))
-            }
-            Err(RaftError::Fatal(e)) => Err(ProposeError::Stopped(e.to_string())),
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            return match self.raft.ensure_linearizable().await {
+                Ok(read_log_id) => Ok(read_log_id),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(fwd))) => {
+                    Err(ProposeError::NotLeader {
+                        leader: self.leader_of(&fwd),
+                    })
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))
+                    if tries < READ_QUORUM_TRIES =>
+                {
+                    metrics::counter!("reservoir_raft_read_quorum_retries_total", "group" => self.name.clone())
+                        .increment(1);
+                    tokio::time::sleep(READ_QUORUM_RETRY_PAUSE).await;
+                    continue;
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                    Err(ProposeError::NoQuorum(e.to_string()))
+                }
+                Err(RaftError::Fatal(e)) => Err(ProposeError::Stopped(e.to_string())),
+            };
         }
     }
 

@@ -25,10 +25,18 @@ struct AppState {
 }
 
 /// The HTTP routes of a node: readiness from `health`, metrics rendered
-/// from `metrics`.
-pub fn router(node: Arc<Node>, metrics: PrometheusHandle, health: Arc<Health>) -> Router {
+/// from `metrics`, and `grpc_health` (the client listener's
+/// `grpc.health.v1.Health`, the same reporter) over cleartext HTTP/2, for
+/// probes that speak gRPC health without TLS (Kubernetes' `grpc` probes).
+pub fn router(
+    node: Arc<Node>,
+    metrics: PrometheusHandle,
+    health: Arc<Health>,
+    grpc_health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) -> Router {
     let skus = Arc::new(SkuLabels::new(&node.config().metrics));
     Router::new()
+        .route_service("/grpc.health.v1.Health/{method}", grpc_health)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

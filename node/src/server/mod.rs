@@ -260,6 +260,8 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
             .await;
     }
     tokio::spawn(health.clone().publish(reporter));
+    // The same service on the HTTP listener (cleartext HTTP/2), for probes.
+    let grpc_health = health_service.clone();
 
     // The client plane: Inventory and Admin for authenticated clients, with
     // gRPC health and reflection.
@@ -322,7 +324,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         })
     };
     let http = {
-        let app = crate::server::http::router(node.clone(), metrics, health.clone());
+        let app = crate::server::http::router(node.clone(), metrics, health.clone(), grpc_health);
         let mut rx = shutdown_rx.clone();
         tokio::spawn(async move {
             axum::serve(http_listener, app)

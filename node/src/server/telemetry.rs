@@ -319,6 +319,11 @@ pub const CATALOG: &[(&str, Kind, &str)] = &[
         "linearizable reads that got no answer in time",
     ),
     (
+        "reservoir_raft_read_quorum_retries_total",
+        Kind::Counter,
+        "leadership checks of linearizable reads asked again after too few replies in time",
+    ),
+    (
         "reservoir_raft_batch_timeouts_total",
         Kind::Counter,
         "batches whose write got no outcome in time",
@@ -467,6 +472,7 @@ pub fn register(node: &Node) {
         for name in [
             "reservoir_raft_propose_timeouts_total",
             "reservoir_raft_read_timeouts_total",
+            "reservoir_raft_read_quorum_retries_total",
             "reservoir_raft_batch_timeouts_total",
             "reservoir_raft_snapshots_built_total",
             "reservoir_raft_snapshots_installed_total",

@@ -310,7 +310,9 @@ fn operations_config(path: &Path) {
 }
 
 /// Polls one node's gRPC health, asked without a key, until every name of
-/// [`HEALTH_NAMES`] answers `wanted`.
+/// [`HEALTH_NAMES`] answers `wanted`, on both listeners that serve it: the
+/// client listener (TLS) and the HTTP listener (cleartext HTTP/2, for
+/// Kubernetes' `grpc` probes).
 async fn wait_health(cluster: &Cluster, id: u64, wanted: ServingStatus) {
     let file = cluster.file();
     let ca = file
@@ -319,18 +321,25 @@ async fn wait_health(cluster: &Cluster, id: u64, wanted: ServingStatus) {
         .map(|tls| cluster.dir().join(&tls.ca_file))
         .expect("a secure cluster names its CA");
     let credentials = Credentials::new(Some(&ca), None).expect("the cluster's CA");
-    let mut client = HealthClient::new(channel(&credentials, &cluster.node(id).grpc));
+    let plaintext = Credentials::new(None, None).expect("no credentials");
+    let node = cluster.node(id);
+    let mut clients = [
+        ("client", HealthClient::new(channel(&credentials, &node.grpc))),
+        ("http", HealthClient::new(channel(&plaintext, &node.http()))),
+    ];
     let give_up = Instant::now() + HEALTH_DEADLINE;
     loop {
         let mut seen = Vec::new();
-        for name in HEALTH_NAMES {
-            let answer = client
-                .check(HealthCheckRequest {
-                    service: name.to_string(),
-                })
-                .await
-                .map(|r| ServingStatus::try_from(r.into_inner().status));
-            seen.push((name, answer));
+        for (listener, client) in &mut clients {
+            for name in HEALTH_NAMES {
+                let answer = client
+                    .check(HealthCheckRequest {
+                        service: name.to_string(),
+                    })
+                    .await
+                    .map(|r| ServingStatus::try_from(r.into_inner().status));
+                seen.push(((*listener, name), answer));
+            }
         }
         if seen
             .iter()

@@ -94,7 +94,7 @@ pub fn parse_addr(text: &str) -> Result<NodeAddr, String> {
 }
 
 /// The node a client command talks to, and how it proves itself.
-#[derive(Debug, Default, Args)]
+#[derive(Clone, Debug, Default, Args)]
 pub struct Target {
     /// Any node of the region: host:port (or http://, https://) [default
     /// with --cluster: the first node it lists for us-east].

@@ -32,7 +32,7 @@ pub const CATCH_UP_TIMEOUT_S_MAX: u64 = 24 * 3600;
 pub const PROGRESS_POLL: Duration = Duration::from_millis(500);
 
 /// The group an operator command is for.
-#[derive(Debug, Default, Args)]
+#[derive(Clone, Debug, Default, Args)]
 pub struct GroupArg {
     /// The Raft group: the region's own (default) or `ledger` (on a node of
     /// the home region).
@@ -41,7 +41,7 @@ pub struct GroupArg {
 }
 
 /// The operator commands.
-#[derive(Debug, Subcommand)]
+#[derive(Clone, Debug, Subcommand)]
 pub enum OperateCommand {
     /// Print a group's voters and learners, and how far each member's log
     /// has come (Admin.GetMembership, asked of the leader).
@@ -159,6 +159,27 @@ impl OperateCommand {
     }
 }
 
+/// Tries of an operator command answered with a retryable error.
+pub const COMMAND_TRIES: u32 = 10;
+/// Pause between those tries.
+pub const COMMAND_RETRY_PAUSE: Duration = Duration::from_millis(300);
+
+/// Tries of `transfer-leader` that meet a passing obstacle.
+pub const TRANSFER_TRIES: u32 = 5;
+/// Pause between those tries.
+pub const TRANSFER_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// True for a `TransferLeader` failure that asking again may mend: a
+/// transfer beaten by another election, or by a target that was not
+/// caught up in time (the API's retryable answers are asked again for
+/// every operator command, in [`run`]).
+fn transfer_again(status: &Status) -> bool {
+    matches!(
+        reason_of(status).as_deref(),
+        Some("TRANSFERRED_ELSEWHERE" | "TRANSFER_REFUSED" | "NOT_CAUGHT_UP" | "ADMIN_TIMEOUT")
+    )
+}
+
 /// Runs one operator command; returns the text to print on success.
 pub async fn run(command: OperateCommand) -> Result<String, ClientError> {
     let connection = command
@@ -166,10 +187,31 @@ pub async fn run(command: OperateCommand) -> Result<String, ClientError> {
         .resolve("admin", |name| std::env::var(name).ok())?;
     let channel = connect(&connection).await?;
     let tls = connection.credentials.is_tls();
-    call(command, channel).await.map_err(|e| match e {
-        ClientError::Status(status) => ClientError::Status(explained(status, tls)),
-        other => other,
-    })
+    // Every operator command finds its work done when asked again, so one
+    // that meets an election (NO_LEADER) or a busy node is asked again, a
+    // few times, as the API's retry rule says.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match call(command.clone(), channel.clone()).await {
+            Err(ClientError::Status(status))
+                if tries < COMMAND_TRIES && reservoir_client::is_retryable(&status) =>
+            {
+                eprintln!(
+                    "{}: {}; asking again",
+                    reason_of(&status).unwrap_or_else(|| format!("{:?}", status.code())),
+                    status.message()
+                );
+                tokio::time::sleep(COMMAND_RETRY_PAUSE).await;
+            }
+            done => {
+                return done.map_err(|e| match e {
+                    ClientError::Status(status) => ClientError::Status(explained(status, tls)),
+                    other => other,
+                });
+            }
+        }
+    }
 }
 
 async fn call(command: OperateCommand, channel: ClientChannel) -> Result<String, ClientError> {
@@ -246,13 +288,33 @@ async fn call(command: OperateCommand, channel: ClientChannel) -> Result<String,
             ))
         }
         OperateCommand::TransferLeader { group, to, .. } => {
-            let answer = admin
-                .transfer_leader(v1::TransferLeaderRequest {
-                    group: group.group,
-                    to: to.unwrap_or(0),
-                })
-                .await?
-                .into_inner();
+            // A transfer can meet an election it did not start (a third
+            // node's timer fired: TRANSFERRED_ELSEWHERE), a target that
+            // could not catch up in its second (NOT_CAUGHT_UP), or a leader
+            // that just changed (NO_LEADER): each is worth asking again, a
+            // few times.
+            let mut tries = 0;
+            let answer = loop {
+                tries += 1;
+                let asked = admin
+                    .transfer_leader(v1::TransferLeaderRequest {
+                        group: group.group.clone(),
+                        to: to.unwrap_or(0),
+                    })
+                    .await;
+                match asked {
+                    Ok(answer) => break answer.into_inner(),
+                    Err(status) if tries < TRANSFER_TRIES && transfer_again(&status) => {
+                        eprintln!(
+                            "transfer-leader: {}: {}; asking again",
+                            reason_of(&status).unwrap_or_else(|| format!("{:?}", status.code())),
+                            status.message()
+                        );
+                        tokio::time::sleep(TRANSFER_RETRY_PAUSE).await;
+                    }
+                    Err(status) => return Err(status.into()),
+                }
+            };
             Ok(format!("{}: node {} leads", answer.group, answer.leader_id))
         }
         OperateCommand::Backup { out, .. } => {

@@ -101,9 +101,11 @@ pub struct AckReport {
 }
 
 impl AckReport {
-    /// True when every filed reservation was found in an allowed state.
+    /// True when some reservations were filed, none past the bound, and
+    /// every one was found in an allowed state (a run that acknowledged
+    /// nothing proves nothing).
     pub fn clean(&self) -> bool {
-        self.lost == 0 && self.wrong_state == 0 && self.unread == 0
+        self.filed > 0 && self.not_filed == 0 && self.lost == 0 && self.wrong_state == 0 && self.unread == 0
     }
 }
 

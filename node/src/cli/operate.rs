@@ -169,10 +169,16 @@ pub const TRANSFER_TRIES: u32 = 5;
 /// Pause between those tries.
 pub const TRANSFER_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
+/// True when leadership has moved as a transfer from `from` asked: a
+/// leader other than `from`, and the one asked for, if any.
+fn moved(from: u64, now: u64, to: Option<u64>) -> bool {
+    now != 0 && now != from && to.is_none_or(|to| to == now)
+}
+
 /// True for a `TransferLeader` failure that asking again may mend: a
 /// transfer beaten by another election, or by a target that was not
-/// caught up in time (the API's retryable answers are asked again for
-/// every operator command, in [`run`]).
+/// caught up in time (with the API's retryable answers, which every
+/// operator command asks again, in [`run`]).
 fn transfer_again(status: &Status) -> bool {
     matches!(
         reason_of(status).as_deref(),
@@ -193,7 +199,16 @@ pub async fn run(command: OperateCommand) -> Result<String, ClientError> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match call(command.clone(), channel.clone()).await {
+        let asked = call(command.clone(), channel.clone()).await;
+        // A removal that was asked again (its first answer lost) and finds
+        // the node gone was done by the first ask.
+        if let (OperateCommand::RemoveNode { id, .. }, Err(ClientError::Status(status))) = (&command, &asked)
+            && tries > 1
+            && reason_of(status).as_deref() == Some("UNKNOWN_NODE")
+        {
+            return Ok(format!("node {id} removed (found so when asked again)"));
+        }
+        match asked {
             Err(ClientError::Status(status))
                 if tries < COMMAND_TRIES && reservoir_client::is_retryable(&status) =>
             {
@@ -290,11 +305,15 @@ async fn call(command: OperateCommand, channel: ClientChannel) -> Result<String,
         OperateCommand::TransferLeader { group, to, .. } => {
             // A transfer can meet an election it did not start (a third
             // node's timer fired: TRANSFERRED_ELSEWHERE), a target that
-            // could not catch up in its second (NOT_CAUGHT_UP), or a leader
-            // that just changed (NO_LEADER): each is worth asking again, a
-            // few times.
+            // could not catch up in its second (NOT_CAUGHT_UP), a leader
+            // that just changed (NO_LEADER), or lose its answer: each is
+            // worth asking again, a few times, but only after checking
+            // that leadership has not already moved off the leader this
+            // command started from (asking again then would move it on,
+            // maybe back).
+            let from = membership(&mut admin, &group.group).await?.leader_id;
             let mut tries = 0;
-            let answer = loop {
+            let (name, leader_id) = loop {
                 tries += 1;
                 let asked = admin
                     .transfer_leader(v1::TransferLeaderRequest {
@@ -302,20 +321,33 @@ async fn call(command: OperateCommand, channel: ClientChannel) -> Result<String,
                         to: to.unwrap_or(0),
                     })
                     .await;
-                match asked {
-                    Ok(answer) => break answer.into_inner(),
-                    Err(status) if tries < TRANSFER_TRIES && transfer_again(&status) => {
-                        eprintln!(
-                            "transfer-leader: {}: {}; asking again",
-                            reason_of(&status).unwrap_or_else(|| format!("{:?}", status.code())),
-                            status.message()
-                        );
-                        tokio::time::sleep(TRANSFER_RETRY_PAUSE).await;
+                let status = match asked {
+                    Ok(answer) => {
+                        let answer = answer.into_inner();
+                        break (answer.group, answer.leader_id);
+                    }
+                    Err(status)
+                        if tries < TRANSFER_TRIES
+                            && (transfer_again(&status) || reservoir_client::is_retryable(&status)) =>
+                    {
+                        status
                     }
                     Err(status) => return Err(status.into()),
+                };
+                eprintln!(
+                    "transfer-leader: {}: {}",
+                    reason_of(&status).unwrap_or_else(|| format!("{:?}", status.code())),
+                    status.message()
+                );
+                tokio::time::sleep(TRANSFER_RETRY_PAUSE).await;
+                if let Ok(now) = membership(&mut admin, &group.group).await
+                    && moved(from, now.leader_id, to)
+                {
+                    break (now.group, now.leader_id);
                 }
+                eprintln!("transfer-leader: asking again");
             };
-            Ok(format!("{}: node {} leads", answer.group, answer.leader_id))
+            Ok(format!("{name}: node {leader_id} leads"))
         }
         OperateCommand::Backup { out, .. } => {
             use crate::server::backup::{BACKUP_BYTES_MAX, decode, describe};
@@ -535,4 +567,20 @@ pub fn format_membership(view: &v1::Membership) -> String {
     }
     out += &table(&rows);
     out.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transfer has happened when a leader other than the one it started
+    /// from leads, and the one asked for, if any.
+    #[test]
+    fn a_transfer_has_moved_only_off_its_leader_and_to_its_target() {
+        assert!(moved(1, 2, None));
+        assert!(moved(1, 2, Some(2)));
+        assert!(!moved(1, 3, Some(2)));
+        assert!(!moved(1, 1, None));
+        assert!(!moved(1, 0, None));
+    }
 }

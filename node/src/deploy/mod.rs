@@ -473,6 +473,70 @@ mod tests {
         assert!(e.1.contains("colour"), "{e:?}");
     }
 
+    /// A node that replaces another: refused naming the field when the
+    /// replaced id is not an original node of its region or the region is
+    /// the home one; else written with `join = true`, the region's voters
+    /// without the replaced node, and named by no other config and not in
+    /// `cluster.json`. `remote_host` names a node to the other regions.
+    #[test]
+    fn replacements_and_remote_names() {
+        let good = three_regions().replace(
+            "{ id = 9, host = \"ap-south-3\" },",
+            "{ id = 9, host = \"ap-south-3\", remote_host = \"ap-south-3.wan\" },\n  { id = 10, host = \"ap-south-3\", replaces = 9 },",
+        );
+        let t = parse(&good).unwrap();
+        for (text, field) in [
+            (
+                good.replace("replaces = 9", "replaces = 4"),
+                "regions.nodes.replaces",
+            ),
+            (
+                good.replace("replaces = 9", "replaces = 99"),
+                "regions.nodes.replaces",
+            ),
+            (
+                good.replace(
+                    "{ id = 3, host = \"us-east-3\" },",
+                    "{ id = 3, host = \"us-east-3\" },\n  { id = 11, host = \"us-east-3\", replaces = 3 },",
+                ),
+                "regions.nodes.replaces",
+            ),
+            (
+                good.replace("\"ap-south-3.wan\"", "\"ap south\""),
+                "regions.nodes.remote_host",
+            ),
+        ] {
+            assert_eq!(parse(&text).unwrap_err().0, field, "{text}");
+        }
+        let configs = configs(&t, None);
+        let new = configs.iter().find(|c| c.node_id == 10).unwrap();
+        assert!(new.join);
+        let ids: Vec<u64> = new.peers.iter().map(|p| p.id).collect();
+        assert_eq!(ids, [7, 8, 10]);
+        for c in configs.iter().filter(|c| c.node_id != 10) {
+            assert!(!c.join);
+            assert!(
+                c.peers
+                    .iter()
+                    .chain(c.regions.iter().flat_map(|r| &r.nodes))
+                    .all(|p| p.id != 10)
+            );
+            if c.region != "ap-south" {
+                let nine = c
+                    .regions
+                    .iter()
+                    .flat_map(|r| &r.nodes)
+                    .find(|p| p.id == 9)
+                    .unwrap();
+                assert_eq!(nine.peer.to_string(), "ap-south-3.wan:7001");
+            }
+        }
+        let seven = configs.iter().find(|c| c.node_id == 7).unwrap();
+        let nine = seven.peers.iter().find(|p| p.id == 9).unwrap();
+        assert_eq!(nine.peer.to_string(), "ap-south-3:7001");
+        assert!(cluster_file(&t).nodes.iter().all(|n| n.id != 10));
+    }
+
     /// Three regions: every node listens on every interface and advertises
     /// its host, names its region's peers, the ledger's nodes and the other
     /// regions' by host; only the home region's nodes host the ledger; the

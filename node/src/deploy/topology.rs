@@ -271,6 +271,16 @@ impl Topology {
                 }
                 // A replacement may take the host of the node it replaces.
                 let mut takes_replaced_host = false;
+                if node.replaces.is_some() && self.home.as_deref() == Some(region.name.as_str()) {
+                    return err(
+                        "regions.nodes.replaces",
+                        format!(
+                            "node {}: a replacement in the home region ({}) would leave the ledger group \
+                             a dead voter; not supported yet",
+                            node.id, region.name
+                        ),
+                    );
+                }
                 if let Some(old) = node.replaces {
                     match region.nodes.iter().find(|n| n.id == old) {
                         Some(r) if r.replaces.is_none() => takes_replaced_host = r.host == node.host,

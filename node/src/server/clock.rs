@@ -33,8 +33,10 @@
 //!   warning (at most one a minute) and counts it in
 //!   `reservoir_clock_skew_warnings_total{group}`.
 //!
-//! A fresh group (no time stamped yet) starts on its first leader's wall
-//! clock, so its logical time reads as Unix time from the start.
+//! A fresh group (its log holds nothing but its start, and no time was
+//! stamped) starts on its first leader's wall clock, so its logical time
+//! reads as Unix time from the start; that first leader's clock error, if
+//! any, is the group's from then on (later leaders keep to the bound).
 //!
 //! What this gives up: time the *whole* group was down does not count (a
 //! node that starts estimates from the clock it replayed), so after an
@@ -48,6 +50,9 @@
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// Log entries a group's log holds before anything was ever stamped: its
+/// first membership and a leader's blank entry or two.
+pub const FRESH_LOG_ENTRIES_MAX: u64 = 3;
 /// The most a leader's wall clock may put the group's logical time ahead of
 /// the monotonic time since its term began.
 pub const MAX_LEAD_MS: u64 = 1_000;
@@ -169,7 +174,14 @@ impl GroupClock {
     /// The stamp for a command this node proposes as leader in `term`, with
     /// the state's logical clock at `applied_ms`: its wall clock, clamped to
     /// `[base, base + MAX_LEAD_MS]` (see the module doc).
-    pub fn stamp_ms(&self, term: u64, applied_ms: u64) -> u64 {
+    ///
+    /// `log_is_new` is asked once per term, when the anchor is taken and
+    /// this node has seen no time yet: true when the group's log holds
+    /// nothing but its start (see [`FRESH_LOG_ENTRIES_MAX`]), so the group
+    /// never had a time. Only then does the anchor take the wall clock; a
+    /// node that restarted and has not yet applied its log again is not
+    /// fresh, and keeps to the bound.
+    pub fn stamp_ms(&self, term: u64, applied_ms: u64, log_is_new: impl FnOnce() -> bool) -> u64 {
         let now = self.clock.monotonic_ms();
         let wall = self.clock.now_ms();
         let mut e = self.lock();
@@ -179,7 +191,7 @@ impl GroupClock {
             // A group that never had a time (a fresh one: nothing stamped
             // yet) starts on its first leader's wall clock; every later
             // term anchors on the group's own time.
-            e.anchor_ms = if e.seen_ms == 0 && applied_ms == 0 {
+            e.anchor_ms = if e.seen_ms == 0 && applied_ms == 0 && log_is_new() {
                 wall
             } else {
                 e.estimate(now).max(applied_ms)
@@ -243,7 +255,9 @@ pub fn group_now<SM: reservoir_raft::GroupMachine>(
 ) -> u64 {
     let applied_ms = group.read(applied).unwrap_or(0);
     match group.leader_term() {
-        Some(term) => time.stamp_ms(term, applied_ms),
+        Some(term) => time.stamp_ms(term, applied_ms, || {
+            group.status().last_log_index.unwrap_or(0) <= FRESH_LOG_ENTRIES_MAX
+        }),
         None => {
             time.observe(applied_ms);
             time.estimate_ms()
@@ -366,7 +380,7 @@ mod tests {
         }
 
         fn apply(&mut self, op: RegionOp) -> reservoir_tokens::RegionOutcome {
-            let now_ms = self.nodes[self.leader].stamp_ms(self.term, self.state.clock_ms());
+            let now_ms = self.nodes[self.leader].stamp_ms(self.term, self.state.clock_ms(), || true);
             let outcome = self.state.apply(RegionCommand { now_ms, op });
             for node in &self.nodes {
                 node.observe(self.state.clock_ms());
@@ -490,12 +504,24 @@ mod tests {
                 GroupClock::new("us-east", clock, 0)
             })
             .collect();
-        assert_eq!(nodes[0].stamp_ms(1, 0), START_MS);
+        assert_eq!(nodes[0].stamp_ms(1, 0, || true), START_MS);
         real.store(2_000, Ordering::SeqCst);
-        assert_eq!(nodes[0].stamp_ms(1, START_MS), START_MS + 2_000);
+        assert_eq!(nodes[0].stamp_ms(1, START_MS, || true), START_MS + 2_000);
         // A new term anchors on the group's time, not a wall clock.
         nodes[1].observe(START_MS + 2_000);
-        assert_eq!(nodes[1].stamp_ms(2, START_MS + 2_000), START_MS + 2_000);
+        assert_eq!(nodes[1].stamp_ms(2, START_MS + 2_000, || true), START_MS + 2_000);
+        // A node that restarted and has applied nothing yet, in a group
+        // whose log goes on: not fresh, it keeps to the bound (its wall
+        // clock an hour ahead moves time at most MAX_LEAD_MS).
+        let ahead = GroupClock::new(
+            "us-east",
+            Arc::new(FakeClock {
+                real: real.clone(),
+                wall: Box::new(|real| START_MS + HOUR + real),
+            }),
+            0,
+        );
+        assert!(ahead.stamp_ms(3, 0, || false) <= 2_000 + MAX_LEAD_MS);
     }
 
     /// A follower's estimate runs on from what it last saw applied.

@@ -36,7 +36,9 @@ pub fn router(
 ) -> Router {
     let skus = Arc::new(SkuLabels::new(&node.config().metrics));
     Router::new()
-        .route_service("/grpc.health.v1.Health/{method}", grpc_health)
+        // Check only: a probe asks and goes; Watch (a stream held open) is
+        // left to the client listener, whose connections are bounded.
+        .route_service("/grpc.health.v1.Health/Check", grpc_health)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

@@ -1312,7 +1312,14 @@ async fn a_joining_node_never_initializes_a_group() {
 
     let initializing = TempDir::new().expect("temp dir");
     let (group, _storage, _router) = start(2, false, &initializing).await;
-    let status = group.status();
+    // The metrics show the initialization a moment after it (they are
+    // published by openraft's core task).
+    let give_up = std::time::Instant::now() + WAIT;
+    let mut status = group.status();
+    while status.last_log_index.is_none() && std::time::Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        status = group.status();
+    }
     assert!(
         status.last_log_index.is_some(),
         "without join it initializes: {status:?}"

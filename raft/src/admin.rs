@@ -540,6 +540,9 @@ impl<SM: GroupMachine> Group<SM> {
         if view.joint {
             return Err(AdminError::Changing);
         }
+        // Asked for any other voter: another election won by a third node
+        // did what was asked.
+        let any = to.is_none();
         let target = match to {
             Some(id) if view.voters.contains(&id) => id,
             Some(id) if view.learners.contains(&id) => return Err(AdminError::NotVoter { id }),
@@ -615,11 +618,11 @@ impl<SM: GroupMachine> Group<SM> {
             };
             if !leading {
                 return match leader {
-                    Some(leader) if leader == target => Ok(leader),
+                    Some(leader) if leader == target || (any && leader != self.node_id) => Ok(leader),
                     Some(leader) if leader != self.node_id => {
                         Err(AdminError::TransferredElsewhere { target, leader })
                     }
-                    _ => self.wait_for_new_leader(target, deadline).await,
+                    _ => self.wait_for_new_leader(target, any, deadline).await,
                 };
             }
             if Instant::now() >= deadline {
@@ -636,11 +639,19 @@ impl<SM: GroupMachine> Group<SM> {
         }
     }
 
-    async fn wait_for_new_leader(&self, target: NodeId, deadline: Instant) -> Result<NodeId, AdminError> {
+    /// Waits for a leader after this one stepped down: `target`, or with
+    /// `any` (the caller asked for any other voter) whichever other voter
+    /// won.
+    async fn wait_for_new_leader(
+        &self,
+        target: NodeId,
+        any: bool,
+        deadline: Instant,
+    ) -> Result<NodeId, AdminError> {
         loop {
             let leader = self.raft.metrics().borrow().current_leader;
             match leader {
-                Some(leader) if leader == target => return Ok(leader),
+                Some(leader) if leader == target || (any && leader != self.node_id) => return Ok(leader),
                 Some(leader) if leader != self.node_id => {
                     return Err(AdminError::TransferredElsewhere { target, leader });
                 }

@@ -46,7 +46,8 @@ fn main() -> ExitCode {
 /// `reservoir restore --backup FILE --config FILE`: seeds the node's empty
 /// data directory from the backup.
 fn restore(args: RestoreArgs) -> ExitCode {
-    let config = match NodeConfig::load(&args.config) {
+    // The config as the node will read it: the file and the environment.
+    let config = match NodeConfig::load_with_env(Some(&args.config), config::process_env()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("error: {e}");
@@ -86,15 +87,13 @@ fn probe(args: ProbeArgs) -> ExitCode {
         }
     };
     let asked = runtime.block_on(async {
-        let resolve = tokio::time::timeout(PROBE_TIMEOUT, tokio::net::lookup_host(args.http.as_str()));
-        let addr = match resolve.await {
-            Ok(Ok(mut addrs)) => addrs.next().ok_or_else(|| format!("{}: no address", args.http))?,
-            Ok(Err(e)) => return Err(format!("{}: {e}", args.http)),
-            Err(_) => return Err(format!("{}: name not resolved within 2 s", args.http)),
-        };
-        reservoir_client::http::get(addr, args.check.path(), PROBE_TIMEOUT)
-            .await
-            .map_err(|e| format!("{}{}: {e}", args.http, args.check.path()))
+        let addr: reservoir_client::HostPort = args.http.parse().map_err(|e| format!("--http: {e}"))?;
+        // The HTTP client resolves the name; the bound covers that too.
+        let get = reservoir_client::http::get(addr, args.check.path(), PROBE_TIMEOUT);
+        match tokio::time::timeout(PROBE_TIMEOUT, get).await {
+            Ok(answer) => answer.map_err(|e| format!("{}{}: {e}", args.http, args.check.path())),
+            Err(_) => Err(format!("{}: no answer within 2 s", args.http)),
+        }
     });
     match asked {
         Ok((status, body)) => {

@@ -11,7 +11,7 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::marker::PhantomData;
 
-use openraft::{BasicNode, Entry, RaftTypeConfig, TokioRuntime, impls::OneshotResponder};
+use openraft::{BasicNode, Entry, RaftTypeConfig, impls::OneshotResponder};
 use reservoir_tokens::StateMachine;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -39,9 +39,10 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
 /// instance that got it.
 pub type StorageError = openraft::StorageError<NodeId>;
 
-/// The async runtime openraft runs on. This is the one place that names it:
-/// a seeded simulation runtime replaces it here, and nowhere else.
-pub type Runtime = TokioRuntime;
+/// The async runtime openraft runs on: tokio with a seedable generator for
+/// the election timeouts (see [`crate::runtime`]). This is the one place
+/// that names it.
+pub type Runtime = crate::runtime::Runtime;
 
 /// A Raft group hosting state machine `SM`.
 pub type GroupRaft<SM> = openraft::Raft<GroupConfig<SM>>;

@@ -3,13 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::config::{Batch, GroupMachine, GroupRaft, Node, NodeId};
+use crate::config::{Batch, GroupConfig, GroupMachine, GroupRaft, Node, NodeId};
 use crate::network::{Network, RaftEndpoint, Router, SNAPSHOT_CHUNK_BYTES_DEFAULT, Wire};
 use crate::store::{GroupStores, SnapshotStatsHandle, StateReader};
 
@@ -335,12 +337,15 @@ impl<SM: GroupMachine> Group<SM> {
     /// Starts the group on this node: openraft over `stores`, its network
     /// over `wire`, its endpoint in `router`, and its proposer. Initializes
     /// the group on its very first start if this node has the smallest id.
-    pub async fn start(
+    pub async fn start<L>(
         options: GroupOptions,
-        stores: GroupStores<SM>,
+        stores: GroupStores<SM, L>,
         wire: Arc<dyn Wire>,
         router: &Router,
-    ) -> Result<Group<SM>, GroupError> {
+    ) -> Result<Group<SM>, GroupError>
+    where
+        L: openraft::storage::RaftLogStorage<GroupConfig<SM>> + Clone,
+    {
         let group = options.group.clone();
         let (election_min, election_max) = staggered_election_timeout(&options);
         let config = openraft::Config {
@@ -362,7 +367,6 @@ impl<SM: GroupMachine> Group<SM> {
         })?);
         let reader = stores.state_machine.reader();
         let log_end_at_start = {
-            use openraft::storage::RaftLogStorage;
             let mut log = stores.log.clone();
             log.get_log_state()
                 .await
@@ -615,6 +619,11 @@ impl<SM: GroupMachine> Group<SM> {
     }
 
     async fn read_linearizable_unbounded<R>(&self, f: impl FnOnce(&SM) -> R) -> Result<R, ProposeError> {
+        if reservoir_tokens::inject::on(reservoir_tokens::inject::Bug::StaleLeaderRead) && self.is_leader() {
+            // The injected bug: a node that believes it leads answers from
+            // its own state, without asking a quorum.
+            return self.read(f);
+        }
         let read_log_id = self.read_index().await?;
         let term = self.raft.metrics().borrow().current_term;
         let older_term = read_log_id.map(|id| id.leader_id.term) != Some(term);

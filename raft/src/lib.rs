@@ -62,8 +62,10 @@
 //!   learner, a replacement is one joint change, no change leaves fewer
 //!   than a majority of voters answering, and a leadership transfer pauses
 //!   new batches until the target holds the whole log.
-//! - Only [`config`] names the async runtime; a simulation runtime replaces
-//!   it there.
+//! - Only [`config`] names the async runtime ([`runtime`]: tokio with a
+//!   seedable generator for election timeouts). In a simulation
+//!   ([`runtime::simulate`]) nothing leaves the simulating thread: blocking
+//!   work runs inline and the group's timers read tokio's (simulated) clock.
 //!
 //! Layout:
 //! - [`config`]: [`GroupConfig`] (the openraft type configuration), [`Batch`]
@@ -110,6 +112,7 @@ pub mod admin;
 pub mod config;
 pub mod group;
 pub mod network;
+pub mod runtime;
 pub mod store;
 pub mod testing;
 

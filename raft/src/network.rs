@@ -172,7 +172,7 @@ struct Incoming {
     file: Arc<File>,
     written: u64,
     total_bytes: u64,
-    last_chunk_at: std::time::Instant,
+    last_chunk_at: tokio::time::Instant,
 }
 
 /// How long a transfer may send nothing before another may take its place.
@@ -252,7 +252,7 @@ impl SnapshotInbox {
         let offset = chunk.offset;
         let last = chunk.last.is_some();
         let checked_path = path.clone();
-        let written = tokio::task::spawn_blocking(move || -> Result<Option<SnapshotFile>, String> {
+        let written = crate::runtime::blocking(move || -> Result<Option<SnapshotFile>, String> {
             file.write_all_at(&data, offset)
                 .map_err(|e| format!("write: {e}"))?;
             if !last {
@@ -280,7 +280,7 @@ impl SnapshotInbox {
                     transfers.remove(&from);
                 } else {
                     t.written = end;
-                    t.last_chunk_at = std::time::Instant::now();
+                    t.last_chunk_at = tokio::time::Instant::now();
                 }
                 Ok(received)
             }
@@ -299,14 +299,14 @@ impl SnapshotInbox {
         let path = self.dir.join(format!("from-{from}-{generation}.part"));
         let create = path.clone();
         let file =
-            tokio::task::spawn_blocking(move || File::options().write(true).create_new(true).open(&create))
+            crate::runtime::blocking(move || File::options().write(true).create_new(true).open(&create))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("create {}: {e}", path.display()))?;
         let mut obsolete = Vec::new();
         let admitted = {
             let mut transfers = self.lock();
-            let now = std::time::Instant::now();
+            let now = tokio::time::Instant::now();
             let idle: Vec<NodeId> = transfers
                 .iter()
                 .filter(|(_, t)| now.duration_since(t.last_chunk_at) >= INCOMING_IDLE_TIMEOUT)
@@ -362,7 +362,7 @@ async fn remove_files(paths: Vec<PathBuf>) {
     if paths.is_empty() {
         return;
     }
-    let _ = tokio::task::spawn_blocking(move || {
+    let _ = crate::runtime::blocking(move || {
         for path in paths {
             let _ = std::fs::remove_file(&path);
         }
@@ -386,8 +386,8 @@ pub struct RaftEndpoint<SM: GroupMachine> {
 
 #[derive(Default)]
 struct Heard {
-    append_at: Option<std::time::Instant>,
-    campaigned_at: Option<std::time::Instant>,
+    append_at: Option<tokio::time::Instant>,
+    campaigned_at: Option<tokio::time::Instant>,
 }
 
 impl<SM: GroupMachine> RaftEndpoint<SM> {
@@ -463,11 +463,11 @@ impl<SM: GroupMachine> RaftEndpoint<SM> {
         if self.raft.metrics().borrow().state != openraft::ServerState::Follower {
             return;
         }
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         {
             let mut heard = self.heard();
             let recently =
-                |at: Option<std::time::Instant>| at.is_some_and(|at| now.duration_since(at) < quiet);
+                |at: Option<tokio::time::Instant>| at.is_some_and(|at| now.duration_since(at) < quiet);
             if recently(heard.append_at) || recently(heard.campaigned_at) {
                 return;
             }
@@ -509,7 +509,7 @@ impl<SM: GroupMachine> GroupEndpoint for RaftEndpoint<SM> {
                 RpcKind::AppendEntries => {
                     let rpc: AppendEntriesRequest<GroupConfig<SM>> = decode(&payload)?;
                     speaks_for_itself(&rpc.vote, from)?;
-                    self.heard().append_at = Some(std::time::Instant::now());
+                    self.heard().append_at = Some(tokio::time::Instant::now());
                     encode(&self.raft.append_entries(rpc).await)
                 }
                 RpcKind::Vote => {
@@ -820,7 +820,7 @@ impl<SM: GroupMachine> RaftNetwork<GroupConfig<SM>> for Connection<SM> {
         loop {
             let len = (total_bytes - offset).min(self.snapshot_chunk_bytes as u64) as usize;
             let reader = file.clone();
-            let data = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let data = crate::runtime::blocking(move || -> std::io::Result<Vec<u8>> {
                 let mut data = vec![0u8; len];
                 let mut filled = 0;
                 while filled < len {

@@ -62,6 +62,7 @@
 
 pub mod audit;
 pub mod error;
+pub mod inject;
 pub mod ledger;
 pub mod limits;
 pub mod memory;

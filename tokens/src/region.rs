@@ -364,6 +364,16 @@ struct Record {
     fingerprint: u64,
 }
 
+/// The request ids of a state read back from a snapshot: as stored, or
+/// none with the injected bug [`crate::inject::Bug::ForgetRequestIds`].
+fn requests_restored<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OrdSet<(u64, ReservationId)>, D::Error> {
+    let requests = OrdSet::deserialize(d)?;
+    if crate::inject::on(crate::inject::Bug::ForgetRequestIds) {
+        return Ok(OrdSet::new());
+    }
+    Ok(requests)
+}
+
 /// One region's replicated state. Deterministic: two replicas that apply the
 /// same commands are equal, and serialize to the same bytes.
 ///
@@ -392,6 +402,7 @@ pub struct RegionState {
     /// Reservations by the hash of their owner's number and request id
     /// (FNV-1a); a lookup compares the owner and the full id kept in the
     /// record, so a hash collision costs a comparison, never a wrong answer.
+    #[serde(deserialize_with = "requests_restored")]
     requests: OrdSet<(u64, ReservationId)>,
     /// Request ids of applied stock adjustments (standalone mode).
     adjustments: AdjustmentMemory,
@@ -813,7 +824,11 @@ impl RegionState {
                 duplicate: true,
             });
         }
-        if let Some(t) = self.transfers.get(&transfer_id) {
+        let applied = self
+            .transfers
+            .get(&transfer_id)
+            .filter(|_| !(kind == TransferKind::Grant && crate::inject::on(crate::inject::Bug::GrantTwice)));
+        if let Some(t) = applied {
             if t.kind != kind || t.sku != sku || t.asked != asked {
                 return Err(Rejection::TransferMismatch {
                     transfer_id,

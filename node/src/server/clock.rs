@@ -289,8 +289,15 @@ pub async fn observe_forever<SM: reservoir_raft::GroupMachine>(
 /// that proposes the command, and carried in the log, so every replica
 /// applies the same id. From the thread-local generator, seeded from the
 /// operating system, so one client cannot guess another's id.
+///
+/// In the whole-cluster simulation the nonce comes from the simulation's
+/// seeded stream instead, so a seed replays the same ids.
 pub fn reservation_nonce() -> u64 {
-    rand::random()
+    if reservoir_raft::runtime::simulated() {
+        reservoir_raft::runtime::random_u64()
+    } else {
+        rand::random()
+    }
 }
 
 #[cfg(test)]

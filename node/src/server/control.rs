@@ -351,7 +351,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
 pub struct ControlClient {
     regions: BTreeMap<RegionId, Vec<Peer>>,
     ledger: Vec<Peer>,
-    channels: Arc<Channels>,
+    transport: Arc<dyn ControlTransport>,
     /// The node that answered last, per group: tried first next time.
     preferred: Mutex<BTreeMap<String, usize>>,
 }
@@ -364,10 +364,20 @@ impl ControlClient {
         ledger: Vec<Peer>,
         channels: Arc<Channels>,
     ) -> ControlClient {
+        ControlClient::with_transport(regions, ledger, Arc::new(GrpcControl { channels }))
+    }
+
+    /// A client whose calls travel over `transport` (the whole-cluster
+    /// simulation's network instead of gRPC).
+    pub fn with_transport(
+        regions: BTreeMap<RegionId, Vec<Peer>>,
+        ledger: Vec<Peer>,
+        transport: Arc<dyn ControlTransport>,
+    ) -> ControlClient {
         ControlClient {
             regions,
             ledger,
-            channels,
+            transport,
             preferred: Mutex::new(BTreeMap::new()),
         }
     }
@@ -387,13 +397,6 @@ impl ControlClient {
     /// True when the ledger is reachable through this client at all.
     pub fn has_ledger(&self) -> bool {
         !self.ledger.is_empty()
-    }
-
-    fn client(&self, addr: &str) -> Result<GrpcControlClient<Channel>, Status> {
-        let channel = self.channels.get(addr).map_err(Status::internal)?;
-        Ok(GrpcControlClient::new(channel)
-            .max_decoding_message_size(CONTROL_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(CONTROL_MESSAGE_BYTES_MAX))
     }
 
     /// Sends `message` to one of `nodes` (the preferred one first), moving on
@@ -421,27 +424,18 @@ impl ControlClient {
         for i in 0..nodes.len() {
             let index = (start + i) % nodes.len();
             let addr = nodes[index].peer.to_string();
-            let mut client = self.client(&addr)?;
-            let mut request = tonic::Request::new(message.clone());
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
                 break;
             }
-            request.set_timeout(left);
-            let call = async {
-                if ledger {
-                    client.ledger(request).await
-                } else {
-                    client.region(request).await
-                }
-            };
+            let call = self.transport.call(&addr, message.clone(), ledger, Some(left));
             match tokio::time::timeout(left, call).await {
                 Ok(Ok(reply)) => {
                     self.preferred
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(key.to_string(), index);
-                    return Ok(reply.into_inner().payload);
+                    return Ok(reply.payload);
                 }
                 Ok(Err(status)) if reservoir_client::is_retryable(&status) => last = status,
                 Ok(Err(status)) => return Err(status),
@@ -493,13 +487,62 @@ impl ControlClient {
         ledger: bool,
     ) -> Result<ControlReply, Status> {
         message.forwarded = true;
-        let mut client = self.client(addr)?;
-        let reply = if ledger {
-            client.ledger(message).await
-        } else {
-            client.region(message).await
-        };
-        reply.map(tonic::Response::into_inner)
+        self.transport.call(addr, message, ledger, None).await
+    }
+}
+
+/// How control calls travel: one call to the node at `addr` (its peer
+/// address), on its ledger or region service, within `timeout` if given.
+/// gRPC over the node's peer channels in a node ([`GrpcControl`]); the
+/// simulated network in the whole-cluster simulation.
+pub trait ControlTransport: Send + Sync + 'static {
+    /// Sends `message` and waits for the answer.
+    fn call(
+        &self,
+        addr: &str,
+        message: ControlMessage,
+        ledger: bool,
+        timeout: Option<Duration>,
+    ) -> reservoir_raft::network::BoxFuture<'_, Result<ControlReply, Status>>;
+}
+
+/// Control calls over gRPC on the node's peer channels (mutual TLS unless
+/// insecure).
+pub struct GrpcControl {
+    channels: Arc<Channels>,
+}
+
+impl GrpcControl {
+    fn client(&self, addr: &str) -> Result<GrpcControlClient<Channel>, Status> {
+        let channel = self.channels.get(addr).map_err(Status::internal)?;
+        Ok(GrpcControlClient::new(channel)
+            .max_decoding_message_size(CONTROL_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(CONTROL_MESSAGE_BYTES_MAX))
+    }
+}
+
+impl ControlTransport for GrpcControl {
+    fn call(
+        &self,
+        addr: &str,
+        message: ControlMessage,
+        ledger: bool,
+        timeout: Option<Duration>,
+    ) -> reservoir_raft::network::BoxFuture<'_, Result<ControlReply, Status>> {
+        let client = self.client(addr);
+        Box::pin(async move {
+            let mut client = client?;
+            let mut request = tonic::Request::new(message);
+            if let Some(timeout) = timeout {
+                request.set_timeout(timeout);
+            }
+            let reply = if ledger {
+                client.ledger(request).await
+            } else {
+                client.region(request).await
+            };
+            reply.map(tonic::Response::into_inner)
+        })
     }
 }
 

@@ -507,7 +507,7 @@ async fn wait_for_signal() {
 /// Publishes this region's figures (and, on ledger hosts, the pool) into the
 /// availability view, and exchanges the view with one node of every other
 /// region, every [`GOSSIP_INTERVAL`].
-async fn gossip_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+pub async fn gossip_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(GOSSIP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -578,7 +578,7 @@ async fn gossip_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
 /// [`clock`]). Replicas never expire on their own clock.
 /// The leader also writes this node's retention settings into the region's
 /// state when they differ (at most once per [`RETENTION_RETRY`]).
-async fn expire_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+pub async fn expire_loop(node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(EXPIRE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retention_tried: Option<tokio::time::Instant> = None;

@@ -389,7 +389,8 @@ impl<SM: GroupMachine> RaftLogStorage<GroupConfig<SM>> for LogStore<SM> {
         // A vote must be on disk before openraft acts on it (grants it, or
         // campaigns with it).
         self.shared
-            .flusher
+            .flusher()
+            .map_err(|e| StorageIOError::write_vote(&e))?
             .flush()
             .await
             .map_err(|e| StorageIOError::write_vote(&e))?;
@@ -445,7 +446,8 @@ impl<SM: GroupMachine> RaftLogStorage<GroupConfig<SM>> for LogStore<SM> {
         // The entries are readable now. They are durable only once the
         // flusher has flushed; it calls back then, possibly after we return.
         self.shared
-            .flusher
+            .flusher()
+            .map_err(|e| StorageIOError::write_logs(&e))?
             .submit(Box::new(move |result| callback.log_io_completed(result)))
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;
@@ -458,7 +460,8 @@ impl<SM: GroupMachine> RaftLogStorage<GroupConfig<SM>> for LogStore<SM> {
         // Durable before returning, as rocksstore-v2 does: conflicting
         // entries must not come back after a crash once openraft moves on.
         self.shared
-            .flusher
+            .flusher()
+            .map_err(|e| StorageIOError::write_logs(&e))?
             .flush()
             .await
             .map_err(|e| StorageIOError::write_logs(&e))?;

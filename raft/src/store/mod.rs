@@ -32,6 +32,7 @@
 
 mod flusher;
 mod log;
+pub mod memory;
 pub mod snapshot;
 mod state_machine;
 
@@ -151,9 +152,10 @@ pub struct NodeStorage {
 }
 
 /// The two stores of one group, ready for `Raft::new`.
-pub struct GroupStores<SM: GroupMachine> {
-    /// Log entries, vote, committed and purged log ids.
-    pub log: LogStore<SM>,
+pub struct GroupStores<SM: GroupMachine, L = LogStore<SM>> {
+    /// Log entries, vote, committed and purged log ids: sled's
+    /// [`LogStore`], or a simulated disk's [`memory::MemoryLogStore`].
+    pub log: L,
     /// The state machine and its snapshots.
     pub state_machine: StateMachineStore<SM>,
 }
@@ -197,7 +199,7 @@ impl NodeStorage {
         let lease = GroupLease::take(group, &self.open_groups)?;
         let shared = Arc::new(GroupShared {
             group: group.to_owned(),
-            flusher: self.flusher.clone(),
+            flusher: Some(self.flusher.clone()),
             purge_limit: tokio::sync::watch::Sender::new(PurgeLimit::default()),
             _lease: lease,
         });
@@ -305,8 +307,8 @@ impl NodeStorage {
 pub(crate) struct GroupShared {
     /// The group id, for error messages.
     pub(crate) group: String,
-    /// The node's flusher.
-    pub(crate) flusher: Flusher,
+    /// The node's flusher (none on a simulated disk, which flushes itself).
+    pub(crate) flusher: Option<Flusher>,
     /// How far the log may be purged: the state machine store publishes its
     /// newest durable snapshot and the snapshots being installed; the log
     /// store's purger reads it.
@@ -316,6 +318,11 @@ pub(crate) struct GroupShared {
 }
 
 impl GroupShared {
+    /// The node's flusher.
+    pub(crate) fn flusher(&self) -> Result<&Flusher, StoreError> {
+        self.flusher.as_ref().ok_or(StoreError::FlusherStopped)
+    }
+
     /// A snapshot covering the log up to `last` is durable: purging may
     /// reach it even while an install runs.
     pub(crate) fn snapshot_durable(&self, last: Option<LogId>) {

@@ -17,7 +17,9 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{Entry, EntryPayload, RaftSnapshotBuilder, StorageIOError};
@@ -332,7 +334,7 @@ impl<SM: GroupMachine> RaftStateMachine<GroupConfig<SM>> for StateMachineStore<S
         let snapshots = self.snapshots.clone();
         let meta_owned = meta.clone();
         // Checking and decoding a large snapshot is long, blocking work.
-        let decoded = tokio::task::spawn_blocking(move || -> Result<AppliedState<SM>, StoreError> {
+        let decoded = crate::runtime::blocking(move || -> Result<AppliedState<SM>, StoreError> {
             let (file_meta, state) = snapshot::read::<SM>(&snapshot)?;
             if file_meta != meta_owned {
                 return Err(StoreError::Corrupt(format!(
@@ -358,7 +360,11 @@ impl<SM: GroupMachine> RaftStateMachine<GroupConfig<SM>> for StateMachineStore<S
             std::mem::replace(&mut *current, decoded)
         };
         // Freeing a large state takes a while; not on the executor.
-        tokio::task::spawn_blocking(move || drop(old));
+        if crate::runtime::simulated() {
+            drop(old);
+        } else {
+            tokio::task::spawn_blocking(move || drop(old));
+        }
         self.shared.snapshot_durable(meta.last_log_id);
         let bytes = self.snapshots.current().map_or(0, |(_, f)| f.bytes());
         self.stats.update(|s| {
@@ -417,15 +423,26 @@ impl<SM: GroupMachine> RaftSnapshotBuilder<GroupConfig<SM>> for SnapshotBuilder<
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let snapshots = self.snapshots.clone();
         let thread_meta = meta.clone();
-        let spawned = std::thread::Builder::new()
-            .name(SNAPSHOT_THREAD_NAME.to_owned())
-            .spawn(move || {
-                lower_thread_priority();
-                let written = snapshots.write(seq, &thread_meta, &state);
-                // The state clone is freed here too, off the executor.
-                drop(state);
-                let _ = done_tx.send(written);
-            });
+        let write = move || {
+            let written = snapshots.write(seq, &thread_meta, &state);
+            // The state clone is freed here too, off the executor.
+            drop(state);
+            let _ = done_tx.send(written);
+        };
+        // In a simulation the build runs inline: a thread would finish at a
+        // moment no seed controls.
+        let spawned = if crate::runtime::simulated() {
+            write();
+            Ok(())
+        } else {
+            std::thread::Builder::new()
+                .name(SNAPSHOT_THREAD_NAME.to_owned())
+                .spawn(move || {
+                    lower_thread_priority();
+                    write();
+                })
+                .map(drop)
+        };
         let written = match spawned {
             Ok(_) => done_rx
                 .await

@@ -30,9 +30,15 @@ pub struct ControlService {
 }
 
 impl ControlService {
+    /// The service over `node`, called in process (the whole-cluster
+    /// simulation); [`ControlService::server`] serves it over gRPC.
+    pub fn new(node: Arc<Node>) -> ControlService {
+        ControlService { node }
+    }
+
     /// The gRPC server for `node`, with the control message limit.
     pub fn server(node: Arc<Node>) -> ControlServer<ControlService> {
-        ControlServer::new(ControlService { node })
+        ControlServer::new(ControlService::new(node))
             .max_decoding_message_size(CONTROL_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(CONTROL_MESSAGE_BYTES_MAX)
     }

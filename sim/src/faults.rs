@@ -40,25 +40,59 @@ impl fmt::Display for Target {
 pub enum Fault {
     /// The node crashes (losing unflushed writes) and restarts after
     /// `down_ms`.
-    Crash { target: Target, down_ms: u64 },
+    Crash {
+        /// The node.
+        target: Target,
+        /// How long it stays down.
+        down_ms: u64,
+    },
     /// Every link of the node is cut, both ways.
-    IsolateNode { target: Target },
+    IsolateNode {
+        /// The node.
+        target: Target,
+    },
     /// Every link between the region and the others is cut, both ways.
-    IsolateRegion { region: &'static str },
+    IsolateRegion {
+        /// The region.
+        region: &'static str,
+    },
     /// Messages from one node to another are lost (one way).
-    OneWay { from: NodeId, to: NodeId },
+    OneWay {
+        /// The sender whose messages are lost.
+        from: NodeId,
+        /// The addressee that does not get them.
+        to: NodeId,
+    },
     /// The network loses, duplicates and delays messages.
     Weather(Weather),
     /// The node's flushes take this long.
-    SlowDisk { target: Target, fsync_ms: u64 },
+    SlowDisk {
+        /// The node.
+        target: Target,
+        /// How long one flush takes.
+        fsync_ms: u64,
+    },
     /// The node's disk is full (every flush fails, its groups stop); when
     /// it heals, the node is restarted, as an operator would.
-    FullDisk { target: Target },
+    FullDisk {
+        /// The node.
+        target: Target,
+    },
     /// The node's wall clock is off by `offset_ms` (a skew, or a jump when
     /// it changes a clock that was right).
-    Clock { node: NodeId, offset_ms: i64 },
+    Clock {
+        /// The node.
+        node: NodeId,
+        /// How far off its wall clock is (negative: behind).
+        offset_ms: i64,
+    },
     /// A crash with writes since the last flush torn: a prefix survives.
-    TornCrash { target: Target, down_ms: u64 },
+    TornCrash {
+        /// The node.
+        target: Target,
+        /// How long it stays down.
+        down_ms: u64,
+    },
 }
 
 impl fmt::Display for Fault {
@@ -140,8 +174,8 @@ pub fn schedule(seed: u64) -> Vec<Scheduled> {
                 Fault::OneWay { from, to }
             }
             62..=73 => Fault::Weather(Weather {
-                loss: rng.range(0, 80) as f64 / 1_000.0,
-                dup: rng.range(0, 80) as f64 / 1_000.0,
+                loss: rng.range(0, 100) as f64 / 1_000.0,
+                dup: rng.range(0, 200) as f64 / 1_000.0,
                 lan_us: (200, rng.range(1_000, 20_000)),
                 wan_ms: (rng.range(30, 80), rng.range(80, 250)),
             }),

@@ -303,8 +303,7 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
     // Liveness: every group led, every confirmed sale settled, the books
     // balanced, within the bound.
     let deadline = start + Duration::from_millis(healed + LIVENESS_MS);
-    let mut waiting_for = String::from("nothing checked yet");
-    while history.violations().is_empty() {
+        while history.violations().is_empty() {
         let (regions, ledger, _) = check::newest_states(&cluster.directory);
         let unled: Vec<&str> = groups
             .iter()
@@ -322,7 +321,7 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
             trace.event(ms(start), "settled and balanced");
             break;
         }
-        waiting_for = format!(
+        let waiting_for = format!(
             "groups without a leader {unled:?}, unsettled {unsettled:?}, transfers in flight {in_flight}, problems {problems:?}"
         );
         if Instant::now() >= deadline {
@@ -382,7 +381,19 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
     }
     checker.abort();
     let (acked, reads) = history.counts();
-    trace.event(ms(start), format!("end: {acked} reserves acknowledged, {reads} current reads checked"));
+    let (_, ledger, _) = check::newest_states(&cluster.directory);
+    let net = cluster.net.stats();
+    trace.event(
+        ms(start),
+        format!(
+            "end: {acked} reserves acknowledged, {reads} current reads checked, {} transfers, \
+             {} messages ({} lost, {} duplicated)",
+            ledger.map_or(0, |(_, l)| l.transfers_begun()),
+            net.sent,
+            net.lost,
+            net.duplicated
+        ),
+    );
     report(&history, &trace)
 }
 

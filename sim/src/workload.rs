@@ -27,7 +27,9 @@ use crate::trace::Trace;
 /// The SKUs shoppers want.
 pub const SKUS: [&str; 3] = ["console-x", "phone-y", "tv-z"];
 /// Units of each SKU in stock.
-pub const STOCK_PER_SKU: u64 = 400;
+pub const STOCK_PER_SKU: u64 = 300;
+/// How long each region's rush lasts before it moves to the next region.
+pub const HOT_MS: u64 = 4_000;
 /// How long one call may take before the client gives up on it (the
 /// outcome is then unknown).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -168,8 +170,14 @@ impl Client {
 
     /// Runs until `stop_ms` (simulated), then returns.
     pub async fn run(mut self, stop_ms: u64) {
+        let index = crate::cluster::REGIONS.iter().position(|r| *r == self.region).unwrap_or(0) as u64;
         while self.shared.now_ms() < stop_ms {
-            tokio::time::sleep(Duration::from_millis(self.rng.range(20, 300))).await;
+            // Demand moves around the world: each region is hot for
+            // HOT_MS in turn (shoppers come fast), cold otherwise, so the
+            // rebalancer must move tokens to where the shoppers are.
+            let hot = (self.shared.now_ms() / HOT_MS + index) % 3 == 0;
+            let think = if hot { self.rng.range(5, 60) } else { self.rng.range(100, 600) };
+            tokio::time::sleep(Duration::from_millis(think)).await;
             let roll = self.rng.below(100);
             if roll < 50 || self.held.is_empty() && roll < 80 {
                 self.reserve().await;

@@ -450,6 +450,11 @@ impl LedgerState {
         &self.transfers
     }
 
+    /// How many transfers were ever begun.
+    pub fn transfers_begun(&self) -> u64 {
+        self.next_transfer_id - 1
+    }
+
     /// Every transfer to `region` with an id below this is complete. The
     /// rebalancer passes it to the region as `done_below`.
     pub fn done_below(&self, region: &str) -> TransferId {

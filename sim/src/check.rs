@@ -318,10 +318,60 @@ pub fn newest_states(
     (newest_regions, ledger, problems)
 }
 
+/// Every group's state as its current leader holds it, if every group has
+/// one: the leader of the highest term among the nodes up, that heard from
+/// a quorum within [`QUORUM_FRESH_MS`] and has applied its whole log. Such
+/// a leader's log holds every committed entry (leader completeness) and
+/// its state all of them, so the groups' states are what any other group
+/// can have learned of them. `None` when some group has no such leader
+/// now (a replica that is merely the most advanced may have missed entries
+/// that replicas now down had applied).
+pub fn leader_states(directory: &Directory) -> Option<(Vec<RegionState>, LedgerState)> {
+    fn current<SM: reservoir_raft::GroupMachine + Clone>(
+        groups: Vec<&reservoir_raft::Group<SM>>,
+    ) -> Option<SM> {
+        let mut best: Option<(u64, SM)> = None;
+        let mut top_term = 0;
+        for g in groups {
+            let status = g.status();
+            top_term = top_term.max(status.term);
+            if status.role != reservoir_raft::Role::Leader
+                || status.millis_since_quorum_ack.is_none_or(|ms| ms > QUORUM_FRESH_MS)
+                || status.applied_index != status.last_log_index
+            {
+                continue;
+            }
+            if best.as_ref().is_none_or(|(term, _)| status.term > *term)
+                && let Ok(state) = g.read(|s| s.clone())
+            {
+                best = Some((status.term, state));
+            }
+        }
+        best.filter(|(term, _)| *term == top_term).map(|(_, s)| s)
+    }
+    let all = directory.all();
+    let mut regions = Vec::new();
+    for region in REGIONS {
+        let groups = all
+            .iter()
+            .filter(|(id, _)| crate::cluster::region_of(*id) == region)
+            .map(|(_, h)| h.region.as_ref())
+            .collect();
+        regions.push(current(groups)?);
+    }
+    let ledger = current(all.iter().filter_map(|(_, h)| h.ledger.as_deref()).collect())?;
+    Some((regions, ledger))
+}
+
+/// How recently a leader must have heard from a quorum to count as
+/// current for [`leader_states`].
+pub const QUORUM_FRESH_MS: u64 = 100;
+
 /// The state checks at one instant: replicas agree, no oversell,
-/// conservation (when every group has a replica up). Returns the problems.
+/// conservation (when every group has a current leader, see
+/// [`leader_states`]). Returns the problems.
 pub fn check_state(directory: &Directory, stock: &BTreeMap<String, u64>) -> Vec<String> {
-    let (regions, ledger, mut problems) = newest_states(directory);
+    let (regions, _, mut problems) = newest_states(directory);
     let mut sold: BTreeMap<String, u64> = BTreeMap::new();
     for (_, state) in regions.values() {
         for (sku, bucket) in state.buckets() {
@@ -334,11 +384,9 @@ pub fn check_state(directory: &Directory, stock: &BTreeMap<String, u64>) -> Vec<
             problems.push(format!("oversell: {units} units of {sku} sold, {stock} in stock"));
         }
     }
-    if let Some((_, ledger)) = &ledger
-        && regions.len() == REGIONS.len()
-    {
-        let states: Vec<&RegionState> = regions.values().map(|(_, s)| s).collect();
-        let sheet = audit::balance(ledger, &states);
+    if let Some((regions, ledger)) = leader_states(directory) {
+        let states: Vec<&RegionState> = regions.iter().collect();
+        let sheet = audit::balance(&ledger, &states);
         if !sheet.balanced() {
             let drifting: Vec<String> = sheet
                 .skus

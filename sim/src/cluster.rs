@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use crate::net::{Net, SimControl, SimWire};
 use crate::rng::Rng;
+use crate::trace::Trace;
 
 /// The regions, the first one home to the ledger.
 pub const REGIONS: [&str; 3] = ["us-east", "eu-west", "ap-south"];
@@ -218,12 +219,14 @@ pub struct Cluster {
     pub rng: Rng,
     /// The nodes that are up.
     pub directory: Arc<Directory>,
+    /// The run's trace (starts and crashes are in it).
+    pub trace: Trace,
 }
 
 impl Cluster {
     /// Nine nodes, none started, their snapshots under tmpfs when there is
     /// one (a snapshot is synced; on tmpfs that costs nothing).
-    pub fn new(seed: u64) -> Cluster {
+    pub fn new(seed: u64, trace: Trace) -> Cluster {
         let start = Instant::now();
         let root = match std::path::Path::new("/dev/shm").is_dir() {
             true => tempfile::Builder::new().prefix("reservoir-sim-").tempdir_in("/dev/shm"),
@@ -256,6 +259,7 @@ impl Cluster {
             root,
             rng: Rng::new(seed, 2),
             directory: Arc::new(Directory::default()),
+            trace,
         }
     }
 
@@ -269,11 +273,25 @@ impl Cluster {
         node.life += 1;
         let config = node_config(id, &node.dir);
         let region = config.region.clone();
+        let mut found = format!("{region}: {}", node.disk.summary(&region));
+        if config.hosts_ledger() {
+            found.push_str(&format!("; ledger: {}", node.disk.summary(LEDGER_GROUP)));
+        }
+        self.trace.event(
+            node.clock.monotonic_ms(),
+            format!("n{id} starts (life {}), its disk has {found}", node.life),
+        );
         let snapshots = node.dir.join(reservoir_raft::store::SNAPSHOTS_DIR);
         let stores = node
             .disk
             .open_group(&region, RegionState::new(region.clone()), snapshots.join(&region))
             .map_err(|e| format!("node {id}: opening {region}: {e}"))?;
+        if let Ok(Some(applied)) = stores.state_machine.reader().last_applied() {
+            self.trace.event(
+                node.clock.monotonic_ms(),
+                format!("n{id}: {region} starts from its snapshot at {}", applied.index),
+            );
+        }
         let router = Router::new(id);
         let wire = Arc::new(SimWire { net: net.clone(), from: id });
         let members: BTreeMap<u64, String> = config.peers.iter().map(|p| (p.id, p.peer.to_string())).collect();
@@ -375,7 +393,19 @@ impl Cluster {
         self.net.down(id);
         self.directory.lock().remove(&id);
         let rng = &mut self.rng;
-        node.disk.crash(|n| rng.below(n as u64 + 1) as usize);
+        let mut kept = (0, 0);
+        node.disk.crash(|n| {
+            kept = (rng.below(n as u64 + 1) as usize, n);
+            kept.0
+        });
+        let torn = node.disk.faults().torn_writes;
+        self.trace.event(
+            node.clock.monotonic_ms(),
+            format!(
+                "n{id} crashes{}",
+                if torn { format!(", keeping {} of {} unflushed writes", kept.0, kept.1) } else { String::new() }
+            ),
+        );
         let _ = running.shutdown.send(true);
         running.handles.region.shutdown().await;
         if let Some(ledger) = &running.handles.ledger {

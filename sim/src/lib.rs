@@ -165,7 +165,7 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
     }
     let stock: BTreeMap<String, u64> = SKUS.iter().map(|s| (s.to_string(), STOCK_PER_SKU)).collect();
     let history = History::new(stock.clone(), trace.clone());
-    let mut cluster = Cluster::new(seed);
+    let mut cluster = Cluster::new(seed, trace.clone());
     let report = |history: &History, trace: &Trace| SeedReport {
         seed,
         violations: history.violations(),
@@ -316,7 +316,10 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
             .map(|(r, (_, s))| format!("{r} ({} sales)", s.last_outbox_seq() - s.settled_up_to()))
             .collect();
         let in_flight = ledger.as_ref().map_or(0, |(_, l)| l.transfers().len());
-        let problems = check::check_state(&cluster.directory, &stock);
+        let mut problems = check::check_state(&cluster.directory, &stock);
+        if check::leader_states(&cluster.directory).is_none() {
+            problems.push("no current leader with its whole log applied in some group".into());
+        }
         if unled.is_empty() && unsettled.is_empty() && in_flight == 0 && problems.is_empty() && regions.len() == 3 {
             trace.event(ms(start), "settled and balanced");
             break;

@@ -203,8 +203,19 @@ impl MemoryDisk {
             group: group.to_owned(),
             life,
             shared: shared.clone(),
+            requested: Arc::new(Mutex::new(None)),
             _machine: PhantomData,
         };
+        // Purges held back by an install go on once it is done.
+        let mut limit = shared.purge_limit.subscribe();
+        let purger = log.clone();
+        tokio::spawn(async move {
+            while limit.changed().await.is_ok() {
+                if purger.purge_allowed().is_err() {
+                    return;
+                }
+            }
+        });
         let state_machine = StateMachineStore::open(shared, snapshot_dir, SNAPSHOT_BYTES_MAX, initial)?;
         Ok(GroupStores { log, state_machine })
     }
@@ -262,6 +273,21 @@ impl MemoryDisk {
         }
     }
 
+    /// What the disk holds of `group`'s log, for a trace: the first and
+    /// last entry, the last purged and committed log ids, the vote.
+    pub fn summary(&self, group: &str) -> String {
+        self.read(group, |i| {
+            format!(
+                "log {:?}..={:?}, purged {:?}, committed {:?}, vote {:?}",
+                i.entries.keys().next(),
+                i.entries.keys().next_back(),
+                i.last_purged.map(|l| l.index),
+                i.committed.map(|l| l.index),
+                i.vote.map(|v| v.leader_id().term)
+            )
+        })
+    }
+
     /// True when the durable and written images are the same (nothing to
     /// lose); for tests.
     pub fn synced(&self) -> bool {
@@ -315,6 +341,10 @@ pub struct MemoryLogStore<SM> {
     group: String,
     life: u64,
     shared: Arc<GroupShared>,
+    /// The last purge openraft asked for; carried out as far as the purge
+    /// limit allows, the rest when it allows more (as the sled store's
+    /// background purger does).
+    requested: Arc<Mutex<Option<LogId>>>,
     _machine: PhantomData<fn() -> SM>,
 }
 
@@ -325,12 +355,27 @@ impl<SM> Clone for MemoryLogStore<SM> {
             group: self.group.clone(),
             life: self.life,
             shared: self.shared.clone(),
+            requested: self.requested.clone(),
             _machine: PhantomData,
         }
     }
 }
 
 impl<SM: GroupMachine> MemoryLogStore<SM> {
+    /// Purges as far toward the requested purge as the limit allows now.
+    fn purge_allowed(&self) -> Result<(), StoreError> {
+        let requested = *self.requested.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(allowed) = self.shared.purge_limit.borrow().allow(requested) else {
+            return Ok(());
+        };
+        let purged = self.disk.read(&self.group, |image| image.last_purged);
+        if purged < Some(allowed) {
+            self.disk
+                .write(self.life, Write::Purge(self.group.clone(), allowed))?;
+        }
+        Ok(())
+    }
+
     fn read_entries<RB: RangeBounds<u64>>(
         &self,
         range: RB,
@@ -489,12 +534,12 @@ impl<SM: GroupMachine> RaftLogStorage<GroupConfig<SM>> for MemoryLogStore<SM> {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // As the sled store: while a snapshot install runs, purge only up to
-        // the newest durable snapshot (openraft asks again later).
-        if let Some(allowed) = self.shared.purge_limit.borrow().allow(Some(log_id)) {
-            self.disk
-                .write(self.life, Write::Purge(self.group.clone(), allowed))
-                .map_err(|e| StorageIOError::write_logs(&e))?;
+        // the newest durable snapshot, and the rest once it allows more.
+        {
+            let mut requested = self.requested.lock().unwrap_or_else(PoisonError::into_inner);
+            *requested = (*requested).max(Some(log_id));
         }
+        self.purge_allowed().map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 }

@@ -72,6 +72,7 @@
 //!   (one log entry's commands), id and size types and limits;
 //! - [`store`]: [`NodeStorage`] (a node's sled database and flusher),
 //!   [`LogStore`] (entries and vote; purges in the background),
+//!   [`store::memory`] (the simulation's disk and log store),
 //!   [`StateMachineStore`] (state in memory, snapshots in files),
 //!   [`store::snapshot`] (the snapshot file format), [`StateReader`] (reads
 //!   for the node);
@@ -81,7 +82,9 @@
 //! - [`admin`]: operator actions on a group (membership view, add a
 //!   learner, change voters, leadership transfer by `TimeoutNow`, snapshot
 //!   now); [`NodeStorage::seed_group`] seeds an empty group from a backup;
-//! - [`testing`]: an in-process network that can cut links.
+//! - [`testing`]: an in-process network that can cut links;
+//! - [`runtime`]: the async runtime openraft runs on, its seedable
+//!   generator, and the simulation switch.
 //!
 //! Caveats:
 //! - sled 0.34 as published syncs with `sync_file_range` on Linux, which
@@ -93,9 +96,11 @@
 //!   sled's recovery drops them.
 //! - sled's `flush_async` is never used: it can deadlock (sled#1308).
 //! - sled cannot be simulated (it runs its own threads, and dropping a `Db`
-//!   flushes it). The whole-cluster simulation needs an in-memory store
-//!   behind the same openraft traits that loses unflushed writes on a
-//!   crash; it does not exist yet.
+//!   flushes it). The whole-cluster simulation (`sim/`) runs the groups on
+//!   [`store::memory`] instead: the same openraft traits and durability
+//!   contract over a simulated disk that loses unflushed writes (or tears
+//!   them) on a crash. sled itself is tested by real SIGKILLs
+//!   (`raft/tests/durability.rs`) and its syncs by `raft/tests/fsync.rs`.
 //! - A snapshot is the whole state machine (not incremental): writing one
 //!   costs CPU and disk in proportion to the state, on a background thread;
 //!   installing one decodes the whole state.

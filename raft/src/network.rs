@@ -1,10 +1,12 @@
 //! The Raft network: openraft's `RaftNetworkFactory` over a [`Wire`].
 //!
-//! Two layers, so that tests and a future simulation swap only the bottom:
+//! Two layers, so that tests and the simulation swap only the bottom:
 //! - [`Wire`] moves one encoded request to a node and brings back the encoded
 //!   reply. Production uses [`TonicWire`] (gRPC, one reused channel per peer);
 //!   in-process tests use [`crate::testing::LocalNet`], which calls the
-//!   target's [`Router`] directly and can cut links.
+//!   target's [`Router`] directly and can cut links; the whole-cluster
+//!   simulation's `SimWire` (`sim/src/net.rs`) delays, loses, duplicates and
+//!   cuts messages as its seed says.
 //! - [`Network`] encodes openraft's requests with bincode, calls the wire with
 //!   the deadline openraft asks for, and decodes the reply.
 //!

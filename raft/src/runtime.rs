@@ -32,7 +32,7 @@ thread_local! {
 /// normal thread again (`None`).
 pub fn simulate(seed: Option<u64>) {
     SIMULATED.with(|s| s.set(seed.is_some()));
-    STATE.with(|s| s.set(seed.map(|seed| seed ^ 0x5EED_0F_5EED)));
+    STATE.with(|s| s.set(seed.map(|seed| seed ^ 0x005E_ED0F_5EED)));
 }
 
 /// True on a thread running a simulation (see [`simulate`]).
@@ -137,11 +137,17 @@ impl AsyncRuntime for Runtime {
         tokio::time::sleep_until(deadline)
     }
 
-    fn timeout<R, F: Future<Output = R> + OptionalSend>(duration: Duration, future: F) -> Self::Timeout<R, F> {
+    fn timeout<R, F: Future<Output = R> + OptionalSend>(
+        duration: Duration,
+        future: F,
+    ) -> Self::Timeout<R, F> {
         tokio::time::timeout(duration, future)
     }
 
-    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(deadline: Self::Instant, future: F) -> Self::Timeout<R, F> {
+    fn timeout_at<R, F: Future<Output = R> + OptionalSend>(
+        deadline: Self::Instant,
+        future: F,
+    ) -> Self::Timeout<R, F> {
         tokio::time::timeout_at(deadline, future)
     }
 

@@ -160,7 +160,9 @@ impl History {
     pub fn confirmed(&self, at_ms: u64, id: &str) {
         let over = {
             let mut r = self.lock();
-            let Some(t) = r.reservations.get_mut(id) else { return };
+            let Some(t) = r.reservations.get_mut(id) else {
+                return;
+            };
             if t.confirmed_at.is_some() {
                 return;
             }
@@ -195,7 +197,9 @@ impl History {
         let problem = {
             let mut r = self.lock();
             r.reads += 1;
-            let Some(t) = r.reservations.get_mut(id) else { return };
+            let Some(t) = r.reservations.get_mut(id) else {
+                return;
+            };
             let problem = match seen {
                 None if t.reserved_at < start_ms => {
                     Some("an acknowledged reservation is not found by a current read".to_string())
@@ -203,13 +207,18 @@ impl History {
                 None => None,
                 Some(state) => {
                     use ReservationState::*;
-                    if t.confirmed_at.is_some_and(|at| at < start_ms) && !matches!(state, Confirmed | Settled) {
-                        Some(format!("a current read shows {state:?} after its confirm was acknowledged"))
+                    if t.confirmed_at.is_some_and(|at| at < start_ms) && !matches!(state, Confirmed | Settled)
+                    {
+                        Some(format!(
+                            "a current read shows {state:?} after its confirm was acknowledged"
+                        ))
                     } else if let Some((at, ended)) = t.released_at
                         && at < start_ms
                         && state != ended
                     {
-                        Some(format!("a current read shows {state:?} after its release was answered {ended:?}"))
+                        Some(format!(
+                            "a current read shows {state:?} after its release was answered {ended:?}"
+                        ))
                     } else if matches!(state, Confirmed | Settled) && !t.confirm_sent {
                         Some(format!("shows {state:?} but no client confirmed it"))
                     } else if state == Released && !t.release_sent {
@@ -217,7 +226,9 @@ impl History {
                     } else if let Some((_, before)) = t.last_read.filter(|(end, _)| *end < start_ms)
                         && !may_follow(before, state)
                     {
-                        Some(format!("a current read shows {state:?} after an earlier read showed {before:?}"))
+                        Some(format!(
+                            "a current read shows {state:?} after an earlier read showed {before:?}"
+                        ))
                     } else {
                         None
                     }
@@ -252,7 +263,11 @@ impl History {
 
     /// Every acknowledged reservation.
     pub fn all(&self) -> Vec<(String, Told)> {
-        self.lock().reservations.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        self.lock()
+            .reservations
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
     }
 
     /// The stock the cluster was given.
@@ -261,12 +276,18 @@ impl History {
     }
 }
 
+/// The most advanced replica of every group: (applied index, state) by
+/// region name, the ledger's, and the replicas that disagree.
+pub type Newest = (
+    BTreeMap<String, (u64, RegionState)>,
+    Option<(u64, LedgerState)>,
+    Vec<String>,
+);
+
 /// The most advanced replica of every group now: (region states by name,
 /// ledger state); `None` for a group with no replica up. Also checks that
 /// replicas at the same applied index agree, byte for byte.
-pub fn newest_states(
-    directory: &Directory,
-) -> (BTreeMap<String, (u64, RegionState)>, Option<(u64, LedgerState)>, Vec<String>) {
+pub fn newest_states(directory: &Directory) -> Newest {
     let mut regions: BTreeMap<String, Vec<(u64, u64, RegionState)>> = BTreeMap::new();
     let mut ledgers: Vec<(u64, u64, LedgerState)> = Vec::new();
     for (id, h) in directory.all() {
@@ -336,7 +357,9 @@ pub fn leader_states(directory: &Directory) -> Option<(Vec<RegionState>, LedgerS
             let status = g.status();
             top_term = top_term.max(status.term);
             if status.role != reservoir_raft::Role::Leader
-                || status.millis_since_quorum_ack.is_none_or(|ms| ms > QUORUM_FRESH_MS)
+                || status
+                    .millis_since_quorum_ack
+                    .is_none_or(|ms| ms > QUORUM_FRESH_MS)
                 || status.applied_index != status.last_log_index
             {
                 continue;
@@ -432,9 +455,10 @@ pub fn check_acknowledged(directory: &Directory, history: &History, settled: boo
             Some(s) if told.confirmed_at.is_some() && settled && s != Settled => {
                 problems.push(format!("{id}: confirmed and never settled ({s:?})"))
             }
-            Some(s) if told.released_at.is_some_and(|(_, ended)| ended != s) => {
-                problems.push(format!("{id}: release answered {:?}, now {s:?}", told.released_at))
-            }
+            Some(s) if told.released_at.is_some_and(|(_, ended)| ended != s) => problems.push(format!(
+                "{id}: release answered {:?}, now {s:?}",
+                told.released_at
+            )),
             Some(s @ (Confirmed | Settled)) if !told.confirm_sent => {
                 problems.push(format!("{id}: {s:?} but no client confirmed it"))
             }

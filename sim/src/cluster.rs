@@ -53,7 +53,10 @@ pub fn region_of(id: NodeId) -> &'static str {
 
 /// The nodes of region `region`.
 pub fn nodes_of(region: &str) -> Vec<NodeId> {
-    node_ids().into_iter().filter(|id| region_of(*id) == region).collect()
+    node_ids()
+        .into_iter()
+        .filter(|id| region_of(*id) == region)
+        .collect()
 }
 
 /// The peer address of node `id` (a name only the simulated network knows).
@@ -121,7 +124,9 @@ pub struct Directory {
 
 impl Directory {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<NodeId, Handles>> {
-        self.nodes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.nodes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Node `id`'s handles, if it is up.
@@ -200,7 +205,9 @@ pub fn node_config(id: NodeId, dir: &std::path::Path) -> NodeConfig {
             list(nodes_of(other))
         ));
     }
-    text.push_str(&format!("[raft]\nsnapshot_logs = {SNAPSHOT_LOGS}\nsnapshot_logs_kept = 16\n"));
+    text.push_str(&format!(
+        "[raft]\nsnapshot_logs = {SNAPSHOT_LOGS}\nsnapshot_logs_kept = 16\n"
+    ));
     // Ended reservations are kept for the whole run, so every acknowledged
     // one can be found at the end.
     text.push_str("[retention]\nended_ms = 3600000\n");
@@ -229,11 +236,16 @@ impl Cluster {
     pub fn new(seed: u64, trace: Trace) -> Cluster {
         let start = Instant::now();
         let root = match std::path::Path::new("/dev/shm").is_dir() {
-            true => tempfile::Builder::new().prefix("reservoir-sim-").tempdir_in("/dev/shm"),
+            true => tempfile::Builder::new()
+                .prefix("reservoir-sim-")
+                .tempdir_in("/dev/shm"),
             false => tempfile::Builder::new().prefix("reservoir-sim-").tempdir(),
         }
         .expect("a temporary directory for the simulation's snapshots");
-        let region_of_node = node_ids().into_iter().map(|id| (id, region_of(id).to_string())).collect();
+        let region_of_node = node_ids()
+            .into_iter()
+            .map(|id| (id, region_of(id).to_string()))
+            .collect();
         let node_at = node_ids().into_iter().map(|id| (address_of(id), id)).collect();
         let net = Net::new(region_of_node, node_at, Rng::new(seed, 1));
         let nodes = node_ids()
@@ -293,8 +305,12 @@ impl Cluster {
             );
         }
         let router = Router::new(id);
-        let wire = Arc::new(SimWire { net: net.clone(), from: id });
-        let members: BTreeMap<u64, String> = config.peers.iter().map(|p| (p.id, p.peer.to_string())).collect();
+        let wire = Arc::new(SimWire {
+            net: net.clone(),
+            from: id,
+        });
+        let members: BTreeMap<u64, String> =
+            config.peers.iter().map(|p| (p.id, p.peer.to_string())).collect();
         let mut options = GroupOptions::new(region.clone(), id, members);
         options.heartbeat_ms = config.raft.heartbeat_ms;
         options.election_timeout_min_ms = config.raft.election_timeout_min_ms;
@@ -309,8 +325,11 @@ impl Cluster {
                 .await
                 .map_err(|e| format!("node {id}: starting {region}: {e}"))?,
         );
-        let mut regions: BTreeMap<String, Vec<_>> =
-            config.regions.iter().map(|r| (r.name.clone(), r.nodes.clone())).collect();
+        let mut regions: BTreeMap<String, Vec<_>> = config
+            .regions
+            .iter()
+            .map(|r| (r.name.clone(), r.nodes.clone()))
+            .collect();
         regions.insert(region.clone(), config.peers.clone());
         let ledger_nodes = if config.hosts_ledger() {
             config.ledger_peers.clone()
@@ -320,7 +339,10 @@ impl Cluster {
         let control = Arc::new(ControlClient::with_transport(
             regions,
             ledger_nodes,
-            Arc::new(SimControl { net: net.clone(), from: id }),
+            Arc::new(SimControl {
+                net: net.clone(),
+                from: id,
+            }),
         ));
         let clock: Arc<dyn Clock> = node.clock.clone();
         let (ledger, host) = if config.hosts_ledger() {
@@ -328,8 +350,11 @@ impl Cluster {
                 .disk
                 .open_group(LEDGER_GROUP, LedgerState::new(), snapshots.join(LEDGER_GROUP))
                 .map_err(|e| format!("node {id}: opening the ledger: {e}"))?;
-            let members: BTreeMap<u64, String> =
-                config.ledger_peers.iter().map(|p| (p.id, p.peer.to_string())).collect();
+            let members: BTreeMap<u64, String> = config
+                .ledger_peers
+                .iter()
+                .map(|p| (p.id, p.peer.to_string()))
+                .collect();
             let mut ledger_options = options.clone();
             ledger_options.group = LEDGER_GROUP.to_string();
             ledger_options.members = members;
@@ -403,7 +428,11 @@ impl Cluster {
             node.clock.monotonic_ms(),
             format!(
                 "n{id} crashes{}",
-                if torn { format!(", keeping {} of {} unflushed writes", kept.0, kept.1) } else { String::new() }
+                if torn {
+                    format!(", keeping {} of {} unflushed writes", kept.0, kept.1)
+                } else {
+                    String::new()
+                }
             ),
         );
         let _ = running.shutdown.send(true);
@@ -417,7 +446,11 @@ impl Cluster {
 
     /// Ids of the nodes that are up.
     pub fn up(&self) -> Vec<NodeId> {
-        self.nodes.values().filter(|n| n.running.is_some()).map(|n| n.id).collect()
+        self.nodes
+            .values()
+            .filter(|n| n.running.is_some())
+            .map(|n| n.id)
+            .collect()
     }
 }
 

@@ -134,7 +134,7 @@ pub struct Scheduled {
 fn target(rng: &mut Rng) -> Target {
     if rng.chance(0.5) {
         let groups = ["us-east", "eu-west", "ap-south", "ledger"];
-        Target::LeaderOf(*rng.pick(&groups))
+        Target::LeaderOf(groups[rng.below(groups.len() as u64) as usize])
     } else {
         Target::Node(*rng.pick(&node_ids()))
     }
@@ -163,7 +163,7 @@ pub fn schedule(seed: u64) -> Vec<Scheduled> {
                 target: target(&mut rng),
             },
             45..=54 => Fault::IsolateRegion {
-                region: *rng.pick(&REGIONS),
+                region: REGIONS[rng.below(REGIONS.len() as u64) as usize],
             },
             55..=61 => {
                 let from = *rng.pick(&node_ids());

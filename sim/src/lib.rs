@@ -160,8 +160,18 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
     let faults = faults::schedule(seed);
     trace.event(0, format!("seed {seed}, bug {:?}", options.bug.map(Bug::name)));
     for (i, f) in faults.iter().enumerate() {
-        let skipped = if options.skip.contains(&i) { " (skipped)" } else { "" };
-        trace.event(0, format!("fault {i} at {} ms for {} ms: {}{skipped}", f.at_ms, f.for_ms, f.fault));
+        let skipped = if options.skip.contains(&i) {
+            " (skipped)"
+        } else {
+            ""
+        };
+        trace.event(
+            0,
+            format!(
+                "fault {i} at {} ms for {} ms: {}{skipped}",
+                f.at_ms, f.for_ms, f.fault
+            ),
+        );
     }
     let stock: BTreeMap<String, u64> = SKUS.iter().map(|s| (s.to_string(), STOCK_PER_SKU)).collect();
     let history = History::new(stock.clone(), trace.clone());
@@ -268,7 +278,14 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
         match action {
             Action::Start(i) => {
                 let hit = apply(&mut cluster, &f.fault, true, None).await;
-                trace.event(now, format!("fault {i} starts: {}{}", f.fault, hit.map(|n| format!(" (n{n})")).unwrap_or_default()));
+                trace.event(
+                    now,
+                    format!(
+                        "fault {i} starts: {}{}",
+                        f.fault,
+                        hit.map(|n| format!(" (n{n})")).unwrap_or_default()
+                    ),
+                );
                 events.insert((f.at_ms + f.for_ms, i, 1), Action::End(i, hit));
             }
             Action::End(i, hit) => {
@@ -303,7 +320,7 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
     // Liveness: every group led, every confirmed sale settled, the books
     // balanced, within the bound.
     let deadline = start + Duration::from_millis(healed + LIVENESS_MS);
-        while history.violations().is_empty() {
+    while history.violations().is_empty() {
         let (regions, ledger, _) = check::newest_states(&cluster.directory);
         let unled: Vec<&str> = groups
             .iter()
@@ -320,7 +337,12 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
         if check::leader_states(&cluster.directory).is_none() {
             problems.push("no current leader with its whole log applied in some group".into());
         }
-        if unled.is_empty() && unsettled.is_empty() && in_flight == 0 && problems.is_empty() && regions.len() == 3 {
+        if unled.is_empty()
+            && unsettled.is_empty()
+            && in_flight == 0
+            && problems.is_empty()
+            && regions.len() == 3
+        {
             trace.event(ms(start), "settled and balanced");
             break;
         }
@@ -341,13 +363,21 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
     // control plane) balances; every acknowledged reservation is there.
     if history.violations().is_empty() {
         for (r, region) in REGIONS.iter().enumerate() {
-            let mut client = Client::new(900 + r as u64, region, Rng::new(seed, 900 + r as u64), shared.clone());
+            let mut client = Client::new(
+                900 + r as u64,
+                region,
+                Rng::new(seed, 900 + r as u64),
+                shared.clone(),
+            );
             let mut answered = false;
             while !answered && Instant::now() < deadline {
                 answered = client.probe().await;
             }
             if !answered {
-                history.violation(ms(start), format!("liveness: {region} does not answer reserves after the heal"));
+                history.violation(
+                    ms(start),
+                    format!("liveness: {region} does not answer reserves after the heal"),
+                );
             }
         }
     }
@@ -363,7 +393,10 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
                 match host.audit().await {
                     Ok(sheet) if sheet.balanced() => audited = true,
                     Ok(sheet) => {
-                        history.violation(ms(start), format!("the ledger's audit does not balance: {sheet:?}"));
+                        history.violation(
+                            ms(start),
+                            format!("the ledger's audit does not balance: {sheet:?}"),
+                        );
                         break;
                     }
                     Err(_) => {}
@@ -374,7 +407,10 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
             }
         }
         if !audited && history.violations().is_empty() {
-            history.violation(ms(start), "liveness: the ledger's audit never answered after the heal".into());
+            history.violation(
+                ms(start),
+                "liveness: the ledger's audit never answered after the heal".into(),
+            );
         }
     }
     if history.violations().is_empty() {
@@ -459,7 +495,11 @@ async fn apply(cluster: &mut Cluster, fault: &Fault, begin: bool, hit: Option<No
             let node = if begin { resolve(cluster, target)? } else { hit? };
             let disk = &cluster.nodes[&node].disk;
             let mut faults = disk.faults();
-            faults.fsync_delay = if begin { Duration::from_millis(*fsync_ms) } else { Duration::ZERO };
+            faults.fsync_delay = if begin {
+                Duration::from_millis(*fsync_ms)
+            } else {
+                Duration::ZERO
+            };
             disk.set_faults(faults);
             Some(node)
         }
@@ -477,7 +517,9 @@ async fn apply(cluster: &mut Cluster, fault: &Fault, begin: bool, hit: Option<No
             Some(node)
         }
         Fault::Clock { node, offset_ms } => {
-            cluster.nodes[node].clock.set_offset(if begin { *offset_ms } else { 0 });
+            cluster.nodes[node]
+                .clock
+                .set_offset(if begin { *offset_ms } else { 0 });
             Some(*node)
         }
     }

@@ -111,7 +111,11 @@ fn shrink(seed: u64, options: &Options) -> BTreeSet<usize> {
             );
             println!(
                 "shrink: without fault {i}: {}",
-                if report.passed() { "passes (kept)" } else { "still fails (left out)" }
+                if report.passed() {
+                    "passes (kept)"
+                } else {
+                    "still fails (left out)"
+                }
             );
             if !report.passed() {
                 skip = trial;
@@ -179,7 +183,9 @@ fn main() -> ExitCode {
         "reservoir-sim: seeds {}..{} on {jobs} thread(s){}",
         args.first,
         last - 1,
-        args.inject.map(|b| format!(", injected bug {}", b.name())).unwrap_or_default()
+        args.inject
+            .map(|b| format!(", injected bug {}", b.name()))
+            .unwrap_or_default()
     );
     std::thread::scope(|scope| {
         for _ in 0..jobs {
@@ -214,7 +220,7 @@ fn main() -> ExitCode {
                             stop.store(true, Ordering::Relaxed);
                         }
                     }
-                    if n % 25 == 0 || n == args.seeds {
+                    if n.is_multiple_of(25) || n == args.seeds {
                         println!(
                             "{n}/{} seeds, {} failed, {:.2} seeds/s",
                             args.seeds,
@@ -233,7 +239,11 @@ fn main() -> ExitCode {
         started.elapsed().as_secs_f64(),
         n as f64 / started.elapsed().as_secs_f64(),
         failures.len(),
-        if failures.is_empty() { String::new() } else { format!(" {failures:?}") }
+        if failures.is_empty() {
+            String::new()
+        } else {
+            format!(" {failures:?}")
+        }
     );
     match (args.until_caught, failures.is_empty()) {
         (true, false) | (false, true) => ExitCode::SUCCESS,

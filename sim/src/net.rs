@@ -209,7 +209,13 @@ impl Net {
     /// Moves one call from `from` to `to` and its answer back: `deliver`
     /// runs at the addressee (twice if the request is duplicated), `lost`
     /// makes the caller's error.
-    async fn carry<T, F, Fut, E>(self: &Arc<Self>, from: NodeId, to: NodeId, deliver: F, lost: E) -> Result<T, E>
+    async fn carry<T, F, Fut, E>(
+        self: &Arc<Self>,
+        from: NodeId,
+        to: NodeId,
+        deliver: F,
+        lost: E,
+    ) -> Result<T, E>
     where
         F: Fn() -> Option<Fut> + Send + Sync + 'static,
         Fut: std::future::Future<Output = T> + Send + 'static,
@@ -261,7 +267,12 @@ pub struct SimWire {
 }
 
 impl Wire for SimWire {
-    fn call(&self, to: NodeId, _addr: &str, message: WireMessage) -> BoxFuture<'_, Result<Vec<u8>, WireError>> {
+    fn call(
+        &self,
+        to: NodeId,
+        _addr: &str,
+        message: WireMessage,
+    ) -> BoxFuture<'_, Result<Vec<u8>, WireError>> {
         let net = self.net.clone();
         let from = self.from;
         Box::pin(async move {
@@ -272,7 +283,12 @@ impl Wire for SimWire {
                 Some(async move { router.deliver(message).await })
             };
             match net
-                .carry(from, to, deliver, WireError::Unreachable(format!("node {to}: no answer")))
+                .carry(
+                    from,
+                    to,
+                    deliver,
+                    WireError::Unreachable(format!("node {to}: no answer")),
+                )
                 .await
             {
                 Ok(answer) => answer,
@@ -329,7 +345,11 @@ impl ControlTransport for SimControl {
             let answer = match timeout {
                 Some(t) => match tokio::time::timeout(t, call).await {
                     Ok(answer) => answer,
-                    Err(_) => return Err(Status::deadline_exceeded(format!("node {to}: no answer within {t:?}"))),
+                    Err(_) => {
+                        return Err(Status::deadline_exceeded(format!(
+                            "node {to}: no answer within {t:?}"
+                        )));
+                    }
                 },
                 None => call.await,
             };

@@ -43,7 +43,11 @@ impl Trace {
 
     /// How many lines.
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner).lines.len()
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .lines
+            .len()
     }
 
     /// True with no lines.
@@ -59,6 +63,10 @@ impl Trace {
 
     /// Every line.
     pub fn lines(&self) -> Vec<String> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner).lines.clone()
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .lines
+            .clone()
     }
 }

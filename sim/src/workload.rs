@@ -60,8 +60,9 @@ impl Shared {
 pub enum Answer<T> {
     /// Answered OK by this node.
     Ok(T, NodeId),
-    /// Refused with this reason (or code), not worth retrying.
-    Refused(String),
+    /// Refused by this node with this reason (or code), not worth
+    /// retrying.
+    Refused(String, NodeId),
     /// No answer the client can act on: the outcome is unknown.
     Unknown,
 }
@@ -125,7 +126,6 @@ impl Client {
         }
     }
 
-
     /// Calls the region: the preferred node (or, with `anywhere`, any
     /// node), retrying on retryable answers and timeouts.
     async fn call<T, F, Fut>(&mut self, anywhere: bool, f: F) -> Answer<T>
@@ -158,7 +158,7 @@ impl Client {
                         self.preferred = None;
                     }
                     if !reservoir_client::is_retryable(&status) {
-                        return Answer::Refused(reservoir_client::reason_or_code(&status));
+                        return Answer::Refused(reservoir_client::reason_or_code(&status), node);
                     }
                     tokio::time::sleep(Duration::from_millis(self.rng.range(20, 150))).await;
                 }
@@ -170,13 +170,20 @@ impl Client {
 
     /// Runs until `stop_ms` (simulated), then returns.
     pub async fn run(mut self, stop_ms: u64) {
-        let index = crate::cluster::REGIONS.iter().position(|r| *r == self.region).unwrap_or(0) as u64;
+        let index = crate::cluster::REGIONS
+            .iter()
+            .position(|r| *r == self.region)
+            .unwrap_or(0) as u64;
         while self.shared.now_ms() < stop_ms {
             // Demand moves around the world: each region is hot for
             // HOT_MS in turn (shoppers come fast), cold otherwise, so the
             // rebalancer must move tokens to where the shoppers are.
-            let hot = (self.shared.now_ms() / HOT_MS + index) % 3 == 0;
-            let think = if hot { self.rng.range(5, 60) } else { self.rng.range(100, 600) };
+            let hot = (self.shared.now_ms() / HOT_MS + index).is_multiple_of(3);
+            let think = if hot {
+                self.rng.range(5, 60)
+            } else {
+                self.rng.range(100, 600)
+            };
             tokio::time::sleep(Duration::from_millis(think)).await;
             let roll = self.rng.below(100);
             if roll < 50 || self.held.is_empty() && roll < 80 {
@@ -208,8 +215,13 @@ impl Client {
         let request_id = format!("c{}-{}", self.id, self.next);
         let lines = self.lines();
         let ttl_ms = self.rng.range(2_000, 12_000);
-        let max_wait_ms = if self.rng.chance(0.3) { self.rng.range(100, 1_000) } else { 0 };
-        self.send_reserve(request_id, lines, ttl_ms, max_wait_ms, false).await;
+        let max_wait_ms = if self.rng.chance(0.3) {
+            self.rng.range(100, 1_000)
+        } else {
+            0
+        };
+        self.send_reserve(request_id, lines, ttl_ms, max_wait_ms, false)
+            .await;
     }
 
     async fn send_reserve(
@@ -253,7 +265,12 @@ impl Client {
                 };
                 self.shared.trace.event(
                     now,
-                    format!("c{} {what} {request_id} -> {} on n{node} ({} ms)", self.id, r.reservation_id, now - start),
+                    format!(
+                        "c{} {what} {request_id} -> {} on n{node} ({} ms)",
+                        self.id,
+                        r.reservation_id,
+                        now - start
+                    ),
                 );
                 self.shared
                     .history
@@ -263,7 +280,7 @@ impl Client {
                     self.held.push(Held { id: r.reservation_id });
                 }
             }
-            Answer::Refused(reason) => {
+            Answer::Refused(reason, _) => {
                 self.shared
                     .trace
                     .event(now, format!("c{} {what} {request_id} refused {reason}", self.id));
@@ -314,14 +331,21 @@ impl Client {
                     .event(end, format!("c{} read {id} on n{node}: {state:?}", self.id));
                 self.shared.history.read(start, end, &id, state, node);
             }
-            Answer::Refused(reason) if reason == "RESERVATION_NOT_FOUND" => {
-                self.shared.trace.event(end, format!("c{} read {id}: not found", self.id));
-                self.shared.history.read(start, end, &id, None, 0);
+            Answer::Refused(reason, node) if reason == "RESERVATION_NOT_FOUND" => {
+                self.shared
+                    .trace
+                    .event(end, format!("c{} read {id} on n{node}: not found", self.id));
+                self.shared.history.read(start, end, &id, None, node);
             }
-            Answer::Refused(reason) => {
-                self.shared.trace.event(end, format!("c{} read {id} refused {reason}", self.id));
+            Answer::Refused(reason, _) => {
+                self.shared
+                    .trace
+                    .event(end, format!("c{} read {id} refused {reason}", self.id));
             }
-            Answer::Unknown => self.shared.trace.event(end, format!("c{} read {id} unknown", self.id)),
+            Answer::Unknown => self
+                .shared
+                .trace
+                .event(end, format!("c{} read {id} unknown", self.id)),
         }
     }
 
@@ -345,7 +369,11 @@ impl Client {
             let a = self
                 .call(false, |svc| {
                     let request = request(&principal, message.clone());
-                    async move { svc.confirm(request).await.map(|r| r.map(|r| r.reservation.map(|r| r.state))) }
+                    async move {
+                        svc.confirm(request)
+                            .await
+                            .map(|r| r.map(|r| r.reservation.map(|r| r.state)))
+                    }
                 })
                 .await;
             ("confirm", a)
@@ -359,7 +387,11 @@ impl Client {
             let a = self
                 .call(false, |svc| {
                     let request = request(&principal, message.clone());
-                    async move { svc.release(request).await.map(|r| r.map(|r| r.reservation.map(|r| r.state))) }
+                    async move {
+                        svc.release(request)
+                            .await
+                            .map(|r| r.map(|r| r.reservation.map(|r| r.state)))
+                    }
                 })
                 .await;
             ("release", a)
@@ -372,7 +404,11 @@ impl Client {
             let a = self
                 .call(false, |svc| {
                     let request = request(&principal, message.clone());
-                    async move { svc.extend(request).await.map(|r| r.map(|r| r.reservation.map(|r| r.state))) }
+                    async move {
+                        svc.extend(request)
+                            .await
+                            .map(|r| r.map(|r| r.reservation.map(|r| r.state)))
+                    }
                 })
                 .await;
             ("extend", a)
@@ -400,12 +436,15 @@ impl Client {
                     ),
                 }
             }
-            Answer::Refused(reason) => {
+            Answer::Refused(reason, _) => {
                 self.shared
                     .trace
                     .event(now, format!("c{} {what} {id} refused {reason}", self.id));
             }
-            Answer::Unknown => self.shared.trace.event(now, format!("c{} {what} {id} unknown", self.id)),
+            Answer::Unknown => self
+                .shared
+                .trace
+                .event(now, format!("c{} {what} {id} unknown", self.id)),
         }
     }
 
@@ -432,7 +471,7 @@ impl Client {
             .await;
         match answer {
             Answer::Ok(..) => true,
-            Answer::Refused(reason) => reason == "INSUFFICIENT_STOCK",
+            Answer::Refused(reason, _) => reason == "INSUFFICIENT_STOCK",
             Answer::Unknown => false,
         }
     }

@@ -54,7 +54,9 @@
 //!   reasons; [`limits`]: named bounds and input validators;
 //! - [`region`], [`ledger`]: the state machines; [`memory`]: the bounded
 //!   memory of stock-adjustment request ids (kept while their stock lasts);
-//! - [`audit`], [`rebalance`]: the pure functions over them.
+//! - [`audit`], [`rebalance`]: the pure functions over them;
+//! - [`inject`]: bugs the whole-cluster simulation injects to prove its
+//!   checkers catch them (compiled in only with the `inject` feature).
 //!
 //! Caveats: the audit needs every region's state; a region that cannot be
 //! read is reported missing, not guessed. Demand is whatever the caller

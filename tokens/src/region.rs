@@ -366,7 +366,9 @@ struct Record {
 
 /// The request ids of a state read back from a snapshot: as stored, or
 /// none with the injected bug [`crate::inject::Bug::ForgetRequestIds`].
-fn requests_restored<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OrdSet<(u64, ReservationId)>, D::Error> {
+fn requests_restored<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<OrdSet<(u64, ReservationId)>, D::Error> {
     let requests = OrdSet::deserialize(d)?;
     if crate::inject::on(crate::inject::Bug::ForgetRequestIds) {
         return Ok(OrdSet::new());

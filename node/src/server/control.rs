@@ -6,7 +6,9 @@
 //! build. Any node accepts any call and forwards it once to the leader of the
 //! group it is for, like the public API. This module holds the messages and
 //! the client ([`ControlClient`]); the server side is
-//! [`crate::server::service::control`].
+//! [`crate::server::service::control`]. Calls travel over a
+//! [`ControlTransport`]: gRPC on the node's peer channels ([`GrpcControl`]),
+//! or the whole-cluster simulation's network.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

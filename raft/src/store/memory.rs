@@ -40,7 +40,9 @@ use openraft::{Entry, ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError};
 use tokio::sync::mpsc;
 
 use super::{GroupShared, GroupStores, PurgeLimit, StateMachineStore, StoreError, decode, encode};
-use crate::config::{ENTRY_BYTES_MAX, GroupConfig, GroupMachine, LogId, SNAPSHOT_BYTES_MAX, StorageError, Vote};
+use crate::config::{
+    ENTRY_BYTES_MAX, GroupConfig, GroupMachine, LogId, SNAPSHOT_BYTES_MAX, StorageError, Vote,
+};
 use crate::store::READ_BYTES_MAX;
 
 /// What the simulation does to a disk.
@@ -78,7 +80,11 @@ impl Write {
     fn apply(&self, images: &mut BTreeMap<String, Image>) {
         match self {
             Write::Put(g, index, bytes) => {
-                images.entry(g.clone()).or_default().entries.insert(*index, bytes.clone());
+                images
+                    .entry(g.clone())
+                    .or_default()
+                    .entries
+                    .insert(*index, bytes.clone());
             }
             Write::RemoveFrom(g, first) => {
                 let image = images.entry(g.clone()).or_default();
@@ -446,7 +452,10 @@ impl<SM: GroupMachine> RaftLogStorage<GroupConfig<SM>> for MemoryLogStore<SM> {
 
     async fn get_log_state(&mut self) -> Result<LogState<GroupConfig<SM>>, StorageError> {
         let (last_purged_log_id, last) = self.disk.read(&self.group, |image| {
-            (image.last_purged, image.entries.last_key_value().map(|(_, v)| v.clone()))
+            (
+                image.last_purged,
+                image.entries.last_key_value().map(|(_, v)| v.clone()),
+            )
         });
         let last_log_id = match last {
             Some(bytes) => {
@@ -492,14 +501,18 @@ impl<SM: GroupMachine> RaftLogStorage<GroupConfig<SM>> for MemoryLogStore<SM> {
         Ok(self.disk.read(&self.group, |image| image.committed))
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<GroupConfig<SM>>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<GroupConfig<SM>>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry<GroupConfig<SM>>> + Send,
         I::IntoIter: Send,
     {
         for entry in entries {
-            let bytes =
-                encode(&entry, ENTRY_BYTES_MAX).map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
+            let bytes = encode(&entry, ENTRY_BYTES_MAX)
+                .map_err(|e| StorageIOError::write_log_entry(entry.log_id, &e))?;
             self.disk
                 .write(
                     self.life,
@@ -515,7 +528,10 @@ impl<SM: GroupMachine> RaftLogStorage<GroupConfig<SM>> for MemoryLogStore<SM> {
                 .map_err(|e| StorageIOError::write_logs(&e))?;
         } else {
             self.disk
-                .flush(self.life, Box::new(move |result| callback.log_io_completed(result)))
+                .flush(
+                    self.life,
+                    Box::new(move |result| callback.log_io_completed(result)),
+                )
                 .map_err(|e| StorageIOError::write_logs(&e))?;
         }
         Ok(())
@@ -561,8 +577,15 @@ mod tests {
         disk.write(0, Write::Vote("g".into(), vote(2))).unwrap();
         disk.write(0, Write::Vote("g".into(), vote(3))).unwrap();
         disk.crash(|n| n);
-        assert_eq!(disk.read("g", |i| i.vote), Some(vote(1)), "not torn: unflushed writes are gone");
-        assert!(disk.write(0, Write::Vote("g".into(), vote(9))).is_err(), "an earlier life is refused");
+        assert_eq!(
+            disk.read("g", |i| i.vote),
+            Some(vote(1)),
+            "not torn: unflushed writes are gone"
+        );
+        assert!(
+            disk.write(0, Write::Vote("g".into(), vote(9))).is_err(),
+            "an earlier life is refused"
+        );
 
         disk.set_faults(DiskFaults {
             torn_writes: true,
@@ -571,7 +594,11 @@ mod tests {
         disk.write(1, Write::Vote("g".into(), vote(2))).unwrap();
         disk.write(1, Write::Vote("g".into(), vote(3))).unwrap();
         disk.crash(|_| 1);
-        assert_eq!(disk.read("g", |i| i.vote), Some(vote(2)), "torn: a prefix survives");
+        assert_eq!(
+            disk.read("g", |i| i.vote),
+            Some(vote(2)),
+            "torn: a prefix survives"
+        );
     }
 
     #[tokio::test(flavor = "current_thread", start_paused = true)]

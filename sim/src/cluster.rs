@@ -23,9 +23,11 @@ use reservoir_node::server::ledger::LedgerHost;
 use reservoir_node::server::node::Node;
 use reservoir_node::server::security::PeerPolicy;
 use reservoir_node::server::service::{ControlService, InventoryService, Plane};
-use reservoir_node::server::{LEDGER_GROUP, expire_loop, gossip_loop};
+use reservoir_node::server::{
+    LEDGER_GROUP, control_peers, expire_loop, gossip_loop, ledger_group_options, region_group_options,
+};
 use reservoir_raft::store::memory::MemoryDisk;
-use reservoir_raft::{Group, GroupOptions, NodeId, Router};
+use reservoir_raft::{Group, NodeId, Router};
 use reservoir_tokens::{LedgerState, RegionState};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -309,33 +311,13 @@ impl Cluster {
             net: net.clone(),
             from: id,
         });
-        let members: BTreeMap<u64, String> =
-            config.peers.iter().map(|p| (p.id, p.peer.to_string())).collect();
-        let mut options = GroupOptions::new(region.clone(), id, members);
-        options.heartbeat_ms = config.raft.heartbeat_ms;
-        options.election_timeout_min_ms = config.raft.election_timeout_min_ms;
-        options.election_timeout_max_ms = config.raft.election_timeout_max_ms;
-        options.proposal_queue_max = config.raft.proposal_queue_max;
-        options.batches_in_flight = config.raft.batches_in_flight;
-        options.snapshot_logs = config.raft.snapshot_logs;
-        options.snapshot_logs_to_keep = config.raft.snapshot_logs_kept;
-        options.snapshot_chunk_bytes = config.raft.snapshot_chunk_bytes;
+        let options = region_group_options(&config);
         let group = Arc::new(
-            Group::start(options.clone(), stores, wire.clone(), &router)
+            Group::start(options, stores, wire.clone(), &router)
                 .await
                 .map_err(|e| format!("node {id}: starting {region}: {e}"))?,
         );
-        let mut regions: BTreeMap<String, Vec<_>> = config
-            .regions
-            .iter()
-            .map(|r| (r.name.clone(), r.nodes.clone()))
-            .collect();
-        regions.insert(region.clone(), config.peers.clone());
-        let ledger_nodes = if config.hosts_ledger() {
-            config.ledger_peers.clone()
-        } else {
-            config.ledger_nodes.clone()
-        };
+        let (regions, ledger_nodes) = control_peers(&config);
         let control = Arc::new(ControlClient::with_transport(
             regions,
             ledger_nodes,
@@ -350,16 +332,8 @@ impl Cluster {
                 .disk
                 .open_group(LEDGER_GROUP, LedgerState::new(), snapshots.join(LEDGER_GROUP))
                 .map_err(|e| format!("node {id}: opening the ledger: {e}"))?;
-            let members: BTreeMap<u64, String> = config
-                .ledger_peers
-                .iter()
-                .map(|p| (p.id, p.peer.to_string()))
-                .collect();
-            let mut ledger_options = options.clone();
-            ledger_options.group = LEDGER_GROUP.to_string();
-            ledger_options.members = members;
             let ledger = Arc::new(
-                Group::start(ledger_options, stores, wire, &router)
+                Group::start(ledger_group_options(&config), stores, wire, &router)
                     .await
                     .map_err(|e| format!("node {id}: starting the ledger: {e}"))?,
             );

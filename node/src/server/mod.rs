@@ -168,17 +168,7 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
         None => Channels::new(),
     });
     let wire = Arc::new(TonicWire::new(channels.clone()));
-    let members: BTreeMap<u64, String> = config.peers.iter().map(|p| (p.id, p.peer.to_string())).collect();
-    let mut options = GroupOptions::new(region.clone(), config.node_id, members);
-    options.heartbeat_ms = config.raft.heartbeat_ms;
-    options.election_timeout_min_ms = config.raft.election_timeout_min_ms;
-    options.election_timeout_max_ms = config.raft.election_timeout_max_ms;
-    options.proposal_queue_max = config.raft.proposal_queue_max;
-    options.batches_in_flight = config.raft.batches_in_flight;
-    options.snapshot_logs = config.raft.snapshot_logs;
-    options.snapshot_logs_to_keep = config.raft.snapshot_logs_kept;
-    options.snapshot_chunk_bytes = config.raft.snapshot_chunk_bytes;
-    options.join = config.join;
+    let options = region_group_options(&config);
 
     // Bind every listener before starting Raft, so a taken port fails fast.
     let grpc_listener = bind(config.grpc_addr, "grpc_addr").await?;
@@ -202,29 +192,11 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
 
     // The control plane: this region's nodes directly, the others (and the
     // ledger) as configured — through the WAN emulator in a local cluster.
-    let mut regions: BTreeMap<String, Vec<Peer>> = config
-        .regions
-        .iter()
-        .map(|r| (r.name.clone(), r.nodes.clone()))
-        .collect();
-    regions.insert(config.region.clone(), config.peers.clone());
-    let ledger_nodes = if config.hosts_ledger() {
-        config.ledger_peers.clone()
-    } else {
-        config.ledger_nodes.clone()
-    };
+    let (regions, ledger_nodes) = control_peers(&config);
     let control = Arc::new(ControlClient::new(regions, ledger_nodes, channels.clone()));
     let ledger = match ledger_stores {
         Some(stores) => {
-            let members: BTreeMap<u64, String> = config
-                .ledger_peers
-                .iter()
-                .map(|p| (p.id, p.peer.to_string()))
-                .collect();
-            let mut ledger_options = options.clone();
-            ledger_options.group = LEDGER_GROUP.to_string();
-            ledger_options.members = members;
-            let ledger_group = Group::start(ledger_options, stores, wire, &router)
+            let ledger_group = Group::start(ledger_group_options(&config), stores, wire, &router)
                 .await
                 .map_err(|e| e.to_string())?;
             Some(Arc::new(LedgerHost::new(
@@ -396,6 +368,53 @@ pub async fn run(config: NodeConfig) -> Result<(), String> {
     storage.flush().await.map_err(|e| format!("final flush: {e}"))?;
     tracing::info!(node_id = config.node_id, "stopped");
     Ok(())
+}
+
+/// The options of this node's region group, as its config says (the
+/// whole-cluster simulation builds its nodes' groups with it too).
+pub fn region_group_options(config: &NodeConfig) -> GroupOptions {
+    let members: BTreeMap<u64, String> = config.peers.iter().map(|p| (p.id, p.peer.to_string())).collect();
+    let mut options = GroupOptions::new(config.region.clone(), config.node_id, members);
+    options.heartbeat_ms = config.raft.heartbeat_ms;
+    options.election_timeout_min_ms = config.raft.election_timeout_min_ms;
+    options.election_timeout_max_ms = config.raft.election_timeout_max_ms;
+    options.proposal_queue_max = config.raft.proposal_queue_max;
+    options.batches_in_flight = config.raft.batches_in_flight;
+    options.snapshot_logs = config.raft.snapshot_logs;
+    options.snapshot_logs_to_keep = config.raft.snapshot_logs_kept;
+    options.snapshot_chunk_bytes = config.raft.snapshot_chunk_bytes;
+    options.join = config.join;
+    options
+}
+
+/// The options of the ledger group on a ledger host: the region group's
+/// timing, the ledger's voters.
+pub fn ledger_group_options(config: &NodeConfig) -> GroupOptions {
+    let mut options = region_group_options(config);
+    options.group = LEDGER_GROUP.to_string();
+    options.members = config
+        .ledger_peers
+        .iter()
+        .map(|p| (p.id, p.peer.to_string()))
+        .collect();
+    options
+}
+
+/// Whom the control plane reaches: every region's nodes (this region's
+/// from `peers`) and the ledger's nodes.
+pub fn control_peers(config: &NodeConfig) -> (BTreeMap<String, Vec<Peer>>, Vec<Peer>) {
+    let mut regions: BTreeMap<String, Vec<Peer>> = config
+        .regions
+        .iter()
+        .map(|r| (r.name.clone(), r.nodes.clone()))
+        .collect();
+    regions.insert(config.region.clone(), config.peers.clone());
+    let ledger_nodes = if config.hosts_ledger() {
+        config.ledger_peers.clone()
+    } else {
+        config.ledger_nodes.clone()
+    };
+    (regions, ledger_nodes)
 }
 
 /// A gRPC server with the bounds both listeners share (header size, pings)

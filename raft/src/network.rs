@@ -519,6 +519,15 @@ impl<SM: GroupMachine> GroupEndpoint for RaftEndpoint<SM> {
                     speaks_for_itself(&rpc.vote, from)?;
                     let response = self.raft.vote(rpc.clone()).await;
                     if let Ok(answer) = &response {
+                        if answer.vote_granted {
+                            // Raft's rule: granting a vote restarts the
+                            // election timer. Without it, a follower whose
+                            // leader went silent campaigned again a moment
+                            // after voting, before the candidate it elected
+                            // could send its first AppendEntries, and the
+                            // two took turns for good (simulation seed 2066).
+                            self.heard().append_at = Some(tokio::time::Instant::now());
+                        }
                         self.campaign_if_ahead(&rpc, answer).await;
                     }
                     encode(&response)

@@ -350,6 +350,24 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
             "groups without a leader {unled:?}, unsettled {unsettled:?}, transfers in flight {in_flight}, problems {problems:?}"
         );
         if Instant::now() >= deadline {
+            for (id, h) in cluster.directory.all() {
+                let groups = [Some(h.region.status()), h.ledger.as_ref().map(|l| l.status())];
+                for g in groups.into_iter().flatten() {
+                    trace.event(
+                        ms(start),
+                        format!(
+                            "n{id} {}: {:?} term {} leader {:?} applied {:?} log {:?} quorum ack {:?} ms ago",
+                            g.group,
+                            g.role,
+                            g.term,
+                            g.leader,
+                            g.applied_index,
+                            g.last_log_index,
+                            g.millis_since_quorum_ack
+                        ),
+                    );
+                }
+            }
             history.violation(
                 ms(start),
                 format!("liveness: {LIVENESS_MS} ms after the faults healed: {waiting_for}"),

@@ -280,10 +280,19 @@ impl Client {
                     self.held.push(Held { id: r.reservation_id });
                 }
             }
-            Answer::Refused(reason, _) => {
+            Answer::Refused(reason, node) => {
                 self.shared
                     .trace
                     .event(now, format!("c{} {what} {request_id} refused {reason}", self.id));
+                // A resend differs from the reserve it repeats (its TTL):
+                // the region must recognise the request id and refuse it;
+                // any other answer means it took it for a new reserve.
+                if again && reason != "REQUEST_ID_REUSED" {
+                    self.shared.history.violation(
+                        now,
+                        format!("{request_id} sent again was answered {reason} on n{node}: its request id was forgotten"),
+                    );
+                }
             }
             Answer::Unknown => {
                 self.shared
@@ -293,8 +302,10 @@ impl Client {
         }
     }
 
-    /// Sends one of this client's acknowledged reserves again, same request
-    /// id and lines: the answer must be the same reservation.
+    /// Sends one of this client's acknowledged reserves again: same request
+    /// id and lines, another TTL. The region must refuse it
+    /// (`REQUEST_ID_REUSED`) or, if the TTL happens to match, answer the
+    /// same reservation; never make a second one.
     async fn resend(&mut self) {
         if self.sent.is_empty() {
             return;

@@ -420,7 +420,8 @@ impl<SM: GroupMachine> RaftEndpoint<SM> {
     /// again, and adds twice the longest election timeout to every later
     /// wait (the failovers at 0.9 and 1.2 s). With a candidate behind us
     /// answered at once (`campaign_if_ahead`), the penalty buys
-    /// nothing. Runs until the group shuts down.
+    /// nothing. A vote this node grants restarts the timer (Raft's rule),
+    /// as an AppendEntries does. Runs until the group shuts down.
     pub async fn campaign_when_leader_silent(self: Arc<Self>) {
         let wait = Duration::from_millis(2 * self.raft.config().election_timeout_max);
         let mut tick = tokio::time::interval(ELECTION_CHECK_INTERVAL);

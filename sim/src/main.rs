@@ -216,7 +216,6 @@ fn main() -> ExitCode {
                             print_failure(&report, &args, &options.skip, args.tail);
                         }
                         if args.until_caught {
-                            println!("caught at seed {seed}, after {n} seed(s)");
                             stop.store(true, Ordering::Relaxed);
                         }
                     }
@@ -232,8 +231,14 @@ fn main() -> ExitCode {
             });
         }
     });
-    let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    failures.sort_unstable();
     let n = done.load(Ordering::Relaxed);
+    if args.until_caught && let Some(first) = failures.first() {
+        // With several threads the seed that failed first in time need
+        // not be the lowest; the lowest is the one reported.
+        println!("caught at seed {first}, after {} seed(s)", first - args.first + 1);
+    }
     println!(
         "{n} seed(s) in {:.1} s ({:.2} seeds/s): {} failed{}",
         started.elapsed().as_secs_f64(),

@@ -234,7 +234,9 @@ fn main() -> ExitCode {
     let mut failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
     failures.sort_unstable();
     let n = done.load(Ordering::Relaxed);
-    if args.until_caught && let Some(first) = failures.first() {
+    if args.until_caught
+        && let Some(first) = failures.first()
+    {
         // With several threads the seed that failed first in time need
         // not be the lowest; the lowest is the one reported.
         println!("caught at seed {first}, after {} seed(s)", first - args.first + 1);

@@ -8,7 +8,8 @@
 //! clock; clients that reserve, confirm, release, extend, read and resend
 //! ([`workload`]); a fault schedule drawn from the seed ([`faults`]); the
 //! checkers ([`check`]) on every answer, every 250 ms of simulated time,
-//! and at the end, after the faults heal, with liveness bounds.
+//! and at the end, after the faults heal, with liveness bounds; a panic in
+//! any task of the simulation is a violation too.
 //!
 //! Determinism: everything runs on one thread, in one current-thread tokio
 //! runtime with its clock paused (time advances only when every task
@@ -103,8 +104,39 @@ impl SeedReport {
     }
 }
 
+thread_local! {
+    /// Panics on this (simulating) thread not yet reported.
+    static PANICS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Records panics on simulating threads instead of printing them: a task
+/// of a node that panics is a finding (tokio drops the task and the run
+/// goes on), reported as a violation by [`take_panics`]' callers. Panics
+/// on other threads go to the hook that was there before.
+fn catch_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let before = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if reservoir_raft::runtime::simulated() {
+                let message = info.to_string().replace('\n', " ");
+                PANICS.with(|p| p.borrow_mut().push(message));
+            } else {
+                before(info);
+            }
+        }));
+    });
+}
+
+/// The panics on this thread since the last call.
+fn take_panics() -> Vec<String> {
+    PANICS.with(|p| std::mem::take(&mut *p.borrow_mut()))
+}
+
 /// Runs seed `seed` on this thread.
 pub fn run_seed(seed: u64, options: &Options) -> SeedReport {
+    catch_panics();
+    take_panics();
     reservoir_raft::runtime::simulate(Some(seed));
     inject::set(options.bug);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -256,6 +288,9 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
                     if seen.insert(problem.clone()) {
                         history.violation(ms(start), problem);
                     }
+                }
+                for panic in take_panics() {
+                    history.violation(ms(start), format!("a task panicked: {panic}"));
                 }
             }
         })
@@ -437,6 +472,9 @@ async fn simulate(seed: u64, options: &Options) -> SeedReport {
         }
     }
     checker.abort();
+    for panic in take_panics() {
+        history.violation(ms(start), format!("a task panicked: {panic}"));
+    }
     let (acked, reads) = history.counts();
     let (_, ledger, _) = check::newest_states(&cluster.directory);
     let net = cluster.net.stats();

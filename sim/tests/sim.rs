@@ -52,7 +52,7 @@ fn clean_seeds_pass() {
 /// Each injected bug, with the first seed of 1, 2, … that caught it (the
 /// release build's `reservoir-sim --inject BUG --until-caught`).
 const CAUGHT_AT: [(Bug, u64); 4] = [
-    (Bug::AckBeforeFsync, 23),
+    (Bug::AckBeforeFsync, 13),
     (Bug::ForgetRequestIds, 1),
     (Bug::GrantTwice, 1),
     (Bug::StaleLeaderRead, 5),

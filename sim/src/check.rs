@@ -256,11 +256,6 @@ impl History {
             .collect()
     }
 
-    /// What clients were told about `id`.
-    pub fn told(&self, id: &str) -> Option<Told> {
-        self.lock().reservations.get(id).cloned()
-    }
-
     /// Every acknowledged reservation.
     pub fn all(&self) -> Vec<(String, Told)> {
         self.lock()
@@ -268,11 +263,6 @@ impl History {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
-    }
-
-    /// The stock the cluster was given.
-    pub fn stock(&self) -> &BTreeMap<String, u64> {
-        &self.stock
     }
 }
 

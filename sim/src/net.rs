@@ -126,11 +126,6 @@ impl Net {
         self.lock().weather = weather;
     }
 
-    /// The weather now.
-    pub fn weather(&self) -> Weather {
-        self.lock().weather
-    }
-
     /// Cuts the link from `from` to `to` (one way).
     pub fn cut(&self, from: NodeId, to: NodeId) {
         *self.lock().cut.entry((from, to)).or_default() += 1;

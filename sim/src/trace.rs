@@ -41,20 +41,6 @@ impl Trace {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner).hash
     }
 
-    /// How many lines.
-    pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .lines
-            .len()
-    }
-
-    /// True with no lines.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The last `n` lines.
     pub fn tail(&self, n: usize) -> Vec<String> {
         let t = self.inner.lock().unwrap_or_else(PoisonError::into_inner);

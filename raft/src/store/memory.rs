@@ -43,7 +43,7 @@ use super::{GroupShared, GroupStores, PurgeLimit, StateMachineStore, StoreError,
 use crate::config::{
     ENTRY_BYTES_MAX, GroupConfig, GroupMachine, LogId, SNAPSHOT_BYTES_MAX, StorageError, Vote,
 };
-use crate::store::READ_BYTES_MAX;
+use crate::store::{FLUSH_QUEUE_MAX, READ_BYTES_MAX};
 
 /// What the simulation does to a disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -112,8 +112,7 @@ struct Disk {
     /// Bumped by every crash: stores of an earlier life are refused.
     life: u64,
     faults: DiskFaults,
-    flusher: Option<mpsc::UnboundedSender<FlushReply>>,
-    flushes: u64,
+    flusher: Option<mpsc::Sender<FlushReply>>,
 }
 
 /// A node's simulated disk; cheap to clone, and it outlives the node's
@@ -140,7 +139,6 @@ impl MemoryDisk {
                 life: 0,
                 faults: DiskFaults::default(),
                 flusher: None,
-                flushes: 0,
             })),
         }
     }
@@ -157,11 +155,6 @@ impl MemoryDisk {
     /// Sets the disk's faults.
     pub fn set_faults(&self, faults: DiskFaults) {
         self.lock().faults = faults;
-    }
-
-    /// Flushes done so far (a trace figure).
-    pub fn flushes(&self) -> u64 {
-        self.lock().flushes
     }
 
     /// The node crashed: every store of its life is refused from now on;
@@ -227,22 +220,25 @@ impl MemoryDisk {
     }
 
     /// Queues a flush for a store of life `life`; `reply` is answered once
-    /// it is done (or failed).
-    fn flush(&self, life: u64, reply: FlushReply) -> Result<(), StoreError> {
-        let mut disk = self.lock();
-        if disk.life != life {
-            return Err(StoreError::FlusherStopped);
-        }
-        let tx = match &disk.flusher {
-            Some(tx) => tx.clone(),
-            None => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(run_flusher(self.clone(), life, rx));
-                disk.flusher = Some(tx.clone());
-                tx
+    /// it is done (or failed). Waits while [`FLUSH_QUEUE_MAX`] flushes are
+    /// queued, as the sled store's flusher does.
+    async fn flush(&self, life: u64, reply: FlushReply) -> Result<(), StoreError> {
+        let tx = {
+            let mut disk = self.lock();
+            if disk.life != life {
+                return Err(StoreError::FlusherStopped);
+            }
+            match &disk.flusher {
+                Some(tx) => tx.clone(),
+                None => {
+                    let (tx, rx) = mpsc::channel(FLUSH_QUEUE_MAX);
+                    tokio::spawn(run_flusher(self.clone(), life, rx));
+                    disk.flusher = Some(tx.clone());
+                    tx
+                }
             }
         };
-        tx.send(reply).map_err(|_| StoreError::FlusherStopped)
+        tx.send(reply).await.map_err(|_| StoreError::FlusherStopped)
     }
 
     /// Flushes and waits for it.
@@ -253,7 +249,8 @@ impl MemoryDisk {
             Box::new(move |result| {
                 let _ = tx.send(result);
             }),
-        )?;
+        )
+        .await?;
         match rx.await {
             Ok(result) => result.map_err(StoreError::Io),
             Err(_) => Err(StoreError::FlusherStopped),
@@ -305,7 +302,7 @@ impl MemoryDisk {
 /// The disk's flusher for one life: takes a flush request, waits the fsync
 /// delay, then makes every write so far durable and answers every request
 /// queued by then (group commit).
-async fn run_flusher(disk: MemoryDisk, life: u64, mut rx: mpsc::UnboundedReceiver<FlushReply>) {
+async fn run_flusher(disk: MemoryDisk, life: u64, mut rx: mpsc::Receiver<FlushReply>) {
     while let Some(first) = rx.recv().await {
         let delay = disk.faults().fsync_delay;
         if !delay.is_zero() {
@@ -328,7 +325,6 @@ async fn run_flusher(disk: MemoryDisk, life: u64, mut rx: mpsc::UnboundedReceive
                     write.apply(&mut durable);
                 }
                 d.durable = durable;
-                d.flushes += 1;
                 Ok(())
             }
         };
@@ -525,6 +521,7 @@ impl<SM: GroupMachine> RaftLogStorage<GroupConfig<SM>> for MemoryLogStore<SM> {
             callback.log_io_completed(Ok(()));
             self.disk
                 .flush(self.life, Box::new(|_| {}))
+                .await
                 .map_err(|e| StorageIOError::write_logs(&e))?;
         } else {
             self.disk
@@ -532,6 +529,7 @@ impl<SM: GroupMachine> RaftLogStorage<GroupConfig<SM>> for MemoryLogStore<SM> {
                     self.life,
                     Box::new(move |result| callback.log_io_completed(result)),
                 )
+                .await
                 .map_err(|e| StorageIOError::write_logs(&e))?;
         }
         Ok(())
